@@ -1,0 +1,41 @@
+//! The interface between a device's queues and the code that performs their I/O.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::{BlockError, Disk, IoRequest};
+
+/// The outcome of one submitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The value given to [`Engine::submit`].
+    pub user_data: u64,
+    /// Bytes transferred (the request's length for discard and write-zeroes, 0 for flush), or
+    /// the errno to report (EIO, ENOSPC, EROFS, EINVAL ...).
+    pub result: Result<u64, i32>,
+}
+
+/// Runs requests for one event loop; each iothread owns its engine.
+///
+/// Every request accepted by `submit` produces exactly one [`Completion`], collected by
+/// `reap` once `completion_fd` is readable. The request (and its buffers) is kept until then.
+pub trait Engine: Send {
+    /// Queues or executes a request. An error means the request was not accepted and will not
+    /// complete; the caller must answer it itself.
+    fn submit(
+        &mut self,
+        disk: &Arc<Disk>,
+        request: IoRequest,
+        user_data: u64,
+    ) -> Result<(), BlockError>;
+
+    /// Hands queued requests to the kernel in one batch (a no-op for engines that execute at
+    /// submit). Call it once per event loop pass, after the last `submit`.
+    fn submit_pending(&mut self);
+
+    /// An eventfd that is readable while completions are waiting.
+    fn completion_fd(&self) -> RawFd;
+
+    /// Clears `completion_fd` and appends every available completion to `out`.
+    fn reap(&mut self, out: &mut Vec<Completion>);
+}

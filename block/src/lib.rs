@@ -1,0 +1,27 @@
+//! Storage for the virtio-scsi device, knowing nothing of SCSI, virtio or vfio-user.
+//!
+//! A [`Disk`] is a raw file, a block device or `null`, opened from [`DiskOptions`] and shared
+//! by the iothreads. Each iothread drives its I/O through an [`Engine`]: it submits
+//! [`IoRequest`]s whose [`IoBuffers`] point into guest memory and reaps [`Completion`]s when
+//! the engine's eventfd fires. [`IoUringEngine`] hands requests to the kernel in batches
+//! without copying; [`SyncEngine`] executes them at once with blocking calls, where io_uring is
+//! unavailable.
+
+mod aligned_buffer;
+mod disk;
+mod engine;
+mod error;
+mod io_buffers;
+mod io_uring_engine;
+mod options;
+mod request;
+mod sync_engine;
+
+pub use disk::{DirectIoAlignment, Disk};
+pub use engine::{Completion, Engine};
+pub use error::BlockError;
+pub use io_buffers::IoBuffers;
+pub use io_uring_engine::IoUringEngine;
+pub use options::{CacheMode, DiscardMode, DiskOptions};
+pub use request::IoRequest;
+pub use sync_engine::SyncEngine;

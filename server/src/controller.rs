@@ -1,0 +1,230 @@
+//! Builds the virtio-scsi controller that the command line describes: disks, LUNs, the device
+//! and its virtio-pci function.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use block::{Disk, DiskOptions};
+use slog::{info, Logger};
+use virtio::scsi::LunConfig;
+use virtio::scsi_device::PCI_CLASS;
+use virtio::{ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
+
+use crate::device::DmaMemory;
+use crate::disk_spec::{assign_luns, Backing, DiskSpec};
+use crate::virtio_function::VirtioFunction;
+
+/// Size of the disk served when the command line names none.
+const DEFAULT_DISK_SIZE: u64 = 1 << 30;
+/// Largest transfer the block limits page advertises; Linux splits larger requests.
+const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    Luns(String),
+    #[error(transparent)]
+    Disk(#[from] block::BlockError),
+    #[error("cannot create the temporary disk in {dir}: {source}")]
+    TemporaryDisk {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--num-queues/--queue-size/--disk: {0}")]
+    Device(#[from] virtio::ScsiDeviceError),
+    #[error("virtio-pci function: {0}")]
+    Transport(#[from] virtio::TransportError),
+}
+
+/// What the controller is made of, as the command line gave it.
+pub struct ControllerConfig<'a> {
+    pub disks: &'a [DiskSpec],
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
+
+/// A controller and what must live as long as it does.
+pub struct Controller {
+    pub function: VirtioFunction<ScsiDevice>,
+    /// The unlinked file behind the default disk; it disappears with the process.
+    _temporary_disk: Option<File>,
+}
+
+pub fn build(
+    config: &ControllerConfig,
+    memory: DmaMemory,
+    log: &Logger,
+) -> Result<Controller, ControllerError> {
+    let mut temporary_disk = None;
+    let mut luns = Vec::new();
+    if config.disks.is_empty() {
+        let (file, path) = create_temporary_disk()?;
+        let disk = Arc::new(Disk::open(&DiskOptions::new(&path))?);
+        info!(log, "serving a temporary disk"; "lun" => 0, "size" => DEFAULT_DISK_SIZE);
+        luns.push((lun_config(0, &disk, serial_for("temporary", 0)), disk));
+        temporary_disk = Some(file);
+    } else {
+        let numbers = assign_luns(config.disks).map_err(ControllerError::Luns)?;
+        for (spec, lun) in config.disks.iter().zip(numbers) {
+            let disk = Arc::new(open_disk(spec)?);
+            let serial = match (&spec.serial, &spec.backing) {
+                (Some(serial), _) => serial.clone(),
+                (None, Backing::File { path, .. }) => serial_for(&canonical(path), lun),
+                (None, Backing::Null { .. }) => serial_for("null", lun),
+            };
+            info!(log, "disk"; "lun" => lun, "size" => disk.size(), "read_only" => disk.read_only(),
+                  "path" => disk.path().map(|p| p.display().to_string()).unwrap_or_else(|| "null".into()));
+            luns.push((lun_config(lun, &disk, serial), disk));
+        }
+    }
+    let device = ScsiDevice::new(ScsiDeviceConfig {
+        num_queues: config.num_queues,
+        queue_size: config.queue_size,
+        luns,
+        logger: log.clone(),
+    })?;
+    let function = VirtioPciFunction::new(device, PCI_CLASS, memory, log.clone())?;
+    Ok(Controller {
+        function: VirtioFunction::new(function, log.clone()),
+        _temporary_disk: temporary_disk,
+    })
+}
+
+fn open_disk(spec: &DiskSpec) -> Result<Disk, block::BlockError> {
+    match &spec.backing {
+        Backing::Null { size } => Disk::null(*size, spec.logical_block_size),
+        Backing::File {
+            path,
+            cache,
+            discard,
+        } => Disk::open(&DiskOptions {
+            path: path.clone(),
+            read_only: spec.read_only,
+            cache: *cache,
+            discard: *discard,
+            logical_block_size: spec.logical_block_size,
+        }),
+    }
+}
+
+fn lun_config(lun: u16, disk: &Disk, serial: String) -> LunConfig {
+    let block_size = disk.logical_block_size();
+    LunConfig {
+        lun,
+        block_count: disk.size() / u64::from(block_size),
+        block_size,
+        read_only: disk.read_only(),
+        discard: disk.discard_supported(),
+        write_zeroes: disk.write_zeroes_supported(),
+        serial,
+        rotational: false,
+        optimal_transfer_blocks: 0,
+        max_transfer_blocks: MAX_TRANSFER_BYTES / block_size,
+    }
+}
+
+/// An unlinked sparse file, reachable by path through /proc while the process holds it.
+fn create_temporary_disk() -> Result<(File, PathBuf), ControllerError> {
+    let dir = std::env::temp_dir();
+    let error = |source| ControllerError::TemporaryDisk {
+        dir: dir.clone(),
+        source,
+    };
+    let file = tempfile::tempfile_in(&dir).map_err(error)?;
+    file.set_len(DEFAULT_DISK_SIZE).map_err(error)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    Ok((file, path))
+}
+
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// A serial that stays the same across restarts for the same backing file and LUN, so the
+/// guest's by-id names and multipath identities do not move.
+fn serial_for(origin: &str, lun: u16) -> String {
+    // FNV-1a: tiny, and unlike std's hasher its output is fixed forever.
+    let hash = origin
+        .bytes()
+        .chain(lun.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("VUS{hash:016X}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_stable_distinct_and_valid() {
+        let a = serial_for("/var/lib/a.img", 0);
+        assert_eq!(a, serial_for("/var/lib/a.img", 0));
+        assert_ne!(a, serial_for("/var/lib/a.img", 1));
+        assert_ne!(a, serial_for("/var/lib/b.img", 0));
+        assert_eq!(a.len(), 19);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn temporary_disk_is_sparse_and_openable() {
+        let (file, path) = create_temporary_disk().unwrap();
+        let disk = Disk::open(&DiskOptions::new(&path)).unwrap();
+        assert_eq!(disk.size(), DEFAULT_DISK_SIZE);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(file.metadata().unwrap().blocks(), 0);
+    }
+
+    #[test]
+    fn default_controller_has_one_lun_and_the_queues_asked_for() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let memory = DmaMemory::new(vm_memory::GuestMemoryMmap::new());
+        let config = ControllerConfig {
+            disks: &[],
+            num_queues: 3,
+            queue_size: 128,
+        };
+        let controller = build(&config, memory, &log).unwrap();
+        let function = controller.function.function();
+        assert_eq!(function.msix_vectors().count(), 3 + 3);
+        assert_eq!(function.queue_notify_addresses().len(), 5);
+    }
+
+    #[test]
+    fn explicit_luns_and_errors() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let memory = DmaMemory::new(vm_memory::GuestMemoryMmap::new());
+        let disks: Vec<DiskSpec> = ["null,size=1M,lun=2", "null,size=1M,lun=2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let config = ControllerConfig {
+            disks: &disks,
+            num_queues: 1,
+            queue_size: 128,
+        };
+        let error = build(&config, memory.clone(), &log).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "--disk number 1 and --disk number 2 both use lun 2"
+        );
+
+        let missing: Vec<DiskSpec> = vec!["path=/nonexistent/disk.img".parse().unwrap()];
+        let config = ControllerConfig {
+            disks: &missing,
+            num_queues: 1,
+            queue_size: 128,
+        };
+        let error = build(&config, memory, &log).err().unwrap();
+        assert!(
+            error.to_string().contains("/nonexistent/disk.img"),
+            "{error}"
+        );
+    }
+}

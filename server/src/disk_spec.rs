@@ -1,0 +1,364 @@
+//! The `--disk` option: `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
+//! [,discard=unmap|ignore][,logical-block-size=512|4096]` or `null,size=BYTES[,lun=N]...`.
+//!
+//! As in QEMU's option syntax, `,,` stands for a literal comma inside a value.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use block::{CacheMode, DiscardMode};
+
+/// Highest LUN that flat-space addressing in the virtio-scsi LUN field can carry.
+pub const MAX_LUN: u16 = 16383;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    File {
+        path: PathBuf,
+        cache: CacheMode,
+        discard: DiscardMode,
+    },
+    Null {
+        size: u64,
+    },
+}
+
+/// One parsed `--disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub backing: Backing,
+    /// `None`: the next LUN after the disks listed before it.
+    pub lun: Option<u16>,
+    pub read_only: bool,
+    pub serial: Option<String>,
+    pub logical_block_size: u32,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--disk '{spec}': {problem}")]
+pub struct DiskSpecError {
+    spec: String,
+    problem: String,
+}
+
+impl FromStr for DiskSpec {
+    type Err = DiskSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        parse(spec).map_err(|problem| DiskSpecError {
+            spec: spec.to_string(),
+            problem,
+        })
+    }
+}
+
+/// Splits on single commas, turning `,,` into a literal comma.
+fn split_options(spec: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            current.push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            current.push(',');
+        } else {
+            parts.push(std::mem::take(&mut current));
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+fn parse(spec: &str) -> Result<DiskSpec, String> {
+    let parts = split_options(spec);
+    let is_null = parts.first().is_some_and(|first| first == "null");
+    let options = if is_null { &parts[1..] } else { &parts[..] };
+
+    let mut path = None;
+    let mut size = None;
+    let mut lun = None;
+    let mut read_only = false;
+    let mut serial = None;
+    // QEMU's defaults, so that a disk behaves as it would behind QEMU's own virtio-scsi.
+    let mut cache = CacheMode::Writeback;
+    let mut discard = DiscardMode::Ignore;
+    let mut logical_block_size = 512;
+    let mut seen: Vec<&str> = Vec::new();
+
+    for option in options {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("'{option}' is not KEY=VALUE"))?;
+        if seen.contains(&key) {
+            return Err(format!("{key} is given twice"));
+        }
+        match key {
+            "path" if !is_null => {
+                if value.is_empty() {
+                    return Err("path is empty".into());
+                }
+                path = Some(PathBuf::from(value));
+            }
+            "size" if is_null => size = Some(parse_size(value)?),
+            "lun" => {
+                let n: u16 = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_LUN)
+                    .ok_or_else(|| format!("lun '{value}' is not a number from 0 to {MAX_LUN}"))?;
+                lun = Some(n);
+            }
+            "readonly" => read_only = parse_switch(key, value)?,
+            "serial" => {
+                if value.len() > 36 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "serial '{value}' must be at most 36 printable ASCII characters without spaces"
+                    ));
+                }
+                serial = Some(value.to_string());
+            }
+            "cache" if !is_null => {
+                cache = match value {
+                    "none" => CacheMode::None,
+                    "writeback" => CacheMode::Writeback,
+                    _ => return Err(format!("cache '{value}' is not none or writeback")),
+                }
+            }
+            "discard" if !is_null => {
+                discard = match value {
+                    "unmap" => DiscardMode::Unmap,
+                    "ignore" => DiscardMode::Ignore,
+                    _ => return Err(format!("discard '{value}' is not unmap or ignore")),
+                }
+            }
+            "logical-block-size" => {
+                logical_block_size = match value {
+                    "512" => 512,
+                    "4096" => 4096,
+                    _ => return Err(format!("logical-block-size '{value}' is not 512 or 4096")),
+                }
+            }
+            _ if is_null => return Err(format!("unknown option '{key}' for a null disk")),
+            _ => return Err(format!("unknown option '{key}'")),
+        }
+        seen.push(key);
+    }
+
+    let backing = if is_null {
+        let size = size.ok_or("a null disk needs size=BYTES")?;
+        Backing::Null { size }
+    } else {
+        let path = path.ok_or("path=FILE is missing (or use 'null,size=BYTES')")?;
+        Backing::File {
+            path,
+            cache,
+            discard,
+        }
+    };
+    if let Backing::Null { size } = backing {
+        if size == 0 || size % u64::from(logical_block_size) != 0 {
+            return Err(format!(
+                "size {size} is not a positive multiple of the logical block size {logical_block_size}"
+            ));
+        }
+    }
+    Ok(DiskSpec {
+        backing,
+        lun,
+        read_only,
+        serial,
+        logical_block_size,
+    })
+}
+
+fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key} '{value}' is not on or off")),
+    }
+}
+
+/// Bytes, with an optional binary suffix K, M, G or T.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let (digits, shift) = match value.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&value[..i], 10),
+        Some((i, 'M' | 'm')) => (&value[..i], 20),
+        Some((i, 'G' | 'g')) => (&value[..i], 30),
+        Some((i, 'T' | 't')) => (&value[..i], 40),
+        _ => (value, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("size '{value}' is not a number of bytes (suffixes K, M, G, T)"))
+}
+
+/// Gives every disk its LUN: an explicit `lun=`, or the lowest free number after the previous
+/// disk's. Two disks on one LUN are an error naming both.
+pub fn assign_luns(specs: &[DiskSpec]) -> Result<Vec<u16>, String> {
+    let mut luns: Vec<u16> = Vec::with_capacity(specs.len());
+    let mut next = 0u16;
+    for (i, spec) in specs.iter().enumerate() {
+        let lun = match spec.lun {
+            Some(lun) => lun,
+            None => {
+                while specs.iter().any(|s| s.lun == Some(next)) || luns.contains(&next) {
+                    next = next
+                        .checked_add(1)
+                        .filter(|n| *n <= MAX_LUN)
+                        .ok_or("--disk: no free LUN left")?;
+                }
+                next
+            }
+        };
+        if let Some(other) = luns.iter().position(|l| *l == lun) {
+            return Err(format!(
+                "--disk number {} and --disk number {} both use lun {lun}",
+                other + 1,
+                i + 1
+            ));
+        }
+        luns.push(lun);
+    }
+    Ok(luns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(spec: &str) -> String {
+        spec.parse::<DiskSpec>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn file_disk_with_every_option() {
+        let spec: DiskSpec = "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            spec,
+            DiskSpec {
+                backing: Backing::File {
+                    path: "/d/x,y.img".into(),
+                    cache: CacheMode::None,
+                    discard: DiscardMode::Unmap
+                },
+                lun: Some(3),
+                read_only: true,
+                serial: Some("ABC-1".into()),
+                logical_block_size: 4096,
+            }
+        );
+    }
+
+    #[test]
+    fn file_disk_defaults() {
+        let spec: DiskSpec = "path=disk.img".parse().unwrap();
+        assert_eq!(
+            spec.backing,
+            Backing::File {
+                path: "disk.img".into(),
+                cache: CacheMode::Writeback,
+                discard: DiscardMode::Ignore
+            }
+        );
+        assert_eq!(
+            (spec.lun, spec.read_only, spec.logical_block_size),
+            (None, false, 512)
+        );
+    }
+
+    #[test]
+    fn null_disk_sizes() {
+        let spec: DiskSpec = "null,size=1G,lun=2".parse().unwrap();
+        assert_eq!(spec.backing, Backing::Null { size: 1 << 30 });
+        assert_eq!(spec.lun, Some(2));
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("3k").unwrap(), 3072);
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_option_and_value() {
+        assert_eq!(
+            problem("path=a,lun=x"),
+            "--disk 'path=a,lun=x': lun 'x' is not a number from 0 to 16383"
+        );
+        assert_eq!(
+            problem("path=a,lun=16384"),
+            "--disk 'path=a,lun=16384': lun '16384' is not a number from 0 to 16383"
+        );
+        assert_eq!(
+            problem("path=a,cache=off"),
+            "--disk 'path=a,cache=off': cache 'off' is not none or writeback"
+        );
+        assert_eq!(
+            problem("path=a,discard=on"),
+            "--disk 'path=a,discard=on': discard 'on' is not unmap or ignore"
+        );
+        assert_eq!(
+            problem("path=a,readonly=maybe"),
+            "--disk 'path=a,readonly=maybe': readonly 'maybe' is not on or off"
+        );
+        assert_eq!(
+            problem("path=a,logical-block-size=1024"),
+            "--disk 'path=a,logical-block-size=1024': logical-block-size '1024' is not 512 or 4096"
+        );
+        assert_eq!(
+            problem("path=a,colour=red"),
+            "--disk 'path=a,colour=red': unknown option 'colour'"
+        );
+        assert_eq!(
+            problem("path=a,path=b"),
+            "--disk 'path=a,path=b': path is given twice"
+        );
+        assert_eq!(
+            problem("lun=1"),
+            "--disk 'lun=1': path=FILE is missing (or use 'null,size=BYTES')"
+        );
+        assert_eq!(
+            problem("disk.img"),
+            "--disk 'disk.img': 'disk.img' is not KEY=VALUE"
+        );
+        assert_eq!(
+            problem("null"),
+            "--disk 'null': a null disk needs size=BYTES"
+        );
+        assert_eq!(problem("null,size=1000"), "--disk 'null,size=1000': size 1000 is not a positive multiple of the logical block size 512");
+        assert_eq!(
+            problem("null,size=1G,path=x"),
+            "--disk 'null,size=1G,path=x': unknown option 'path' for a null disk"
+        );
+        assert_eq!(
+            problem("null,size=lots"),
+            "--disk 'null,size=lots': size 'lots' is not a number of bytes (suffixes K, M, G, T)"
+        );
+        assert!(problem("path=a,serial=has space").contains("serial 'has space'"));
+    }
+
+    #[test]
+    fn luns_are_assigned_around_explicit_ones() {
+        let specs: Vec<DiskSpec> = ["path=a", "path=b,lun=1", "path=c", "path=d,lun=7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(assign_luns(&specs).unwrap(), vec![0, 1, 2, 7]);
+    }
+
+    #[test]
+    fn duplicate_luns_are_refused() {
+        let specs: Vec<DiskSpec> = ["path=a,lun=4", "path=b,lun=4"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            assign_luns(&specs).unwrap_err(),
+            "--disk number 1 and --disk number 2 both use lun 4"
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! Carrying out one decoded request against the device and the DMA table, and building the
+//! reply body. Nothing here touches the socket.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::device::{Device, DeviceError, IrqAction, RegionInfo};
+use crate::dma::{DmaChange, DmaError, DmaTable};
+use crate::message::{ClientCaps, DecodeError, Request};
+use crate::protocol::{
+    DmaUnmap, InfoHead, LeWriter, RegionAccess, IO_FD_FLAG_DATAMATCH, IO_FD_SUB_REGION_SIZE,
+    IO_FD_TYPE_IOEVENTFD, MAX_DATA_XFER_SIZE, MAX_MSG_FDS, PAGE_SIZE, REGION_INFO_SIZE,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+
+/// Why a request failed; its errno goes into the error reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("DMA: {0}")]
+    Dma(#[from] DmaError),
+    #[error("device: {0}")]
+    Device(#[from] DeviceError),
+    #[error("VERSION must come first, and only once")]
+    VersionOrder,
+    #[error("no region {0}")]
+    NoSuchRegion(u32),
+    #[error("region {region}: {count} bytes at {offset:#x} exceed its {size} bytes")]
+    RegionRange {
+        region: u32,
+        offset: u64,
+        count: u32,
+        size: u64,
+    },
+    #[error("region {0} does not allow this access")]
+    RegionAccess(u32),
+    #[error("no IRQ index {0}")]
+    NoSuchIrq(u32),
+    #[error("IRQ index {index}: vectors {start}+{count} exceed its {max}")]
+    IrqRange {
+        index: u32,
+        start: u32,
+        count: u32,
+        max: u32,
+    },
+    #[error("{needed} fds in the reply, the client takes {allowed}")]
+    TooManyReplyFds { needed: usize, allowed: usize },
+    #[error("duplicating an fd for the reply: {0}")]
+    Dup(std::io::Error),
+}
+
+impl RequestError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            RequestError::Decode(e) => e.errno(),
+            RequestError::Dma(e) => e.errno(),
+            RequestError::Device(e) => e.errno(),
+            RequestError::RegionAccess(_) => libc::EACCES,
+            RequestError::Dup(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// A reply body and the fds that go with it.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub body: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    fn from(w: LeWriter) -> Reply {
+        Reply {
+            body: w.bytes,
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Set once VERSION succeeded.
+    pub caps: Option<ClientCaps>,
+}
+
+/// What the server itself advertises, in the order it gives them up when the client's VERSION
+/// request is too short to hold them all.
+const SERVER_CAPS: [(&str, u64); 3] = [
+    ("max_msg_fds", MAX_MSG_FDS as u64),
+    ("max_data_xfer_size", MAX_DATA_XFER_SIZE as u64),
+    ("pgsizes", PAGE_SIZE),
+];
+
+/// The VERSION reply body: major 0, minor 0, then as many of our capabilities as keep the reply
+/// no larger than the request (`request_len` body bytes), NUL-terminated.
+pub fn version_reply(request_len: usize) -> Vec<u8> {
+    for kept in (0..=SERVER_CAPS.len()).rev() {
+        let caps: serde_json::Map<String, serde_json::Value> = SERVER_CAPS[..kept]
+            .iter()
+            .map(|&(name, value)| (name.to_owned(), value.into()))
+            .collect();
+        let json = serde_json::json!({ "capabilities": caps }).to_string();
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(json.as_bytes());
+        body.push(0);
+        if body.len() <= request_len {
+            return body;
+        }
+    }
+    vec![0u8; 4]
+}
+
+fn region<D: Device>(device: &D, index: u32) -> Result<RegionInfo, RequestError> {
+    device
+        .regions()
+        .into_iter()
+        .find(|r| r.index == index)
+        .ok_or(RequestError::NoSuchRegion(index))
+}
+
+fn check_access(
+    region: &RegionInfo,
+    access: &RegionAccess,
+    allowed: bool,
+) -> Result<(), RequestError> {
+    let out_of_range = RequestError::RegionRange {
+        region: access.region,
+        offset: access.offset,
+        count: access.count,
+        size: region.size,
+    };
+    let end = access.offset.checked_add(u64::from(access.count));
+    if end.is_none_or(|end| end > region.size) {
+        return Err(out_of_range);
+    }
+    if !allowed {
+        return Err(RequestError::RegionAccess(access.region));
+    }
+    Ok(())
+}
+
+fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestError> {
+    let mut flags = 0;
+    if info.readable {
+        flags |= VFIO_REGION_INFO_FLAG_READ;
+    }
+    if info.writable {
+        flags |= VFIO_REGION_INFO_FLAG_WRITE;
+    }
+    let mut caps = LeWriter::default();
+    let mut file_offset = 0;
+    let mut fds = Vec::new();
+    if let Some(mmap) = &info.mmap {
+        flags |= VFIO_REGION_INFO_FLAG_MMAP;
+        file_offset = mmap.file_offset;
+        fds.push(
+            mmap.fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(RequestError::Dup)?,
+        );
+        if !mmap.areas.is_empty() {
+            flags |= VFIO_REGION_INFO_FLAG_CAPS;
+            caps.u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16)
+                .u16(1)
+                .u32(0);
+            caps.u32(mmap.areas.len() as u32).u32(0);
+            for area in &mmap.areas {
+                caps.u64(area.offset).u64(area.size);
+            }
+        }
+    }
+    let needed = REGION_INFO_SIZE + caps.bytes.len();
+    let fits = argsz as usize >= needed;
+    let cap_offset = if fits && !caps.bytes.is_empty() {
+        REGION_INFO_SIZE as u32
+    } else {
+        0
+    };
+    let mut w = LeWriter::default();
+    w.u32(needed as u32)
+        .u32(flags)
+        .u32(info.index)
+        .u32(cap_offset)
+        .u64(info.size)
+        .u64(file_offset);
+    if fits {
+        w.bytes.extend_from_slice(&caps.bytes);
+    }
+    Ok(Reply { body: w.bytes, fds })
+}
+
+fn io_fds_reply<D: Device>(
+    device: &D,
+    index: u32,
+    argsz: u32,
+    max_fds: usize,
+) -> Result<Reply, RequestError> {
+    region(device, index)?;
+    let io_fds = device.region_io_fds(index)?;
+    let needed = InfoHead::SIZE + IO_FD_SUB_REGION_SIZE * io_fds.len();
+    let mut w = LeWriter::default();
+    InfoHead {
+        argsz: needed as u32,
+        flags: 0,
+        index,
+        count: io_fds.len() as u32,
+    }
+    .write(&mut w);
+    if (argsz as usize) < needed {
+        return Ok(Reply::from(w));
+    }
+    let mut distinct: Vec<std::os::fd::RawFd> = Vec::new();
+    let mut fds = Vec::new();
+    for io_fd in &io_fds {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&io_fd.fd);
+        let fd_index = match distinct.iter().position(|&d| d == raw) {
+            Some(i) => i,
+            None => {
+                distinct.push(raw);
+                fds.push(io_fd.fd.try_clone_to_owned().map_err(RequestError::Dup)?);
+                distinct.len() - 1
+            }
+        };
+        let flags = if io_fd.datamatch.is_some() {
+            IO_FD_FLAG_DATAMATCH
+        } else {
+            0
+        };
+        w.u64(io_fd.offset)
+            .u64(io_fd.size)
+            .u32(fd_index as u32)
+            .u32(IO_FD_TYPE_IOEVENTFD)
+            .u32(flags)
+            .u32(0);
+        w.u64(io_fd.datamatch.unwrap_or(0));
+    }
+    if fds.len() > max_fds {
+        return Err(RequestError::TooManyReplyFds {
+            needed: fds.len(),
+            allowed: max_fds,
+        });
+    }
+    Ok(Reply { body: w.bytes, fds })
+}
+
+fn check_irq_range<D: Device>(
+    device: &D,
+    index: u32,
+    action: &IrqAction,
+) -> Result<(), RequestError> {
+    let info = device
+        .irqs()
+        .into_iter()
+        .find(|i| i.index == index)
+        .ok_or(RequestError::NoSuchIrq(index))?;
+    let (start, count) = match action {
+        IrqAction::Disable => return Ok(()),
+        IrqAction::Assign { start, fds } => (*start, fds.len() as u32),
+        IrqAction::Trigger { start, count } | IrqAction::Mask { start, count, .. } => {
+            (*start, *count)
+        }
+        IrqAction::TriggerBool { start, values } => (*start, values.len() as u32),
+    };
+    if u64::from(start) + u64::from(count) > u64::from(info.count) {
+        return Err(RequestError::IrqRange {
+            index,
+            start,
+            count,
+            max: info.count,
+        });
+    }
+    Ok(())
+}
+
+/// Applies a DMA change to the device.
+pub fn notify_device<D: Device>(device: &mut D, change: DmaChange) {
+    match change {
+        DmaChange::Unmapping { iova, size } => device.dma_unmapping(iova, size),
+        DmaChange::Mapped { iova, size } => device.dma_mapped(iova, size),
+    }
+}
+
+/// Carries out `request`; `request_len` is the size of its body on the wire.
+pub fn handle<D: Device>(
+    device: &mut D,
+    dma: &mut DmaTable,
+    session: &mut Session,
+    request: Request,
+    request_len: usize,
+) -> Result<Reply, RequestError> {
+    let caps = match (&request, session.caps) {
+        (Request::Version { caps, .. }, None) => {
+            session.caps = Some(*caps);
+            return Ok(Reply {
+                body: version_reply(request_len),
+                fds: Vec::new(),
+            });
+        }
+        (Request::Version { .. }, Some(_)) | (_, None) => return Err(RequestError::VersionOrder),
+        (_, Some(caps)) => caps,
+    };
+    match request {
+        Request::Version { .. } => Err(RequestError::VersionOrder),
+        Request::DmaMap { map, fd } => {
+            if dma.map(&map, fd)? {
+                device.dma_mapped(map.address, map.size);
+            }
+            Ok(Reply::default())
+        }
+        Request::DmaUnmap(unmap) => {
+            dma.unmap(&unmap, |change| notify_device(device, change))?;
+            let mut w = LeWriter::default();
+            DmaUnmap {
+                argsz: DmaUnmap::SIZE as u32,
+                ..unmap
+            }
+            .write(&mut w);
+            Ok(Reply::from(w))
+        }
+        Request::DeviceGetInfo { .. } => {
+            let mut w = LeWriter::default();
+            let flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
+            InfoHead {
+                argsz: InfoHead::SIZE as u32,
+                flags,
+                index: device.regions().len() as u32,
+                count: device.irqs().len() as u32,
+            }
+            .write(&mut w);
+            Ok(Reply::from(w))
+        }
+        Request::DeviceGetRegionInfo { argsz, index } => {
+            region_info_reply(&region(device, index)?, argsz)
+        }
+        Request::DeviceGetRegionIoFds { argsz, index } => io_fds_reply(
+            device,
+            index,
+            argsz,
+            (caps.max_msg_fds as usize).min(MAX_MSG_FDS),
+        ),
+        Request::DeviceGetIrqInfo { index, .. } => {
+            let info = device
+                .irqs()
+                .into_iter()
+                .find(|i| i.index == index)
+                .ok_or(RequestError::NoSuchIrq(index))?;
+            let flags = [
+                (info.eventfd, VFIO_IRQ_INFO_EVENTFD),
+                (info.maskable, VFIO_IRQ_INFO_MASKABLE),
+                (info.automasked, VFIO_IRQ_INFO_AUTOMASKED),
+                (info.noresize, VFIO_IRQ_INFO_NORESIZE),
+            ]
+            .iter()
+            .filter(|(set, _)| *set)
+            .fold(0, |flags, (_, bit)| flags | bit);
+            let mut w = LeWriter::default();
+            InfoHead {
+                argsz: InfoHead::SIZE as u32,
+                flags,
+                index,
+                count: info.count,
+            }
+            .write(&mut w);
+            Ok(Reply::from(w))
+        }
+        Request::DeviceSetIrqs { index, action } => {
+            check_irq_range(device, index, &action)?;
+            device.set_irqs(index, action)?;
+            Ok(Reply::default())
+        }
+        Request::RegionRead(access) => {
+            let info = region(device, access.region)?;
+            check_access(&info, &access, info.readable)?;
+            let mut data = vec![0u8; access.count as usize];
+            device.region_read(access.region, access.offset, &mut data)?;
+            let mut w = LeWriter::default();
+            access.write(&mut w);
+            w.bytes.extend_from_slice(&data);
+            Ok(Reply::from(w))
+        }
+        Request::RegionWrite { access, data } => {
+            let info = region(device, access.region)?;
+            check_access(&info, &access, info.writable)?;
+            device.region_write(access.region, access.offset, &data)?;
+            let mut w = LeWriter::default();
+            access.write(&mut w);
+            Ok(Reply::from(w))
+        }
+        Request::DeviceReset => {
+            device.reset();
+            Ok(Reply::default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_reply_never_exceeds_the_request() {
+        let full = version_reply(usize::MAX);
+        assert_eq!(&full[..4], &[0, 0, 0, 0]);
+        assert_eq!(full.last(), Some(&0));
+        let json: serde_json::Value = serde_json::from_slice(&full[4..full.len() - 1]).unwrap();
+        assert_eq!(json["capabilities"]["max_msg_fds"], 16);
+        assert_eq!(json["capabilities"]["max_data_xfer_size"], 1 << 20);
+        assert_eq!(json["capabilities"]["pgsizes"], 4096);
+        for limit in [4, 10, 30, 50, 70, full.len() - 1] {
+            let reply = version_reply(limit);
+            assert!(reply.len() <= limit, "{limit}: {}", reply.len());
+        }
+        assert!(version_reply(full.len() - 1).len() > 4);
+    }
+}

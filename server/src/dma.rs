@@ -1,0 +1,520 @@
+//! The DMA map table: which client memory the device may reach, and the `DmaMemory` view of it.
+//!
+//! A mapping sent with an fd is mmapped and inserted into `DmaMemory`; one without an fd is only
+//! recorded (it still takes part in overlap checks and unmaps). A mapping the client grants
+//! without WRITE is mapped MAP_PRIVATE: a device write then lands in a private copy-on-write page,
+//! so it can neither reach the client's memory nor fault the server on a read-only mapping.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap};
+
+use crate::device::DmaMemory;
+use crate::protocol::{
+    DmaMap, DmaUnmap, MAX_DMA_MAPS, PAGE_SIZE, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
+    VFIO_DMA_UNMAP_FLAG_ALL,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DmaError {
+    #[error(
+        "[{address:#x}, +{size:#x}) at file offset {offset:#x} is empty, unaligned or overflows"
+    )]
+    BadRange {
+        address: u64,
+        size: u64,
+        offset: u64,
+    },
+    #[error("flags {0:#x} not supported")]
+    BadFlags(u32),
+    #[error("[{address:#x}, +{size:#x}) overlaps the mapping at {existing:#x}")]
+    Overlap {
+        address: u64,
+        size: u64,
+        existing: u64,
+    },
+    #[error("already {MAX_DMA_MAPS} mappings")]
+    TooMany,
+    #[error("nothing mapped in [{address:#x}, +{size:#x})")]
+    NotMapped { address: u64, size: u64 },
+    #[error("UNMAP_ALL with a non-zero range")]
+    UnmapAllWithRange,
+    #[error("mmap: {0}")]
+    Mmap(#[from] vm_memory::mmap::MmapRegionError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestRegionCollectionError),
+    #[error("DMA memory lock poisoned")]
+    Poisoned,
+}
+
+impl DmaError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            DmaError::Overlap { .. } => libc::EEXIST,
+            DmaError::TooMany => libc::ENOSPC,
+            DmaError::NotMapped { .. } => libc::ENOENT,
+            DmaError::Mmap(vm_memory::mmap::MmapRegionError::Mmap(e)) => {
+                e.raw_os_error().unwrap_or(libc::EINVAL)
+            }
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// A change of `DmaMemory` the device must hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaChange {
+    /// About to leave `DmaMemory`.
+    Unmapping { iova: u64, size: u64 },
+    /// Now in `DmaMemory`.
+    Mapped { iova: u64, size: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Mapping {
+    size: u64,
+    file_offset: u64,
+    flags: u32,
+    /// The file backing the mapping; `None` if the device cannot reach it.
+    file: Option<Arc<File>>,
+}
+
+impl Mapping {
+    fn accessible(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+/// Every DMA mapping of the current client, keyed by IOVA.
+pub struct DmaTable {
+    maps: BTreeMap<u64, Mapping>,
+    memory: DmaMemory,
+}
+
+fn aligned(value: u64) -> bool {
+    value % PAGE_SIZE == 0
+}
+
+impl DmaTable {
+    pub fn new(memory: DmaMemory) -> DmaTable {
+        DmaTable {
+            maps: BTreeMap::new(),
+            memory,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
+    pub fn map(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<bool, DmaError> {
+        let bad_range = DmaError::BadRange {
+            address: map.address,
+            size: map.size,
+            offset: map.offset,
+        };
+        let end = map.address.checked_add(map.size);
+        if map.size == 0 || end.is_none() || map.offset.checked_add(map.size).is_none() {
+            return Err(bad_range);
+        }
+        if !aligned(map.address) || !aligned(map.size) || !aligned(map.offset) {
+            return Err(bad_range);
+        }
+        if map.flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
+            return Err(DmaError::BadFlags(map.flags));
+        }
+        if let Some(existing) = self.first_overlap(map.address, map.size) {
+            return Err(DmaError::Overlap {
+                address: map.address,
+                size: map.size,
+                existing,
+            });
+        }
+        if self.maps.len() >= MAX_DMA_MAPS {
+            return Err(DmaError::TooMany);
+        }
+        let reachable = map.flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
+        let file = fd.filter(|_| reachable).map(|fd| Arc::new(File::from(fd)));
+        let mapping = Mapping {
+            size: map.size,
+            file_offset: map.offset,
+            flags: map.flags,
+            file,
+        };
+        if mapping.accessible() {
+            self.insert_into_memory(map.address, &mapping)?;
+        }
+        let accessible = mapping.accessible();
+        self.maps.insert(map.address, mapping);
+        Ok(accessible)
+    }
+
+    fn first_overlap(&self, address: u64, size: u64) -> Option<u64> {
+        let end = address.saturating_add(size);
+        self.maps
+            .range(..end)
+            .next_back()
+            .filter(|(&start, m)| start.saturating_add(m.size) > address)
+            .map(|(&start, _)| start)
+            .or_else(|| {
+                self.maps
+                    .range(address..end)
+                    .next()
+                    .map(|(&start, _)| start)
+            })
+    }
+
+    fn insert_into_memory(&self, address: u64, mapping: &Mapping) -> Result<(), DmaError> {
+        let Some(file) = &mapping.file else {
+            return Ok(());
+        };
+        let size = usize::try_from(mapping.size).map_err(|_| DmaError::BadRange {
+            address,
+            size: mapping.size,
+            offset: mapping.file_offset,
+        })?;
+        let shared = mapping.flags & VFIO_DMA_MAP_FLAG_WRITE != 0;
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE
+        };
+        let region = MmapRegion::build(
+            Some(FileOffset::from_arc(Arc::clone(file), mapping.file_offset)),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+        )?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(address)).ok_or(DmaError::BadRange {
+                address,
+                size: mapping.size,
+                offset: mapping.file_offset,
+            })?;
+        let guard = self.memory.lock().map_err(|_| DmaError::Poisoned)?;
+        let updated = self.memory.memory().insert_region(Arc::new(region))?;
+        guard.replace(updated);
+        Ok(())
+    }
+
+    fn remove_from_memory(&self, address: u64, size: u64) -> Result<(), DmaError> {
+        let guard = self.memory.lock().map_err(|_| DmaError::Poisoned)?;
+        let (updated, _) = self
+            .memory
+            .memory()
+            .remove_region(GuestAddress(address), size)?;
+        guard.replace(updated);
+        Ok(())
+    }
+
+    /// Removes what `unmap` covers, telling `notify` before an accessible mapping leaves
+    /// `DmaMemory` and after the remainder of a partly unmapped one returns to it.
+    pub fn unmap(
+        &mut self,
+        unmap: &DmaUnmap,
+        mut notify: impl FnMut(DmaChange),
+    ) -> Result<(), DmaError> {
+        if unmap.flags == VFIO_DMA_UNMAP_FLAG_ALL {
+            if unmap.address != 0 || unmap.size != 0 {
+                return Err(DmaError::UnmapAllWithRange);
+            }
+            return self.clear(notify);
+        }
+        if unmap.flags != 0 {
+            return Err(DmaError::BadFlags(unmap.flags));
+        }
+        let (address, size) = (unmap.address, unmap.size);
+        let end = address
+            .checked_add(size)
+            .filter(|_| size != 0 && aligned(address) && aligned(size));
+        let end = end.ok_or(DmaError::BadRange {
+            address,
+            size,
+            offset: 0,
+        })?;
+        let hit: Vec<u64> = self
+            .maps
+            .range(..end)
+            .filter(|(&start, m)| start + m.size > address)
+            .map(|(&start, _)| start)
+            .collect();
+        if hit.is_empty() {
+            return Err(DmaError::NotMapped { address, size });
+        }
+        for start in hit {
+            let Some(mapping) = self.maps.remove(&start) else {
+                continue;
+            };
+            if mapping.accessible() {
+                notify(DmaChange::Unmapping {
+                    iova: start,
+                    size: mapping.size,
+                });
+                self.remove_from_memory(start, mapping.size)?;
+            }
+            let map_end = start + mapping.size;
+            let mut remainders = Vec::new();
+            if start < address {
+                remainders.push((
+                    start,
+                    Mapping {
+                        size: address - start,
+                        ..mapping.clone()
+                    },
+                ));
+            }
+            if map_end > end {
+                let skip = end - start;
+                remainders.push((
+                    end,
+                    Mapping {
+                        size: map_end - end,
+                        file_offset: mapping.file_offset + skip,
+                        ..mapping.clone()
+                    },
+                ));
+            }
+            for (piece_start, piece) in remainders {
+                self.insert_into_memory(piece_start, &piece)?;
+                if piece.accessible() {
+                    notify(DmaChange::Mapped {
+                        iova: piece_start,
+                        size: piece.size,
+                    });
+                }
+                self.maps.insert(piece_start, piece);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every mapping (UNMAP_ALL, or the client went away) and closes their fds.
+    pub fn clear(&mut self, mut notify: impl FnMut(DmaChange)) -> Result<(), DmaError> {
+        for (&start, mapping) in &self.maps {
+            if mapping.accessible() {
+                notify(DmaChange::Unmapping {
+                    iova: start,
+                    size: mapping.size,
+                });
+            }
+        }
+        self.maps.clear();
+        self.memory
+            .lock()
+            .map_err(|_| DmaError::Poisoned)?
+            .replace(GuestMemoryMmap::new());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    const RW: u32 = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+
+    fn backing(pages: u64) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        let bytes: Vec<u8> = (0..pages * PAGE_SIZE)
+            .map(|i| (i / PAGE_SIZE) as u8)
+            .collect();
+        file.write_all(&bytes).unwrap();
+        file
+    }
+
+    fn map(address: u64, size: u64, offset: u64, flags: u32) -> DmaMap {
+        DmaMap {
+            argsz: 32,
+            flags,
+            offset,
+            address,
+            size,
+        }
+    }
+
+    fn unmap(address: u64, size: u64) -> DmaUnmap {
+        DmaUnmap {
+            argsz: 24,
+            flags: 0,
+            address,
+            size,
+        }
+    }
+
+    fn table() -> (DmaTable, DmaMemory) {
+        let memory = DmaMemory::new(GuestMemoryMmap::new());
+        (DmaTable::new(memory.clone()), memory)
+    }
+
+    #[test]
+    fn mapped_fd_is_visible_at_its_offset() {
+        let (mut t, memory) = table();
+        let file = backing(4);
+        assert!(t
+            .map(
+                &map(0x10000, 2 * PAGE_SIZE, PAGE_SIZE, RW),
+                Some(file.into())
+            )
+            .unwrap());
+        let mem = memory.memory();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10000)).unwrap(), 1);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x10000 + PAGE_SIZE))
+                .unwrap(),
+            2
+        );
+        assert!(mem
+            .read_obj::<u8>(GuestAddress(0x10000 + 2 * PAGE_SIZE))
+            .is_err());
+    }
+
+    #[test]
+    fn writes_reach_the_file_only_when_writable() {
+        let (mut t, memory) = table();
+        let shared = backing(1);
+        let private = backing(1);
+        t.map(
+            &map(0, PAGE_SIZE, 0, RW),
+            Some(shared.try_clone().unwrap().into()),
+        )
+        .unwrap();
+        t.map(
+            &map(PAGE_SIZE, PAGE_SIZE, 0, VFIO_DMA_MAP_FLAG_READ),
+            Some(private.try_clone().unwrap().into()),
+        )
+        .unwrap();
+        let mem = memory.memory();
+        mem.write_obj(0xaau8, GuestAddress(0)).unwrap();
+        mem.write_obj(0xbbu8, GuestAddress(PAGE_SIZE)).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(PAGE_SIZE)).unwrap(), 0xbb);
+        let read_first = |f: &File| {
+            let mut b = [0u8; 1];
+            std::os::unix::fs::FileExt::read_at(f, &mut b, 0).unwrap();
+            b[0]
+        };
+        assert_eq!(read_first(&shared), 0xaa);
+        assert_eq!(read_first(&private), 0);
+    }
+
+    #[test]
+    fn overlaps_are_eexist_and_fdless_maps_are_recorded() {
+        let (mut t, memory) = table();
+        assert!(!t.map(&map(0x4000, 0x4000, 0, RW), None).unwrap());
+        assert!(memory.memory().num_regions() == 0);
+        for (address, size) in [
+            (0x4000, 0x1000),
+            (0x3000, 0x2000),
+            (0x7000, 0x1000),
+            (0, 0x10000),
+        ] {
+            assert_eq!(
+                t.map(&map(address, size, 0, RW), None).unwrap_err().errno(),
+                libc::EEXIST
+            );
+        }
+        t.map(&map(0x8000, 0x1000, 0, RW), None).unwrap();
+        t.map(&map(0x3000, 0x1000, 0, RW), None).unwrap();
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn bad_ranges_are_einval() {
+        let (mut t, _) = table();
+        for m in [
+            map(0, 0, 0, RW),
+            map(0x100, 0x1000, 0, RW),
+            map(u64::MAX - 0xfff, 0x2000, 0, RW),
+            map(0, 0x1000, 0, 1 << 5),
+        ] {
+            assert_eq!(t.map(&m, None).unwrap_err().errno(), libc::EINVAL);
+        }
+    }
+
+    #[test]
+    fn partial_unmap_keeps_the_rest_at_the_right_offset() {
+        let (mut t, memory) = table();
+        t.map(
+            &map(0x100000, 4 * PAGE_SIZE, 0, RW),
+            Some(backing(4).into()),
+        )
+        .unwrap();
+        let mut changes = vec![];
+        t.unmap(&unmap(0x100000 + PAGE_SIZE, PAGE_SIZE), |c| changes.push(c))
+            .unwrap();
+        assert_eq!(
+            changes,
+            [
+                DmaChange::Unmapping {
+                    iova: 0x100000,
+                    size: 4 * PAGE_SIZE
+                },
+                DmaChange::Mapped {
+                    iova: 0x100000,
+                    size: PAGE_SIZE
+                },
+                DmaChange::Mapped {
+                    iova: 0x100000 + 2 * PAGE_SIZE,
+                    size: 2 * PAGE_SIZE
+                },
+            ]
+        );
+        let mem = memory.memory();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x100000)).unwrap(), 0);
+        assert!(mem
+            .read_obj::<u8>(GuestAddress(0x100000 + PAGE_SIZE))
+            .is_err());
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x100000 + 3 * PAGE_SIZE))
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            t.unmap(&unmap(0x100000 + PAGE_SIZE, PAGE_SIZE), |_| ())
+                .unwrap_err()
+                .errno(),
+            libc::ENOENT
+        );
+    }
+
+    #[test]
+    fn exact_unmap_and_unmap_all() {
+        let (mut t, memory) = table();
+        t.map(&map(0, PAGE_SIZE, 0, RW), Some(backing(1).into()))
+            .unwrap();
+        t.map(&map(PAGE_SIZE, PAGE_SIZE, 0, RW), Some(backing(1).into()))
+            .unwrap();
+        t.map(&map(4 * PAGE_SIZE, PAGE_SIZE, 0, RW), None).unwrap();
+        t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
+        assert_eq!(memory.memory().num_regions(), 1);
+        let all = DmaUnmap {
+            argsz: 24,
+            flags: VFIO_DMA_UNMAP_FLAG_ALL,
+            address: 0,
+            size: 0,
+        };
+        let bad_all = DmaUnmap { size: 1, ..all };
+        assert_eq!(t.unmap(&bad_all, |_| ()).unwrap_err().errno(), libc::EINVAL);
+        let mut changes = vec![];
+        t.unmap(&all, |c| changes.push(c)).unwrap();
+        assert_eq!(
+            changes,
+            [DmaChange::Unmapping {
+                iova: PAGE_SIZE,
+                size: PAGE_SIZE
+            }]
+        );
+        assert!(t.is_empty());
+        assert_eq!(memory.memory().num_regions(), 0);
+    }
+}

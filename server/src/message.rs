@@ -1,0 +1,525 @@
+//! Decoding one client message (header, body and the fds that came with it) into a `Request`.
+//! Every length is checked before anything is read or allocated; the fuzz target calls
+//! `decode_message` directly.
+
+use std::os::fd::OwnedFd;
+
+use crate::device::IrqAction;
+use crate::irq::{decode_set_irqs, IrqError};
+use crate::protocol::{
+    Command, DmaMap, DmaUnmap, Header, InfoHead, RegionAccess, SetIrqs, FLAG_TYPE_COMMAND,
+    FLAG_TYPE_MASK, HEADER_SIZE, MAX_BODY_SIZE, MAX_DATA_XFER_SIZE, MAX_MSG_FDS, REGION_INFO_SIZE,
+};
+
+/// What the client says it can take, from its VERSION capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCaps {
+    pub max_msg_fds: u32,
+    pub max_data_xfer_size: u32,
+}
+
+impl Default for ClientCaps {
+    /// The protocol's defaults for a client that names no capability.
+    fn default() -> Self {
+        ClientCaps {
+            max_msg_fds: 1,
+            max_data_xfer_size: MAX_DATA_XFER_SIZE,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Request {
+    Version {
+        major: u16,
+        minor: u16,
+        caps: ClientCaps,
+    },
+    DmaMap {
+        map: DmaMap,
+        fd: Option<OwnedFd>,
+    },
+    DmaUnmap(DmaUnmap),
+    DeviceGetInfo {
+        argsz: u32,
+    },
+    DeviceGetRegionInfo {
+        argsz: u32,
+        index: u32,
+    },
+    DeviceGetRegionIoFds {
+        argsz: u32,
+        index: u32,
+    },
+    DeviceGetIrqInfo {
+        argsz: u32,
+        index: u32,
+    },
+    DeviceSetIrqs {
+        index: u32,
+        action: IrqAction,
+    },
+    RegionRead(RegionAccess),
+    RegionWrite {
+        access: RegionAccess,
+        data: Vec<u8>,
+    },
+    DeviceReset,
+}
+
+/// A header that makes the stream unusable: the connection ends.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FramingError {
+    #[error("message size {0} is smaller than the header")]
+    TooShort(u32),
+    #[error("flags {0:#x} do not mark a command")]
+    NotACommand(u32),
+}
+
+/// A well-framed message the server refuses: it gets an error reply and the stream stays in sync.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown command {0}")]
+    UnknownCommand(u16),
+    #[error("body of {got} bytes, {command:?} needs {need}")]
+    BadLength {
+        command: Command,
+        got: usize,
+        need: usize,
+    },
+    #[error("body of {0} bytes exceeds the {MAX_BODY_SIZE}-byte limit")]
+    TooLarge(usize),
+    #[error("{got} fds, at most {allowed} allowed")]
+    TooManyFds { got: usize, allowed: usize },
+    #[error("argsz {argsz} is below the {need}-byte reply")]
+    ArgszTooSmall { argsz: u32, need: usize },
+    #[error("flags {0:#x} not supported")]
+    BadFlags(u32),
+    #[error("count {0} exceeds max_data_xfer_size")]
+    CountTooLarge(u32),
+    #[error("protocol major version {0} not supported")]
+    Version(u16),
+    #[error("capabilities: {0}")]
+    Capabilities(String),
+    #[error("SET_IRQS: {0}")]
+    Irq(#[from] IrqError),
+}
+
+impl DecodeError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            DecodeError::UnknownCommand(_) => libc::ENOSYS,
+            DecodeError::TooLarge(_) | DecodeError::CountTooLarge(_) => libc::E2BIG,
+            DecodeError::Version(_) => libc::ENOTSUP,
+            DecodeError::Irq(e) => e.errno(),
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Checks a header before its body is read.
+pub fn check_header(header: &Header) -> Result<(), FramingError> {
+    if (header.message_size as usize) < HEADER_SIZE {
+        return Err(FramingError::TooShort(header.message_size));
+    }
+    if header.flags & FLAG_TYPE_MASK != FLAG_TYPE_COMMAND {
+        return Err(FramingError::NotACommand(header.flags));
+    }
+    Ok(())
+}
+
+/// Length of the body that follows `header`, once `check_header` accepted it.
+pub fn body_len(header: &Header) -> usize {
+    (header.message_size as usize).saturating_sub(HEADER_SIZE)
+}
+
+/// How a whole message decodes: a framing error ends the connection; a decode error is replied to.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("header shorter than {HEADER_SIZE} bytes")]
+    ShortHeader,
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error("message size {declared} but {got} bytes present")]
+    ShortBody { declared: u32, got: usize },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Decodes one complete message from `bytes` (header and body, nothing after).
+pub fn decode_message(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(Header, Request), MessageError> {
+    let header_bytes: &[u8; HEADER_SIZE] = bytes
+        .get(..HEADER_SIZE)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(MessageError::ShortHeader)?;
+    let header = Header::parse(header_bytes);
+    check_header(&header)?;
+    let body = &bytes[HEADER_SIZE..];
+    if body.len() != body_len(&header) {
+        return Err(MessageError::ShortBody {
+            declared: header.message_size,
+            got: body.len(),
+        });
+    }
+    let request = decode_request(&header, body, fds)?;
+    Ok((header, request))
+}
+
+fn fixed<T>(
+    command: Command,
+    body: &[u8],
+    need: usize,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Result<T, DecodeError> {
+    parse(body).ok_or(DecodeError::BadLength {
+        command,
+        got: body.len(),
+        need,
+    })
+}
+
+fn no_fds(fds: &[OwnedFd]) -> Result<(), DecodeError> {
+    match fds.len() {
+        0 => Ok(()),
+        got => Err(DecodeError::TooManyFds { got, allowed: 0 }),
+    }
+}
+
+fn argsz_at_least(argsz: u32, need: usize) -> Result<u32, DecodeError> {
+    if (argsz as usize) < need {
+        return Err(DecodeError::ArgszTooSmall { argsz, need });
+    }
+    Ok(argsz)
+}
+
+/// Decodes the body of a message whose header passed `check_header`. Fds not kept by the request
+/// are closed when this returns.
+pub fn decode_request(
+    header: &Header,
+    body: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Request, DecodeError> {
+    let command =
+        Command::from_u16(header.command).ok_or(DecodeError::UnknownCommand(header.command))?;
+    if body.len() > MAX_BODY_SIZE {
+        return Err(DecodeError::TooLarge(body.len()));
+    }
+    if fds.len() > MAX_MSG_FDS {
+        return Err(DecodeError::TooManyFds {
+            got: fds.len(),
+            allowed: MAX_MSG_FDS,
+        });
+    }
+    match command {
+        Command::Version => {
+            no_fds(&fds)?;
+            decode_version(body)
+        }
+        Command::DmaMap => {
+            let map = fixed(command, body, DmaMap::SIZE, DmaMap::parse)?;
+            if fds.len() > 1 {
+                return Err(DecodeError::TooManyFds {
+                    got: fds.len(),
+                    allowed: 1,
+                });
+            }
+            Ok(Request::DmaMap {
+                map,
+                fd: fds.into_iter().next(),
+            })
+        }
+        Command::DmaUnmap => {
+            no_fds(&fds)?;
+            let unmap = fixed(command, body, DmaUnmap::SIZE, DmaUnmap::parse)?;
+            argsz_at_least(unmap.argsz, DmaUnmap::SIZE)?;
+            Ok(Request::DmaUnmap(unmap))
+        }
+        Command::DeviceGetInfo | Command::DeviceGetRegionIoFds | Command::DeviceGetIrqInfo => {
+            no_fds(&fds)?;
+            let head = fixed(command, body, InfoHead::SIZE, InfoHead::parse)?;
+            let argsz = argsz_at_least(head.argsz, InfoHead::SIZE)?;
+            Ok(match command {
+                Command::DeviceGetInfo => Request::DeviceGetInfo { argsz },
+                Command::DeviceGetRegionIoFds => Request::DeviceGetRegionIoFds {
+                    argsz,
+                    index: head.index,
+                },
+                _ => Request::DeviceGetIrqInfo {
+                    argsz,
+                    index: head.index,
+                },
+            })
+        }
+        Command::DeviceGetRegionInfo => {
+            no_fds(&fds)?;
+            let head = fixed(command, body, REGION_INFO_SIZE, InfoHead::parse)?;
+            let argsz = argsz_at_least(head.argsz, REGION_INFO_SIZE)?;
+            Ok(Request::DeviceGetRegionInfo {
+                argsz,
+                index: head.index,
+            })
+        }
+        Command::DeviceSetIrqs => {
+            let args = fixed(command, body, SetIrqs::SIZE, SetIrqs::parse)?;
+            let action = decode_set_irqs(&args, &body[SetIrqs::SIZE..], fds)?;
+            Ok(Request::DeviceSetIrqs {
+                index: args.index,
+                action,
+            })
+        }
+        Command::RegionRead => {
+            no_fds(&fds)?;
+            let access = fixed(command, body, RegionAccess::SIZE, RegionAccess::parse)?;
+            if access.count > MAX_DATA_XFER_SIZE {
+                return Err(DecodeError::CountTooLarge(access.count));
+            }
+            Ok(Request::RegionRead(access))
+        }
+        Command::RegionWrite => {
+            no_fds(&fds)?;
+            let access = fixed(command, body, RegionAccess::SIZE, RegionAccess::parse)?;
+            if access.count > MAX_DATA_XFER_SIZE {
+                return Err(DecodeError::CountTooLarge(access.count));
+            }
+            let data = &body[RegionAccess::SIZE..];
+            if data.len() != access.count as usize {
+                return Err(DecodeError::BadLength {
+                    command,
+                    got: body.len(),
+                    need: RegionAccess::SIZE + access.count as usize,
+                });
+            }
+            Ok(Request::RegionWrite {
+                access,
+                data: data.to_vec(),
+            })
+        }
+        Command::DeviceReset => {
+            no_fds(&fds)?;
+            Ok(Request::DeviceReset)
+        }
+    }
+}
+
+fn decode_version(body: &[u8]) -> Result<Request, DecodeError> {
+    let need = 4;
+    if body.len() < need {
+        return Err(DecodeError::BadLength {
+            command: Command::Version,
+            got: body.len(),
+            need,
+        });
+    }
+    let major = u16::from_le_bytes([body[0], body[1]]);
+    let minor = u16::from_le_bytes([body[2], body[3]]);
+    if major != 0 {
+        return Err(DecodeError::Version(major));
+    }
+    let caps = match &body[need..] {
+        [] => ClientCaps::default(),
+        [json @ .., 0] => parse_capabilities(json)?,
+        _ => {
+            return Err(DecodeError::Capabilities(
+                "version data is not NUL-terminated".into(),
+            ))
+        }
+    };
+    Ok(Request::Version { major, minor, caps })
+}
+
+fn parse_capabilities(json: &[u8]) -> Result<ClientCaps, DecodeError> {
+    let bad = |what: String| DecodeError::Capabilities(what);
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
+    let mut caps = ClientCaps::default();
+    let Some(capabilities) = object.get("capabilities") else {
+        return Ok(caps);
+    };
+    let capabilities = capabilities
+        .as_object()
+        .ok_or_else(|| bad("capabilities is not an object".into()))?;
+    let number = |name: &str| -> Result<Option<u32>, DecodeError> {
+        capabilities
+            .get(name)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad(format!("{name} is not a 32-bit number")))
+            })
+            .transpose()
+    };
+    if let Some(n) = number("max_msg_fds")? {
+        caps.max_msg_fds = n;
+    }
+    if let Some(n) = number("max_data_xfer_size")? {
+        caps.max_data_xfer_size = n;
+    }
+    Ok(caps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::LeWriter;
+
+    fn message(command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
+        let mut w = LeWriter::default();
+        Header {
+            message_id: 7,
+            command,
+            message_size: (HEADER_SIZE + body.len()) as u32,
+            flags,
+            error: 0,
+        }
+        .write(&mut w);
+        w.bytes.extend_from_slice(body);
+        w.bytes
+    }
+
+    fn decode_err(bytes: &[u8]) -> DecodeError {
+        match decode_message(bytes, vec![]) {
+            Err(MessageError::Decode(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn version_with_qemu_capabilities() {
+        let mut body = vec![0, 0, 0, 0];
+        body.extend_from_slice(br#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096,"max_bitmap_size":1048576},"write_multiple":true}}"#);
+        body.push(0);
+        let (header, request) = decode_message(&message(1, 0, &body), vec![]).unwrap();
+        assert_eq!(header.message_id, 7);
+        assert!(matches!(
+            request,
+            Request::Version {
+                major: 0,
+                minor: 0,
+                caps: ClientCaps {
+                    max_msg_fds: 16,
+                    max_data_xfer_size: 1048576
+                }
+            }
+        ));
+    }
+
+    #[test]
+    fn version_errors() {
+        assert_eq!(
+            decode_err(&message(1, 0, &[1, 0, 0, 0])).errno(),
+            libc::ENOTSUP
+        );
+        assert!(matches!(
+            decode_err(&message(1, 0, b"\0\0\0\0{}")),
+            DecodeError::Capabilities(_)
+        ));
+        assert!(matches!(
+            decode_err(&message(1, 0, b"\0\0\0\0{\0")),
+            DecodeError::Capabilities(_)
+        ));
+        assert!(matches!(
+            decode_err(&message(
+                1,
+                0,
+                b"\0\0\0\0{\"capabilities\":{\"max_msg_fds\":-1}}\0"
+            )),
+            DecodeError::Capabilities(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_command_is_enosys() {
+        assert_eq!(decode_err(&message(99, 0, &[])).errno(), libc::ENOSYS);
+        assert_eq!(decode_err(&message(11, 0, &[])).errno(), libc::ENOSYS);
+    }
+
+    #[test]
+    fn framing_errors() {
+        assert!(matches!(
+            decode_message(&[0; 8], vec![]),
+            Err(MessageError::ShortHeader)
+        ));
+        let mut bytes = message(4, 0, &[]);
+        bytes[4] = 8;
+        assert!(matches!(
+            decode_message(&bytes, vec![]),
+            Err(MessageError::Framing(FramingError::TooShort(8)))
+        ));
+        assert!(matches!(
+            decode_message(&message(4, 1, &[0; 16]), vec![]),
+            Err(MessageError::Framing(FramingError::NotACommand(1)))
+        ));
+        let mut bytes = message(4, 0, &[0; 16]);
+        bytes.pop();
+        assert!(matches!(
+            decode_message(&bytes, vec![]),
+            Err(MessageError::ShortBody { .. })
+        ));
+    }
+
+    #[test]
+    fn short_bodies_and_small_argsz_are_einval() {
+        assert_eq!(decode_err(&message(2, 0, &[0; 31])).errno(), libc::EINVAL);
+        assert!(matches!(
+            decode_err(&message(
+                4,
+                0,
+                &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            )),
+            DecodeError::ArgszTooSmall { argsz: 8, need: 16 }
+        ));
+        let mut region_info = [0u8; 32];
+        region_info[0] = 16;
+        assert!(matches!(
+            decode_err(&message(5, 0, &region_info)),
+            DecodeError::ArgszTooSmall {
+                argsz: 16,
+                need: 32
+            }
+        ));
+    }
+
+    #[test]
+    fn region_write_length_must_match_count() {
+        let mut w = LeWriter::default();
+        RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4,
+        }
+        .write(&mut w);
+        w.bytes.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            decode_err(&message(10, 0, &w.bytes)),
+            DecodeError::BadLength { .. }
+        ));
+        w.bytes.push(4);
+        let (_, request) = decode_message(&message(10, 0, &w.bytes), vec![]).unwrap();
+        assert!(matches!(request, Request::RegionWrite { ref data, .. } if data == &[1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn oversized_read_is_e2big() {
+        let mut w = LeWriter::default();
+        RegionAccess {
+            offset: 0,
+            region: 0,
+            count: MAX_DATA_XFER_SIZE + 1,
+        }
+        .write(&mut w);
+        assert_eq!(decode_err(&message(9, 0, &w.bytes)).errno(), libc::E2BIG);
+    }
+
+    #[test]
+    fn fds_where_none_belong_are_einval() {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        match decode_message(&message(13, 0, &[]), vec![fd]) {
+            Err(MessageError::Decode(e)) => {
+                assert_eq!(e, DecodeError::TooManyFds { got: 1, allowed: 0 })
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The virtio-pci modern transport and the virtio-scsi device with its SCSI disk emulation.
+
+pub mod bar_layout;
+pub mod common_cfg;
+pub mod config_notifier;
+pub mod device;
+pub mod features;
+pub mod interrupt;
+pub mod isr;
+pub mod notify;
+pub mod pci_caps;
+pub mod pci_function;
+pub mod scsi;
+pub mod scsi_device;
+pub mod status;
+pub mod transport_error;
+
+pub use config_notifier::ConfigNotifier;
+pub use device::{ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
+pub use interrupt::{MsixInterrupt, NO_VECTOR};
+pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
+pub use scsi_device::{EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent};
+pub use transport_error::{Region, TransportError};

@@ -1,0 +1,383 @@
+//! The control queue: task management functions and asynchronous notification requests
+//! (virtio 1.2 §5.6.6.2).
+//!
+//! Commands complete before the request queue that carried them is left, so no task is ever in
+//! flight when a TMF is handled: aborts and queries find nothing, resets only reset state.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use slog::debug;
+use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_FUNCTION_REJECTED,
+    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE, VIRTIO_SCSI_T_TMF,
+    VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_ABORT_TASK_SET,
+    VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
+    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+};
+
+use super::data_buffers::ChainBuffers;
+use super::lun_address;
+use super::request::{
+    an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
+    TMF_RESP_SIZE,
+};
+use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::scsi::Target;
+
+/// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
+const FUNCTION_COMPLETE: u32 = VIRTIO_SCSI_S_OK;
+
+/// Asynchronous notification classes we report: none of them (operational change, power
+/// management, external request, media change, multi-host, device busy) happen to our disks.
+const SUPPORTED_EVENTS: u32 = 0;
+
+pub struct ControlQueue {
+    queue: Virtqueue,
+    target: Arc<Mutex<Target>>,
+}
+
+impl ControlQueue {
+    pub fn new(queue: Virtqueue, target: Arc<Mutex<Target>>) -> ControlQueue {
+        ControlQueue { queue, target }
+    }
+
+    pub fn kicked(&mut self) {
+        let mem = self.queue.snapshot();
+        loop {
+            for chain in self.queue.pop_all(&mem) {
+                let head = chain.head_index();
+                let used = self.handle(chain, &mem);
+                self.queue.add_used(&mem, head, used);
+            }
+            if !self.queue.more_available(&mem) {
+                break;
+            }
+        }
+        self.queue.notify(&mem);
+    }
+
+    /// Answers one request; returns the used length.
+    fn handle(&mut self, chain: Chain, mem: &MemorySnapshot) -> u32 {
+        let head = chain.head_index();
+        let (buffers, defect) = ChainBuffers::collect(chain, mem);
+        let mut kind = [0u8; CTRL_TYPE_SIZE];
+        let kind = match buffers.readable.read(mem, 0, &mut kind) {
+            Ok(CTRL_TYPE_SIZE) => ctrl_type(&kind),
+            _ => {
+                debug!(self.queue.logger(), "control request without type";
+                    "head" => head, "readable" => buffers.readable.len());
+                return 0;
+            }
+        };
+        if let Some(defect) = defect {
+            debug!(self.queue.logger(), "bad chain";
+                "head" => head, "type" => kind, "defect" => defect.name());
+            return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+        }
+        match kind {
+            VIRTIO_SCSI_T_TMF => {
+                let mut bytes = [0u8; TMF_REQ_SIZE];
+                if !matches!(buffers.readable.read(mem, 0, &mut bytes), Ok(TMF_REQ_SIZE)) {
+                    debug!(self.queue.logger(), "tmf request too short"; "head" => head);
+                    return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+                }
+                let request = TmfRequest::parse(&bytes);
+                let response = self.task_management(&request);
+                debug!(self.queue.logger(), "tmf";
+                    "subtype" => request.subtype, "lun" => ?request.lun, "tag" => request.tag,
+                    "response" => response);
+                respond(&buffers, mem, kind, 0, response)
+            }
+            VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
+                let mut bytes = [0u8; AN_REQ_SIZE];
+                if !matches!(buffers.readable.read(mem, 0, &mut bytes), Ok(AN_REQ_SIZE)) {
+                    debug!(self.queue.logger(), "an request too short"; "head" => head);
+                    return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+                }
+                let request = AnRequest::parse(&bytes);
+                let (actual, response) = match self.check_lun(&request.lun) {
+                    Ok(_) => (request.event_requested & SUPPORTED_EVENTS, VIRTIO_SCSI_S_OK),
+                    Err(response) => (0, response),
+                };
+                debug!(self.queue.logger(), "async notification";
+                    "type" => kind, "lun" => ?request.lun,
+                    "requested" => request.event_requested, "actual" => actual,
+                    "response" => response);
+                respond(&buffers, mem, kind, actual, response)
+            }
+            _ => {
+                debug!(self.queue.logger(), "unknown control request"; "type" => kind);
+                respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FUNCTION_REJECTED)
+            }
+        }
+    }
+
+    /// The LUN a control request addresses, or the response for a bad address.
+    fn check_lun(&self, lun: &[u8; 8]) -> Result<u16, u32> {
+        let lun = lun_address::parse(lun).map_err(|_| VIRTIO_SCSI_S_BAD_TARGET)?;
+        if self
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .has_lun(lun)
+        {
+            Ok(lun)
+        } else {
+            Err(VIRTIO_SCSI_S_INCORRECT_LUN)
+        }
+    }
+
+    fn task_management(&mut self, request: &TmfRequest) -> u32 {
+        match request.subtype {
+            VIRTIO_SCSI_T_TMF_ABORT_TASK
+            | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
+            | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
+            | VIRTIO_SCSI_T_TMF_QUERY_TASK
+            | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => match self.check_lun(&request.lun) {
+                // No task is in flight: nothing to abort, no task to report.
+                Ok(_) => FUNCTION_COMPLETE,
+                Err(response) => response,
+            },
+            VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match self.check_lun(&request.lun) {
+                Ok(lun) => {
+                    self.target
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .reset_lun(lun);
+                    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                }
+                Err(response) => response,
+            },
+            VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => match lun_address::parse(&request.lun) {
+                // The nexus is the target, whichever of its LUNs the request names.
+                Ok(_) => {
+                    self.target
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .reset_all();
+                    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                }
+                Err(_) => VIRTIO_SCSI_S_BAD_TARGET,
+            },
+            // CLEAR ACA (we never establish an ACA) and unknown functions.
+            _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+        }
+    }
+}
+
+/// Writes the response for a control request of type `kind`; returns the used length (0 when
+/// the buffers cannot hold it).
+fn respond(
+    buffers: &ChainBuffers,
+    mem: &MemorySnapshot,
+    kind: u32,
+    event_actual: u32,
+    response: u32,
+) -> u32 {
+    let an;
+    let bytes: &[u8] = match kind {
+        VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
+            an = an_response(event_actual, response);
+            &an
+        }
+        // TMF responses, and unknown types whose layout we cannot know: the response byte.
+        _ => &[response as u8; TMF_RESP_SIZE],
+    };
+    if buffers.writable.len() < bytes.len() as u64 {
+        return 0;
+    }
+    match buffers.writable.write(mem, 0, bytes) {
+        Ok(written) => written as u32,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use block::Disk;
+    use virtio_bindings::virtio_scsi::{
+        VIRTIO_SCSI_T_TMF_CLEAR_ACA, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+    };
+
+    use super::*;
+    use crate::scsi_device::test_driver::{lun_field, Buf, Harness};
+
+    const CTRL: usize = 0;
+
+    fn harness() -> Harness {
+        Harness::new(vec![Disk::null(1 << 20, 512).unwrap()])
+    }
+
+    fn tmf_bytes(subtype: u32, lun: [u8; 8], tag: u64) -> Vec<u8> {
+        let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&subtype.to_le_bytes());
+        bytes.extend_from_slice(&lun);
+        bytes.extend_from_slice(&tag.to_le_bytes());
+        bytes
+    }
+
+    /// Sends a control request; returns the used length and the response bytes.
+    fn control(harness: &mut Harness, request: &[u8], response_len: u32) -> (u32, Vec<u8>) {
+        let mut bufs = vec![harness.data_buf(CTRL, request, false)];
+        if response_len > 0 {
+            bufs.push(harness.response_buf(CTRL, response_len));
+        }
+        let used = harness.submit(CTRL, &bufs);
+        assert_eq!(used.len(), 1);
+        let response = match bufs.get(1) {
+            Some(buf) => harness.read(buf.addr, buf.len as usize),
+            None => Vec::new(),
+        };
+        (used[0].1, response)
+    }
+
+    fn tmf(harness: &mut Harness, subtype: u32, lun: [u8; 8]) -> u32 {
+        let (used, response) = control(harness, &tmf_bytes(subtype, lun, 42), 1);
+        assert_eq!(used, 1);
+        u32::from(response[0])
+    }
+
+    fn unit_attention_pending(harness: &mut Harness) -> bool {
+        let result = harness.command(0, &[0; 6], &[], 0);
+        result.resp.status == 2 && result.sense[12] == 0x29
+    }
+
+    #[test]
+    fn task_management_functions() {
+        let mut harness = harness();
+        assert!(unit_attention_pending(&mut harness));
+        let lun0 = lun_field(0);
+        for (subtype, expected) in [
+            (VIRTIO_SCSI_T_TMF_ABORT_TASK, FUNCTION_COMPLETE),
+            (VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, FUNCTION_COMPLETE),
+            (VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, FUNCTION_COMPLETE),
+            (VIRTIO_SCSI_T_TMF_QUERY_TASK, FUNCTION_COMPLETE),
+            (VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, FUNCTION_COMPLETE),
+            (VIRTIO_SCSI_T_TMF_CLEAR_ACA, VIRTIO_SCSI_S_FUNCTION_REJECTED),
+            (99, VIRTIO_SCSI_S_FUNCTION_REJECTED),
+        ] {
+            assert_eq!(
+                tmf(&mut harness, subtype, lun0),
+                expected,
+                "subtype {subtype}"
+            );
+        }
+        assert!(
+            !unit_attention_pending(&mut harness),
+            "aborts and queries reset nothing"
+        );
+
+        assert_eq!(
+            tmf(&mut harness, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun0),
+            VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+        );
+        assert!(unit_attention_pending(&mut harness));
+        assert_eq!(
+            tmf(&mut harness, VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, lun0),
+            VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+        );
+        assert!(unit_attention_pending(&mut harness));
+    }
+
+    #[test]
+    fn task_management_addressing() {
+        let mut harness = harness();
+        let other_target = [1, 1, 0x40, 0, 0, 0, 0, 0];
+        for subtype in [
+            VIRTIO_SCSI_T_TMF_ABORT_TASK,
+            VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
+            VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
+        ] {
+            assert_eq!(
+                tmf(&mut harness, subtype, other_target),
+                VIRTIO_SCSI_S_BAD_TARGET
+            );
+        }
+        assert_eq!(
+            tmf(
+                &mut harness,
+                VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
+                lun_field(9)
+            ),
+            VIRTIO_SCSI_S_INCORRECT_LUN
+        );
+        assert_eq!(
+            tmf(&mut harness, VIRTIO_SCSI_T_TMF_QUERY_TASK, lun_field(9)),
+            VIRTIO_SCSI_S_INCORRECT_LUN
+        );
+        // The nexus is the target's: any LUN number of target 0 names it.
+        assert_eq!(
+            tmf(
+                &mut harness,
+                VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
+                lun_field(9)
+            ),
+            VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+        );
+    }
+
+    #[test]
+    fn asynchronous_notification_requests() {
+        let mut harness = harness();
+        for kind in [VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE] {
+            let mut request = kind.to_le_bytes().to_vec();
+            request.extend_from_slice(&lun_field(0));
+            request.extend_from_slice(&0x7Eu32.to_le_bytes());
+            let (used, response) = control(&mut harness, &request, 8);
+            assert_eq!(used, 5);
+            assert_eq!(&response[..5], &[0, 0, 0, 0, VIRTIO_SCSI_S_OK as u8]);
+            assert_eq!(&response[5..], &[0xEE; 3]);
+
+            request[4..12].copy_from_slice(&[1, 3, 0x40, 0, 0, 0, 0, 0]);
+            let (_, response) = control(&mut harness, &request, 5);
+            assert_eq!(response[4], VIRTIO_SCSI_S_BAD_TARGET as u8);
+        }
+    }
+
+    #[test]
+    fn malformed_control_requests() {
+        let mut harness = harness();
+        // A TMF cut short: FAILURE when there is room for the response, nothing otherwise.
+        let short = &tmf_bytes(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun_field(0), 1)[..8];
+        assert_eq!(
+            control(&mut harness, short, 1),
+            (1, vec![VIRTIO_SCSI_S_FAILURE as u8])
+        );
+        assert_eq!(control(&mut harness, short, 0).0, 0);
+        let short_an = &VIRTIO_SCSI_T_AN_QUERY.to_le_bytes();
+        let (used, response) = control(&mut harness, short_an, 5);
+        assert_eq!((used, response[4]), (5, VIRTIO_SCSI_S_FAILURE as u8));
+        // An AN response buffer too small for the response.
+        let mut an = VIRTIO_SCSI_T_AN_QUERY.to_le_bytes().to_vec();
+        an.extend_from_slice(&[0; 12]);
+        assert_eq!(control(&mut harness, &an, 3).0, 0);
+        // No type at all.
+        assert_eq!(control(&mut harness, &[0, 0], 1).0, 0);
+        // Unknown type.
+        assert_eq!(control(&mut harness, &7u32.to_le_bytes(), 1), (1, vec![11]));
+        // Buffers in the wrong order.
+        let response = harness.response_buf(CTRL, 1);
+        let request = harness.data_buf(CTRL, &tmf_bytes(0, lun_field(0), 1), false);
+        let used = harness.submit(CTRL, &[response, request]);
+        assert_eq!(used[0].1, 1);
+        assert_eq!(
+            harness.read(response.addr, 1),
+            vec![VIRTIO_SCSI_S_FAILURE as u8]
+        );
+        // Outside memory.
+        let outside = Buf {
+            addr: 1 << 40,
+            len: 24,
+            writable: false,
+        };
+        let response = harness.response_buf(CTRL, 1);
+        assert_eq!(harness.submit(CTRL, &[outside, response])[0].1, 0);
+
+        assert_eq!(
+            tmf(&mut harness, VIRTIO_SCSI_T_TMF_ABORT_TASK, lun_field(0)),
+            FUNCTION_COMPLETE
+        );
+    }
+}

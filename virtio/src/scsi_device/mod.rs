@@ -1,0 +1,426 @@
+//! The virtio-scsi device (virtio 1.2 §5.6): one target with the configured disk LUNs, a control
+//! queue, an event queue and `num_queues` request queues.
+//!
+//! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
+//! an iothread); the SCSI target state is shared between the workers behind a mutex.
+
+mod config;
+mod control_queue;
+mod data_buffers;
+mod disk_io;
+mod event_queue;
+mod lun_address;
+mod request;
+mod request_queue;
+#[cfg(test)]
+mod test_driver;
+mod virtqueue;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use block::{Disk, SyncEngine};
+use slog::{debug, Logger};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
+
+use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::scsi::{LunConfig, Target, TargetError};
+
+pub use config::CONFIG_SIZE;
+pub use event_queue::{EventDelivery, ScsiEvent};
+
+use config::ScsiConfig;
+use control_queue::ControlQueue;
+use event_queue::EventQueue;
+use request_queue::{DiskMap, RequestQueueWorker};
+use virtqueue::{NeedsReset, Virtqueue};
+
+/// PCI class code of a SCSI storage controller (mass storage, SCSI, no programming interface).
+pub const PCI_CLASS: u32 = 0x01_00_00;
+
+const CONTROL_QUEUE: u16 = 0;
+const EVENT_QUEUE: u16 = 1;
+const FIRST_REQUEST_QUEUE: u16 = 2;
+
+/// Virtqueues are limited to 1024 per device by virtio-pci drivers (and QEMU).
+const MAX_QUEUES: u16 = 1024;
+const MAX_QUEUE_SIZE: u16 = 32768;
+/// Largest transfer the driver may send, in 512-byte sectors, unless the LUNs set a lower one.
+const DEFAULT_MAX_SECTORS: u32 = 0xFFFF;
+
+/// How the device is built.
+pub struct ScsiDeviceConfig {
+    /// Request queues (the control and event queues come on top).
+    pub num_queues: u16,
+    /// Largest queue size, a power of two.
+    pub queue_size: u16,
+    /// The target's logical units, each with the disk that stores it.
+    pub luns: Vec<(LunConfig, Arc<Disk>)>,
+    pub logger: Logger,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScsiDeviceError {
+    #[error("num-queues {0} is out of range 1..={max}", max = MAX_QUEUES - 2)]
+    NumQueues(u16),
+    #[error("queue-size {0} is not a power of two in 4..={MAX_QUEUE_SIZE}")]
+    QueueSize(u16),
+    #[error("LUN {lun}: its configuration ({config_bytes} bytes in {config_block_size}-byte blocks) does not match its disk ({disk_bytes} bytes in {disk_block_size}-byte blocks)")]
+    DiskMismatch {
+        lun: u16,
+        config_bytes: u64,
+        config_block_size: u32,
+        disk_bytes: u64,
+        disk_block_size: u32,
+    },
+    #[error("SCSI target: {0}")]
+    Target(#[from] TargetError),
+}
+
+/// Queues being served, from DRIVER_OK to reset.
+struct ActiveQueues {
+    /// The control and event queues are optional too: SeaBIOS, for one, enables only the
+    /// first request queue.
+    control: Option<ControlQueue>,
+    events: Option<EventQueue>,
+    /// Indexed by request queue number (virtqueue index - 2); None when the driver left the
+    /// queue disabled.
+    requests: Vec<Option<RequestQueueWorker>>,
+    acked_features: u64,
+}
+
+pub struct ScsiDevice {
+    config: ScsiConfig,
+    num_queues: u16,
+    queue_size: u16,
+    target: Arc<Mutex<Target>>,
+    disks: DiskMap,
+    needs_reset: Arc<AtomicBool>,
+    active: Option<ActiveQueues>,
+    logger: Logger,
+}
+
+impl ScsiDevice {
+    pub fn new(config: ScsiDeviceConfig) -> Result<ScsiDevice, ScsiDeviceError> {
+        let ScsiDeviceConfig {
+            num_queues,
+            queue_size,
+            luns,
+            logger,
+        } = config;
+        if num_queues == 0 || num_queues > MAX_QUEUES - 2 {
+            return Err(ScsiDeviceError::NumQueues(num_queues));
+        }
+        if !queue_size.is_power_of_two() || !(4..=MAX_QUEUE_SIZE).contains(&queue_size) {
+            return Err(ScsiDeviceError::QueueSize(queue_size));
+        }
+        let target = Target::new(luns.iter().map(|(config, _)| config.clone()).collect())?;
+        let mut disks = HashMap::new();
+        let mut max_sectors = DEFAULT_MAX_SECTORS;
+        let mut max_lun = 0;
+        for (lun_config, disk) in luns {
+            let lun = lun_config.lun;
+            let config_bytes = lun_config
+                .block_count
+                .saturating_mul(u64::from(lun_config.block_size));
+            if lun_config.block_size != disk.logical_block_size() || config_bytes != disk.size() {
+                return Err(ScsiDeviceError::DiskMismatch {
+                    lun,
+                    config_bytes,
+                    config_block_size: lun_config.block_size,
+                    disk_bytes: disk.size(),
+                    disk_block_size: disk.logical_block_size(),
+                });
+            }
+            if lun_config.max_transfer_blocks > 0 {
+                let sectors = u64::from(lun_config.max_transfer_blocks)
+                    * u64::from(lun_config.block_size)
+                    / 512;
+                max_sectors = max_sectors.min(u32::try_from(sectors).unwrap_or(u32::MAX));
+            }
+            max_lun = max_lun.max(lun);
+            disks.insert(lun, disk);
+        }
+        Ok(ScsiDevice {
+            config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
+            num_queues,
+            queue_size,
+            target: Arc::new(Mutex::new(target)),
+            disks: Arc::new(disks),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+            active: None,
+            logger,
+        })
+    }
+
+    /// Tells the driver about a LUN change through the event queue.
+    pub fn post_event(&mut self, event: ScsiEvent) -> EventDelivery {
+        let Some(active) = self.active.as_mut() else {
+            return EventDelivery::Inactive;
+        };
+        let feature = match event {
+            ScsiEvent::LunAdded { .. } | ScsiEvent::LunRemoved { .. } => VIRTIO_SCSI_F_HOTPLUG,
+            ScsiEvent::ParamChange { .. } => VIRTIO_SCSI_F_CHANGE,
+        };
+        if active.acked_features & (1 << feature) == 0 {
+            return EventDelivery::NotNegotiated;
+        }
+        match active.events.as_mut() {
+            Some(events) => events.post(event),
+            None => EventDelivery::Inactive,
+        }
+    }
+}
+
+impl VirtioDevice for ScsiDevice {
+    fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_SCSI
+    }
+
+    fn queue_count(&self) -> u16 {
+        self.num_queues + FIRST_REQUEST_QUEUE
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        self.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_RING_F_INDIRECT_DESC,
+            VIRTIO_SCSI_F_HOTPLUG,
+            VIRTIO_SCSI_F_CHANGE,
+        ]
+        .iter()
+        .fold(0, |features, bit| features | 1 << bit)
+    }
+
+    fn config_size(&self) -> usize {
+        CONFIG_SIZE
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if !self.config.write(offset, data) {
+            debug!(self.logger, "read-only config write ignored"; "offset" => offset, "len" => data.len());
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            memory,
+            acked_features,
+            queues,
+            config_interrupt,
+        } = activation;
+        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let mut control = None;
+        let mut events = None;
+        let mut requests: Vec<Option<RequestQueueWorker>> =
+            (0..self.num_queues).map(|_| None).collect();
+        for active in queues {
+            let index = active.index;
+            let queue = Virtqueue::new(
+                index,
+                active.queue,
+                memory.clone(),
+                active.interrupt,
+                event_idx,
+                needs_reset.clone(),
+                &self.logger,
+            );
+            match index {
+                CONTROL_QUEUE => control = Some(ControlQueue::new(queue, Arc::clone(&self.target))),
+                EVENT_QUEUE => events = Some(EventQueue::new(queue)),
+                _ => {
+                    let Some(slot) = requests.get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
+                    else {
+                        return Err(ActivateError::Failed(format!(
+                            "queue {index} does not exist (queue count {})",
+                            self.queue_count()
+                        )));
+                    };
+                    let engine = SyncEngine::new()
+                        .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
+                    *slot = Some(RequestQueueWorker::new(
+                        queue,
+                        Arc::clone(&self.target),
+                        Arc::clone(&self.disks),
+                        Arc::clone(self.config.header_sizes()),
+                        Box::new(engine),
+                    ));
+                }
+            }
+        }
+        self.active = Some(ActiveQueues {
+            control,
+            events,
+            requests,
+            acked_features,
+        });
+        Ok(())
+    }
+
+    fn queue_kicked(&mut self, index: u16) {
+        let Some(active) = self.active.as_mut() else {
+            debug!(self.logger, "kick while inactive"; "vq" => index);
+            return;
+        };
+        match index {
+            CONTROL_QUEUE => match active.control.as_mut() {
+                Some(control) => control.kicked(),
+                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
+            },
+            EVENT_QUEUE => match active.events.as_mut() {
+                Some(events) => events.kicked(),
+                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
+            },
+            _ => match active
+                .requests
+                .get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
+                .and_then(Option::as_mut)
+            {
+                Some(worker) => worker.kicked(),
+                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
+            },
+        }
+    }
+
+    fn reset(&mut self) {
+        // Workers own their engines; a synchronous engine has nothing in flight once a call
+        // returns, and dropping a request keeps its guest memory mapped until the kernel is done.
+        self.active = None;
+        self.config.reset();
+        self.needs_reset.store(false, Ordering::SeqCst);
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi_device::test_driver::lun_config;
+
+    fn device(
+        num_queues: u16,
+        queue_size: u16,
+        luns: Vec<(LunConfig, Arc<Disk>)>,
+    ) -> Result<ScsiDevice, ScsiDeviceError> {
+        let logger = Logger::root(slog::Discard, slog::o!());
+        ScsiDevice::new(ScsiDeviceConfig {
+            num_queues,
+            queue_size,
+            luns,
+            logger,
+        })
+    }
+
+    fn null_lun(lun: u16) -> (LunConfig, Arc<Disk>) {
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        (lun_config(lun, &disk), Arc::new(disk))
+    }
+
+    #[test]
+    fn identity_features_and_config() {
+        let device = device(4, 128, vec![null_lun(0), null_lun(5)]).unwrap();
+        assert_eq!(device.device_type(), 8);
+        assert_eq!(device.queue_count(), 6);
+        assert_eq!(device.max_queue_size(), 128);
+        assert_eq!(
+            device.features(),
+            1 << 32 | 1 << 29 | 1 << 28 | 1 << 1 | 1 << 2
+        );
+        assert_eq!(device.config_size(), 36);
+        let mut config = [0u8; 36];
+        device.read_config(0, &mut config);
+        assert_eq!(&config[0..4], &4u32.to_le_bytes());
+        assert_eq!(&config[4..8], &126u32.to_le_bytes());
+        assert_eq!(&config[32..36], &5u32.to_le_bytes(), "max_lun");
+        assert_eq!(PCI_CLASS, 0x010000);
+        assert!(!device.needs_reset());
+    }
+
+    #[test]
+    fn max_sectors_follows_the_luns_transfer_limit() {
+        let (mut config, disk) = null_lun(0);
+        config.max_transfer_blocks = 256;
+        let device = device(1, 64, vec![(config, disk)]).unwrap();
+        let mut max_sectors = [0u8; 4];
+        device.read_config(8, &mut max_sectors);
+        assert_eq!(u32::from_le_bytes(max_sectors), 256);
+    }
+
+    #[test]
+    fn bad_configurations() {
+        assert!(matches!(
+            device(0, 64, vec![null_lun(0)]),
+            Err(ScsiDeviceError::NumQueues(0))
+        ));
+        assert!(matches!(
+            device(1023, 64, vec![null_lun(0)]),
+            Err(ScsiDeviceError::NumQueues(1023))
+        ));
+        assert!(matches!(
+            device(1, 100, vec![null_lun(0)]),
+            Err(ScsiDeviceError::QueueSize(100))
+        ));
+        assert!(matches!(
+            device(1, 2, vec![null_lun(0)]),
+            Err(ScsiDeviceError::QueueSize(2))
+        ));
+        assert!(matches!(
+            device(1, 64, vec![null_lun(1), null_lun(1)]),
+            Err(ScsiDeviceError::Target(TargetError::DuplicateLun(1)))
+        ));
+        let (mut config, disk) = null_lun(0);
+        config.block_count += 1;
+        let error = device(1, 64, vec![(config, disk)]).err().unwrap();
+        assert!(matches!(
+            error,
+            ScsiDeviceError::DiskMismatch { lun: 0, .. }
+        ));
+        assert!(error.to_string().contains("1049088 bytes"), "{error}");
+    }
+
+    #[test]
+    fn activation_accepts_any_subset_of_queues() {
+        let mut device = device(1, 64, vec![null_lun(0)]).unwrap();
+        let activation = Activation {
+            memory: crate::device::GuestMemory::new(
+                vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
+                    .unwrap(),
+            ),
+            acked_features: device.features(),
+            queues: Vec::new(),
+            config_interrupt: Arc::new(
+                crate::scsi_device::test_driver::CountingInterrupt::default(),
+            ),
+        };
+        // SeaBIOS enables only some queues; kicks for the others are ignored.
+        device.activate(activation).unwrap();
+        device.queue_kicked(0);
+        device.queue_kicked(1);
+        device.queue_kicked(2);
+        assert_eq!(
+            device.post_event(ScsiEvent::LunAdded { lun: 0 }),
+            EventDelivery::Inactive
+        );
+    }
+}

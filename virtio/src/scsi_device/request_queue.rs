@@ -1,0 +1,1054 @@
+//! The worker serving one request queue: it parses command requests, runs them through the
+//! shared SCSI target, hands disk work to its I/O engine with iovecs straight into guest memory,
+//! and writes responses when the engine completes.
+//!
+//! A worker owns everything it touches except the target (shared, behind a mutex), so it can
+//! be moved to the iothread that serves its queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
+use slog::{debug, trace};
+use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
+};
+
+use super::config::HeaderSizes;
+use super::data_buffers::ChainBuffers;
+use super::disk_io::{error_sense, Direction, PendingIo};
+use super::lun_address;
+use super::request::{
+    CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
+};
+use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
+
+/// SCSI status codes (SAM-5).
+const STATUS_GOOD: u8 = 0x00;
+const STATUS_CHECK_CONDITION: u8 = 0x02;
+
+/// The disks behind the target's LUNs.
+pub type DiskMap = Arc<HashMap<u16, Arc<Disk>>>;
+
+/// A command whose disk work is with the engine.
+struct InFlight {
+    reply: Reply,
+    /// Keeps the guest memory the request's iovecs point into mapped.
+    mem: MemorySnapshot,
+    disk: Arc<Disk>,
+    direction: Direction,
+    /// Bytes the command moves through the driver's buffers (READ/WRITE only).
+    transfer_len: u64,
+    /// Whether the moved bytes are data-in (counted in the used length).
+    data_in: bool,
+    pending: PendingIo,
+    outstanding: usize,
+    moved: u64,
+    error: Option<i32>,
+}
+
+/// Where and how a command's response goes.
+struct Reply {
+    head: u16,
+    buffers: ChainBuffers,
+    /// The response header plus the sense field (sense_size when the request was parsed).
+    resp_size: u64,
+    sense_size: u64,
+    /// The driver's data-in or data-out buffer size, for the residual.
+    data_len: u64,
+    /// Data-out bytes handed to the target as parameter data.
+    parameters_len: u64,
+    lun: u16,
+    tag: u64,
+    opcode: u8,
+}
+
+/// What to write into a response.
+struct Answer<'a> {
+    response: u32,
+    status: u8,
+    sense: Option<Sense>,
+    resid: u64,
+    data_in: &'a [u8],
+    /// Data-in bytes already in the buffers (written by the engine).
+    data_in_moved: u64,
+}
+
+impl Answer<'_> {
+    fn transport(response: u32, resid: u64) -> Answer<'static> {
+        Answer {
+            response,
+            status: STATUS_GOOD,
+            sense: None,
+            resid,
+            data_in: &[],
+            data_in_moved: 0,
+        }
+    }
+
+    fn check_condition(sense: Sense, resid: u64) -> Answer<'static> {
+        Answer {
+            response: VIRTIO_SCSI_S_OK,
+            status: STATUS_CHECK_CONDITION,
+            sense: Some(sense),
+            resid,
+            data_in: &[],
+            data_in_moved: 0,
+        }
+    }
+}
+
+pub struct RequestQueueWorker {
+    queue: Virtqueue,
+    target: Arc<Mutex<Target>>,
+    disks: DiskMap,
+    sizes: Arc<HeaderSizes>,
+    engine: Box<dyn Engine>,
+    in_flight: HashMap<u64, InFlight>,
+    next_id: u64,
+    completions: Vec<Completion>,
+}
+
+impl RequestQueueWorker {
+    pub fn new(
+        queue: Virtqueue,
+        target: Arc<Mutex<Target>>,
+        disks: DiskMap,
+        sizes: Arc<HeaderSizes>,
+        engine: Box<dyn Engine>,
+    ) -> RequestQueueWorker {
+        RequestQueueWorker {
+            queue,
+            target,
+            disks,
+            sizes,
+            engine,
+            in_flight: HashMap::new(),
+            next_id: 0,
+            completions: Vec::new(),
+        }
+    }
+
+    /// The driver kicked: serve every available chain, then interrupt once if needed.
+    pub fn kicked(&mut self) {
+        let mem = self.queue.snapshot();
+        loop {
+            for chain in self.queue.pop_all(&mem) {
+                self.start(chain, &mem);
+            }
+            self.engine.submit_pending();
+            self.reap();
+            if !self.queue.more_available(&mem) {
+                break;
+            }
+        }
+        self.queue.notify(&mem);
+    }
+
+    /// Collects completions until the engine has none left (a synchronous engine completes the
+    /// next chunk of a sequential job while we reap).
+    fn reap(&mut self) {
+        loop {
+            let mut completions = std::mem::take(&mut self.completions);
+            self.engine.reap(&mut completions);
+            if completions.is_empty() {
+                self.completions = completions;
+                return;
+            }
+            for completion in completions.drain(..) {
+                self.complete(completion);
+            }
+            self.completions = completions;
+            self.engine.submit_pending();
+        }
+    }
+
+    fn start(&mut self, chain: Chain, mem: &MemorySnapshot) {
+        let head = chain.head_index();
+        let (buffers, defect) = ChainBuffers::collect(chain, mem);
+        let sense_size = u64::from(self.sizes.sense_size());
+        let cdb_size = u64::from(self.sizes.cdb_size());
+        let mut reply = Reply {
+            head,
+            buffers,
+            resp_size: CMD_RESP_HEADER_SIZE as u64 + sense_size,
+            sense_size,
+            data_len: 0,
+            parameters_len: 0,
+            lun: 0,
+            tag: 0,
+            opcode: 0,
+        };
+        if let Some(defect) = defect {
+            debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
+            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+        }
+        let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
+        let mut header = [0u8; CMD_REQ_HEADER_SIZE];
+        let mut cdb = vec![0u8; cdb_size.min(MAX_CDB_KEPT as u64) as usize];
+        let header_read = reply.buffers.readable.len() >= header_len
+            && reply.buffers.readable.read(mem, 0, &mut header).is_ok()
+            && reply
+                .buffers
+                .readable
+                .read(mem, CMD_REQ_HEADER_SIZE as u64, &mut cdb)
+                .is_ok();
+        if !header_read {
+            debug!(self.queue.logger(), "request header too short";
+                "head" => head, "readable" => reply.buffers.readable.len());
+            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+        }
+        let header = CmdRequestHeader::parse(&header);
+        reply.tag = header.tag;
+        reply.opcode = cdb.first().copied().unwrap_or(0);
+        let data_out_len = reply.buffers.readable.len() - header_len;
+        let data_in_len = reply.buffers.writable.len().saturating_sub(reply.resp_size);
+        reply.data_len = data_out_len.max(data_in_len);
+
+        let lun = match lun_address::parse(&header.lun) {
+            Ok(lun) => lun,
+            Err(error) => {
+                debug!(self.queue.logger(), "bad lun address";
+                    "tag" => header.tag, "error" => %error);
+                let resid = reply.data_len;
+                return self.finish(
+                    reply,
+                    mem,
+                    Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid),
+                );
+            }
+        };
+        reply.lun = lun;
+        if data_out_len > 0 && data_in_len > 0 {
+            // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
+            debug!(self.queue.logger(), "bidirectional request";
+                "lun" => lun, "tag" => header.tag);
+            let resid = reply.data_len;
+            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+        }
+
+        let mut parameters = Vec::new();
+        if let DataOutUse::Parameters { max } = data_out_use(&cdb) {
+            parameters.resize(data_out_len.min(max as u64) as usize, 0);
+            if reply
+                .buffers
+                .readable
+                .read(mem, header_len, &mut parameters)
+                .is_err()
+            {
+                let resid = reply.data_len;
+                return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+            }
+            reply.parameters_len = parameters.len() as u64;
+        }
+        let outcome = self
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .execute(lun, &cdb, &parameters, data_out_len);
+        match outcome {
+            Outcome::Good { data_in } => {
+                if data_in.len() as u64 > data_in_len {
+                    let resid = reply.data_len;
+                    return self.finish(
+                        reply,
+                        mem,
+                        Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid),
+                    );
+                }
+                let resid = reply
+                    .data_len
+                    .saturating_sub(reply.parameters_len + data_in.len() as u64);
+                let answer = Answer {
+                    response: VIRTIO_SCSI_S_OK,
+                    status: STATUS_GOOD,
+                    sense: None,
+                    resid,
+                    data_in: &data_in,
+                    data_in_moved: 0,
+                };
+                self.finish(reply, mem, answer)
+            }
+            Outcome::CheckCondition(sense) => {
+                let resid = reply.data_len;
+                self.finish(reply, mem, Answer::check_condition(sense, resid))
+            }
+            Outcome::Io(io) => self.start_io(reply, mem, io, header_len, data_out_len, data_in_len),
+        }
+    }
+
+    fn start_io(
+        &mut self,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        io: DiskIo,
+        header_len: u64,
+        data_out_len: u64,
+        data_in_len: u64,
+    ) {
+        let Some(disk) = self.disks.get(&reply.lun).cloned() else {
+            let resid = reply.data_len;
+            let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
+            return self.finish(reply, mem, answer);
+        };
+        let overrun = |reply: Reply, this: &mut Self| {
+            let resid = reply.data_len;
+            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid))
+        };
+        let failure = |reply: Reply, this: &mut Self| {
+            let resid = reply.data_len;
+            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
+        };
+        let keep_alive = || Box::new(mem.clone().into_inner());
+        let (pending, direction, transfer_len, data_in) = match io {
+            DiskIo::Read { offset, len } => {
+                if len > data_in_len || data_out_len > 0 {
+                    return overrun(reply, self);
+                }
+                let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
+                    return failure(reply, self);
+                };
+                // SAFETY: the iovecs point into guest memory regions that were checked to be
+                // mapped (ChainBuffers::collect) and that the snapshot in keep_alive keeps mapped
+                // until the request is dropped; the chain belongs to the device until we return
+                // it, which happens only after the completion.
+                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                let request = IoRequest::Read { offset, buffers };
+                (
+                    PendingIo::Batch(vec![request]),
+                    Direction::FromDisk,
+                    len,
+                    true,
+                )
+            }
+            DiskIo::Write { offset, len, fua } => {
+                if len > data_out_len || data_in_len > 0 {
+                    return overrun(reply, self);
+                }
+                let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
+                    return failure(reply, self);
+                };
+                // SAFETY: as for reads: checked, kept mapped by keep_alive, owned by the device
+                // until the chain is returned after the completion.
+                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                let request = IoRequest::Write {
+                    offset,
+                    buffers,
+                    fua,
+                };
+                (
+                    PendingIo::Batch(vec![request]),
+                    Direction::ToDisk,
+                    len,
+                    false,
+                )
+            }
+            DiskIo::Flush => (
+                PendingIo::Batch(vec![IoRequest::Flush]),
+                Direction::ToDisk,
+                0,
+                false,
+            ),
+            DiskIo::Verify { offset, len } => (
+                PendingIo::Verify {
+                    next: offset,
+                    end: offset.saturating_add(len),
+                },
+                Direction::FromDisk,
+                0,
+                false,
+            ),
+            DiskIo::Discard { ranges } => {
+                let requests = ranges
+                    .into_iter()
+                    .map(|(offset, len)| IoRequest::Discard { offset, len })
+                    .collect();
+                (PendingIo::Batch(requests), Direction::ToDisk, 0, false)
+            }
+            DiskIo::WriteZeroes {
+                offset,
+                len,
+                may_unmap,
+            } => {
+                let request = IoRequest::WriteZeroes {
+                    offset,
+                    len,
+                    may_unmap,
+                };
+                (PendingIo::Batch(vec![request]), Direction::ToDisk, 0, false)
+            }
+            DiskIo::WriteSame { offset, len, block } => {
+                let fua = !self
+                    .target
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .write_cache_enabled(reply.lun);
+                (
+                    PendingIo::pattern(offset, len, &block, fua),
+                    Direction::ToDisk,
+                    0,
+                    false,
+                )
+            }
+        };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut request = InFlight {
+            reply,
+            mem: mem.clone(),
+            disk,
+            direction,
+            transfer_len,
+            data_in,
+            pending,
+            outstanding: 0,
+            moved: 0,
+            error: None,
+        };
+        self.submit_ready(id, &mut request);
+        if request.outstanding == 0 {
+            self.finish_io(request);
+        } else {
+            self.in_flight.insert(id, request);
+        }
+    }
+
+    /// Submits what `request` has ready; a refused submission counts as an I/O error.
+    fn submit_ready(&mut self, id: u64, request: &mut InFlight) {
+        for io in request.pending.take_ready() {
+            match self.engine.submit(&request.disk, io, id) {
+                Ok(()) => request.outstanding += 1,
+                Err(error) => {
+                    debug!(self.queue.logger(), "submit refused";
+                        "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
+                    request.error.get_or_insert(libc::EIO);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        let Some(mut request) = self.in_flight.remove(&completion.user_data) else {
+            debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
+            return;
+        };
+        request.outstanding = request.outstanding.saturating_sub(1);
+        match completion.result {
+            Ok(bytes) => request.moved += bytes,
+            Err(errno) => {
+                request.error.get_or_insert(errno);
+            }
+        }
+        if request.error.is_none() {
+            self.submit_ready(completion.user_data, &mut request);
+        }
+        if request.outstanding == 0 {
+            self.finish_io(request);
+        } else {
+            self.in_flight.insert(completion.user_data, request);
+        }
+    }
+
+    fn finish_io(&mut self, request: InFlight) {
+        let InFlight {
+            reply,
+            mem,
+            direction,
+            transfer_len,
+            data_in,
+            moved,
+            error,
+            ..
+        } = request;
+        let answer = match error {
+            Some(errno) => {
+                debug!(self.queue.logger(), "io error";
+                    "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode, "errno" => errno);
+                Answer::check_condition(error_sense(errno, direction), reply.data_len)
+            }
+            None => {
+                let moved = moved.min(transfer_len);
+                Answer {
+                    response: VIRTIO_SCSI_S_OK,
+                    status: STATUS_GOOD,
+                    sense: None,
+                    resid: reply.data_len.saturating_sub(reply.parameters_len + moved),
+                    data_in: &[],
+                    data_in_moved: if data_in { moved } else { 0 },
+                }
+            }
+        };
+        self.finish(reply, &mem, answer);
+    }
+
+    /// Writes the response (when the buffers can hold its header) and returns the chain.
+    fn finish(&mut self, reply: Reply, mem: &MemorySnapshot, answer: Answer<'_>) {
+        let used = write_response(&reply, mem, &answer);
+        if used.is_none() {
+            debug!(self.queue.logger(), "response not writable";
+                "head" => reply.head, "writable" => reply.buffers.writable.len());
+        }
+        trace!(self.queue.logger(), "request";
+            "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
+            "response" => answer.response, "status" => answer.status);
+        self.queue.add_used(mem, reply.head, used.unwrap_or(0));
+    }
+}
+
+/// The used length, or None when not even the response header fits.
+fn write_response(reply: &Reply, mem: &MemorySnapshot, answer: &Answer<'_>) -> Option<u32> {
+    let writable = &reply.buffers.writable;
+    if writable.len() < CMD_RESP_HEADER_SIZE as u64 {
+        return None;
+    }
+    if writable.len() < reply.resp_size {
+        // No room for the sense field: the command cannot be answered, only failed.
+        let header = CmdResponseHeader::transport(VIRTIO_SCSI_S_FAILURE, 0);
+        writable.write(mem, 0, &header.to_bytes()).ok()?;
+        return u32::try_from(writable.len()).ok();
+    }
+    let mut sense = [0u8; FIXED_SENSE_LEN];
+    let sense_len = match answer.sense {
+        Some(data) => data
+            .to_fixed_format(&mut sense[..reply.sense_size.min(FIXED_SENSE_LEN as u64) as usize]),
+        None => 0,
+    };
+    let header = CmdResponseHeader {
+        sense_len: sense_len as u32,
+        resid: u32::try_from(answer.resid).unwrap_or(u32::MAX),
+        status_qualifier: 0,
+        status: answer.status,
+        response: answer.response as u8,
+    };
+    writable.write(mem, 0, &header.to_bytes()).ok()?;
+    writable
+        .write(mem, CMD_RESP_HEADER_SIZE as u64, &sense[..sense_len])
+        .ok()?;
+    let data_in = if answer.data_in.is_empty() {
+        answer.data_in_moved
+    } else {
+        writable.write(mem, reply.resp_size, answer.data_in).ok()? as u64
+    };
+    u32::try_from(reply.resp_size + data_in).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    use block::{Disk, DiskOptions};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::device::VirtioDevice;
+    use crate::scsi_device::test_driver::{lun_field, Buf, CmdResult, Harness, MEMORY_SIZE};
+
+    const TEST_UNIT_READY: [u8; 6] = [0; 6];
+    const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
+    const READ_CAPACITY_10: [u8; 10] = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+        let [a, b, c, d] = lba.to_be_bytes();
+        let [h, l] = blocks.to_be_bytes();
+        [0x28, 0, a, b, c, d, 0, h, l, 0]
+    }
+
+    fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+        let mut cdb = read10(lba, blocks);
+        cdb[0] = 0x2A;
+        cdb
+    }
+
+    fn null_harness() -> Harness {
+        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
+        // The first command after power on reports the unit attention.
+        let result = harness.command(0, &TEST_UNIT_READY, &[], 0);
+        assert_eq!(result.resp.status, STATUS_CHECK_CONDITION);
+        harness
+    }
+
+    fn sense_key_asc(result: &CmdResult) -> (u8, u8, u8) {
+        (result.sense[2] & 0xF, result.sense[12], result.sense[13])
+    }
+
+    fn assert_queue_works(harness: &mut Harness) {
+        let result = harness.command(0, &TEST_UNIT_READY, &[], 0);
+        assert_eq!(result.resp.response, VIRTIO_SCSI_S_OK as u8);
+        assert_eq!(result.resp.status, STATUS_GOOD);
+        assert!(!harness.device.needs_reset());
+    }
+
+    #[test]
+    fn inquiry_and_read_capacity() {
+        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
+        let inquiry = harness.command(0, &INQUIRY, &[], 96);
+        assert_eq!(
+            (inquiry.resp.response, inquiry.resp.status),
+            (0, STATUS_GOOD)
+        );
+        assert_eq!(inquiry.data_in[0], 0, "direct access block device");
+        let returned = 96 - inquiry.resp.resid as usize;
+        assert!(returned >= 36);
+        assert_eq!(
+            returned,
+            usize::from(inquiry.data_in[4]) + 5,
+            "additional length"
+        );
+        assert_eq!(inquiry.used_len as usize, 12 + 96 + returned);
+
+        let attention = harness.command(0, &READ_CAPACITY_10, &[], 8);
+        assert_eq!(attention.resp.status, STATUS_CHECK_CONDITION);
+        assert_eq!(attention.resp.sense_len, 18);
+        assert_eq!(sense_key_asc(&attention), (6, 0x29, 0));
+        assert_eq!(attention.resp.resid, 8);
+
+        let capacity = harness.command(0, &READ_CAPACITY_10, &[], 8);
+        assert_eq!(capacity.resp.status, STATUS_GOOD);
+        assert_eq!(capacity.data_in, [0, 0, 0x07, 0xFF, 0, 0, 0x02, 0]);
+        assert_eq!(capacity.resp.resid, 0);
+    }
+
+    #[test]
+    fn write_then_read_through_a_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let disk = Disk::open(&DiskOptions::new(file.path())).unwrap();
+        let mut harness = Harness::new(vec![disk]);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+
+        let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
+        let written = harness.command(0, &write10(2, 2), &pattern, 0);
+        assert_eq!(
+            (written.resp.response, written.resp.status),
+            (0, STATUS_GOOD)
+        );
+        assert_eq!(written.resp.resid, 0);
+        let mut on_disk = vec![0u8; 1024];
+        file.as_file_mut().seek(SeekFrom::Start(1024)).unwrap();
+        file.as_file_mut().read_exact(&mut on_disk).unwrap();
+        assert_eq!(on_disk, pattern);
+
+        file.as_file_mut().seek(SeekFrom::Start(4096)).unwrap();
+        file.as_file_mut().write_all(&[0x5A; 512]).unwrap();
+        let read = harness.command(0, &read10(8, 1), &[], 512);
+        assert_eq!(read.resp.status, STATUS_GOOD);
+        assert_eq!(read.data_in, vec![0x5A; 512]);
+        assert_eq!(read.used_len, 12 + 96 + 512);
+
+        let back = harness.command(0, &read10(2, 2), &[], 1024);
+        assert_eq!(back.data_in, pattern);
+    }
+
+    #[test]
+    fn residual_and_overrun() {
+        let mut harness = null_harness();
+        let short = harness.command(0, &read10(0, 1), &[], 4096);
+        assert_eq!((short.resp.response, short.resp.status), (0, STATUS_GOOD));
+        assert_eq!(short.resp.resid, 4096 - 512);
+
+        let overrun = harness.command(0, &read10(0, 4), &[], 512);
+        assert_eq!(overrun.resp.response, VIRTIO_SCSI_S_OVERRUN as u8);
+        assert_eq!(overrun.data_in, vec![0xEE; 512], "nothing transferred");
+
+        let overrun = harness.command(0, &write10(0, 2), &[1; 512], 0);
+        assert_eq!(overrun.resp.response, VIRTIO_SCSI_S_OVERRUN as u8);
+
+        let inquiry_overrun = harness.command(0, &INQUIRY, &[], 8);
+        assert_eq!(inquiry_overrun.resp.response, VIRTIO_SCSI_S_OVERRUN as u8);
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn bad_target_and_missing_lun() {
+        let mut harness = null_harness();
+        let vq = 2;
+        for lun in [
+            [1, 1, 0x40, 0, 0, 0, 0, 0],
+            [2, 0, 0x40, 0, 0, 0, 0, 0],
+            [1, 0, 0x80, 0, 0, 0, 0, 0],
+        ] {
+            let bufs = [
+                harness.request_buf(vq, lun, 1, &TEST_UNIT_READY),
+                harness.response_buf(vq, 108),
+            ];
+            let used = harness.submit(vq, &bufs);
+            let result = harness.result(&bufs, used[0].1);
+            assert_eq!(result.resp.response, VIRTIO_SCSI_S_BAD_TARGET as u8);
+        }
+        let missing = harness.command(3, &TEST_UNIT_READY, &[], 0);
+        assert_eq!(missing.resp.status, STATUS_CHECK_CONDITION);
+        assert_eq!(sense_key_asc(&missing), (5, 0x25, 0));
+        let inquiry = harness.command(3, &INQUIRY, &[], 96);
+        assert_eq!(inquiry.resp.status, STATUS_GOOD);
+        assert_eq!(inquiry.data_in[0], 0x7F, "no logical unit at this LUN");
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn descriptor_loop_gets_failure() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        let response = harness.response_buf(vq, 108);
+        let queue = &mut harness.queues[vq];
+        queue.store(10, request.addr, request.len, VRING_DESC_F_NEXT as u16, 11);
+        queue.store(
+            11,
+            response.addr,
+            response.len,
+            (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
+            10,
+        );
+        queue.publish(10);
+        harness.device.queue_kicked(vq as u16);
+        let used = harness.queues[vq].used();
+        assert_eq!(used, vec![(10, 108)]);
+        let result = harness.result(&[request, response], used[0].1);
+        assert_eq!(result.resp.response, VIRTIO_SCSI_S_FAILURE as u8);
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn next_index_out_of_range_is_returned_unanswered() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        harness.queues[vq].store(12, request.addr, request.len, VRING_DESC_F_NEXT as u16, 500);
+        harness.queues[vq].publish(12);
+        harness.device.queue_kicked(vq as u16);
+        assert_eq!(harness.queues[vq].used(), vec![(12, 0)]);
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn buffers_outside_memory() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let outside = Buf {
+            addr: MEMORY_SIZE + 0x1000,
+            len: 51,
+            writable: false,
+        };
+        let response = harness.response_buf(vq, 108);
+        let used = harness.submit(vq, &[outside, response]);
+        let result = harness.result(&[outside, response], used[0].1);
+        assert_eq!(result.resp.response, VIRTIO_SCSI_S_FAILURE as u8);
+
+        let request = harness.request_buf(vq, lun_field(0), 1, &read10(0, 1));
+        let response = harness.response_buf(vq, 108);
+        let data_in = Buf {
+            addr: MEMORY_SIZE - 256,
+            len: 512,
+            writable: true,
+        };
+        let used = harness.submit(vq, &[request, response, data_in]);
+        let result = harness.result(&[request, response], used[0].1);
+        assert_eq!(result.resp.response, VIRTIO_SCSI_S_FAILURE as u8);
+
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        let response = Buf {
+            addr: u64::MAX - 16,
+            len: 108,
+            writable: true,
+        };
+        assert_eq!(harness.submit(vq, &[request, response])[0].1, 0);
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn wrong_direction_buffers() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let response = harness.response_buf(vq, 108);
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        let used = harness.submit(vq, &[response, request]);
+        assert_eq!(
+            harness.result(&[response], used[0].1).resp.response,
+            VIRTIO_SCSI_S_FAILURE as u8
+        );
+
+        // Data-in placed in a driver-readable descriptor.
+        let request = harness.request_buf(vq, lun_field(0), 1, &read10(0, 1));
+        let data = harness.data_buf(vq, &[0x11; 512], false);
+        let response = harness.response_buf(vq, 108);
+        let used = harness.submit(vq, &[request, data, response]);
+        let result = harness.result(&[response], used[0].1);
+        assert_eq!(result.resp.response, VIRTIO_SCSI_S_OVERRUN as u8);
+        assert_eq!(harness.read(data.addr, 512), vec![0x11; 512]);
+
+        // Data-out and data-in together need VIRTIO_SCSI_F_INOUT.
+        let request = harness.request_buf(vq, lun_field(0), 1, &write10(0, 1));
+        let data_out = harness.data_buf(vq, &[0x22; 512], false);
+        let response = harness.response_buf(vq, 108);
+        let data_in = harness.response_buf(vq, 512);
+        let used = harness.submit(vq, &[request, data_out, response, data_in]);
+        assert_eq!(
+            harness.result(&[response], used[0].1).resp.response,
+            VIRTIO_SCSI_S_FAILURE as u8
+        );
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn response_buffer_too_small_and_empty_descriptors() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        let tiny = harness.response_buf(vq, 8);
+        assert_eq!(harness.submit(vq, &[request, tiny])[0].1, 0);
+        assert_eq!(harness.read(tiny.addr, 8), vec![0xEE; 8], "nothing written");
+
+        let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
+        let short = harness.response_buf(vq, 20);
+        let used = harness.submit(vq, &[request, short]);
+        assert_eq!(used[0].1, 20);
+        assert_eq!(
+            harness.result(&[short], used[0].1).resp.response,
+            VIRTIO_SCSI_S_FAILURE as u8
+        );
+
+        let empty = Buf {
+            addr: 0x20_0000,
+            len: 0,
+            writable: false,
+        };
+        assert_eq!(harness.submit(vq, &[empty])[0].1, 0);
+        let response = harness.response_buf(vq, 108);
+        let used = harness.submit(vq, &[empty, response]);
+        assert_eq!(
+            harness.result(&[response], used[0].1).resp.response,
+            VIRTIO_SCSI_S_FAILURE as u8
+        );
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn indirect_tables() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let request = harness.request_buf(vq, lun_field(0), 1, &INQUIRY);
+        let response = harness.response_buf(vq, 108);
+        let data_in = harness.response_buf(vq, 96);
+        let table = harness.queues[vq].alloc(48);
+        let descriptors = [
+            Descriptor::new(request.addr, request.len, VRING_DESC_F_NEXT as u16, 1),
+            Descriptor::new(
+                response.addr,
+                response.len,
+                (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
+                2,
+            ),
+            Descriptor::new(data_in.addr, data_in.len, VRING_DESC_F_WRITE as u16, 0),
+        ];
+        for (i, descriptor) in descriptors.into_iter().enumerate() {
+            harness
+                .mem
+                .write_obj(
+                    RawDescriptor::from(descriptor),
+                    GuestAddress(table + 16 * i as u64),
+                )
+                .unwrap();
+        }
+        harness.queues[vq].store(20, table, 48, VRING_DESC_F_INDIRECT as u16, 0);
+        harness.queues[vq].publish(20);
+        harness.device.queue_kicked(vq as u16);
+        let used = harness.queues[vq].used();
+        let result = harness.result(&[request, response, data_in], used[0].1);
+        assert_eq!(result.resp.status, STATUS_GOOD);
+        assert_eq!(result.data_in[0], 0);
+        assert_eq!(result.resp.resid, 96 - (u32::from(result.data_in[4]) + 5));
+
+        // A table length that is not a whole number of descriptors.
+        harness.queues[vq].store(21, table, 47, VRING_DESC_F_INDIRECT as u16, 0);
+        harness.queues[vq].publish(21);
+        harness.device.queue_kicked(vq as u16);
+        assert_eq!(harness.queues[vq].used(), vec![(21, 0)]);
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn broken_avail_ring_needs_reset() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let idx = harness.queues[vq].mock.avail().idx().load();
+        harness.queues[vq]
+            .mock
+            .avail()
+            .idx()
+            .store(idx.wrapping_add(200));
+        harness.device.queue_kicked(vq as u16);
+        assert!(harness.device.needs_reset());
+        assert_eq!(harness.config_interrupt.count(), 1);
+        assert!(harness.queues[vq].used().is_empty());
+        harness.device.queue_kicked(vq as u16);
+        assert_eq!(harness.config_interrupt.count(), 1, "raised once");
+
+        harness.device.reset();
+        assert!(!harness.device.needs_reset());
+        harness.activate(harness.device.features());
+        let result = harness.command(0, &TEST_UNIT_READY, &[], 0);
+        assert_eq!(sense_key_asc(&result), (6, 0x29, 0), "power on after reset");
+        assert_queue_works(&mut harness);
+    }
+
+    #[test]
+    fn head_index_out_of_range_needs_reset() {
+        let mut harness = null_harness();
+        harness.queues[2].publish(300);
+        harness.device.queue_kicked(2);
+        assert!(harness.device.needs_reset());
+    }
+
+    #[test]
+    fn written_sense_and_cdb_sizes_are_honoured() {
+        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
+        harness.device.write_config(20, &24u32.to_le_bytes());
+        harness.device.write_config(24, &16u32.to_le_bytes());
+        harness.sense_size = 24;
+        harness.cdb_size = 16;
+        let attention = harness.command(0, &READ_CAPACITY_10, &[], 8);
+        assert_eq!(attention.resp.sense_len, 18);
+        assert_eq!(sense_key_asc(&attention), (6, 0x29, 0));
+        let capacity = harness.command(0, &READ_CAPACITY_10, &[], 8);
+        assert_eq!(capacity.data_in, [0, 0, 0x07, 0xFF, 0, 0, 0x02, 0]);
+        assert_eq!(capacity.used_len, 12 + 24 + 8);
+
+        // A sense field smaller than the sense data: truncated to it.
+        harness.device.write_config(20, &8u32.to_le_bytes());
+        harness.sense_size = 8;
+        let missing = harness.command(5, &TEST_UNIT_READY, &[], 0);
+        assert_eq!(missing.resp.sense_len, 8);
+        assert_eq!(missing.sense[..3], [0x70, 0, 5]);
+    }
+
+    #[test]
+    fn one_interrupt_per_batch() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let before = harness.queues[vq].interrupt.count();
+        let mut heads = Vec::new();
+        for tag in 0..3 {
+            let bufs = [
+                harness.request_buf(vq, lun_field(0), tag, &TEST_UNIT_READY),
+                harness.response_buf(vq, 108),
+            ];
+            let head = harness.queues[vq].chain(&bufs);
+            harness.queues[vq].publish(head);
+            heads.push(u32::from(head));
+        }
+        harness.device.queue_kicked(vq as u16);
+        let used: Vec<u32> = harness.queues[vq]
+            .used()
+            .into_iter()
+            .map(|(head, _)| head)
+            .collect();
+        assert_eq!(used, heads);
+        assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
+
+        // A kick with nothing new raises nothing.
+        harness.device.queue_kicked(vq as u16);
+        assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
+    }
+
+    #[test]
+    fn event_idx_suppresses_interrupts_the_driver_does_not_want() {
+        let mut harness = null_harness();
+        let vq = 2;
+        // Ask for an interrupt only at used index 100.
+        harness.queues[vq].set_used_event(100);
+        let before = harness.queues[vq].interrupt.count();
+        let bufs = [
+            harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY),
+            harness.response_buf(vq, 108),
+        ];
+        let head = harness.queues[vq].chain(&bufs);
+        harness.queues[vq].publish(head);
+        harness.device.queue_kicked(vq as u16);
+        assert_eq!(harness.queues[vq].interrupt.count(), before);
+        assert_eq!(harness.queues[vq].used().len(), 1);
+
+        // used() asked for the next entry, as a driver re-enabling callbacks does.
+        assert_eq!(harness.submit(vq, &bufs).len(), 1);
+        assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
+    }
+
+    #[test]
+    fn write_same_pattern_verify_and_flush() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let disk = Disk::open(&DiskOptions::new(file.path())).unwrap();
+        let mut harness = Harness::new(vec![disk]);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+
+        // WRITE SAME(10), LBA 4, 3 blocks, from one block of 0xC3.
+        let write_same = [0x41, 0, 0, 0, 0, 4, 0, 0, 3, 0];
+        let result = harness.command(0, &write_same, &[0xC3; 512], 0);
+        assert_eq!(result.resp.status, STATUS_GOOD, "{result:?}");
+        assert_eq!(result.resp.resid, 0, "the block was consumed");
+        let mut on_disk = vec![0u8; 4 * 512];
+        file.as_file_mut().seek(SeekFrom::Start(3 * 512)).unwrap();
+        file.as_file_mut().read_exact(&mut on_disk).unwrap();
+        assert_eq!(&on_disk[..512], &[0u8; 512]);
+        assert!(on_disk[512..].iter().all(|&b| b == 0xC3));
+
+        let verify = [0x2F, 0, 0, 0, 0, 0, 0, 0x08, 0, 0];
+        assert_eq!(harness.command(0, &verify, &[], 0).resp.status, STATUS_GOOD);
+        let synchronize_cache = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            harness.command(0, &synchronize_cache, &[], 0).resp.status,
+            STATUS_GOOD
+        );
+    }
+
+    #[test]
+    fn unmap_punches_the_ranges() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file_mut().write_all(&[0xAB; 1 << 20]).unwrap();
+        let mut options = DiskOptions::new(file.path());
+        options.discard = block::DiscardMode::Unmap;
+        let mut harness = Harness::new(vec![Disk::open(&options).unwrap()]);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+
+        let mut parameters = vec![0, 22, 0, 16, 0, 0, 0, 0];
+        parameters.extend_from_slice(&16u64.to_be_bytes());
+        parameters.extend_from_slice(&8u32.to_be_bytes());
+        parameters.extend_from_slice(&[0; 4]);
+        let unmap = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        let result = harness.command(0, &unmap, &parameters, 0);
+        assert_eq!(result.resp.status, STATUS_GOOD, "{result:?}");
+        assert_eq!(result.resp.resid, 0);
+        let back = harness.command(0, &read10(15, 10), &[], 5120);
+        assert_eq!(&back.data_in[..512], &[0xAB; 512]);
+        assert!(back.data_in[512..4608].iter().all(|&b| b == 0), "punched");
+        assert_eq!(&back.data_in[4608..], &[0xAB; 512]);
+    }
+
+    #[test]
+    fn backend_errors_become_check_conditions() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let disk = Arc::new(Disk::open(&DiskOptions::new(file.path())).unwrap());
+        let mut config = crate::scsi_device::test_driver::lun_config(0, &disk);
+        config.read_only = false;
+        let mut options = DiskOptions::new(file.path());
+        options.read_only = true;
+        let read_only_disk = Arc::new(Disk::open(&options).unwrap());
+        // The target believes the LUN is writable; the backend refuses with EROFS.
+        let mut harness = Harness::with_luns(vec![(config, read_only_disk)], 1, 0);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+        let result = harness.command(0, &write10(0, 1), &[1; 512], 0);
+        assert_eq!(result.resp.status, STATUS_CHECK_CONDITION);
+        assert_eq!(sense_key_asc(&result), (7, 0x27, 0));
+        assert_eq!(result.resp.resid, 512);
+        assert_eq!(
+            error_sense(libc::EIO, Direction::FromDisk),
+            Sense::UNRECOVERED_READ_ERROR
+        );
+    }
+}

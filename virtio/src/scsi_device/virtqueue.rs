@@ -1,0 +1,150 @@
+//! One virtqueue as a device worker serves it: popping chains, returning them, and raising the
+//! queue's interrupt once per batch when the driver wants one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use slog::{debug, warn, Logger};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use crate::device::{GuestMemory, Interrupt};
+
+/// A snapshot of guest memory, kept by a request until it completes.
+pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// A chain popped from a queue.
+pub type Chain = DescriptorChain<MemorySnapshot>;
+
+/// How a worker tells the transport that the device cannot go on (a queue's rings became
+/// unusable): the transport reports DEVICE_NEEDS_RESET in the device status, and the
+/// configuration-change interrupt tells the driver to look.
+#[derive(Clone)]
+pub struct NeedsReset {
+    flag: Arc<AtomicBool>,
+    config_interrupt: Arc<dyn Interrupt>,
+}
+
+impl NeedsReset {
+    pub fn new(flag: Arc<AtomicBool>, config_interrupt: Arc<dyn Interrupt>) -> NeedsReset {
+        NeedsReset {
+            flag,
+            config_interrupt,
+        }
+    }
+
+    fn raise(&self) {
+        if !self.flag.swap(true, Ordering::SeqCst) {
+            self.config_interrupt.trigger();
+        }
+    }
+}
+
+/// A queue with everything needed to serve it from any thread.
+pub struct Virtqueue {
+    queue: Queue,
+    memory: GuestMemory,
+    interrupt: Arc<dyn Interrupt>,
+    needs_reset: NeedsReset,
+    /// Set once the rings proved unusable: the queue is left alone until reset.
+    broken: bool,
+    /// Chains returned since the last interrupt decision.
+    returned: bool,
+    logger: Logger,
+}
+
+impl Virtqueue {
+    pub fn new(
+        index: u16,
+        mut queue: Queue,
+        memory: GuestMemory,
+        interrupt: Arc<dyn Interrupt>,
+        event_idx: bool,
+        needs_reset: NeedsReset,
+        logger: &Logger,
+    ) -> Virtqueue {
+        queue.set_event_idx(event_idx);
+        Virtqueue {
+            queue,
+            memory,
+            interrupt,
+            needs_reset,
+            broken: false,
+            returned: false,
+            logger: logger.new(slog::o!("vq" => index)),
+        }
+    }
+
+    pub fn logger(&self) -> &Logger {
+        &self.logger
+    }
+
+    pub fn snapshot(&self) -> MemorySnapshot {
+        self.memory.memory()
+    }
+
+    fn fail(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        warn!(self.logger, "queue unusable"; "what" => what, "error" => %error);
+        self.broken = true;
+        self.needs_reset.raise();
+    }
+
+    /// Every chain the driver made available, with notifications suppressed while the caller
+    /// works on them. Empty when there is none or the queue is broken.
+    pub fn pop_all(&mut self, mem: &MemorySnapshot) -> Vec<Chain> {
+        if self.broken {
+            return Vec::new();
+        }
+        if let Err(error) = self.queue.disable_notification(&**mem) {
+            self.fail("disable_notification", &error);
+            return Vec::new();
+        }
+        match self.queue.iter(mem.clone()) {
+            Ok(iter) => iter.collect(),
+            Err(error) => {
+                self.fail("avail_ring", &error);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
+    pub fn more_available(&mut self, mem: &MemorySnapshot) -> bool {
+        if self.broken {
+            return false;
+        }
+        match self.queue.enable_notification(&**mem) {
+            Ok(more) => more,
+            Err(error) => {
+                self.fail("enable_notification", &error);
+                false
+            }
+        }
+    }
+
+    /// Returns a chain to the driver with `len` bytes written.
+    pub fn add_used(&mut self, mem: &MemorySnapshot, head: u16, len: u32) {
+        if self.broken {
+            return;
+        }
+        match self.queue.add_used(&**mem, head, len) {
+            Ok(()) => self.returned = true,
+            Err(error) => self.fail("add_used", &error),
+        }
+    }
+
+    /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
+    pub fn notify(&mut self, mem: &MemorySnapshot) {
+        if self.broken || !std::mem::take(&mut self.returned) {
+            return;
+        }
+        match self.queue.needs_notification(&**mem) {
+            Ok(true) => self.interrupt.trigger(),
+            Ok(false) => {}
+            Err(error) => {
+                debug!(self.logger, "used_event unreadable"; "error" => %error);
+                self.interrupt.trigger();
+            }
+        }
+    }
+}
