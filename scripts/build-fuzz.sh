@@ -5,12 +5,13 @@
 # lets the stable compiler accept cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP=1). No sanitizer: the
 # decoder is safe Rust, and libFuzzer's coverage and crash detection is what we want here.
 #
-# Usage: scripts/build-fuzz.sh   (artifacts under $CARGO_TARGET_DIR/fuzz, default target/fuzz)
+# Usage: scripts/build-fuzz.sh   (artifacts under $VUS_FUZZ_TARGET, by default in the cache
+#        outside the repository: a fresh clone reuses the last build, cargo rebuilds what changed)
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
-case $target_dir in /*) ;; *) target_dir=$repo_root/$target_dir ;; esac
+fuzz_target=${VUS_FUZZ_TARGET:-${VUS_CACHE:-/var/cache/vfio-user-scsi}/fuzz-target}
+mkdir -p "$fuzz_target"
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
@@ -23,4 +24,4 @@ fi
 
 cd "$repo_root/server"
 # A target directory of its own: the fuzz flags would otherwise invalidate the normal build.
-CARGO_TARGET_DIR=$target_dir/fuzz cargo "${toolchain[@]}" fuzz build --sanitizer none message
+CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none message

@@ -52,8 +52,6 @@ step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --release -p server" cargo build --release -p server
 export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
+step "build the fuzz targets" bash scripts/build-fuzz.sh
 step "cargo nextest" cargo nextest run --workspace
-if [ -f scripts/build-fuzz.sh ]; then
-    step "build the fuzz targets" bash scripts/build-fuzz.sh
-fi
 echo "==> test.sh: all steps passed"
