@@ -8,7 +8,8 @@
 #   --runtime S         seconds each fio job measures (default 15), after a 2 s ramp
 #   --smp N             guest vCPUs (default 2)
 #   --queues N          request queues (default: smp)
-#   --iothreads N       iothreads, for both targets (default 1)
+#   --iothreads N       iothreads, for both targets (default: each target's own, 1 for the
+#                       built-in one; our server runs its queues on its main loop unless given)
 #   --numjobs N         fio jobs per test, each on its own CPU's queue (default 1)
 #   --server-args ARGS  extra arguments for our server, e.g. '--poll-max-ns 0'
 #   --file PATH         the file backend's image (default: a sparse temporary 1 GiB file)
@@ -34,7 +35,7 @@ runtime=15
 ramp=2
 smp=2
 queues=
-iothreads=1
+iothreads=
 numjobs=1
 server_args=
 image=
@@ -60,7 +61,7 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-for number in "$runtime" "$smp" "$iothreads" "$numjobs" ${queues:+"$queues"}; do
+for number in "$runtime" "$smp" "$numjobs" ${queues:+"$queues"} ${iothreads:+"$iothreads"}; do
     [[ $number =~ ^[0-9]+$ ]] || die "'$number' is not a number"
 done
 queues=${queues:-$smp}
@@ -118,8 +119,9 @@ run_one() {
         target_args=(--builtin)
     fi
     echo "bench-guest: $target, $backend backend: booting and running ${#jobs[@]} jobs" >&2
+    [ -z "$iothreads" ] || target_args+=(--iothreads "$iothreads")
     "$script_dir/run-vm.sh" "${target_args[@]}" --smp "$smp" --queues "$queues" \
-        --iothreads "$iothreads" --disk "$disk" --timeout "$boot_timeout" -- "$guest_script" \
+        --disk "$disk" --timeout "$boot_timeout" -- "$guest_script" \
         >"$output" 2>&1 || status=$?
     if [ "$status" != 0 ]; then
         echo "bench-guest: the $target guest on the $backend backend failed (status $status):" >&2
@@ -153,7 +155,7 @@ for b in "${!backend_list[@]}"; do
 done
 
 mkdir -p "$(dirname "$json_out")"
-jq -s --argjson smp "$smp" --argjson queues "$queues" --argjson iothreads "$iothreads" \
+jq -s --argjson smp "$smp" --argjson queues "$queues" --argjson iothreads "${iothreads:-null}" \
     --argjson numjobs "$numjobs" --argjson runtime "$runtime" --arg server_args "$server_args" \
     '{config: {smp: $smp, queues: $queues, iothreads: $iothreads, numjobs: $numjobs,
                runtime_s: $runtime, server_args: $server_args, accel: "tcg"},

@@ -214,7 +214,7 @@ copy_with_libraries() {
 }
 
 build_initramfs() {
-    local staging=$build/initramfs kdir kver entry program name target module path
+    local staging=$build/initramfs kdir kver entry program name target module path real dir
     mkdir -p "$staging"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,proc,sys,dev,tmp,etc,mnt}
     ln -s usr/bin "$staging/bin"
     ln -s usr/sbin "$staging/sbin"
@@ -230,9 +230,20 @@ build_initramfs() {
         done
     done
     copy_with_libraries "${programs[@]}"
+    # busybox's shell runs its own applet before any program of the same name on PATH, so the
+    # real tools (blkdiscard -z, mkfs.ext4, ...) are reached through functions, which win.
+    mkdir -p "$staging/etc"
+    : >"$staging/etc/real-programs.sh"
     for name in $("$staging/usr/bin/busybox" --list); do
-        [ -e "$staging/usr/bin/$name" ] || [ -e "$staging/usr/sbin/$name" ] ||
+        real=
+        for dir in /usr/bin /usr/sbin; do
+            [ -e "$staging$dir/$name" ] && real=$dir/$name
+        done
+        if [ -z "$real" ]; then
             ln -s busybox "$staging/usr/bin/$name"
+        elif [ "$name" != busybox ]; then
+            printf '%s() { %s "$@"; }\n' "$name" "$real" >>"$staging/etc/real-programs.sh"
+        fi
     done
     awk '$1 == "link" { print $2 }' "$packages_list" | while IFS='=' read -r name target; do
         ln -sf "$target" "$staging/usr/bin/$name"

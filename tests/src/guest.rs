@@ -3,6 +3,9 @@
 //!
 //! Nothing here skips: a missing script or environment is an error that names what is missing
 //! (`scripts/run-vm.sh` builds the guest environment itself when it is not cached).
+//!
+//! Guest scripts that start with [`SCRIPT_PRELUDE`] can split their output into named sections
+//! (`section NAME`), so that a test asserts each tool's output where it belongs.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,6 +13,30 @@ use std::process::{Command, Stdio};
 
 /// Lines of console output a failure message quotes.
 const TAIL_LINES: usize = 40;
+
+/// What a guest script prints to start a section of its output; the section's name follows.
+const SECTION_MARKER: &str = "VUS-SECTION ";
+
+/// Shell that a guest script can start with: stop at the first failing command, `section NAME`
+/// to start a section of the output, and `$(lun_disk N)`: the block device of LUN N, once it
+/// exists (up to 10 s; run-vm.sh waits only for /dev/sda). Linux probes disks asynchronously,
+/// so with several LUNs /dev/sda is not always LUN 0.
+pub const SCRIPT_PRELUDE: &str = r#"set -e
+section() { echo "VUS-SECTION $1"; }
+lun_disk() {
+    tries=100
+    while [ "$tries" -gt 0 ]; do
+        for block in /sys/bus/scsi/devices/*:0:0:"$1"/block/*; do
+            [ -b "/dev/${block##*/}" ] && { echo "/dev/${block##*/}"; return 0; }
+        done
+        sleep 0.1
+        tries=$((tries - 1))
+    done
+    echo "VUS-TEST: LUN $1 has no block device" >&2
+    ls /sys/bus/scsi/devices >&2
+    return 1
+}
+"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -62,6 +89,71 @@ impl GuestRun {
             self.tail()
         );
     }
+
+    /// Panics, quoting the end of the output, unless some output line is exactly `expected`
+    /// (trailing blanks aside): for marker lines such as `SIZE=131072`, which a `contains` would
+    /// also find in `SIZE=1310720`.
+    pub fn assert_line(&self, expected: &str) {
+        assert!(
+            self.output.lines().any(|line| line.trim_end() == expected),
+            "no output line is {expected:?}; last lines of the output:\n{}",
+            self.tail()
+        );
+    }
+
+    /// The lines after the guest script's `section NAME`, up to the next section (empty when
+    /// the script never reached it).
+    pub fn section(&self, name: &str) -> Vec<&str> {
+        let mut lines = self.output.lines();
+        let start = format!("{SECTION_MARKER}{name}");
+        if !lines.any(|line| line.trim_end() == start) {
+            return Vec::new();
+        }
+        lines
+            .take_while(|line| !line.starts_with(SECTION_MARKER))
+            .collect()
+    }
+
+    /// Panics unless some line of section `name` contains `needle`; quotes the section, or the
+    /// end of the output when the section is missing.
+    pub fn assert_section_contains(&self, name: &str, needle: &str) {
+        let section = self.section(name);
+        if section.is_empty() {
+            panic!(
+                "the guest printed no section {name:?}; last lines of the output:\n{}",
+                self.tail()
+            );
+        }
+        assert!(
+            section.iter().any(|line| line.contains(needle)),
+            "no line of section {name:?} contains {needle:?}; the section:\n{}",
+            section.join("\n")
+        );
+    }
+}
+
+/// Numbered lines `TAG-00000000042\n`, the same bytes [`pattern_command`] prints in the guest.
+pub fn pattern(tag: &str, lines: usize) -> Vec<u8> {
+    (0..lines)
+        .flat_map(|n| format!("{tag}-{n:011}\n").into_bytes())
+        .collect()
+}
+
+/// A guest shell command (busybox awk) that prints [`pattern`]`(tag, lines)`. `tag` must not
+/// need shell or awk quoting.
+pub fn pattern_command(tag: &str, lines: usize) -> String {
+    format!("awk 'BEGIN {{ for (n = 0; n < {lines}; n++) printf \"{tag}-%011d\\n\", n }}'")
+}
+
+/// A sparse file of `bytes` bytes for a guest disk, removed when dropped. It lives in /var/tmp,
+/// not /tmp: disks opened with O_DIRECT need a file system that allows it, which a tmpfs may not.
+pub fn sparse_disk(name: &str, bytes: u64) -> std::io::Result<tempfile::NamedTempFile> {
+    let disk = tempfile::Builder::new()
+        .prefix(&format!("vus-{name}-"))
+        .suffix(".raw")
+        .tempfile_in("/var/tmp")?;
+    disk.as_file().set_len(bytes)?;
+    Ok(disk)
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -73,7 +165,15 @@ pub fn repo_root() -> PathBuf {
 /// Runs `scripts/run-vm.sh ARGS -- GUEST_SCRIPT`, echoing its output as it arrives (the test
 /// harness shows it when a test fails) and collecting it.
 pub fn run_vm(args: &[&str], guest_script: &str) -> Result<GuestRun, GuestError> {
-    let script = repo_root().join("scripts/run-vm.sh");
+    let mut all_args = args.to_vec();
+    all_args.extend(["--", guest_script]);
+    run_script("run-vm.sh", &all_args)
+}
+
+/// Runs `scripts/NAME ARGS` (a script that boots a guest, such as `run.sh`), echoing and
+/// collecting its output as [`run_vm`] does.
+pub fn run_script(name: &str, args: &[&str]) -> Result<GuestRun, GuestError> {
+    let script = repo_root().join("scripts").join(name);
     if !script.is_file() {
         return Err(GuestError::MissingScript { path: script });
     }
@@ -83,8 +183,6 @@ pub fn run_vm(args: &[&str], guest_script: &str) -> Result<GuestRun, GuestError>
         .arg(r#"exec "$0" "$@" 2>&1"#)
         .arg(&script)
         .args(args)
-        .arg("--")
-        .arg(guest_script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
