@@ -21,6 +21,15 @@ pub enum LogLevel {
     Trace,
 }
 
+/// How request queues do their disk I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Aio {
+    /// One io_uring per queue, batched; falls back to `sync` where the kernel refuses it.
+    IoUring,
+    /// Blocking system calls on the queue's thread.
+    Sync,
+}
+
 /// A vfio-user server that gives a guest a virtio-scsi PCI host bus adapter.
 #[derive(Debug, Parser)]
 #[command(name = "vfio-user-scsi", version)]
@@ -48,6 +57,9 @@ pub struct Cli {
     /// Longest time a busy queue is polled before notifications are re-enabled.
     #[arg(long, value_name = "NS", default_value_t = 32768)]
     pub poll_max_ns: u64,
+    /// I/O engine of the request queues.
+    #[arg(long, value_enum, default_value_t = Aio::IoUring)]
+    pub aio: Aio,
     /// Log record format: `term` for people, `json` for tools.
     #[arg(long, value_enum, default_value_t = LogFormat::Term)]
     pub log_format: LogFormat,
@@ -90,6 +102,7 @@ mod tests {
         );
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.log_level, LogLevel::Info);
+        assert_eq!(cli.aio, Aio::IoUring);
         assert!(cli.iothread_vq_mapping.is_none() && cli.log_file.is_none());
     }
 

@@ -317,6 +317,7 @@ impl<D: Device> Server<D> {
         if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);
         }
+        self.device.dma_unmapped();
         for irq in self.device.irqs() {
             if irq.eventfd {
                 if let Err(e) = self.device.set_irqs(irq.index, IrqAction::Disable) {

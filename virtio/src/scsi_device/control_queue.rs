@@ -4,6 +4,7 @@
 //! Commands complete before the request queue that carried them is left, so no task is ever in
 //! flight when a TMF is handled: aborts and queries find nothing, resets only reset state.
 
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use slog::debug;
@@ -16,6 +17,7 @@ use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
     VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::data_buffers::ChainBuffers;
 use super::lun_address;
@@ -24,6 +26,7 @@ use super::request::{
     TMF_RESP_SIZE,
 };
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::queue_worker::QueueWorker;
 use crate::scsi::Target;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
@@ -164,6 +167,30 @@ impl ControlQueue {
             // CLEAR ACA (we never establish an ACA) and unknown functions.
             _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
         }
+    }
+}
+
+impl QueueWorker for ControlQueue {
+    fn queue_index(&self) -> u16 {
+        self.queue.index()
+    }
+
+    fn kick(&self) -> &Arc<EventFd> {
+        self.queue.kick()
+    }
+
+    fn kicked(&mut self) {
+        ControlQueue::kicked(self);
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn completions_ready(&mut self) {}
+
+    fn in_flight(&self) -> usize {
+        0
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use block::{Disk, SyncEngine};
+use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
@@ -28,6 +28,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::scsi::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
@@ -35,7 +36,7 @@ pub use event_queue::{EventDelivery, ScsiEvent};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
-use event_queue::EventQueue;
+use event_queue::{EventQueue, SharedEventQueue};
 use request_queue::{DiskMap, RequestQueueWorker};
 use virtqueue::{NeedsReset, Virtqueue};
 
@@ -81,15 +82,16 @@ pub enum ScsiDeviceError {
     Target(#[from] TargetError),
 }
 
+/// Builds the I/O engine of each request queue at activation.
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + Send + Sync>;
+
 /// Queues being served, from DRIVER_OK to reset.
 struct ActiveQueues {
-    /// The control and event queues are optional too: SeaBIOS, for one, enables only the
-    /// first request queue.
-    control: Option<ControlQueue>,
-    events: Option<EventQueue>,
-    /// Indexed by request queue number (virtqueue index - 2); None when the driver left the
-    /// queue disabled.
-    requests: Vec<Option<RequestQueueWorker>>,
+    /// Workers the device serves itself through `queue_kicked`, indexed by virtqueue; empty
+    /// when a queue host serves them. Any queue may be missing: SeaBIOS, for one, enables only
+    /// the first request queue.
+    local: Vec<Option<Box<dyn QueueWorker>>>,
+    events: Option<SharedEventQueue>,
     acked_features: u64,
 }
 
@@ -101,6 +103,9 @@ pub struct ScsiDevice {
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
     active: Option<ActiveQueues>,
+    /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
+    host: Option<Arc<dyn QueueHost>>,
+    engines: EngineFactory,
     logger: Logger,
 }
 
@@ -153,8 +158,17 @@ impl ScsiDevice {
             disks: Arc::new(disks),
             needs_reset: Arc::new(AtomicBool::new(false)),
             active: None,
+            host: None,
+            engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
             logger,
         })
+    }
+
+    /// From now on, activation hands every queue's worker to `host` (which serves it on the
+    /// thread it chooses), and request queues do their I/O through engines from `engines`.
+    pub fn set_queue_host(&mut self, host: Arc<dyn QueueHost>, engines: EngineFactory) {
+        self.host = Some(host);
+        self.engines = engines;
     }
 
     /// Tells the driver about a LUN change through the event queue.
@@ -169,7 +183,7 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_mut() {
+        match active.events.as_ref() {
             Some(events) => events.post(event),
             None => EventDelivery::Inactive,
         }
@@ -228,81 +242,80 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
-        let mut control = None;
         let mut events = None;
-        let mut requests: Vec<Option<RequestQueueWorker>> =
-            (0..self.num_queues).map(|_| None).collect();
+        let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
             let index = active.index;
+            if index >= self.queue_count() {
+                return Err(ActivateError::Failed(format!(
+                    "queue {index} does not exist (queue count {})",
+                    self.queue_count()
+                )));
+            }
             let queue = Virtqueue::new(
-                index,
-                active.queue,
+                active,
                 memory.clone(),
-                active.interrupt,
                 event_idx,
                 needs_reset.clone(),
                 &self.logger,
             );
-            match index {
-                CONTROL_QUEUE => control = Some(ControlQueue::new(queue, Arc::clone(&self.target))),
-                EVENT_QUEUE => events = Some(EventQueue::new(queue)),
+            workers.push(match index {
+                CONTROL_QUEUE => Box::new(ControlQueue::new(queue, Arc::clone(&self.target))),
+                EVENT_QUEUE => {
+                    let shared = SharedEventQueue::new(EventQueue::new(queue));
+                    events = Some(shared.handle());
+                    Box::new(shared)
+                }
                 _ => {
-                    let Some(slot) = requests.get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
-                    else {
-                        return Err(ActivateError::Failed(format!(
-                            "queue {index} does not exist (queue count {})",
-                            self.queue_count()
-                        )));
-                    };
-                    let engine = SyncEngine::new()
+                    let engine = (self.engines)()
                         .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
-                    *slot = Some(RequestQueueWorker::new(
+                    Box::new(RequestQueueWorker::new(
                         queue,
                         Arc::clone(&self.target),
                         Arc::clone(&self.disks),
                         Arc::clone(self.config.header_sizes()),
-                        Box::new(engine),
-                    ));
+                        engine,
+                    ))
+                }
+            });
+        }
+        let mut local = Vec::new();
+        match &self.host {
+            Some(host) => workers.into_iter().for_each(|worker| host.adopt(worker)),
+            None => {
+                local.resize_with(usize::from(self.queue_count()), || None);
+                for worker in workers {
+                    let index = usize::from(worker.queue_index());
+                    local[index] = Some(worker);
                 }
             }
         }
         self.active = Some(ActiveQueues {
-            control,
+            local,
             events,
-            requests,
             acked_features,
         });
         Ok(())
     }
 
     fn queue_kicked(&mut self, index: u16) {
-        let Some(active) = self.active.as_mut() else {
-            debug!(self.logger, "kick while inactive"; "vq" => index);
-            return;
-        };
-        match index {
-            CONTROL_QUEUE => match active.control.as_mut() {
-                Some(control) => control.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
-            EVENT_QUEUE => match active.events.as_mut() {
-                Some(events) => events.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
-            _ => match active
-                .requests
-                .get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
-                .and_then(Option::as_mut)
-            {
-                Some(worker) => worker.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
+        let worker = self
+            .active
+            .as_mut()
+            .and_then(|active| active.local.get_mut(usize::from(index)))
+            .and_then(Option::as_mut);
+        match worker {
+            Some(worker) => worker.kicked(),
+            None => debug!(self.logger, "kick for a queue not served here"; "vq" => index),
         }
     }
 
     fn reset(&mut self) {
-        // Workers own their engines; a synchronous engine has nothing in flight once a call
-        // returns, and dropping a request keeps its guest memory mapped until the kernel is done.
+        // The host waits for the requests in flight on its threads; local workers use a
+        // synchronous engine, which has nothing in flight once a call returns.
+        if let Some(host) = &self.host {
+            host.release_all();
+        }
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);

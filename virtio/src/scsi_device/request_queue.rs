@@ -6,6 +6,7 @@
 //! be moved to the iothread that serves its queue.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
@@ -13,6 +14,7 @@ use slog::{debug, trace};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
@@ -22,6 +24,7 @@ use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::queue_worker::QueueWorker;
 use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
@@ -143,6 +146,13 @@ impl RequestQueueWorker {
                 break;
             }
         }
+        self.queue.notify(&mem);
+    }
+
+    /// The engine's completion eventfd fired: answer what completed, interrupt once.
+    pub fn completions_ready(&mut self) {
+        let mem = self.queue.snapshot();
+        self.reap();
         self.queue.notify(&mem);
     }
 
@@ -493,6 +503,32 @@ impl RequestQueueWorker {
             "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
             "response" => answer.response, "status" => answer.status);
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
+    }
+}
+
+impl QueueWorker for RequestQueueWorker {
+    fn queue_index(&self) -> u16 {
+        self.queue.index()
+    }
+
+    fn kick(&self) -> &Arc<EventFd> {
+        self.queue.kick()
+    }
+
+    fn kicked(&mut self) {
+        RequestQueueWorker::kicked(self);
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.engine.completion_fd())
+    }
+
+    fn completions_ready(&mut self) {
+        RequestQueueWorker::completions_ready(self);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 }
 
