@@ -12,6 +12,7 @@ mod event_queue;
 mod lun_address;
 mod request;
 mod request_queue;
+mod task_set;
 #[cfg(test)]
 mod test_driver;
 mod virtqueue;
@@ -38,6 +39,7 @@ use config::ScsiConfig;
 use control_queue::ControlQueue;
 use event_queue::{EventQueue, SharedEventQueue};
 use request_queue::{DiskMap, RequestQueueWorker};
+use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
 
 /// PCI class code of a SCSI storage controller (mass storage, SCSI, no programming interface).
@@ -242,6 +244,10 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let tasks = Arc::new(
+            TaskSet::new()
+                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
+        );
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
@@ -260,7 +266,11 @@ impl VirtioDevice for ScsiDevice {
                 &self.logger,
             );
             workers.push(match index {
-                CONTROL_QUEUE => Box::new(ControlQueue::new(queue, Arc::clone(&self.target))),
+                CONTROL_QUEUE => Box::new(ControlQueue::new(
+                    queue,
+                    Arc::clone(&self.target),
+                    Arc::clone(&tasks),
+                )),
                 EVENT_QUEUE => {
                     let shared = SharedEventQueue::new(EventQueue::new(queue));
                     events = Some(shared.handle());
@@ -275,6 +285,7 @@ impl VirtioDevice for ScsiDevice {
                         Arc::clone(&self.disks),
                         Arc::clone(self.config.header_sizes()),
                         engine,
+                        Arc::clone(&tasks),
                     ))
                 }
             });

@@ -23,6 +23,7 @@ use super::lun_address;
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
+use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use crate::queue_worker::QueueWorker;
 use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
@@ -109,6 +110,8 @@ pub struct RequestQueueWorker {
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
     in_flight: HashMap<u64, InFlight>,
+    /// Where commands in flight are visible to task management.
+    tasks: Arc<TaskSet>,
     next_id: u64,
     completions: Vec<Completion>,
 }
@@ -120,6 +123,7 @@ impl RequestQueueWorker {
         disks: DiskMap,
         sizes: Arc<HeaderSizes>,
         engine: Box<dyn Engine>,
+        tasks: Arc<TaskSet>,
     ) -> RequestQueueWorker {
         RequestQueueWorker {
             queue,
@@ -128,6 +132,7 @@ impl RequestQueueWorker {
             sizes,
             engine,
             in_flight: HashMap::new(),
+            tasks,
             next_id: 0,
             completions: Vec::new(),
         }
@@ -420,6 +425,7 @@ impl RequestQueueWorker {
         if request.outstanding == 0 {
             self.finish_io(request);
         } else {
+            self.tasks.started(request.reply.lun, request.reply.tag);
             self.in_flight.insert(id, request);
         }
     }
@@ -454,7 +460,9 @@ impl RequestQueueWorker {
             self.submit_ready(completion.user_data, &mut request);
         }
         if request.outstanding == 0 {
+            let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.finish_io(request);
+            self.tasks.finished(lun, tag);
         } else {
             self.in_flight.insert(completion.user_data, request);
         }
