@@ -54,7 +54,9 @@ pub struct Cli {
     /// QEMU-style JSON mapping of virtqueues to iothreads.
     #[arg(long, value_name = "JSON")]
     pub iothread_vq_mapping: Option<String>,
-    /// Longest time a busy queue is polled before notifications are re-enabled.
+    /// Longest time an iothread polls its busy queues before notifications are re-enabled and
+    /// it sleeps (adaptive, like QEMU's poll-max-ns); 0 disables polling. The main loop never
+    /// polls.
     #[arg(long, value_name = "NS", default_value_t = 32768)]
     pub poll_max_ns: u64,
     /// I/O engine of the request queues.

@@ -6,11 +6,13 @@ use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 use slog::{debug, error, Logger};
 use virtio::QueueWorker;
 
+use crate::poll_window::PollWindow;
 use crate::queue_set::{thread_name, QueueSet, OWNER_TOKEN};
 
 enum Command {
@@ -31,15 +33,16 @@ pub struct Iothread {
 }
 
 impl Iothread {
-    /// Starts a thread called `name` (as /proc/<pid>/task/*/comm shows it, cut to 15 bytes).
-    pub fn spawn(name: &str, log: &Logger) -> io::Result<Iothread> {
+    /// Starts a thread called `name` (as /proc/<pid>/task/*/comm shows it, cut to 15 bytes)
+    /// that polls busy queues for up to `poll_max_ns` before it sleeps (0: never polls).
+    pub fn spawn(name: &str, poll_max_ns: u64, log: &Logger) -> io::Result<Iothread> {
         let set = QueueSet::new(log)?;
         let waker = Arc::new(Waker::new(set.registry(), OWNER_TOKEN)?);
         let (commands, receiver) = channel();
         let thread_log = log.clone();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(set, receiver, &thread_log))?;
+            .spawn(move || run(set, receiver, PollWindow::new(poll_max_ns), &thread_log))?;
         debug!(log, "iothread started"; "iothread" => name);
         Ok(Iothread {
             name: name.to_string(),
@@ -100,9 +103,17 @@ impl Drop for Iothread {
     }
 }
 
-fn run(mut set: QueueSet, commands: Receiver<Command>, log: &Logger) {
+fn run(mut set: QueueSet, commands: Receiver<Command>, mut window: PollWindow, log: &Logger) {
     loop {
-        match set.poll(None) {
+        let started = Instant::now();
+        let polling = window.current();
+        let found_work = !polling.is_zero() && !set.is_empty() && set.poll_queues(polling);
+        // Notifications stay off while polling finds work: look at the other events, then
+        // poll again rather than sleep.
+        let timeout = found_work.then_some(Duration::ZERO);
+        let result = set.poll(timeout);
+        window.adjust(started.elapsed());
+        match result {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

@@ -22,15 +22,17 @@ pub struct IothreadPool {
 }
 
 impl IothreadPool {
-    /// Starts one thread per name; `mapping` owners index `names`.
+    /// Starts one thread per name; `mapping` owners index `names`. Iothreads poll busy queues
+    /// for up to `poll_max_ns` before they sleep.
     pub fn start(
         names: &[String],
         mapping: QueueMapping,
+        poll_max_ns: u64,
         log: &Logger,
     ) -> io::Result<IothreadPool> {
         let iothreads = names
             .iter()
-            .map(|name| Iothread::spawn(name, log))
+            .map(|name| Iothread::spawn(name, poll_max_ns, log))
             .collect::<io::Result<Vec<_>>>()?;
         let main_loop = QueueSet::new(log)?;
         Ok(IothreadPool {
@@ -182,7 +184,7 @@ mod tests {
             event: QueueOwner::MainLoop,
             request,
         };
-        IothreadPool::start(&["io0".into(), "io1".into()], mapping, &log).unwrap()
+        IothreadPool::start(&["io0".into(), "io1".into()], mapping, 32_768, &log).unwrap()
     }
 
     fn wait_for(what: &str, condition: impl Fn() -> bool) {
@@ -200,13 +202,18 @@ mod tests {
     #[test]
     fn iothreads_carry_their_names() {
         let _pool = pool(vec![QueueOwner::MainLoop]);
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|comm| comm.trim().to_string())
-            .collect();
-        assert!(names.contains(&"io0".to_string()), "{names:?}");
-        assert!(names.contains(&"io1".to_string()), "{names:?}");
+        let names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|comm| comm.trim().to_string())
+                .collect()
+        };
+        // A new thread names itself once it runs.
+        wait_for("the iothreads' names", || {
+            let names = names();
+            names.contains(&"io0".to_string()) && names.contains(&"io1".to_string())
+        });
     }
 
     #[test]

@@ -57,8 +57,8 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), MainError> {
         cli.iothread_vq_mapping.as_deref(),
         usize::from(cli.num_queues),
     )?;
-    let pool =
-        IothreadPool::start(&cli.iothreads, queue_mapping, log).map_err(MainError::Iothreads)?;
+    let pool = IothreadPool::start(&cli.iothreads, queue_mapping, cli.poll_max_ns, log)
+        .map_err(MainError::Iothreads)?;
     let memory = DmaMemory::new(GuestMemoryMmap::new());
     let config = ControllerConfig {
         disks: &cli.disks,

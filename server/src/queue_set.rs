@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -180,6 +180,38 @@ impl QueueSet {
             "iothread" => thread_name(), "vq" => worker.queue_index(),
             "wakeup" => match wakeup { Wakeup::Kick => "kick", Wakeup::Completions => "completions" },
             "in_flight" => worker.in_flight());
+    }
+
+    /// Polls every queue for up to `window` with driver notifications suppressed; true when
+    /// one had work (notifications stay suppressed: poll again). False when the window ran out:
+    /// notifications are back on and whatever raced in has been served.
+    pub fn poll_queues(&mut self, window: Duration) -> bool {
+        let start = Instant::now();
+        for worker in self.workers.iter_mut().flatten() {
+            worker.start_polling();
+        }
+        loop {
+            let mut served = false;
+            for worker in self.workers.iter_mut().flatten() {
+                if worker.poll() {
+                    served = true;
+                    trace!(self.log, "queue served";
+                        "iothread" => thread_name(), "vq" => worker.queue_index(),
+                        "wakeup" => "poll", "in_flight" => worker.in_flight());
+                }
+            }
+            if served {
+                return true;
+            }
+            if start.elapsed() >= window {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        for worker in self.workers.iter_mut().flatten() {
+            worker.stop_polling();
+        }
+        false
     }
 
     fn in_flight(&self) -> usize {

@@ -24,6 +24,17 @@ pub trait QueueWorker: Send {
     fn completions_ready(&mut self);
     /// Requests handed to the I/O engine and not yet completed.
     fn in_flight(&self) -> usize;
+
+    /// Enters polling: the driver is asked not to notify, `poll` looks for work instead.
+    /// Queues that are not worth polling keep notifications on (the default).
+    fn start_polling(&mut self) {}
+    /// One look at the avail ring and the engine's completions, serving what is there; true
+    /// when something was.
+    fn poll(&mut self) -> bool {
+        false
+    }
+    /// Leaves polling: notifications back on, and what arrived in between served.
+    fn stop_polling(&mut self) {}
 }
 
 /// Whoever serves a device's queues.

@@ -161,16 +161,37 @@ impl RequestQueueWorker {
         self.queue.notify(&mem);
     }
 
+    /// Serves new chains and completions with notifications left suppressed; true when there
+    /// was something to serve.
+    pub fn poll(&mut self) -> bool {
+        let mem = self.queue.snapshot();
+        let mut served = false;
+        if self.queue.has_available(&mem) {
+            for chain in self.queue.pop_all(&mem) {
+                self.start(chain, &mem);
+            }
+            self.engine.submit_pending();
+            served = true;
+        }
+        if !self.in_flight.is_empty() && self.reap() > 0 {
+            served = true;
+        }
+        self.queue.notify(&mem);
+        served
+    }
+
     /// Collects completions until the engine has none left (a synchronous engine completes the
-    /// next chunk of a sequential job while we reap).
-    fn reap(&mut self) {
+    /// next chunk of a sequential job while we reap); returns how many there were.
+    fn reap(&mut self) -> usize {
+        let mut reaped = 0;
         loop {
             let mut completions = std::mem::take(&mut self.completions);
             self.engine.reap(&mut completions);
             if completions.is_empty() {
                 self.completions = completions;
-                return;
+                return reaped;
             }
+            reaped += completions.len();
             for completion in completions.drain(..) {
                 self.complete(completion);
             }
@@ -537,6 +558,22 @@ impl QueueWorker for RequestQueueWorker {
 
     fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    fn start_polling(&mut self) {
+        let mem = self.queue.snapshot();
+        self.queue.suppress_notifications(&mem);
+    }
+
+    fn poll(&mut self) -> bool {
+        RequestQueueWorker::poll(self)
+    }
+
+    fn stop_polling(&mut self) {
+        let mem = self.queue.snapshot();
+        if self.queue.more_available(&mem) {
+            self.kicked();
+        }
     }
 }
 

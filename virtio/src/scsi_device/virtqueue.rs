@@ -125,6 +125,34 @@ impl Virtqueue {
         }
     }
 
+    /// Stops driver notifications while the caller polls the avail ring.
+    pub fn suppress_notifications(&mut self, mem: &MemorySnapshot) {
+        if self.broken {
+            return;
+        }
+        if let Err(error) = self.queue.disable_notification(&**mem) {
+            self.fail("disable_notification", &error);
+        }
+    }
+
+    /// Whether the driver made chains available that are not popped yet; notifications are
+    /// left as they are.
+    pub fn has_available(&mut self, mem: &MemorySnapshot) -> bool {
+        if self.broken {
+            return false;
+        }
+        match self
+            .queue
+            .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+        {
+            Ok(index) => index.0 != self.queue.next_avail(),
+            Err(error) => {
+                self.fail("avail_idx", &error);
+                false
+            }
+        }
+    }
+
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
     pub fn more_available(&mut self, mem: &MemorySnapshot) -> bool {
         if self.broken {
