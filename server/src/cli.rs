@@ -25,7 +25,10 @@ pub enum LogLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Aio {
     /// One io_uring per queue, batched; falls back to `sync` where the kernel refuses it.
+    #[value(name = "io_uring")]
     IoUring,
+    /// Blocking system calls on a few threads per queue, so the queue's thread never blocks.
+    Threads,
     /// Blocking system calls on the queue's thread.
     Sync,
 }
@@ -92,6 +95,8 @@ mod tests {
             "io1",
             "--log-format",
             "json",
+            "--aio",
+            "threads",
         ])
         .unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/s"));
@@ -104,7 +109,9 @@ mod tests {
         );
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.log_level, LogLevel::Info);
-        assert_eq!(cli.aio, Aio::IoUring);
+        assert_eq!(cli.aio, Aio::Threads);
+        let spelled = Cli::try_parse_from(["vfio-user-scsi", "--socket", "s", "--aio", "io_uring"]);
+        assert_eq!(spelled.unwrap().aio, Aio::IoUring);
         assert!(cli.iothread_vq_mapping.is_none() && cli.log_file.is_none());
     }
 

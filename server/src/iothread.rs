@@ -145,10 +145,7 @@ fn execute(
 ) -> bool {
     match command {
         Command::Adopt(worker) => {
-            let queue = worker.queue_index();
-            if let Err(e) = set.adopt(worker) {
-                error!(log, "cannot watch queue"; "iothread" => thread_name(), "vq" => queue, "error" => %e);
-            }
+            adopt(set, worker, log);
             true
         }
         Command::Pause(ack) => {
@@ -170,6 +167,13 @@ fn execute(
     }
 }
 
+fn adopt(set: &mut QueueSet, worker: Box<dyn QueueWorker>, log: &Logger) {
+    let queue = worker.queue_index();
+    if let Err(e) = set.adopt(worker) {
+        error!(log, "cannot watch queue"; "iothread" => thread_name(), "vq" => queue, "error" => %e);
+    }
+}
+
 /// Waits for the end of a pause without touching the queues; false when the thread must stop.
 fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> bool {
     loop {
@@ -183,12 +187,7 @@ fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> boo
             Ok(Command::Pause(ack)) => {
                 let _ = ack.send(());
             }
-            Ok(Command::Adopt(worker)) => {
-                let queue = worker.queue_index();
-                if let Err(e) = set.adopt(worker) {
-                    error!(log, "cannot watch queue"; "iothread" => thread_name(), "vq" => queue, "error" => %e);
-                }
-            }
+            Ok(Command::Adopt(worker)) => adopt(set, worker, log),
             Ok(Command::Release(ack)) => {
                 set.release();
                 let _ = ack.send(());

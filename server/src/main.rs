@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use block::{IoUringEngine, SyncEngine};
+use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
 use slog::{error, info, warn, Logger};
 use virtio::EngineFactory;
@@ -27,6 +27,10 @@ enum MainError {
     Iothreads(std::io::Error),
 }
 
+/// Threads per request queue with `--aio threads`: enough to keep a few requests of a queue
+/// at the disk at once without a thread per descriptor.
+const AIO_THREADS_PER_QUEUE: usize = 4;
+
 /// The engine factory `--aio` asks for, or the synchronous one where io_uring is refused.
 fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
     let depth = u32::from(queue_size);
@@ -35,6 +39,10 @@ fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
         Aio::Sync => {
             info!(log, "I/O engine"; "aio" => "sync");
             sync
+        }
+        Aio::Threads => {
+            info!(log, "I/O engine"; "aio" => "threads", "threads_per_queue" => AIO_THREADS_PER_QUEUE);
+            Arc::new(|| Ok(Box::new(ThreadPoolEngine::new(AIO_THREADS_PER_QUEUE)?)))
         }
         Aio::IoUring => match IoUringEngine::new(depth) {
             Ok(_) => {

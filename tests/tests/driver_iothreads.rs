@@ -177,3 +177,57 @@ fn without_iothreads_the_main_loop_serves_every_queue() {
     }
     server.terminate(Duration::from_secs(5)).unwrap();
 }
+
+/// The "I/O engine" record's `aio` field.
+fn engine_in_use(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["msg"] == "I/O engine")
+        .and_then(|record| record["aio"].as_str().map(str::to_string))
+}
+
+#[test]
+fn every_aio_engine_moves_data_on_an_iothread() {
+    for aio in ["io_uring", "threads", "sync"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = format!("path={}", path.display());
+        let mut server = start(&[
+            "--disk",
+            &disk,
+            "--iothread",
+            "io0",
+            "--aio",
+            aio,
+            "--log-format",
+            "json",
+        ]);
+        let mut driver = connect(&server);
+        while !driver.test_unit_ready(0).unwrap().is_good() {}
+        let data: Vec<u8> = (0..8 * BLOCK).map(|i| (i % 251) as u8).collect();
+        let written = driver
+            .scsi_command(0, 0, &cdb::lba10(WRITE_10, 0, 16, 8), Some(&data), 0)
+            .unwrap();
+        assert!(written.is_good(), "{aio}: {written:?}");
+        let read = driver
+            .scsi_command(0, 0, &cdb::lba10(READ_10, 0, 16, 8), None, 8 * BLOCK as u32)
+            .unwrap();
+        assert!(read.is_good(), "{aio}: {read:?}");
+        assert_eq!(read.data_in, data, "{aio}");
+        let mut on_disk = vec![0u8; data.len()];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&path).unwrap(),
+            &mut on_disk,
+            16 * BLOCK as u64,
+        )
+        .unwrap();
+        assert_eq!(on_disk, data, "{aio}: the backing file");
+        server.terminate(Duration::from_secs(5)).unwrap();
+        assert_eq!(engine_in_use(&server.stderr()).as_deref(), Some(aio));
+    }
+}
