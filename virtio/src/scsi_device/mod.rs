@@ -447,4 +447,153 @@ mod tests {
             EventDelivery::Inactive
         );
     }
+
+    /// Takes the workers instead of serving them, so that the test drives them by hand.
+    #[derive(Default)]
+    struct CollectingHost(Mutex<Vec<Box<dyn QueueWorker>>>);
+
+    impl QueueHost for CollectingHost {
+        fn adopt(&self, worker: Box<dyn QueueWorker>) {
+            self.0.lock().unwrap().push(worker);
+        }
+        fn release_all(&self) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    /// Holds every request until the test lets them complete.
+    struct HeldEngine {
+        released: Arc<AtomicBool>,
+        held: Vec<(u64, u64)>,
+        eventfd: vmm_sys_util::eventfd::EventFd,
+    }
+
+    impl Engine for HeldEngine {
+        fn submit(
+            &mut self,
+            _disk: &Arc<Disk>,
+            request: block::IoRequest,
+            user_data: u64,
+        ) -> Result<(), BlockError> {
+            let len = match &request {
+                block::IoRequest::Read { buffers, .. } => buffers.len(),
+                _ => 0,
+            };
+            self.held.push((user_data, len));
+            Ok(())
+        }
+        fn submit_pending(&mut self) {}
+        fn completion_fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsRawFd::as_raw_fd(&self.eventfd)
+        }
+        fn reap(&mut self, out: &mut Vec<block::Completion>) {
+            if self.released.load(Ordering::SeqCst) {
+                out.extend(
+                    self.held
+                        .drain(..)
+                        .map(|(user_data, len)| block::Completion {
+                            user_data,
+                            result: Ok(len),
+                        }),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tmfs_see_and_wait_for_commands_in_flight_on_other_queues() {
+        use crate::scsi_device::test_driver::{lun_field, Harness};
+        use virtio_bindings::virtio_scsi::{
+            VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+        };
+        const CTRL: usize = 0;
+        const REQUEST: usize = 2;
+
+        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
+        // Takes the POWER ON unit attention, which would answer the READ below at once.
+        harness.command(0, &[0; 6], &[], 0);
+        let host = Arc::new(CollectingHost::default());
+        let released = Arc::new(AtomicBool::new(false));
+        let engine_released = released.clone();
+        harness.device.set_queue_host(
+            host.clone(),
+            Arc::new(move || {
+                Ok(Box::new(HeldEngine {
+                    released: engine_released.clone(),
+                    held: Vec::new(),
+                    eventfd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                }))
+            }),
+        );
+        harness.activate(harness.device.features());
+        let mut workers = std::mem::take(&mut *host.0.lock().unwrap());
+        let mut take = |index: usize| {
+            let at = workers
+                .iter()
+                .position(|w| usize::from(w.queue_index()) == index)
+                .unwrap();
+            workers.remove(at)
+        };
+        let mut ctrl = take(CTRL);
+        let mut request = take(REQUEST);
+
+        // READ(10) of one block, tag 5, held by the engine.
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let bufs = [
+            harness.request_buf(REQUEST, lun_field(0), 5, &read),
+            harness.response_buf(REQUEST, 108),
+            harness.response_buf(REQUEST, 512),
+        ];
+        let head = harness.queues[REQUEST].chain(&bufs);
+        harness.queues[REQUEST].publish(head);
+        request.kicked();
+        assert!(harness.queues[REQUEST].used().is_empty(), "held");
+        assert_eq!(request.in_flight(), 1);
+
+        let mut tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
+            let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&subtype.to_le_bytes());
+            bytes.extend_from_slice(&lun_field(0));
+            bytes.extend_from_slice(&5u64.to_le_bytes());
+            let bufs = [
+                harness.data_buf(CTRL, &bytes, false),
+                harness.response_buf(CTRL, 1),
+            ];
+            let head = harness.queues[CTRL].chain(&bufs);
+            harness.queues[CTRL].publish(head);
+            ctrl.kicked();
+            bufs[1].addr
+        };
+        // The task is in flight: QUERY TASK says so at once.
+        let query = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_QUERY_TASK);
+        assert_eq!(harness.queues[CTRL].used().len(), 1);
+        assert_eq!(
+            harness.read(query, 1)[0],
+            virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
+        );
+        // ABORT TASK waits until the command has completed.
+        let abort = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_ABORT_TASK);
+        assert!(harness.queues[CTRL].used().is_empty(), "the abort waits");
+        assert_eq!(
+            ctrl.in_flight(),
+            1,
+            "a waiting TMF keeps the control queue busy"
+        );
+
+        released.store(true, Ordering::SeqCst);
+        request.completions_ready();
+        assert_eq!(
+            harness.queues[REQUEST].used().len(),
+            1,
+            "the command completed"
+        );
+        ctrl.completions_ready();
+        assert_eq!(
+            harness.queues[CTRL].used().len(),
+            1,
+            "then the abort is answered"
+        );
+        assert_eq!(harness.read(abort, 1)[0], 0, "FUNCTION COMPLETE");
+        assert_eq!(ctrl.in_flight(), 0);
+    }
 }
