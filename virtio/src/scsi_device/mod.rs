@@ -550,7 +550,7 @@ mod tests {
         assert!(harness.queues[REQUEST].used().is_empty(), "held");
         assert_eq!(request.in_flight(), 1);
 
-        let mut tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
+        let tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
             let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
             bytes.extend_from_slice(&subtype.to_le_bytes());
             bytes.extend_from_slice(&lun_field(0));
