@@ -317,7 +317,6 @@ impl<D: Device> Server<D> {
         if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);
         }
-        self.device.dma_unmapped();
         for irq in self.device.irqs() {
             if irq.eventfd {
                 if let Err(e) = self.device.set_irqs(irq.index, IrqAction::Disable) {
@@ -326,6 +325,9 @@ impl<D: Device> Server<D> {
             }
         }
         self.device.reset();
+        // Only now may queue threads run again: the reset took their queues, so nothing touches
+        // the memory the client took away.
+        self.device.dma_unmapped();
         info!(self.log, "device reset"; "by" => "disconnect");
     }
 }

@@ -231,3 +231,59 @@ fn every_aio_engine_moves_data_on_an_iothread() {
         assert_eq!(engine_in_use(&server.stderr()).as_deref(), Some(aio));
     }
 }
+
+/// A client that leaves with queues on iothreads: the queues are taken back, and the next client
+/// gets a working device whose queues are served by the same threads.
+#[test]
+fn a_second_client_after_a_disconnect_is_served_by_the_iothreads() {
+    let mut server = start(&[
+        "--disk",
+        "null,size=1M",
+        "--num-queues",
+        "2",
+        "--iothread",
+        "io0",
+        "--iothread",
+        "io1",
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    for client in 0..2 {
+        let mut driver = connect(&server);
+        for queue in 0..2 {
+            let mut tries = 0;
+            while !driver
+                .scsi_command(queue, 0, &cdb::test_unit_ready(), None, 0)
+                .unwrap()
+                .is_good()
+            {
+                tries += 1;
+                assert!(tries < 4, "client {client}, queue {queue} never ready");
+            }
+            let read = driver
+                .scsi_command(queue, 0, &cdb::lba10(READ_10, 0, 0, 1), None, BLOCK as u32)
+                .unwrap();
+            assert!(read.is_good(), "client {client}, queue {queue}: {read:?}");
+        }
+        drop(driver);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let released = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|line| line.contains("\"queue released\""))
+            .count()
+    };
+    while Instant::now() < deadline && released(&server.stderr()) < 2 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(released(&server.stderr()) >= 2, "{}", server.stderr());
+    // Round-robin without a mapping: request queue 0 on io0, 1 on io1, for both clients.
+    let served = served_by(&server.stderr());
+    assert_eq!(served.get(&2), Some(&threads(&["io0"])), "{served:?}");
+    assert_eq!(served.get(&3), Some(&threads(&["io1"])), "{served:?}");
+    assert!(server.is_running());
+    server.terminate(Duration::from_secs(5)).unwrap();
+}
