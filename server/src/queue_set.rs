@@ -252,3 +252,89 @@ impl QueueSet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+
+    /// Counts the polling calls; `poll` finds work on its `work_on`-th call.
+    struct PollingWorker {
+        kick: Arc<EventFd>,
+        work_on: usize,
+        calls: Arc<[AtomicUsize; 3]>,
+    }
+
+    const STARTED: usize = 0;
+    const POLLED: usize = 1;
+    const STOPPED: usize = 2;
+
+    impl QueueWorker for PollingWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {}
+        fn completion_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn start_polling(&mut self) {
+            self.calls[STARTED].fetch_add(1, Ordering::SeqCst);
+        }
+        fn poll(&mut self) -> bool {
+            self.calls[POLLED].fetch_add(1, Ordering::SeqCst) + 1 == self.work_on
+        }
+        fn stop_polling(&mut self) {
+            self.calls[STOPPED].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn set_with(work_on: usize) -> (QueueSet, Arc<[AtomicUsize; 3]>) {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut set = QueueSet::new(&log).unwrap();
+        let calls = Arc::new([
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        ]);
+        let worker = PollingWorker {
+            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            work_on,
+            calls: calls.clone(),
+        };
+        set.adopt(Box::new(worker)).unwrap();
+        (set, calls)
+    }
+
+    #[test]
+    fn polling_that_finds_work_keeps_notifications_off() {
+        let (mut set, calls) = set_with(3);
+        assert!(set.poll_queues(Duration::from_secs(5)));
+        assert_eq!(calls[STARTED].load(Ordering::SeqCst), 1);
+        assert_eq!(calls[POLLED].load(Ordering::SeqCst), 3);
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn polling_gives_up_after_the_window_and_turns_notifications_on() {
+        let (mut set, calls) = set_with(usize::MAX);
+        let start = Instant::now();
+        assert!(!set.poll_queues(Duration::from_millis(2)));
+        assert!(start.elapsed() >= Duration::from_millis(2));
+        assert!(
+            calls[POLLED].load(Ordering::SeqCst) > 1,
+            "polled until the window ran out"
+        );
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1);
+    }
+}
