@@ -46,4 +46,8 @@ pub enum BlockError {
     IoUringSetup(io::Error),
     #[error("io_uring submission: {0}")]
     IoUringSubmit(io::Error),
+    #[error("cannot start the I/O threads: {0}")]
+    Threads(io::Error),
+    #[error("the I/O threads are gone")]
+    ThreadsGone,
 }

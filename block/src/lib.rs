@@ -5,7 +5,7 @@
 //! [`IoRequest`]s whose [`IoBuffers`] point into guest memory and reaps [`Completion`]s when
 //! the engine's eventfd fires. [`IoUringEngine`] hands requests to the kernel in batches
 //! without copying; [`SyncEngine`] executes them at once with blocking calls, where io_uring is
-//! unavailable.
+//! unavailable; [`ThreadPoolEngine`] runs the same blocking calls on threads of its own.
 
 mod aligned_buffer;
 mod disk;
@@ -16,6 +16,7 @@ mod io_uring_engine;
 mod options;
 mod request;
 mod sync_engine;
+mod thread_pool_engine;
 
 pub use disk::{DirectIoAlignment, Disk};
 pub use engine::{Completion, Engine};
@@ -25,3 +26,4 @@ pub use io_uring_engine::IoUringEngine;
 pub use options::{CacheMode, DiscardMode, DiskOptions};
 pub use request::IoRequest;
 pub use sync_engine::SyncEngine;
+pub use thread_pool_engine::ThreadPoolEngine;

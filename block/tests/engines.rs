@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use block::{
     CacheMode, Completion, DiscardMode, Disk, DiskOptions, Engine, IoBuffers, IoRequest,
-    IoUringEngine, SyncEngine,
+    IoUringEngine, SyncEngine, ThreadPoolEngine,
 };
 
 fn engines() -> Vec<(&'static str, Box<dyn Engine>)> {
     vec![
         ("sync", Box::new(SyncEngine::new().unwrap())),
         ("io_uring", Box::new(IoUringEngine::new(8).unwrap())),
+        ("threads", Box::new(ThreadPoolEngine::new(3).unwrap())),
     ]
 }
 

@@ -21,6 +21,18 @@ pub enum LogLevel {
     Trace,
 }
 
+/// How request queues do their disk I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Aio {
+    /// One io_uring per queue, batched; falls back to `sync` where the kernel refuses it.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// Blocking system calls on a few threads per queue, so the queue's thread never blocks.
+    Threads,
+    /// Blocking system calls on the queue's thread.
+    Sync,
+}
+
 /// A vfio-user server that gives a guest a virtio-scsi PCI host bus adapter.
 #[derive(Debug, Parser)]
 #[command(name = "vfio-user-scsi", version)]
@@ -45,9 +57,14 @@ pub struct Cli {
     /// QEMU-style JSON mapping of virtqueues to iothreads.
     #[arg(long, value_name = "JSON")]
     pub iothread_vq_mapping: Option<String>,
-    /// Longest time a busy queue is polled before notifications are re-enabled.
+    /// Longest time an iothread polls its busy queues before notifications are re-enabled and
+    /// it sleeps (adaptive, like QEMU's poll-max-ns); 0 disables polling. The main loop never
+    /// polls.
     #[arg(long, value_name = "NS", default_value_t = 32768)]
     pub poll_max_ns: u64,
+    /// I/O engine of the request queues.
+    #[arg(long, value_enum, default_value_t = Aio::IoUring)]
+    pub aio: Aio,
     /// Log record format: `term` for people, `json` for tools.
     #[arg(long, value_enum, default_value_t = LogFormat::Term)]
     pub log_format: LogFormat,
@@ -78,6 +95,8 @@ mod tests {
             "io1",
             "--log-format",
             "json",
+            "--aio",
+            "threads",
         ])
         .unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/s"));
@@ -90,6 +109,9 @@ mod tests {
         );
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.log_level, LogLevel::Info);
+        assert_eq!(cli.aio, Aio::Threads);
+        let spelled = Cli::try_parse_from(["vfio-user-scsi", "--socket", "s", "--aio", "io_uring"]);
+        assert_eq!(spelled.unwrap().aio, Aio::IoUring);
         assert!(cli.iothread_vq_mapping.is_none() && cli.log_file.is_none());
     }
 

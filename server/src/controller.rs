@@ -10,10 +10,11 @@ use block::{Disk, DiskOptions};
 use slog::{info, Logger};
 use virtio::scsi::LunConfig;
 use virtio::scsi_device::PCI_CLASS;
-use virtio::{ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
+use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 
 use crate::device::DmaMemory;
 use crate::disk_spec::{assign_luns, Backing, DiskSpec};
+use crate::iothread_pool::IothreadPool;
 use crate::virtio_function::VirtioFunction;
 
 /// Size of the disk served when the command line names none.
@@ -43,6 +44,14 @@ pub struct ControllerConfig<'a> {
     pub disks: &'a [DiskSpec],
     pub num_queues: u16,
     pub queue_size: u16,
+    /// Where the queues are served; without it, inline on the main loop with blocking I/O.
+    pub serving: Option<QueueServing>,
+}
+
+/// The threads that serve the queues and the I/O engine each request queue gets.
+pub struct QueueServing {
+    pub pool: Arc<IothreadPool>,
+    pub engines: EngineFactory,
 }
 
 /// A controller and what must live as long as it does.
@@ -79,15 +88,19 @@ pub fn build(
             luns.push((lun_config(lun, &disk, serial), disk));
         }
     }
-    let device = ScsiDevice::new(ScsiDeviceConfig {
+    let mut device = ScsiDevice::new(ScsiDeviceConfig {
         num_queues: config.num_queues,
         queue_size: config.queue_size,
         luns,
         logger: log.clone(),
     })?;
+    let pool = config.serving.as_ref().map(|serving| {
+        device.set_queue_host(serving.pool.clone(), serving.engines.clone());
+        serving.pool.clone()
+    });
     let function = VirtioPciFunction::new(device, PCI_CLASS, memory, log.clone())?;
     Ok(Controller {
-        function: VirtioFunction::new(function, log.clone()),
+        function: VirtioFunction::new(function, pool, log.clone()),
         _temporary_disk: temporary_disk,
     })
 }
@@ -189,6 +202,7 @@ mod tests {
             disks: &[],
             num_queues: 3,
             queue_size: 128,
+            serving: None,
         };
         let controller = build(&config, memory, &log).unwrap();
         let function = controller.function.function();
@@ -208,6 +222,7 @@ mod tests {
             disks: &disks,
             num_queues: 1,
             queue_size: 128,
+            serving: None,
         };
         let error = build(&config, memory.clone(), &log).err().unwrap();
         assert_eq!(
@@ -220,6 +235,7 @@ mod tests {
             disks: &missing,
             num_queues: 1,
             queue_size: 128,
+            serving: None,
         };
         let error = build(&config, memory, &log).err().unwrap();
         assert!(

@@ -151,6 +151,9 @@ pub trait Device {
     fn dma_mapped(&mut self, iova: u64, size: u64);
     /// `[iova, iova + size)` is about to leave `memory`: stop touching it before returning.
     fn dma_unmapping(&mut self, iova: u64, size: u64);
+    /// The unmapping announced by `dma_unmapping` calls is done (successfully or not): the
+    /// device may touch `memory` again.
+    fn dma_unmapped(&mut self) {}
 
     /// Back to power-on state; also called when a client disconnects.
     fn reset(&mut self);

@@ -314,7 +314,9 @@ pub fn handle<D: Device>(
             Ok(Reply::default())
         }
         Request::DmaUnmap(unmap) => {
-            dma.unmap(&unmap, |change| notify_device(device, change))?;
+            let unmapped = dma.unmap(&unmap, |change| notify_device(device, change));
+            device.dma_unmapped();
+            unmapped?;
             let mut w = LeWriter::default();
             DmaUnmap {
                 argsz: DmaUnmap::SIZE as u32,

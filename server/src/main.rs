@@ -1,14 +1,18 @@
 //! `vfio-user-scsi`: parses the command line, sets up logging, builds the device and serves it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
-use slog::{error, Logger};
+use slog::{error, info, warn, Logger};
+use virtio::EngineFactory;
 use vm_memory::GuestMemoryMmap;
 
-use server::cli::Cli;
-use server::controller::{self, ControllerConfig, ControllerError};
-use server::mapping::{self, MappingError, QueueOwner};
+use server::cli::{Aio, Cli};
+use server::controller::{self, ControllerConfig, ControllerError, QueueServing};
+use server::iothread_pool::IothreadPool;
+use server::mapping::{self, MappingError};
 use server::{logging, DmaMemory, Server, ServerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +23,39 @@ enum MainError {
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Mapping(#[from] MappingError),
-    #[error("--iothread {0}: iothreads are not served yet; without --iothread every queue runs on the main loop")]
-    IothreadsUnsupported(String),
+    #[error("cannot start the iothreads: {0}")]
+    Iothreads(std::io::Error),
+}
+
+/// Threads per request queue with `--aio threads`: enough to keep a few requests of a queue
+/// at the disk at once without a thread per descriptor.
+const AIO_THREADS_PER_QUEUE: usize = 4;
+
+/// The engine factory `--aio` asks for, or the synchronous one where io_uring is refused.
+fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
+    let depth = u32::from(queue_size);
+    let sync: EngineFactory = Arc::new(|| Ok(Box::new(SyncEngine::new()?)));
+    match aio {
+        Aio::Sync => {
+            info!(log, "I/O engine"; "aio" => "sync");
+            sync
+        }
+        Aio::Threads => {
+            info!(log, "I/O engine"; "aio" => "threads", "threads_per_queue" => AIO_THREADS_PER_QUEUE);
+            Arc::new(|| Ok(Box::new(ThreadPoolEngine::new(AIO_THREADS_PER_QUEUE)?)))
+        }
+        Aio::IoUring => match IoUringEngine::new(depth) {
+            Ok(_) => {
+                info!(log, "I/O engine"; "aio" => "io_uring", "depth" => depth);
+                Arc::new(move || Ok(Box::new(IoUringEngine::new(depth)?)))
+            }
+            Err(e) => {
+                warn!(log, "io_uring unavailable, falling back to blocking I/O";
+                    "aio" => "sync", "error" => %e);
+                sync
+            }
+        },
+    }
 }
 
 fn run(cli: &Cli, log: &Logger) -> Result<(), MainError> {
@@ -30,21 +65,17 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), MainError> {
         cli.iothread_vq_mapping.as_deref(),
         usize::from(cli.num_queues),
     )?;
-    let served_by_iothread = [queue_mapping.ctrl, queue_mapping.event]
-        .into_iter()
-        .chain(queue_mapping.request.iter().copied())
-        .find_map(|owner| match owner {
-            QueueOwner::Iothread(i) => cli.iothreads.get(i).cloned(),
-            QueueOwner::MainLoop => None,
-        });
-    if let Some(name) = served_by_iothread {
-        return Err(MainError::IothreadsUnsupported(name));
-    }
+    let pool = IothreadPool::start(&cli.iothreads, queue_mapping, cli.poll_max_ns, log)
+        .map_err(MainError::Iothreads)?;
     let memory = DmaMemory::new(GuestMemoryMmap::new());
     let config = ControllerConfig {
         disks: &cli.disks,
         num_queues: cli.num_queues,
         queue_size: cli.queue_size,
+        serving: Some(QueueServing {
+            pool: Arc::new(pool),
+            engines: engines(cli.aio, cli.queue_size, log),
+        }),
     };
     let controller = controller::build(&config, memory.clone(), log)?;
     Server::new(&cli.socket, controller.function, memory, log.clone())?.run()?;

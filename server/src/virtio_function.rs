@@ -9,6 +9,8 @@ use virtio::{TransportError, VirtioDevice, VirtioPciFunction, WriteEffect};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{Device, DeviceError, IoFd, IrqAction, IrqInfo, RegionInfo};
+use crate::iothread_pool::IothreadPool;
+use crate::mapping::QueueOwner;
 
 /// vfio-user region indices of a PCI device (BAR0-5, ROM, config space, VGA).
 const CONFIG_REGION: u32 = 7;
@@ -21,17 +23,25 @@ pub struct VirtioFunction<D: VirtioDevice> {
     function: VirtioPciFunction<D>,
     /// Kick eventfds in queue order, kept here so `event_fds` can lend them out.
     kicks: Vec<Arc<EventFd>>,
+    /// The threads serving the queues, when the device hands its queues out (its queue host);
+    /// without it, the device serves kicks inline through the transport.
+    pool: Option<Arc<IothreadPool>>,
     log: Logger,
 }
 
 impl<D: VirtioDevice> VirtioFunction<D> {
-    pub fn new(function: VirtioPciFunction<D>, log: Logger) -> Self {
+    pub fn new(
+        function: VirtioPciFunction<D>,
+        pool: Option<Arc<IothreadPool>>,
+        log: Logger,
+    ) -> Self {
         let mut addresses = function.queue_notify_addresses();
         addresses.sort_by_key(|a| a.queue);
         let kicks = addresses.into_iter().map(|a| a.eventfd).collect();
         VirtioFunction {
             function,
             kicks,
+            pool,
             log,
         }
     }
@@ -41,8 +51,15 @@ impl<D: VirtioDevice> VirtioFunction<D> {
     }
 
     fn kick(&mut self, queue: u16) {
-        if let Err(e) = self.function.kick_ready(queue) {
-            warn!(self.log, "kick failed"; "vq" => queue, "error" => %e);
+        match &self.pool {
+            // An iothread waits on the eventfd the transport has just written.
+            Some(pool) if pool.owner(queue) != QueueOwner::MainLoop => {}
+            Some(pool) => pool.main_loop().kick(queue),
+            None => {
+                if let Err(e) = self.function.kick_ready(queue) {
+                    warn!(self.log, "kick failed"; "vq" => queue, "error" => %e);
+                }
+            }
         }
     }
 }
@@ -215,11 +232,21 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         Ok(())
     }
 
-    // Queues are served on the thread that handles the socket, so no request touches guest
-    // memory while a DMA message is being handled.
     fn dma_mapped(&mut self, _iova: u64, _size: u64) {}
 
-    fn dma_unmapping(&mut self, _iova: u64, _size: u64) {}
+    // Without a pool, queues are served on the thread that handles the socket, so no request
+    // touches guest memory while a DMA message is being handled.
+    fn dma_unmapping(&mut self, _iova: u64, _size: u64) {
+        if let Some(pool) = &self.pool {
+            pool.pause();
+        }
+    }
+
+    fn dma_unmapped(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.resume();
+        }
+    }
 
     fn reset(&mut self) {
         self.function.reset();
@@ -230,12 +257,26 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
     }
 
     fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.kicks.iter().map(borrow).collect()
+        match &self.pool {
+            // SAFETY: the pool owns the main loop's `Poll` and lives as long as `self`, which
+            // the borrow is tied to.
+            Some(pool) => vec![unsafe { BorrowedFd::borrow_raw(pool.main_loop_fd()) }],
+            None => self.kicks.iter().map(borrow).collect(),
+        }
     }
 
     fn event_ready(&mut self, index: usize) {
-        if let Ok(queue) = u16::try_from(index) {
-            self.kick(queue);
+        match &self.pool {
+            Some(pool) => {
+                if let Err(e) = pool.main_loop().serve_ready() {
+                    warn!(self.log, "serving main-loop queues failed"; "error" => %e);
+                }
+            }
+            None => {
+                if let Ok(queue) = u16::try_from(index) {
+                    self.kick(queue);
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod isr;
 pub mod notify;
 pub mod pci_caps;
 pub mod pci_function;
+pub mod queue_worker;
 pub mod scsi;
 pub mod scsi_device;
 pub mod status;
@@ -19,5 +20,8 @@ pub use config_notifier::ConfigNotifier;
 pub use device::{ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 pub use interrupt::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
-pub use scsi_device::{EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent};
+pub use queue_worker::{QueueHost, QueueWorker};
+pub use scsi_device::{
+    EngineFactory, EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent,
+};
 pub use transport_error::{Region, TransportError};

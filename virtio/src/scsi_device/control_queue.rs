@@ -1,9 +1,12 @@
 //! The control queue: task management functions and asynchronous notification requests
 //! (virtio 1.2 §5.6.6.2).
 //!
-//! Commands complete before the request queue that carried them is left, so no task is ever in
-//! flight when a TMF is handled: aborts and queries find nothing, resets only reset state.
+//! Request queues may run on other threads with commands in flight (see `task_set`): queries
+//! answer from what is in flight; aborts and resets are answered once the commands they name
+//! have completed (they are not cancelled), so the driver sees every affected command finished
+//! before the TMF response, as virtio 1.2 §5.6.6.2 promises it.
 
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use slog::debug;
@@ -16,6 +19,7 @@ use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
     VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::data_buffers::ChainBuffers;
 use super::lun_address;
@@ -23,7 +27,9 @@ use super::request::{
     an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
     TMF_RESP_SIZE,
 };
+use super::task_set::{TaskScope, TaskSet};
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::queue_worker::QueueWorker;
 use crate::scsi::Target;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
@@ -33,14 +39,29 @@ const FUNCTION_COMPLETE: u32 = VIRTIO_SCSI_S_OK;
 /// management, external request, media change, multi-host, device busy) happen to our disks.
 const SUPPORTED_EVENTS: u32 = 0;
 
+/// A TMF held until the commands it names have completed.
+struct WaitingTmf {
+    head: u16,
+    buffers: ChainBuffers,
+    request: TmfRequest,
+    scope: TaskScope,
+}
+
 pub struct ControlQueue {
     queue: Virtqueue,
     target: Arc<Mutex<Target>>,
+    tasks: Arc<TaskSet>,
+    waiting: Vec<WaitingTmf>,
 }
 
 impl ControlQueue {
-    pub fn new(queue: Virtqueue, target: Arc<Mutex<Target>>) -> ControlQueue {
-        ControlQueue { queue, target }
+    pub fn new(queue: Virtqueue, target: Arc<Mutex<Target>>, tasks: Arc<TaskSet>) -> ControlQueue {
+        ControlQueue {
+            queue,
+            target,
+            tasks,
+            waiting: Vec::new(),
+        }
     }
 
     pub fn kicked(&mut self) {
@@ -48,8 +69,9 @@ impl ControlQueue {
         loop {
             for chain in self.queue.pop_all(&mem) {
                 let head = chain.head_index();
-                let used = self.handle(chain, &mem);
-                self.queue.add_used(&mem, head, used);
+                if let Some(used) = self.handle(chain, &mem) {
+                    self.queue.add_used(&mem, head, used);
+                }
             }
             if !self.queue.more_available(&mem) {
                 break;
@@ -58,8 +80,24 @@ impl ControlQueue {
         self.queue.notify(&mem);
     }
 
-    /// Answers one request; returns the used length.
-    fn handle(&mut self, chain: Chain, mem: &MemorySnapshot) -> u32 {
+    /// Commands completed while TMFs waited: answer those whose tasks are all gone.
+    pub fn tasks_left(&mut self) {
+        self.tasks.clear_left();
+        let mem = self.queue.snapshot();
+        for tmf in std::mem::take(&mut self.waiting) {
+            if self.tasks.any(tmf.scope) {
+                self.waiting.push(tmf);
+                continue;
+            }
+            self.tasks.done_waiting();
+            let used = self.answer_tmf(&tmf.buffers, &mem, &tmf.request);
+            self.queue.add_used(&mem, tmf.head, used);
+        }
+        self.queue.notify(&mem);
+    }
+
+    /// Answers one request; returns the used length, or None when a TMF has to wait.
+    fn handle(&mut self, chain: Chain, mem: &MemorySnapshot) -> Option<u32> {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let mut kind = [0u8; CTRL_TYPE_SIZE];
@@ -68,33 +106,42 @@ impl ControlQueue {
             _ => {
                 debug!(self.queue.logger(), "control request without type";
                     "head" => head, "readable" => buffers.readable.len());
-                return 0;
+                return Some(0);
             }
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain";
                 "head" => head, "type" => kind, "defect" => defect.name());
-            return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+            return Some(respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE));
         }
-        match kind {
+        let answer = match kind {
             VIRTIO_SCSI_T_TMF => {
                 let mut bytes = [0u8; TMF_REQ_SIZE];
                 if !matches!(buffers.readable.read(mem, 0, &mut bytes), Ok(TMF_REQ_SIZE)) {
                     debug!(self.queue.logger(), "tmf request too short"; "head" => head);
-                    return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+                    return Some(respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE));
                 }
                 let request = TmfRequest::parse(&bytes);
-                let response = self.task_management(&request);
-                debug!(self.queue.logger(), "tmf";
-                    "subtype" => request.subtype, "lun" => ?request.lun, "tag" => request.tag,
-                    "response" => response);
-                respond(&buffers, mem, kind, 0, response)
+                if let Some(scope) = waits_for(&request) {
+                    if self.tasks.wait(scope) {
+                        debug!(self.queue.logger(), "tmf waits for commands in flight";
+                            "subtype" => request.subtype, "lun" => ?request.lun, "tag" => request.tag);
+                        self.waiting.push(WaitingTmf {
+                            head,
+                            buffers,
+                            request,
+                            scope,
+                        });
+                        return None;
+                    }
+                }
+                self.answer_tmf(&buffers, mem, &request)
             }
             VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
                 let mut bytes = [0u8; AN_REQ_SIZE];
                 if !matches!(buffers.readable.read(mem, 0, &mut bytes), Ok(AN_REQ_SIZE)) {
                     debug!(self.queue.logger(), "an request too short"; "head" => head);
-                    return respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE);
+                    return Some(respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FAILURE));
                 }
                 let request = AnRequest::parse(&bytes);
                 let (actual, response) = match self.check_lun(&request.lun) {
@@ -111,7 +158,21 @@ impl ControlQueue {
                 debug!(self.queue.logger(), "unknown control request"; "type" => kind);
                 respond(&buffers, mem, kind, 0, VIRTIO_SCSI_S_FUNCTION_REJECTED)
             }
-        }
+        };
+        Some(answer)
+    }
+
+    fn answer_tmf(
+        &mut self,
+        buffers: &ChainBuffers,
+        mem: &MemorySnapshot,
+        request: &TmfRequest,
+    ) -> u32 {
+        let response = self.task_management(request);
+        debug!(self.queue.logger(), "tmf";
+            "subtype" => request.subtype, "lun" => ?request.lun, "tag" => request.tag,
+            "response" => response);
+        respond(buffers, mem, VIRTIO_SCSI_T_TMF, 0, response)
     }
 
     /// The LUN a control request addresses, or the response for a bad address.
@@ -131,15 +192,33 @@ impl ControlQueue {
 
     fn task_management(&mut self, request: &TmfRequest) -> u32 {
         match request.subtype {
+            // The commands named have completed (the TMF waited for them): nothing is left
+            // to abort.
             VIRTIO_SCSI_T_TMF_ABORT_TASK
             | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
-            | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
-            | VIRTIO_SCSI_T_TMF_QUERY_TASK
-            | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => match self.check_lun(&request.lun) {
-                // No task is in flight: nothing to abort, no task to report.
+            | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => match self.check_lun(&request.lun) {
                 Ok(_) => FUNCTION_COMPLETE,
                 Err(response) => response,
             },
+            VIRTIO_SCSI_T_TMF_QUERY_TASK | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
+                match self.check_lun(&request.lun) {
+                    Ok(lun) => {
+                        let scope = match request.subtype {
+                            VIRTIO_SCSI_T_TMF_QUERY_TASK => TaskScope::Task {
+                                lun,
+                                tag: request.tag,
+                            },
+                            _ => TaskScope::Lun(lun),
+                        };
+                        if self.tasks.any(scope) {
+                            VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                        } else {
+                            FUNCTION_COMPLETE
+                        }
+                    }
+                    Err(response) => response,
+                }
+            }
             VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match self.check_lun(&request.lun) {
                 Ok(lun) => {
                     self.target
@@ -164,6 +243,49 @@ impl ControlQueue {
             // CLEAR ACA (we never establish an ACA) and unknown functions.
             _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
         }
+    }
+}
+
+impl QueueWorker for ControlQueue {
+    fn queue_index(&self) -> u16 {
+        self.queue.index()
+    }
+
+    fn kick(&self) -> &Arc<EventFd> {
+        self.queue.kick()
+    }
+
+    fn kicked(&mut self) {
+        ControlQueue::kicked(self);
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.tasks.left_fd())
+    }
+
+    fn completions_ready(&mut self) {
+        self.tasks_left();
+    }
+
+    /// Waiting TMFs count: a quiesce answers them once their commands completed.
+    fn in_flight(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+/// The commands a TMF must see completed before it is answered.
+fn waits_for(request: &TmfRequest) -> Option<TaskScope> {
+    let lun = lun_address::parse(&request.lun).ok()?;
+    match request.subtype {
+        VIRTIO_SCSI_T_TMF_ABORT_TASK => Some(TaskScope::Task {
+            lun,
+            tag: request.tag,
+        }),
+        VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
+        | VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => Some(TaskScope::Lun(lun)),
+        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => Some(TaskScope::All),
+        _ => None,
     }
 }
 

@@ -3,17 +3,21 @@
 //! delivered carries VIRTIO_SCSI_T_EVENTS_MISSED so that the driver rescans.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use slog::debug;
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_EVT_RESET_REMOVED, VIRTIO_SCSI_EVT_RESET_RESCAN, VIRTIO_SCSI_T_EVENTS_MISSED,
     VIRTIO_SCSI_T_NO_EVENT, VIRTIO_SCSI_T_PARAM_CHANGE, VIRTIO_SCSI_T_TRANSPORT_RESET,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::data_buffers::{ChainBuffers, Segments};
 use super::lun_address;
 use super::request::{EventRecord, EVENT_SIZE};
 use super::virtqueue::{MemorySnapshot, Virtqueue};
+use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +152,66 @@ impl EventQueue {
         }
         self.missed = true;
         EventDelivery::Dropped
+    }
+}
+
+/// The event queue as its serving thread sees it; the device keeps another handle to post
+/// events from the thread that learns about LUN changes.
+pub struct SharedEventQueue {
+    queue: Arc<Mutex<EventQueue>>,
+    index: u16,
+    kick: Arc<EventFd>,
+}
+
+impl SharedEventQueue {
+    pub fn new(queue: EventQueue) -> SharedEventQueue {
+        SharedEventQueue {
+            index: queue.queue.index(),
+            kick: Arc::clone(queue.queue.kick()),
+            queue: Arc::new(Mutex::new(queue)),
+        }
+    }
+
+    pub fn handle(&self) -> SharedEventQueue {
+        SharedEventQueue {
+            queue: Arc::clone(&self.queue),
+            index: self.index,
+            kick: Arc::clone(&self.kick),
+        }
+    }
+
+    pub fn post(&self, event: ScsiEvent) -> EventDelivery {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .post(event)
+    }
+}
+
+impl QueueWorker for SharedEventQueue {
+    fn queue_index(&self) -> u16 {
+        self.index
+    }
+
+    fn kick(&self) -> &Arc<EventFd> {
+        &self.kick
+    }
+
+    fn kicked(&mut self) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kicked();
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn completions_ready(&mut self) {}
+
+    fn in_flight(&self) -> usize {
+        0
     }
 }
 

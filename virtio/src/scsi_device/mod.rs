@@ -12,6 +12,7 @@ mod event_queue;
 mod lun_address;
 mod request;
 mod request_queue;
+mod task_set;
 #[cfg(test)]
 mod test_driver;
 mod virtqueue;
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use block::{Disk, SyncEngine};
+use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
@@ -28,6 +29,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::scsi::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
@@ -35,8 +37,9 @@ pub use event_queue::{EventDelivery, ScsiEvent};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
-use event_queue::EventQueue;
+use event_queue::{EventQueue, SharedEventQueue};
 use request_queue::{DiskMap, RequestQueueWorker};
+use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
 
 /// PCI class code of a SCSI storage controller (mass storage, SCSI, no programming interface).
@@ -81,15 +84,16 @@ pub enum ScsiDeviceError {
     Target(#[from] TargetError),
 }
 
+/// Builds the I/O engine of each request queue at activation.
+pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + Send + Sync>;
+
 /// Queues being served, from DRIVER_OK to reset.
 struct ActiveQueues {
-    /// The control and event queues are optional too: SeaBIOS, for one, enables only the
-    /// first request queue.
-    control: Option<ControlQueue>,
-    events: Option<EventQueue>,
-    /// Indexed by request queue number (virtqueue index - 2); None when the driver left the
-    /// queue disabled.
-    requests: Vec<Option<RequestQueueWorker>>,
+    /// Workers the device serves itself through `queue_kicked`, indexed by virtqueue; empty
+    /// when a queue host serves them. Any queue may be missing: SeaBIOS, for one, enables only
+    /// the first request queue.
+    local: Vec<Option<Box<dyn QueueWorker>>>,
+    events: Option<SharedEventQueue>,
     acked_features: u64,
 }
 
@@ -101,6 +105,9 @@ pub struct ScsiDevice {
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
     active: Option<ActiveQueues>,
+    /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
+    host: Option<Arc<dyn QueueHost>>,
+    engines: EngineFactory,
     logger: Logger,
 }
 
@@ -153,8 +160,17 @@ impl ScsiDevice {
             disks: Arc::new(disks),
             needs_reset: Arc::new(AtomicBool::new(false)),
             active: None,
+            host: None,
+            engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
             logger,
         })
+    }
+
+    /// From now on, activation hands every queue's worker to `host` (which serves it on the
+    /// thread it chooses), and request queues do their I/O through engines from `engines`.
+    pub fn set_queue_host(&mut self, host: Arc<dyn QueueHost>, engines: EngineFactory) {
+        self.host = Some(host);
+        self.engines = engines;
     }
 
     /// Tells the driver about a LUN change through the event queue.
@@ -169,7 +185,7 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_mut() {
+        match active.events.as_ref() {
             Some(events) => events.post(event),
             None => EventDelivery::Inactive,
         }
@@ -228,81 +244,89 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
-        let mut control = None;
+        let tasks = Arc::new(
+            TaskSet::new()
+                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
+        );
         let mut events = None;
-        let mut requests: Vec<Option<RequestQueueWorker>> =
-            (0..self.num_queues).map(|_| None).collect();
+        let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
             let index = active.index;
+            if index >= self.queue_count() {
+                return Err(ActivateError::Failed(format!(
+                    "queue {index} does not exist (queue count {})",
+                    self.queue_count()
+                )));
+            }
             let queue = Virtqueue::new(
-                index,
-                active.queue,
+                active,
                 memory.clone(),
-                active.interrupt,
                 event_idx,
                 needs_reset.clone(),
                 &self.logger,
             );
-            match index {
-                CONTROL_QUEUE => control = Some(ControlQueue::new(queue, Arc::clone(&self.target))),
-                EVENT_QUEUE => events = Some(EventQueue::new(queue)),
+            workers.push(match index {
+                CONTROL_QUEUE => Box::new(ControlQueue::new(
+                    queue,
+                    Arc::clone(&self.target),
+                    Arc::clone(&tasks),
+                )),
+                EVENT_QUEUE => {
+                    let shared = SharedEventQueue::new(EventQueue::new(queue));
+                    events = Some(shared.handle());
+                    Box::new(shared)
+                }
                 _ => {
-                    let Some(slot) = requests.get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
-                    else {
-                        return Err(ActivateError::Failed(format!(
-                            "queue {index} does not exist (queue count {})",
-                            self.queue_count()
-                        )));
-                    };
-                    let engine = SyncEngine::new()
+                    let engine = (self.engines)()
                         .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
-                    *slot = Some(RequestQueueWorker::new(
+                    Box::new(RequestQueueWorker::new(
                         queue,
                         Arc::clone(&self.target),
                         Arc::clone(&self.disks),
                         Arc::clone(self.config.header_sizes()),
-                        Box::new(engine),
-                    ));
+                        engine,
+                        Arc::clone(&tasks),
+                    ))
+                }
+            });
+        }
+        let mut local = Vec::new();
+        match &self.host {
+            Some(host) => workers.into_iter().for_each(|worker| host.adopt(worker)),
+            None => {
+                local.resize_with(usize::from(self.queue_count()), || None);
+                for worker in workers {
+                    let index = usize::from(worker.queue_index());
+                    local[index] = Some(worker);
                 }
             }
         }
         self.active = Some(ActiveQueues {
-            control,
+            local,
             events,
-            requests,
             acked_features,
         });
         Ok(())
     }
 
     fn queue_kicked(&mut self, index: u16) {
-        let Some(active) = self.active.as_mut() else {
-            debug!(self.logger, "kick while inactive"; "vq" => index);
-            return;
-        };
-        match index {
-            CONTROL_QUEUE => match active.control.as_mut() {
-                Some(control) => control.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
-            EVENT_QUEUE => match active.events.as_mut() {
-                Some(events) => events.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
-            _ => match active
-                .requests
-                .get_mut(usize::from(index - FIRST_REQUEST_QUEUE))
-                .and_then(Option::as_mut)
-            {
-                Some(worker) => worker.kicked(),
-                None => debug!(self.logger, "kick for a queue not enabled"; "vq" => index),
-            },
+        let worker = self
+            .active
+            .as_mut()
+            .and_then(|active| active.local.get_mut(usize::from(index)))
+            .and_then(Option::as_mut);
+        match worker {
+            Some(worker) => worker.kicked(),
+            None => debug!(self.logger, "kick for a queue not served here"; "vq" => index),
         }
     }
 
     fn reset(&mut self) {
-        // Workers own their engines; a synchronous engine has nothing in flight once a call
-        // returns, and dropping a request keeps its guest memory mapped until the kernel is done.
+        // The host waits for the requests in flight on its threads; local workers use a
+        // synchronous engine, which has nothing in flight once a call returns.
+        if let Some(host) = &self.host {
+            host.release_all();
+        }
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);
@@ -422,5 +446,154 @@ mod tests {
             device.post_event(ScsiEvent::LunAdded { lun: 0 }),
             EventDelivery::Inactive
         );
+    }
+
+    /// Takes the workers instead of serving them, so that the test drives them by hand.
+    #[derive(Default)]
+    struct CollectingHost(Mutex<Vec<Box<dyn QueueWorker>>>);
+
+    impl QueueHost for CollectingHost {
+        fn adopt(&self, worker: Box<dyn QueueWorker>) {
+            self.0.lock().unwrap().push(worker);
+        }
+        fn release_all(&self) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    /// Holds every request until the test lets them complete.
+    struct HeldEngine {
+        released: Arc<AtomicBool>,
+        held: Vec<(u64, u64)>,
+        eventfd: vmm_sys_util::eventfd::EventFd,
+    }
+
+    impl Engine for HeldEngine {
+        fn submit(
+            &mut self,
+            _disk: &Arc<Disk>,
+            request: block::IoRequest,
+            user_data: u64,
+        ) -> Result<(), BlockError> {
+            let len = match &request {
+                block::IoRequest::Read { buffers, .. } => buffers.len(),
+                _ => 0,
+            };
+            self.held.push((user_data, len));
+            Ok(())
+        }
+        fn submit_pending(&mut self) {}
+        fn completion_fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsRawFd::as_raw_fd(&self.eventfd)
+        }
+        fn reap(&mut self, out: &mut Vec<block::Completion>) {
+            if self.released.load(Ordering::SeqCst) {
+                out.extend(
+                    self.held
+                        .drain(..)
+                        .map(|(user_data, len)| block::Completion {
+                            user_data,
+                            result: Ok(len),
+                        }),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tmfs_see_and_wait_for_commands_in_flight_on_other_queues() {
+        use crate::scsi_device::test_driver::{lun_field, Harness};
+        use virtio_bindings::virtio_scsi::{
+            VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+        };
+        const CTRL: usize = 0;
+        const REQUEST: usize = 2;
+
+        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
+        // Takes the POWER ON unit attention, which would answer the READ below at once.
+        harness.command(0, &[0; 6], &[], 0);
+        let host = Arc::new(CollectingHost::default());
+        let released = Arc::new(AtomicBool::new(false));
+        let engine_released = released.clone();
+        harness.device.set_queue_host(
+            host.clone(),
+            Arc::new(move || {
+                Ok(Box::new(HeldEngine {
+                    released: engine_released.clone(),
+                    held: Vec::new(),
+                    eventfd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                }))
+            }),
+        );
+        harness.activate(harness.device.features());
+        let mut workers = std::mem::take(&mut *host.0.lock().unwrap());
+        let mut take = |index: usize| {
+            let at = workers
+                .iter()
+                .position(|w| usize::from(w.queue_index()) == index)
+                .unwrap();
+            workers.remove(at)
+        };
+        let mut ctrl = take(CTRL);
+        let mut request = take(REQUEST);
+
+        // READ(10) of one block, tag 5, held by the engine.
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let bufs = [
+            harness.request_buf(REQUEST, lun_field(0), 5, &read),
+            harness.response_buf(REQUEST, 108),
+            harness.response_buf(REQUEST, 512),
+        ];
+        let head = harness.queues[REQUEST].chain(&bufs);
+        harness.queues[REQUEST].publish(head);
+        request.kicked();
+        assert!(harness.queues[REQUEST].used().is_empty(), "held");
+        assert_eq!(request.in_flight(), 1);
+
+        let tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
+            let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&subtype.to_le_bytes());
+            bytes.extend_from_slice(&lun_field(0));
+            bytes.extend_from_slice(&5u64.to_le_bytes());
+            let bufs = [
+                harness.data_buf(CTRL, &bytes, false),
+                harness.response_buf(CTRL, 1),
+            ];
+            let head = harness.queues[CTRL].chain(&bufs);
+            harness.queues[CTRL].publish(head);
+            ctrl.kicked();
+            bufs[1].addr
+        };
+        // The task is in flight: QUERY TASK says so at once.
+        let query = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_QUERY_TASK);
+        assert_eq!(harness.queues[CTRL].used().len(), 1);
+        assert_eq!(
+            harness.read(query, 1)[0],
+            virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
+        );
+        // ABORT TASK waits until the command has completed.
+        let abort = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_ABORT_TASK);
+        assert!(harness.queues[CTRL].used().is_empty(), "the abort waits");
+        assert_eq!(
+            ctrl.in_flight(),
+            1,
+            "a waiting TMF keeps the control queue busy"
+        );
+
+        released.store(true, Ordering::SeqCst);
+        request.completions_ready();
+        assert_eq!(
+            harness.queues[REQUEST].used().len(),
+            1,
+            "the command completed"
+        );
+        ctrl.completions_ready();
+        assert_eq!(
+            harness.queues[CTRL].used().len(),
+            1,
+            "then the abort is answered"
+        );
+        assert_eq!(harness.read(abort, 1)[0], 0, "FUNCTION COMPLETE");
+        assert_eq!(ctrl.in_flight(), 0);
     }
 }

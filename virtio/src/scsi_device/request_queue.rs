@@ -6,6 +6,7 @@
 //! be moved to the iothread that serves its queue.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
@@ -13,6 +14,7 @@ use slog::{debug, trace};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
@@ -21,7 +23,9 @@ use super::lun_address;
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
+use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use crate::queue_worker::QueueWorker;
 use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
@@ -106,6 +110,8 @@ pub struct RequestQueueWorker {
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
     in_flight: HashMap<u64, InFlight>,
+    /// Where commands in flight are visible to task management.
+    tasks: Arc<TaskSet>,
     next_id: u64,
     completions: Vec<Completion>,
 }
@@ -117,6 +123,7 @@ impl RequestQueueWorker {
         disks: DiskMap,
         sizes: Arc<HeaderSizes>,
         engine: Box<dyn Engine>,
+        tasks: Arc<TaskSet>,
     ) -> RequestQueueWorker {
         RequestQueueWorker {
             queue,
@@ -125,6 +132,7 @@ impl RequestQueueWorker {
             sizes,
             engine,
             in_flight: HashMap::new(),
+            tasks,
             next_id: 0,
             completions: Vec::new(),
         }
@@ -146,16 +154,44 @@ impl RequestQueueWorker {
         self.queue.notify(&mem);
     }
 
+    /// The engine's completion eventfd fired: answer what completed, interrupt once.
+    pub fn completions_ready(&mut self) {
+        let mem = self.queue.snapshot();
+        self.reap();
+        self.queue.notify(&mem);
+    }
+
+    /// Serves new chains and completions with notifications left suppressed; true when there
+    /// was something to serve.
+    pub fn poll(&mut self) -> bool {
+        let mem = self.queue.snapshot();
+        let mut served = false;
+        if self.queue.has_available(&mem) {
+            for chain in self.queue.pop_all(&mem) {
+                self.start(chain, &mem);
+            }
+            self.engine.submit_pending();
+            served = true;
+        }
+        if !self.in_flight.is_empty() && self.reap() > 0 {
+            served = true;
+        }
+        self.queue.notify(&mem);
+        served
+    }
+
     /// Collects completions until the engine has none left (a synchronous engine completes the
-    /// next chunk of a sequential job while we reap).
-    fn reap(&mut self) {
+    /// next chunk of a sequential job while we reap); returns how many there were.
+    fn reap(&mut self) -> usize {
+        let mut reaped = 0;
         loop {
             let mut completions = std::mem::take(&mut self.completions);
             self.engine.reap(&mut completions);
             if completions.is_empty() {
                 self.completions = completions;
-                return;
+                return reaped;
             }
+            reaped += completions.len();
             for completion in completions.drain(..) {
                 self.complete(completion);
             }
@@ -410,6 +446,7 @@ impl RequestQueueWorker {
         if request.outstanding == 0 {
             self.finish_io(request);
         } else {
+            self.tasks.started(request.reply.lun, request.reply.tag);
             self.in_flight.insert(id, request);
         }
     }
@@ -444,7 +481,9 @@ impl RequestQueueWorker {
             self.submit_ready(completion.user_data, &mut request);
         }
         if request.outstanding == 0 {
+            let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.finish_io(request);
+            self.tasks.finished(lun, tag);
         } else {
             self.in_flight.insert(completion.user_data, request);
         }
@@ -493,6 +532,48 @@ impl RequestQueueWorker {
             "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
             "response" => answer.response, "status" => answer.status);
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
+    }
+}
+
+impl QueueWorker for RequestQueueWorker {
+    fn queue_index(&self) -> u16 {
+        self.queue.index()
+    }
+
+    fn kick(&self) -> &Arc<EventFd> {
+        self.queue.kick()
+    }
+
+    fn kicked(&mut self) {
+        RequestQueueWorker::kicked(self);
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.engine.completion_fd())
+    }
+
+    fn completions_ready(&mut self) {
+        RequestQueueWorker::completions_ready(self);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn start_polling(&mut self) {
+        let mem = self.queue.snapshot();
+        self.queue.suppress_notifications(&mem);
+    }
+
+    fn poll(&mut self) -> bool {
+        RequestQueueWorker::poll(self)
+    }
+
+    fn stop_polling(&mut self) {
+        let mem = self.queue.snapshot();
+        if self.queue.more_available(&mem) {
+            self.kicked();
+        }
     }
 }
 

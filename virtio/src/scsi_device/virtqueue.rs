@@ -7,8 +7,9 @@ use std::sync::Arc;
 use slog::{debug, warn, Logger};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{GuestMemory, Interrupt};
+use crate::device::{ActiveQueue, GuestMemory, Interrupt};
 
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
@@ -42,7 +43,9 @@ impl NeedsReset {
 
 /// A queue with everything needed to serve it from any thread.
 pub struct Virtqueue {
+    index: u16,
     queue: Queue,
+    kick: Arc<EventFd>,
     memory: GuestMemory,
     interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
@@ -55,17 +58,23 @@ pub struct Virtqueue {
 
 impl Virtqueue {
     pub fn new(
-        index: u16,
-        mut queue: Queue,
+        active: ActiveQueue,
         memory: GuestMemory,
-        interrupt: Arc<dyn Interrupt>,
         event_idx: bool,
         needs_reset: NeedsReset,
         logger: &Logger,
     ) -> Virtqueue {
+        let ActiveQueue {
+            index,
+            mut queue,
+            kick,
+            interrupt,
+        } = active;
         queue.set_event_idx(event_idx);
         Virtqueue {
+            index,
             queue,
+            kick,
             memory,
             interrupt,
             needs_reset,
@@ -73,6 +82,14 @@ impl Virtqueue {
             returned: false,
             logger: logger.new(slog::o!("vq" => index)),
         }
+    }
+
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    pub fn kick(&self) -> &Arc<EventFd> {
+        &self.kick
     }
 
     pub fn logger(&self) -> &Logger {
@@ -104,6 +121,34 @@ impl Virtqueue {
             Err(error) => {
                 self.fail("avail_ring", &error);
                 Vec::new()
+            }
+        }
+    }
+
+    /// Stops driver notifications while the caller polls the avail ring.
+    pub fn suppress_notifications(&mut self, mem: &MemorySnapshot) {
+        if self.broken {
+            return;
+        }
+        if let Err(error) = self.queue.disable_notification(&**mem) {
+            self.fail("disable_notification", &error);
+        }
+    }
+
+    /// Whether the driver made chains available that are not popped yet; notifications are
+    /// left as they are.
+    pub fn has_available(&mut self, mem: &MemorySnapshot) -> bool {
+        if self.broken {
+            return false;
+        }
+        match self
+            .queue
+            .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+        {
+            Ok(index) => index.0 != self.queue.next_avail(),
+            Err(error) => {
+                self.fail("avail_idx", &error);
+                false
             }
         }
     }

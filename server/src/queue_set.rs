@@ -1,0 +1,340 @@
+//! The queues one thread serves (an iothread, or the main loop): their kick and completion
+//! eventfds in one mio `Poll`, and the workers behind them.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use slog::{debug, trace, warn, Logger};
+use virtio::QueueWorker;
+
+/// Reserved for the owner of the set (an iothread's waker).
+pub const OWNER_TOKEN: Token = Token(0);
+/// Each worker slot takes two tokens from here: its kick, then its completions.
+const FIRST_QUEUE_TOKEN: usize = 1;
+/// How long `drain` waits for completions before it checks the workers again.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+pub struct QueueSet {
+    poll: Poll,
+    events: Events,
+    workers: Vec<Option<Box<dyn QueueWorker>>>,
+    log: Logger,
+}
+
+/// What woke a queue's thread.
+#[derive(Clone, Copy)]
+enum Wakeup {
+    Kick,
+    Completions,
+}
+
+fn token(slot: usize, wakeup: Wakeup) -> Token {
+    let offset = match wakeup {
+        Wakeup::Kick => 0,
+        Wakeup::Completions => 1,
+    };
+    Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
+}
+
+fn slot_of(token: Token) -> Option<(usize, Wakeup)> {
+    let n = token.0.checked_sub(FIRST_QUEUE_TOKEN)?;
+    let wakeup = if n % 2 == 0 {
+        Wakeup::Kick
+    } else {
+        Wakeup::Completions
+    };
+    Some((n / 2, wakeup))
+}
+
+/// The name the current thread was given (iothread names; "main" for the main loop).
+pub(crate) fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string()
+}
+
+impl QueueSet {
+    pub fn new(log: &Logger) -> io::Result<QueueSet> {
+        Ok(QueueSet {
+            poll: Poll::new()?,
+            events: Events::with_capacity(64),
+            workers: Vec::new(),
+            log: log.clone(),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// The `Poll`'s own descriptor: readable while an event waits (for nesting in another loop).
+    pub fn poll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts watching `worker`'s eventfds. The driver may have kicked before the hand-over,
+    /// so the queue is served once at once.
+    pub fn adopt(&mut self, mut worker: Box<dyn QueueWorker>) -> io::Result<()> {
+        let slot = self
+            .workers
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.workers.len());
+        let registry = self.poll.registry();
+        let kick = worker.kick().as_raw_fd();
+        registry.register(
+            &mut SourceFd(&kick),
+            token(slot, Wakeup::Kick),
+            Interest::READABLE,
+        )?;
+        if let Some(fd) = worker.completion_fd() {
+            if let Err(e) = registry.register(
+                &mut SourceFd(&fd),
+                token(slot, Wakeup::Completions),
+                Interest::READABLE,
+            ) {
+                let _ = registry.deregister(&mut SourceFd(&kick));
+                return Err(e);
+            }
+        }
+        debug!(self.log, "queue adopted"; "iothread" => thread_name(), "vq" => worker.queue_index());
+        let _ = worker.kick().read();
+        worker.kicked();
+        if slot == self.workers.len() {
+            self.workers.push(Some(worker));
+        } else {
+            self.workers[slot] = Some(worker);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for events and serves them; true when the owner's token fired.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.poll.poll(&mut self.events, timeout)?;
+        let mut owner = false;
+        let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
+        for token in ready {
+            if token == OWNER_TOKEN {
+                owner = true;
+            } else if let Some((slot, wakeup)) = slot_of(token) {
+                self.serve(slot, wakeup);
+            }
+        }
+        Ok(owner)
+    }
+
+    /// Serves whatever is ready without waiting, until nothing is.
+    pub fn serve_ready(&mut self) -> io::Result<()> {
+        loop {
+            self.poll(Some(Duration::ZERO))?;
+            if self.events.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves a kick of virtqueue `queue` at once (the caller has just written its eventfd).
+    pub fn kick(&mut self, queue: u16) {
+        let slot = self
+            .workers
+            .iter()
+            .position(|w| w.as_ref().is_some_and(|w| w.queue_index() == queue));
+        if let Some(slot) = slot {
+            self.serve(slot, Wakeup::Kick);
+        }
+    }
+
+    /// Serves every queue as if kicked: after a pause, kicks that arrived meanwhile were taken
+    /// off the `Poll` without being served.
+    pub fn kick_all(&mut self) {
+        for slot in 0..self.workers.len() {
+            self.serve(slot, Wakeup::Kick);
+        }
+    }
+
+    fn serve(&mut self, slot: usize, wakeup: Wakeup) {
+        let Some(worker) = self.workers.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match wakeup {
+            Wakeup::Kick => {
+                // EAGAIN only says that the counter was already clear.
+                let _ = worker.kick().read();
+                worker.kicked();
+            }
+            Wakeup::Completions => worker.completions_ready(),
+        }
+        trace!(self.log, "queue served";
+            "iothread" => thread_name(), "vq" => worker.queue_index(),
+            "wakeup" => match wakeup { Wakeup::Kick => "kick", Wakeup::Completions => "completions" },
+            "in_flight" => worker.in_flight());
+    }
+
+    /// Polls every queue for up to `window` with driver notifications suppressed; true when
+    /// one had work (notifications stay suppressed: poll again). False when the window ran out:
+    /// notifications are back on and whatever raced in has been served.
+    pub fn poll_queues(&mut self, window: Duration) -> bool {
+        let start = Instant::now();
+        for worker in self.workers.iter_mut().flatten() {
+            worker.start_polling();
+        }
+        loop {
+            let mut served = false;
+            for worker in self.workers.iter_mut().flatten() {
+                if worker.poll() {
+                    served = true;
+                    trace!(self.log, "queue served";
+                        "iothread" => thread_name(), "vq" => worker.queue_index(),
+                        "wakeup" => "poll", "in_flight" => worker.in_flight());
+                }
+            }
+            if served {
+                return true;
+            }
+            if start.elapsed() >= window {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        for worker in self.workers.iter_mut().flatten() {
+            worker.stop_polling();
+        }
+        false
+    }
+
+    fn in_flight(&self) -> usize {
+        self.workers.iter().flatten().map(|w| w.in_flight()).sum()
+    }
+
+    /// Completes every request in flight, taking no new ones: kicks are taken off the `Poll`
+    /// but not served (`kick_all` serves them later).
+    pub fn drain(&mut self) {
+        while self.in_flight() > 0 {
+            match self.poll.poll(&mut self.events, Some(DRAIN_POLL)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(self.log, "cannot wait for completions"; "iothread" => thread_name(), "error" => %e);
+                    return;
+                }
+            }
+            let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
+            for token in ready {
+                if let Some((slot, Wakeup::Completions)) = slot_of(token) {
+                    self.serve(slot, Wakeup::Completions);
+                }
+            }
+        }
+    }
+
+    /// Completes what is in flight, stops watching every queue and drops the workers.
+    pub fn release(&mut self) {
+        self.drain();
+        let registry = self.poll.registry();
+        for worker in self.workers.drain(..).flatten() {
+            let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
+            if let Some(fd) = worker.completion_fd() {
+                let _ = registry.deregister(&mut SourceFd(&fd));
+            }
+            debug!(self.log, "queue released"; "iothread" => thread_name(), "vq" => worker.queue_index());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+
+    /// Counts the polling calls; `poll` finds work on its `work_on`-th call.
+    struct PollingWorker {
+        kick: Arc<EventFd>,
+        work_on: usize,
+        calls: Arc<[AtomicUsize; 3]>,
+    }
+
+    const STARTED: usize = 0;
+    const POLLED: usize = 1;
+    const STOPPED: usize = 2;
+
+    impl QueueWorker for PollingWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {}
+        fn completion_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn start_polling(&mut self) {
+            self.calls[STARTED].fetch_add(1, Ordering::SeqCst);
+        }
+        fn poll(&mut self) -> bool {
+            self.calls[POLLED].fetch_add(1, Ordering::SeqCst) + 1 == self.work_on
+        }
+        fn stop_polling(&mut self) {
+            self.calls[STOPPED].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn set_with(work_on: usize) -> (QueueSet, Arc<[AtomicUsize; 3]>) {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut set = QueueSet::new(&log).unwrap();
+        let calls = Arc::new([
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        ]);
+        let worker = PollingWorker {
+            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            work_on,
+            calls: calls.clone(),
+        };
+        set.adopt(Box::new(worker)).unwrap();
+        (set, calls)
+    }
+
+    #[test]
+    fn polling_that_finds_work_keeps_notifications_off() {
+        let (mut set, calls) = set_with(3);
+        assert!(set.poll_queues(Duration::from_secs(5)));
+        assert_eq!(calls[STARTED].load(Ordering::SeqCst), 1);
+        assert_eq!(calls[POLLED].load(Ordering::SeqCst), 3);
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn polling_gives_up_after_the_window_and_turns_notifications_on() {
+        let (mut set, calls) = set_with(usize::MAX);
+        let start = Instant::now();
+        assert!(!set.poll_queues(Duration::from_millis(2)));
+        assert!(start.elapsed() >= Duration::from_millis(2));
+        assert!(
+            calls[POLLED].load(Ordering::SeqCst) > 1,
+            "polled until the window ran out"
+        );
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1);
+    }
+}

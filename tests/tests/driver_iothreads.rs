@@ -1,0 +1,289 @@
+//! Queues served by iothreads, seen from the userspace driver: each queue is served by exactly
+//! the thread the iothread-vq-mapping names (the server's trace records say which thread served
+//! which queue), and data written through one iothread's queue reads back through another's.
+//!
+//! Build the server first: `cargo build -p server && cargo test -p tests --test driver_iothreads`
+//! (same CARGO_TARGET_DIR), or point VUS_SERVER_BIN at the binary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use tests::scsi::cdb;
+use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
+use virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_QUERY_TASK_SET;
+
+const BLOCK: usize = 512;
+const WRITE_10: u8 = 0x2A;
+const READ_10: u8 = 0x28;
+
+fn start(args: &[&str]) -> ServerProcess {
+    ServerProcess::start(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn connect(server: &ServerProcess) -> VirtioScsiDriver {
+    let options = DriverOptions {
+        timeout: Duration::from_secs(5),
+        ..DriverOptions::default()
+    };
+    VirtioScsiDriver::connect(server.socket(), options).unwrap_or_else(|e| {
+        panic!(
+            "driver init failed: {e}\nserver stderr:\n{}",
+            server.stderr()
+        )
+    })
+}
+
+/// Virtqueue -> names of the threads whose "queue served" records name it.
+fn served_by(stderr: &str) -> BTreeMap<u64, BTreeSet<String>> {
+    let mut served: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for line in stderr.lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if record["msg"] != "queue served" {
+            continue;
+        }
+        let (Some(vq), Some(thread)) = (record["vq"].as_u64(), record["iothread"].as_str()) else {
+            panic!("a queue served record without vq or iothread: {line}");
+        };
+        served.entry(vq).or_default().insert(thread.to_string());
+    }
+    served
+}
+
+fn threads(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+#[test]
+fn every_queue_is_served_by_the_iothread_the_mapping_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let disk = format!("path={}", path.display());
+    let mapping = r#"[{"iothread":"io0","vqs":["ctrl",0,2]},{"iothread":"io1","vqs":[1,3]}]"#;
+    let mut server = start(&[
+        "--disk",
+        &disk,
+        "--num-queues",
+        "4",
+        "--iothread",
+        "io0",
+        "--iothread",
+        "io1",
+        "--iothread-vq-mapping",
+        mapping,
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    let mut driver = connect(&server);
+    while !driver.test_unit_ready(0).unwrap().is_good() {}
+
+    // Each request queue writes its own block, and the next queue (another iothread) reads it.
+    for queue in 0..4u16 {
+        let data = vec![0xA0 + queue as u8; BLOCK];
+        let lba = u32::from(queue);
+        let written = driver
+            .scsi_command(queue, 0, &cdb::lba10(WRITE_10, 0, lba, 1), Some(&data), 0)
+            .unwrap();
+        assert!(written.is_good(), "write on queue {queue}: {written:?}");
+        let reader = (queue + 1) % 4;
+        let read = driver
+            .scsi_command(
+                reader,
+                0,
+                &cdb::lba10(READ_10, 0, lba, 1),
+                None,
+                BLOCK as u32,
+            )
+            .unwrap();
+        assert!(read.is_good(), "read on queue {reader}: {read:?}");
+        assert_eq!(
+            read.data_in, data,
+            "block {lba} written on {queue}, read on {reader}"
+        );
+    }
+    let response = driver.tmf(0, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, 0).unwrap();
+    assert_eq!(
+        response, 0,
+        "QUERY TASK SET with nothing in flight: FUNCTION COMPLETE"
+    );
+
+    let expected = BTreeMap::from([
+        (0, threads(&["io0"])),
+        (2, threads(&["io0"])),
+        (3, threads(&["io1"])),
+        (4, threads(&["io0"])),
+        (5, threads(&["io1"])),
+    ]);
+    // Records go through an asynchronous drain: give them a moment to reach stderr.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut served = served_by(&server.stderr());
+    while Instant::now() < deadline && expected.iter().any(|(vq, _)| !served.contains_key(vq)) {
+        std::thread::sleep(Duration::from_millis(20));
+        served = served_by(&server.stderr());
+    }
+    for (vq, names) in &expected {
+        assert_eq!(
+            served.get(vq),
+            Some(names),
+            "virtqueue {vq}; served: {served:?}"
+        );
+    }
+    // The event queue stays on the main loop, the only thread of neither name.
+    let event_threads = served.get(&1).cloned().unwrap_or_default();
+    assert!(
+        event_threads
+            .iter()
+            .all(|name| name != "io0" && name != "io1"),
+        "{event_threads:?}"
+    );
+    server.terminate(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn without_iothreads_the_main_loop_serves_every_queue() {
+    let mut server = start(&[
+        "--disk",
+        "null,size=1M",
+        "--num-queues",
+        "2",
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    let mut driver = connect(&server);
+    for queue in 0..2 {
+        while !driver
+            .scsi_command(queue, 0, &cdb::test_unit_ready(), None, 0)
+            .unwrap()
+            .is_good()
+        {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut served = served_by(&server.stderr());
+    while Instant::now() < deadline && !(served.contains_key(&2) && served.contains_key(&3)) {
+        std::thread::sleep(Duration::from_millis(20));
+        served = served_by(&server.stderr());
+    }
+    for vq in [2, 3] {
+        assert_eq!(served.get(&vq), Some(&threads(&["main"])), "{served:?}");
+    }
+    server.terminate(Duration::from_secs(5)).unwrap();
+}
+
+/// The "I/O engine" record's `aio` field.
+fn engine_in_use(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["msg"] == "I/O engine")
+        .and_then(|record| record["aio"].as_str().map(str::to_string))
+}
+
+#[test]
+fn every_aio_engine_moves_data_on_an_iothread() {
+    for aio in ["io_uring", "threads", "sync"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = format!("path={}", path.display());
+        let mut server = start(&[
+            "--disk",
+            &disk,
+            "--iothread",
+            "io0",
+            "--aio",
+            aio,
+            "--log-format",
+            "json",
+        ]);
+        let mut driver = connect(&server);
+        while !driver.test_unit_ready(0).unwrap().is_good() {}
+        let data: Vec<u8> = (0..8 * BLOCK).map(|i| (i % 251) as u8).collect();
+        let written = driver
+            .scsi_command(0, 0, &cdb::lba10(WRITE_10, 0, 16, 8), Some(&data), 0)
+            .unwrap();
+        assert!(written.is_good(), "{aio}: {written:?}");
+        let read = driver
+            .scsi_command(0, 0, &cdb::lba10(READ_10, 0, 16, 8), None, 8 * BLOCK as u32)
+            .unwrap();
+        assert!(read.is_good(), "{aio}: {read:?}");
+        assert_eq!(read.data_in, data, "{aio}");
+        let mut on_disk = vec![0u8; data.len()];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&path).unwrap(),
+            &mut on_disk,
+            16 * BLOCK as u64,
+        )
+        .unwrap();
+        assert_eq!(on_disk, data, "{aio}: the backing file");
+        server.terminate(Duration::from_secs(5)).unwrap();
+        assert_eq!(engine_in_use(&server.stderr()).as_deref(), Some(aio));
+    }
+}
+
+/// A client that leaves with queues on iothreads: the queues are taken back, and the next client
+/// gets a working device whose queues are served by the same threads.
+#[test]
+fn a_second_client_after_a_disconnect_is_served_by_the_iothreads() {
+    let mut server = start(&[
+        "--disk",
+        "null,size=1M",
+        "--num-queues",
+        "2",
+        "--iothread",
+        "io0",
+        "--iothread",
+        "io1",
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    for client in 0..2 {
+        let mut driver = connect(&server);
+        for queue in 0..2 {
+            let mut tries = 0;
+            while !driver
+                .scsi_command(queue, 0, &cdb::test_unit_ready(), None, 0)
+                .unwrap()
+                .is_good()
+            {
+                tries += 1;
+                assert!(tries < 4, "client {client}, queue {queue} never ready");
+            }
+            let read = driver
+                .scsi_command(queue, 0, &cdb::lba10(READ_10, 0, 0, 1), None, BLOCK as u32)
+                .unwrap();
+            assert!(read.is_good(), "client {client}, queue {queue}: {read:?}");
+        }
+        drop(driver);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let released = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|line| line.contains("\"queue released\""))
+            .count()
+    };
+    while Instant::now() < deadline && released(&server.stderr()) < 2 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(released(&server.stderr()) >= 2, "{}", server.stderr());
+    // Round-robin without a mapping: request queue 0 on io0, 1 on io1, for both clients.
+    let served = served_by(&server.stderr());
+    assert_eq!(served.get(&2), Some(&threads(&["io0"])), "{served:?}");
+    assert_eq!(served.get(&3), Some(&threads(&["io1"])), "{served:?}");
+    assert!(server.is_running());
+    server.terminate(Duration::from_secs(5)).unwrap();
+}

@@ -1,0 +1,47 @@
+//! How a device hands its queues to the threads that serve them.
+//!
+//! The crate knows no threads: at activation a device gives each queue's [`QueueWorker`] to a
+//! [`QueueHost`], which decides where it runs (the main loop or an iothread) and watches its
+//! kick eventfd and its completion eventfd there. On reset the device asks the host to give every
+//! worker back, with nothing left in flight, before the reset becomes visible.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Everything needed to serve one virtqueue, movable to the thread that serves it.
+pub trait QueueWorker: Send {
+    /// Virtqueue index (for virtio-scsi: 0 control, 1 event, 2.. request queues).
+    fn queue_index(&self) -> u16;
+    /// Written on every driver notification; the host watches and drains it.
+    fn kick(&self) -> &Arc<EventFd>;
+    /// The driver notified the queue (its kick eventfd has been drained): serve what is there.
+    fn kicked(&mut self);
+    /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
+    fn completion_fd(&self) -> Option<RawFd>;
+    /// `completion_fd` became readable: finish what completed and interrupt once if needed.
+    fn completions_ready(&mut self);
+    /// Requests handed to the I/O engine and not yet completed.
+    fn in_flight(&self) -> usize;
+
+    /// Enters polling: the driver is asked not to notify, `poll` looks for work instead.
+    /// Queues that are not worth polling keep notifications on (the default).
+    fn start_polling(&mut self) {}
+    /// One look at the avail ring and the engine's completions, serving what is there; true
+    /// when something was.
+    fn poll(&mut self) -> bool {
+        false
+    }
+    /// Leaves polling: notifications back on, and what arrived in between served.
+    fn stop_polling(&mut self) {}
+}
+
+/// Whoever serves a device's queues.
+pub trait QueueHost: Send + Sync {
+    /// Takes a worker at activation and starts serving its queue.
+    fn adopt(&self, worker: Box<dyn QueueWorker>);
+    /// Stops serving every adopted queue: waits for the requests in flight to complete, then
+    /// drops the workers. Returns when no thread touches the queues any more.
+    fn release_all(&self);
+}
