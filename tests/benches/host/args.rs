@@ -1,0 +1,192 @@
+//! The benchmark's command line, and the matrix of configurations it expands to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::BenchError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiskKind {
+    /// `--disk null,size=...`: no I/O at all, the device path alone.
+    Null,
+    /// A raw file: a sparse temporary one in `--file-dir`, or `--file`.
+    File,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kick {
+    /// Posted REGION_WRITEs on the vfio-user socket, as QEMU forwards a guest's notify write.
+    Socket,
+    /// Writes to the ioeventfds the server hands out with GET_REGION_IO_FDS.
+    Iofd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Pattern {
+    Randread,
+    Randwrite,
+    Read,
+    Write,
+}
+
+impl Pattern {
+    pub fn is_write(self) -> bool {
+        matches!(self, Pattern::Randwrite | Pattern::Write)
+    }
+
+    pub fn is_random(self) -> bool {
+        matches!(self, Pattern::Randread | Pattern::Randwrite)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Wait {
+    /// Sleep on the queue's MSI-X eventfd, as a guest waits for its interrupt.
+    Interrupt,
+    /// Spin on the used ring (takes a whole core per queue thread).
+    Poll,
+}
+
+/// Drives the vfio-user-scsi server with the userspace virtio-scsi driver, without a guest, and
+/// prints IOPS, latency percentiles and the server's CPU time per request.
+///
+/// Options that take a comma-separated list (--queues, --disk, --kick, --rw) add a dimension to
+/// the matrix of runs; by default null and file disks x socket and iofd kicks x 1 and 2 queues,
+/// randread 4 KiB at depth 32 for 5 s each.
+#[derive(Debug, Parser)]
+#[command(name = "bench-host", bin_name = "cargo bench -p tests --bench host --")]
+pub struct Args {
+    /// Request queues, each driven by its own thread (default 1,2).
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<u16>,
+    /// Requests kept in flight on each queue.
+    #[arg(long, default_value_t = 32)]
+    pub depth: u16,
+    /// Bytes per request (a multiple of the disk's block size).
+    #[arg(long, default_value_t = 4096)]
+    pub bs: u32,
+    /// Access pattern (default randread).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub rw: Vec<Pattern>,
+    /// Measured seconds per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Seconds of load before the measurement starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Disk backends (default null,file).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub disk: Vec<DiskKind>,
+    /// Kick methods (default socket,iofd).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kick: Vec<Kick>,
+    /// How the driver waits for completions.
+    #[arg(long, value_enum, default_value_t = Wait::Interrupt)]
+    pub wait: Wait,
+    /// Size of the null disk and of the temporary file disk.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub disk_size: u64,
+    /// Use this existing file or block device as the file disk (write jobs overwrite it).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Where the temporary sparse file disk is created.
+    #[arg(long, default_value = "/var/tmp")]
+    pub file_dir: PathBuf,
+    /// Extra `--disk` options for the file disk, e.g. `cache=none`.
+    #[arg(long, default_value = "")]
+    pub disk_options: String,
+    /// Virtqueue size the server offers.
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+    /// Extra server arguments, split on whitespace, e.g.
+    /// '--iothread io0 --iothread-vq-mapping [{"iothread":"io0"}]'.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub server_args: String,
+    /// Also write every result to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Set by `cargo bench`; without it (`cargo test --benches`) only the self-checks run.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// One run of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub disk: DiskKind,
+    pub kick: Kick,
+    pub queues: u16,
+    pub depth: u16,
+    pub bs: u32,
+    pub rw: Pattern,
+}
+
+impl Args {
+    pub fn measured(&self) -> Result<Duration, BenchError> {
+        seconds("--seconds", self.seconds).and_then(|d| {
+            if d.is_zero() {
+                Err(BenchError::Args("--seconds must be above 0".into()))
+            } else {
+                Ok(d)
+            }
+        })
+    }
+
+    pub fn warmup(&self) -> Result<Duration, BenchError> {
+        seconds("--warmup", self.warmup)
+    }
+
+    /// Every combination of the listed dimensions, each defaulting to the standard matrix.
+    pub fn configurations(&self) -> Result<Vec<Config>, BenchError> {
+        if self.depth == 0 || self.bs == 0 || self.queues.contains(&0) {
+            return Err(BenchError::Args(
+                "--depth, --bs and --queues must be above 0".into(),
+            ));
+        }
+        let disks = or_default(&self.disk, &[DiskKind::Null, DiskKind::File]);
+        let kicks = or_default(&self.kick, &[Kick::Socket, Kick::Iofd]);
+        let queues = or_default(&self.queues, &[1, 2]);
+        let patterns = or_default(&self.rw, &[Pattern::Randread]);
+        let mut configs = Vec::new();
+        for &disk in &disks {
+            for &kick in &kicks {
+                for &queues in &queues {
+                    for &rw in &patterns {
+                        configs.push(Config {
+                            disk,
+                            kick,
+                            queues,
+                            depth: self.depth,
+                            bs: self.bs,
+                            rw,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(configs)
+    }
+}
+
+fn or_default<T: Clone>(given: &[T], default: &[T]) -> Vec<T> {
+    if given.is_empty() {
+        default.to_vec()
+    } else {
+        given.to_vec()
+    }
+}
+
+fn seconds(option: &str, value: f64) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| BenchError::Args(format!("{option} {value}: not a number of seconds")))
+}
+
+/// The name clap would print for a value, for tables and JSON.
+pub fn name<T: ValueEnum>(value: T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}

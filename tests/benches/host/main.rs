@@ -1,0 +1,93 @@
+//! Host-side benchmark of the vfio-user-scsi server, without a guest: the userspace virtio-scsi
+//! driver of the `tests` crate drives N request queues at a fixed depth against null and file
+//! disks, with socket and ioeventfd kicks, and reports IOPS, latency percentiles, and the CPU
+//! time the server's threads (and the driver's) spend per request.
+//!
+//! `cargo build --release -p server` then
+//! `VUS_SERVER_BIN=target/release/vfio-user-scsi cargo bench -p tests --bench host -- --help`
+//! (or `scripts/bench-host.sh`). Under `cargo test --benches`, where cargo does not pass
+//! `--bench`, it only runs its self-checks.
+
+mod args;
+mod cpu_time;
+mod error;
+mod latency;
+mod queue_job;
+mod report;
+mod run;
+mod self_check;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::{json, Value};
+
+use crate::args::Args;
+use crate::error::BenchError;
+use crate::run::{file_disk_location, run_config, RunResult};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.bench {
+        self_check::run();
+        println!("bench-host: self-checks passed; `cargo bench -p tests --bench host` benchmarks");
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), BenchError> {
+    let configs = args.configurations()?;
+    let warmup = args.warmup()?;
+    let measured = args.measured()?;
+    let header = host_header(args)?;
+    for (key, value) in header.as_object().into_iter().flatten() {
+        println!("{key}: {value}");
+    }
+    println!();
+    report::print_header();
+    let mut results: Vec<RunResult> = Vec::new();
+    for config in configs {
+        let result = run_config(args, config, warmup, measured)?;
+        report::print_row(&result);
+        results.push(result);
+    }
+    report::print_details(&results);
+    if let Some(path) = &args.json {
+        report::write_json(path, header, &results)?;
+        println!("\nresults written to {}", path.display());
+    }
+    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    match results.iter().find_map(|r| r.first_error.clone()) {
+        Some(first) => Err(BenchError::FailedRequests {
+            count: errors,
+            first,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What a reader needs to judge the figures: which server binary, how busy the machine was.
+fn host_header(args: &Args) -> Result<Value, BenchError> {
+    let binary = tests::server_process::server_binary()?;
+    let debug_build = binary.components().any(|c| c.as_os_str() == "debug");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    Ok(json!({
+        "server_binary": binary.display().to_string(),
+        "server_build": if debug_build { "debug (build with --release for real figures)" } else { "release" },
+        "cpus": cpus,
+        "load_average_at_start": cpu_time::load_average(),
+        "file_disk": file_disk_location(args).display().to_string(),
+        "file_disk_options": if args.disk_options.is_empty() { "(server defaults)" } else { &args.disk_options },
+        "server_args": args.server_args,
+        "wait": args::name(args.wait),
+        "warmup_seconds": args.warmup,
+        "measured_seconds": args.seconds,
+    }))
+}

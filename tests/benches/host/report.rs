@@ -1,0 +1,139 @@
+//! The results as a table for people and as JSON for tools.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::args::name;
+use crate::error::BenchError;
+use crate::run::RunResult;
+
+const HEADER: &str = "disk  kick    q  depth  rw         bs       IOPS    MiB/s   p50 us   p99 us  p99.9 us  srv ns/req  drv ns/req  errors";
+
+pub fn print_header() {
+    println!("{HEADER}");
+}
+
+/// One table row, printed as soon as the configuration finishes.
+pub fn print_row(r: &RunResult) {
+    let c = &r.config;
+    println!(
+        "{:<5} {:<7} {:>2} {:>6}  {:<9} {:>6} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>11.0} {:>11.0} {:>7}",
+        name(c.disk),
+        name(c.kick),
+        c.queues,
+        c.depth,
+        name(c.rw),
+        c.bs,
+        r.iops(),
+        r.mib_per_second(),
+        r.latency.p50_us,
+        r.latency.p99_us,
+        r.latency.p999_us,
+        r.server_ns_per_request(),
+        r.driver_ns_per_request(),
+        r.errors,
+    );
+}
+
+/// Per-thread server figures and the driver's own load, under the table.
+pub fn print_details(results: &[RunResult]) {
+    println!();
+    println!(
+        "server threads, per request: on-CPU ns (user + system ns), context switches \
+         (voluntary: sleeps; involuntary: preemptions)"
+    );
+    println!("driver: CPU per request, share of a core per queue thread, completions per wake-up");
+    for r in results {
+        let c = &r.config;
+        println!(
+            "{} {} q{} {} (load average {}):",
+            name(c.disk),
+            name(c.kick),
+            c.queues,
+            name(c.rw),
+            r.load_average
+        );
+        for thread in r.server_threads.iter().filter(|t| t.run_ns > 0) {
+            println!(
+                "  {:<28} {:>8.0} ns ({:>6.0} + {:>6.0})  {:>6.3} vol {:>6.3} invol",
+                r.thread_label(thread),
+                r.per_request(thread.run_ns),
+                r.per_request(thread.user_ns),
+                r.per_request(thread.system_ns),
+                r.per_request(thread.voluntary_switches),
+                r.per_request(thread.involuntary_switches),
+            );
+        }
+        println!(
+            "  driver: {:.0} ns/request, {:.0}% of a core per queue thread, {:.1} completions per wake-up",
+            r.driver_ns_per_request(),
+            r.driver_core_share() * 100.0,
+            r.completions_per_wakeup(),
+        );
+    }
+}
+
+pub fn write_json(path: &Path, header: Value, results: &[RunResult]) -> Result<(), BenchError> {
+    let runs: Vec<Value> = results.iter().map(run_json).collect();
+    let document = json!({ "host": header, "runs": runs });
+    let text = serde_json::to_string_pretty(&document).map_err(|e| BenchError::Json {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|source| BenchError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn run_json(r: &RunResult) -> Value {
+    let c = &r.config;
+    let threads: Vec<Value> = r
+        .server_threads
+        .iter()
+        .map(|t| {
+            json!({
+                "tid": t.tid,
+                "comm": t.comm,
+                "main": t.tid == r.server_pid,
+                "cpu_ns_per_request": r.per_request(t.run_ns),
+                "user_ns_per_request": r.per_request(t.user_ns),
+                "system_ns_per_request": r.per_request(t.system_ns),
+                "voluntary_switches_per_request": r.per_request(t.voluntary_switches),
+                "involuntary_switches_per_request": r.per_request(t.involuntary_switches),
+            })
+        })
+        .collect();
+    json!({
+        "disk": name(c.disk),
+        "kick": name(c.kick),
+        "queues": c.queues,
+        "depth": c.depth,
+        "rw": name(c.rw),
+        "bs": c.bs,
+        "seconds": r.window.as_secs_f64(),
+        "completed": r.completed,
+        "errors": r.errors,
+        "load_average": r.load_average,
+        "first_error": r.first_error,
+        "iops": r.iops(),
+        "mib_per_second": r.mib_per_second(),
+        "latency_us": {
+            "p50": r.latency.p50_us,
+            "p99": r.latency.p99_us,
+            "p99_9": r.latency.p999_us,
+            "mean": r.latency.mean_us,
+            "max": r.latency.max_us,
+        },
+        "server": {
+            "cpu_ns_per_request": r.server_ns_per_request(),
+            "threads": threads,
+        },
+        "driver": {
+            "cpu_ns_per_request": r.driver_ns_per_request(),
+            "core_share_per_queue_thread": r.driver_core_share(),
+            "completions_per_wakeup": r.completions_per_wakeup(),
+        },
+    })
+}

@@ -1,0 +1,325 @@
+//! One configuration of the matrix: start the server on its disk, bring the device up with the
+//! userspace driver, load every request queue from its own thread, and measure the window
+//! between warm-up and the end on both sides.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tempfile::NamedTempFile;
+use tests::driver::FIRST_REQUEST_QUEUE;
+use tests::scsi::encode_lun;
+use tests::virtio_pci::VIRTIO_F_INDIRECT_DESC;
+use tests::{DriverOptions, DriverQueue, KickMode, ServerProcess, VirtioScsiDriver, WaitMode};
+
+use crate::args::{Args, Config, DiskKind, Kick, Wait};
+use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
+use crate::error::BenchError;
+use crate::latency::{Latencies, Summary};
+use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
+
+/// Virtio-scsi's max_sectors counts 512-byte units whatever the block size.
+const SECTOR: u64 = 512;
+/// Guest memory for rings and small buffers, besides the data buffers.
+const MEMORY_SLACK: u64 = 16 << 20;
+const MIN_MEMORY: u64 = 64 << 20;
+/// Bytes of a slot's control block and of alignment around its data, rounded up generously.
+const PER_REQUEST_OVERHEAD: u64 = 8192;
+
+/// The measurements of one configuration.
+#[derive(Debug)]
+pub struct RunResult {
+    pub config: Config,
+    pub window: Duration,
+    pub completed: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub latency: Summary,
+    /// Server threads: what each used inside the window.
+    pub server_threads: Vec<ThreadCpu>,
+    pub server_pid: u32,
+    /// CPU time of the driver's queue threads inside the window, summed.
+    pub driver_cpu: Duration,
+    pub wakeups: u64,
+    /// Load averages when the window closed: other work on the machine skews the figures.
+    pub load_average: String,
+}
+
+impl RunResult {
+    pub fn iops(&self) -> f64 {
+        self.completed as f64 / self.window.as_secs_f64()
+    }
+
+    pub fn mib_per_second(&self) -> f64 {
+        self.iops() * f64::from(self.config.bs) / f64::from(1u32 << 20)
+    }
+
+    pub fn per_request(&self, nanos: u64) -> f64 {
+        nanos as f64 / self.completed.max(1) as f64
+    }
+
+    pub fn server_ns_per_request(&self) -> f64 {
+        self.per_request(self.server_threads.iter().map(|t| t.run_ns).sum())
+    }
+
+    pub fn driver_ns_per_request(&self) -> f64 {
+        self.per_request(self.driver_cpu.as_nanos() as u64)
+    }
+
+    /// Share of one core each driver thread was busy.
+    pub fn driver_core_share(&self) -> f64 {
+        self.driver_cpu.as_secs_f64() / (self.window.as_secs_f64() * f64::from(self.config.queues))
+    }
+
+    pub fn completions_per_wakeup(&self) -> f64 {
+        self.completed as f64 / self.wakeups.max(1) as f64
+    }
+
+    /// Adds one queue's counts; its latencies go to `latencies`. Returns the queue.
+    fn add(&mut self, outcome: QueueOutcome, latencies: &mut Latencies) -> DriverQueue {
+        self.completed += outcome.completed;
+        self.errors += outcome.errors;
+        self.wakeups += outcome.wakeups;
+        self.driver_cpu += outcome.driver_cpu;
+        if self.first_error.is_none() {
+            self.first_error = outcome.first_error;
+        }
+        latencies.merge(outcome.latencies);
+        outcome.queue
+    }
+
+    /// How a server thread is named in reports: the main thread is the process itself.
+    pub fn thread_label(&self, thread: &ThreadCpu) -> String {
+        if thread.tid == self.server_pid {
+            format!("main({})", thread.comm)
+        } else {
+            format!("{}[{}]", thread.comm, thread.tid)
+        }
+    }
+}
+
+pub fn run_config(
+    args: &Args,
+    config: Config,
+    warmup: Duration,
+    measured: Duration,
+) -> Result<RunResult, BenchError> {
+    let (disk, _temp_file) = disk_argument(args, config.disk)?;
+    let num_queues = config.queues.to_string();
+    let queue_size = args.queue_size.to_string();
+    let mut server_args = vec![
+        "--disk",
+        disk.as_str(),
+        "--num-queues",
+        num_queues.as_str(),
+        "--queue-size",
+        queue_size.as_str(),
+    ];
+    server_args.extend(args.server_args.split_whitespace());
+    let mut server = ServerProcess::start(&server_args)?;
+    let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
+        .map_err(|source| BenchError::Connect {
+            source,
+            stderr: server.stderr(),
+        })?;
+    if driver.features() & (1 << VIRTIO_F_INDIRECT_DESC) == 0 {
+        return Err(BenchError::NoIndirect);
+    }
+    let workload = prepare_lun(&mut driver, config)?;
+    let mut jobs = Vec::new();
+    for ordinal in 0..config.queues {
+        let mut queue = driver.take_queue(FIRST_REQUEST_QUEUE + ordinal)?;
+        let size = queue.ring().size();
+        // Each request takes one descriptor: its chain sits in an indirect table.
+        if config.depth > size {
+            return Err(BenchError::Geometry(format!(
+                "--depth {} does not fit virtqueues of {size} entries (raise --queue-size)",
+                config.depth
+            )));
+        }
+        jobs.push(QueueJob::new(
+            queue,
+            workload.clone(),
+            ordinal,
+            config.queues,
+        )?);
+    }
+
+    let begin = Instant::now() + warmup;
+    let window = Window {
+        start: begin,
+        end: begin + measured,
+    };
+    let workers: Vec<_> = jobs
+        .into_iter()
+        .map(|job| (job.index(), std::thread::spawn(move || job.run(window))))
+        .collect();
+    std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
+    let before = sample_process(server.pid())?;
+    let sampled_from = Instant::now();
+    std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
+    let after = sample_process(server.pid())?;
+    let sampled_for = sampled_from.elapsed();
+
+    let mut result = RunResult {
+        config,
+        window: measured,
+        completed: 0,
+        errors: 0,
+        first_error: None,
+        latency: Summary::default(),
+        server_threads: usage_between(&before, &after),
+        server_pid: server.pid(),
+        driver_cpu: Duration::ZERO,
+        wakeups: 0,
+        load_average: load_average(),
+    };
+    // Server CPU is scaled to the window the requests were counted in, in case the samples
+    // were taken late.
+    let scale = measured.as_secs_f64() / sampled_for.as_secs_f64().max(1e-9);
+    for thread in &mut result.server_threads {
+        thread.run_ns = (thread.run_ns as f64 * scale) as u64;
+        thread.user_ns = (thread.user_ns as f64 * scale) as u64;
+        thread.system_ns = (thread.system_ns as f64 * scale) as u64;
+    }
+    let mut latencies = Latencies::default();
+    for (index, worker) in workers {
+        let outcome = match worker.join() {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) if !server.is_running() => {
+                return Err(BenchError::ServerExited {
+                    cause: e.to_string(),
+                    stderr: server.stderr(),
+                })
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(BenchError::WorkerPanicked(index)),
+        };
+        driver.return_queue(result.add(outcome, &mut latencies));
+    }
+    result.latency = latencies.summary();
+    drop(driver);
+    server.terminate(Duration::from_secs(5))?;
+    Ok(result)
+}
+
+fn driver_options(args: &Args, config: Config) -> DriverOptions {
+    let per_request = u64::from(config.bs) + PER_REQUEST_OVERHEAD;
+    let data = u64::from(config.queues) * u64::from(config.depth) * per_request;
+    DriverOptions {
+        mem_size: (data + MEMORY_SLACK)
+            .max(MIN_MEMORY)
+            .next_multiple_of(2 << 20),
+        queue_size: Some(args.queue_size),
+        kick: match config.kick {
+            Kick::Socket => KickMode::PostedWrite,
+            Kick::Iofd => KickMode::IoEventFd,
+        },
+        wait: match args.wait {
+            Wait::Interrupt => WaitMode::Interrupt,
+            Wait::Poll => WaitMode::Poll,
+        },
+        ..DriverOptions::default()
+    }
+}
+
+/// The `--disk` argument, and the temporary file behind it (removed when dropped).
+fn disk_argument(
+    args: &Args,
+    kind: DiskKind,
+) -> Result<(String, Option<NamedTempFile>), BenchError> {
+    match kind {
+        DiskKind::Null => Ok((format!("null,size={}", args.disk_size), None)),
+        DiskKind::File => {
+            let (path, temp) = match &args.file {
+                Some(path) => (path.clone(), None),
+                None => {
+                    let file = sparse_file(args)?;
+                    (file.path().to_path_buf(), Some(file))
+                }
+            };
+            let mut spec = format!("path={}", escape_commas(&path));
+            if !args.disk_options.is_empty() {
+                spec.push(',');
+                spec.push_str(&args.disk_options);
+            }
+            Ok((spec, temp))
+        }
+    }
+}
+
+fn sparse_file(args: &Args) -> Result<NamedTempFile, BenchError> {
+    let failed = |source| BenchError::DiskFile {
+        dir: args.file_dir.clone(),
+        source,
+    };
+    let file = tempfile::Builder::new()
+        .prefix("vus-bench-")
+        .suffix(".img")
+        .tempfile_in(&args.file_dir)
+        .map_err(failed)?;
+    file.as_file().set_len(args.disk_size).map_err(failed)?;
+    Ok(file)
+}
+
+/// `--disk` takes `,,` for a literal comma.
+fn escape_commas(path: &std::path::Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// Clears LUN 0's power-on unit attention on the control path and sizes the workload to it.
+fn prepare_lun(driver: &mut VirtioScsiDriver, config: Config) -> Result<Workload, BenchError> {
+    let mut last = None;
+    for _ in 0..4 {
+        let result = driver.test_unit_ready(0)?;
+        if result.is_good() {
+            last = None;
+            break;
+        }
+        last = Some(result);
+    }
+    if let Some(result) = last {
+        return Err(BenchError::NotReady(format!(
+            "TEST UNIT READY: status {:#04x} sense {:?}",
+            result.status,
+            result.sense_key()
+        )));
+    }
+    let (blocks, block_size) = driver
+        .capacity(0)?
+        .ok_or_else(|| BenchError::Capacity("not GOOD or shorter than 12 bytes".to_string()))?;
+    let bs = u64::from(config.bs);
+    if block_size == 0 || bs % u64::from(block_size) != 0 {
+        return Err(BenchError::Geometry(format!(
+            "--bs {bs} is not a multiple of the disk's {block_size}-byte blocks"
+        )));
+    }
+    let max_transfer = u64::from(driver.config().max_sectors) * SECTOR;
+    if bs > max_transfer {
+        return Err(BenchError::Geometry(format!(
+            "--bs {bs} exceeds the device's largest transfer of {max_transfer} bytes"
+        )));
+    }
+    let slots = blocks.saturating_mul(u64::from(block_size)) / bs;
+    if slots == 0 {
+        return Err(BenchError::Geometry(format!(
+            "--bs {bs} is larger than the disk ({blocks} blocks of {block_size})"
+        )));
+    }
+    let lun = encode_lun(0, 0).map_err(|e| BenchError::Geometry(e.to_string()))?;
+    let device = driver.config();
+    Ok(Workload {
+        lun,
+        cdb_size: device.cdb_size,
+        sense_size: device.sense_size,
+        pattern: config.rw,
+        bs: config.bs,
+        block_size,
+        slots,
+        depth: config.depth,
+    })
+}
+
+/// Where the temporary file disk goes, for the report header.
+pub fn file_disk_location(args: &Args) -> PathBuf {
+    args.file.clone().unwrap_or_else(|| args.file_dir.clone())
+}

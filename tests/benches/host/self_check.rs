@@ -1,0 +1,89 @@
+//! Checks of the benchmark's own arithmetic and parsers. A `harness = false` target has no test
+//! runner, so `cargo test --benches` runs these (and nothing else) through `main`.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::args::{Args, DiskKind, Kick, Pattern};
+use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
+use crate::latency::Latencies;
+
+pub fn run() {
+    stat_fields_are_counted_from_the_last_parenthesis();
+    schedstat_and_switches_parse();
+    usage_is_the_growth_per_thread();
+    percentiles_are_nearest_rank();
+    the_default_matrix_and_narrowed_ones();
+}
+
+fn stat_fields_are_counted_from_the_last_parenthesis() {
+    let line = "4242 (io (0) x) S 1 4242 4242 0 -1 4194560 120 0 0 0 731 1402 0 0 20 0 3 0 \
+                99 0 0 18446744073709551615";
+    assert_eq!(parse_stat(line), Some(("io (0) x".to_string(), 731, 1402)));
+    assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+}
+
+fn schedstat_and_switches_parse() {
+    assert_eq!(parse_schedstat("123456789 5000 42\n"), Some(123_456_789));
+    let status = "Name:\tvfio-user-scsi\nvoluntary_ctxt_switches:\t17\n\
+                  nonvoluntary_ctxt_switches:\t3\n";
+    assert_eq!(parse_switches(status), Some((17, 3)));
+    assert_eq!(parse_switches("Name:\tx\n"), None);
+}
+
+fn usage_is_the_growth_per_thread() {
+    let thread = |tid, run_ns| ThreadCpu {
+        tid,
+        comm: "t".into(),
+        run_ns,
+        ..ThreadCpu::default()
+    };
+    let usage = usage_between(&[thread(1, 100)], &[thread(1, 250), thread(2, 40)]);
+    assert_eq!(
+        usage.iter().map(|t| (t.tid, t.run_ns)).collect::<Vec<_>>(),
+        [(1, 150), (2, 40)],
+        "a thread born inside the window counts from zero"
+    );
+}
+
+fn percentiles_are_nearest_rank() {
+    let mut latencies = Latencies::default();
+    for us in (1..=1000).rev() {
+        latencies.record(Duration::from_micros(us));
+    }
+    assert_eq!(latencies.len(), 1000);
+    let s = latencies.summary();
+    assert_eq!((s.p50_us, s.p99_us, s.p999_us), (500.0, 990.0, 999.0));
+    assert_eq!((s.mean_us, s.max_us), (500.5, 1000.0));
+    assert_eq!(Latencies::default().summary().p99_us, 0.0);
+}
+
+fn the_default_matrix_and_narrowed_ones() {
+    let args = Args::parse_from(["host"]);
+    let configs = args.configurations().unwrap();
+    assert_eq!(configs.len(), 8, "null/file x socket/iofd x 1/2 queues");
+    assert!(configs
+        .iter()
+        .all(|c| c.depth == 32 && c.bs == 4096 && c.rw == Pattern::Randread));
+    let args = Args::parse_from([
+        "host", "--disk", "null", "--kick", "iofd", "--queues", "1,4",
+    ]);
+    let configs = args.configurations().unwrap();
+    assert_eq!(
+        configs
+            .iter()
+            .map(|c| (c.disk, c.kick, c.queues))
+            .collect::<Vec<_>>(),
+        [
+            (DiskKind::Null, Kick::Iofd, 1),
+            (DiskKind::Null, Kick::Iofd, 4)
+        ]
+    );
+    assert!(Args::parse_from(["host", "--depth", "0"])
+        .configurations()
+        .is_err());
+    assert!(Args::parse_from(["host", "--seconds", "0"])
+        .measured()
+        .is_err());
+}
