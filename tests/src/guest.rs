@@ -206,3 +206,11 @@ pub fn run_script(name: &str, args: &[&str]) -> Result<GuestRun, GuestError> {
         output,
     })
 }
+
+/// The interrupt count of one `/proc/interrupts` row, summed over the CPUs.
+pub fn interrupt_total(row: &str) -> u64 {
+    row.split_whitespace()
+        .skip(1)
+        .map_while(|field| field.parse::<u64>().ok())
+        .sum()
+}

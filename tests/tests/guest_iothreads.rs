@@ -3,7 +3,7 @@
 //! request queue's MSI-X vector took interrupts. With 2 iothreads (and a mapping that also
 //! names ctrl and event), with 1, and with none.
 
-use tests::guest::{run_vm, GuestRun};
+use tests::guest::{interrupt_total, run_vm, GuestRun};
 
 /// Two jobs, one per vCPU and so one per request queue, each verifying its own region.
 const SCRIPT: &str = "set -e
@@ -19,12 +19,7 @@ fn request_queue_interrupts(run: &GuestRun) -> Vec<u64> {
     run.output
         .lines()
         .filter_map(|line| line.split("REQUEST-IRQ ").nth(1))
-        .map(|line| {
-            line.split_whitespace()
-                .skip(1)
-                .map_while(|field| field.parse::<u64>().ok())
-                .sum()
-        })
+        .map(interrupt_total)
         .collect()
 }
 

@@ -8,7 +8,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use tests::guest::{
-    pattern, pattern_command, run_script, run_vm, sparse_disk, GuestRun, SCRIPT_PRELUDE,
+    interrupt_total, pattern, pattern_command, run_script, run_vm, sparse_disk, GuestRun,
+    SCRIPT_PRELUDE,
 };
 
 /// A whole run, boot included; well below nextest's limit so that a hung guest fails with
@@ -286,12 +287,7 @@ fn request_vector_counts(interrupts: &[&str]) -> Vec<u64> {
     interrupts
         .iter()
         .filter(|line| line.contains("virtio0-request"))
-        .map(|line| {
-            line.split_whitespace()
-                .skip(1)
-                .map_while(|field| field.parse::<u64>().ok())
-                .sum()
-        })
+        .map(|line| interrupt_total(line))
         .collect()
 }
 
