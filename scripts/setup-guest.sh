@@ -4,7 +4,9 @@
 #   ${VUS_CACHE:-/var/cache/vfio-user-scsi}/guest-<key>/
 #     root/                   a Debian trixie root holding QEMU 11 from trixie-backports
 #     bin/qemu-system-x86_64  runs that QEMU with trixie's own loader and libraries
+#     bin/qemu-storage-daemon the same QEMU's storage daemon (the vhost-user-blk yardstick)
 #     vmlinux                 the trixie kernel, uncompressed (booted through its PVH entry)
+#     vmlinuz                 the same kernel as shipped, a bzImage with its EFI stub (UEFI boots)
 #     initramfs.gz            busybox, fio, sg3-utils, util-linux, e2fsprogs, SCSI modules, /init
 # <key> is a hash of this script, guest/packages.list and guest/init: changing any rebuilds.
 #
@@ -168,6 +170,16 @@ exec "$root/lib64/ld-linux-x86-64.so.2" \
     "$root/usr/bin/qemu-system-x86_64" -L "$root/usr/share/qemu" -L "$root/usr/share/seabios" "$@"
 EOF
     chmod +x "$build/bin/qemu-system-x86_64"
+    cat >"$build/bin/qemu-storage-daemon" <<'EOF'
+#!/bin/sh
+# Runs trixie's qemu-storage-daemon with trixie's own loader and libraries.
+root=$(dirname "$0")/../root
+exec "$root/lib64/ld-linux-x86-64.so.2" \
+    --library-path "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu" \
+    "$root/usr/bin/qemu-storage-daemon" "$@"
+EOF
+    chmod +x "$build/bin/qemu-storage-daemon"
+    "$build/bin/qemu-storage-daemon" --version
     "$build/bin/qemu-system-x86_64" --version
     "$build/bin/qemu-system-x86_64" -device help | grep -q '"vfio-user-pci"' ||
         { echo "this QEMU has no vfio-user-pci device"; return 1; }
@@ -198,7 +210,8 @@ extract_vmlinux() {
     [ "$(head -c 4 "$build/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
         { cat "$build/zstd.err"; echo "the zstd payload did not decompress to an ELF kernel"; return 1; }
     rm -f "$build/zstd.err"
-    ls -l "$build/vmlinux"
+    cp "$vmlinuz" "$build/vmlinuz"
+    ls -l "$build/vmlinux" "$build/vmlinuz"
 }
 
 # Copies programs of the trixie root, and every library ldd names for them, into the initramfs.
