@@ -3,10 +3,11 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use server::connection::send_with_fds;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use vfio_user_server::connection::send_with_fds;
 
 pub const REPLY: u32 = 1;
 pub const NO_REPLY: u32 = 1 << 4;
