@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use block::{Disk, DiskOptions};
+use scsi_disk::LunConfig;
 use slog::{info, Logger};
 use vfio_user_server::DmaMemory;
-use virtio::scsi::LunConfig;
 use virtio::scsi_device::PCI_CLASS;
 use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 
