@@ -150,11 +150,13 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 size: layout.virtio_bar_size,
             },
         )?;
-        let structure = |cfg_type, range: &std::ops::Range<u64>| VirtioPciCap {
-            cfg_type,
-            bar: VIRTIO_BAR,
-            offset: range.start as u32,
-            length: (range.end - range.start) as u32,
+        let structure = |cfg_type, range: &std::ops::Range<u64>| {
+            VirtioPciCap::new(
+                cfg_type,
+                VIRTIO_BAR,
+                range.start as u32,
+                (range.end - range.start) as u32,
+            )
         };
         let add = |config: &mut ConfigSpace, (body, mask): (Vec<u8>, Vec<u8>)| {
             config.add_capability(VENDOR_CAPABILITY_ID, &body, &mask)
