@@ -17,7 +17,6 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bar_layout::{BarLayout, BarTarget, MSIX_BAR, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR};
 use crate::common_cfg::{CommonCfg, CommonCfgWrite, QueueConfig};
 use crate::config_notifier::ConfigNotifier;
-use crate::device::{Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use crate::features;
 use crate::interrupt::MsixInterrupt;
 use crate::isr::{Isr, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
@@ -28,6 +27,7 @@ use crate::pci_caps::{
 };
 use crate::status::{transition, StatusTransition, DEVICE_NEEDS_RESET, DRIVER_OK};
 use crate::transport_error::{Region, TransportError};
+use crate::virtio_device::{Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
