@@ -325,8 +325,8 @@ impl<D: Device> Server<D> {
             }
         }
         self.device.reset();
-        // Only now may queue threads run again: the reset took their queues, so nothing touches
-        // the memory the client took away.
+        // Only now may the device's own threads run again: after the reset nothing of theirs
+        // touches the memory the client took away.
         self.device.dma_unmapped();
         info!(self.log, "device reset"; "by" => "disconnect");
     }

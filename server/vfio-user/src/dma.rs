@@ -107,14 +107,6 @@ impl DmaTable {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.maps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.maps.is_empty()
-    }
-
     /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
     pub fn map(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<bool, DmaError> {
         let bad_range = DmaError::BadRange {
@@ -425,7 +417,7 @@ mod tests {
         }
         t.map(&map(0x8000, 0x1000, 0, RW), None).unwrap();
         t.map(&map(0x3000, 0x1000, 0, RW), None).unwrap();
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.maps.len(), 3);
     }
 
     #[test]
@@ -514,7 +506,7 @@ mod tests {
                 size: PAGE_SIZE
             }]
         );
-        assert!(t.is_empty());
+        assert!(t.maps.is_empty());
         assert_eq!(memory.memory().num_regions(), 0);
     }
 }
