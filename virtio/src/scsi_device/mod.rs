@@ -29,6 +29,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::memory_fault::GuardedWorker;
 use crate::queue_worker::{QueueHost, QueueWorker};
 use scsi_disk::{LunConfig, Target, TargetError};
 
@@ -244,6 +245,10 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let on_fault: Arc<dyn Fn() + Send + Sync> = {
+            let needs_reset = needs_reset.clone();
+            Arc::new(move || needs_reset.raise())
+        };
         let tasks = Arc::new(
             TaskSet::new()
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
@@ -265,7 +270,7 @@ impl VirtioDevice for ScsiDevice {
                 needs_reset.clone(),
                 &self.logger,
             );
-            workers.push(match index {
+            let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
                     Arc::clone(&self.target),
@@ -288,7 +293,12 @@ impl VirtioDevice for ScsiDevice {
                         Arc::clone(&tasks),
                     ))
                 }
-            });
+            };
+            workers.push(Box::new(GuardedWorker::new(
+                worker,
+                Arc::clone(&on_fault),
+                &self.logger,
+            )));
         }
         let mut local = Vec::new();
         match &self.host {
