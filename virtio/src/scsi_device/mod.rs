@@ -29,7 +29,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
-use crate::memory_fault::GuardedWorker;
+use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use scsi_disk::{LunConfig, Target, TargetError};
 
@@ -96,6 +96,8 @@ struct ActiveQueues {
     local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
+    /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
+    on_fault: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub struct ScsiDevice {
@@ -186,10 +188,16 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_ref() {
-            Some(events) => events.post(event),
-            None => EventDelivery::Inactive,
+        let Some(events) = active.events.as_ref() else {
+            return EventDelivery::Inactive;
+        };
+        // Posting writes an event into a guest buffer from this thread, outside any worker.
+        let scope = FaultScope::enter();
+        let delivery = events.post(event);
+        if scope.faulted() {
+            (active.on_fault)();
         }
+        delivery
     }
 }
 
@@ -315,6 +323,7 @@ impl VirtioDevice for ScsiDevice {
             local,
             events,
             acked_features,
+            on_fault,
         });
         Ok(())
     }
