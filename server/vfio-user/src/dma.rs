@@ -147,16 +147,16 @@ impl DmaTable {
         self.files.values().filter(|f| f.strong_count() > 0).count()
     }
 
-    /// The open file for `fd` after checking that `map` lies within it: one already held for the
+    /// The open file for `fd` after checking that `size` bytes from `offset` lie within it: one already held for the
     /// same file if there is one (`fd` is then closed), or `fd` itself.
-    fn backing_file(&mut self, map: &DmaMap, fd: OwnedFd) -> Result<Arc<File>, DmaError> {
+    fn backing_file(&mut self, offset: u64, size: u64, fd: OwnedFd) -> Result<Arc<File>, DmaError> {
         let file = File::from(fd);
         let metadata = file.metadata().map_err(DmaError::Stat)?;
         // Sizes of other kinds of files (block and character devices) say nothing.
-        if metadata.file_type().is_file() && map.offset + map.size > metadata.len() {
+        if metadata.file_type().is_file() && offset + size > metadata.len() {
             return Err(DmaError::BeyondFile {
-                offset: map.offset,
-                size: map.size,
+                offset,
+                size,
                 file_size: metadata.len(),
             });
         }
@@ -180,47 +180,53 @@ impl DmaTable {
 
     /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
     pub fn map(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<bool, DmaError> {
+        let (address, size, offset, flags) = (
+            map.address.get(),
+            map.size.get(),
+            map.offset.get(),
+            map.flags.get(),
+        );
         let bad_range = DmaError::BadRange {
-            address: map.address,
-            size: map.size,
-            offset: map.offset,
+            address,
+            size,
+            offset,
         };
-        let end = map.address.checked_add(map.size);
-        if map.size == 0 || end.is_none() || map.offset.checked_add(map.size).is_none() {
+        let end = address.checked_add(size);
+        if size == 0 || end.is_none() || offset.checked_add(size).is_none() {
             return Err(bad_range);
         }
-        if !aligned(map.address) || !aligned(map.size) || !aligned(map.offset) {
+        if !aligned(address) || !aligned(size) || !aligned(offset) {
             return Err(bad_range);
         }
-        if map.flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
-            return Err(DmaError::BadFlags(map.flags));
+        if flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
+            return Err(DmaError::BadFlags(flags));
         }
-        if let Some(existing) = self.first_overlap(map.address, map.size) {
+        if let Some(existing) = self.first_overlap(address, size) {
             return Err(DmaError::Overlap {
-                address: map.address,
-                size: map.size,
+                address,
+                size,
                 existing,
             });
         }
         if self.maps.len() >= MAX_DMA_MAPS {
             return Err(DmaError::TooMany);
         }
-        let reachable = map.flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
+        let reachable = flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
         let file = match fd.filter(|_| reachable) {
-            Some(fd) => Some(self.backing_file(map, fd)?),
+            Some(fd) => Some(self.backing_file(offset, size, fd)?),
             None => None,
         };
         let mapping = Mapping {
-            size: map.size,
-            file_offset: map.offset,
-            flags: map.flags,
+            size,
+            file_offset: offset,
+            flags,
             file,
         };
         if mapping.accessible() {
-            self.insert_into_memory(map.address, &mapping)?;
+            self.insert_into_memory(address, &mapping)?;
         }
         let accessible = mapping.accessible();
-        self.maps.insert(map.address, mapping);
+        self.maps.insert(address, mapping);
         Ok(accessible)
     }
 
@@ -289,16 +295,16 @@ impl DmaTable {
         unmap: &DmaUnmap,
         mut notify: impl FnMut(DmaChange),
     ) -> Result<(), DmaError> {
-        if unmap.flags == VFIO_DMA_UNMAP_FLAG_ALL {
-            if unmap.address != 0 || unmap.size != 0 {
+        if unmap.flags.get() == VFIO_DMA_UNMAP_FLAG_ALL {
+            if unmap.address.get() != 0 || unmap.size.get() != 0 {
                 return Err(DmaError::UnmapAllWithRange);
             }
             return self.clear(notify);
         }
-        if unmap.flags != 0 {
-            return Err(DmaError::BadFlags(unmap.flags));
+        if unmap.flags.get() != 0 {
+            return Err(DmaError::BadFlags(unmap.flags.get()));
         }
-        let (address, size) = (unmap.address, unmap.size);
+        let (address, size) = (unmap.address.get(), unmap.size.get());
         let end = address
             .checked_add(size)
             .filter(|_| size != 0 && aligned(address) && aligned(size));
@@ -402,20 +408,20 @@ mod tests {
 
     fn map(address: u64, size: u64, offset: u64, flags: u32) -> DmaMap {
         DmaMap {
-            argsz: 32,
-            flags,
-            offset,
-            address,
-            size,
+            argsz: 32.into(),
+            flags: flags.into(),
+            offset: offset.into(),
+            address: address.into(),
+            size: size.into(),
         }
     }
 
     fn unmap(address: u64, size: u64) -> DmaUnmap {
         DmaUnmap {
-            argsz: 24,
-            flags: 0,
-            address,
-            size,
+            argsz: 24.into(),
+            flags: 0.into(),
+            address: address.into(),
+            size: size.into(),
         }
     }
 
@@ -565,12 +571,14 @@ mod tests {
         t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
         assert_eq!(memory.memory().num_regions(), 1);
         let all = DmaUnmap {
-            argsz: 24,
-            flags: VFIO_DMA_UNMAP_FLAG_ALL,
-            address: 0,
-            size: 0,
+            argsz: 24.into(),
+            flags: VFIO_DMA_UNMAP_FLAG_ALL.into(),
+            ..Default::default()
         };
-        let bad_all = DmaUnmap { size: 1, ..all };
+        let bad_all = DmaUnmap {
+            size: 1.into(),
+            ..all
+        };
         assert_eq!(t.unmap(&bad_all, |_| ()).unwrap_err().errno(), libc::EINVAL);
         let mut changes = vec![];
         t.unmap(&all, |c| changes.push(c)).unwrap();

@@ -1,6 +1,16 @@
 //! vfio-user wire format: the message header, command numbers, fixed payload layouts and the
-//! limits this server advertises. Every field is little-endian on the wire; structs are parsed
-//! field by field from byte slices whose length has been checked first.
+//! limits this server advertises. Every layout is a `#[repr(C)]` struct of little-endian fields,
+//! its size checked at compile time and, where the kernel's VFIO ABI has the same struct, its
+//! offsets checked against vfio-bindings.
+
+use std::mem::{offset_of, size_of};
+
+use vfio_bindings::bindings::vfio::{
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set,
+    vfio_region_info, vfio_region_info_cap_sparse_mmap, vfio_region_sparse_mmap_area,
+};
+pub use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_MAP_FLAG_READ,
@@ -27,7 +37,7 @@ pub const MAX_DMA_MAPS: usize = 65535;
 /// device is asked.
 pub const MAX_IRQ_VECTORS: u32 = 2048;
 /// The largest message body we read: a REGION_WRITE of MAX_DATA_XFER_SIZE bytes.
-pub const MAX_BODY_SIZE: usize = RegionAccess::SIZE + MAX_DATA_XFER_SIZE as usize;
+pub const MAX_BODY_SIZE: usize = size_of::<RegionAccess>() + MAX_DATA_XFER_SIZE as usize;
 
 /// Flag bits of the header.
 pub const FLAG_TYPE_MASK: u32 = 0xf;
@@ -92,275 +102,213 @@ impl Command {
     }
 }
 
-/// Reads little-endian fields from a byte slice whose length the caller has checked.
-pub struct LeReader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> LeReader<'a> {
-    /// `None` unless `bytes` holds at least `len` bytes.
-    pub fn new(bytes: &'a [u8], len: usize) -> Option<LeReader<'a>> {
-        bytes.get(..len).map(|bytes| LeReader { bytes })
-    }
-
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        let (head, rest) = self.bytes.split_at(N.min(self.bytes.len()));
-        out[..head.len()].copy_from_slice(head);
-        self.bytes = rest;
-        out
-    }
-
-    pub fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
-    }
-
-    pub fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-
-    pub fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-}
-
-/// Appends little-endian fields to a reply.
-#[derive(Default)]
-pub struct LeWriter {
-    pub bytes: Vec<u8>,
-}
-
-impl LeWriter {
-    pub fn u16(&mut self, value: u16) -> &mut Self {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    pub fn u32(&mut self, value: u32) -> &mut Self {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    pub fn u64(&mut self, value: u64) -> &mut Self {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-}
-
 /// The 16-byte header of every message.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Header {
-    pub message_id: u16,
-    pub command: u16,
-    pub message_size: u32,
-    pub flags: u32,
-    pub error: u32,
+    pub message_id: U16,
+    pub command: U16,
+    pub message_size: U32,
+    pub flags: U32,
+    pub error: U32,
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
-
 impl Header {
-    pub fn parse(bytes: &[u8; HEADER_SIZE]) -> Header {
-        let mut r = LeReader { bytes };
-        Header {
-            message_id: r.u16(),
-            command: r.u16(),
-            message_size: r.u32(),
-            flags: r.u32(),
-            error: r.u32(),
-        }
-    }
-
-    pub fn write(&self, w: &mut LeWriter) {
-        w.u16(self.message_id)
-            .u16(self.command)
-            .u32(self.message_size)
-            .u32(self.flags)
-            .u32(self.error);
-    }
-
     pub fn no_reply(&self) -> bool {
-        self.flags & FLAG_NO_REPLY != 0
+        self.flags.get() & FLAG_NO_REPLY != 0
     }
+}
+
+/// The fixed start of VERSION's payload and reply; JSON capabilities follow.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct Version {
+    pub major: U16,
+    pub minor: U16,
 }
 
 /// Payload of DMA_MAP.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct DmaMap {
-    pub argsz: u32,
-    pub flags: u32,
-    pub offset: u64,
-    pub address: u64,
-    pub size: u64,
-}
-
-impl DmaMap {
-    pub const SIZE: usize = 32;
-
-    pub fn parse(bytes: &[u8]) -> Option<DmaMap> {
-        let mut r = LeReader::new(bytes, Self::SIZE)?;
-        Some(DmaMap {
-            argsz: r.u32(),
-            flags: r.u32(),
-            offset: r.u64(),
-            address: r.u64(),
-            size: r.u64(),
-        })
-    }
+    pub argsz: U32,
+    pub flags: U32,
+    pub offset: U64,
+    pub address: U64,
+    pub size: U64,
 }
 
 /// Payload of DMA_UNMAP, also echoed in its reply.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct DmaUnmap {
-    pub argsz: u32,
-    pub flags: u32,
-    pub address: u64,
-    pub size: u64,
+    pub argsz: U32,
+    pub flags: U32,
+    pub address: U64,
+    pub size: U64,
 }
 
-impl DmaUnmap {
-    pub const SIZE: usize = 24;
-
-    pub fn parse(bytes: &[u8]) -> Option<DmaUnmap> {
-        let mut r = LeReader::new(bytes, Self::SIZE)?;
-        Some(DmaUnmap {
-            argsz: r.u32(),
-            flags: r.u32(),
-            address: r.u64(),
-            size: r.u64(),
-        })
-    }
-
-    pub fn write(&self, w: &mut LeWriter) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u64(self.address)
-            .u64(self.size);
-    }
-}
-
-/// The `argsz, flags, index, count` head shared by GET_INFO, GET_IRQ_INFO, GET_REGION_IO_FDS,
-/// and (with `cap_offset` in place of `count`) the first half of GET_REGION_INFO.
+/// The `argsz, flags, index, count` head of GET_IRQ_INFO and GET_REGION_IO_FDS (whose reply
+/// continues with `count` sub-regions), and of GET_INFO (as `num_regions`, `num_irqs`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct InfoHead {
-    pub argsz: u32,
-    pub flags: u32,
-    pub index: u32,
-    pub count: u32,
+    pub argsz: U32,
+    pub flags: U32,
+    pub index: U32,
+    pub count: U32,
 }
 
-impl InfoHead {
-    pub const SIZE: usize = 16;
-
-    pub fn parse(bytes: &[u8]) -> Option<InfoHead> {
-        let mut r = LeReader::new(bytes, Self::SIZE)?;
-        Some(InfoHead {
-            argsz: r.u32(),
-            flags: r.u32(),
-            index: r.u32(),
-            count: r.u32(),
-        })
-    }
-
-    pub fn write(&self, w: &mut LeWriter) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.index)
-            .u32(self.count);
-    }
-}
-
-/// Size of `struct vfio_region_info` (argsz, flags, index, cap_offset, size, offset).
-pub const REGION_INFO_SIZE: usize = 32;
-/// Size of one ioeventfd sub-region of GET_REGION_IO_FDS.
-pub const IO_FD_SUB_REGION_SIZE: usize = 40;
-
-/// Payload of SET_IRQS before its optional data.
+/// GET_REGION_INFO's payload and reply (`struct vfio_region_info`); capabilities follow the
+/// reply at `cap_offset`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SetIrqs {
-    pub argsz: u32,
-    pub flags: u32,
-    pub index: u32,
-    pub start: u32,
-    pub count: u32,
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct RegionInfoHead {
+    pub argsz: U32,
+    pub flags: U32,
+    pub index: U32,
+    pub cap_offset: U32,
+    pub size: U64,
+    pub offset: U64,
 }
 
-impl SetIrqs {
-    pub const SIZE: usize = 20;
+/// The sparse-mmap capability of a region (`struct vfio_region_info_cap_sparse_mmap`), before
+/// its `nr_areas` areas.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct SparseMmapCap {
+    pub id: U16,
+    pub version: U16,
+    pub next: U32,
+    pub nr_areas: U32,
+    pub reserved: U32,
+}
 
-    pub fn parse(bytes: &[u8]) -> Option<SetIrqs> {
-        let mut r = LeReader::new(bytes, Self::SIZE)?;
-        Some(SetIrqs {
-            argsz: r.u32(),
-            flags: r.u32(),
-            index: r.u32(),
-            start: r.u32(),
-            count: r.u32(),
-        })
-    }
+/// One area of the sparse-mmap capability (`struct vfio_region_sparse_mmap_area`).
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct SparseMmapArea {
+    pub offset: U64,
+    pub size: U64,
+}
+
+/// One ioeventfd sub-region of GET_REGION_IO_FDS's reply.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct IoFdSubRegion {
+    pub offset: U64,
+    pub size: U64,
+    pub fd_index: U32,
+    pub kind: U32,
+    pub flags: U32,
+    pub padding: U32,
+    pub datamatch: U64,
+}
+
+/// Payload of SET_IRQS before its optional data (`struct vfio_irq_set`).
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct SetIrqs {
+    pub argsz: U32,
+    pub flags: U32,
+    pub index: U32,
+    pub start: U32,
+    pub count: U32,
 }
 
 /// Payload of REGION_READ and REGION_WRITE before the data.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct RegionAccess {
-    pub offset: u64,
-    pub region: u32,
-    pub count: u32,
+    pub offset: U64,
+    pub region: U32,
+    pub count: U32,
 }
 
-impl RegionAccess {
-    pub const SIZE: usize = 16;
-
-    pub fn parse(bytes: &[u8]) -> Option<RegionAccess> {
-        let mut r = LeReader::new(bytes, Self::SIZE)?;
-        Some(RegionAccess {
-            offset: r.u64(),
-            region: r.u32(),
-            count: r.u32(),
-        })
-    }
-
-    pub fn write(&self, w: &mut LeWriter) {
-        w.u64(self.offset).u32(self.region).u32(self.count);
-    }
+/// The wire structs the kernel's VFIO ABI also defines keep its layout.
+macro_rules! same_layout {
+    ($ours:ty, $vfio:ty, $($field:ident => $vfio_field:ident),*) => {
+        const _: () = assert!(size_of::<$ours>() == size_of::<$vfio>());
+        $(const _: () = assert!(offset_of!($ours, $field) == offset_of!($vfio, $vfio_field));)*
+    };
 }
 
-const _: () = assert!(std::mem::size_of::<DmaMap>() == DmaMap::SIZE);
-const _: () = assert!(std::mem::size_of::<DmaUnmap>() == DmaUnmap::SIZE);
-const _: () = assert!(std::mem::size_of::<InfoHead>() == InfoHead::SIZE);
-const _: () = assert!(std::mem::size_of::<SetIrqs>() == SetIrqs::SIZE);
-const _: () = assert!(std::mem::size_of::<RegionAccess>() == RegionAccess::SIZE);
+same_layout!(DmaMap, vfio_iommu_type1_dma_map, flags => flags, address => iova, size => size);
+same_layout!(DmaUnmap, vfio_iommu_type1_dma_unmap, flags => flags, address => iova, size => size);
+same_layout!(InfoHead, vfio_irq_info, flags => flags, index => index, count => count);
+same_layout!(RegionInfoHead, vfio_region_info, index => index, cap_offset => cap_offset, size => size, offset => offset);
+same_layout!(SparseMmapCap, vfio_region_info_cap_sparse_mmap, nr_areas => nr_areas, reserved => reserved);
+same_layout!(SparseMmapArea, vfio_region_sparse_mmap_area, offset => offset, size => size);
+same_layout!(SetIrqs, vfio_irq_set, index => index, start => start, count => count);
+const _: () = assert!(size_of::<Header>() == HEADER_SIZE);
+const _: () = assert!(size_of::<Version>() == 4);
+const _: () = assert!(size_of::<RegionAccess>() == 16);
+const _: () = assert!(size_of::<IoFdSubRegion>() == 40);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::FromBytes;
 
     #[test]
     fn header_round_trips_little_endian() {
         let header = Header {
-            message_id: 0x0102,
-            command: 9,
-            message_size: 0x30,
-            flags: FLAG_TYPE_REPLY,
-            error: 22,
+            message_id: 0x0102.into(),
+            command: 9.into(),
+            message_size: 0x30.into(),
+            flags: FLAG_TYPE_REPLY.into(),
+            error: 22.into(),
         };
-        let mut w = LeWriter::default();
-        header.write(&mut w);
-        assert_eq!(w.bytes[..4], [0x02, 0x01, 9, 0]);
-        let bytes: [u8; HEADER_SIZE] = w.bytes.try_into().unwrap();
-        assert_eq!(Header::parse(&bytes), header);
+        let bytes = header.as_bytes();
+        assert_eq!(bytes[..4], [0x02, 0x01, 9, 0]);
+        assert_eq!(bytes[12..], [22, 0, 0, 0]);
+        assert_eq!(Header::read_from_bytes(bytes).unwrap(), header);
     }
 
     #[test]
-    fn short_payloads_do_not_parse() {
-        assert!(DmaMap::parse(&[0u8; DmaMap::SIZE - 1]).is_none());
-        assert!(RegionAccess::parse(&[0u8; 15]).is_none());
-        assert!(SetIrqs::parse(&[0u8; 20]).is_some());
+    fn payloads_read_from_unaligned_prefixes() {
+        let mut bytes = vec![0xff];
+        bytes.extend_from_slice(
+            RegionAccess {
+                offset: 0x1122_3344_5566_7788.into(),
+                region: 7.into(),
+                count: 4.into(),
+            }
+            .as_bytes(),
+        );
+        bytes.push(0xaa);
+        let (access, rest) = RegionAccess::read_from_prefix(&bytes[1..]).unwrap();
+        assert_eq!(access.offset.get(), 0x1122_3344_5566_7788);
+        assert_eq!((access.region.get(), access.count.get()), (7, 4));
+        assert_eq!(rest, [0xaa]);
+    }
+
+    #[test]
+    fn short_payloads_do_not_read() {
+        assert!(DmaMap::read_from_prefix(&[0u8; 31]).is_err());
+        assert!(RegionAccess::read_from_prefix(&[0u8; 15]).is_err());
+        assert!(SetIrqs::read_from_prefix(&[0u8; 20]).is_ok());
     }
 }
