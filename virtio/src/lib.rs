@@ -7,6 +7,7 @@ pub mod config_notifier;
 pub mod features;
 pub mod interrupt;
 pub mod isr;
+pub mod memory_fault;
 pub mod notify;
 pub mod pci_caps;
 pub mod pci_function;

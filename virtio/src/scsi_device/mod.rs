@@ -28,6 +28,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
+use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
 use scsi_disk::{LunConfig, Target, TargetError};
@@ -95,6 +96,8 @@ struct ActiveQueues {
     local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
+    /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
+    on_fault: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub struct ScsiDevice {
@@ -185,10 +188,16 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_ref() {
-            Some(events) => events.post(event),
-            None => EventDelivery::Inactive,
+        let Some(events) = active.events.as_ref() else {
+            return EventDelivery::Inactive;
+        };
+        // Posting writes an event into a guest buffer from this thread, outside any worker.
+        let scope = FaultScope::enter();
+        let delivery = events.post(event);
+        if scope.faulted() {
+            (active.on_fault)();
         }
+        delivery
     }
 }
 
@@ -244,6 +253,10 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let on_fault: Arc<dyn Fn() + Send + Sync> = {
+            let needs_reset = needs_reset.clone();
+            Arc::new(move || needs_reset.raise())
+        };
         let tasks = Arc::new(
             TaskSet::new()
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
@@ -265,7 +278,7 @@ impl VirtioDevice for ScsiDevice {
                 needs_reset.clone(),
                 &self.logger,
             );
-            workers.push(match index {
+            let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
                     Arc::clone(&self.target),
@@ -288,7 +301,12 @@ impl VirtioDevice for ScsiDevice {
                         Arc::clone(&tasks),
                     ))
                 }
-            });
+            };
+            workers.push(Box::new(GuardedWorker::new(
+                worker,
+                Arc::clone(&on_fault),
+                &self.logger,
+            )));
         }
         let mut local = Vec::new();
         match &self.host {
@@ -305,6 +323,7 @@ impl VirtioDevice for ScsiDevice {
             local,
             events,
             acked_features,
+            on_fault,
         });
         Ok(())
     }
