@@ -24,7 +24,7 @@ pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
     EngineFactory, EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent,
 };
-pub use transport_error::{Region, TransportError};
+pub use transport_error::{Region, StartError, TransportError};
 pub use virtio_device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
 };
