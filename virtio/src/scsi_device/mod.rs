@@ -28,9 +28,9 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
-use crate::device::{ActivateError, Activation, VirtioDevice};
 use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
 use scsi_disk::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
@@ -446,7 +446,7 @@ mod tests {
     fn activation_accepts_any_subset_of_queues() {
         let mut device = device(1, 64, vec![null_lun(0)]).unwrap();
         let activation = Activation {
-            memory: crate::device::GuestMemory::new(
+            memory: crate::virtio_device::GuestMemory::new(
                 vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
                     .unwrap(),
             ),

@@ -9,7 +9,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{ActiveQueue, GuestMemory, Interrupt};
+use crate::virtio_device::{ActiveQueue, GuestMemory, Interrupt};
 
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
