@@ -581,7 +581,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.engine.completion_fd())
+        self.engine.completion_fd()
     }
 
     fn completions_ready(&mut self) {
