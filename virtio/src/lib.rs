@@ -22,6 +22,7 @@ pub use interrupt::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
-    EngineFactory, EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent,
+    EngineFactory, EventDelivery, LunState, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError,
+    ScsiEvent,
 };
 pub use transport_error::{Region, TransportError};
