@@ -1121,6 +1121,7 @@ mod tests {
         config.read_only = false;
         let mut options = DiskOptions::new(file.path());
         options.read_only = true;
+        options.locking = false;
         let read_only_disk = Arc::new(Disk::open(&options).unwrap());
         // The target believes the LUN is writable; the backend refuses with EROFS.
         let mut harness = Harness::with_luns(vec![(config, read_only_disk)], 1, 0);
