@@ -17,13 +17,13 @@ use virtio::{EventDelivery, LunState, ScsiDevice, ScsiDeviceError};
 use crate::cli::LogLevel;
 use crate::control_socket::LineError;
 use crate::controller::{open_lun, ControllerError};
-use crate::device::Device;
 use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
 use crate::iothread_pool::IothreadPool;
 use crate::logging::LogControl;
 use crate::mapping::QueueOwner;
-use crate::server::ServerStatus;
 use crate::virtio_function::VirtioFunction;
+use vfio_user_server::Device;
+use vfio_user_server::ServerStatus;
 
 /// How long `remove-disk` waits for the LUN's requests in flight before it gives up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +229,7 @@ impl ControlCommands {
             Some(at) => self.draining.remove(at).1,
             None => match device.function_mut().device_mut().remove_lun(lun) {
                 Ok(disk) => disk,
-                Err(ScsiDeviceError::Target(virtio::scsi::TargetError::NoSuchLun(_))) => {
+                Err(ScsiDeviceError::Target(scsi_disk::TargetError::NoSuchLun(_))) => {
                     return Err(ControlError::NoSuchLun(lun))
                 }
                 Err(e) => return Err(e.into()),

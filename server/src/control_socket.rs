@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
-use crate::socket_path::{BoundSocket, SocketAccess, SocketPathError};
+use vfio_user_server::{BoundSocket, SocketAccess, SocketPathError};
 
 /// Longest request line; a longer one is answered with an error and the connection closed.
 pub const MAX_REQUEST: usize = 64 * 1024;

@@ -18,9 +18,10 @@ use server::iothread_pool::IothreadPool;
 use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
-use server::server::Listener;
-use server::socket_path::{activated_listener, SocketAccess, SocketPathError};
-use server::{ctl, sd_notify, DmaMemory, Server, ServerError};
+use server::{ctl, sd_notify};
+use vfio_user_server::{
+    activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
+};
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {

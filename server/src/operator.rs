@@ -13,9 +13,9 @@ use slog::{info, warn, Logger};
 use crate::control_commands::{ControlCommands, Function};
 use crate::control_socket::ControlSocket;
 use crate::logging::LogControl;
-use crate::server::{Flow, MainLoopHook, ServerStatus};
 use crate::signals::{self, SignalAction};
-use crate::socket_path::{SocketAccess, SocketPathError};
+use vfio_user_server::{Flow, MainLoopHook, ServerStatus};
+use vfio_user_server::{SocketAccess, SocketPathError};
 
 const SIGNALS: Token = Token(0);
 const FIRST_CONTROL: usize = 1;
