@@ -10,6 +10,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod queue_counters;
 mod request;
 mod request_queue;
 mod task_set;
@@ -35,6 +36,7 @@ use scsi_disk::{LunConfig, Sense, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
@@ -112,6 +114,8 @@ pub struct ScsiDevice {
     target: Arc<Mutex<Target>>,
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
+    /// Per virtqueue, kept across resets.
+    counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
@@ -156,6 +160,9 @@ impl ScsiDevice {
             target: Arc::new(Mutex::new(target)),
             disks: Arc::new(ArcSwap::from_pointee(disks)),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            counters: (0..num_queues + FIRST_REQUEST_QUEUE)
+                .map(|_| Arc::default())
+                .collect(),
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
@@ -291,6 +298,13 @@ impl VirtioDevice for ScsiDevice {
         self.needs_reset.load(Ordering::SeqCst)
     }
 
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        (FIRST_REQUEST_QUEUE..)
+            .zip(&self.counters[usize::from(FIRST_REQUEST_QUEUE)..])
+            .map(|(vq, counters)| counters.snapshot(vq))
+            .collect()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_SCSI
     }
@@ -357,6 +371,7 @@ impl VirtioDevice for ScsiDevice {
                 memory.clone(),
                 event_idx,
                 needs_reset.clone(),
+                Arc::clone(&self.counters[usize::from(index)]),
                 &self.logger,
             );
             workers.push(match index {
