@@ -1,6 +1,6 @@
 //! What the control socket's requests do: one JSON object per line in, one per line out.
 //!
-//! Requests: `{"command":"query"}`, `{"command":"add-disk","spec":SPEC}`,
+//! Requests: `{"command":"query"}`, `{"command":"stats"}`, `{"command":"add-disk","spec":SPEC}`,
 //! `{"command":"remove-disk","lun":N}`, `{"command":"resize","lun":N[,"size":SIZE]}`,
 //! `{"command":"set-log-level","level":LEVEL}`. Replies: `{"ok":true,"result":...}` or
 //! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way.
@@ -12,7 +12,10 @@ use clap::ValueEnum;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use slog::{info, warn, Logger};
-use virtio::{EventDelivery, LunState, ScsiDevice, ScsiDeviceError};
+use virtio::{
+    EventDelivery, LunState, QueueStats, ScsiDevice, ScsiDeviceError, VirtioDevice,
+    LATENCY_BUCKETS, SENSE_KEYS,
+};
 
 use crate::cli::LogLevel;
 use crate::control_socket::LineError;
@@ -32,6 +35,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 enum Request {
     Query,
+    Stats,
     AddDisk {
         spec: String,
     },
@@ -136,6 +140,7 @@ impl ControlCommands {
     ) -> Result<Value, ControlError> {
         match request {
             Request::Query => Ok(self.query(device, status)),
+            Request::Stats => Ok(self.stats(device)),
             Request::AddDisk { spec } => self.add_disk(device, &spec),
             Request::RemoveDisk { lun } => self.remove_disk(device, lun),
             Request::Resize { lun, size } => self.resize(device, lun, size.as_deref()),
@@ -188,6 +193,54 @@ impl ControlCommands {
                 "file": self.log_control.file().map(|p| p.display().to_string()),
                 "dropped_records": self.log_control.dropped(),
             },
+        })
+    }
+
+    /// Counters since the server started: per request queue, their sum, and per iothread.
+    fn stats(&self, device: &Function) -> Value {
+        let queues = device.function().device().queue_stats();
+        let mut total = QueueStats {
+            vq: 0,
+            ..QueueStats::default()
+        };
+        for queue in &queues {
+            total.requests += queue.requests;
+            total.bytes_read += queue.bytes_read;
+            total.bytes_written += queue.bytes_written;
+            total.transport_failures += queue.transport_failures;
+            total.in_flight += queue.in_flight;
+            total.kicks += queue.kicks;
+            total.interrupts += queue.interrupts;
+            for (sum, n) in total
+                .errors_by_sense_key
+                .iter_mut()
+                .zip(queue.errors_by_sense_key)
+            {
+                *sum += n;
+            }
+            for (sum, n) in total.latency.iter_mut().zip(queue.latency) {
+                *sum += n;
+            }
+        }
+        let iothreads: Vec<Value> = self
+            .pool
+            .as_ref()
+            .map(|pool| pool.iothread_stats())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|stats| {
+                json!({"name": stats.name, "busy_ns": stats.busy_ns, "poll_ns": stats.poll_ns,
+                       "sleep_ns": stats.sleep_ns})
+            })
+            .collect();
+        let mut total = queue_json(&total);
+        if let Some(object) = total.as_object_mut() {
+            object.remove("vq");
+        }
+        json!({
+            "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
+            "total": total,
+            "iothreads": iothreads,
         })
     }
 
@@ -294,6 +347,72 @@ fn lun_json(state: &LunState) -> Value {
         "serial": config.serial,
         "cache": if disk.direct_io_alignment().is_some() { "none" } else { "writeback" },
         "discard": if config.discard { "unmap" } else { "ignore" },
+    })
+}
+
+/// Sense key names (SPC-4 table 54) for the errors of a queue.
+const SENSE_KEY_NAMES: [&str; SENSE_KEYS] = [
+    "no_sense",
+    "recovered_error",
+    "not_ready",
+    "medium_error",
+    "hardware_error",
+    "illegal_request",
+    "unit_attention",
+    "data_protect",
+    "blank_check",
+    "vendor_specific",
+    "copy_aborted",
+    "aborted_command",
+    "reserved_0c",
+    "volume_overflow",
+    "miscompare",
+    "completed",
+];
+
+fn queue_json(stats: &QueueStats) -> Value {
+    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
+        .iter()
+        .zip(stats.errors_by_sense_key)
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| (name.to_string(), json!(count)))
+        .collect();
+    json!({
+        "vq": stats.vq,
+        "requests": stats.requests,
+        "bytes_read": stats.bytes_read,
+        "bytes_written": stats.bytes_written,
+        "errors": stats.errors(),
+        "errors_by_sense_key": errors,
+        "transport_failures": stats.transport_failures,
+        "in_flight": stats.in_flight,
+        "kicks": stats.kicks,
+        "interrupts": stats.interrupts,
+        "latency_us": latency_json(&stats.latency),
+    })
+}
+
+/// Percentiles as the upper bound of the histogram bucket they fall in (bucket 0 is under
+/// 1 us, bucket i is [2^(i-1), 2^i) us), and the histogram itself.
+fn latency_json(histogram: &[u64; LATENCY_BUCKETS]) -> Value {
+    let total: u64 = histogram.iter().sum();
+    let percentile = |fraction: f64| -> Option<u64> {
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * fraction).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        histogram.iter().enumerate().find_map(|(bucket, count)| {
+            seen += count;
+            (seen >= wanted).then(|| 1u64 << bucket)
+        })
+    };
+    json!({
+        "p50_at_most": percentile(0.50),
+        "p90_at_most": percentile(0.90),
+        "p99_at_most": percentile(0.99),
+        "p999_at_most": percentile(0.999),
+        "histogram": histogram.to_vec(),
     })
 }
 

@@ -28,6 +28,9 @@ pub struct CtlCli {
 pub enum CtlCommand {
     /// The device, the client, queues and their iothreads, iothreads, LUNs, the log.
     Query,
+    /// Counters per request queue (requests, bytes, errors by sense key, in flight, kicks,
+    /// interrupts, latency) and per iothread (busy, poll, sleep time), since the start.
+    Stats,
     /// Adds a LUN while the guest runs; SPEC is a --disk spec (path=FILE,... or null,size=...).
     AddDisk { spec: String },
     /// Removes a LUN after its requests in flight have completed.
@@ -42,6 +45,7 @@ impl CtlCommand {
     fn request(&self) -> Value {
         match self {
             CtlCommand::Query => json!({"command": "query"}),
+            CtlCommand::Stats => json!({"command": "stats"}),
             CtlCommand::AddDisk { spec } => json!({"command": "add-disk", "spec": spec}),
             CtlCommand::RemoveDisk { lun } => json!({"command": "remove-disk", "lun": lun}),
             CtlCommand::Resize { lun, size } => match size {

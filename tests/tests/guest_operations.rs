@@ -173,3 +173,64 @@ fn signals_second_client_and_second_server_leave_the_guest_running() {
     assert!(new.contains("second client refused"), "{new}");
     assert!(new.contains("signal ignored"), "{new}");
 }
+
+/// `ctl stats` totals: (requests, bytes read).
+fn stats_totals(control: &Path) -> (u64, u64) {
+    let (ok, reply) = ctl(control, &["stats"]);
+    assert!(ok, "{reply}");
+    let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let total = &value["result"]["total"];
+    (
+        total["requests"].as_u64().unwrap(),
+        total["bytes_read"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn ctl_stats_counts_what_fio_did() {
+    const READS: u64 = 2048;
+    let image = sparse_disk("ops-stats", 64 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let disk_arg = format!("path={}", image.path().display());
+    let server = ServerProcess::start(&[
+        "--control-socket",
+        control.to_str().unwrap(),
+        "--disk",
+        &disk_arg,
+        "--iothread",
+        "io0",
+    ])
+    .unwrap();
+    let script = format!(
+        "echo \"VUS-STEP before\"
+sleep 1
+fio --name=count --filename=/dev/sda --ioengine=libaio --direct=1 --rw=randread --bs=4k \
+    --iodepth=8 --io_size={} --output-format=terse > /tmp/fio.out
+echo \"VUS-STEP after\"
+sleep 1
+",
+        READS * 4096
+    );
+    let mut before = None;
+    let mut after = None;
+    let run = run_with_steps(&server, &script, |step| match step {
+        "before" => before = Some(stats_totals(&control)),
+        "after" => after = Some(stats_totals(&control)),
+        _ => {}
+    });
+    run.assert_status(0);
+    let (before, after) = (before.unwrap(), after.unwrap());
+    let requests = after.0 - before.0;
+    let bytes = after.1 - before.1;
+    // The kernel may add a few commands of its own (TEST UNIT READY, cache flushes) meanwhile.
+    assert!(
+        (READS..=READS + 64).contains(&requests),
+        "fio read {READS} blocks; the server counted {requests} requests"
+    );
+    assert!(
+        (READS * 4096..=READS * 4096 + (1 << 20)).contains(&bytes),
+        "fio read {} bytes; the server counted {bytes}",
+        READS * 4096
+    );
+}
