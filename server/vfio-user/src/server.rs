@@ -136,6 +136,9 @@ pub struct Server<D: Device> {
     device: D,
     dma: DmaTable,
     client: Option<Client>,
+    /// Connections wait in the listen backlog while the current client has not completed
+    /// VERSION: it may be a prober that is about to be sent away, and then the next is served.
+    accept_deferred: bool,
     log: Logger,
 }
 
@@ -184,6 +187,7 @@ impl<D: Device> Server<D> {
             device,
             dma: DmaTable::new(memory),
             client: None,
+            accept_deferred: false,
             log,
         })
     }
@@ -247,6 +251,16 @@ impl<D: Device> Server<D> {
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 self.disconnect(Disconnect::HandshakeTimeout);
             }
+            // The listener is edge-triggered: what waited in the backlog is taken up here, once
+            // the slot is free or taken by a client that completed VERSION.
+            let handshaking = self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.handshake_deadline().is_some());
+            if self.accept_deferred && !handshaking {
+                self.accept_deferred = false;
+                self.accept();
+            }
         }
     }
 
@@ -258,6 +272,14 @@ impl<D: Device> Server<D> {
 
     fn accept(&mut self) {
         loop {
+            if self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.handshake_deadline().is_some())
+            {
+                self.accept_deferred = true;
+                return;
+            }
             let accepted = self.listener.accept();
             if accepted.is_ok() && self.client.is_some() {
                 // A client that has already hung up (not yet handled) is no obstacle.
