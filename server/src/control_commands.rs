@@ -34,8 +34,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 enum Request {
-    Query,
-    Stats,
+    // Braces, so that deny_unknown_fields also holds for requests without arguments.
+    Query {},
+    Stats {},
     AddDisk {
         spec: String,
     },
@@ -139,8 +140,8 @@ impl ControlCommands {
         request: Request,
     ) -> Result<Value, ControlError> {
         match request {
-            Request::Query => Ok(self.query(device, status)),
-            Request::Stats => Ok(self.stats(device)),
+            Request::Query {} => Ok(self.query(device, status)),
+            Request::Stats {} => Ok(self.stats(device)),
             Request::AddDisk { spec } => self.add_disk(device, &spec),
             Request::RemoveDisk { lun } => self.remove_disk(device, lun),
             Request::Resize { lun, size } => self.resize(device, lun, size.as_deref()),
