@@ -10,20 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tests::server_process::server_binary;
+use tests::server_process::{self, server_binary};
 use tests::ServerProcess;
 
 fn ctl(socket: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(server_binary().unwrap())
-        .arg("ctl")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
+    server_process::ctl(socket, args).unwrap()
 }
 
 fn wait_for(path: &Path) {

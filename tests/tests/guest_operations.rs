@@ -6,28 +6,19 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use tests::guest::{run_vm_with, sparse_disk, GuestRun, SCRIPT_PRELUDE};
-use tests::server_process::server_binary;
+use tests::server_process;
 use tests::ServerProcess;
 
 const RUN_TIMEOUT_S: &str = "200";
 const STEP: &str = "VUS-STEP ";
 
-/// `vfio-user-scsi ctl SOCKET ARGS`: its exit status and the reply line.
+/// `vfio-user-scsi ctl SOCKET ARGS`: whether it succeeded, and the reply line.
 fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(server_binary().unwrap())
-        .arg("ctl")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
+    let (status, reply) = server_process::ctl(socket, args).unwrap();
+    (status == Some(0), reply)
 }
 
 /// Boots a guest on `server`, runs `script`, and calls `step(name)` when the guest prints
