@@ -21,6 +21,19 @@ fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
     (status == Some(0), reply)
 }
 
+/// A server on `image` with a control socket at `control`, and `extra` options.
+fn server_with_control(control: &Path, image: &Path, extra: &[&str]) -> ServerProcess {
+    let disk = format!("path={}", image.display());
+    let mut args = vec![
+        "--control-socket",
+        control.to_str().unwrap(),
+        "--disk",
+        &disk,
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args).unwrap()
+}
+
 /// Boots a guest on `server`, runs `script`, and calls `step(name)` when the guest prints
 /// `VUS-STEP name`.
 fn run_with_steps(server: &ServerProcess, script: &str, mut step: impl FnMut(&str)) -> GuestRun {
@@ -53,18 +66,11 @@ fn hotplug_resize_and_remove_reach_a_running_guest() {
     let added = sparse_disk("ops-b", 64 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let control: PathBuf = dir.path().join("ctl.sock");
-    let disk_arg = format!("path={}", first.path().display());
-    let server = ServerProcess::start(&[
-        "--control-socket",
-        control.to_str().unwrap(),
-        "--disk",
-        &disk_arg,
-        "--num-queues",
-        "2",
-        "--iothread",
-        "io0",
-    ])
-    .unwrap();
+    let server = server_with_control(
+        &control,
+        first.path(),
+        &["--num-queues", "2", "--iothread", "io0"],
+    );
     let script = r#"
 echo "VUS-STEP add"
 disk=$(lun_disk 1)
@@ -183,16 +189,7 @@ fn ctl_stats_counts_what_fio_did() {
     let image = sparse_disk("ops-stats", 64 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("ctl.sock");
-    let disk_arg = format!("path={}", image.path().display());
-    let server = ServerProcess::start(&[
-        "--control-socket",
-        control.to_str().unwrap(),
-        "--disk",
-        &disk_arg,
-        "--iothread",
-        "io0",
-    ])
-    .unwrap();
+    let server = server_with_control(&control, image.path(), &["--iothread", "io0"]);
     let script = format!(
         "echo \"VUS-STEP before\"
 sleep 1
@@ -232,26 +229,24 @@ fn set_mapping_moves_a_queue_under_fio_verify() {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("ctl.sock");
     let log = dir.path().join("server.log");
-    let disk_arg = format!("path={}", image.path().display());
-    let server = ServerProcess::start(&[
-        "--control-socket",
-        control.to_str().unwrap(),
-        "--disk",
-        &disk_arg,
-        "--num-queues",
-        "2",
-        "--iothread",
-        "io0",
-        "--iothread",
-        "io1",
-        "--log-level",
-        "trace",
-        "--log-format",
-        "json",
-        "--log-file",
-        log.to_str().unwrap(),
-    ])
-    .unwrap();
+    let server = server_with_control(
+        &control,
+        image.path(),
+        &[
+            "--num-queues",
+            "2",
+            "--iothread",
+            "io0",
+            "--iothread",
+            "io1",
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
     // One job per vCPU, so through both request queues; writes, then reads them back.
     let script =
         "fio --name=verify --filename=/dev/sda --ioengine=libaio --direct=1 --rw=randwrite \
