@@ -462,4 +462,69 @@ mod tests {
         drop(pool);
         assert!(record.dropped.load(Ordering::SeqCst));
     }
+
+    #[test]
+    fn set_mapping_moves_a_queue_after_its_requests_complete() {
+        let pool = pool(vec![QueueOwner::Iothread(1)]);
+        let (rq0, kick, completion, record) = worker(2);
+        pool.adopt(rq0);
+        wait_for("adoption", || kicks(&record).len() == 1);
+        record.in_flight.store(2, Ordering::SeqCst);
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            completion.write(1).unwrap();
+        });
+        let moves = pool
+            .set_mapping(
+                r#"[{"iothread":"io0","vqs":["ctrl",0]},{"iothread":"io1","vqs":[]}]"#,
+                1,
+            )
+            .unwrap();
+        finisher.join().unwrap();
+        assert_eq!(record.completed.load(Ordering::SeqCst), 2, "drained first");
+        assert!(
+            !record.dropped.load(Ordering::SeqCst),
+            "handed over, not dropped"
+        );
+        assert_eq!(
+            moves,
+            [QueueMove {
+                vq: 2,
+                from: "io1".into(),
+                to: "io0".into()
+            }]
+        );
+        assert_eq!(pool.owner(2), QueueOwner::Iothread(0));
+        // Adoption served it once on io0; a kick now reaches io0.
+        wait_for("adoption by io0", || kicks(&record).len() == 2);
+        kick.write(1).unwrap();
+        wait_for("the kick", || kicks(&record).len() == 3);
+        assert_eq!(kicks(&record)[2], (2, "io0".to_string()));
+        let error = pool
+            .set_mapping(r#"[{"iothread":"io9","vqs":[0]}]"#, 1)
+            .unwrap_err();
+        assert!(error.to_string().contains("io9"), "{error}");
+    }
+
+    #[test]
+    fn iothreads_come_and_go_unless_they_serve_a_queue() {
+        let pool = pool(vec![QueueOwner::Iothread(1)]);
+        pool.add_iothread("io2").unwrap();
+        assert!(pool.add_iothread("io2").is_err());
+        assert_eq!(pool.iothread_names(), ["io0", "io1", "io2"]);
+        let error = pool.remove_iothread("io1").unwrap_err();
+        assert!(error.to_string().contains("queues 0"), "{error}");
+        assert!(matches!(
+            pool.remove_iothread("io7"),
+            Err(PoolError::NoSuchIothread(_))
+        ));
+        pool.set_mapping(
+            r#"[{"iothread":"io2","vqs":[0]},{"iothread":"io0","vqs":["ctrl"]}]"#,
+            1,
+        )
+        .unwrap();
+        pool.remove_iothread("io1").unwrap();
+        assert_eq!(pool.iothread_names(), ["io0", "io2"]);
+        assert_eq!(pool.owner(2), QueueOwner::Iothread(1), "io2 renumbered");
+    }
 }
