@@ -4,6 +4,7 @@
 //! (`controller`, `virtio_function`), and operations: the signal policy, the control socket and
 //! its client (`operator`, `control_socket`, `control_commands`, `ctl`), systemd readiness.
 
+pub mod allocation_counter;
 pub mod cli;
 pub mod control_commands;
 pub mod control_socket;

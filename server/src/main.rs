@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use virtio::EngineFactory;
 use vm_memory::GuestMemoryMmap;
 
@@ -82,6 +82,34 @@ fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
             }
         },
     }
+}
+
+/// Every DMA map file and IRQ eventfd of a client is a descriptor, and QEMU sends hundreds: the
+/// soft limit goes up to the hard one, as systemd services and QEMU itself do.
+fn raise_open_file_limit(log: &Logger) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(log, "cannot read the open file limit"; "error" => %std::io::Error::last_os_error());
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit, which `raised` is.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        warn!(log, "cannot raise the open file limit"; "limit" => limit.rlim_cur,
+            "error" => %std::io::Error::last_os_error());
+        return;
+    }
+    debug!(log, "open file limit raised"; "from" => limit.rlim_cur, "to" => raised.rlim_cur);
 }
 
 /// `USER[:GROUP]`, by name or number; without a group, the user's own.
@@ -195,6 +223,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    raise_open_file_limit(&log);
+    // A client that shrinks its mapped memory must fail its queue, not kill the server.
+    if let Err(e) = virtio::memory_fault::install_handler() {
+        warn!(log, "no SIGBUS guard for guest memory"; "error" => %e);
+    }
     match run(&cli, &log, log_control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,12 +1,15 @@
 //! The main loop: one mio `Poll` watching the listening socket, the current client, the device's
 //! own fds and the application's (`MainLoopHook`). One client at a time: another one is refused
 //! while a client is attached; after it leaves, the device is reset, its DMA and IRQ fds are
-//! dropped, and the next client on the same path is served.
+//! dropped, and the next client on the same path is served. A client that does not complete
+//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that it cannot keep the next one (QEMU,
+//! whose own replies time out after 5 s) waiting.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
@@ -14,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{debug, info, warn, Logger};
 use zerocopy::IntoBytes;
 
-use crate::connection::{Connection, Incoming, ReadOutcome};
+use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
 use crate::device::{Device, DmaMemory, IrqAction};
 use crate::dispatch::{handle, notify_device, Reply, RequestError, Session};
 use crate::dma::DmaTable;
@@ -27,6 +30,8 @@ const CLIENT: Token = Token(1);
 const HOOK: Token = Token(2);
 const WAKER: Token = Token(3);
 const FIRST_DEVICE_FD: usize = 16;
+/// How long a new client has to complete VERSION.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -101,6 +106,17 @@ impl ShutdownHandle {
 struct Client {
     connection: Connection,
     session: Session,
+    connected_at: Instant,
+}
+
+impl Client {
+    /// When the client will be sent away unless it completes VERSION first.
+    fn handshake_deadline(&self) -> Option<Instant> {
+        match self.session.caps {
+            Some(_) => None,
+            None => Some(self.connected_at + HANDSHAKE_TIMEOUT),
+        }
+    }
 }
 
 /// Why a client's connection ended.
@@ -109,6 +125,7 @@ enum Disconnect {
     ClosedMidMessage,
     Garbled(String),
     Io(io::Error),
+    HandshakeTimeout,
 }
 
 pub struct Server<D: Device> {
@@ -197,7 +214,9 @@ impl<D: Device> Server<D> {
         }
         let mut events = Events::with_capacity(64);
         loop {
-            match self.poll.poll(&mut events, None) {
+            let deadline = self.client.as_ref().and_then(Client::handshake_deadline);
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ServerError::Poll(e)),
@@ -223,6 +242,10 @@ impl<D: Device> Server<D> {
                     }
                     Token(t) => self.device.event_ready(t - FIRST_DEVICE_FD),
                 }
+            }
+            let deadline = self.client.as_ref().and_then(Client::handshake_deadline);
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                self.disconnect(Disconnect::HandshakeTimeout);
             }
         }
     }
@@ -263,6 +286,7 @@ impl<D: Device> Server<D> {
                     self.client = Some(Client {
                         connection: Connection::new(stream),
                         session: Session::default(),
+                        connected_at: Instant::now(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -310,7 +334,13 @@ impl<D: Device> Server<D> {
                     fds,
                     fds_truncated,
                 }) => {
-                    let result = if fds_truncated {
+                    let result = if fds_truncated && fds.len() < MAX_RECV_FDS {
+                        // There was room for more fds than came: the kernel could not install
+                        // them, the process is out of descriptors.
+                        Err(RequestError::FdsExhausted {
+                            received: fds.len(),
+                        })
+                    } else if fds_truncated {
                         Err(DecodeError::TooManyFds {
                             got: fds.len(),
                             allowed: crate::protocol::MAX_MSG_FDS,
@@ -345,6 +375,8 @@ impl<D: Device> Server<D> {
             Ok(reply) => debug!(self.log, "message";
                 "command" => command, "id" => id, "size" => body_len,
                 "reply_size" => reply.body.len(), "reply_fds" => reply.fds.len(), "no_reply" => no_reply, "result" => "ok"),
+            Err(e) if e.is_exhaustion() => warn!(self.log, "out of resources";
+                "command" => command, "id" => id, "errno" => error, "error" => %e),
             Err(e) if no_reply => warn!(self.log, "posted message failed";
                 "command" => command, "id" => id, "size" => body_len, "errno" => error, "error" => %e),
             Err(e) => debug!(self.log, "message";
@@ -401,6 +433,10 @@ impl<D: Device> Server<D> {
             }
             Disconnect::Io(e) => {
                 warn!(self.log, "client disconnected"; "reason" => "socket error", "error" => %e)
+            }
+            Disconnect::HandshakeTimeout => {
+                warn!(self.log, "client disconnected"; "reason" => "no VERSION in time",
+                    "timeout_ms" => HANDSHAKE_TIMEOUT.as_millis())
             }
         }
         self.device.client_disconnected();

@@ -30,8 +30,9 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
-use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
 use scsi_disk::{LunConfig, Sense, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
@@ -105,6 +106,8 @@ struct ActiveQueues {
     local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
+    /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
+    on_fault: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub struct ScsiDevice {
@@ -269,10 +272,16 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_ref() {
-            Some(events) => events.post(event),
-            None => EventDelivery::Inactive,
+        let Some(events) = active.events.as_ref() else {
+            return EventDelivery::Inactive;
+        };
+        // Posting writes an event into a guest buffer from this thread, outside any worker.
+        let scope = FaultScope::enter();
+        let delivery = events.post(event);
+        if scope.faulted() {
+            (active.on_fault)();
         }
+        delivery
     }
 }
 
@@ -352,6 +361,10 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let on_fault: Arc<dyn Fn() + Send + Sync> = {
+            let needs_reset = needs_reset.clone();
+            Arc::new(move || needs_reset.raise())
+        };
         let tasks = Arc::new(
             TaskSet::new()
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
@@ -374,7 +387,7 @@ impl VirtioDevice for ScsiDevice {
                 Arc::clone(&self.counters[usize::from(index)]),
                 &self.logger,
             );
-            workers.push(match index {
+            let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
                     Arc::clone(&self.target),
@@ -397,7 +410,12 @@ impl VirtioDevice for ScsiDevice {
                         Arc::clone(&tasks),
                     ))
                 }
-            });
+            };
+            workers.push(Box::new(GuardedWorker::new(
+                worker,
+                Arc::clone(&on_fault),
+                &self.logger,
+            )));
         }
         let mut local = Vec::new();
         match &self.host {
@@ -414,6 +432,7 @@ impl VirtioDevice for ScsiDevice {
             local,
             events,
             acked_features,
+            on_fault,
         });
         Ok(())
     }
@@ -536,7 +555,7 @@ mod tests {
     fn activation_accepts_any_subset_of_queues() {
         let mut device = device(1, 64, vec![null_lun(0)]).unwrap();
         let activation = Activation {
-            memory: crate::device::GuestMemory::new(
+            memory: crate::virtio_device::GuestMemory::new(
                 vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
                     .unwrap(),
             ),
@@ -592,8 +611,8 @@ mod tests {
             Ok(())
         }
         fn submit_pending(&mut self) {}
-        fn completion_fd(&self) -> std::os::fd::RawFd {
-            std::os::fd::AsRawFd::as_raw_fd(&self.eventfd)
+        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+            Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
         }
         fn reap(&mut self, out: &mut Vec<block::Completion>) {
             if self.released.load(Ordering::SeqCst) {

@@ -583,7 +583,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.engine.completion_fd())
+        self.engine.completion_fd()
     }
 
     fn completions_ready(&mut self) {
@@ -661,8 +661,8 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::device::VirtioDevice;
     use crate::scsi_device::test_driver::{lun_field, Buf, CmdResult, Harness, MEMORY_SIZE};
+    use crate::virtio_device::VirtioDevice;
 
     const TEST_UNIT_READY: [u8; 6] = [0; 6];
     const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
