@@ -249,6 +249,25 @@ impl QueueSet {
         }
     }
 
+    /// Hands virtqueue `queue` over to another thread: the set's requests in flight complete
+    /// first, then the queue is no longer watched here. `None` when the set does not hold it.
+    /// Like `drain`, it leaves the other queues' kicks for `kick_all`.
+    pub fn surrender(&mut self, queue: u16) -> Option<Box<dyn QueueWorker>> {
+        let slot = self
+            .workers
+            .iter()
+            .position(|worker| worker.as_ref().is_some_and(|w| w.queue_index() == queue))?;
+        self.drain();
+        let worker = self.workers[slot].take()?;
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
+        if let Some(fd) = worker.completion_fd() {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
+        debug!(self.log, "queue handed off"; "iothread" => thread_name(), "vq" => queue);
+        Some(worker)
+    }
+
     /// Completes what is in flight, stops watching every queue and drops the workers.
     pub fn release(&mut self) {
         self.drain();

@@ -136,9 +136,9 @@ pub struct Server<D: Device> {
     device: D,
     dma: DmaTable,
     client: Option<Client>,
-    /// Connections wait in the listen backlog while the current client has not completed
-    /// VERSION: it may be a prober that is about to be sent away, and then the next is served.
-    accept_deferred: bool,
+    /// Connections wait in the listen backlog while the client has not completed VERSION: it
+    /// may yet be sent away (HANDSHAKE_TIMEOUT) and the next one served.
+    backlog_waiting: bool,
     log: Logger,
 }
 
@@ -187,7 +187,7 @@ impl<D: Device> Server<D> {
             device,
             dma: DmaTable::new(memory),
             client: None,
-            accept_deferred: false,
+            backlog_waiting: false,
             log,
         })
     }
@@ -251,16 +251,6 @@ impl<D: Device> Server<D> {
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 self.disconnect(Disconnect::HandshakeTimeout);
             }
-            // The listener is edge-triggered: what waited in the backlog is taken up here, once
-            // the slot is free or taken by a client that completed VERSION.
-            let handshaking = self
-                .client
-                .as_ref()
-                .is_some_and(|c| c.handshake_deadline().is_some());
-            if self.accept_deferred && !handshaking {
-                self.accept_deferred = false;
-                self.accept();
-            }
         }
     }
 
@@ -272,22 +262,20 @@ impl<D: Device> Server<D> {
 
     fn accept(&mut self) {
         loop {
-            if self
-                .client
-                .as_ref()
-                .is_some_and(|c| c.handshake_deadline().is_some())
-            {
-                self.accept_deferred = true;
-                return;
-            }
-            let accepted = self.listener.accept();
-            if accepted.is_ok() && self.client.is_some() {
+            if self.client.is_some() {
                 // A client that has already hung up (not yet handled) is no obstacle.
                 if let Err(reason) = self.serve_messages() {
                     self.release_client(reason);
                 }
             }
-            match accepted {
+            self.backlog_waiting = self
+                .client
+                .as_ref()
+                .is_some_and(|client| client.handshake_deadline().is_some());
+            if self.backlog_waiting {
+                return;
+            }
+            match self.listener.accept() {
                 Ok((stream, _)) if self.client.is_some() => {
                     // Closing is the refusal: a vfio-user client waits for its VERSION reply
                     // and sees the connection end instead.
@@ -324,7 +312,15 @@ impl<D: Device> Server<D> {
     /// Handles what the client sent until the socket is drained or a reply has to wait.
     fn serve_client(&mut self) {
         if let Err(reason) = self.serve_messages() {
-            self.disconnect(reason);
+            return self.disconnect(reason);
+        }
+        let attached = self
+            .client
+            .as_ref()
+            .is_some_and(|client| client.handshake_deadline().is_none());
+        if self.backlog_waiting && attached {
+            // The client is attached for good: those who waited are refused now.
+            self.accept();
         }
     }
 
