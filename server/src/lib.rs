@@ -3,6 +3,7 @@
 //! iothread-vq-mapping, and the glue that serves the virtio-scsi function over vfio-user
 //! (`controller`, `virtio_function`).
 
+pub mod allocation_counter;
 pub mod cli;
 pub mod controller;
 pub mod disk_spec;

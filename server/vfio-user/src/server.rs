@@ -350,6 +350,7 @@ impl<D: Device> Server<D> {
                     "timeout_ms" => HANDSHAKE_TIMEOUT.as_millis())
             }
         }
+        self.device.client_disconnected();
         let device = &mut self.device;
         if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);

@@ -10,6 +10,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod queue_counters;
 mod request;
 mod request_queue;
 mod task_set;
@@ -28,13 +29,14 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
-use crate::device::{ActivateError, Activation, VirtioDevice};
 use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
 use scsi_disk::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
@@ -107,6 +109,8 @@ pub struct ScsiDevice {
     target: Arc<Mutex<Target>>,
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
+    /// Per virtqueue, kept across resets.
+    counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
@@ -162,6 +166,9 @@ impl ScsiDevice {
             target: Arc::new(Mutex::new(target)),
             disks: Arc::new(disks),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            counters: (0..num_queues + FIRST_REQUEST_QUEUE)
+                .map(|_| Arc::default())
+                .collect(),
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
@@ -204,6 +211,13 @@ impl ScsiDevice {
 impl VirtioDevice for ScsiDevice {
     fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        (FIRST_REQUEST_QUEUE..)
+            .zip(&self.counters[usize::from(FIRST_REQUEST_QUEUE)..])
+            .map(|(vq, counters)| counters.snapshot(vq))
+            .collect()
     }
 
     fn device_type(&self) -> u32 {
@@ -276,6 +290,7 @@ impl VirtioDevice for ScsiDevice {
                 memory.clone(),
                 event_idx,
                 needs_reset.clone(),
+                Arc::clone(&self.counters[usize::from(index)]),
                 &self.logger,
             );
             let worker: Box<dyn QueueWorker> = match index {
@@ -446,7 +461,7 @@ mod tests {
     fn activation_accepts_any_subset_of_queues() {
         let mut device = device(1, 64, vec![null_lun(0)]).unwrap();
         let activation = Activation {
-            memory: crate::device::GuestMemory::new(
+            memory: crate::virtio_device::GuestMemory::new(
                 vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
                     .unwrap(),
             ),
@@ -502,8 +517,8 @@ mod tests {
             Ok(())
         }
         fn submit_pending(&mut self) {}
-        fn completion_fd(&self) -> std::os::fd::RawFd {
-            std::os::fd::AsRawFd::as_raw_fd(&self.eventfd)
+        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+            Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
         }
         fn reap(&mut self, out: &mut Vec<block::Completion>) {
             if self.released.load(Ordering::SeqCst) {
