@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -32,7 +33,7 @@ use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
-use scsi_disk::{LunConfig, Target, TargetError};
+use scsi_disk::{LunConfig, Sense, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
@@ -87,6 +88,13 @@ pub enum ScsiDeviceError {
     Target(#[from] TargetError),
 }
 
+/// A LUN as the device serves it.
+#[derive(Debug, Clone)]
+pub struct LunState {
+    pub config: LunConfig,
+    pub disk: Arc<Disk>,
+}
+
 /// Builds the I/O engine of each request queue at activation.
 pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + Send + Sync>;
 
@@ -138,18 +146,7 @@ impl ScsiDevice {
         let mut max_lun = 0;
         for (lun_config, disk) in luns {
             let lun = lun_config.lun;
-            let config_bytes = lun_config
-                .block_count
-                .saturating_mul(u64::from(lun_config.block_size));
-            if lun_config.block_size != disk.logical_block_size() || config_bytes != disk.size() {
-                return Err(ScsiDeviceError::DiskMismatch {
-                    lun,
-                    config_bytes,
-                    config_block_size: lun_config.block_size,
-                    disk_bytes: disk.size(),
-                    disk_block_size: disk.logical_block_size(),
-                });
-            }
+            check_disk(&lun_config, &disk)?;
             if lun_config.max_transfer_blocks > 0 {
                 let sectors = u64::from(lun_config.max_transfer_blocks)
                     * u64::from(lun_config.block_size)
@@ -164,7 +161,7 @@ impl ScsiDevice {
             num_queues,
             queue_size,
             target: Arc::new(Mutex::new(target)),
-            disks: Arc::new(disks),
+            disks: Arc::new(ArcSwap::from_pointee(disks)),
             needs_reset: Arc::new(AtomicBool::new(false)),
             counters: (0..num_queues + FIRST_REQUEST_QUEUE)
                 .map(|_| Arc::default())
@@ -181,6 +178,86 @@ impl ScsiDevice {
     pub fn set_queue_host(&mut self, host: Arc<dyn QueueHost>, engines: EngineFactory) {
         self.host = Some(host);
         self.engines = engines;
+    }
+
+    /// The LUNs served now, by LUN number.
+    pub fn luns(&self) -> Vec<LunState> {
+        let disks = self.disks.load();
+        let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+        target
+            .luns()
+            .filter_map(|config| {
+                let disk = disks.get(&config.lun)?;
+                Some(LunState {
+                    config: config.clone(),
+                    disk: Arc::clone(disk),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
+    /// RESCAN); the other LUNs report REPORTED LUNS DATA HAS CHANGED.
+    pub fn add_lun(
+        &mut self,
+        config: LunConfig,
+        disk: Arc<Disk>,
+    ) -> Result<EventDelivery, ScsiDeviceError> {
+        check_disk(&config, &disk)?;
+        let lun = config.lun;
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_lun(config)?;
+        self.disks.rcu(|disks| {
+            let mut disks = HashMap::clone(disks);
+            disks.insert(lun, Arc::clone(&disk));
+            disks
+        });
+        Ok(self.post_event(ScsiEvent::LunAdded { lun }))
+    }
+
+    /// Takes a LUN away from the target: new commands for it fail. Its disk is returned so that
+    /// the caller can wait for the requests still holding it, then call `lun_removed`.
+    pub fn remove_lun(&mut self, lun: u16) -> Result<Arc<Disk>, ScsiDeviceError> {
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_lun(lun)?;
+        let mut removed = None;
+        self.disks.rcu(|disks| {
+            let mut disks = HashMap::clone(disks);
+            removed = disks.remove(&lun);
+            disks
+        });
+        removed.ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
+    }
+
+    /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
+    pub fn lun_removed(&mut self, lun: u16) -> EventDelivery {
+        self.post_event(ScsiEvent::LunRemoved { lun })
+    }
+
+    /// The LUN's disk has a new size: the LUN reports CAPACITY DATA HAS CHANGED and the driver
+    /// is told (PARAM_CHANGE 2A/09).
+    pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
+        let disk = self
+            .disks
+            .load()
+            .get(&lun)
+            .cloned()
+            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))?;
+        let block_count = disk.size() / u64::from(disk.logical_block_size());
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resize_lun(lun, block_count)?;
+        let sense = Sense::CAPACITY_DATA_HAS_CHANGED;
+        Ok(self.post_event(ScsiEvent::ParamChange {
+            lun,
+            asc: sense.asc,
+            ascq: sense.ascq,
+        }))
     }
 
     /// Tells the driver about a LUN change through the event queue.
@@ -206,6 +283,23 @@ impl ScsiDevice {
         }
         delivery
     }
+}
+
+/// A LUN's configuration must describe its disk.
+fn check_disk(config: &LunConfig, disk: &Disk) -> Result<(), ScsiDeviceError> {
+    let config_bytes = config
+        .block_count
+        .saturating_mul(u64::from(config.block_size));
+    if config.block_size != disk.logical_block_size() || config_bytes != disk.size() {
+        return Err(ScsiDeviceError::DiskMismatch {
+            lun: config.lun,
+            config_bytes,
+            config_block_size: config.block_size,
+            disk_bytes: disk.size(),
+            disk_block_size: disk.logical_block_size(),
+        });
+    }
+    Ok(())
 }
 
 impl VirtioDevice for ScsiDevice {
