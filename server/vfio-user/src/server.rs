@@ -2,8 +2,8 @@
 //! own fds and the application's (`MainLoopHook`). One client at a time: another one is refused
 //! while a client is attached; after it leaves, the device is reset, its DMA and IRQ fds are
 //! dropped, and the next client on the same path is served. A client that does not complete
-//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that it cannot keep the next one (QEMU,
-//! whose own replies time out after 5 s) waiting.
+//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that a connection that never speaks
+//! cannot keep every later client, QEMU included, out.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
