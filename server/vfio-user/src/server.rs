@@ -21,8 +21,8 @@ use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
 use crate::device::{Device, DmaMemory, IrqAction};
 use crate::dispatch::{handle, notify_device, Reply, RequestError, Session};
 use crate::dma::DmaTable;
-use crate::message::{decode_request, DecodeError};
-use crate::protocol::{Command, Header, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
+use crate::message::{decode_request, DecodeError, FramingError};
+use crate::protocol::{Header, VfioUserCommand, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
 use crate::socket_path::{BoundSocket, SocketAccess, SocketPathError};
 
 const LISTENER: Token = Token(0);
@@ -123,7 +123,7 @@ impl Client {
 enum Disconnect {
     Closed,
     ClosedMidMessage,
-    Garbled(String),
+    Garbled(FramingError),
     Io(io::Error),
     HandshakeTimeout,
 }
@@ -338,7 +338,7 @@ impl<D: Device> Server<D> {
                 ReadOutcome::WouldBlock => return Ok(()),
                 ReadOutcome::Closed { partial: false } => return Err(Disconnect::Closed),
                 ReadOutcome::Closed { partial: true } => return Err(Disconnect::ClosedMidMessage),
-                ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e.to_string())),
+                ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e)),
                 ReadOutcome::Incoming(Incoming::Oversized { header, body_len }) => {
                     self.finish(
                         &header,
@@ -385,7 +385,8 @@ impl<D: Device> Server<D> {
 
     /// Logs the outcome of one message and queues its reply, unless the client asked for none.
     fn finish(&mut self, header: &Header, body_len: usize, result: Result<Reply, RequestError>) {
-        let command = Command::from_u16(header.command.get()).map_or("unknown", Command::name);
+        let command = VfioUserCommand::from_u16(header.command.get())
+            .map_or("unknown", VfioUserCommand::name);
         let id = header.message_id.get();
         let no_reply = header.no_reply();
         let error = result.as_ref().err().map_or(0, RequestError::errno);
@@ -401,7 +402,7 @@ impl<D: Device> Server<D> {
                 "command" => command, "id" => id, "size" => body_len, "no_reply" => no_reply,
                 "result" => "error", "errno" => error, "error" => %e),
         }
-        if header.command.get() == Command::DeviceReset as u16 && result.is_ok() {
+        if header.command.get() == VfioUserCommand::DeviceReset as u16 && result.is_ok() {
             info!(self.log, "device reset"; "by" => "client");
         }
         if no_reply {
@@ -447,7 +448,7 @@ impl<D: Device> Server<D> {
                 info!(self.log, "client disconnected"; "reason" => "closed in the middle of a message")
             }
             Disconnect::Garbled(why) => {
-                warn!(self.log, "client disconnected"; "reason" => "garbled header", "error" => why)
+                warn!(self.log, "client disconnected"; "reason" => "garbled header", "error" => %why)
             }
             Disconnect::Io(e) => {
                 warn!(self.log, "client disconnected"; "reason" => "socket error", "error" => %e)
