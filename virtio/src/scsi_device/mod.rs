@@ -258,8 +258,18 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let mut table_sizes = vec![0; usize::from(self.num_queues)];
+        for active in &queues {
+            if let Some(size) = active
+                .index
+                .checked_sub(FIRST_REQUEST_QUEUE)
+                .and_then(|queue| table_sizes.get_mut(usize::from(queue)))
+            {
+                *size = virtio_queue::QueueT::size(&active.queue);
+            }
+        }
         let tasks = Arc::new(
-            TaskSet::new()
+            TaskSet::new(&table_sizes)
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
         );
         let mut events = None;

@@ -27,6 +27,7 @@ use super::request::{
 };
 use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
@@ -117,8 +118,10 @@ pub struct RequestQueueWorker {
     /// creation so that the steady state allocates nothing.
     in_flight: Vec<Option<InFlight>>,
     free_slots: Vec<usize>,
-    /// Where commands in flight are visible to task management.
+    /// Where commands in flight are visible to task management: in table `task_queue`, slot
+    /// for slot as in `in_flight`.
     tasks: Arc<TaskSet>,
+    task_queue: usize,
     completions: Vec<Completion>,
     /// Chains popped in the current pass (kept for its capacity).
     popped: Vec<Chain>,
@@ -136,7 +139,8 @@ impl RequestQueueWorker {
         engine: Box<dyn Engine>,
         tasks: Arc<TaskSet>,
     ) -> RequestQueueWorker {
-        let slots = usize::from(queue.size());
+        let task_queue = usize::from(queue.index() - FIRST_REQUEST_QUEUE);
+        let slots = tasks.capacity(task_queue);
         RequestQueueWorker {
             queue,
             target,
@@ -146,6 +150,7 @@ impl RequestQueueWorker {
             in_flight: (0..slots).map(|_| None).collect(),
             free_slots: (0..slots).rev().collect(),
             tasks,
+            task_queue,
             completions: Vec::with_capacity(slots),
             popped: Vec::with_capacity(slots),
             clock: Instant::now(),
@@ -481,17 +486,21 @@ impl RequestQueueWorker {
             error: None,
         };
         // More commands than descriptors in flight only comes from a driver that made the same
-        // head available twice: still served, at the cost of a bigger table.
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.in_flight.push(None);
-            self.in_flight.len() - 1
-        });
+        // head available twice.
+        let Some(slot) = self.free_slots.pop() else {
+            debug!(self.queue.logger(), "more commands than descriptors";
+                "head" => request.reply.head, "tag" => request.reply.tag);
+            let resid = request.reply.data_len;
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            return self.finish(request.reply, mem, answer);
+        };
         self.submit_ready(slot as u64, &mut request);
         if request.outstanding == 0 {
             self.free_slots.push(slot);
             self.finish_io(request);
         } else {
-            self.tasks.started(request.reply.lun, request.reply.tag);
+            let (lun, tag) = (request.reply.lun, request.reply.tag);
+            self.tasks.started(self.task_queue, slot, lun, tag);
             self.in_flight[slot] = Some(request);
         }
     }
@@ -528,9 +537,8 @@ impl RequestQueueWorker {
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.finish_io(request);
-            self.tasks.finished(lun, tag);
+            self.tasks.finished(self.task_queue, slot);
         } else {
             self.in_flight[slot] = Some(request);
         }

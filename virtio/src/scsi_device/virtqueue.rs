@@ -92,11 +92,6 @@ impl Virtqueue {
         self.index
     }
 
-    /// Descriptors in the ring: the most chains the driver can have outstanding.
-    pub fn size(&self) -> u16 {
-        self.queue.size()
-    }
-
     pub fn kick(&self) -> &Arc<EventFd> {
         &self.kick
     }
