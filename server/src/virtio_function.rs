@@ -50,6 +50,10 @@ impl<D: VirtioDevice> VirtioFunction<D> {
         &self.function
     }
 
+    pub fn function_mut(&mut self) -> &mut VirtioPciFunction<D> {
+        &mut self.function
+    }
+
     fn kick(&mut self, queue: u16) {
         match &self.pool {
             // An iothread waits on the eventfd the transport has just written.
