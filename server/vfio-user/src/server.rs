@@ -2,8 +2,8 @@
 //! own fds and the application's (`MainLoopHook`). One client at a time: another one is refused
 //! while a client is attached; after it leaves, the device is reset, its DMA and IRQ fds are
 //! dropped, and the next client on the same path is served. A client that does not complete
-//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that it cannot keep the next one (QEMU,
-//! whose own replies time out after 5 s) waiting.
+//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that a connection that never speaks
+//! cannot keep every later client, QEMU included, out.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -136,6 +136,9 @@ pub struct Server<D: Device> {
     device: D,
     dma: DmaTable,
     client: Option<Client>,
+    /// Connections wait in the listen backlog while the client has not completed VERSION: it
+    /// may yet be sent away (HANDSHAKE_TIMEOUT) and the next one served.
+    backlog_waiting: bool,
     log: Logger,
 }
 
@@ -184,6 +187,7 @@ impl<D: Device> Server<D> {
             device,
             dma: DmaTable::new(memory),
             client: None,
+            backlog_waiting: false,
             log,
         })
     }
@@ -258,14 +262,20 @@ impl<D: Device> Server<D> {
 
     fn accept(&mut self) {
         loop {
-            let accepted = self.listener.accept();
-            if accepted.is_ok() && self.client.is_some() {
+            if self.client.is_some() {
                 // A client that has already hung up (not yet handled) is no obstacle.
                 if let Err(reason) = self.serve_messages() {
                     self.release_client(reason);
                 }
             }
-            match accepted {
+            self.backlog_waiting = self
+                .client
+                .as_ref()
+                .is_some_and(|client| client.handshake_deadline().is_some());
+            if self.backlog_waiting {
+                return;
+            }
+            match self.listener.accept() {
                 Ok((stream, _)) if self.client.is_some() => {
                     // Closing is the refusal: a vfio-user client waits for its VERSION reply
                     // and sees the connection end instead.
@@ -302,7 +312,15 @@ impl<D: Device> Server<D> {
     /// Handles what the client sent until the socket is drained or a reply has to wait.
     fn serve_client(&mut self) {
         if let Err(reason) = self.serve_messages() {
-            self.disconnect(reason);
+            return self.disconnect(reason);
+        }
+        let attached = self
+            .client
+            .as_ref()
+            .is_some_and(|client| client.handshake_deadline().is_none());
+        if self.backlog_waiting && attached {
+            // The client is attached for good: those who waited are refused now.
+            self.accept();
         }
     }
 
