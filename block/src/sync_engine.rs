@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::aligned_buffer::AlignedBuffer;
+use crate::null_latency;
 use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 
 ioctl_io_nr!(BLKDISCARD, 0x12, 119);
@@ -63,6 +64,7 @@ impl Engine for SyncEngine {
 pub(crate) fn execute(disk: &Disk, request: &IoRequest) -> Result<u64, i32> {
     request.check(disk)?;
     let Some(fd) = disk.fd() else {
+        null_latency::sleep(disk.null_latency());
         return Ok(request.byte_len());
     };
     match request {

@@ -41,7 +41,7 @@ pub struct Cli {
     #[arg(long)]
     pub socket: PathBuf,
     /// A disk: `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
-    /// [,discard=unmap|ignore][,logical-block-size=512|4096]` or `null,size=BYTES[,lun=N]`.
+    /// [,discard=unmap|ignore][,logical-block-size=512|4096]` or `null,size=BYTES[,lun=N][,latency-us=U]`.
     /// Without any, a sparse temporary 1 GiB disk is served.
     #[arg(long = "disk")]
     pub disks: Vec<DiskSpec>,
