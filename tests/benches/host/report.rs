@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::args::name;
+use crate::args::{name, Config};
 use crate::error::BenchError;
 use crate::run::RunResult;
 
@@ -36,6 +36,22 @@ pub fn print_row(r: &RunResult) {
     );
 }
 
+/// A configuration in a few words, for progress lines.
+pub fn describe(c: &Config) -> String {
+    let threads = c
+        .iothreads
+        .map_or(String::new(), |n| format!(" {n} iothreads"));
+    format!(
+        "{} disk, {} kicks, {} queues{threads}, depth {}, {} {}",
+        name(c.disk),
+        name(c.kick),
+        c.queues,
+        c.depth,
+        name(c.rw),
+        c.bs
+    )
+}
+
 /// Per-thread server figures and the driver's own load, under the table.
 pub fn print_details(results: &[RunResult]) {
     println!();
@@ -47,12 +63,17 @@ pub fn print_details(results: &[RunResult]) {
     for r in results {
         let c = &r.config;
         println!(
-            "{} {} q{} {} (load average {}):",
+            "{} {} q{}{} d{} {} (load average {}): started in {:.1} ms, RSS {} KiB idle, {} KiB loaded",
             name(c.disk),
             name(c.kick),
             c.queues,
+            c.iothreads.map_or(String::new(), |n| format!(" it{n}")),
+            c.depth,
             name(c.rw),
-            r.load_average
+            r.load_average,
+            r.startup.as_secs_f64() * 1e3,
+            r.rss_idle_kib,
+            r.rss_loaded_kib,
         );
         for thread in r.server_threads.iter().filter(|t| t.run_ns > 0) {
             println!(
@@ -109,6 +130,7 @@ fn run_json(r: &RunResult) -> Value {
         "disk": name(c.disk),
         "kick": name(c.kick),
         "queues": c.queues,
+        "iothreads": c.iothreads,
         "depth": c.depth,
         "rw": name(c.rw),
         "bs": c.bs,
@@ -127,6 +149,9 @@ fn run_json(r: &RunResult) -> Value {
             "max": r.latency.max_us,
         },
         "server": {
+            "startup_ms": r.startup.as_secs_f64() * 1e3,
+            "rss_idle_kib": r.rss_idle_kib,
+            "rss_loaded_kib": r.rss_loaded_kib,
             "cpu_ns_per_request": r.server_ns_per_request(),
             "threads": threads,
         },

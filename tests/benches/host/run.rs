@@ -2,7 +2,8 @@
 //! userspace driver, load every request queue from its own thread, and measure the window
 //! between warm-up and the end on both sides.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tempfile::NamedTempFile;
@@ -37,6 +38,12 @@ pub struct RunResult {
     /// Server threads: what each used inside the window.
     pub server_threads: Vec<ThreadCpu>,
     pub server_pid: u32,
+    /// From spawning the server to its socket appearing.
+    pub startup: Duration,
+    /// Server resident memory with the device up and its queues set, before any load.
+    pub rss_idle_kib: u64,
+    /// Server resident memory at the end of the loaded window.
+    pub rss_loaded_kib: u64,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
     pub wakeups: u64,
@@ -97,25 +104,35 @@ impl RunResult {
     }
 }
 
+/// `file_disk`: the file behind `--disk file`, from [`prepare_file_disk`].
 pub fn run_config(
     args: &Args,
     config: Config,
     warmup: Duration,
     measured: Duration,
+    file_disk: &Path,
 ) -> Result<RunResult, BenchError> {
-    let (disk, _temp_file) = disk_argument(args, config.disk)?;
-    let num_queues = config.queues.to_string();
-    let queue_size = args.queue_size.to_string();
     let mut server_args = vec![
-        "--disk",
-        disk.as_str(),
-        "--num-queues",
-        num_queues.as_str(),
-        "--queue-size",
-        queue_size.as_str(),
+        "--disk".to_string(),
+        disk_argument(args, config.disk, file_disk),
+        "--num-queues".to_string(),
+        config.queues.to_string(),
+        "--queue-size".to_string(),
+        args.queue_size.to_string(),
     ];
-    server_args.extend(args.server_args.split_whitespace());
+    for lun in 1..args.luns {
+        server_args.push("--disk".to_string());
+        server_args.push(format!("null,size={},lun={lun}", args.disk_size));
+    }
+    for thread in 0..config.iothreads.unwrap_or(0) {
+        server_args.push("--iothread".to_string());
+        server_args.push(format!("io{thread}"));
+    }
+    server_args.extend(args.server_args.split_whitespace().map(str::to_string));
+    let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let spawned = Instant::now();
     let mut server = ServerProcess::start(&server_args)?;
+    let startup = spawned.elapsed();
     let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
         .map_err(|source| BenchError::Connect {
             source,
@@ -144,6 +161,7 @@ pub fn run_config(
         )?);
     }
 
+    let rss_idle_kib = resident_kib(server.pid())?;
     let begin = Instant::now() + warmup;
     let window = Window {
         start: begin,
@@ -159,6 +177,7 @@ pub fn run_config(
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let rss_loaded_kib = resident_kib(server.pid())?;
 
     let mut result = RunResult {
         config,
@@ -169,6 +188,9 @@ pub fn run_config(
         latency: Summary::default(),
         server_threads: usage_between(&before, &after),
         server_pid: server.pid(),
+        startup,
+        rss_idle_kib,
+        rss_loaded_kib,
         driver_cpu: Duration::ZERO,
         wakeups: 0,
         load_average: load_average(),
@@ -222,43 +244,81 @@ fn driver_options(args: &Args, config: Config) -> DriverOptions {
     }
 }
 
-/// The `--disk` argument, and the temporary file behind it (removed when dropped).
-fn disk_argument(
-    args: &Args,
-    kind: DiskKind,
-) -> Result<(String, Option<NamedTempFile>), BenchError> {
+/// The `--disk` argument of LUN 0.
+fn disk_argument(args: &Args, kind: DiskKind, file_disk: &Path) -> String {
     match kind {
-        DiskKind::Null => Ok((format!("null,size={}", args.disk_size), None)),
+        DiskKind::Null if args.null_latency_us > 0 => format!(
+            "null,size={},latency-us={}",
+            args.disk_size, args.null_latency_us
+        ),
+        DiskKind::Null => format!("null,size={}", args.disk_size),
         DiskKind::File => {
-            let (path, temp) = match &args.file {
-                Some(path) => (path.clone(), None),
-                None => {
-                    let file = sparse_file(args)?;
-                    (file.path().to_path_buf(), Some(file))
-                }
-            };
-            let mut spec = format!("path={}", escape_commas(&path));
+            let mut spec = format!("path={}", escape_commas(file_disk));
             if !args.disk_options.is_empty() {
                 spec.push(',');
                 spec.push_str(&args.disk_options);
             }
-            Ok((spec, temp))
+            spec
         }
     }
 }
 
-fn sparse_file(args: &Args) -> Result<NamedTempFile, BenchError> {
+/// The file the file-disk runs use: `--file`, or a temporary file (removed when dropped)
+/// written in full, so that every block is allocated and reads reach the storage. `None` when
+/// no run uses a file disk.
+pub fn prepare_file_disk(
+    args: &Args,
+    configs: &[Config],
+) -> Result<Option<(PathBuf, Option<NamedTempFile>)>, BenchError> {
+    if !configs.iter().any(|c| c.disk == DiskKind::File) {
+        return Ok(None);
+    }
+    if let Some(path) = &args.file {
+        return Ok(Some((path.clone(), None)));
+    }
     let failed = |source| BenchError::DiskFile {
         dir: args.file_dir.clone(),
         source,
     };
-    let file = tempfile::Builder::new()
+    let mut file = tempfile::Builder::new()
         .prefix("vus-bench-")
         .suffix(".img")
         .tempfile_in(&args.file_dir)
         .map_err(failed)?;
-    file.as_file().set_len(args.disk_size).map_err(failed)?;
-    Ok(file)
+    eprintln!(
+        "bench-host: writing the {} MiB file disk in full ({})",
+        args.disk_size >> 20,
+        file.path().display()
+    );
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    let mut left = args.disk_size;
+    while left > 0 {
+        let len = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..len]).map_err(failed)?;
+        left -= len as u64;
+    }
+    file.as_file().sync_all().map_err(failed)?;
+    Ok(Some((file.path().to_path_buf(), Some(file))))
+}
+
+/// VmRSS of a process, in KiB.
+fn resident_kib(pid: u32) -> Result<u64, BenchError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).map_err(|source| BenchError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    parse_resident_kib(&status).ok_or(BenchError::ProcFormat {
+        path,
+        what: "no VmRSS line",
+    })
+}
+
+pub fn parse_resident_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// `--disk` takes `,,` for a literal comma.

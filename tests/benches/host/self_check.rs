@@ -8,12 +8,14 @@ use clap::Parser;
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
 use crate::latency::Latencies;
+use crate::run::parse_resident_kib;
 
 pub fn run() {
     stat_fields_are_counted_from_the_last_parenthesis();
     schedstat_and_switches_parse();
     usage_is_the_growth_per_thread();
     percentiles_are_nearest_rank();
+    resident_memory_parses();
     the_default_matrix_and_narrowed_ones();
 }
 
@@ -45,6 +47,12 @@ fn usage_is_the_growth_per_thread() {
         [(1, 150), (2, 40)],
         "a thread born inside the window counts from zero"
     );
+}
+
+fn resident_memory_parses() {
+    let status = "Name:\tvfio-user-scsi\nVmPeak:\t  99999 kB\nVmRSS:\t    5120 kB\n";
+    assert_eq!(parse_resident_kib(status), Some(5120));
+    assert_eq!(parse_resident_kib("Name:\tx\n"), None);
 }
 
 fn percentiles_are_nearest_rank() {
@@ -79,6 +87,39 @@ fn the_default_matrix_and_narrowed_ones() {
             (DiskKind::Null, Kick::Iofd, 1),
             (DiskKind::Null, Kick::Iofd, 4)
         ]
+    );
+    let args = Args::parse_from([
+        "host",
+        "--disk",
+        "null",
+        "--kick",
+        "socket",
+        "--queues",
+        "1,2",
+        "--iothreads",
+        "0,1,2",
+        "--depth",
+        "32,1024",
+    ]);
+    let configs = args.configurations().unwrap();
+    assert_eq!(
+        configs
+            .iter()
+            .map(|c| (c.queues, c.iothreads, c.depth))
+            .collect::<Vec<_>>(),
+        [
+            (1, Some(0), 32),
+            (1, Some(0), 1024),
+            (1, Some(1), 32),
+            (1, Some(1), 1024),
+            (2, Some(0), 32),
+            (2, Some(0), 1024),
+            (2, Some(1), 32),
+            (2, Some(1), 1024),
+            (2, Some(2), 32),
+            (2, Some(2), 1024),
+        ],
+        "more iothreads than queues are skipped"
     );
     assert!(Args::parse_from(["host", "--depth", "0"])
         .configurations()
