@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use block::{Disk, DiskOptions};
+use scsi_disk::LunConfig;
 use slog::{info, Logger};
-use virtio::scsi::LunConfig;
 use virtio::scsi_device::PCI_CLASS;
 use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 

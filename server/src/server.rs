@@ -313,6 +313,7 @@ impl<D: Device> Server<D> {
                 warn!(self.log, "client disconnected"; "reason" => "socket error", "error" => %e)
             }
         }
+        self.device.client_disconnected();
         let device = &mut self.device;
         if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);

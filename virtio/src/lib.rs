@@ -1,4 +1,5 @@
-//! The virtio-pci modern transport and the virtio-scsi device with its SCSI disk emulation.
+//! The virtio-pci modern transport and the virtio-scsi device; the SCSI disk emulation it drives
+//! is the `scsi-disk` crate.
 
 pub mod bar_layout;
 pub mod common_cfg;
@@ -11,7 +12,6 @@ pub mod notify;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
-pub mod scsi;
 pub mod scsi_device;
 pub mod status;
 pub mod transport_error;
@@ -22,6 +22,7 @@ pub use interrupt::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
-    EngineFactory, EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent,
+    EngineFactory, EventDelivery, QueueCounters, QueueStats, ScsiDevice, ScsiDeviceConfig,
+    ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,
 };
 pub use transport_error::{Region, TransportError};

@@ -198,10 +198,9 @@ impl QueueWorker for SharedEventQueue {
     }
 
     fn kicked(&mut self) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .kicked();
+        let mut events = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        events.queue.take_kicks();
+        events.kicked();
     }
 
     fn completion_fd(&self) -> Option<RawFd> {

@@ -10,6 +10,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod queue_counters;
 mod request;
 mod request_queue;
 mod task_set;
@@ -30,10 +31,11 @@ use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
 use crate::queue_worker::{QueueHost, QueueWorker};
-use crate::scsi::{LunConfig, Target, TargetError};
+use scsi_disk::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
@@ -104,6 +106,8 @@ pub struct ScsiDevice {
     target: Arc<Mutex<Target>>,
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
+    /// Per virtqueue, kept across resets.
+    counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
@@ -159,6 +163,9 @@ impl ScsiDevice {
             target: Arc::new(Mutex::new(target)),
             disks: Arc::new(disks),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            counters: (0..num_queues + FIRST_REQUEST_QUEUE)
+                .map(|_| Arc::default())
+                .collect(),
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
@@ -195,6 +202,13 @@ impl ScsiDevice {
 impl VirtioDevice for ScsiDevice {
     fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        (FIRST_REQUEST_QUEUE..)
+            .zip(&self.counters[usize::from(FIRST_REQUEST_QUEUE)..])
+            .map(|(vq, counters)| counters.snapshot(vq))
+            .collect()
     }
 
     fn device_type(&self) -> u32 {
@@ -263,6 +277,7 @@ impl VirtioDevice for ScsiDevice {
                 memory.clone(),
                 event_idx,
                 needs_reset.clone(),
+                Arc::clone(&self.counters[usize::from(index)]),
                 &self.logger,
             );
             workers.push(match index {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
 use slog::{debug, trace};
@@ -26,7 +27,7 @@ use super::request::{
 use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use crate::queue_worker::QueueWorker;
-use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
+use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
@@ -66,6 +67,8 @@ struct Reply {
     lun: u16,
     tag: u64,
     opcode: u8,
+    /// When the pass that popped the chain began.
+    started: Instant,
 }
 
 /// What to write into a response.
@@ -114,6 +117,9 @@ pub struct RequestQueueWorker {
     tasks: Arc<TaskSet>,
     next_id: u64,
     completions: Vec<Completion>,
+    /// Read once per pass (and again when completions arrive), not per request: the clock of
+    /// the latency histogram.
+    clock: Instant,
 }
 
 impl RequestQueueWorker {
@@ -135,11 +141,13 @@ impl RequestQueueWorker {
             tasks,
             next_id: 0,
             completions: Vec::new(),
+            clock: Instant::now(),
         }
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
     pub fn kicked(&mut self) {
+        self.clock = Instant::now();
         let mem = self.queue.snapshot();
         loop {
             for chain in self.queue.pop_all(&mem) {
@@ -151,19 +159,26 @@ impl RequestQueueWorker {
                 break;
             }
         }
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
+    }
+
+    /// One interrupt for the pass, if the driver wants it.
+    fn end_pass(&mut self, mem: &MemorySnapshot) {
+        self.queue.notify(mem);
+        self.queue.counters().set_in_flight(self.in_flight.len());
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
     pub fn completions_ready(&mut self) {
         let mem = self.queue.snapshot();
         self.reap();
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
     }
 
     /// Serves new chains and completions with notifications left suppressed; true when there
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
+        self.clock = Instant::now();
         let mem = self.queue.snapshot();
         let mut served = false;
         if self.queue.has_available(&mem) {
@@ -176,7 +191,7 @@ impl RequestQueueWorker {
         if !self.in_flight.is_empty() && self.reap() > 0 {
             served = true;
         }
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
         served
     }
 
@@ -192,6 +207,7 @@ impl RequestQueueWorker {
                 return reaped;
             }
             reaped += completions.len();
+            self.clock = Instant::now();
             for completion in completions.drain(..) {
                 self.complete(completion);
             }
@@ -215,6 +231,7 @@ impl RequestQueueWorker {
             lun: 0,
             tag: 0,
             opcode: 0,
+            started: self.clock,
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
@@ -508,6 +525,11 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
+                if data_in {
+                    self.queue.counters().read(moved);
+                } else {
+                    self.queue.counters().written(moved);
+                }
                 Answer {
                     response: VIRTIO_SCSI_S_OK,
                     status: STATUS_GOOD,
@@ -531,6 +553,15 @@ impl RequestQueueWorker {
         trace!(self.queue.logger(), "request";
             "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
             "response" => answer.response, "status" => answer.status);
+        let counters = self.queue.counters();
+        if answer.response != VIRTIO_SCSI_S_OK {
+            counters.transport_failure();
+        }
+        let sense_key = answer.sense.map(|sense| sense.key);
+        counters.answered(
+            sense_key,
+            self.clock.saturating_duration_since(reply.started),
+        );
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
     }
 }
@@ -545,6 +576,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn kicked(&mut self) {
+        self.queue.take_kicks();
         RequestQueueWorker::kicked(self);
     }
 
@@ -724,6 +756,29 @@ mod tests {
 
         let back = harness.command(0, &read10(2, 2), &[], 1024);
         assert_eq!(back.data_in, pattern);
+    }
+
+    #[test]
+    fn counters_see_requests_bytes_errors_and_interrupts() {
+        let mut harness = null_harness();
+        harness.command(0, &read10(0, 2), &[], 1024);
+        harness.command(0, &write10(4, 1), &[0x11; 512], 0);
+        let stats = harness.device.queue_stats();
+        assert_eq!(stats.len(), 1);
+        let queue = stats[0];
+        assert_eq!(queue.vq, 2);
+        assert_eq!(queue.requests, 3);
+        assert_eq!(
+            queue.errors_by_sense_key[6], 1,
+            "the power-on unit attention"
+        );
+        assert_eq!((queue.bytes_read, queue.bytes_written), (1024, 512));
+        assert_eq!(
+            queue.interrupts, 3,
+            "one per kick: every batch returned a chain"
+        );
+        assert_eq!(queue.in_flight, 0);
+        assert_eq!(queue.latency.iter().sum::<u64>(), 3);
     }
 
     #[test]
