@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the server's cargo-fuzz targets (server/fuzz) without running them; running them for
-# long is the robustness work's job: scripts/build-fuzz.sh && cargo fuzz run message ...
+# Builds the vfio-user library's cargo-fuzz targets (server/vfio-user/fuzz) without running them;
+# running them for long is the robustness work's job: scripts/build-fuzz.sh && cargo fuzz run message
 # Installs cargo-fuzz if it is missing. Uses a nightly toolchain when rustup has one, otherwise
 # lets the stable compiler accept cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP=1). No sanitizer: the
 # decoder is safe Rust, and libFuzzer's coverage and crash detection is what we want here.
@@ -22,6 +22,6 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 
-cd "$repo_root/server"
+cd "$repo_root/server/vfio-user"
 # A target directory of its own: the fuzz flags would otherwise invalidate the normal build.
 CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none message

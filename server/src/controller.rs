@@ -10,10 +10,10 @@ use std::time::Duration;
 use block::{Disk, DiskOptions};
 use scsi_disk::LunConfig;
 use slog::{info, Logger};
+use vfio_user_server::DmaMemory;
 use virtio::scsi_device::PCI_CLASS;
 use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 
-use crate::device::DmaMemory;
 use crate::disk_spec::{assign_luns, Backing, DiskSpec};
 use crate::iothread_pool::IothreadPool;
 use crate::virtio_function::VirtioFunction;

@@ -1033,6 +1033,19 @@ mod tests {
         assert_queue_works(&mut harness);
     }
 
+    /// QEMU unmaps and remaps the firmware areas holding SeaBIOS's rings between two uses of
+    /// the queue, and the queue is served in between as if kicked.
+    #[test]
+    fn rings_unmapped_while_idle_work_once_mapped_again() {
+        let mut harness = null_harness();
+        harness.unmap_all();
+        harness.device.queue_kicked(2);
+        assert!(!harness.device.needs_reset());
+        assert_eq!(harness.config_interrupt.count(), 0);
+        harness.map_again();
+        assert_queue_works(&mut harness);
+    }
+
     #[test]
     fn head_index_out_of_range_needs_reset() {
         let mut harness = null_harness();
