@@ -41,9 +41,9 @@ pub struct RunResult {
     /// From spawning the server to its socket appearing.
     pub startup: Duration,
     /// Server resident memory with the device up and its queues set, before any load.
-    pub rss_idle_kib: u64,
+    pub rss_idle: Resident,
     /// Server resident memory at the end of the loaded window.
-    pub rss_loaded_kib: u64,
+    pub rss_loaded: Resident,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
     pub wakeups: u64,
@@ -161,7 +161,7 @@ pub fn run_config(
         )?);
     }
 
-    let rss_idle_kib = resident_kib(server.pid())?;
+    let rss_idle = resident(server.pid())?;
     let begin = Instant::now() + warmup;
     let window = Window {
         start: begin,
@@ -177,7 +177,7 @@ pub fn run_config(
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
-    let rss_loaded_kib = resident_kib(server.pid())?;
+    let rss_loaded = resident(server.pid())?;
 
     let mut result = RunResult {
         config,
@@ -189,8 +189,8 @@ pub fn run_config(
         server_threads: usage_between(&before, &after),
         server_pid: server.pid(),
         startup,
-        rss_idle_kib,
-        rss_loaded_kib,
+        rss_idle,
+        rss_loaded,
         driver_cpu: Duration::ZERO,
         wakeups: 0,
         load_average: load_average(),
@@ -301,24 +301,39 @@ pub fn prepare_file_disk(
     Ok(Some((file.path().to_path_buf(), Some(file))))
 }
 
-/// VmRSS of a process, in KiB.
-fn resident_kib(pid: u32) -> Result<u64, BenchError> {
+/// Resident memory of a process, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// VmRSS: everything, including the pages of guest memory the server has touched (shared
+    /// with the driver, as guest RAM is shared with QEMU).
+    pub total_kib: u64,
+    /// RssAnon: the server's own private memory.
+    pub anon_kib: u64,
+}
+
+fn resident(pid: u32) -> Result<Resident, BenchError> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let status = std::fs::read_to_string(&path).map_err(|source| BenchError::Proc {
         path: path.clone(),
         source,
     })?;
-    parse_resident_kib(&status).ok_or(BenchError::ProcFormat {
+    parse_resident(&status).ok_or(BenchError::ProcFormat {
         path,
-        what: "no VmRSS line",
+        what: "no VmRSS or RssAnon line",
     })
 }
 
-pub fn parse_resident_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+pub fn parse_resident(status: &str) -> Option<Resident> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Resident {
+        total_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+    })
 }
 
 /// `--disk` takes `,,` for a literal comma.

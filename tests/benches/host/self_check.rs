@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
 use crate::latency::Latencies;
-use crate::run::parse_resident_kib;
+use crate::run::{parse_resident, Resident};
 
 pub fn run() {
     stat_fields_are_counted_from_the_last_parenthesis();
@@ -50,9 +50,16 @@ fn usage_is_the_growth_per_thread() {
 }
 
 fn resident_memory_parses() {
-    let status = "Name:\tvfio-user-scsi\nVmPeak:\t  99999 kB\nVmRSS:\t    5120 kB\n";
-    assert_eq!(parse_resident_kib(status), Some(5120));
-    assert_eq!(parse_resident_kib("Name:\tx\n"), None);
+    let status = "Name:\tvfio-user-scsi\nVmPeak:\t  99999 kB\nVmRSS:\t    5120 kB\n\
+                  RssAnon:\t    1024 kB\nRssFile:\t    4096 kB\n";
+    assert_eq!(
+        parse_resident(status),
+        Some(Resident {
+            total_kib: 5120,
+            anon_kib: 1024
+        })
+    );
+    assert_eq!(parse_resident("Name:\tx\nVmRSS:\t1 kB\n"), None);
 }
 
 fn percentiles_are_nearest_rank() {
