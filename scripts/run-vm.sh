@@ -420,7 +420,8 @@ mkfifo "$work/console"
 # This shell holds the FIFO open for writing (fd 3) so that the reader never blocks in open, even
 # if QEMU does not start; closing it after QEMU ends gives the reader its end of file.
 exec 3<>"$work/console"
-tr -d '\r' <"$work/console" 3>&- | tee "$console_log" 3>&- &
+# Unbuffered (sed -u): benchmarks act on guest markers the moment they are printed.
+sed -u 's/\r$//' <"$work/console" 3>&- | tee "$console_log" 3>&- &
 tee_pid=$!
 started=$SECONDS
 qemu_status=0
