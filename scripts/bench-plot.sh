@@ -139,7 +139,7 @@ if host_path:
     runs = json.load(open(host_path))["runs"]
     labels = [f'{r["disk"]} {r["kick"]}\nq{r["queues"]}'
               + (f' it{r["iothreads"]}' if r.get("iothreads") is not None else "") for r in runs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs)), 4))
+    fig, (left, right) = plt.subplots(2, 1, figsize=(min(14, max(7, 0.6 * len(runs))), 7))
     left.bar(range(len(runs)), [r["iops"] for r in runs], color="tab:blue")
     left.set_ylabel("IOPS")
     left.set_title("Host benchmark: IOPS")
