@@ -269,7 +269,7 @@ start_server() {
     eval "args=($server_args)" || die "--server: cannot split '$server_args' into arguments"
     case $disk_kind in
         null) args+=(--disk "null,size=$disk_bytes,latency-us=$null_latency_us") ;;
-        file) args+=(--disk "path=$disk_file") ;;
+        file) args+=(--disk "path=$disk_file,cache=none,discard=unmap") ;;
     esac
     [ -z "$queues" ] || args+=(--num-queues "$queues")
     [ -z "$queue_size" ] || args+=(--queue-size "$queue_size")
@@ -420,8 +420,9 @@ mkfifo "$work/console"
 # This shell holds the FIFO open for writing (fd 3) so that the reader never blocks in open, even
 # if QEMU does not start; closing it after QEMU ends gives the reader its end of file.
 exec 3<>"$work/console"
-# Unbuffered (sed -u): benchmarks act on guest markers the moment they are printed.
-sed -u 's/\r$//' <"$work/console" 3>&- | tee "$console_log" 3>&- &
+# sed -u passes each line on at once (tr would hold 4 KiB), so that a test reacts to a marker
+# while the guest waits for it.
+sed -u 's/\r//g' <"$work/console" 3>&- | tee "$console_log" 3>&- &
 tee_pid=$!
 started=$SECONDS
 qemu_status=0

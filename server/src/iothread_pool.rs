@@ -52,6 +52,11 @@ impl IothreadPool {
         }
     }
 
+    /// The `--iothread` names, in order (`QueueOwner::Iothread` indexes them).
+    pub fn iothread_names(&self) -> Vec<&str> {
+        self.iothreads.iter().map(Iothread::name).collect()
+    }
+
     /// The main loop's queues (only ever locked by the main loop's thread).
     pub fn main_loop(&self) -> MutexGuard<'_, QueueSet> {
         self.main_loop

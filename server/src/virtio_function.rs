@@ -50,6 +50,10 @@ impl<D: VirtioDevice> VirtioFunction<D> {
         &self.function
     }
 
+    pub fn function_mut(&mut self) -> &mut VirtioPciFunction<D> {
+        &mut self.function
+    }
+
     fn kick(&mut self, queue: u16) {
         match &self.pool {
             // An iothread waits on the eventfd the transport has just written.
@@ -257,6 +261,10 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
     }
 
     fn client_disconnected(&mut self) {
+        // Read before the records below, whose own allocations would count otherwise.
+        if let Some(count) = crate::allocation_counter::allocations() {
+            info!(self.log, "allocations"; "count" => count);
+        }
         for queue in self.function.device().queue_stats() {
             info!(self.log, "queue stats"; "vq" => queue.vq, "requests" => queue.requests,
                 "kicks" => queue.kicks, "interrupts" => queue.interrupts,

@@ -20,5 +20,5 @@ pub use device::{
     Device, DeviceError, DmaMemory, IoFd, IrqAction, IrqInfo, MmapArea, RegionInfo, RegionMmap,
 };
 pub use message::{decode_message, MessageError};
-pub use server::{Server, ServerError, ShutdownHandle};
-pub use socket_path::SocketPathError;
+pub use server::{Flow, Listener, MainLoopHook, Server, ServerError, ServerStatus, ShutdownHandle};
+pub use socket_path::{activated_listener, BoundSocket, SocketAccess, SocketPathError};

@@ -220,8 +220,8 @@ mod tests {
     use virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_HOTPLUG;
 
     use super::*;
-    use crate::device::VirtioDevice;
     use crate::scsi_device::test_driver::{lun_field, Buf, Harness};
+    use crate::virtio_device::VirtioDevice;
 
     const EVENTS: usize = 1;
 

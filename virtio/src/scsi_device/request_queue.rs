@@ -10,6 +10,8 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
 use slog::{debug, trace};
 use virtio_bindings::virtio_scsi::{
@@ -33,8 +35,8 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
-/// The disks behind the target's LUNs.
-pub type DiskMap = Arc<HashMap<u16, Arc<Disk>>>;
+/// The disks behind the target's LUNs; hotplug swaps in a new map.
+pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
 
 /// A command whose disk work is with the engine.
 struct InFlight {
@@ -340,7 +342,7 @@ impl RequestQueueWorker {
         data_out_len: u64,
         data_in_len: u64,
     ) {
-        let Some(disk) = self.disks.get(&reply.lun).cloned() else {
+        let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
             let resid = reply.data_len;
             let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
             return self.finish(reply, mem, answer);
@@ -581,7 +583,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.engine.completion_fd())
+        self.engine.completion_fd()
     }
 
     fn completions_ready(&mut self) {
@@ -659,8 +661,8 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::device::VirtioDevice;
     use crate::scsi_device::test_driver::{lun_field, Buf, CmdResult, Harness, MEMORY_SIZE};
+    use crate::virtio_device::VirtioDevice;
 
     const TEST_UNIT_READY: [u8; 6] = [0; 6];
     const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
@@ -1187,6 +1189,7 @@ mod tests {
         config.read_only = false;
         let mut options = DiskOptions::new(file.path());
         options.read_only = true;
+        options.locking = false;
         let read_only_disk = Arc::new(Disk::open(&options).unwrap());
         // The target believes the LUN is writable; the backend refuses with EROFS.
         let mut harness = Harness::with_luns(vec![(config, read_only_disk)], 1, 0);

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
 use super::{ScsiDevice, ScsiDeviceConfig};
-use crate::device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
+use crate::virtio_device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
 use scsi_disk::LunConfig;
 
 pub const MEMORY_SIZE: u64 = 64 << 20;

@@ -10,7 +10,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_counters::QueueCounters;
-use crate::device::{ActiveQueue, GuestMemory, Interrupt};
+use crate::virtio_device::{ActiveQueue, GuestMemory, Interrupt};
 
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
