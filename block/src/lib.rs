@@ -22,7 +22,7 @@ mod thread_pool_engine;
 pub use disk::{DirectIoAlignment, Disk};
 pub use engine::{Completion, Engine};
 pub use error::BlockError;
-pub use io_buffers::IoBuffers;
+pub use io_buffers::{IoBuffers, IoVecs};
 pub use io_uring_engine::IoUringEngine;
 pub use options::{CacheMode, DiscardMode, DiskOptions};
 pub use request::IoRequest;

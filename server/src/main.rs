@@ -18,7 +18,7 @@ use server::iothread_pool::IothreadPool;
 use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
-use server::{ctl, sd_notify};
+use server::{ctl, sd_notify, signals};
 use vfio_user_server::{
     activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
 };
@@ -160,6 +160,8 @@ fn run(cli: &Cli, log: &Logger, log_control: LogControl) -> Result<(), MainError
         mode: cli.socket_mode,
         owner: cli.socket_owner.as_deref().map(socket_owner).transpose()?,
     };
+    // A stop signal must find its handler from the moment a client can connect.
+    let signals = signals::install().map_err(|e| MainError::Operator(OperatorError::Signals(e)))?;
     // The socket before the disks: a second server on a live socket must not touch images.
     let listener = match activated_listener()? {
         Some(listener) => Listener::inherited(listener),
@@ -188,6 +190,7 @@ fn run(cli: &Cli, log: &Logger, log_control: LogControl) -> Result<(), MainError
         log.clone(),
     );
     let mut operator = Operator::new(
+        signals,
         cli.control_socket.as_deref(),
         &access,
         commands,

@@ -365,8 +365,18 @@ impl VirtioDevice for ScsiDevice {
             let needs_reset = needs_reset.clone();
             Arc::new(move || needs_reset.raise())
         };
+        let mut table_sizes = vec![0; usize::from(self.num_queues)];
+        for active in &queues {
+            if let Some(size) = active
+                .index
+                .checked_sub(FIRST_REQUEST_QUEUE)
+                .and_then(|queue| table_sizes.get_mut(usize::from(queue)))
+            {
+                *size = virtio_queue::QueueT::size(&active.queue);
+            }
+        }
         let tasks = Arc::new(
-            TaskSet::new()
+            TaskSet::new(&table_sizes)
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
         );
         let mut events = None;
