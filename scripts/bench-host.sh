@@ -11,6 +11,13 @@
 #   randread 4 KiB, depth 32, 5 s each. Examples:
 #     scripts/bench-host.sh --disk null --kick iofd --queues 2 --seconds 10
 #     scripts/bench-host.sh --server-args '--iothread io0 --iothread io1' --json /tmp/host.json
+#     scripts/bench-host.sh --queues 1,2 --iothreads 0,1,2        (iothreads as a dimension)
+#   Depth sweep on a null disk whose requests take 2 ms (IOPS should follow depth / latency):
+#     scripts/bench-host.sh --disk null --null-latency-us 2000 --queue-size 1024 \
+#         --depth 32,64,128,256,512,1024
+#   Memory (RSS idle and loaded) and start-up time with 16 LUNs:
+#     scripts/bench-host.sh --disk null --queues 1,4,16 --queue-size 1024 --depth 1024 --luns 16
+#   The file disk is a temporary file written in full once per run (or --file PATH).
 # Environment: CARGO_TARGET_DIR is honoured; VUS_SERVER_BIN, when set, skips the server build.
 set -euo pipefail
 

@@ -9,12 +9,23 @@
 #   --server 'ARGS'    start vfio-user-scsi --socket <fresh socket> ARGS, attach, stop it afterwards
 #                      (ARGS are split as the shell would; the binary is $VUS_SERVER_BIN, or the
 #                      workspace's target/release/vfio-user-scsi, built with cargo if needed)
+#   --vhost-user-blk   start qemu-storage-daemon exporting the disk as vhost-user-blk and attach
+#                      it with vhost-user-blk-pci (the out-of-process yardstick); the guest's disk
+#                      is /dev/vda instead of /dev/sda
 # OPTIONS:
 #   --smp N            guest vCPUs (default 2)
 #   --mem MiB          guest RAM, a shareable memfd (default 1024)
 #   --queues N         request queues (builtin default: smp; with --server: --num-queues N)
 #   --iothreads N      iothreads serving the queues (builtin default 1; with --server:
-#                      --iothread io0 ... --iothread io<N-1>)
+#                      --iothread io0 ... --iothread io<N-1>; with --vhost-user-blk: N >= 1
+#                      runs the export in one iothread, the most QEMU 11 allows; default 0:
+#                      the daemon's main loop)
+#   --queue-size N     virtqueue size (builtin: virtqueue_size; --server: --queue-size;
+#                      --vhost-user-blk: the device's queue-size); default: each device's own
+#   --no-poll          iothreads do not poll (builtin and qemu-storage-daemon: poll-max-ns=0;
+#                      --server: --poll-max-ns 0)
+#   --null-latency-us U  with --disk null: every request completes after U microseconds
+#                      (null-co latency-ns for QEMU's devices, latency-us for our server)
 #   --disk SPEC        FILE (a raw image or block device; both devices serve it with O_DIRECT and
 #                      discard), null (1 GiB) or null:SIZE (SIZE in bytes or with a K/M/G/T suffix). Default with --builtin: a sparse temporary 1 GiB
 #                      file; with --server: the server's own default disk.
@@ -27,10 +38,12 @@
 #                      partition with systemd-boot, the guest kernel and the initramfs, and the guest
 #                      script runs as usual (no --disk). Firmware debug output is kept in the run's
 #                      directory and quoted when the run fails.
-# The guest waits for /dev/sda before it runs the script.
+# The guest waits for its disk before it runs the script, and finds its path in $VUS_DISK.
 # Exit status: the guest script's; 124 on timeout; 125 when the guest never reported a status
 # (QEMU error, boot failure, kernel panic) or the server failed.
-# Environment: VUS_SERVER_BIN, VUS_SERVER_LOG (server log path), VUS_CACHE, VUS_TMPDIR.
+# Environment: VUS_SERVER_BIN, VUS_SERVER_LOG (server log path), VUS_CACHE, VUS_TMPDIR,
+# VUS_RUN_PIDS (a file where the PIDs of the device side and QEMU are written, one
+# 'server|daemon|qemu PID' line each, for benchmarks that read /proc).
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,6 +64,9 @@ mem=1024
 queues=
 iothreads=
 disk=
+queue_size=
+poll=on
+null_latency_us=0
 accel=tcg
 timeout_s=300
 firmware=
@@ -65,11 +81,15 @@ while [ "$#" -gt 0 ]; do
         --builtin) mode=builtin ;;
         --socket) need_value "$@"; mode=socket; socket_path=$2; shift ;;
         --server) need_value "$@"; mode=server; server_args=$2; shift ;;
+        --vhost-user-blk) mode=vhost ;;
         --smp) need_value "$@"; is_count "$1" "$2"; smp=$2; shift ;;
         --mem) need_value "$@"; is_count "$1" "$2"; mem=$2; shift ;;
         --queues) need_value "$@"; is_count "$1" "$2"; queues=$2; shift ;;
         --iothreads) need_value "$@"; is_count "$1" "$2"; iothreads=$2; shift ;;
         --disk) need_value "$@"; disk=$2; shift ;;
+        --queue-size) need_value "$@"; is_count "$1" "$2"; queue_size=$2; shift ;;
+        --no-poll) poll=off ;;
+        --null-latency-us) need_value "$@"; is_count "$1" "$2"; null_latency_us=$2; shift ;;
         --accel) need_value "$@"; accel=$2; shift ;;
         --timeout) need_value "$@"; is_count "$1" "$2"; timeout_s=$2; shift ;;
         --firmware) need_value "$@"; firmware=$2; shift ;;
@@ -114,9 +134,20 @@ case $disk in
         disk_file=$(realpath -e "$disk" 2>/dev/null) || die "--disk: '$disk' does not exist"
         ;;
 esac
-if [ "$mode" = socket ] && [ -n "$disk$queues$iothreads" ]; then
-    die "--disk, --queues and --iothreads belong to the server's command line with --socket"
+if [ "$mode" = socket ] && [ -n "$disk$queues$iothreads$queue_size" ]; then
+    die "--disk, --queues, --queue-size and --iothreads belong to the server's command line with --socket"
 fi
+if [ "$null_latency_us" != 0 ] && [ "$disk_kind" != null ]; then
+    die "--null-latency-us needs --disk null"
+fi
+# QEMU's iothread object: poll-max-ns=0 turns its adaptive polling off.
+iothread_poll=
+[ "$poll" = on ] || iothread_poll=,poll-max-ns=0
+# QEMU's null-co block driver, with the same latency our server's null disk would have.
+null_co() {
+    printf '{"driver":"null-co","node-name":"d0","size":%s,"read-zeroes":false,"latency-ns":%s}' \
+        "$disk_bytes" "$((null_latency_us * 1000))"
+}
 
 guest_dir=$("$script_dir/setup-guest.sh" --print-dir --quiet) ||
     die "the guest environment could not be built (see setup-guest's message above)"
@@ -125,6 +156,7 @@ qemu=$guest_dir/bin/qemu-system-x86_64
 work=$(mktemp -d "${VUS_TMPDIR:-/var/tmp}/vus-run.XXXXXX")
 qemu_pid=
 server_pid=
+daemon_pid=
 tee_pid=
 # shellcheck disable=SC2317 # called from the EXIT trap
 stop_process() {
@@ -141,6 +173,7 @@ stop_process() {
 cleanup() {
     stop_process "$qemu_pid"
     stop_process "$server_pid"
+    stop_process "$daemon_pid"
     exec 3>&-
     stop_process "$tee_pid"
     rm -rf "$work"
@@ -190,10 +223,10 @@ case $mode in
         [ "$queues" -ge 1 ] || die "--queues must be at least 1"
         mapping=
         for ((i = 0; i < iothreads; i++)); do
-            qemu_args+=(-object "iothread,id=iot$i")
+            qemu_args+=(-object "iothread,id=iot$i$iothread_poll")
             mapping+="${mapping:+,}{\"iothread\":\"iot$i\"}"
         done
-        hba="{\"driver\":\"virtio-scsi-pci\",\"id\":\"scsi0\",\"num_queues\":$queues"
+        hba="{\"driver\":\"virtio-scsi-pci\",\"id\":\"scsi0\",\"num_queues\":$queues${queue_size:+,\"virtqueue_size\":$queue_size}"
         [ -z "$mapping" ] || hba+=",\"iothread-vq-mapping\":[$mapping]"
         qemu_args+=(-device "$hba}")
         if [ "$disk_kind" = default ]; then
@@ -202,11 +235,17 @@ case $mode in
             truncate -s 1G "$disk_file"
         fi
         if [ "$disk_kind" = null ]; then
-            qemu_args+=(-blockdev "{\"driver\":\"null-co\",\"node-name\":\"d0\",\"size\":$disk_bytes,\"read-zeroes\":false}")
+            qemu_args+=(-blockdev "$(null_co)")
         else
             qemu_args+=(-blockdev "{\"driver\":\"raw\",\"node-name\":\"d0\",\"cache\":{\"direct\":true},\"discard\":\"unmap\",\"file\":{\"driver\":\"file\",\"filename\":$(json_string "$disk_file"),\"aio\":\"io_uring\"}}")
         fi
         qemu_args+=(-device '{"driver":"scsi-hd","drive":"d0","bus":"scsi0.0"}')
+        ;;
+    vhost)
+        queues=${queues:-$smp}
+        [ "$queues" -ge 1 ] || die "--queues must be at least 1"
+        qemu_args+=(-chardev "socket,id=c0,path=$work/vhost.sock"
+            -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues${queue_size:+,queue-size=$queue_size}")
         ;;
     socket | server)
         if [ "$mode" = server ]; then
@@ -229,11 +268,13 @@ start_server() {
     local args=()
     eval "args=($server_args)" || die "--server: cannot split '$server_args' into arguments"
     case $disk_kind in
-        null) args+=(--disk "null,size=$disk_bytes") ;;
+        null) args+=(--disk "null,size=$disk_bytes,latency-us=$null_latency_us") ;;
         # The built-in device's settings (cache direct, discard unmap), so comparisons are fair.
         file) args+=(--disk "path=$disk_file,cache=none,discard=unmap") ;;
     esac
     [ -z "$queues" ] || args+=(--num-queues "$queues")
+    [ -z "$queue_size" ] || args+=(--queue-size "$queue_size")
+    [ "$poll" = on ] || args+=(--poll-max-ns 0)
     for ((i = 0; i < ${iothreads:-0}; i++)); do
         args+=(--iothread "io$i")
     done
@@ -241,6 +282,7 @@ start_server() {
     echo "run-vm: starting $server_bin --socket $socket_path ${args[*]} (log: $server_log)" >&2
     "$server_bin" --socket "$socket_path" "${args[@]}" >"$server_log" 2>&1 </dev/null &
     server_pid=$!
+    [ -z "${VUS_RUN_PIDS:-}" ] || echo "server $server_pid" >>"$VUS_RUN_PIDS"
     local waited=0
     while [ ! -S "$socket_path" ]; do
         if ! kill -0 "$server_pid" 2>/dev/null; then
@@ -254,6 +296,44 @@ start_server() {
         sleep 0.1
         waited=$((waited + 1))
     done
+}
+
+# qemu-storage-daemon with the same backend QEMU's own device would use, exported on a socket.
+start_daemon() {
+    local daemon=$guest_dir/bin/qemu-storage-daemon node export_spec
+    case $disk_kind in
+        null) node=$(null_co) ;;
+        *)
+            if [ "$disk_kind" = default ]; then
+                disk_file=$work/disk.raw
+                truncate -s 1G "$disk_file"
+            fi
+            node="{\"driver\":\"raw\",\"node-name\":\"d0\",\"cache\":{\"direct\":true},\"discard\":\"unmap\",\"file\":{\"driver\":\"file\",\"filename\":$(json_string "$disk_file"),\"aio\":\"io_uring\"}}"
+            ;;
+    esac
+    local args=(--blockdev "$node")
+    export_spec="{\"type\":\"vhost-user-blk\",\"id\":\"e0\",\"node-name\":\"d0\",\"writable\":true,\"num-queues\":$queues,\"addr\":{\"type\":\"unix\",\"path\":$(json_string "$work/vhost.sock")}"
+    # QEMU 11's vhost-user-blk export refuses a list of iothreads ("does not support
+    # multi-threading"): one iothread is its most.
+    if [ "${iothreads:-0}" -ge 1 ]; then
+        [ "$iothreads" = 1 ] ||
+            echo "run-vm: qemu-storage-daemon's vhost-user-blk export runs in one iothread, not $iothreads" >&2
+        args+=(--object "iothread,id=iot0$iothread_poll")
+        export_spec+=",\"iothread\":\"iot0\""
+    fi
+    args+=(--export "$export_spec}")
+    server_log=${VUS_SERVER_LOG:-$work/daemon.log}
+    echo "run-vm: starting qemu-storage-daemon ${args[*]} (log: $server_log)" >&2
+    "$daemon" "${args[@]}" >"$server_log" 2>&1 </dev/null &
+    daemon_pid=$!
+    local waited=0
+    while [ ! -S "$work/vhost.sock" ]; do
+        kill -0 "$daemon_pid" 2>/dev/null || { show_server_log; die "qemu-storage-daemon exited before it listened"; }
+        [ "$waited" -lt 100 ] || { show_server_log; die "qemu-storage-daemon did not listen within 10 s"; }
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    [ -z "${VUS_RUN_PIDS:-}" ] || echo "daemon $daemon_pid" >>"$VUS_RUN_PIDS"
 }
 
 show_server_log() {
@@ -295,7 +375,9 @@ stop_server() {
 # The per-run archive: Linux unpacks concatenated initramfs archives in order.
 mkdir -p "$work/extra"
 printf '%s\n' "$guest_script" >"$work/extra/run-script.sh"
-printf 'VUS_WAIT_DISK=/dev/sda\nVUS_WAIT_SECS=%s\n' 60 >"$work/extra/run-env.sh"
+guest_disk=/dev/sda
+[ "$mode" = vhost ] && guest_disk=/dev/vda
+printf 'VUS_WAIT_DISK=%s\nVUS_WAIT_SECS=%s\nexport VUS_DISK=%s\n' "$guest_disk" 60 "$guest_disk" >"$work/extra/run-env.sh"
 (cd "$work/extra" && printf '%s\n' run-script.sh run-env.sh | cpio -o -H newc --quiet) |
     gzip -1 >"$work/extra.gz"
 cat "$guest_dir/initramfs.gz" "$work/extra.gz" >"$work/initrd"
@@ -329,6 +411,8 @@ fi
 
 if [ "$mode" = server ]; then
     start_server
+elif [ "$mode" = vhost ]; then
+    start_daemon
 elif [ "$mode" = socket ]; then
     [ -S "$socket_path" ] || die "--socket: no server is listening on '$socket_path'"
 fi
@@ -346,6 +430,8 @@ started=$SECONDS
 qemu_status=0
 timeout --kill-after=5 "$timeout_s" "$qemu" "${qemu_args[@]}" >"$work/console" 2>&1 </dev/null 3>&- &
 qemu_pid=$!
+echo "run-vm: QEMU started" >&2
+[ -z "${VUS_RUN_PIDS:-}" ] || echo "qemu $qemu_pid" >>"$VUS_RUN_PIDS"
 wait "$qemu_pid" || qemu_status=$?
 qemu_pid=
 exec 3>&-
@@ -355,6 +441,9 @@ tee_pid=
 server_ok=1
 if [ "$mode" = server ]; then
     stop_server || server_ok=0
+elif [ "$mode" = vhost ]; then
+    stop_process "$daemon_pid"
+    daemon_pid=
 fi
 
 marker=$(grep -a -o '^VUS-GUEST-EXIT=[0-9]*' "$console_log" | tail -n 1 || true)

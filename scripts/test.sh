@@ -55,4 +55,6 @@ step "cargo build --release -p server" cargo build --release -p server
 export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
 step "build the fuzz targets" bash scripts/build-fuzz.sh
 step "cargo nextest" cargo nextest run --workspace
+# Benchmarks are not timed tests: this only shows that every bench script still runs end to end.
+step "benchmarks in a tiny configuration (1 round, 2 s)" scripts/bench-report.sh --quick
 echo "==> test.sh: all steps passed"

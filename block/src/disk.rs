@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use vmm_sys_util::ioctl_ior_nr;
 
@@ -27,7 +28,8 @@ const FALLBACK_FILE_OFFSET_ALIGNMENT: u32 = 512;
 
 #[derive(Debug)]
 enum Backend {
-    Null,
+    /// Completes every request after `latency` (zero: at once).
+    Null { latency: Duration },
     File {
         file: File,
         path: PathBuf,
@@ -126,6 +128,17 @@ impl Disk {
     /// length, writes are dropped and reads leave the buffers untouched (like QEMU's null-co
     /// with read-zeroes off), so that only the device's own cost is measured.
     pub fn null(size: u64, logical_block_size: u32) -> Result<Disk, BlockError> {
+        Disk::null_with_latency(size, logical_block_size, Duration::ZERO)
+    }
+
+    /// A null disk whose requests complete `latency` after they were submitted, as if it were
+    /// slow storage (`--disk null,latency-us=U`). io_uring waits with a timer, holding no
+    /// thread; the blocking engines sleep on their thread.
+    pub fn null_with_latency(
+        size: u64,
+        logical_block_size: u32,
+        latency: Duration,
+    ) -> Result<Disk, BlockError> {
         let logical_block_size = checked_logical_block_size(logical_block_size)?;
         if size == 0 || size % u64::from(logical_block_size) != 0 {
             return Err(BlockError::NullSize {
@@ -134,7 +147,7 @@ impl Disk {
             });
         }
         Ok(Disk {
-            backend: Backend::Null,
+            backend: Backend::Null { latency },
             size: AtomicU64::new(size),
             logical_block_size,
             read_only: false,
@@ -155,7 +168,7 @@ impl Disk {
     pub fn resize(&self, null_size: Option<u64>) -> Result<u64, BlockError> {
         let current = self.size();
         let size = match (&self.backend, null_size) {
-            (Backend::Null, Some(size)) => {
+            (Backend::Null { .. }, Some(size)) => {
                 if size == 0 || size % u64::from(self.logical_block_size) != 0 {
                     return Err(BlockError::NullSize {
                         size,
@@ -164,7 +177,7 @@ impl Disk {
                 }
                 size
             }
-            (Backend::Null, None) => return Err(BlockError::NullResizeNeedsSize),
+            (Backend::Null { .. }, None) => return Err(BlockError::NullResizeNeedsSize),
             (Backend::File { path, .. }, Some(_)) => {
                 return Err(BlockError::FileResizeTakesNoSize { path: path.clone() })
             }
@@ -220,13 +233,21 @@ impl Disk {
     }
 
     pub fn is_null(&self) -> bool {
-        matches!(self.backend, Backend::Null)
+        matches!(self.backend, Backend::Null { .. })
+    }
+
+    /// The completion latency of a null disk; zero for other disks.
+    pub fn null_latency(&self) -> Duration {
+        match self.backend {
+            Backend::Null { latency } => latency,
+            Backend::File { .. } => Duration::ZERO,
+        }
     }
 
     /// The backing file's path; `None` for a null disk.
     pub fn path(&self) -> Option<&Path> {
         match &self.backend {
-            Backend::Null => None,
+            Backend::Null { .. } => None,
             Backend::File { path, .. } => Some(path),
         }
     }
@@ -239,7 +260,7 @@ impl Disk {
     /// The backing file descriptor; `None` for a null disk.
     pub(crate) fn fd(&self) -> Option<RawFd> {
         match &self.backend {
-            Backend::Null => None,
+            Backend::Null { .. } => None,
             Backend::File { file, .. } => Some(file.as_raw_fd()),
         }
     }

@@ -8,6 +8,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::aligned_buffer::AlignedBuffer;
+use crate::null_latency::Delay;
 use crate::sync_engine::{self, IOV_MAX};
 use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 
@@ -42,6 +43,8 @@ struct InFlight {
 
 enum Operation {
     Transfer(Transfer),
+    /// A null disk's request waiting out its latency.
+    Delay(Delay),
     Flush,
     Discard {
         offset: u64,
@@ -112,8 +115,9 @@ impl IoUringEngine {
             return self.finish(user_data, Err(errno));
         }
         let len = request.byte_len();
+        let delayed = disk.is_null() && !disk.null_latency().is_zero();
         let nothing_to_do = match &request {
-            _ if disk.is_null() => true,
+            _ if disk.is_null() => !delayed,
             IoRequest::Flush => false,
             IoRequest::Discard { .. } if !disk.discard_supported() => true,
             _ => len == 0,
@@ -135,7 +139,7 @@ impl IoUringEngine {
                 user_data,
             });
         };
-        let operation = match Operation::new(disk, request) {
+        let operation = match Operation::new(disk, request, delayed) {
             Ok(operation) => operation,
             Err(errno) => {
                 self.free_slots.push(slot);
@@ -155,15 +159,15 @@ impl IoUringEngine {
         let Some(in_flight) = self.slots[slot].as_mut() else {
             return;
         };
-        let Some(fd) = in_flight.disk.fd() else {
-            // Null disks complete in `start`; this only guards against a hanging request.
-            return self.complete_slot(slot, Err(libc::EIO));
-        };
-        let entry = in_flight
-            .operation
-            .entry(types::Fd(fd))
-            .user_data(slot as u64);
-        // SAFETY: everything the entry points to (iovecs, guest memory, bounce buffer) and the
+        let entry = match (&mut in_flight.operation, in_flight.disk.fd()) {
+            (Operation::Delay(delay), _) => delay.entry(),
+            (operation, Some(fd)) => operation.entry(types::Fd(fd)),
+            // Null disks without latency complete in `start`; this only guards against a
+            // hanging request.
+            (_, None) => return self.complete_slot(slot, Err(libc::EIO)),
+        }
+        .user_data(slot as u64);
+        // SAFETY: everything the entry points to (iovecs, guest memory, bounce buffer, timespec) and the
         // fd belong to the InFlight in slots[slot], which stays there until this SQE's CQE is
         // reaped (or the engine's Drop has waited for it).
         let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -298,7 +302,14 @@ impl Drop for IoUringEngine {
 }
 
 impl Operation {
-    fn new(disk: &Disk, request: IoRequest) -> Result<Operation, i32> {
+    /// `delayed`: the request only waits out the null disk's latency.
+    fn new(disk: &Disk, request: IoRequest, delayed: bool) -> Result<Operation, i32> {
+        if delayed {
+            return Ok(Operation::Delay(Delay::new(
+                disk.null_latency(),
+                request.byte_len(),
+            )));
+        }
         Ok(match request {
             IoRequest::Read { offset, buffers } => {
                 Operation::Transfer(Transfer::new(disk, offset, buffers, None)?)
@@ -329,6 +340,7 @@ impl Operation {
     fn entry(&mut self, fd: types::Fd) -> squeue::Entry {
         match self {
             Operation::Transfer(transfer) => transfer.entry(fd),
+            Operation::Delay(delay) => delay.entry(),
             Operation::Flush => datasync(fd),
             Operation::Discard { offset, len } => opcode::Fallocate::new(fd, *len)
                 .offset(*offset)
@@ -357,6 +369,7 @@ impl Operation {
         }
         match self {
             Operation::Transfer(transfer) => transfer.advance(result),
+            Operation::Delay(delay) => Next::Done(delay.result(result)),
             Operation::Flush if result < 0 => Next::Done(Err(-result)),
             Operation::Flush => Next::Done(Ok(0)),
             Operation::Discard { len, .. } => match -result {

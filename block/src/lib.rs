@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod io_buffers;
 mod io_uring_engine;
+mod null_latency;
 mod options;
 mod request;
 mod sync_engine;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::aligned_buffer::AlignedBuffer;
+use crate::null_latency;
 use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 
 ioctl_io_nr!(BLKDISCARD, 0x12, 119);
@@ -58,6 +59,7 @@ impl Engine for SyncEngine {
 pub(crate) fn execute(disk: &Disk, request: &IoRequest) -> Result<u64, i32> {
     request.check(disk)?;
     let Some(fd) = disk.fd() else {
+        null_latency::sleep(disk.null_latency());
         return Ok(request.byte_len());
     };
     match request {

@@ -86,7 +86,8 @@ pub struct Cli {
     pub socket_mode: u32,
     /// A disk (repeatable): `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
     /// [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or
-    /// `null,size=BYTES[,lun=N][,logical-block-size=512|4096]`. Defaults are QEMU's:
+    /// `null,size=BYTES[,lun=N][,logical-block-size=512|4096][,latency-us=U]` (latency-us: every
+    /// request completes U microseconds late, as slow storage would). Defaults are QEMU's:
     /// cache=writeback, discard=ignore, 512-byte blocks, locking=on (an OFD lock on the image,
     /// shared for readonly=on, exclusive otherwise). Sizes take K, M, G, T suffixes; `,,` is a
     /// comma inside a value. LUNs are 0..=16383, by default the next free one; Linux names

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use block::{Disk, DiskOptions};
 use scsi_disk::LunConfig;
@@ -116,7 +117,11 @@ pub fn open_lun(
 
 fn open_disk(spec: &DiskSpec) -> Result<Disk, block::BlockError> {
     match &spec.backing {
-        Backing::Null { size } => Disk::null(*size, spec.logical_block_size),
+        Backing::Null { size, latency_us } => Disk::null_with_latency(
+            *size,
+            spec.logical_block_size,
+            Duration::from_micros(*latency_us),
+        ),
         Backing::File {
             path,
             cache,

@@ -1,5 +1,6 @@
 //! The `--disk` option: `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
-//! [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or `null,size=BYTES[,lun=N]...`.
+//! [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or
+//! `null,size=BYTES[,latency-us=U][,lun=N]...`.
 //!
 //! As in QEMU's option syntax, `,,` stands for a literal comma inside a value.
 
@@ -22,6 +23,8 @@ pub enum Backing {
     },
     Null {
         size: u64,
+        /// Completion latency in microseconds (`latency-us=U`), 0 for none.
+        latency_us: u64,
     },
 }
 
@@ -80,6 +83,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
 
     let mut path = None;
     let mut size = None;
+    let mut latency_us = 0;
     let mut lun = None;
     let mut read_only = false;
     let mut serial = None;
@@ -105,6 +109,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
                 path = Some(PathBuf::from(value));
             }
             "size" if is_null => size = Some(parse_size(value)?),
+            "latency-us" if is_null => latency_us = parse_latency_us(value)?,
             "lun" => {
                 let n: u16 = value
                     .parse()
@@ -152,7 +157,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
 
     let backing = if is_null {
         let size = size.ok_or("a null disk needs size=BYTES")?;
-        Backing::Null { size }
+        Backing::Null { size, latency_us }
     } else {
         let path = path.ok_or("path=FILE is missing (or use 'null,size=BYTES')")?;
         Backing::File {
@@ -162,7 +167,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
             locking,
         }
     };
-    if let Backing::Null { size } = backing {
+    if let Backing::Null { size, .. } = backing {
         if size == 0 || size % u64::from(logical_block_size) != 0 {
             return Err(format!(
                 "size {size} is not a positive multiple of the logical block size {logical_block_size}"
@@ -200,6 +205,19 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
         .ok_or_else(|| format!("size '{value}' is not a number of bytes (suffixes K, M, G, T)"))
+}
+
+/// Longest null-disk latency accepted: a request slower than this is a hung disk to a guest.
+const MAX_NULL_LATENCY_US: u64 = 10_000_000;
+
+fn parse_latency_us(value: &str) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|us| *us <= MAX_NULL_LATENCY_US)
+        .ok_or_else(|| {
+            format!("latency-us '{value}' is not a number of microseconds from 0 to {MAX_NULL_LATENCY_US}")
+        })
 }
 
 /// Gives every disk its LUN: an explicit `lun=`, or the lowest free number after the previous
@@ -283,8 +301,22 @@ mod tests {
     #[test]
     fn null_disk_sizes() {
         let spec: DiskSpec = "null,size=1G,lun=2".parse().unwrap();
-        assert_eq!(spec.backing, Backing::Null { size: 1 << 30 });
+        assert_eq!(
+            spec.backing,
+            Backing::Null {
+                size: 1 << 30,
+                latency_us: 0
+            }
+        );
         assert_eq!(spec.lun, Some(2));
+        let slow: DiskSpec = "null,size=1M,latency-us=2000".parse().unwrap();
+        assert_eq!(
+            slow.backing,
+            Backing::Null {
+                size: 1 << 20,
+                latency_us: 2000
+            }
+        );
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("3k").unwrap(), 3072);
         assert!(parse_size("99999999999T").is_err());
@@ -292,6 +324,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_option_and_value() {
+        assert_eq!(
+            problem("null,size=1M,latency-us=-5"),
+            "--disk 'null,size=1M,latency-us=-5': latency-us '-5' is not a number of \
+             microseconds from 0 to 10000000"
+        );
+        assert_eq!(
+            problem("path=a,latency-us=5"),
+            "--disk 'path=a,latency-us=5': unknown option 'latency-us'"
+        );
         assert_eq!(
             problem("path=a,lun=x"),
             "--disk 'path=a,lun=x': lun 'x' is not a number from 0 to 16383"

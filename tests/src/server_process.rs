@@ -146,7 +146,8 @@ impl ServerProcess {
                     stderr: process.stderr(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Fine-grained, so that the bench's start-up times mean something.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

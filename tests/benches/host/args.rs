@@ -11,7 +11,7 @@ use crate::error::BenchError;
 pub enum DiskKind {
     /// `--disk null,size=...`: no I/O at all, the device path alone.
     Null,
-    /// A raw file: a sparse temporary one in `--file-dir`, or `--file`.
+    /// A raw file: a fully written temporary one in `--file-dir`, or `--file`.
     File,
 }
 
@@ -52,18 +52,31 @@ pub enum Wait {
 /// Drives the vfio-user-scsi server with the userspace virtio-scsi driver, without a guest, and
 /// prints IOPS, latency percentiles and the server's CPU time per request.
 ///
-/// Options that take a comma-separated list (--queues, --disk, --kick, --rw) add a dimension to
-/// the matrix of runs; by default null and file disks x socket and iofd kicks x 1 and 2 queues,
-/// randread 4 KiB at depth 32 for 5 s each.
+/// Options that take a comma-separated list (--queues, --iothreads, --depth, --disk, --kick, --rw)
+/// add a dimension to the matrix of runs; by default null and file disks x socket and iofd kicks
+/// x 1 and 2 queues, randread 4 KiB at depth 32 for 5 s each.
 #[derive(Debug, Parser)]
 #[command(name = "bench-host", bin_name = "cargo bench -p tests --bench host --")]
 pub struct Args {
     /// Request queues, each driven by its own thread (default 1,2).
     #[arg(long, value_delimiter = ',')]
     pub queues: Vec<u16>,
-    /// Requests kept in flight on each queue.
-    #[arg(long, default_value_t = 32)]
-    pub depth: u16,
+    /// Requests kept in flight on each queue (default 32); a list sweeps the depth, e.g.
+    /// `--depth 32,64,128,256,512,1024` with `--queue-size 1024`.
+    #[arg(long, value_delimiter = ',')]
+    pub depth: Vec<u16>,
+    /// Iothreads the server runs (`--iothread io0 ...`, request queues spread round-robin); 0 is
+    /// the main loop. By default none are added. Counts above the queue count are skipped.
+    #[arg(long, value_delimiter = ',')]
+    pub iothreads: Vec<u16>,
+    /// The null disk completes each request after this many microseconds
+    /// (`--disk null,latency-us=U`), as slow storage would, without holding a thread.
+    #[arg(long, default_value_t = 0)]
+    pub null_latency_us: u64,
+    /// LUNs the server serves: LUN 0 is the measured disk, the others are idle null disks (for
+    /// memory figures).
+    #[arg(long, default_value_t = 1)]
+    pub luns: u16,
     /// Bytes per request (a multiple of the disk's block size).
     #[arg(long, default_value_t = 4096)]
     pub bs: u32,
@@ -89,9 +102,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 30)]
     pub disk_size: u64,
     /// Use this existing file or block device as the file disk (write jobs overwrite it).
+    /// Without it, a temporary file is written in full once per run, so that reads reach
+    /// allocated blocks rather than holes.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Where the temporary sparse file disk is created.
+    /// Where the temporary file disk is created.
     #[arg(long, default_value = "/var/tmp")]
     pub file_dir: PathBuf,
     /// Extra `--disk` options for the file disk, e.g. `cache=none`.
@@ -118,6 +133,8 @@ pub struct Config {
     pub disk: DiskKind,
     pub kick: Kick,
     pub queues: u16,
+    /// `None`: no `--iothread` added.
+    pub iothreads: Option<u16>,
     pub depth: u16,
     pub bs: u32,
     pub rw: Pattern,
@@ -140,31 +157,47 @@ impl Args {
 
     /// Every combination of the listed dimensions, each defaulting to the standard matrix.
     pub fn configurations(&self) -> Result<Vec<Config>, BenchError> {
-        if self.depth == 0 || self.bs == 0 || self.queues.contains(&0) {
+        if self.depth.contains(&0) || self.bs == 0 || self.queues.contains(&0) || self.luns == 0 {
             return Err(BenchError::Args(
-                "--depth, --bs and --queues must be above 0".into(),
+                "--depth, --bs, --queues and --luns must be above 0".into(),
             ));
         }
         let disks = or_default(&self.disk, &[DiskKind::Null, DiskKind::File]);
         let kicks = or_default(&self.kick, &[Kick::Socket, Kick::Iofd]);
         let queues = or_default(&self.queues, &[1, 2]);
         let patterns = or_default(&self.rw, &[Pattern::Randread]);
+        let depths = or_default(&self.depth, &[32]);
+        let iothreads: Vec<Option<u16>> = if self.iothreads.is_empty() {
+            vec![None]
+        } else {
+            self.iothreads.iter().copied().map(Some).collect()
+        };
         let mut configs = Vec::new();
         for &disk in &disks {
             for &kick in &kicks {
                 for &queues in &queues {
-                    for &rw in &patterns {
-                        configs.push(Config {
-                            disk,
-                            kick,
-                            queues,
-                            depth: self.depth,
-                            bs: self.bs,
-                            rw,
-                        });
+                    for &threads in iothreads.iter().filter(|t| t.unwrap_or(0) <= queues) {
+                        for &depth in &depths {
+                            for &rw in &patterns {
+                                configs.push(Config {
+                                    disk,
+                                    kick,
+                                    queues,
+                                    iothreads: threads,
+                                    depth,
+                                    bs: self.bs,
+                                    rw,
+                                });
+                            }
+                        }
                     }
                 }
             }
+        }
+        if configs.is_empty() {
+            return Err(BenchError::Args(
+                "every --iothreads count is above every --queues count: nothing to run".into(),
+            ));
         }
         Ok(configs)
     }

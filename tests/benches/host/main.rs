@@ -19,13 +19,14 @@ mod self_check;
 mod server_counters;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{json, Value};
 
 use crate::args::Args;
 use crate::error::BenchError;
-use crate::run::{file_disk_location, run_config, RunResult};
+use crate::run::{file_disk_location, prepare_file_disk, run_config, RunResult};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -52,10 +53,25 @@ fn run(args: &Args) -> Result<(), BenchError> {
         println!("{key}: {value}");
     }
     println!();
+    let file_disk = prepare_file_disk(args, &configs)?;
+    let file_path = file_disk
+        .as_ref()
+        .map(|(path, _)| path.clone())
+        .unwrap_or_default();
     report::print_header();
     let mut results: Vec<RunResult> = Vec::new();
-    for config in configs {
-        let result = run_config(args, config, warmup, measured)?;
+    // Start-up, connection and teardown of each run, besides warm-up and measurement.
+    let per_run = warmup + measured + Duration::from_millis(500);
+    for (index, config) in configs.iter().enumerate() {
+        let left = per_run * (configs.len() - index) as u32;
+        eprintln!(
+            "bench-host: [{}/{}] {}, about {} s left",
+            index + 1,
+            configs.len(),
+            report::describe(config),
+            left.as_secs()
+        );
+        let result = run_config(args, *config, warmup, measured, &file_path)?;
         report::print_row(&result);
         results.push(result);
     }
@@ -87,6 +103,9 @@ fn host_header(args: &Args) -> Result<Value, BenchError> {
         "file_disk": file_disk_location(args).display().to_string(),
         "file_disk_options": if args.disk_options.is_empty() { "(server defaults)" } else { &args.disk_options },
         "server_args": args.server_args,
+        "queue_size": args.queue_size,
+        "luns": args.luns,
+        "null_latency_us": args.null_latency_us,
         "wait": args::name(args.wait),
         "warmup_seconds": args.warmup,
         "measured_seconds": args.seconds,

@@ -4,11 +4,11 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::args::name;
+use crate::args::{name, Config};
 use crate::error::BenchError;
 use crate::run::RunResult;
 
-const HEADER: &str = "disk  kick    q  depth  rw         bs       IOPS    MiB/s   p50 us   p99 us  p99.9 us  srv ns/req  drv ns/req  errors";
+const HEADER: &str = "disk  kick    q  depth  rw         bs       IOPS    MiB/s   p50 us   p99 us  p99.9 us  srv ns/req  drv ns/req  errors  iothreads";
 
 pub fn print_header() {
     println!("{HEADER}");
@@ -18,7 +18,7 @@ pub fn print_header() {
 pub fn print_row(r: &RunResult) {
     let c = &r.config;
     println!(
-        "{:<5} {:<7} {:>2} {:>6}  {:<9} {:>6} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>11.0} {:>11.0} {:>7}",
+        "{:<5} {:<7} {:>2} {:>6}  {:<9} {:>6} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>11.0} {:>11.0} {:>7}  {:>9}",
         name(c.disk),
         name(c.kick),
         c.queues,
@@ -33,7 +33,24 @@ pub fn print_row(r: &RunResult) {
         r.server_ns_per_request(),
         r.driver_ns_per_request(),
         r.errors,
+        c.iothreads.map_or("-".to_string(), |n| n.to_string()),
     );
+}
+
+/// A configuration in a few words, for progress lines.
+pub fn describe(c: &Config) -> String {
+    let threads = c
+        .iothreads
+        .map_or(String::new(), |n| format!(" {n} iothreads"));
+    format!(
+        "{} disk, {} kicks, {} queues{threads}, depth {}, {} {}",
+        name(c.disk),
+        name(c.kick),
+        c.queues,
+        c.depth,
+        name(c.rw),
+        c.bs
+    )
 }
 
 /// Per-thread server figures and the driver's own load, under the table.
@@ -47,12 +64,19 @@ pub fn print_details(results: &[RunResult]) {
     for r in results {
         let c = &r.config;
         println!(
-            "{} {} q{} {} (load average {}):",
+            "{} {} q{}{} d{} {} (load average {}): started in {:.1} ms, RSS {} KiB idle ({} KiB own), {} KiB loaded ({} KiB own)",
             name(c.disk),
             name(c.kick),
             c.queues,
+            c.iothreads.map_or(String::new(), |n| format!(" it{n}")),
+            c.depth,
             name(c.rw),
-            r.load_average
+            r.load_average,
+            r.startup.as_secs_f64() * 1e3,
+            r.rss_idle.total_kib,
+            r.rss_idle.anon_kib,
+            r.rss_loaded.total_kib,
+            r.rss_loaded.anon_kib,
         );
         for thread in r.server_threads.iter().filter(|t| t.run_ns > 0) {
             println!(
@@ -121,6 +145,7 @@ fn run_json(r: &RunResult) -> Value {
         "disk": name(c.disk),
         "kick": name(c.kick),
         "queues": c.queues,
+        "iothreads": c.iothreads,
         "depth": c.depth,
         "rw": name(c.rw),
         "bs": c.bs,
@@ -139,6 +164,11 @@ fn run_json(r: &RunResult) -> Value {
             "max": r.latency.max_us,
         },
         "server": {
+            "startup_ms": r.startup.as_secs_f64() * 1e3,
+            "rss_idle_kib": r.rss_idle.total_kib,
+            "rss_loaded_kib": r.rss_loaded.total_kib,
+            "rss_anon_idle_kib": r.rss_idle.anon_kib,
+            "rss_anon_loaded_kib": r.rss_loaded.anon_kib,
             "cpu_ns_per_request": r.server_ns_per_request(),
             "threads": threads,
             "kicks_per_request": r.server_counters.map(|c| c.kicks_per_request()),

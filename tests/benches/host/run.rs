@@ -2,7 +2,8 @@
 //! userspace driver, load every request queue from its own thread, and measure the window
 //! between warm-up and the end on both sides.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tempfile::NamedTempFile;
@@ -38,6 +39,12 @@ pub struct RunResult {
     /// Server threads: what each used inside the window.
     pub server_threads: Vec<ThreadCpu>,
     pub server_pid: u32,
+    /// From spawning the server to its socket appearing.
+    pub startup: Duration,
+    /// Server resident memory with the device up and its queues set, before any load.
+    pub rss_idle: Resident,
+    /// Server resident memory at the end of the loaded window.
+    pub rss_loaded: Resident,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
     pub wakeups: u64,
@@ -100,29 +107,39 @@ impl RunResult {
     }
 }
 
+/// `file_disk`: the file behind `--disk file`, from [`prepare_file_disk`].
 pub fn run_config(
     args: &Args,
     config: Config,
     warmup: Duration,
     measured: Duration,
+    file_disk: &Path,
 ) -> Result<RunResult, BenchError> {
-    let (disk, _temp_file) = disk_argument(args, config.disk)?;
-    let num_queues = config.queues.to_string();
-    let queue_size = args.queue_size.to_string();
     let mut server_args = vec![
-        "--disk",
-        disk.as_str(),
-        "--num-queues",
-        num_queues.as_str(),
-        "--queue-size",
-        queue_size.as_str(),
+        "--disk".to_string(),
+        disk_argument(args, config.disk, file_disk),
+        "--num-queues".to_string(),
+        config.queues.to_string(),
+        "--queue-size".to_string(),
+        args.queue_size.to_string(),
     ];
+    for lun in 1..args.luns {
+        server_args.push("--disk".to_string());
+        server_args.push(format!("null,size={},lun={lun}", args.disk_size));
+    }
+    for thread in 0..config.iothreads.unwrap_or(0) {
+        server_args.push("--iothread".to_string());
+        server_args.push(format!("io{thread}"));
+    }
     // The counters the server logs at disconnect are read from its JSON records.
     if !args.server_args.contains("--log-format") {
-        server_args.extend(["--log-format", "json"]);
+        server_args.extend(["--log-format".to_string(), "json".to_string()]);
     }
-    server_args.extend(args.server_args.split_whitespace());
+    server_args.extend(args.server_args.split_whitespace().map(str::to_string));
+    let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let spawned = Instant::now();
     let mut server = ServerProcess::start(&server_args)?;
+    let startup = spawned.elapsed();
     let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
         .map_err(|source| BenchError::Connect {
             source,
@@ -151,6 +168,7 @@ pub fn run_config(
         )?);
     }
 
+    let rss_idle = resident(server.pid())?;
     let begin = Instant::now() + warmup;
     let window = Window {
         start: begin,
@@ -166,6 +184,7 @@ pub fn run_config(
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let rss_loaded = resident(server.pid())?;
 
     let mut result = RunResult {
         config,
@@ -176,6 +195,9 @@ pub fn run_config(
         latency: Summary::default(),
         server_threads: usage_between(&before, &after),
         server_pid: server.pid(),
+        startup,
+        rss_idle,
+        rss_loaded,
         driver_cpu: Duration::ZERO,
         wakeups: 0,
         load_average: load_average(),
@@ -231,43 +253,96 @@ fn driver_options(args: &Args, config: Config) -> DriverOptions {
     }
 }
 
-/// The `--disk` argument, and the temporary file behind it (removed when dropped).
-fn disk_argument(
-    args: &Args,
-    kind: DiskKind,
-) -> Result<(String, Option<NamedTempFile>), BenchError> {
+/// The `--disk` argument of LUN 0.
+fn disk_argument(args: &Args, kind: DiskKind, file_disk: &Path) -> String {
     match kind {
-        DiskKind::Null => Ok((format!("null,size={}", args.disk_size), None)),
+        DiskKind::Null if args.null_latency_us > 0 => format!(
+            "null,size={},latency-us={}",
+            args.disk_size, args.null_latency_us
+        ),
+        DiskKind::Null => format!("null,size={}", args.disk_size),
         DiskKind::File => {
-            let (path, temp) = match &args.file {
-                Some(path) => (path.clone(), None),
-                None => {
-                    let file = sparse_file(args)?;
-                    (file.path().to_path_buf(), Some(file))
-                }
-            };
-            let mut spec = format!("path={}", escape_commas(&path));
+            let mut spec = format!("path={}", escape_commas(file_disk));
             if !args.disk_options.is_empty() {
                 spec.push(',');
                 spec.push_str(&args.disk_options);
             }
-            Ok((spec, temp))
+            spec
         }
     }
 }
 
-fn sparse_file(args: &Args) -> Result<NamedTempFile, BenchError> {
+/// The file the file-disk runs use: `--file`, or a temporary file (removed when dropped)
+/// written in full, so that every block is allocated and reads reach the storage. `None` when
+/// no run uses a file disk.
+pub fn prepare_file_disk(
+    args: &Args,
+    configs: &[Config],
+) -> Result<Option<(PathBuf, Option<NamedTempFile>)>, BenchError> {
+    if !configs.iter().any(|c| c.disk == DiskKind::File) {
+        return Ok(None);
+    }
+    if let Some(path) = &args.file {
+        return Ok(Some((path.clone(), None)));
+    }
     let failed = |source| BenchError::DiskFile {
         dir: args.file_dir.clone(),
         source,
     };
-    let file = tempfile::Builder::new()
+    let mut file = tempfile::Builder::new()
         .prefix("vus-bench-")
         .suffix(".img")
         .tempfile_in(&args.file_dir)
         .map_err(failed)?;
-    file.as_file().set_len(args.disk_size).map_err(failed)?;
-    Ok(file)
+    eprintln!(
+        "bench-host: writing the {} MiB file disk in full ({})",
+        args.disk_size >> 20,
+        file.path().display()
+    );
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    let mut left = args.disk_size;
+    while left > 0 {
+        let len = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..len]).map_err(failed)?;
+        left -= len as u64;
+    }
+    file.as_file().sync_all().map_err(failed)?;
+    Ok(Some((file.path().to_path_buf(), Some(file))))
+}
+
+/// Resident memory of a process, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// VmRSS: everything, including the pages of guest memory the server has touched (shared
+    /// with the driver, as guest RAM is shared with QEMU).
+    pub total_kib: u64,
+    /// RssAnon: the server's own private memory.
+    pub anon_kib: u64,
+}
+
+fn resident(pid: u32) -> Result<Resident, BenchError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).map_err(|source| BenchError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    parse_resident(&status).ok_or(BenchError::ProcFormat {
+        path,
+        what: "no VmRSS or RssAnon line",
+    })
+}
+
+pub fn parse_resident(status: &str) -> Option<Resident> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Resident {
+        total_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+    })
 }
 
 /// `--disk` takes `,,` for a literal comma.

@@ -8,6 +8,7 @@ use clap::Parser;
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
 use crate::latency::Latencies;
+use crate::run::{parse_resident, Resident};
 use crate::server_counters::ServerCounters;
 
 pub fn run() {
@@ -15,6 +16,7 @@ pub fn run() {
     schedstat_and_switches_parse();
     usage_is_the_growth_per_thread();
     percentiles_are_nearest_rank();
+    resident_memory_parses();
     the_default_matrix_and_narrowed_ones();
     server_counters_sum_the_request_queues();
 }
@@ -63,6 +65,19 @@ fn usage_is_the_growth_per_thread() {
     );
 }
 
+fn resident_memory_parses() {
+    let status = "Name:\tvfio-user-scsi\nVmPeak:\t  99999 kB\nVmRSS:\t    5120 kB\n\
+                  RssAnon:\t    1024 kB\nRssFile:\t    4096 kB\n";
+    assert_eq!(
+        parse_resident(status),
+        Some(Resident {
+            total_kib: 5120,
+            anon_kib: 1024
+        })
+    );
+    assert_eq!(parse_resident("Name:\tx\nVmRSS:\t1 kB\n"), None);
+}
+
 fn percentiles_are_nearest_rank() {
     let mut latencies = Latencies::default();
     for us in (1..=1000).rev() {
@@ -95,6 +110,39 @@ fn the_default_matrix_and_narrowed_ones() {
             (DiskKind::Null, Kick::Iofd, 1),
             (DiskKind::Null, Kick::Iofd, 4)
         ]
+    );
+    let args = Args::parse_from([
+        "host",
+        "--disk",
+        "null",
+        "--kick",
+        "socket",
+        "--queues",
+        "1,2",
+        "--iothreads",
+        "0,1,2",
+        "--depth",
+        "32,1024",
+    ]);
+    let configs = args.configurations().unwrap();
+    assert_eq!(
+        configs
+            .iter()
+            .map(|c| (c.queues, c.iothreads, c.depth))
+            .collect::<Vec<_>>(),
+        [
+            (1, Some(0), 32),
+            (1, Some(0), 1024),
+            (1, Some(1), 32),
+            (1, Some(1), 1024),
+            (2, Some(0), 32),
+            (2, Some(0), 1024),
+            (2, Some(1), 32),
+            (2, Some(1), 1024),
+            (2, Some(2), 32),
+            (2, Some(2), 1024),
+        ],
+        "more iothreads than queues are skipped"
     );
     assert!(Args::parse_from(["host", "--depth", "0"])
         .configurations()
