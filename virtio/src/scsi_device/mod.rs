@@ -4,6 +4,7 @@
 //! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
 //! an iothread); the SCSI target state is shared between the workers behind a mutex.
 
+mod backend_errors;
 mod config;
 mod control_queue;
 mod data_buffers;
