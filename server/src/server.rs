@@ -10,7 +10,7 @@ use std::sync::Arc;
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slog::{debug, info, warn, Logger};
 
@@ -25,6 +25,12 @@ use crate::socket_path::{BoundSocket, SocketPathError};
 const LISTENER: Token = Token(0);
 const CLIENT: Token = Token(1);
 const SIGNALS: Token = Token(2);
+/// Signals that stop the server.
+const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
+/// Signals an operator may send by habit or by mistake: by default they would end the process
+/// without cleanup, so they are caught and logged. (SIGPIPE needs nothing: the Rust runtime
+/// ignores it, and a closed peer shows up as EPIPE.)
+const HARMLESS_SIGNALS: [i32; 3] = [SIGHUP, SIGUSR1, SIGUSR2];
 const WAKER: Token = Token(3);
 const FIRST_DEVICE_FD: usize = 16;
 
@@ -88,7 +94,8 @@ impl<D: Device> Server<D> {
         registry
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ServerError::Poll)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
+        let mut signals = Signals::new(STOP_SIGNALS.iter().chain(&HARMLESS_SIGNALS))
+            .map_err(ServerError::Signals)?;
         registry
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::Poll)?;
@@ -135,7 +142,13 @@ impl<D: Device> Server<D> {
                     LISTENER => self.accept(),
                     CLIENT => self.serve_client(),
                     SIGNALS => {
-                        if let Some(signal) = self.signals.pending().next() {
+                        let pending: Vec<i32> = self.signals.pending().collect();
+                        for &signal in &pending {
+                            if !STOP_SIGNALS.contains(&signal) {
+                                info!(self.log, "signal ignored"; "signal" => signal);
+                            }
+                        }
+                        if let Some(signal) = pending.iter().find(|s| STOP_SIGNALS.contains(s)) {
                             info!(self.log, "stopping"; "signal" => signal);
                             return self.stop();
                         }
