@@ -20,6 +20,7 @@ pub mod poll_window;
 pub mod protocol;
 pub mod queue_set;
 pub mod server;
+pub mod shutdown_deadline;
 pub mod socket_path;
 pub mod virtio_function;
 

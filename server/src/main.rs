@@ -1,7 +1,8 @@
 //! `vfio-user-scsi`: parses the command line, sets up logging, builds the device and serves it.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
@@ -13,6 +14,7 @@ use server::cli::{Aio, Cli};
 use server::controller::{self, ControllerConfig, ControllerError, QueueServing};
 use server::iothread_pool::IothreadPool;
 use server::mapping::{self, MappingError};
+use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
 use server::{logging, DmaMemory, Server, ServerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,8 @@ enum MainError {
     Mapping(#[from] MappingError),
     #[error("cannot start the iothreads: {0}")]
     Iothreads(std::io::Error),
+    #[error("cannot start the shutdown watchdog: {0}")]
+    ShutdownDeadline(std::io::Error),
 }
 
 /// Threads per request queue with `--aio threads`: enough to keep a few requests of a queue
@@ -58,7 +62,7 @@ fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
     }
 }
 
-fn run(cli: &Cli, log: &Logger) -> Result<(), MainError> {
+fn run(cli: &Cli, log: &Logger, log_guard: LogGuard) -> Result<(), MainError> {
     // Everything the command line can get wrong is checked before the socket exists.
     let queue_mapping = mapping::build_mapping(
         &cli.iothreads,
@@ -78,13 +82,29 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), MainError> {
         }),
     };
     let controller = controller::build(&config, memory.clone(), log)?;
-    Server::new(&cli.socket, controller.function, memory, log.clone())?.run()?;
+    let in_flight = controller.function.function().device().in_flight_probe();
+    let server = Server::new(&cli.socket, controller.function, memory, log.clone())?;
+    ShutdownDeadline {
+        timeout: Duration::from_secs(cli.shutdown_timeout),
+        socket: cli.socket.clone(),
+        in_flight: Box::new(in_flight),
+        log: log.clone(),
+        log_guard,
+    }
+    .arm()
+    .map_err(MainError::ShutdownDeadline)?;
+    server.run()?;
     Ok(())
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts, so that every thread but the shutdown watchdog inherits it.
+    if let Err(e) = shutdown_deadline::block_handled_signals() {
+        eprintln!("vfio-user-scsi: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
-    let (log, _flush_on_exit) =
+    let (log, flush_on_exit) =
         match logging::build(cli.log_format, cli.log_level, cli.log_file.as_deref()) {
             Ok(logging) => logging,
             Err(e) => {
@@ -92,12 +112,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    match run(&cli, &log) {
+    let log_guard: LogGuard = Arc::new(Mutex::new(Some(flush_on_exit)));
+    let status = match run(&cli, &log, Arc::clone(&log_guard)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(log, "exiting"; "error" => %e);
             eprintln!("vfio-user-scsi: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flushes the log before the process ends.
+    drop(
+        log_guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
+    status
 }

@@ -26,11 +26,11 @@ const LISTENER: Token = Token(0);
 const CLIENT: Token = Token(1);
 const SIGNALS: Token = Token(2);
 /// Signals that stop the server.
-const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
+pub const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
 /// Signals an operator may send by habit or by mistake: by default they would end the process
 /// without cleanup, so they are caught and logged. (SIGPIPE needs nothing: the Rust runtime
 /// ignores it, and a closed peer shows up as EPIPE.)
-const HARMLESS_SIGNALS: [i32; 3] = [SIGHUP, SIGUSR1, SIGUSR2];
+pub const HARMLESS_SIGNALS: [i32; 3] = [SIGHUP, SIGUSR1, SIGUSR2];
 const WAKER: Token = Token(3);
 const FIRST_DEVICE_FD: usize = 16;
 

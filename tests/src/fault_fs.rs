@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -49,6 +49,9 @@ pub struct Faults {
     write: AtomicI32,
     fsync: AtomicI32,
     fsyncs: AtomicU64,
+    hold_writes: AtomicBool,
+    /// Requests held unanswered, by their FUSE `unique`.
+    held: Mutex<Vec<u64>>,
 }
 
 impl Faults {
@@ -62,6 +65,16 @@ impl Faults {
 
     pub fn fail_fsyncs(&self, errno: i32) {
         self.fsync.store(errno, Ordering::SeqCst);
+    }
+
+    /// Leaves writes unanswered, as a hung backend does, until [`FaultFs::release_held`].
+    pub fn hold_writes(&self) {
+        self.hold_writes.store(true, Ordering::SeqCst);
+    }
+
+    /// How many requests are held unanswered.
+    pub fn held(&self) -> usize {
+        self.held.lock().map_or(0, |held| held.len())
     }
 
     /// How many fsync requests reached the file system.
@@ -85,6 +98,7 @@ pub enum FaultFsError {
 /// A mounted fault file system; unmounted on drop.
 pub struct FaultFs {
     mount: TempDir,
+    device: Arc<File>,
     faults: Arc<Faults>,
     thread: Option<JoinHandle<()>>,
 }
@@ -123,8 +137,9 @@ impl FaultFs {
             return Err(mount_error(io::Error::last_os_error()));
         }
         let faults = Arc::new(Faults::default());
+        let device = Arc::new(device);
         let mut server = FsServer {
-            device,
+            device: Arc::clone(&device),
             faults: Arc::clone(&faults),
             image: Mutex::new(vec![0; size as usize]),
         };
@@ -134,6 +149,7 @@ impl FaultFs {
             .map_err(FaultFsError::Thread)?;
         Ok(FaultFs {
             mount,
+            device,
             faults,
             thread: Some(thread),
         })
@@ -151,10 +167,25 @@ impl FaultFs {
     pub fn path(&self) -> &Path {
         self.mount.path()
     }
+
+    /// Stops holding writes and fails the held ones with EIO.
+    pub fn release_held(&self) {
+        self.faults.hold_writes.store(false, Ordering::SeqCst);
+        let held = self
+            .faults
+            .held
+            .lock()
+            .map(|mut held| std::mem::take(&mut *held))
+            .unwrap_or_default();
+        for unique in held {
+            reply(&self.device, unique, Err(libc::EIO));
+        }
+    }
 }
 
 impl Drop for FaultFs {
     fn drop(&mut self) {
+        self.release_held();
         if let Ok(target) = CString::new(self.mount.path().as_os_str().as_bytes()) {
             // SAFETY: target is a NUL-terminated path. A lazy unmount ends the connection, which
             // makes the server thread's read fail so that it returns.
@@ -167,7 +198,7 @@ impl Drop for FaultFs {
 }
 
 struct FsServer {
-    device: File,
+    device: Arc<File>,
     faults: Arc<Faults>,
     image: Mutex<Vec<u8>>,
 }
@@ -192,6 +223,23 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
         .get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map_or(0, u64::from_ne_bytes)
+}
+
+/// Answers request `unique` with a body or an errno.
+fn reply(device: &File, unique: u64, reply: Result<Vec<u8>, i32>) {
+    let (error, body) = match reply {
+        Ok(body) => (0, body),
+        Err(errno) => (-errno, Vec::new()),
+    };
+    let mut message = Body::default()
+        .u32((OUT_HEADER_LEN + body.len()) as u32)
+        .u32(error as u32)
+        .u64(unique)
+        .0;
+    message.extend_from_slice(&body);
+    // A failed write means the kernel gave up on this request (interrupted or unmounted).
+    let mut device = device;
+    let _ = device.write_all(&message);
 }
 
 /// Little builder for reply bodies in the kernel's native layout.
@@ -221,7 +269,7 @@ impl FsServer {
     fn serve(&mut self) {
         let mut buffer = vec![0u8; MAX_WRITE as usize + 64 * 1024];
         loop {
-            let len = match self.device.read(&mut buffer) {
+            let len = match (&*self.device).read(&mut buffer) {
                 Ok(len) => len,
                 Err(error) if error.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -237,28 +285,19 @@ impl FsServer {
                 node: u64_at(bytes, 16),
                 body: &bytes[IN_HEADER_LEN..],
             };
-            let reply = match request.opcode {
+            let answer = match request.opcode {
                 FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => continue,
                 FUSE_DESTROY => return,
+                FUSE_WRITE if self.faults.hold_writes.load(Ordering::SeqCst) => {
+                    if let Ok(mut held) = self.faults.held.lock() {
+                        held.push(request.unique);
+                    }
+                    continue;
+                }
                 _ => self.answer(&request),
             };
-            self.reply(request.unique, reply);
+            reply(&self.device, request.unique, answer);
         }
-    }
-
-    fn reply(&mut self, unique: u64, reply: Result<Vec<u8>, i32>) {
-        let (error, body) = match reply {
-            Ok(body) => (0, body),
-            Err(errno) => (-errno, Vec::new()),
-        };
-        let mut message = Body::default()
-            .u32((OUT_HEADER_LEN + body.len()) as u32)
-            .u32(error as u32)
-            .u64(unique)
-            .0;
-        message.extend_from_slice(&body);
-        // A failed write means the kernel gave up on this request (interrupted or unmounted).
-        let _ = self.device.write_all(&message);
     }
 
     fn answer(&self, request: &Request) -> Result<Vec<u8>, i32> {

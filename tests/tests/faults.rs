@@ -5,10 +5,12 @@
 //!
 //! Build the server first: `cargo build -p server && cargo test -p tests --test faults`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::fault_fs::FaultFs;
-use tests::{DriverOptions, ScsiResult, ServerProcess, VirtioScsiDriver};
+use tests::scsi::{self, cdb};
+use tests::{DriverOptions, ScsiRequest, ScsiResult, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
 const IMAGE_SIZE: u64 = 8 << 20;
@@ -28,21 +30,26 @@ struct Rig {
 }
 
 fn start(cache: &str) -> Rig {
+    start_with(cache, &[])
+}
+
+fn start_with(cache: &str, extra: &[&str]) -> Rig {
     let fs = FaultFs::mount(IMAGE_SIZE).unwrap_or_else(|e| panic!("{e}"));
     let failing = format!(
         "path={},lun={FAILING_LUN},cache={cache}",
         fs.image().display()
     );
     let healthy = format!("null,size=1M,lun={HEALTHY_LUN}");
-    let server = ServerProcess::start(&[
+    let mut args = vec![
         "--disk",
         &failing,
         "--disk",
         &healthy,
         "--log-format",
         "json",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    ];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(&args).unwrap_or_else(|e| panic!("{e}"));
     let options = DriverOptions {
         timeout: Duration::from_secs(10),
         ..DriverOptions::default()
@@ -74,6 +81,17 @@ fn assert_healthy_lun_serves(driver: &mut VirtioScsiDriver) {
         .is_good());
     assert!(driver.read10(HEALTHY_LUN, 8, 8, BLOCK).unwrap().is_good());
     assert!(driver.sync_cache(HEALTHY_LUN).unwrap().is_good());
+}
+
+/// The server's log records (JSON lines) at WARN whose message is `msg`, once there are at
+/// least `count` of them or after a few seconds: records reach stderr through an async drain.
+fn warnings_at_least(server: &ServerProcess, msg: &str, count: usize) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        found = warnings(server, msg);
+        found.len() >= count
+    });
+    found
 }
 
 /// The server's log records (JSON lines) at WARN whose message is `msg`.
@@ -129,7 +147,7 @@ fn failed_flush_stays_failed(cache: &str) {
     );
 
     assert_healthy_lun_serves(&mut rig.driver);
-    let warned = warnings(&rig.server, "backend error");
+    let warned = warnings_at_least(&rig.server, "backend error", 1);
     assert_eq!(
         warned.len(),
         1,
@@ -192,7 +210,7 @@ fn backend_errors_give_their_sense_while_other_luns_serve() {
     assert_eq!(read.data_in, data, "the LUN recovers with the backend");
 
     // 15 failures of three kinds: three warnings, the rest counted.
-    let warned = warnings(&rig.server, "backend error");
+    let warned = warnings_at_least(&rig.server, "backend error", 3);
     let kinds: Vec<(String, i64)> = warned
         .iter()
         .map(|r| {
@@ -213,4 +231,74 @@ fn backend_errors_give_their_sense_while_other_luns_serve() {
         rig.server.stderr()
     );
     assert_eq!(warned[2]["errors"], 11, "failures are counted");
+}
+
+/// Polls `condition` for up to `timeout`.
+fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// SIGTERM while the backend never answers a write: after --shutdown-timeout the server logs
+/// the stuck request, removes its socket and exits with status 1 instead of waiting forever.
+#[test]
+fn sigterm_with_stuck_backend_io_logs_the_requests_and_exits() {
+    let mut rig = start_with("none", &["--shutdown-timeout", "1"]);
+    rig.fs.faults().hold_writes();
+    let data = vec![0x77u8; 4096];
+    let request = ScsiRequest::new(
+        scsi::encode_lun(0, FAILING_LUN).unwrap(),
+        &cdb::lba10(cdb::WRITE_10, 0, 0, 8),
+    )
+    .data_out(&data)
+    .tag(0x5157);
+    rig.driver.submit(FIRST_REQUEST_QUEUE, &request).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || rig.fs.faults().held() > 0),
+        "the write never reached the file system"
+    );
+
+    let started = Instant::now();
+    // SAFETY: kill only sends a signal to the server process this test started.
+    assert_eq!(
+        unsafe { libc::kill(rig.server.pid() as i32, libc::SIGTERM) },
+        0
+    );
+    let timed_out = eventually(Duration::from_secs(10), || {
+        !warnings(&rig.server, "request still in flight at exit").is_empty()
+    });
+    // The kernel finishes exiting only once the hung request is answered.
+    rig.fs.release_held();
+    assert!(
+        timed_out,
+        "no stuck request logged:\n{}",
+        rig.server.stderr()
+    );
+    let stuck = warnings(&rig.server, "request still in flight at exit");
+    assert_eq!(stuck.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(stuck[0]["lun"], FAILING_LUN);
+    assert_eq!(stuck[0]["tag"], 0x5157);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the timeout was waited for"
+    );
+
+    let socket = rig.server.socket().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || !rig.server.is_running()),
+        "the server did not exit"
+    );
+    assert!(!socket.exists(), "the socket file is removed");
+    let summary = warnings(
+        &rig.server,
+        "shutdown timed out, exiting with requests in flight",
+    );
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["requests"], 1);
 }

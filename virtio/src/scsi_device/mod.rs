@@ -83,6 +83,8 @@ pub enum ScsiDeviceError {
     },
     #[error("SCSI target: {0}")]
     Target(#[from] TargetError),
+    #[error("task set eventfd: {0}")]
+    TaskSet(std::io::Error),
 }
 
 /// Builds the I/O engine of each request queue at activation.
@@ -109,6 +111,9 @@ pub struct ScsiDevice {
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
     engines: EngineFactory,
+    /// The commands in flight on every queue; one set for the device's lifetime, since every
+    /// command has completed before a reset lets the queues start again.
+    tasks: Arc<TaskSet>,
     logger: Logger,
 }
 
@@ -163,8 +168,15 @@ impl ScsiDevice {
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
+            tasks: Arc::new(TaskSet::new().map_err(ScsiDeviceError::TaskSet)?),
             logger,
         })
+    }
+
+    /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
+    pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
+        let tasks = Arc::clone(&self.tasks);
+        move || tasks.snapshot()
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -245,10 +257,7 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
-        let tasks = Arc::new(
-            TaskSet::new()
-                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
-        );
+        let tasks = Arc::clone(&self.tasks);
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
