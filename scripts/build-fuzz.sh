@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds the server's cargo-fuzz targets (server/fuzz) without running them; running them for
-# long is the robustness work's job: scripts/build-fuzz.sh && cargo fuzz run message ...
+# Builds the server's cargo-fuzz targets (server/fuzz) without running them; scripts/fuzz.sh
+# runs them.
 # Installs cargo-fuzz if it is missing. Uses a nightly toolchain when rustup has one, otherwise
 # lets the stable compiler accept cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP=1). No sanitizer: the
-# decoder is safe Rust, and libFuzzer's coverage and crash detection is what we want here.
+# parsers are safe Rust, and libFuzzer's coverage and crash detection is what we want here.
 #
 # Usage: scripts/build-fuzz.sh   (artifacts under $VUS_FUZZ_TARGET, by default in the cache
 #        outside the repository: a fresh clone reuses the last build, cargo rebuilds what changed)
@@ -24,4 +24,4 @@ fi
 
 cd "$repo_root/server"
 # A target directory of its own: the fuzz flags would otherwise invalidate the normal build.
-CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none message
+CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none

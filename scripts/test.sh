@@ -52,6 +52,6 @@ step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --release -p server" cargo build --release -p server
 export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
-step "build the fuzz targets" bash scripts/build-fuzz.sh
+step "fuzz every target for 20 s" bash scripts/fuzz.sh 20
 step "cargo nextest" cargo nextest run --workspace
 echo "==> test.sh: all steps passed"
