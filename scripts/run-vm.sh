@@ -20,6 +20,13 @@
 #                      file; with --server: the server's own default disk.
 #   --accel tcg|kvm    default tcg (nested KVM is too slow on the project's machines)
 #   --timeout S        whole run, boot included (default 300)
+#   --firmware seabios|ovmf
+#                      boot from the disk through the firmware, with no -kernel. seabios: --disk FILE
+#                      holds a boot program that prints VUS-GUEST-EXIT=N on COM1 itself (the guest
+#                      script, optional, is not used). ovmf: the disk is made here, an EFI system
+#                      partition with systemd-boot, the guest kernel and the initramfs, and the guest
+#                      script runs as usual (no --disk). Firmware debug output is kept in the run's
+#                      directory and quoted when the run fails.
 # The guest waits for /dev/sda before it runs the script.
 # Exit status: the guest script's; 124 on timeout; 125 when the guest never reported a status
 # (QEMU error, boot failure, kernel panic) or the server failed.
@@ -46,6 +53,7 @@ iothreads=
 disk=
 accel=tcg
 timeout_s=300
+firmware=
 guest_script=
 
 is_count() {
@@ -64,6 +72,7 @@ while [ "$#" -gt 0 ]; do
         --disk) need_value "$@"; disk=$2; shift ;;
         --accel) need_value "$@"; accel=$2; shift ;;
         --timeout) need_value "$@"; is_count "$1" "$2"; timeout_s=$2; shift ;;
+        --firmware) need_value "$@"; firmware=$2; shift ;;
         -h | --help) usage; exit 0 ;;
         --)
             shift
@@ -74,7 +83,12 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-[ -n "$guest_script" ] || die "no guest script: give it after '--' (try --help)"
+case $firmware in
+    '' | ovmf) [ -n "$guest_script" ] || die "no guest script: give it after '--' (try --help)" ;;
+    seabios) [ -n "$disk" ] || die "--firmware seabios boots the program on --disk FILE: give one" ;;
+    *) die "--firmware wants seabios or ovmf, got '$firmware'" ;;
+esac
+[ "$firmware" != ovmf ] || [ -z "$disk" ] || die "--firmware ovmf makes its own disk: drop --disk"
 case $accel in
     # The baseline x86-64 model: measured here, TCG boots it faster and runs fio ~15% faster than max.
     tcg) cpu=qemu64 ;;
@@ -145,9 +159,29 @@ qemu_args=(
     -accel "$accel" -cpu "$cpu" -smp "$smp" -m "$mem"
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on"
     -machine "q35,memory-backend=mem"
-    -kernel "$guest_dir/vmlinux" -initrd "$work/initrd"
-    -append "console=ttyS0 panic=-1 oops=panic loglevel=4"
 )
+kernel_args="console=ttyS0 panic=-1 oops=panic loglevel=4"
+firmware_log=$work/firmware.log
+case $firmware in
+    '') qemu_args+=(-kernel "$guest_dir/vmlinux" -initrd "$work/initrd" -append "$kernel_args") ;;
+    *)
+        qemu_args+=(
+            -boot c -chardev "file,id=fwlog,path=$firmware_log"
+            -device "isa-debugcon,iobase=0x402,chardev=fwlog"
+            -device "isa-debug-exit,iobase=0xf4,iosize=0x04"
+        )
+        ;;
+esac
+if [ "$firmware" = ovmf ]; then
+    ovmf_dir=$guest_dir/root/usr/share/OVMF
+    cp "$ovmf_dir/OVMF_VARS_4M.fd" "$work/ovmf-vars.fd"
+    qemu_args+=(
+        -drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_dir/OVMF_CODE_4M.fd"
+        -drive "if=pflash,format=raw,unit=1,file=$work/ovmf-vars.fd"
+    )
+    disk_kind="file"
+    disk_file=$work/esp.raw
+fi
 
 case $mode in
     builtin)
@@ -264,6 +298,33 @@ printf 'VUS_WAIT_DISK=/dev/sda\nVUS_WAIT_SECS=%s\n' 60 >"$work/extra/run-env.sh"
     gzip -1 >"$work/extra.gz"
 cat "$guest_dir/initramfs.gz" "$work/extra.gz" >"$work/initrd"
 
+# A disk with one EFI system partition (MBR type 0xef, from 1 MiB) holding systemd-boot as the
+# removable-media loader, which boots the guest kernel's EFI stub with the run's initramfs.
+make_esp_disk() {
+    local out=$1 lba=2048 sectors=$((128 * 2048))
+    local esp="$out@@$((lba * 512))"
+    truncate -s $(((lba + sectors) * 512)) "$out"
+    le32() { printf '\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+    # shellcheck disable=SC2059 # the format is built from escapes on purpose
+    printf "\\x00\\xfe\\xff\\xff\\xef\\xfe\\xff\\xff$(le32 $lba)$(le32 $sectors)" |
+        dd of="$out" bs=1 seek=446 conv=notrunc status=none
+    printf '\x55\xaa' | dd of="$out" bs=1 seek=510 conv=notrunc status=none
+    mkfs.vfat --offset "$lba" -n VUS-ESP "$out" $((sectors / 2)) >/dev/null
+    mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+    mcopy -i "$esp" "$guest_dir/root/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+    mcopy -i "$esp" "$guest_dir/vmlinuz" ::/vmlinuz
+    mcopy -i "$esp" "$work/initrd" ::/initrd
+    printf 'timeout 0\ndefault vus.conf\n' | mcopy -i "$esp" - ::/loader/loader.conf
+    printf 'title vfio-user-scsi guest\nlinux /vmlinuz\ninitrd /initrd\noptions %s\n' "$kernel_args" |
+        mcopy -i "$esp" - ::/loader/entries/vus.conf
+}
+if [ "$firmware" = ovmf ]; then
+    for tool in mkfs.vfat mmd mcopy; do
+        command -v "$tool" >/dev/null || die "--firmware ovmf needs $tool (Debian dosfstools, mtools)"
+    done
+    make_esp_disk "$disk_file"
+fi
+
 if [ "$mode" = server ]; then
     start_server
 elif [ "$mode" = socket ]; then
@@ -309,6 +370,10 @@ guest_stage() {
 finish() {
     if [ "$1" != 0 ] && [ "$mode" = server ] && [ "$server_ok" = 1 ]; then
         show_server_log
+    fi
+    if [ "$1" != 0 ] && [ -n "$firmware" ]; then
+        echo "run-vm: last lines of the firmware's debug output:" >&2
+        tail -n 30 "$firmware_log" 2>/dev/null | tr -d '\r' | sed 's/^/  | /' >&2
     fi
     exit "$1"
 }

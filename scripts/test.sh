@@ -25,7 +25,8 @@ step() {
 }
 
 install_packages() {
-    local wanted=(shellcheck jq cpio zstd debootstrap) missing=() package
+    # nasm, dosfstools and mtools build the firmware boot tests' disks.
+    local wanted=(shellcheck jq cpio zstd debootstrap nasm dosfstools mtools) missing=() package
     for package in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||
             missing+=("$package")

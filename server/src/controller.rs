@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use block::{Disk, DiskOptions};
+use scsi_disk::LunConfig;
 use slog::{info, Logger};
-use virtio::scsi::LunConfig;
+use vfio_user_server::DmaMemory;
 use virtio::scsi_device::PCI_CLASS;
 use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 
-use crate::device::DmaMemory;
 use crate::disk_spec::{assign_luns, Backing, DiskSpec};
 use crate::iothread_pool::IothreadPool;
 use crate::virtio_function::VirtioFunction;

@@ -13,9 +13,10 @@ use vm_memory::GuestMemoryMmap;
 use server::cli::{Aio, Cli};
 use server::controller::{self, ControllerConfig, ControllerError, QueueServing};
 use server::iothread_pool::IothreadPool;
+use server::logging;
 use server::mapping::{self, MappingError};
 use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
-use server::{logging, DmaMemory, Server, ServerError};
+use vfio_user_server::{DmaMemory, Server, ServerError};
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {

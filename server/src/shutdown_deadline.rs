@@ -18,7 +18,7 @@ use std::time::Duration;
 use signal_hook::iterator::Signals;
 use slog::{warn, Logger};
 
-use crate::server::{HARMLESS_SIGNALS, STOP_SIGNALS};
+use vfio_user_server::{HARMLESS_SIGNALS, STOP_SIGNALS};
 
 /// Stuck requests listed one record each, at most; the rest are only counted.
 const LISTED_REQUESTS: usize = 64;

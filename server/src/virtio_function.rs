@@ -5,10 +5,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use slog::{debug, warn, Logger};
+use vfio_user_server::{Device, DeviceError, IoFd, IrqAction, IrqInfo, RegionInfo};
 use virtio::{TransportError, VirtioDevice, VirtioPciFunction, WriteEffect};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{Device, DeviceError, IoFd, IrqAction, IrqInfo, RegionInfo};
 use crate::iothread_pool::IothreadPool;
 use crate::mapping::QueueOwner;
 

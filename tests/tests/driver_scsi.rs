@@ -68,6 +68,8 @@ fn probe_finds_every_capability_where_a_driver_expects_it() {
     assert_eq!(p.interrupt_pin, 0);
     assert!(p.has_capability_list);
     assert_ne!(p.subsystem_vendor_id, 0);
+    // OVMF binds a non-transitional virtio function only from 0x40 on (virtio 1.2 4.1.2.1).
+    assert!(p.subsystem_id >= 0x40, "subsystem id {:#x}", p.subsystem_id);
     // Every capability in the list is a virtio vendor capability or MSI-X.
     for &(offset, id) in &p.capabilities {
         assert!(

@@ -1,4 +1,5 @@
-//! The virtio-pci modern transport and the virtio-scsi device with its SCSI disk emulation.
+//! The virtio-pci modern transport and the virtio-scsi device; the SCSI disk emulation it drives
+//! is the `scsi-disk` crate.
 
 pub mod bar_layout;
 pub mod common_cfg;
@@ -11,7 +12,6 @@ pub mod notify;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
-pub mod scsi;
 pub mod scsi_device;
 pub mod status;
 pub mod transport_error;

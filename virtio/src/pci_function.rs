@@ -33,6 +33,9 @@ use crate::transport_error::{Region, TransportError};
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 /// Modern device IDs are this plus the virtio device type.
 const MODERN_DEVICE_ID_BASE: u16 = 0x1040;
+/// PCI Subsystem Device ID. Virtio 1.2 §4.1.2.1 asks non-transitional devices for 0x40 or more,
+/// and OVMF's Virtio10Dxe binds only those; QEMU's modern-only devices report this value.
+const MODERN_SUBSYSTEM_ID: u16 = 0x1100;
 /// Largest queue size of split virtqueues.
 const MAX_QUEUE_SIZE: u16 = 32768;
 
@@ -102,8 +105,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
             revision: 1,
             class_code,
             subsystem_vendor_id: VIRTIO_VENDOR_ID,
-            // Fits: device_id above did not overflow.
-            subsystem_id: device_type as u16,
+            subsystem_id: MODERN_SUBSYSTEM_ID,
         });
         let pci_cfg_cap = Self::build_config(&mut config, &layout, msix.clone())
             .map_err(TransportError::Setup)?;

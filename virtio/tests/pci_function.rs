@@ -200,7 +200,8 @@ fn config_space_identifies_a_modern_virtio_scsi_function() {
     let mut f = function(FakeDevice::default());
     assert_eq!(config_u32(&mut f, 0), 0x1048_1af4);
     assert_eq!(config_u32(&mut f, 0x08), 0x0100_0001);
-    assert_eq!(config_u32(&mut f, 0x2c), 0x0008_1af4);
+    // Subsystem device ID 0x1100 as QEMU's modern devices: OVMF binds only 0x40 and above.
+    assert_eq!(config_u32(&mut f, 0x2c), 0x1100_1af4);
     assert_eq!(config_u8(&mut f, 0x3d), 0);
     // BAR1 32-bit, BAR4 64-bit prefetchable; sizing reads back the sizes.
     f.config_write(0x14, &[0xff; 4]).unwrap();

@@ -16,12 +16,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use libfuzzer_sys::fuzz_target;
 use server::controller::{self, ControllerConfig};
 use server::disk_spec::DiskSpec;
-use server::dispatch::{handle, Session};
-use server::dma::DmaTable;
-use server::message::{decode_message, Request};
-use server::protocol::HEADER_SIZE;
-use server::DmaMemory;
 use slog::{o, Discard, Logger};
+use vfio_user_server::{DmaMemory, Replay};
 use vm_memory::GuestMemoryMmap;
 
 /// The guest memory memfd; DMA_MAPs past its end are dropped (see below).
@@ -70,31 +66,41 @@ fuzz_target!(|data: &[u8]| {
         queue_size: 64,
         serving: None,
     };
-    let Ok(mut controller) = controller::build(&config, memory.clone(), &log) else {
+    let Ok(controller) = controller::build(&config, memory.clone(), &log) else {
         return;
     };
-    let mut dma = DmaTable::new(memory);
-    let mut session = Session::default();
+    let mut replay = Replay::new(controller.function, memory);
     while let [flag, lo, hi, tail @ ..] = records {
         let len = usize::from(u16::from_le_bytes([*lo, *hi])).min(tail.len());
         let (message, tail) = tail.split_at(len);
         records = tail;
+        if maps_past_memory_end(message) {
+            continue;
+        }
         let fds: Vec<OwnedFd> = if flag % 2 == 1 {
             guest.as_fd().try_clone_to_owned().into_iter().collect()
         } else {
             Vec::new()
         };
-        let Ok((_, request)) = decode_message(message, fds) else {
-            continue;
-        };
-        // A map past the end of its fd faults on first touch (SIGBUS); refusing those maps is
-        // the DMA_MAP size check's job. Until it is in, they are kept out of this target.
-        if let Request::DmaMap { map, fd: Some(_) } = &request {
-            if map.offset.checked_add(map.size).is_none_or(|end| end > MEMORY_SIZE) {
-                continue;
-            }
-        }
-        let body_len = len.saturating_sub(HEADER_SIZE);
-        let _ = handle(&mut controller.function, &mut dma, &mut session, request, body_len);
+        replay.message(message, fds);
     }
 });
+
+/// A map past the end of its fd faults on first touch (SIGBUS); refusing those maps is the
+/// DMA_MAP size check's job. Until it is in, such DMA_MAPs (command 2; offset and size at
+/// bytes 8 and 24 of the body) are kept out of this target.
+fn maps_past_memory_end(message: &[u8]) -> bool {
+    let field = |at: usize| {
+        message
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if message.get(2..4) != Some(&[2, 0]) {
+        return false;
+    }
+    match (field(16 + 8), field(16 + 24)) {
+        (Some(offset), Some(size)) => offset.checked_add(size).is_none_or(|end| end > MEMORY_SIZE),
+        _ => false,
+    }
+}

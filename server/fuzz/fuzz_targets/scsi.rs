@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use virtio::scsi::{LunConfig, Target};
+use scsi_disk::{LunConfig, Target};
 
 fn lun(lun: u16, block_size: u32, read_only: bool) -> LunConfig {
     LunConfig {

@@ -30,7 +30,7 @@ use super::request::{
 use super::task_set::{TaskScope, TaskSet};
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use crate::queue_worker::QueueWorker;
-use crate::scsi::Target;
+use scsi_disk::Target;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
 const FUNCTION_COMPLETE: u32 = VIRTIO_SCSI_S_OK;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use block::{IoBuffers, IoRequest};
 
-use crate::scsi::Sense;
+use scsi_disk::Sense;
 
 /// Largest buffer a WRITE SAME pattern or a VERIFY read uses at a time.
 const CHUNK_BYTES: u64 = 1 << 20;

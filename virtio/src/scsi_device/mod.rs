@@ -31,7 +31,7 @@ use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
 use crate::queue_worker::{QueueHost, QueueWorker};
-use crate::scsi::{LunConfig, Target, TargetError};
+use scsi_disk::{LunConfig, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};

@@ -27,7 +27,7 @@ use super::request::{
 use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use crate::queue_worker::QueueWorker;
-use crate::scsi::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
+use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
@@ -984,6 +984,19 @@ mod tests {
         harness.activate(harness.device.features());
         let result = harness.command(0, &TEST_UNIT_READY, &[], 0);
         assert_eq!(sense_key_asc(&result), (6, 0x29, 0), "power on after reset");
+        assert_queue_works(&mut harness);
+    }
+
+    /// QEMU unmaps and remaps the firmware areas holding SeaBIOS's rings between two uses of
+    /// the queue, and the queue is served in between as if kicked.
+    #[test]
+    fn rings_unmapped_while_idle_work_once_mapped_again() {
+        let mut harness = null_harness();
+        harness.unmap_all();
+        harness.device.queue_kicked(2);
+        assert!(!harness.device.needs_reset());
+        assert_eq!(harness.config_interrupt.count(), 0);
+        harness.map_again();
         assert_queue_works(&mut harness);
     }
 

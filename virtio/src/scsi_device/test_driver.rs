@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
 use super::{ScsiDevice, ScsiDeviceConfig};
 use crate::device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
-use crate::scsi::LunConfig;
+use scsi_disk::LunConfig;
 
 pub const MEMORY_SIZE: u64 = 64 << 20;
 const QUEUE_AREA: u64 = 0x1_0000;
@@ -194,6 +194,8 @@ pub fn lun_field(lun: u16) -> [u8; 8] {
 
 pub struct Harness {
     pub mem: &'static GuestMemoryMmap,
+    /// What the device sees of `mem`: `unmap_all` and `map_again` play a client's DMA messages.
+    pub memory: GuestMemoryAtomic<GuestMemoryMmap>,
     pub device: ScsiDevice,
     pub queues: Vec<TestQueue>,
     pub config_interrupt: Arc<CountingInterrupt>,
@@ -234,6 +236,7 @@ impl Harness {
             .collect();
         let mut harness = Harness {
             mem,
+            memory: GuestMemoryAtomic::new(mem.clone()),
             device,
             queues,
             config_interrupt: Arc::new(CountingInterrupt::default()),
@@ -262,12 +265,22 @@ impl Harness {
             .collect();
         self.device
             .activate(Activation {
-                memory: GuestMemoryAtomic::new(self.mem.clone()),
+                memory: self.memory.clone(),
                 acked_features,
                 queues,
                 config_interrupt: self.config_interrupt.clone(),
             })
             .unwrap();
+    }
+
+    /// Takes all of the device's memory away, as a client's DMA_UNMAP does.
+    pub fn unmap_all(&self) {
+        self.memory.lock().unwrap().replace(GuestMemoryMmap::new());
+    }
+
+    /// Gives the device its memory back, as a client's DMA_MAP does.
+    pub fn map_again(&self) {
+        self.memory.lock().unwrap().replace(self.mem.clone());
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {

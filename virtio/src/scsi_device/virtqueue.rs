@@ -34,7 +34,7 @@ impl NeedsReset {
         }
     }
 
-    fn raise(&self) {
+    pub(crate) fn raise(&self) {
         if !self.flag.swap(true, Ordering::SeqCst) {
             self.config_interrupt.trigger();
         }
@@ -106,6 +106,24 @@ impl Virtqueue {
         self.needs_reset.raise();
     }
 
+    /// A look at the rings failed. Rings outside the client's mapped memory are normal while
+    /// the queue is idle: QEMU unmaps and remaps the firmware areas after SeaBIOS's POST with
+    /// SeaBIOS's rings in them, and SeaBIOS goes on using the queue without a reset. Ring
+    /// addresses are resolved again at every use, so such a queue works once its memory is back;
+    /// only rings that are mapped but wrong make it unusable.
+    fn ring_unreadable(
+        &mut self,
+        mem: &MemorySnapshot,
+        what: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        if self.queue.is_valid(&**mem) {
+            self.fail(what, error);
+        } else {
+            debug!(self.logger, "rings not mapped"; "what" => what, "error" => %error);
+        }
+    }
+
     /// Every chain the driver made available, with notifications suppressed while the caller
     /// works on them. Empty when there is none or the queue is broken.
     pub fn pop_all(&mut self, mem: &MemorySnapshot) -> Vec<Chain> {
@@ -113,13 +131,13 @@ impl Virtqueue {
             return Vec::new();
         }
         if let Err(error) = self.queue.disable_notification(&**mem) {
-            self.fail("disable_notification", &error);
+            self.ring_unreadable(mem, "disable_notification", &error);
             return Vec::new();
         }
         match self.queue.iter(mem.clone()) {
             Ok(iter) => iter.collect(),
             Err(error) => {
-                self.fail("avail_ring", &error);
+                self.ring_unreadable(mem, "avail_ring", &error);
                 Vec::new()
             }
         }
@@ -131,7 +149,7 @@ impl Virtqueue {
             return;
         }
         if let Err(error) = self.queue.disable_notification(&**mem) {
-            self.fail("disable_notification", &error);
+            self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
 
@@ -147,7 +165,7 @@ impl Virtqueue {
         {
             Ok(index) => index.0 != self.queue.next_avail(),
             Err(error) => {
-                self.fail("avail_idx", &error);
+                self.ring_unreadable(mem, "avail_idx", &error);
                 false
             }
         }
@@ -161,7 +179,7 @@ impl Virtqueue {
         match self.queue.enable_notification(&**mem) {
             Ok(more) => more,
             Err(error) => {
-                self.fail("enable_notification", &error);
+                self.ring_unreadable(mem, "enable_notification", &error);
                 false
             }
         }

@@ -1,15 +1,18 @@
 //! Carrying out one decoded request against the device and the DMA table, and building the
 //! reply body. Nothing here touches the socket.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use zerocopy::{Immutable, IntoBytes};
 
 use crate::device::{Device, DeviceError, IrqAction, RegionInfo};
 use crate::dma::{DmaChange, DmaError, DmaTable};
 use crate::message::{ClientCaps, DecodeError, Request};
 use crate::protocol::{
-    DmaUnmap, InfoHead, LeWriter, RegionAccess, IO_FD_FLAG_DATAMATCH, IO_FD_SUB_REGION_SIZE,
-    IO_FD_TYPE_IOEVENTFD, MAX_DATA_XFER_SIZE, MAX_MSG_FDS, PAGE_SIZE, REGION_INFO_SIZE,
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
+    DmaUnmap, InfoHead, IoFdSubRegion, RegionAccess, RegionInfoHead, SparseMmapArea, SparseMmapCap,
+    Version, IO_FD_FLAG_DATAMATCH, IO_FD_TYPE_IOEVENTFD, MAX_DATA_XFER_SIZE, MAX_MSG_FDS,
+    PAGE_SIZE, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
     VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -73,9 +76,10 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn from(w: LeWriter) -> Reply {
+    /// A reply of one wire struct and no fds.
+    fn of<T: IntoBytes + Immutable>(fixed: &T) -> Reply {
         Reply {
-            body: w.bytes,
+            body: fixed.as_bytes().to_vec(),
             fds: Vec::new(),
         }
     }
@@ -105,14 +109,12 @@ pub fn version_reply(request_len: usize) -> Vec<u8> {
             .map(|&(name, value)| (name.to_owned(), value.into()))
             .collect();
         let json = serde_json::json!({ "capabilities": caps }).to_string();
-        let mut body = vec![0u8; 4];
-        body.extend_from_slice(json.as_bytes());
-        body.push(0);
+        let body = [Version::default().as_bytes(), json.as_bytes(), b"\0"].concat();
         if body.len() <= request_len {
             return body;
         }
     }
-    vec![0u8; 4]
+    Version::default().as_bytes().to_vec()
 }
 
 fn region<D: Device>(device: &D, index: u32) -> Result<RegionInfo, RequestError> {
@@ -128,18 +130,18 @@ fn check_access(
     access: &RegionAccess,
     allowed: bool,
 ) -> Result<(), RequestError> {
-    let out_of_range = RequestError::RegionRange {
-        region: access.region,
-        offset: access.offset,
-        count: access.count,
-        size: region.size,
-    };
-    let end = access.offset.checked_add(u64::from(access.count));
+    let (offset, count) = (access.offset.get(), access.count.get());
+    let end = offset.checked_add(u64::from(count));
     if end.is_none_or(|end| end > region.size) {
-        return Err(out_of_range);
+        return Err(RequestError::RegionRange {
+            region: access.region.get(),
+            offset,
+            count,
+            size: region.size,
+        });
     }
     if !allowed {
-        return Err(RequestError::RegionAccess(access.region));
+        return Err(RequestError::RegionAccess(access.region.get()));
     }
     Ok(())
 }
@@ -152,7 +154,7 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
     if info.writable {
         flags |= VFIO_REGION_INFO_FLAG_WRITE;
     }
-    let mut caps = LeWriter::default();
+    let mut caps = Vec::new();
     let mut file_offset = 0;
     let mut fds = Vec::new();
     if let Some(mmap) = &info.mmap {
@@ -166,33 +168,43 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
         );
         if !mmap.areas.is_empty() {
             flags |= VFIO_REGION_INFO_FLAG_CAPS;
-            caps.u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16)
-                .u16(1)
-                .u32(0);
-            caps.u32(mmap.areas.len() as u32).u32(0);
+            let cap = SparseMmapCap {
+                id: (VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16).into(),
+                version: 1.into(),
+                next: 0.into(),
+                nr_areas: (mmap.areas.len() as u32).into(),
+                reserved: 0.into(),
+            };
+            caps.extend_from_slice(cap.as_bytes());
             for area in &mmap.areas {
-                caps.u64(area.offset).u64(area.size);
+                let area = SparseMmapArea {
+                    offset: area.offset.into(),
+                    size: area.size.into(),
+                };
+                caps.extend_from_slice(area.as_bytes());
             }
         }
     }
-    let needed = REGION_INFO_SIZE + caps.bytes.len();
+    let needed = size_of::<RegionInfoHead>() + caps.len();
     let fits = argsz as usize >= needed;
-    let cap_offset = if fits && !caps.bytes.is_empty() {
-        REGION_INFO_SIZE as u32
+    let cap_offset = if fits && !caps.is_empty() {
+        size_of::<RegionInfoHead>() as u32
     } else {
         0
     };
-    let mut w = LeWriter::default();
-    w.u32(needed as u32)
-        .u32(flags)
-        .u32(info.index)
-        .u32(cap_offset)
-        .u64(info.size)
-        .u64(file_offset);
+    let head = RegionInfoHead {
+        argsz: (needed as u32).into(),
+        flags: flags.into(),
+        index: info.index.into(),
+        cap_offset: cap_offset.into(),
+        size: info.size.into(),
+        offset: file_offset.into(),
+    };
+    let mut body = head.as_bytes().to_vec();
     if fits {
-        w.bytes.extend_from_slice(&caps.bytes);
+        body.extend_from_slice(&caps);
     }
-    Ok(Reply { body: w.bytes, fds })
+    Ok(Reply { body, fds })
 }
 
 fn io_fds_reply<D: Device>(
@@ -203,22 +215,21 @@ fn io_fds_reply<D: Device>(
 ) -> Result<Reply, RequestError> {
     region(device, index)?;
     let io_fds = device.region_io_fds(index)?;
-    let needed = InfoHead::SIZE + IO_FD_SUB_REGION_SIZE * io_fds.len();
-    let mut w = LeWriter::default();
-    InfoHead {
-        argsz: needed as u32,
-        flags: 0,
-        index,
-        count: io_fds.len() as u32,
-    }
-    .write(&mut w);
+    let needed = size_of::<InfoHead>() + size_of::<IoFdSubRegion>() * io_fds.len();
+    let head = InfoHead {
+        argsz: (needed as u32).into(),
+        flags: 0.into(),
+        index: index.into(),
+        count: (io_fds.len() as u32).into(),
+    };
     if (argsz as usize) < needed {
-        return Ok(Reply::from(w));
+        return Ok(Reply::of(&head));
     }
-    let mut distinct: Vec<std::os::fd::RawFd> = Vec::new();
+    let mut body = head.as_bytes().to_vec();
+    let mut distinct: Vec<RawFd> = Vec::new();
     let mut fds = Vec::new();
     for io_fd in &io_fds {
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&io_fd.fd);
+        let raw = io_fd.fd.as_raw_fd();
         let fd_index = match distinct.iter().position(|&d| d == raw) {
             Some(i) => i,
             None => {
@@ -232,13 +243,16 @@ fn io_fds_reply<D: Device>(
         } else {
             0
         };
-        w.u64(io_fd.offset)
-            .u64(io_fd.size)
-            .u32(fd_index as u32)
-            .u32(IO_FD_TYPE_IOEVENTFD)
-            .u32(flags)
-            .u32(0);
-        w.u64(io_fd.datamatch.unwrap_or(0));
+        let sub_region = IoFdSubRegion {
+            offset: io_fd.offset.into(),
+            size: io_fd.size.into(),
+            fd_index: (fd_index as u32).into(),
+            kind: IO_FD_TYPE_IOEVENTFD.into(),
+            flags: flags.into(),
+            padding: 0.into(),
+            datamatch: io_fd.datamatch.unwrap_or(0).into(),
+        };
+        body.extend_from_slice(sub_region.as_bytes());
     }
     if fds.len() > max_fds {
         return Err(RequestError::TooManyReplyFds {
@@ -246,7 +260,7 @@ fn io_fds_reply<D: Device>(
             allowed: max_fds,
         });
     }
-    Ok(Reply { body: w.bytes, fds })
+    Ok(Reply { body, fds })
 }
 
 fn check_irq_range<D: Device>(
@@ -309,7 +323,7 @@ pub fn handle<D: Device>(
         Request::Version { .. } => Err(RequestError::VersionOrder),
         Request::DmaMap { map, fd } => {
             if dma.map(&map, fd)? {
-                device.dma_mapped(map.address, map.size);
+                device.dma_mapped(map.address.get(), map.size.get());
             }
             Ok(Reply::default())
         }
@@ -317,25 +331,19 @@ pub fn handle<D: Device>(
             let unmapped = dma.unmap(&unmap, |change| notify_device(device, change));
             device.dma_unmapped();
             unmapped?;
-            let mut w = LeWriter::default();
-            DmaUnmap {
-                argsz: DmaUnmap::SIZE as u32,
+            Ok(Reply::of(&DmaUnmap {
+                argsz: (size_of::<DmaUnmap>() as u32).into(),
                 ..unmap
-            }
-            .write(&mut w);
-            Ok(Reply::from(w))
+            }))
         }
         Request::DeviceGetInfo { .. } => {
-            let mut w = LeWriter::default();
             let flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
-            InfoHead {
-                argsz: InfoHead::SIZE as u32,
-                flags,
-                index: device.regions().len() as u32,
-                count: device.irqs().len() as u32,
-            }
-            .write(&mut w);
-            Ok(Reply::from(w))
+            Ok(Reply::of(&InfoHead {
+                argsz: (size_of::<InfoHead>() as u32).into(),
+                flags: flags.into(),
+                index: (device.regions().len() as u32).into(),
+                count: (device.irqs().len() as u32).into(),
+            }))
         }
         Request::DeviceGetRegionInfo { argsz, index } => {
             region_info_reply(&region(device, index)?, argsz)
@@ -361,15 +369,12 @@ pub fn handle<D: Device>(
             .iter()
             .filter(|(set, _)| *set)
             .fold(0, |flags, (_, bit)| flags | bit);
-            let mut w = LeWriter::default();
-            InfoHead {
-                argsz: InfoHead::SIZE as u32,
-                flags,
-                index,
-                count: info.count,
-            }
-            .write(&mut w);
-            Ok(Reply::from(w))
+            Ok(Reply::of(&InfoHead {
+                argsz: (size_of::<InfoHead>() as u32).into(),
+                flags: flags.into(),
+                index: index.into(),
+                count: info.count.into(),
+            }))
         }
         Request::DeviceSetIrqs { index, action } => {
             check_irq_range(device, index, &action)?;
@@ -377,22 +382,22 @@ pub fn handle<D: Device>(
             Ok(Reply::default())
         }
         Request::RegionRead(access) => {
-            let info = region(device, access.region)?;
+            let info = region(device, access.region.get())?;
             check_access(&info, &access, info.readable)?;
-            let mut data = vec![0u8; access.count as usize];
-            device.region_read(access.region, access.offset, &mut data)?;
-            let mut w = LeWriter::default();
-            access.write(&mut w);
-            w.bytes.extend_from_slice(&data);
-            Ok(Reply::from(w))
+            let mut body = vec![0u8; size_of::<RegionAccess>() + access.count.get() as usize];
+            let (head, data) = body.split_at_mut(size_of::<RegionAccess>());
+            device.region_read(access.region.get(), access.offset.get(), data)?;
+            head.copy_from_slice(access.as_bytes());
+            Ok(Reply {
+                body,
+                fds: Vec::new(),
+            })
         }
         Request::RegionWrite { access, data } => {
-            let info = region(device, access.region)?;
+            let info = region(device, access.region.get())?;
             check_access(&info, &access, info.writable)?;
-            device.region_write(access.region, access.offset, &data)?;
-            let mut w = LeWriter::default();
-            access.write(&mut w);
-            Ok(Reply::from(w))
+            device.region_write(access.region.get(), access.offset.get(), &data)?;
+            Ok(Reply::of(&access))
         }
         Request::DeviceReset => {
             device.reset();

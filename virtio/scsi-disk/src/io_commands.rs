@@ -121,7 +121,7 @@ pub(crate) fn start_stop_unit(cdb: Cdb<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
+    use crate::lun::tests::config;
 
     fn rw10(opcode: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![opcode, flags];

@@ -247,8 +247,8 @@ pub(crate) fn mode_select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
-    use crate::scsi::outcome::tests::good;
+    use crate::lun::tests::config;
+    use crate::outcome::tests::good;
 
     fn sense6(flags: u8, page: u8, subpage: u8, allocation_length: u8) -> [u8; 6] {
         [0x1a, flags, page, subpage, allocation_length, 0]

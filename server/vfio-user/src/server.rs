@@ -13,13 +13,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slog::{debug, info, warn, Logger};
+use zerocopy::IntoBytes;
 
 use crate::connection::{Connection, Incoming, ReadOutcome};
 use crate::device::{Device, DmaMemory, IrqAction};
 use crate::dispatch::{handle, notify_device, Reply, RequestError, Session};
 use crate::dma::DmaTable;
 use crate::message::{decode_request, DecodeError};
-use crate::protocol::{Command, Header, LeWriter, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
+use crate::protocol::{Command, Header, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
 use crate::socket_path::{BoundSocket, SocketPathError};
 
 const LISTENER: Token = Token(0);
@@ -260,20 +261,21 @@ impl<D: Device> Server<D> {
 
     /// Logs the outcome of one message and queues its reply, unless the client asked for none.
     fn finish(&mut self, header: &Header, body_len: usize, result: Result<Reply, RequestError>) {
-        let command = Command::from_u16(header.command).map_or("unknown", Command::name);
+        let command = Command::from_u16(header.command.get()).map_or("unknown", Command::name);
+        let id = header.message_id.get();
         let no_reply = header.no_reply();
         let error = result.as_ref().err().map_or(0, RequestError::errno);
         match &result {
             Ok(reply) => debug!(self.log, "message";
-                "command" => command, "id" => header.message_id, "size" => body_len,
+                "command" => command, "id" => id, "size" => body_len,
                 "reply_size" => reply.body.len(), "reply_fds" => reply.fds.len(), "no_reply" => no_reply, "result" => "ok"),
             Err(e) if no_reply => warn!(self.log, "posted message failed";
-                "command" => command, "id" => header.message_id, "size" => body_len, "errno" => error, "error" => %e),
+                "command" => command, "id" => id, "size" => body_len, "errno" => error, "error" => %e),
             Err(e) => debug!(self.log, "message";
-                "command" => command, "id" => header.message_id, "size" => body_len, "no_reply" => no_reply,
+                "command" => command, "id" => id, "size" => body_len, "no_reply" => no_reply,
                 "result" => "error", "errno" => error, "error" => %e),
         }
-        if header.command == Command::DeviceReset as u16 && result.is_ok() {
+        if header.command.get() == Command::DeviceReset as u16 && result.is_ok() {
             info!(self.log, "device reset"; "by" => "client");
         }
         if no_reply {
@@ -283,18 +285,17 @@ impl<D: Device> Server<D> {
             Ok(reply) => (FLAG_TYPE_REPLY, reply.body, reply.fds),
             Err(_) => (FLAG_TYPE_REPLY | FLAG_ERROR, Vec::new(), Vec::new()),
         };
-        let mut w = LeWriter::default();
-        Header {
+        let reply_header = Header {
             message_id: header.message_id,
             command: header.command,
-            message_size: (HEADER_SIZE + body.len()) as u32,
-            flags,
-            error: error as u32,
-        }
-        .write(&mut w);
-        w.bytes.extend_from_slice(&body);
+            message_size: ((HEADER_SIZE + body.len()) as u32).into(),
+            flags: flags.into(),
+            error: (error as u32).into(),
+        };
         if let Some(client) = self.client.as_mut() {
-            client.connection.queue(w.bytes, fds);
+            client
+                .connection
+                .queue([reply_header.as_bytes(), &body].concat(), fds);
         }
     }
 
@@ -338,8 +339,8 @@ impl<D: Device> Server<D> {
             }
         }
         self.device.reset();
-        // Only now may queue threads run again: the reset took their queues, so nothing touches
-        // the memory the client took away.
+        // Only now may the device's own threads run again: after the reset nothing of theirs
+        // touches the memory the client took away.
         self.device.dma_unmapped();
         info!(self.log, "device reset"; "by" => "disconnect");
     }

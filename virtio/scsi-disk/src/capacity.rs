@@ -33,7 +33,7 @@ pub(crate) fn read_capacity_16(cdb: Cdb<'_>, lun: &LunConfig) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
+    use crate::lun::tests::config;
 
     fn rc16(allocation_length: u8) -> [u8; 16] {
         let mut cdb = [0u8; 16];

@@ -148,7 +148,7 @@ impl Connection {
                 if *filled < HEADER_SIZE {
                     return None;
                 }
-                let header = Header::parse(bytes);
+                let header: Header = zerocopy::transmute!(*bytes);
                 if let Err(e) = check_header(&header) {
                     return Some(ReadOutcome::Framing(e));
                 }
@@ -341,8 +341,8 @@ pub fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[OwnedFd]) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::LeWriter;
     use std::io::Write;
+    use zerocopy::IntoBytes;
 
     fn pair() -> (Connection, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -351,16 +351,14 @@ mod tests {
     }
 
     fn header(command: u16, size: u32) -> Vec<u8> {
-        let mut w = LeWriter::default();
         Header {
-            message_id: 1,
-            command,
-            message_size: size,
-            flags: 0,
-            error: 0,
+            message_id: 1.into(),
+            command: command.into(),
+            message_size: size.into(),
+            ..Default::default()
         }
-        .write(&mut w);
-        w.bytes
+        .as_bytes()
+        .to_vec()
     }
 
     #[test]

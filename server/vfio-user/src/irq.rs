@@ -42,13 +42,14 @@ pub fn decode_set_irqs(
     data: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<IrqAction, IrqError> {
-    let data_type = args.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-    let action = args.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+    let flags = args.flags.get();
+    let data_type = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+    let action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
     let known = VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK;
-    if args.flags & !known != 0 || data_type.count_ones() != 1 || action.count_ones() != 1 {
-        return Err(IrqError::BadFlags(args.flags));
+    if flags & !known != 0 || data_type.count_ones() != 1 || action.count_ones() != 1 {
+        return Err(IrqError::BadFlags(flags));
     }
-    let (start, count) = (args.start, args.count);
+    let (start, count) = (args.start.get(), args.count.get());
     if start.checked_add(count).is_none() {
         return Err(IrqError::Overflow { start, count });
     }
@@ -110,11 +111,11 @@ mod tests {
 
     fn args(flags: u32, start: u32, count: u32) -> SetIrqs {
         SetIrqs {
-            argsz: 20,
-            flags,
-            index: 2,
-            start,
-            count,
+            argsz: 20.into(),
+            flags: flags.into(),
+            index: 2.into(),
+            start: start.into(),
+            count: count.into(),
         }
     }
 

@@ -1,12 +1,13 @@
 //! A hand-rolled client that sends any bytes and fds, for malformed-input tests.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use server::connection::send_with_fds;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 pub const REPLY: u32 = 1;
 pub const NO_REPLY: u32 = 1 << 4;
@@ -76,8 +77,7 @@ impl RawClient {
         if fds.is_empty() {
             self.stream.write_all(&bytes).unwrap();
         } else {
-            let fds: Vec<OwnedFd> = fds.iter().map(|&fd| dup(fd)).collect();
-            let sent = send_with_fds(self.stream.as_raw_fd(), &bytes, &fds).unwrap();
+            let sent = self.stream.send_with_fds(&[&bytes[..]], fds).unwrap();
             assert_eq!(sent, bytes.len());
         }
         id
@@ -171,13 +171,6 @@ impl RawClient {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
     }
-}
-
-fn dup(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller's fd is open for the duration of the call; we only duplicate it.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-        .try_clone_to_owned()
-        .unwrap()
 }
 
 /// u32 fields, little-endian.

@@ -68,7 +68,7 @@ pub(crate) fn unmap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
+    use crate::lun::tests::config;
 
     fn cdb(list_len: u16) -> Vec<u8> {
         let [high, low] = list_len.to_be_bytes();

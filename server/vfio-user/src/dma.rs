@@ -107,54 +107,52 @@ impl DmaTable {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.maps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.maps.is_empty()
-    }
-
     /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
     pub fn map(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<bool, DmaError> {
+        let (address, size, offset, flags) = (
+            map.address.get(),
+            map.size.get(),
+            map.offset.get(),
+            map.flags.get(),
+        );
         let bad_range = DmaError::BadRange {
-            address: map.address,
-            size: map.size,
-            offset: map.offset,
+            address,
+            size,
+            offset,
         };
-        let end = map.address.checked_add(map.size);
-        if map.size == 0 || end.is_none() || map.offset.checked_add(map.size).is_none() {
+        let end = address.checked_add(size);
+        if size == 0 || end.is_none() || offset.checked_add(size).is_none() {
             return Err(bad_range);
         }
-        if !aligned(map.address) || !aligned(map.size) || !aligned(map.offset) {
+        if !aligned(address) || !aligned(size) || !aligned(offset) {
             return Err(bad_range);
         }
-        if map.flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
-            return Err(DmaError::BadFlags(map.flags));
+        if flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
+            return Err(DmaError::BadFlags(flags));
         }
-        if let Some(existing) = self.first_overlap(map.address, map.size) {
+        if let Some(existing) = self.first_overlap(address, size) {
             return Err(DmaError::Overlap {
-                address: map.address,
-                size: map.size,
+                address,
+                size,
                 existing,
             });
         }
         if self.maps.len() >= MAX_DMA_MAPS {
             return Err(DmaError::TooMany);
         }
-        let reachable = map.flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
+        let reachable = flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
         let file = fd.filter(|_| reachable).map(|fd| Arc::new(File::from(fd)));
         let mapping = Mapping {
-            size: map.size,
-            file_offset: map.offset,
-            flags: map.flags,
+            size,
+            file_offset: offset,
+            flags,
             file,
         };
         if mapping.accessible() {
-            self.insert_into_memory(map.address, &mapping)?;
+            self.insert_into_memory(address, &mapping)?;
         }
         let accessible = mapping.accessible();
-        self.maps.insert(map.address, mapping);
+        self.maps.insert(address, mapping);
         Ok(accessible)
     }
 
@@ -223,16 +221,16 @@ impl DmaTable {
         unmap: &DmaUnmap,
         mut notify: impl FnMut(DmaChange),
     ) -> Result<(), DmaError> {
-        if unmap.flags == VFIO_DMA_UNMAP_FLAG_ALL {
-            if unmap.address != 0 || unmap.size != 0 {
+        if unmap.flags.get() == VFIO_DMA_UNMAP_FLAG_ALL {
+            if unmap.address.get() != 0 || unmap.size.get() != 0 {
                 return Err(DmaError::UnmapAllWithRange);
             }
             return self.clear(notify);
         }
-        if unmap.flags != 0 {
-            return Err(DmaError::BadFlags(unmap.flags));
+        if unmap.flags.get() != 0 {
+            return Err(DmaError::BadFlags(unmap.flags.get()));
         }
-        let (address, size) = (unmap.address, unmap.size);
+        let (address, size) = (unmap.address.get(), unmap.size.get());
         let end = address
             .checked_add(size)
             .filter(|_| size != 0 && aligned(address) && aligned(size));
@@ -335,20 +333,20 @@ mod tests {
 
     fn map(address: u64, size: u64, offset: u64, flags: u32) -> DmaMap {
         DmaMap {
-            argsz: 32,
-            flags,
-            offset,
-            address,
-            size,
+            argsz: 32.into(),
+            flags: flags.into(),
+            offset: offset.into(),
+            address: address.into(),
+            size: size.into(),
         }
     }
 
     fn unmap(address: u64, size: u64) -> DmaUnmap {
         DmaUnmap {
-            argsz: 24,
-            flags: 0,
-            address,
-            size,
+            argsz: 24.into(),
+            flags: 0.into(),
+            address: address.into(),
+            size: size.into(),
         }
     }
 
@@ -425,7 +423,7 @@ mod tests {
         }
         t.map(&map(0x8000, 0x1000, 0, RW), None).unwrap();
         t.map(&map(0x3000, 0x1000, 0, RW), None).unwrap();
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.maps.len(), 3);
     }
 
     #[test]
@@ -498,12 +496,14 @@ mod tests {
         t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
         assert_eq!(memory.memory().num_regions(), 1);
         let all = DmaUnmap {
-            argsz: 24,
-            flags: VFIO_DMA_UNMAP_FLAG_ALL,
-            address: 0,
-            size: 0,
+            argsz: 24.into(),
+            flags: VFIO_DMA_UNMAP_FLAG_ALL.into(),
+            ..Default::default()
         };
-        let bad_all = DmaUnmap { size: 1, ..all };
+        let bad_all = DmaUnmap {
+            size: 1.into(),
+            ..all
+        };
         assert_eq!(t.unmap(&bad_all, |_| ()).unwrap_err().errno(), libc::EINVAL);
         let mut changes = vec![];
         t.unmap(&all, |c| changes.push(c)).unwrap();
@@ -514,7 +514,7 @@ mod tests {
                 size: PAGE_SIZE
             }]
         );
-        assert!(t.is_empty());
+        assert!(t.maps.is_empty());
         assert_eq!(memory.memory().num_regions(), 0);
     }
 }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 
 use libfuzzer_sys::fuzz_target;
-use server::message::decode_message;
+use vfio_user_server::decode_message;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&fd_count, message)) = data.split_first() else {

@@ -87,8 +87,8 @@ pub(crate) fn report_supported_task_management_functions(cdb: Cdb<'_>) -> Outcom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
-    use crate::scsi::outcome::tests::good;
+    use crate::lun::tests::config;
+    use crate::outcome::tests::good;
 
     fn rsoc(options: u8, opcode: u8, service_action: u16, allocation_length: u32) -> [u8; 12] {
         let mut cdb = [0u8; 12];

@@ -57,7 +57,7 @@ pub(crate) fn write_same(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
+    use crate::lun::tests::config;
 
     fn ws10(flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![0x41, flags];

@@ -1,7 +1,7 @@
 //! The boundary between the vfio-user protocol and the device it serves.
 //!
-//! The protocol layer knows regions, IRQs, DMA and reset; it never sees PCI or virtio. The device
-//! behind this trait (the virtio-scsi function, or a small test device) never sees a socket.
+//! The protocol layer knows regions, IRQs, DMA and reset; it never sees PCI or what the device
+//! emulates. The device behind this trait never sees a socket.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub struct RegionInfo {
     pub readable: bool,
     pub writable: bool,
     /// Mappable parts and the file that backs them; `None` for regions served by messages only.
-    /// Any mappable region makes QEMU stop posting BAR writes, so the virtio function has none.
+    /// Any mappable region makes QEMU stop posting BAR writes for the whole device.
     pub mmap: Option<RegionMmap>,
 }
 
@@ -158,7 +158,7 @@ pub trait Device {
     /// Back to power-on state; also called when a client disconnects.
     fn reset(&mut self);
 
-    /// Fds the main loop watches for the device (queue kick eventfds, ...). The list must not
+    /// Fds the main loop watches for the device (doorbell eventfds, ...). The list must not
     /// change during the device's life; index `i` in it is what `event_ready` receives.
     fn event_fds(&self) -> Vec<BorrowedFd<'_>>;
     /// `event_fds()[index]` became readable. Readiness is edge-triggered: drain the fd here.

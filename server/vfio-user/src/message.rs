@@ -2,13 +2,17 @@
 //! Every length is checked before anything is read or allocated; the fuzz target calls
 //! `decode_message` directly.
 
+use std::mem::size_of;
 use std::os::fd::OwnedFd;
+
+use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::device::IrqAction;
 use crate::irq::{decode_set_irqs, IrqError};
 use crate::protocol::{
-    Command, DmaMap, DmaUnmap, Header, InfoHead, RegionAccess, SetIrqs, FLAG_TYPE_COMMAND,
-    FLAG_TYPE_MASK, HEADER_SIZE, MAX_BODY_SIZE, MAX_DATA_XFER_SIZE, MAX_MSG_FDS, REGION_INFO_SIZE,
+    Command, DmaMap, DmaUnmap, Header, InfoHead, RegionAccess, RegionInfoHead, SetIrqs, Version,
+    FLAG_TYPE_COMMAND, FLAG_TYPE_MASK, HEADER_SIZE, MAX_BODY_SIZE, MAX_DATA_XFER_SIZE, MAX_MSG_FDS,
+    U32,
 };
 
 /// What the client says it can take, from its VERSION capabilities.
@@ -119,18 +123,19 @@ impl DecodeError {
 
 /// Checks a header before its body is read.
 pub fn check_header(header: &Header) -> Result<(), FramingError> {
-    if (header.message_size as usize) < HEADER_SIZE {
-        return Err(FramingError::TooShort(header.message_size));
+    let (size, flags) = (header.message_size.get(), header.flags.get());
+    if (size as usize) < HEADER_SIZE {
+        return Err(FramingError::TooShort(size));
     }
-    if header.flags & FLAG_TYPE_MASK != FLAG_TYPE_COMMAND {
-        return Err(FramingError::NotACommand(header.flags));
+    if flags & FLAG_TYPE_MASK != FLAG_TYPE_COMMAND {
+        return Err(FramingError::NotACommand(flags));
     }
     Ok(())
 }
 
 /// Length of the body that follows `header`, once `check_header` accepted it.
 pub fn body_len(header: &Header) -> usize {
-    (header.message_size as usize).saturating_sub(HEADER_SIZE)
+    (header.message_size.get() as usize).saturating_sub(HEADER_SIZE)
 }
 
 /// How a whole message decodes: a framing error ends the connection; a decode error is replied to.
@@ -148,16 +153,11 @@ pub enum MessageError {
 
 /// Decodes one complete message from `bytes` (header and body, nothing after).
 pub fn decode_message(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(Header, Request), MessageError> {
-    let header_bytes: &[u8; HEADER_SIZE] = bytes
-        .get(..HEADER_SIZE)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(MessageError::ShortHeader)?;
-    let header = Header::parse(header_bytes);
+    let (header, body) = Header::read_from_prefix(bytes).map_err(|_| MessageError::ShortHeader)?;
     check_header(&header)?;
-    let body = &bytes[HEADER_SIZE..];
     if body.len() != body_len(&header) {
         return Err(MessageError::ShortBody {
-            declared: header.message_size,
+            declared: header.message_size.get(),
             got: body.len(),
         });
     }
@@ -165,17 +165,18 @@ pub fn decode_message(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(Header, Reques
     Ok((header, request))
 }
 
-fn fixed<T>(
+/// The fixed part `T` that starts `body`.
+fn fixed<T: FromBytes + KnownLayout + Immutable>(
     command: Command,
     body: &[u8],
-    need: usize,
-    parse: fn(&[u8]) -> Option<T>,
 ) -> Result<T, DecodeError> {
-    parse(body).ok_or(DecodeError::BadLength {
-        command,
-        got: body.len(),
-        need,
-    })
+    T::read_from_prefix(body)
+        .map(|(fixed, _)| fixed)
+        .map_err(|_| DecodeError::BadLength {
+            command,
+            got: body.len(),
+            need: size_of::<T>(),
+        })
 }
 
 fn no_fds(fds: &[OwnedFd]) -> Result<(), DecodeError> {
@@ -185,7 +186,9 @@ fn no_fds(fds: &[OwnedFd]) -> Result<(), DecodeError> {
     }
 }
 
-fn argsz_at_least(argsz: u32, need: usize) -> Result<u32, DecodeError> {
+/// `argsz` of a request whose reply needs at least `T`.
+fn argsz_at_least<T>(argsz: U32) -> Result<u32, DecodeError> {
+    let (argsz, need) = (argsz.get(), size_of::<T>());
     if (argsz as usize) < need {
         return Err(DecodeError::ArgszTooSmall { argsz, need });
     }
@@ -199,8 +202,8 @@ pub fn decode_request(
     body: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<Request, DecodeError> {
-    let command =
-        Command::from_u16(header.command).ok_or(DecodeError::UnknownCommand(header.command))?;
+    let command = header.command.get();
+    let command = Command::from_u16(command).ok_or(DecodeError::UnknownCommand(command))?;
     if body.len() > MAX_BODY_SIZE {
         return Err(DecodeError::TooLarge(body.len()));
     }
@@ -216,7 +219,7 @@ pub fn decode_request(
             decode_version(body)
         }
         Command::DmaMap => {
-            let map = fixed(command, body, DmaMap::SIZE, DmaMap::parse)?;
+            let map = fixed::<DmaMap>(command, body)?;
             if fds.len() > 1 {
                 return Err(DecodeError::TooManyFds {
                     got: fds.len(),
@@ -230,63 +233,59 @@ pub fn decode_request(
         }
         Command::DmaUnmap => {
             no_fds(&fds)?;
-            let unmap = fixed(command, body, DmaUnmap::SIZE, DmaUnmap::parse)?;
-            argsz_at_least(unmap.argsz, DmaUnmap::SIZE)?;
+            let unmap = fixed::<DmaUnmap>(command, body)?;
+            argsz_at_least::<DmaUnmap>(unmap.argsz)?;
             Ok(Request::DmaUnmap(unmap))
         }
         Command::DeviceGetInfo | Command::DeviceGetRegionIoFds | Command::DeviceGetIrqInfo => {
             no_fds(&fds)?;
-            let head = fixed(command, body, InfoHead::SIZE, InfoHead::parse)?;
-            let argsz = argsz_at_least(head.argsz, InfoHead::SIZE)?;
+            let head = fixed::<InfoHead>(command, body)?;
+            let argsz = argsz_at_least::<InfoHead>(head.argsz)?;
+            let index = head.index.get();
             Ok(match command {
                 Command::DeviceGetInfo => Request::DeviceGetInfo { argsz },
-                Command::DeviceGetRegionIoFds => Request::DeviceGetRegionIoFds {
-                    argsz,
-                    index: head.index,
-                },
-                _ => Request::DeviceGetIrqInfo {
-                    argsz,
-                    index: head.index,
-                },
+                Command::DeviceGetRegionIoFds => Request::DeviceGetRegionIoFds { argsz, index },
+                _ => Request::DeviceGetIrqInfo { argsz, index },
             })
         }
         Command::DeviceGetRegionInfo => {
             no_fds(&fds)?;
-            let head = fixed(command, body, REGION_INFO_SIZE, InfoHead::parse)?;
-            let argsz = argsz_at_least(head.argsz, REGION_INFO_SIZE)?;
+            let head = fixed::<RegionInfoHead>(command, body)?;
+            let argsz = argsz_at_least::<RegionInfoHead>(head.argsz)?;
             Ok(Request::DeviceGetRegionInfo {
                 argsz,
-                index: head.index,
+                index: head.index.get(),
             })
         }
         Command::DeviceSetIrqs => {
-            let args = fixed(command, body, SetIrqs::SIZE, SetIrqs::parse)?;
-            let action = decode_set_irqs(&args, &body[SetIrqs::SIZE..], fds)?;
+            let args = fixed::<SetIrqs>(command, body)?;
+            let action = decode_set_irqs(&args, &body[size_of::<SetIrqs>()..], fds)?;
             Ok(Request::DeviceSetIrqs {
-                index: args.index,
+                index: args.index.get(),
                 action,
             })
         }
         Command::RegionRead => {
             no_fds(&fds)?;
-            let access = fixed(command, body, RegionAccess::SIZE, RegionAccess::parse)?;
-            if access.count > MAX_DATA_XFER_SIZE {
-                return Err(DecodeError::CountTooLarge(access.count));
+            let access = fixed::<RegionAccess>(command, body)?;
+            if access.count.get() > MAX_DATA_XFER_SIZE {
+                return Err(DecodeError::CountTooLarge(access.count.get()));
             }
             Ok(Request::RegionRead(access))
         }
         Command::RegionWrite => {
             no_fds(&fds)?;
-            let access = fixed(command, body, RegionAccess::SIZE, RegionAccess::parse)?;
-            if access.count > MAX_DATA_XFER_SIZE {
-                return Err(DecodeError::CountTooLarge(access.count));
+            let access = fixed::<RegionAccess>(command, body)?;
+            let count = access.count.get();
+            if count > MAX_DATA_XFER_SIZE {
+                return Err(DecodeError::CountTooLarge(count));
             }
-            let data = &body[RegionAccess::SIZE..];
-            if data.len() != access.count as usize {
+            let data = &body[size_of::<RegionAccess>()..];
+            if data.len() != count as usize {
                 return Err(DecodeError::BadLength {
                     command,
                     got: body.len(),
-                    need: RegionAccess::SIZE + access.count as usize,
+                    need: size_of::<RegionAccess>() + count as usize,
                 });
             }
             Ok(Request::RegionWrite {
@@ -302,20 +301,16 @@ pub fn decode_request(
 }
 
 fn decode_version(body: &[u8]) -> Result<Request, DecodeError> {
-    let need = 4;
-    if body.len() < need {
-        return Err(DecodeError::BadLength {
-            command: Command::Version,
-            got: body.len(),
-            need,
-        });
-    }
-    let major = u16::from_le_bytes([body[0], body[1]]);
-    let minor = u16::from_le_bytes([body[2], body[3]]);
+    let (version, json) = Version::read_from_prefix(body).map_err(|_| DecodeError::BadLength {
+        command: Command::Version,
+        got: body.len(),
+        need: size_of::<Version>(),
+    })?;
+    let (major, minor) = (version.major.get(), version.minor.get());
     if major != 0 {
         return Err(DecodeError::Version(major));
     }
-    let caps = match &body[need..] {
+    let caps = match json {
         [] => ClientCaps::default(),
         [json @ .., 0] => parse_capabilities(json)?,
         _ => {
@@ -362,20 +357,17 @@ fn parse_capabilities(json: &[u8]) -> Result<ClientCaps, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::LeWriter;
+    use zerocopy::IntoBytes;
 
     fn message(command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
-        let mut w = LeWriter::default();
-        Header {
-            message_id: 7,
-            command,
-            message_size: (HEADER_SIZE + body.len()) as u32,
-            flags,
-            error: 0,
-        }
-        .write(&mut w);
-        w.bytes.extend_from_slice(body);
-        w.bytes
+        let header = Header {
+            message_id: 7.into(),
+            command: command.into(),
+            message_size: ((HEADER_SIZE + body.len()) as u32).into(),
+            flags: flags.into(),
+            error: 0.into(),
+        };
+        [header.as_bytes(), body].concat()
     }
 
     fn decode_err(bytes: &[u8]) -> DecodeError {
@@ -391,7 +383,7 @@ mod tests {
         body.extend_from_slice(br#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096,"max_bitmap_size":1048576},"write_multiple":true}}"#);
         body.push(0);
         let (header, request) = decode_message(&message(1, 0, &body), vec![]).unwrap();
-        assert_eq!(header.message_id, 7);
+        assert_eq!(header.message_id.get(), 7);
         assert!(matches!(
             request,
             Request::Version {
@@ -483,33 +475,30 @@ mod tests {
 
     #[test]
     fn region_write_length_must_match_count() {
-        let mut w = LeWriter::default();
-        RegionAccess {
-            offset: 0,
-            region: 0,
-            count: 4,
-        }
-        .write(&mut w);
-        w.bytes.extend_from_slice(&[1, 2, 3]);
+        let access = RegionAccess {
+            count: 4.into(),
+            ..Default::default()
+        };
+        let mut body = [access.as_bytes(), &[1, 2, 3]].concat();
         assert!(matches!(
-            decode_err(&message(10, 0, &w.bytes)),
+            decode_err(&message(10, 0, &body)),
             DecodeError::BadLength { .. }
         ));
-        w.bytes.push(4);
-        let (_, request) = decode_message(&message(10, 0, &w.bytes), vec![]).unwrap();
+        body.push(4);
+        let (_, request) = decode_message(&message(10, 0, &body), vec![]).unwrap();
         assert!(matches!(request, Request::RegionWrite { ref data, .. } if data == &[1, 2, 3, 4]));
     }
 
     #[test]
     fn oversized_read_is_e2big() {
-        let mut w = LeWriter::default();
-        RegionAccess {
-            offset: 0,
-            region: 0,
-            count: MAX_DATA_XFER_SIZE + 1,
-        }
-        .write(&mut w);
-        assert_eq!(decode_err(&message(9, 0, &w.bytes)).errno(), libc::E2BIG);
+        let access = RegionAccess {
+            count: (MAX_DATA_XFER_SIZE + 1).into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_err(&message(9, 0, access.as_bytes())).errno(),
+            libc::E2BIG
+        );
     }
 
     #[test]

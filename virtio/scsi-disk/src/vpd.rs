@@ -134,7 +134,7 @@ pub(crate) fn page(page_code: u8, lun: &LunConfig) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
+    use crate::lun::tests::config;
 
     fn be32(data: &[u8], at: usize) -> u32 {
         u32::from_be_bytes(data[at..at + 4].try_into().unwrap())
@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(be32(&data, 8), lun.max_transfer_blocks);
         assert_eq!(be32(&data, 12), lun.optimal_transfer_blocks);
         assert_eq!(be32(&data, 20), lun.max_unmap_blocks());
-        assert_eq!(be32(&data, 24), crate::scsi::unmap::MAX_DESCRIPTORS);
+        assert_eq!(be32(&data, 24), crate::unmap::MAX_DESCRIPTORS);
         assert_eq!(
             u64::from_be_bytes(data[36..44].try_into().unwrap()),
             2 * 1024 * 1024

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use server::message::decode_message;
+use vfio_user_server::decode_message;
 
 #[test]
 fn every_seed_decodes() {

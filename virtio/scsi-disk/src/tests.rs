@@ -1,8 +1,8 @@
 //! Tests of the whole target through its public face, as the virtio-scsi device uses it.
 
 use super::*;
-use crate::scsi::lun::tests::config;
-use crate::scsi::outcome::tests::good as data;
+use crate::lun::tests::config;
+use crate::outcome::tests::good as data;
 
 const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
 const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 0xff, 0];

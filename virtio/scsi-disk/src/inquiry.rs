@@ -70,8 +70,8 @@ pub(crate) fn inquiry_missing_lun(cdb: Cdb<'_>, lun: u16) -> Result<Outcome, Sen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::lun::tests::config;
-    use crate::scsi::outcome::tests::good;
+    use crate::lun::tests::config;
+    use crate::outcome::tests::good;
 
     #[test]
     fn standard_inquiry_fields() {

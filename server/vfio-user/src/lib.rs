@@ -1,0 +1,27 @@
+//! A vfio-user server for any device: it speaks the protocol (messages, DMA mappings, IRQ
+//! eventfds) to one client at a time on a UNIX socket and hands the device behind the `Device`
+//! trait region accesses, DMA changes, IRQ actions and resets. It knows nothing of PCI, virtio or
+//! how the device uses threads.
+//!
+//! `Server` binds the socket and runs the mio loop; `DmaMemory` is the guest memory view that
+//! DMA_MAP and DMA_UNMAP edit; `decode_message` is the decoder on its own and `Replay` a whole
+//! connection without a socket, for fuzzing.
+
+mod connection;
+mod device;
+mod dispatch;
+mod dma;
+mod irq;
+mod message;
+mod protocol;
+mod replay;
+mod server;
+mod socket_path;
+
+pub use device::{
+    Device, DeviceError, DmaMemory, IoFd, IrqAction, IrqInfo, MmapArea, RegionInfo, RegionMmap,
+};
+pub use message::{decode_message, MessageError};
+pub use replay::Replay;
+pub use server::{Server, ServerError, ShutdownHandle, HARMLESS_SIGNALS, STOP_SIGNALS};
+pub use socket_path::SocketPathError;
