@@ -42,6 +42,14 @@ pub enum ServerError {
     StillRunning(Duration),
 }
 
+/// A sparse backing file `disk.img` of `size` bytes in a temporary directory of its own.
+pub fn sparse_image(size: u64) -> io::Result<(TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("disk.img");
+    File::create(&path)?.set_len(size)?;
+    Ok((dir, path))
+}
+
 /// Finds the server binary, or says where it looked.
 pub fn server_binary() -> Result<PathBuf, ServerError> {
     if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use tests::server_process::sparse_image;
 use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
@@ -56,12 +57,7 @@ fn settled_usage(pid: u32) -> Usage {
 
 #[test]
 fn fifty_clients_leave_rss_fds_and_threads_flat() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let (_dir, image) = sparse_image(8 << 20).unwrap();
     let file_disk = format!("path={},cache=none", image.display());
     let server = ServerProcess::start(&[
         "--disk",
