@@ -42,6 +42,44 @@ pub enum ServerError {
     StillRunning(Duration),
 }
 
+/// What a process holds, for telling a leak from noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub fds: usize,
+    pub threads: usize,
+}
+
+/// A process's resident memory, open fds and threads.
+pub fn usage(pid: u32) -> Usage {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let count = |dir: &str| fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, Iterator::count);
+    Usage {
+        rss_kib,
+        fds: count("fd"),
+        threads: count("task"),
+    }
+}
+
+/// The usage once the server has released its last client: fds and threads stop changing.
+pub fn settled_usage(pid: u32) -> Usage {
+    let started = Instant::now();
+    let mut last = usage(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = usage(pid);
+        if (now.fds, now.threads) == (last.fds, last.threads) || started.elapsed().as_secs() > 5 {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// A sparse backing file `disk.img` of `size` bytes in a temporary directory of its own.
 pub fn sparse_image(size: u64) -> io::Result<(TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;

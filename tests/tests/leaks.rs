@@ -4,9 +4,9 @@
 //!
 //! Build the server first: `cargo build -p server && cargo test -p tests --test leaks`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::server_process::sparse_image;
+use tests::server_process::{settled_usage, sparse_image};
 use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
@@ -14,46 +14,6 @@ const CYCLES: usize = 50;
 const WARM_UP: usize = 5;
 /// RSS may move by allocator noise, not by a leak of a mapping or a queue per client.
 const RSS_SLACK_KIB: u64 = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Usage {
-    rss_kib: u64,
-    fds: usize,
-    threads: usize,
-}
-
-fn usage(pid: u32) -> Usage {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let count = |dir: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
-            .unwrap()
-            .count()
-    };
-    Usage {
-        rss_kib,
-        fds: count("fd"),
-        threads: count("task"),
-    }
-}
-
-/// The usage once the server has released the last client: fds and threads stop changing.
-fn settled_usage(pid: u32) -> Usage {
-    let started = Instant::now();
-    let mut last = usage(pid);
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = usage(pid);
-        if (now.fds, now.threads) == (last.fds, last.threads) || started.elapsed().as_secs() > 5 {
-            return now;
-        }
-        last = now;
-    }
-}
 
 #[test]
 fn fifty_clients_leave_rss_fds_and_threads_flat() {
