@@ -66,18 +66,23 @@ pub fn usage(pid: u32) -> Usage {
     }
 }
 
-/// The usage once the server has released its last client: fds and threads stop changing.
+/// The usage once the server has released its last client: fds and threads have not changed
+/// for a quarter of a second (or 5 s have passed).
 pub fn settled_usage(pid: u32) -> Usage {
     let started = Instant::now();
     let mut last = usage(pid);
-    loop {
+    let mut unchanged = 0;
+    while unchanged < 5 && started.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
         let now = usage(pid);
-        if (now.fds, now.threads) == (last.fds, last.threads) || started.elapsed().as_secs() > 5 {
-            return now;
+        if (now.fds, now.threads) == (last.fds, last.threads) {
+            unchanged += 1;
+        } else {
+            unchanged = 0;
         }
         last = now;
     }
+    last
 }
 
 /// A sparse backing file `disk.img` of `size` bytes in a temporary directory of its own.
