@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Host-side benchmark, no guest: builds the release server and runs the `host` bench of the tests
 # crate, whose userspace virtio-scsi driver loads N request queues at a fixed depth and prints
-# IOPS, latency percentiles and the server's CPU nanoseconds per request (per thread).
+# IOPS, latency percentiles and the server's CPU nanoseconds per request (per thread), and from
+# the counters the server logs at disconnect its kicks, interrupts and heap allocations per request
+# (the server is built with its count-allocations feature).
 #
 # Usage: scripts/bench-host.sh [BENCH OPTIONS]
 #   Every option goes to the benchmark; `scripts/bench-host.sh --help` lists them. Without any it
@@ -26,7 +28,7 @@ done
 if [ -z "${VUS_SERVER_BIN:-}" ]; then
     target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
     case $target_dir in /*) ;; *) target_dir=$repo_root/$target_dir ;; esac
-    cargo build --release -p server
+    cargo build --release -p server --features count-allocations
     export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
 fi
 exec cargo bench -p tests --bench host -- "$@"

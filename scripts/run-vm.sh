@@ -336,7 +336,9 @@ mkfifo "$work/console"
 # This shell holds the FIFO open for writing (fd 3) so that the reader never blocks in open, even
 # if QEMU does not start; closing it after QEMU ends gives the reader its end of file.
 exec 3<>"$work/console"
-tr -d '\r' <"$work/console" 3>&- | tee "$console_log" 3>&- &
+# sed -u passes each line on at once (tr would hold 4 KiB), so that a test reacts to a marker
+# while the guest waits for it.
+sed -u 's/\r//g' <"$work/console" 3>&- | tee "$console_log" 3>&- &
 tee_pid=$!
 started=$SECONDS
 qemu_status=0

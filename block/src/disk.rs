@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vmm_sys_util::ioctl_ior_nr;
 
@@ -40,7 +41,8 @@ enum Backend {
 #[derive(Debug)]
 pub struct Disk {
     backend: Backend,
-    size: u64,
+    /// Changes only through `resize`; requests check their range against the current value.
+    size: AtomicU64,
     logical_block_size: u32,
     read_only: bool,
     unmap: bool,
@@ -70,26 +72,25 @@ impl Disk {
             source,
         })?;
         let block_device = metadata.file_type().is_block_device();
-        let size = if block_device {
-            block_device_size(&file).map_err(|source| BlockError::DeviceSize {
-                path: path.clone(),
-                source,
-            })?
-        } else if metadata.file_type().is_file() {
-            metadata.len()
-        } else {
+        if !block_device && !metadata.file_type().is_file() {
             return Err(BlockError::NotFileOrBlockDevice { path: path.clone() });
-        };
-        if size == 0 {
-            return Err(BlockError::Empty { path: path.clone() });
         }
-        if size % u64::from(logical_block_size) != 0 {
-            return Err(BlockError::SizeNotMultiple {
-                path: path.clone(),
-                size,
-                logical_block_size,
-            });
+        if options.locking {
+            lock_image(&file, options.read_only).map_err(|source| {
+                if source.kind() == io::ErrorKind::WouldBlock {
+                    BlockError::Locked {
+                        path: path.clone(),
+                        wanted: if options.read_only { "shared" } else { "write" },
+                    }
+                } else {
+                    BlockError::Lock {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
         }
+        let size = file_size(&file, &metadata, block_device, path, logical_block_size)?;
         let direct_io = if direct {
             let alignment = direct_io_alignment(&file, block_device, path)?;
             if alignment.offset > logical_block_size {
@@ -116,7 +117,7 @@ impl Disk {
                 path: path.clone(),
                 block_device,
             },
-            size,
+            size: AtomicU64::new(size),
             logical_block_size,
             read_only: options.read_only,
             unmap,
@@ -140,7 +141,7 @@ impl Disk {
         }
         Ok(Disk {
             backend: Backend::Null,
-            size,
+            size: AtomicU64::new(size),
             logical_block_size,
             read_only: false,
             unmap: true,
@@ -153,7 +154,58 @@ impl Disk {
 
     /// Size in bytes, a multiple of the logical block size.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Takes the backing file's current size, or `null_size` for a null disk (which has no
+    /// other source of a size); returns the new size. A file may only grow or keep its size:
+    /// a guest may have data past a shrunken end in flight.
+    pub fn resize(&self, null_size: Option<u64>) -> Result<u64, BlockError> {
+        let current = self.size();
+        let size = match (&self.backend, null_size) {
+            (Backend::Null, Some(size)) => {
+                if size == 0 || size % u64::from(self.logical_block_size) != 0 {
+                    return Err(BlockError::NullSize {
+                        size,
+                        logical_block_size: self.logical_block_size,
+                    });
+                }
+                size
+            }
+            (Backend::Null, None) => return Err(BlockError::NullResizeNeedsSize),
+            (Backend::File { path, .. }, Some(_)) => {
+                return Err(BlockError::FileResizeTakesNoSize { path: path.clone() })
+            }
+            (
+                Backend::File {
+                    file,
+                    path,
+                    block_device,
+                },
+                None,
+            ) => {
+                let metadata = file.metadata().map_err(|source| BlockError::Metadata {
+                    path: path.clone(),
+                    source,
+                })?;
+                file_size(
+                    file,
+                    &metadata,
+                    *block_device,
+                    path,
+                    self.logical_block_size,
+                )?
+            }
+        };
+        if size < current && !self.is_null() {
+            return Err(BlockError::Shrunk {
+                path: self.path().map(Path::to_path_buf).unwrap_or_default(),
+                size,
+                current,
+            });
+        }
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     pub fn logical_block_size(&self) -> u32 {
@@ -228,6 +280,56 @@ impl Disk {
                 ..
             }
         )
+    }
+}
+
+/// The size of a regular file or block device, checked against the logical block size.
+fn file_size(
+    file: &File,
+    metadata: &std::fs::Metadata,
+    block_device: bool,
+    path: &Path,
+    logical_block_size: u32,
+) -> Result<u64, BlockError> {
+    let size = if block_device {
+        block_device_size(file).map_err(|source| BlockError::DeviceSize {
+            path: path.to_path_buf(),
+            source,
+        })?
+    } else {
+        metadata.len()
+    };
+    if size == 0 {
+        return Err(BlockError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    if size % u64::from(logical_block_size) != 0 {
+        return Err(BlockError::SizeNotMultiple {
+            path: path.to_path_buf(),
+            size,
+            logical_block_size,
+        });
+    }
+    Ok(size)
+}
+
+/// Takes an open-file-description lock on the whole image, as QEMU's file driver does on its
+/// permission bytes: shared for readers, exclusive for writers. The lock goes with the file.
+/// Whole-file locks also conflict with QEMU's own byte locks, so QEMU and we exclude each other.
+fn lock_image(file: &File, shared: bool) -> io::Result<()> {
+    // SAFETY: flock is plain old data; all-zero is a valid value that the fields below complete.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock struct, which lives across the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(io::ErrorKind::WouldBlock.into()),
+        _ => Err(error),
     }
 }
 
@@ -475,6 +577,67 @@ mod tests {
         // SAFETY: the fd is the disk's own, open for the whole call.
         let flags = unsafe { libc::fcntl(disk.fd().unwrap(), libc::F_GETFL) };
         assert_ne!(flags & libc::O_DIRECT, 0);
+    }
+
+    #[test]
+    fn images_are_locked_shared_for_readers_exclusive_for_writers() {
+        let file = file_of(1 << 20);
+        let writer = Disk::open(&DiskOptions::new(file.path())).unwrap();
+        let error = Disk::open(&DiskOptions::new(file.path())).unwrap_err();
+        assert!(matches!(error, BlockError::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("is locked"), "{error}");
+        assert!(error
+            .to_string()
+            .contains(&file.path().display().to_string()));
+        let reader = DiskOptions {
+            read_only: true,
+            ..DiskOptions::new(file.path())
+        };
+        assert!(matches!(
+            Disk::open(&reader),
+            Err(BlockError::Locked { .. })
+        ));
+        let unlocked = DiskOptions {
+            locking: false,
+            ..DiskOptions::new(file.path())
+        };
+        Disk::open(&unlocked).unwrap();
+        drop(writer);
+        let first = Disk::open(&reader).unwrap();
+        let second = Disk::open(&reader).unwrap();
+        assert!(matches!(
+            Disk::open(&DiskOptions::new(file.path())),
+            Err(BlockError::Locked { .. })
+        ));
+        drop((first, second));
+        Disk::open(&DiskOptions::new(file.path())).unwrap();
+    }
+
+    #[test]
+    fn resize_follows_the_file_and_sets_null_sizes() {
+        let file = file_of(1 << 20);
+        let disk = Disk::open(&DiskOptions::new(file.path())).unwrap();
+        file.as_file().set_len(2 << 20).unwrap();
+        assert_eq!(disk.resize(None).unwrap(), 2 << 20);
+        assert_eq!(disk.size(), 2 << 20);
+        assert!(matches!(
+            disk.resize(Some(4 << 20)),
+            Err(BlockError::FileResizeTakesNoSize { .. })
+        ));
+        file.as_file().set_len(1 << 20).unwrap();
+        assert!(matches!(disk.resize(None), Err(BlockError::Shrunk { .. })));
+        assert_eq!(disk.size(), 2 << 20);
+
+        let null = Disk::null(1 << 20, 512).unwrap();
+        assert_eq!(null.resize(Some(8 << 20)).unwrap(), 8 << 20);
+        assert!(matches!(
+            null.resize(None),
+            Err(BlockError::NullResizeNeedsSize)
+        ));
+        assert!(matches!(
+            null.resize(Some(1000)),
+            Err(BlockError::NullSize { .. })
+        ));
     }
 
     #[test]

@@ -17,8 +17,10 @@ pub struct Completion {
 
 /// Runs requests for one event loop; each iothread owns its engine.
 ///
-/// Every request accepted by `submit` produces exactly one [`Completion`], collected by
-/// `reap` once `completion_fd` is readable. The request (and its buffers) is kept until then.
+/// Every request accepted by `submit` produces exactly one [`Completion`], collected by `reap`.
+/// Requests the engine finishes inside `submit` are signalled by nothing (no eventfd write per
+/// request): the caller reaps after each batch of submissions. Those that finish later make
+/// `completion_fd` readable. The request (and its buffers) is kept until it is reaped.
 pub trait Engine: Send {
     /// Queues or executes a request. An error means the request was not accepted and will not
     /// complete; the caller must answer it itself.
@@ -33,8 +35,9 @@ pub trait Engine: Send {
     /// submit). Call it once per event loop pass, after the last `submit`.
     fn submit_pending(&mut self);
 
-    /// An eventfd that is readable while completions are waiting.
-    fn completion_fd(&self) -> RawFd;
+    /// An eventfd that becomes readable when requests finish after `submit` returned; None for
+    /// engines that finish every request inside `submit`.
+    fn completion_fd(&self) -> Option<RawFd>;
 
     /// Clears `completion_fd` and appends every available completion to `out`.
     fn reap(&mut self, out: &mut Vec<Completion>);

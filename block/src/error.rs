@@ -36,6 +36,20 @@ pub enum BlockError {
         offset_alignment: u32,
         logical_block_size: u32,
     },
+    #[error("disk {}: the image is locked by another process or disk (a {wanted} lock is refused); locking=off shares it anyway", path.display())]
+    Locked { path: PathBuf, wanted: &'static str },
+    #[error("disk {}: cannot lock the image: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("disk {}: the backing file shrank to {size} bytes from {current}; only growing is supported", path.display())]
+    Shrunk {
+        path: PathBuf,
+        size: u64,
+        current: u64,
+    },
+    #[error("disk {}: a file-backed disk takes its new size from the file; grow the file and resize without a size", path.display())]
+    FileResizeTakesNoSize { path: PathBuf },
+    #[error("null disk: resize needs the new size")]
+    NullResizeNeedsSize,
     #[error("logical block size {0} is not 512 or 4096")]
     LogicalBlockSize(u32),
     #[error("null disk: size {size} is 0 or not a multiple of the logical block size {logical_block_size}")]

@@ -236,11 +236,7 @@ impl Engine for IoUringEngine {
         request: IoRequest,
         user_data: u64,
     ) -> Result<(), BlockError> {
-        let ready_before = self.ready.len();
         self.start(disk, request, user_data);
-        if self.ready.len() > ready_before {
-            self.eventfd.write(1).map_err(BlockError::Eventfd)?;
-        }
         Ok(())
     }
 
@@ -248,8 +244,8 @@ impl Engine for IoUringEngine {
         self.enter();
     }
 
-    fn completion_fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.eventfd.as_raw_fd())
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {

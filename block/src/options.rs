@@ -31,10 +31,13 @@ pub struct DiskOptions {
     pub discard: DiscardMode,
     /// 512 or 4096.
     pub logical_block_size: u32,
+    /// Take an OFD lock on the image (`locking=on`, the default): shared when read-only,
+    /// exclusive otherwise.
+    pub locking: bool,
 }
 
 impl DiskOptions {
-    /// QEMU's defaults: writable, `cache=writeback`, `discard=ignore`, 512-byte blocks.
+    /// QEMU's defaults: writable, `cache=writeback`, `discard=ignore`, 512-byte blocks, locked.
     pub fn new(path: impl Into<PathBuf>) -> DiskOptions {
         DiskOptions {
             path: path.into(),
@@ -42,6 +45,7 @@ impl DiskOptions {
             cache: CacheMode::default(),
             discard: DiscardMode::default(),
             logical_block_size: 512,
+            locking: true,
         }
     }
 }

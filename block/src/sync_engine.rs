@@ -1,10 +1,9 @@
 //! The synchronous engine: each request runs to completion inside `submit`.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::ioctl_io_nr;
 
 use crate::aligned_buffer::AlignedBuffer;
@@ -17,17 +16,16 @@ pub(crate) const IOV_MAX: usize = 1024;
 /// The largest zero buffer written when the backend cannot zero a range by itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// Executes requests with blocking system calls at submit; completions wait in a queue.
+/// Executes requests with blocking system calls at submit; completions wait in a queue for the
+/// next `reap`.
 pub struct SyncEngine {
     completions: Vec<Completion>,
-    eventfd: EventFd,
 }
 
 impl SyncEngine {
     pub fn new() -> Result<SyncEngine, BlockError> {
         Ok(SyncEngine {
             completions: Vec::new(),
-            eventfd: EventFd::new(EFD_NONBLOCK).map_err(BlockError::Eventfd)?,
         })
     }
 }
@@ -41,20 +39,17 @@ impl Engine for SyncEngine {
     ) -> Result<(), BlockError> {
         let result = execute(disk, &request);
         drop(request);
-        self.eventfd.write(1).map_err(BlockError::Eventfd)?;
         self.completions.push(Completion { user_data, result });
         Ok(())
     }
 
     fn submit_pending(&mut self) {}
 
-    fn completion_fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        // EAGAIN only says the counter was already clear; the queue is authoritative.
-        let _ = self.eventfd.read();
         out.append(&mut self.completions);
     }
 }

@@ -101,8 +101,8 @@ impl Engine for ThreadPoolEngine {
 
     fn submit_pending(&mut self) {}
 
-    fn completion_fd(&self) -> RawFd {
-        self.finished.eventfd.as_raw_fd()
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.finished.eventfd.as_raw_fd())
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {

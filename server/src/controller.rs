@@ -77,15 +77,7 @@ pub fn build(
     } else {
         let numbers = assign_luns(config.disks).map_err(ControllerError::Luns)?;
         for (spec, lun) in config.disks.iter().zip(numbers) {
-            let disk = Arc::new(open_disk(spec)?);
-            let serial = match (&spec.serial, &spec.backing) {
-                (Some(serial), _) => serial.clone(),
-                (None, Backing::File { path, .. }) => serial_for(&canonical(path), lun),
-                (None, Backing::Null { .. }) => serial_for("null", lun),
-            };
-            info!(log, "disk"; "lun" => lun, "size" => disk.size(), "read_only" => disk.read_only(),
-                  "path" => disk.path().map(|p| p.display().to_string()).unwrap_or_else(|| "null".into()));
-            luns.push((lun_config(lun, &disk, serial), disk));
+            luns.push(open_lun(spec, lun, log)?);
         }
     }
     let mut device = ScsiDevice::new(ScsiDeviceConfig {
@@ -105,6 +97,23 @@ pub fn build(
     })
 }
 
+/// Opens the disk a `--disk` (or `ctl add-disk`) spec names, as LUN `lun`.
+pub fn open_lun(
+    spec: &DiskSpec,
+    lun: u16,
+    log: &Logger,
+) -> Result<(LunConfig, Arc<Disk>), ControllerError> {
+    let disk = Arc::new(open_disk(spec)?);
+    let serial = match (&spec.serial, &spec.backing) {
+        (Some(serial), _) => serial.clone(),
+        (None, Backing::File { path, .. }) => serial_for(&canonical(path), lun),
+        (None, Backing::Null { .. }) => serial_for("null", lun),
+    };
+    info!(log, "disk"; "lun" => lun, "size" => disk.size(), "read_only" => disk.read_only(),
+          "path" => disk.path().map(|p| p.display().to_string()).unwrap_or_else(|| "null".into()));
+    Ok((lun_config(lun, &disk, serial), disk))
+}
+
 fn open_disk(spec: &DiskSpec) -> Result<Disk, block::BlockError> {
     match &spec.backing {
         Backing::Null { size } => Disk::null(*size, spec.logical_block_size),
@@ -112,12 +121,14 @@ fn open_disk(spec: &DiskSpec) -> Result<Disk, block::BlockError> {
             path,
             cache,
             discard,
+            locking,
         } => Disk::open(&DiskOptions {
             path: path.clone(),
             read_only: spec.read_only,
             cache: *cache,
             discard: *discard,
             logical_block_size: spec.logical_block_size,
+            locking: *locking,
         }),
     }
 }

@@ -1,5 +1,5 @@
 //! The `--disk` option: `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
-//! [,discard=unmap|ignore][,logical-block-size=512|4096]` or `null,size=BYTES[,lun=N]...`.
+//! [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or `null,size=BYTES[,lun=N]...`.
 //!
 //! As in QEMU's option syntax, `,,` stands for a literal comma inside a value.
 
@@ -17,6 +17,8 @@ pub enum Backing {
         path: PathBuf,
         cache: CacheMode,
         discard: DiscardMode,
+        /// Take QEMU-compatible OFD locks on the image (`locking=on`, the default).
+        locking: bool,
     },
     Null {
         size: u64,
@@ -85,6 +87,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
     let mut cache = CacheMode::Writeback;
     let mut discard = DiscardMode::Ignore;
     let mut logical_block_size = 512;
+    let mut locking = true;
     let mut seen: Vec<&str> = Vec::new();
 
     for option in options {
@@ -133,6 +136,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
                     _ => return Err(format!("discard '{value}' is not unmap or ignore")),
                 }
             }
+            "locking" if !is_null => locking = parse_switch(key, value)?,
             "logical-block-size" => {
                 logical_block_size = match value {
                     "512" => 512,
@@ -155,6 +159,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
             path,
             cache,
             discard,
+            locking,
         }
     };
     if let Backing::Null { size } = backing {
@@ -237,7 +242,7 @@ mod tests {
 
     #[test]
     fn file_disk_with_every_option() {
-        let spec: DiskSpec = "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096"
+        let spec: DiskSpec = "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096,locking=off"
             .parse()
             .unwrap();
         assert_eq!(
@@ -246,7 +251,8 @@ mod tests {
                 backing: Backing::File {
                     path: "/d/x,y.img".into(),
                     cache: CacheMode::None,
-                    discard: DiscardMode::Unmap
+                    discard: DiscardMode::Unmap,
+                    locking: false,
                 },
                 lun: Some(3),
                 read_only: true,
@@ -264,7 +270,8 @@ mod tests {
             Backing::File {
                 path: "disk.img".into(),
                 cache: CacheMode::Writeback,
-                discard: DiscardMode::Ignore
+                discard: DiscardMode::Ignore,
+                locking: true,
             }
         );
         assert_eq!(

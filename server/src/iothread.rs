@@ -3,6 +3,7 @@
 //! pauses it, takes its queues back and stops it.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,8 +26,39 @@ enum Command {
     Shutdown,
 }
 
+/// Where an iothread's time went, written only by the iothread (relaxed loads and stores) on
+/// cache lines of its own.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct TimeCounters {
+    /// Serving queues and commands.
+    busy_ns: AtomicU64,
+    /// Polling queues that had no work.
+    poll_ns: AtomicU64,
+    /// Blocked waiting for an event.
+    sleep_ns: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, time: Duration) {
+    let ns = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(ns),
+        Ordering::Relaxed,
+    );
+}
+
+/// A copy of an iothread's time counters, in nanoseconds since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IothreadStats {
+    pub name: String,
+    pub busy_ns: u64,
+    pub poll_ns: u64,
+    pub sleep_ns: u64,
+}
+
 pub struct Iothread {
     name: String,
+    time: Arc<TimeCounters>,
     commands: Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -40,12 +72,18 @@ impl Iothread {
         let waker = Arc::new(Waker::new(set.registry(), OWNER_TOKEN)?);
         let (commands, receiver) = channel();
         let thread_log = log.clone();
+        let time = Arc::new(TimeCounters::default());
+        let thread_time = Arc::clone(&time);
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(set, receiver, PollWindow::new(poll_max_ns), &thread_log))?;
+            .spawn(move || {
+                let window = PollWindow::new(poll_max_ns);
+                run(set, receiver, window, &thread_time, &thread_log)
+            })?;
         debug!(log, "iothread started"; "iothread" => name);
         Ok(Iothread {
             name: name.to_string(),
+            time,
             commands,
             waker,
             thread: Some(thread),
@@ -54,6 +92,16 @@ impl Iothread {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn stats(&self) -> IothreadStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        IothreadStats {
+            name: self.name.clone(),
+            busy_ns: load(&self.time.busy_ns),
+            poll_ns: load(&self.time.poll_ns),
+            sleep_ns: load(&self.time.sleep_ns),
+        }
     }
 
     /// Sends a command; false when the thread is gone.
@@ -103,16 +151,32 @@ impl Drop for Iothread {
     }
 }
 
-fn run(mut set: QueueSet, commands: Receiver<Command>, mut window: PollWindow, log: &Logger) {
+fn run(
+    mut set: QueueSet,
+    commands: Receiver<Command>,
+    mut window: PollWindow,
+    time: &TimeCounters,
+    log: &Logger,
+) {
     loop {
         let started = Instant::now();
         let polling = window.current();
         let found_work = !polling.is_zero() && !set.is_empty() && set.poll_queues(polling);
+        let polled = started.elapsed();
         // Notifications stay off while polling finds work: look at the other events, then
         // poll again rather than sleep.
         let timeout = found_work.then_some(Duration::ZERO);
         let result = set.poll(timeout);
-        window.adjust(started.elapsed());
+        let pass = started.elapsed();
+        window.adjust(pass);
+        let slept = set.take_slept();
+        if found_work {
+            add(&time.busy_ns, pass.saturating_sub(slept));
+        } else {
+            add(&time.poll_ns, polled);
+            add(&time.busy_ns, pass.saturating_sub(polled + slept));
+        }
+        add(&time.sleep_ns, slept);
         match result {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use slog::{debug, warn, Logger};
 use virtio::{QueueHost, QueueWorker};
 
-use crate::iothread::Iothread;
+use crate::iothread::{Iothread, IothreadStats};
 use crate::mapping::{QueueMapping, QueueOwner};
 use crate::queue_set::QueueSet;
 
@@ -52,6 +52,11 @@ impl IothreadPool {
         }
     }
 
+    /// The `--iothread` names, in order (`QueueOwner::Iothread` indexes them).
+    pub fn iothread_names(&self) -> Vec<&str> {
+        self.iothreads.iter().map(Iothread::name).collect()
+    }
+
     /// The main loop's queues (only ever locked by the main loop's thread).
     pub fn main_loop(&self) -> MutexGuard<'_, QueueSet> {
         self.main_loop
@@ -63,6 +68,11 @@ impl IothreadPool {
     /// Valid as long as the pool lives.
     pub fn main_loop_fd(&self) -> RawFd {
         self.main_loop_fd
+    }
+
+    /// Where each iothread's time went since it started, in command-line order.
+    pub fn iothread_stats(&self) -> Vec<IothreadStats> {
+        self.iothreads.iter().map(Iothread::stats).collect()
     }
 
     /// Stops every iothread from touching guest memory, with nothing left in flight, until
@@ -140,6 +150,7 @@ mod tests {
             &self.kick
         }
         fn kicked(&mut self) {
+            let _ = self.kick.read();
             let name = std::thread::current().name().unwrap_or("").to_string();
             self.record.kicks.lock().unwrap().push((self.queue, name));
         }

@@ -1,35 +1,60 @@
-//! `vfio-user-scsi`: parses the command line, sets up logging, builds the device and serves it.
+//! `vfio-user-scsi`: parses the command line, sets up logging, builds the device and serves it;
+//! `vfio-user-scsi ctl ...` is the control socket's client.
 
+use std::ffi::CString;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use virtio::EngineFactory;
 use vm_memory::GuestMemoryMmap;
 
-use server::cli::{Aio, Cli};
+use server::cli::{Aio, Cli, LogFormat};
+use server::control_commands::ControlCommands;
 use server::controller::{self, ControllerConfig, ControllerError, QueueServing};
 use server::iothread_pool::IothreadPool;
-use server::logging;
+use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
+use server::operator::{Operator, OperatorError};
 use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
-use vfio_user_server::{DmaMemory, Server, ServerError};
+use server::{ctl, sd_notify};
+use vfio_user_server::{
+    activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
+};
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
+    Socket(#[from] SocketPathError),
+    #[error(transparent)]
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
+    #[error("--socket-owner '{0}': no such user or group")]
+    SocketOwner(String),
     #[error("cannot start the iothreads: {0}")]
     Iothreads(std::io::Error),
     #[error("cannot start the shutdown watchdog: {0}")]
     ShutdownDeadline(std::io::Error),
+}
+
+impl MainError {
+    /// 2 for a mistake on the command line, as clap's own errors; 1 for anything else.
+    fn exit_code(&self) -> u8 {
+        match self {
+            MainError::Mapping(_)
+            | MainError::SocketOwner(_)
+            | MainError::Controller(ControllerError::Luns(_)) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Threads per request queue with `--aio threads`: enough to keep a few requests of a queue
@@ -63,63 +88,184 @@ fn engines(aio: Aio, queue_size: u16, log: &Logger) -> EngineFactory {
     }
 }
 
-fn run(cli: &Cli, log: &Logger, log_guard: LogGuard) -> Result<(), MainError> {
-    // Everything the command line can get wrong is checked before the socket exists.
+/// Every DMA map file and IRQ eventfd of a client is a descriptor, and QEMU sends hundreds: the
+/// soft limit goes up to the hard one, as systemd services and QEMU itself do.
+fn raise_open_file_limit(log: &Logger) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(log, "cannot read the open file limit"; "error" => %std::io::Error::last_os_error());
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit, which `raised` is.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        warn!(log, "cannot raise the open file limit"; "limit" => limit.rlim_cur,
+            "error" => %std::io::Error::last_os_error());
+        return;
+    }
+    debug!(log, "open file limit raised"; "from" => limit.rlim_cur, "to" => raised.rlim_cur);
+}
+
+/// `USER[:GROUP]`, by name or number; without a group, the user's own.
+fn socket_owner(spec: &str) -> Result<(libc::uid_t, libc::gid_t), MainError> {
+    let error = || MainError::SocketOwner(spec.to_string());
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let name = CString::new(user).map_err(|_| error())?;
+    // SAFETY: getpwnam reads a NUL-terminated name; the result is read before any other
+    // passwd lookup could reuse its storage (start-up is single-threaded here).
+    let passwd = unsafe { libc::getpwnam(name.as_ptr()) };
+    let (uid, user_gid) = if passwd.is_null() {
+        let uid = user.parse().map_err(|_| error())?;
+        (uid, None)
+    } else {
+        // SAFETY: non-null, points to the static passwd entry just returned.
+        unsafe { ((*passwd).pw_uid, Some((*passwd).pw_gid)) }
+    };
+    let gid = match group {
+        None => user_gid.ok_or_else(error)?,
+        Some(group) => {
+            let name = CString::new(group).map_err(|_| error())?;
+            // SAFETY: as for getpwnam.
+            let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+            if entry.is_null() {
+                group.parse().map_err(|_| error())?
+            } else {
+                // SAFETY: non-null, points to the static group entry just returned.
+                unsafe { (*entry).gr_gid }
+            }
+        }
+    };
+    Ok((uid, gid))
+}
+
+fn run(
+    cli: &Cli,
+    log: &Logger,
+    log_control: LogControl,
+    log_guard: LogGuard,
+) -> Result<(), MainError> {
+    // Everything the command line can get wrong is checked before anything is created.
     let queue_mapping = mapping::build_mapping(
         &cli.iothreads,
         cli.iothread_vq_mapping.as_deref(),
         usize::from(cli.num_queues),
     )?;
-    let pool = IothreadPool::start(&cli.iothreads, queue_mapping, cli.poll_max_ns, log)
-        .map_err(MainError::Iothreads)?;
+    server::disk_spec::assign_luns(&cli.disks)
+        .map_err(|e| MainError::Controller(ControllerError::Luns(e)))?;
+    let access = SocketAccess {
+        mode: cli.socket_mode,
+        owner: cli.socket_owner.as_deref().map(socket_owner).transpose()?,
+    };
+    // The socket before the disks: a second server on a live socket must not touch images.
+    // A socket systemd handed over is systemd's to remove.
+    let (listener, own_socket) = match activated_listener()? {
+        Some(listener) => (Listener::inherited(listener), None),
+        None => (
+            Listener::bind(&cli.socket, &access)?,
+            Some(cli.socket.clone()),
+        ),
+    };
+    let pool = Arc::new(
+        IothreadPool::start(&cli.iothreads, queue_mapping, cli.poll_max_ns, log)
+            .map_err(MainError::Iothreads)?,
+    );
     let memory = DmaMemory::new(GuestMemoryMmap::new());
     let config = ControllerConfig {
         disks: &cli.disks,
         num_queues: cli.num_queues,
         queue_size: cli.queue_size,
         serving: Some(QueueServing {
-            pool: Arc::new(pool),
+            pool: Arc::clone(&pool),
             engines: engines(cli.aio, cli.queue_size, log),
         }),
     };
     let controller = controller::build(&config, memory.clone(), log)?;
+    let commands = ControlCommands::new(
+        Some(pool),
+        log_control.clone(),
+        cli.num_queues,
+        cli.queue_size,
+        log.clone(),
+    );
+    let mut operator = Operator::new(
+        cli.control_socket.as_deref(),
+        &access,
+        commands,
+        log_control,
+        log.clone(),
+    )?;
     let in_flight = controller.function.function().device().in_flight_probe();
-    let server = Server::new(&cli.socket, controller.function, memory, log.clone())?;
+    let server = Server::with_listener(listener, controller.function, memory, log.clone())?;
     ShutdownDeadline {
         timeout: Duration::from_secs(cli.shutdown_timeout),
-        socket: cli.socket.clone(),
+        socket: own_socket,
         in_flight: Box::new(in_flight),
         log: log.clone(),
         log_guard,
     }
     .arm()
     .map_err(MainError::ShutdownDeadline)?;
-    server.run()?;
+    match sd_notify::notify_ready() {
+        Ok(true) => info!(log, "told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => warn!(log, "sd_notify failed"; "error" => %e),
+    }
+    server.run_with(Some(&mut operator))?;
     Ok(())
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "ctl") {
+        let program = args.next().unwrap_or_default();
+        let mut rest: Vec<_> = args.skip(1).collect();
+        let mut name = program;
+        name.push(" ctl");
+        rest.insert(0, name);
+        return ctl::main(rest);
+    }
     // Before any thread starts, so that every thread but the shutdown watchdog inherits it.
     if let Err(e) = shutdown_deadline::block_handled_signals() {
         eprintln!("vfio-user-scsi: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let (log, flush_on_exit) =
+    let (log, log_control, flush_on_exit) =
         match logging::build(cli.log_format, cli.log_level, cli.log_file.as_deref()) {
             Ok(logging) => logging,
             Err(e) => {
-                eprintln!("vfio-user-scsi: cannot open the log: {e}");
+                eprintln!("vfio-user-scsi: {e}");
                 return ExitCode::FAILURE;
             }
         };
+    raise_open_file_limit(&log);
+    // A client that shrinks its mapped memory must fail its queue, not kill the server.
+    if let Err(e) = virtio::memory_fault::install_handler() {
+        warn!(log, "no SIGBUS guard for guest memory"; "error" => %e);
+    }
     let log_guard: LogGuard = Arc::new(Mutex::new(Some(flush_on_exit)));
-    let status = match run(&cli, &log, Arc::clone(&log_guard)) {
+    let status = match run(&cli, &log, log_control, Arc::clone(&log_guard)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(log, "exiting"; "error" => %e);
-            eprintln!("vfio-user-scsi: {e}");
-            ExitCode::FAILURE
+            // A JSON log on stderr already carries the error; a plain line would break readers.
+            if cli.log_format != LogFormat::Json || cli.log_file.is_some() {
+                eprintln!("vfio-user-scsi: {e}");
+            }
+            ExitCode::from(e.exit_code())
         }
     };
     // Flushes the log before the process ends.

@@ -21,6 +21,8 @@ pub struct QueueSet {
     poll: Poll,
     events: Events,
     workers: Vec<Option<Box<dyn QueueWorker>>>,
+    /// Time blocked waiting for events since `take_slept`.
+    slept: Duration,
     log: Logger,
 }
 
@@ -63,6 +65,7 @@ impl QueueSet {
             poll: Poll::new()?,
             events: Events::with_capacity(64),
             workers: Vec::new(),
+            slept: Duration::ZERO,
             log: log.clone(),
         })
     }
@@ -110,7 +113,6 @@ impl QueueSet {
             }
         }
         debug!(self.log, "queue adopted"; "iothread" => thread_name(), "vq" => worker.queue_index());
-        let _ = worker.kick().read();
         worker.kicked();
         if slot == self.workers.len() {
             self.workers.push(Some(worker));
@@ -122,7 +124,14 @@ impl QueueSet {
 
     /// Waits up to `timeout` for events and serves them; true when the owner's token fired.
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.poll.poll(&mut self.events, timeout)?;
+        if timeout == Some(Duration::ZERO) {
+            self.poll.poll(&mut self.events, timeout)?;
+        } else {
+            let start = Instant::now();
+            let result = self.poll.poll(&mut self.events, timeout);
+            self.slept += start.elapsed();
+            result?;
+        }
         let mut owner = false;
         let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
         for token in ready {
@@ -133,6 +142,11 @@ impl QueueSet {
             }
         }
         Ok(owner)
+    }
+
+    /// The time spent blocked in `poll` since the last call.
+    pub fn take_slept(&mut self) -> Duration {
+        std::mem::take(&mut self.slept)
     }
 
     /// Serves whatever is ready without waiting, until nothing is.
@@ -169,11 +183,7 @@ impl QueueSet {
             return;
         };
         match wakeup {
-            Wakeup::Kick => {
-                // EAGAIN only says that the counter was already clear.
-                let _ = worker.kick().read();
-                worker.kicked();
-            }
+            Wakeup::Kick => worker.kicked(),
             Wakeup::Completions => worker.completions_ready(),
         }
         trace!(self.log, "queue served";

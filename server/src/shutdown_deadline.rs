@@ -18,7 +18,8 @@ use std::time::Duration;
 use signal_hook::iterator::Signals;
 use slog::{warn, Logger};
 
-use vfio_user_server::{HARMLESS_SIGNALS, STOP_SIGNALS};
+use crate::signals::HANDLED;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Stuck requests listed one record each, at most; the rest are only counted.
 const LISTED_REQUESTS: usize = 64;
@@ -29,7 +30,8 @@ pub type LogGuard = Arc<Mutex<Option<slog_async::AsyncGuard>>>;
 /// What the watchdog needs to report and clean up.
 pub struct ShutdownDeadline {
     pub timeout: Duration,
-    pub socket: PathBuf,
+    /// The socket to remove; `None` when systemd handed it over.
+    pub socket: Option<PathBuf>,
     /// Lists the requests in flight as (lun, tag).
     pub in_flight: Box<dyn Fn() -> Vec<(u16, u64)> + Send>,
     pub log: Logger,
@@ -39,7 +41,7 @@ pub struct ShutdownDeadline {
 impl ShutdownDeadline {
     /// Starts the watchdog thread; it waits for a stop signal and then for the timeout.
     pub fn arm(self) -> io::Result<()> {
-        let mut signals = Signals::new(STOP_SIGNALS)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
         std::thread::Builder::new()
             .name("shutdown-deadline".into())
             .spawn(move || {
@@ -62,10 +64,12 @@ impl ShutdownDeadline {
         for (lun, tag) in stuck.iter().take(LISTED_REQUESTS) {
             warn!(self.log, "request still in flight at exit"; "lun" => lun, "tag" => tag);
         }
-        if let Err(error) = std::fs::remove_file(&self.socket) {
-            if error.kind() != io::ErrorKind::NotFound {
-                warn!(self.log, "cannot remove the socket"; "socket" => %self.socket.display(),
-                    "error" => %error);
+        if let Some(socket) = &self.socket {
+            if let Err(error) = std::fs::remove_file(socket) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    warn!(self.log, "cannot remove the socket"; "socket" => %socket.display(),
+                        "error" => %error);
+                }
             }
         }
         drop(
@@ -90,8 +94,8 @@ fn set_handled_signals(how: libc::c_int) -> io::Result<()> {
     // SAFETY: `set` is a live sigset_t; sigemptyset and sigaddset only write to it.
     unsafe {
         libc::sigemptyset(&mut set);
-        for signal in STOP_SIGNALS.iter().chain(&HARMLESS_SIGNALS) {
-            libc::sigaddset(&mut set, *signal);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
         }
     }
     // SAFETY: `set` is initialised; the old mask is not asked for (null).

@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use slog::{debug, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use vfio_user_server::{Device, DeviceError, IoFd, IrqAction, IrqInfo, RegionInfo};
 use virtio::{TransportError, VirtioDevice, VirtioPciFunction, WriteEffect};
 use vmm_sys_util::eventfd::EventFd;
@@ -48,6 +48,10 @@ impl<D: VirtioDevice> VirtioFunction<D> {
 
     pub fn function(&self) -> &VirtioPciFunction<D> {
         &self.function
+    }
+
+    pub fn function_mut(&mut self) -> &mut VirtioPciFunction<D> {
+        &mut self.function
     }
 
     fn kick(&mut self, queue: u16) {
@@ -254,6 +258,25 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         // that goes away must not leave its eventfds with us.
         self.function.msix_vectors().clear_all();
         debug!(self.log, "function reset");
+    }
+
+    fn client_disconnected(&mut self) {
+        // Read before the records below, whose own allocations would count otherwise.
+        if let Some(count) = crate::allocation_counter::allocations() {
+            info!(self.log, "allocations"; "count" => count);
+        }
+        for queue in self.function.device().queue_stats() {
+            info!(self.log, "queue stats"; "vq" => queue.vq, "requests" => queue.requests,
+                "kicks" => queue.kicks, "interrupts" => queue.interrupts,
+                "bytes_read" => queue.bytes_read, "bytes_written" => queue.bytes_written,
+                "errors" => queue.errors(), "transport_failures" => queue.transport_failures,
+                "in_flight" => queue.in_flight);
+        }
+        for iothread in self.pool.iter().flat_map(|pool| pool.iothread_stats()) {
+            info!(self.log, "iothread stats"; "iothread" => iothread.name,
+                "busy_ns" => iothread.busy_ns, "poll_ns" => iothread.poll_ns,
+                "sleep_ns" => iothread.sleep_ns);
+        }
     }
 
     fn event_fds(&self) -> Vec<BorrowedFd<'_>> {

@@ -170,9 +170,29 @@ pub fn run_vm(args: &[&str], guest_script: &str) -> Result<GuestRun, GuestError>
     run_script("run-vm.sh", &all_args)
 }
 
+/// [`run_vm`], calling `on_line` with each output line as it arrives: the host side of a test
+/// can act when the guest prints a marker.
+pub fn run_vm_with(
+    args: &[&str],
+    guest_script: &str,
+    on_line: impl FnMut(&str),
+) -> Result<GuestRun, GuestError> {
+    let mut all_args = args.to_vec();
+    all_args.extend(["--", guest_script]);
+    run_script_with("run-vm.sh", &all_args, on_line)
+}
+
 /// Runs `scripts/NAME ARGS` (a script that boots a guest, such as `run.sh`), echoing and
 /// collecting its output as [`run_vm`] does.
 pub fn run_script(name: &str, args: &[&str]) -> Result<GuestRun, GuestError> {
+    run_script_with(name, args, |_| {})
+}
+
+fn run_script_with(
+    name: &str,
+    args: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> Result<GuestRun, GuestError> {
     let script = repo_root().join("scripts").join(name);
     if !script.is_file() {
         return Err(GuestError::MissingScript { path: script });
@@ -196,6 +216,7 @@ pub fn run_script(name: &str, args: &[&str]) -> Result<GuestRun, GuestError> {
             let line = line.map_err(GuestError::Output)?;
             let line = String::from_utf8_lossy(&line);
             println!("{line}");
+            on_line(&line);
             output.push_str(&line);
             output.push('\n');
         }

@@ -287,3 +287,71 @@ fn a_second_client_after_a_disconnect_is_served_by_the_iothreads() {
     assert!(server.is_running());
     server.terminate(Duration::from_secs(5)).unwrap();
 }
+
+/// The "queue stats" record the server logs for `vq` when the client goes away.
+fn queue_stats(stderr: &str, vq: u64) -> Option<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["msg"] == "queue stats" && record["vq"] == vq)
+}
+
+#[test]
+fn a_disconnect_logs_each_request_queues_counters() {
+    let mut server = start(&[
+        "--disk",
+        "null,size=1M",
+        "--num-queues",
+        "2",
+        "--iothread",
+        "io0",
+        "--log-format",
+        "json",
+    ]);
+    let mut driver = connect(&server);
+    let mut requests = 1;
+    while !driver.test_unit_ready(0).unwrap().is_good() {
+        requests += 1;
+    }
+    for lba in 0..8 {
+        let read = driver
+            .scsi_command(1, 0, &cdb::lba10(READ_10, 0, lba, 1), None, BLOCK as u32)
+            .unwrap();
+        assert!(read.is_good(), "{read:?}");
+    }
+    drop(driver);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (first, second) = loop {
+        let stderr = server.stderr();
+        if let (Some(first), Some(second)) = (queue_stats(&stderr, 2), queue_stats(&stderr, 3)) {
+            break (first, second);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no queue stats records:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(first["requests"], requests, "{first}");
+    assert_eq!(first["errors"], 1, "the power-on unit attention: {first}");
+    assert_eq!(second["requests"], 8, "{second}");
+    assert_eq!(second["bytes_read"], 8 * BLOCK as u64, "{second}");
+    assert_eq!(second["bytes_written"], 0, "{second}");
+    for record in [&first, &second] {
+        let kicks = record["kicks"].as_u64().unwrap();
+        let interrupts = record["interrupts"].as_u64().unwrap();
+        let answered = record["requests"].as_u64().unwrap();
+        assert!((1..=answered).contains(&kicks), "{record}");
+        assert!((1..=answered).contains(&interrupts), "{record}");
+    }
+    let stderr = server.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|line| line.contains("\"iothread stats\"")
+                && line.contains("\"iothread\":\"io0\"")
+                && line.contains("\"busy_ns\"")),
+        "{stderr}"
+    );
+    server.terminate(Duration::from_secs(5)).unwrap();
+}

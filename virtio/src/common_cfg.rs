@@ -1,54 +1,91 @@
 //! The common configuration structure (virtio 1.2, 4.1.4.3): feature negotiation, status,
 //! MSI-X vector numbers and per-queue configuration.
 
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::interrupt::NO_VECTOR;
 use crate::status::DRIVER_OK;
 use crate::status::FEATURES_OK;
 
-/// Size of `struct virtio_pci_common_cfg` (without the 1.2 notify-data and reset fields, whose
-/// features this transport does not offer).
-pub const COMMON_CFG_SIZE: u64 = 0x38;
+/// `struct virtio_pci_common_cfg` as the driver sees it, without the 1.2 notify-data and reset
+/// fields, whose features this transport does not offer.
+#[repr(C)]
+#[derive(Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VirtioPciCommonCfg {
+    pub device_feature_select: U32,
+    pub device_feature: U32,
+    pub driver_feature_select: U32,
+    pub driver_feature: U32,
+    pub config_msix_vector: U16,
+    pub num_queues: U16,
+    pub device_status: u8,
+    pub config_generation: u8,
+    pub queue_select: U16,
+    pub queue_size: U16,
+    pub queue_msix_vector: U16,
+    pub queue_enable: U16,
+    pub queue_notify_off: U16,
+    pub queue_desc: U64,
+    pub queue_driver: U64,
+    pub queue_device: U64,
+}
 
-/// Field offsets of `struct virtio_pci_common_cfg`.
-pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
-pub const DEVICE_FEATURE: u64 = 0x04;
-pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
-pub const DRIVER_FEATURE: u64 = 0x0c;
-pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
-pub const NUM_QUEUES: u64 = 0x12;
-pub const DEVICE_STATUS: u64 = 0x14;
-pub const CONFIG_GENERATION: u64 = 0x15;
-pub const QUEUE_SELECT: u64 = 0x16;
-pub const QUEUE_SIZE: u64 = 0x18;
-pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-pub const QUEUE_ENABLE: u64 = 0x1c;
-pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-pub const QUEUE_DESC: u64 = 0x20;
-pub const QUEUE_DRIVER: u64 = 0x28;
-pub const QUEUE_DEVICE: u64 = 0x30;
+pub const COMMON_CFG_SIZE: u64 = size_of::<VirtioPciCommonCfg>() as u64;
+const _: () = assert!(COMMON_CFG_SIZE == 0x38);
 
-/// Start and width of every field, to match writes against.
-const FIELDS: [(u64, usize); 16] = [
-    (DEVICE_FEATURE_SELECT, 4),
-    (DEVICE_FEATURE, 4),
-    (DRIVER_FEATURE_SELECT, 4),
-    (DRIVER_FEATURE, 4),
-    (CONFIG_MSIX_VECTOR, 2),
-    (NUM_QUEUES, 2),
-    (DEVICE_STATUS, 1),
-    (CONFIG_GENERATION, 1),
-    (QUEUE_SELECT, 2),
-    (QUEUE_SIZE, 2),
-    (QUEUE_MSIX_VECTOR, 2),
-    (QUEUE_ENABLE, 2),
-    (QUEUE_NOTIFY_OFF, 2),
-    (QUEUE_DESC, 8),
-    (QUEUE_DRIVER, 8),
-    (QUEUE_DEVICE, 8),
+/// Field offsets of `VirtioPciCommonCfg`.
+pub const DEVICE_FEATURE_SELECT: u64 = offset_of!(VirtioPciCommonCfg, device_feature_select) as u64;
+pub const DEVICE_FEATURE: u64 = offset_of!(VirtioPciCommonCfg, device_feature) as u64;
+pub const DRIVER_FEATURE_SELECT: u64 = offset_of!(VirtioPciCommonCfg, driver_feature_select) as u64;
+pub const DRIVER_FEATURE: u64 = offset_of!(VirtioPciCommonCfg, driver_feature) as u64;
+pub const CONFIG_MSIX_VECTOR: u64 = offset_of!(VirtioPciCommonCfg, config_msix_vector) as u64;
+pub const NUM_QUEUES: u64 = offset_of!(VirtioPciCommonCfg, num_queues) as u64;
+pub const DEVICE_STATUS: u64 = offset_of!(VirtioPciCommonCfg, device_status) as u64;
+pub const CONFIG_GENERATION: u64 = offset_of!(VirtioPciCommonCfg, config_generation) as u64;
+pub const QUEUE_SELECT: u64 = offset_of!(VirtioPciCommonCfg, queue_select) as u64;
+pub const QUEUE_SIZE: u64 = offset_of!(VirtioPciCommonCfg, queue_size) as u64;
+pub const QUEUE_MSIX_VECTOR: u64 = offset_of!(VirtioPciCommonCfg, queue_msix_vector) as u64;
+pub const QUEUE_ENABLE: u64 = offset_of!(VirtioPciCommonCfg, queue_enable) as u64;
+pub const QUEUE_NOTIFY_OFF: u64 = offset_of!(VirtioPciCommonCfg, queue_notify_off) as u64;
+pub const QUEUE_DESC: u64 = offset_of!(VirtioPciCommonCfg, queue_desc) as u64;
+pub const QUEUE_DRIVER: u64 = offset_of!(VirtioPciCommonCfg, queue_driver) as u64;
+pub const QUEUE_DEVICE: u64 = offset_of!(VirtioPciCommonCfg, queue_device) as u64;
+
+/// Every field's offset in order. The struct has no padding (`IntoBytes`), so a field ends where
+/// the next one starts.
+const FIELDS: [u64; 16] = [
+    DEVICE_FEATURE_SELECT,
+    DEVICE_FEATURE,
+    DRIVER_FEATURE_SELECT,
+    DRIVER_FEATURE,
+    CONFIG_MSIX_VECTOR,
+    NUM_QUEUES,
+    DEVICE_STATUS,
+    CONFIG_GENERATION,
+    QUEUE_SELECT,
+    QUEUE_SIZE,
+    QUEUE_MSIX_VECTOR,
+    QUEUE_ENABLE,
+    QUEUE_NOTIFY_OFF,
+    QUEUE_DESC,
+    QUEUE_DRIVER,
+    QUEUE_DEVICE,
 ];
+
+/// Start and width of the field that holds byte `offset`.
+fn field_at(offset: u64) -> Option<(u64, usize)> {
+    let index = FIELDS
+        .partition_point(|&start| start <= offset)
+        .checked_sub(1)?;
+    let start = FIELDS[index];
+    let end = FIELDS.get(index + 1).copied().unwrap_or(COMMON_CFG_SIZE);
+    (offset < end).then_some((start, (end - start) as usize))
+}
 
 /// A write the common configuration cannot carry out alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,52 +229,33 @@ impl CommonCfg {
         }
     }
 
-    fn image(&self) -> [u8; COMMON_CFG_SIZE as usize] {
-        let mut image = [0u8; COMMON_CFG_SIZE as usize];
-        let mut put = |offset: u64, bytes: &[u8]| {
-            let start = offset as usize;
-            image[start..start + bytes.len()].copy_from_slice(bytes);
-        };
-        let device_feature = match self.device_feature_select {
-            0 => self.offered_features as u32,
-            1 => (self.offered_features >> 32) as u32,
+    fn image(&self) -> VirtioPciCommonCfg {
+        let feature_word = |features: u64, select: u32| match select {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
             _ => 0,
         };
-        let driver_feature = match self.driver_feature_select {
-            0 => self.driver_features as u32,
-            1 => (self.driver_features >> 32) as u32,
-            _ => 0,
+        let mut image = VirtioPciCommonCfg {
+            device_feature_select: self.device_feature_select.into(),
+            device_feature: feature_word(self.offered_features, self.device_feature_select).into(),
+            driver_feature_select: self.driver_feature_select.into(),
+            driver_feature: feature_word(self.driver_features, self.driver_feature_select).into(),
+            config_msix_vector: self.config_vector.load(Ordering::Acquire).into(),
+            num_queues: (self.queues.len() as u16).into(),
+            device_status: self.status(),
+            config_generation: self.generation.load(Ordering::SeqCst),
+            queue_select: self.queue_select.into(),
+            ..Default::default()
         };
-        put(
-            DEVICE_FEATURE_SELECT,
-            &self.device_feature_select.to_le_bytes(),
-        );
-        put(DEVICE_FEATURE, &device_feature.to_le_bytes());
-        put(
-            DRIVER_FEATURE_SELECT,
-            &self.driver_feature_select.to_le_bytes(),
-        );
-        put(DRIVER_FEATURE, &driver_feature.to_le_bytes());
-        put(
-            CONFIG_MSIX_VECTOR,
-            &self.config_vector.load(Ordering::Acquire).to_le_bytes(),
-        );
-        put(NUM_QUEUES, &(self.queues.len() as u16).to_le_bytes());
-        put(DEVICE_STATUS, &[self.status()]);
-        put(CONFIG_GENERATION, &[self.generation.load(Ordering::SeqCst)]);
-        put(QUEUE_SELECT, &self.queue_select.to_le_bytes());
         // An unavailable queue reads as size 0 and everything else 0.
         if let Some(queue) = self.selected() {
-            put(QUEUE_SIZE, &queue.size.to_le_bytes());
-            put(
-                QUEUE_MSIX_VECTOR,
-                &queue.vector.load(Ordering::Acquire).to_le_bytes(),
-            );
-            put(QUEUE_ENABLE, &u16::from(queue.enabled).to_le_bytes());
-            put(QUEUE_NOTIFY_OFF, &self.queue_select.to_le_bytes());
-            put(QUEUE_DESC, &queue.desc.to_le_bytes());
-            put(QUEUE_DRIVER, &queue.driver.to_le_bytes());
-            put(QUEUE_DEVICE, &queue.device.to_le_bytes());
+            image.queue_size = queue.size.into();
+            image.queue_msix_vector = queue.vector.load(Ordering::Acquire).into();
+            image.queue_enable = u16::from(queue.enabled).into();
+            image.queue_notify_off = self.queue_select.into();
+            image.queue_desc = queue.desc.into();
+            image.queue_driver = queue.driver.into();
+            image.queue_device = queue.device.into();
         }
         image
     }
@@ -252,17 +270,13 @@ impl CommonCfg {
         if end > COMMON_CFG_SIZE {
             return Err(BadCommonAccess);
         }
-        data.copy_from_slice(&self.image()[offset as usize..end as usize]);
+        data.copy_from_slice(&self.image().as_bytes()[offset as usize..end as usize]);
         Ok(())
     }
 
     /// Applies a write that covers exactly one field (or one dword half of a 64-bit field).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<CommonCfgWrite, BadCommonAccess> {
-        let (field, width) = FIELDS
-            .iter()
-            .copied()
-            .find(|&(start, width)| offset >= start && offset < start + width as u64)
-            .ok_or(BadCommonAccess)?;
+        let (field, width) = field_at(offset).ok_or(BadCommonAccess)?;
         let half = width == 8 && data.len() == 4 && (offset == field || offset == field + 4);
         if !(offset == field && data.len() == width || half) {
             return Err(BadCommonAccess);
@@ -345,6 +359,21 @@ impl CommonCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_offsets_are_the_specs() {
+        assert_eq!(
+            FIELDS,
+            [
+                0x00, 0x04, 0x08, 0x0c, 0x10, 0x12, 0x14, 0x15, 0x16, 0x18, 0x1a, 0x1c, 0x1e, 0x20,
+                0x28, 0x30
+            ]
+        );
+        assert_eq!(field_at(0x15), Some((CONFIG_GENERATION, 1)));
+        assert_eq!(field_at(0x2c), Some((QUEUE_DRIVER, 8)));
+        assert_eq!(field_at(0x37), Some((QUEUE_DEVICE, 8)));
+        assert_eq!(field_at(0x38), None);
+    }
 
     fn common() -> CommonCfg {
         CommonCfg::new(0x1_3000_0006, 3, 256, 4)

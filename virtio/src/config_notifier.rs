@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::device::Interrupt;
 use crate::interrupt::MsixInterrupt;
 use crate::status::DEVICE_NEEDS_RESET;
+use crate::virtio_device::Interrupt;
 
 pub struct ConfigNotifier {
     pub(crate) status: Arc<AtomicU8>,

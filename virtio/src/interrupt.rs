@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use pci::MsixVectors;
 
-use crate::device::Interrupt;
 use crate::isr::{Isr, CONFIG_INTERRUPT};
+use crate::virtio_device::Interrupt;
 
 /// The vector number meaning "no interrupt" (virtio 1.2, 4.1.5.1.2).
 pub const NO_VECTOR: u16 = 0xffff;

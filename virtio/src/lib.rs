@@ -4,10 +4,10 @@
 pub mod bar_layout;
 pub mod common_cfg;
 pub mod config_notifier;
-pub mod device;
 pub mod features;
 pub mod interrupt;
 pub mod isr;
+pub mod memory_fault;
 pub mod notify;
 pub mod pci_caps;
 pub mod pci_function;
@@ -15,13 +15,17 @@ pub mod queue_worker;
 pub mod scsi_device;
 pub mod status;
 pub mod transport_error;
+pub mod virtio_device;
 
 pub use config_notifier::ConfigNotifier;
-pub use device::{ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 pub use interrupt::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
-    EngineFactory, EventDelivery, ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent,
+    EngineFactory, EventDelivery, LunState, QueueCounters, QueueStats, ScsiDevice,
+    ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,
 };
 pub use transport_error::{Region, TransportError};
+pub use virtio_device::{
+    ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
+};

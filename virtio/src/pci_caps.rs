@@ -1,5 +1,10 @@
 //! The virtio-pci vendor capabilities (virtio 1.2, 4.1.4): where each structure lives.
 
+use std::mem::{offset_of, size_of};
+
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// PCI capability ID of vendor-specific capabilities.
 pub const VENDOR_CAPABILITY_ID: u8 = 0x09;
 
@@ -10,77 +15,115 @@ pub const ISR_CFG: u8 = 3;
 pub const DEVICE_CFG: u8 = 4;
 pub const PCI_CFG: u8 = 5;
 
-/// Length of `struct virtio_pci_cap`, header included.
-const CAP_LENGTH: u8 = 16;
-/// The notify and PCI configuration access capabilities append one dword.
-const EXTENDED_CAP_LENGTH: u8 = 20;
-
-/// Offsets inside `struct virtio_pci_cfg_cap`, from the start of the capability.
-pub const PCI_CFG_BAR: u64 = 4;
-pub const PCI_CFG_OFFSET: u64 = 8;
-pub const PCI_CFG_LENGTH: u64 = 12;
-pub const PCI_CFG_DATA: u64 = 16;
-
-/// One `struct virtio_pci_cap`: a structure of type `cfg_type` at `offset..offset + length` of
-/// BAR `bar`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `struct virtio_pci_cap`: a structure of type `cfg_type` at `offset..offset + length` of BAR
+/// `bar`.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct VirtioPciCap {
+    pub cap_vndr: u8,
+    pub cap_next: u8,
+    pub cap_len: u8,
     pub cfg_type: u8,
     pub bar: u8,
-    pub offset: u32,
-    pub length: u32,
+    pub id: u8,
+    pub padding: [u8; 2],
+    pub offset: U32,
+    pub length: U32,
+}
+
+/// `struct virtio_pci_notify_cap`.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct VirtioPciNotifyCap {
+    pub cap: VirtioPciCap,
+    pub notify_off_multiplier: U32,
+}
+
+/// `struct virtio_pci_cfg_cap`: a window through which the driver reaches the BARs.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct VirtioPciCfgCap {
+    pub cap: VirtioPciCap,
+    pub pci_cfg_data: [u8; 4],
+}
+
+const _: () = assert!(size_of::<VirtioPciCap>() == 16);
+const _: () = assert!(size_of::<VirtioPciNotifyCap>() == 20);
+const _: () = assert!(size_of::<VirtioPciCfgCap>() == 20);
+
+/// Offsets inside `struct virtio_pci_cfg_cap`, from the start of the capability.
+pub const PCI_CFG_BAR: u64 = offset_of!(VirtioPciCfgCap, cap.bar) as u64;
+pub const PCI_CFG_OFFSET: u64 = offset_of!(VirtioPciCfgCap, cap.offset) as u64;
+pub const PCI_CFG_LENGTH: u64 = offset_of!(VirtioPciCfgCap, cap.length) as u64;
+pub const PCI_CFG_DATA: u64 = offset_of!(VirtioPciCfgCap, pci_cfg_data) as u64;
+
+/// The capability list adds the ID and next-pointer bytes itself; it takes what follows.
+const BODY: usize = offset_of!(VirtioPciCap, cap_len);
+
+/// A capability's body and the write mask of that body.
+fn body_and_mask<T: IntoBytes + Immutable>(cap: &T, mask: &T) -> (Vec<u8>, Vec<u8>) {
+    (
+        cap.as_bytes()[BODY..].to_vec(),
+        mask.as_bytes()[BODY..].to_vec(),
+    )
 }
 
 impl VirtioPciCap {
-    /// The capability body after the ID and next-pointer bytes, with `extra` (the notify
-    /// multiplier or the PCI access data window) appended. All of it is read-only.
-    fn body(&self, extra: Option<u32>) -> Vec<u8> {
-        let cap_len = if extra.is_some() {
-            EXTENDED_CAP_LENGTH
-        } else {
-            CAP_LENGTH
-        };
-        // cap_len, cfg_type, bar, id (one structure of each type), two bytes of padding.
-        let mut body = vec![cap_len, self.cfg_type, self.bar, 0, 0, 0];
-        body.extend_from_slice(&self.offset.to_le_bytes());
-        body.extend_from_slice(&self.length.to_le_bytes());
-        if let Some(extra) = extra {
-            body.extend_from_slice(&extra.to_le_bytes());
+    /// One structure of each type, so `id` stays 0.
+    pub fn new(cfg_type: u8, bar: u8, offset: u32, length: u32) -> VirtioPciCap {
+        VirtioPciCap {
+            cap_vndr: VENDOR_CAPABILITY_ID,
+            cap_len: size_of::<VirtioPciCap>() as u8,
+            cfg_type,
+            bar,
+            offset: offset.into(),
+            length: length.into(),
+            ..Default::default()
         }
-        debug_assert_eq!(body.len() + 2, usize::from(cap_len));
-        body
     }
 
     /// A capability whose body the driver cannot write.
     pub fn read_only(&self) -> (Vec<u8>, Vec<u8>) {
-        let body = self.body(None);
-        let mask = vec![0; body.len()];
-        (body, mask)
+        body_and_mask(self, &VirtioPciCap::default())
     }
 
-    /// `struct virtio_pci_notify_cap`.
+    /// `struct virtio_pci_notify_cap`, read-only.
     pub fn notify(&self, notify_off_multiplier: u32) -> (Vec<u8>, Vec<u8>) {
-        let body = self.body(Some(notify_off_multiplier));
-        let mask = vec![0; body.len()];
-        (body, mask)
+        let cap = VirtioPciNotifyCap {
+            cap: VirtioPciCap {
+                cap_len: size_of::<VirtioPciNotifyCap>() as u8,
+                ..*self
+            },
+            notify_off_multiplier: notify_off_multiplier.into(),
+        };
+        body_and_mask(&cap, &VirtioPciNotifyCap::default())
     }
 
     /// `struct virtio_pci_cfg_cap`: bar, offset, length and the data window are the driver's.
     pub fn pci_cfg() -> (Vec<u8>, Vec<u8>) {
-        let empty = VirtioPciCap {
-            cfg_type: PCI_CFG,
-            bar: 0,
-            offset: 0,
-            length: 0,
+        let cap = VirtioPciCfgCap {
+            cap: VirtioPciCap {
+                cap_len: size_of::<VirtioPciCfgCap>() as u8,
+                ..VirtioPciCap::new(PCI_CFG, 0, 0, 0)
+            },
+            pci_cfg_data: [0; 4],
         };
-        let body = empty.body(Some(0));
-        let mut mask = vec![0; body.len()];
-        let writable = |field: u64| (field - 2) as usize;
-        mask[writable(PCI_CFG_BAR)] = 0xff;
-        for field in [PCI_CFG_OFFSET, PCI_CFG_LENGTH, PCI_CFG_DATA] {
-            mask[writable(field)..writable(field) + 4].fill(0xff);
-        }
-        (body, mask)
+        let writable = VirtioPciCfgCap {
+            cap: VirtioPciCap {
+                bar: 0xff,
+                offset: u32::MAX.into(),
+                length: u32::MAX.into(),
+                ..Default::default()
+            },
+            pci_cfg_data: [0xff; 4],
+        };
+        body_and_mask(&cap, &writable)
     }
 }
 
@@ -90,12 +133,7 @@ mod tests {
 
     #[test]
     fn common_cap_layout() {
-        let cap = VirtioPciCap {
-            cfg_type: COMMON_CFG,
-            bar: 4,
-            offset: 0x1000,
-            length: 0x38,
-        };
+        let cap = VirtioPciCap::new(COMMON_CFG, 4, 0x1000, 0x38);
         let (body, mask) = cap.read_only();
         assert_eq!(body, [16, 1, 4, 0, 0, 0, 0, 0x10, 0, 0, 0x38, 0, 0, 0]);
         assert!(mask.iter().all(|&m| m == 0));
@@ -103,12 +141,7 @@ mod tests {
 
     #[test]
     fn notify_cap_carries_the_multiplier() {
-        let cap = VirtioPciCap {
-            cfg_type: NOTIFY_CFG,
-            bar: 4,
-            offset: 0x3000,
-            length: 0x1000,
-        };
+        let cap = VirtioPciCap::new(NOTIFY_CFG, 4, 0x3000, 0x1000);
         let (body, _) = cap.notify(4);
         assert_eq!(body.len(), 18);
         assert_eq!(body[0], 20);

@@ -17,7 +17,6 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bar_layout::{BarLayout, BarTarget, MSIX_BAR, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR};
 use crate::common_cfg::{CommonCfg, CommonCfgWrite, QueueConfig};
 use crate::config_notifier::ConfigNotifier;
-use crate::device::{Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use crate::features;
 use crate::interrupt::MsixInterrupt;
 use crate::isr::{Isr, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
@@ -28,6 +27,7 @@ use crate::pci_caps::{
 };
 use crate::status::{transition, StatusTransition, DEVICE_NEEDS_RESET, DRIVER_OK};
 use crate::transport_error::{Region, TransportError};
+use crate::virtio_device::{Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
@@ -152,11 +152,13 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 size: layout.virtio_bar_size,
             },
         )?;
-        let structure = |cfg_type, range: &std::ops::Range<u64>| VirtioPciCap {
-            cfg_type,
-            bar: VIRTIO_BAR,
-            offset: range.start as u32,
-            length: (range.end - range.start) as u32,
+        let structure = |cfg_type, range: &std::ops::Range<u64>| {
+            VirtioPciCap::new(
+                cfg_type,
+                VIRTIO_BAR,
+                range.start as u32,
+                (range.end - range.start) as u32,
+            )
         };
         let add = |config: &mut ConfigSpace, (body, mask): (Vec<u8>, Vec<u8>)| {
             config.add_capability(VENDOR_CAPABILITY_ID, &body, &mask)

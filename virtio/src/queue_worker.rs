@@ -14,9 +14,10 @@ use vmm_sys_util::eventfd::EventFd;
 pub trait QueueWorker: Send {
     /// Virtqueue index (for virtio-scsi: 0 control, 1 event, 2.. request queues).
     fn queue_index(&self) -> u16;
-    /// Written on every driver notification; the host watches and drains it.
+    /// Written on every driver notification; the host watches it.
     fn kick(&self) -> &Arc<EventFd>;
-    /// The driver notified the queue (its kick eventfd has been drained): serve what is there.
+    /// The kick eventfd became readable (or the host was told of a notification): clear it
+    /// and serve what is there.
     fn kicked(&mut self);
     /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
     fn completion_fd(&self) -> Option<RawFd>;

@@ -16,7 +16,7 @@ use crate::protocol::{Header, HEADER_SIZE, MAX_BODY_SIZE, MAX_MSG_FDS};
 
 /// Room for more fds than we accept, so that an excess is seen (and refused) rather than
 /// silently truncated by the kernel.
-const MAX_RECV_FDS: usize = 4 * MAX_MSG_FDS;
+pub const MAX_RECV_FDS: usize = 4 * MAX_MSG_FDS;
 /// Chunk used to skip the body of an oversized message.
 const DISCARD_CHUNK: usize = 64 * 1024;
 

@@ -157,6 +157,8 @@ pub trait Device {
 
     /// Back to power-on state; also called when a client disconnects.
     fn reset(&mut self);
+    /// The client went away (the reset follows): the place to log what the device did for it.
+    fn client_disconnected(&mut self) {}
 
     /// Fds the main loop watches for the device (doorbell eventfds, ...). The list must not
     /// change during the device's life; index `i` in it is what `event_ready` receives.

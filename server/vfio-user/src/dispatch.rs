@@ -53,6 +53,8 @@ pub enum RequestError {
     TooManyReplyFds { needed: usize, allowed: usize },
     #[error("duplicating an fd for the reply: {0}")]
     Dup(std::io::Error),
+    #[error("out of file descriptors: only {received} of the message's fds could be received")]
+    FdsExhausted { received: usize },
 }
 
 impl RequestError {
@@ -63,7 +65,17 @@ impl RequestError {
             RequestError::Device(e) => e.errno(),
             RequestError::RegionAccess(_) => libc::EACCES,
             RequestError::Dup(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            RequestError::FdsExhausted { .. } => libc::EMFILE,
             _ => libc::EINVAL,
+        }
+    }
+
+    /// Whether the server ran out of a resource, which an operator should hear about.
+    pub fn is_exhaustion(&self) -> bool {
+        match self {
+            RequestError::Dma(e) => e.is_exhaustion(),
+            RequestError::FdsExhausted { .. } => true,
+            _ => false,
         }
     }
 }

@@ -4,11 +4,16 @@
 //! recorded (it still takes part in overlap checks and unmaps). A mapping the client grants
 //! without WRITE is mapped MAP_PRIVATE: a device write then lands in a private copy-on-write page,
 //! so it can neither reach the client's memory nor fault the server on a read-only mapping.
+//!
+//! A mapping must lie within its fd's size when it arrives. Maps of the same file share one open
+//! file: QEMU sends one fd per memory section, often of one memfd, and each would otherwise cost
+//! a descriptor of the process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Weak};
 
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap};
@@ -39,6 +44,14 @@ pub enum DmaError {
     },
     #[error("already {MAX_DMA_MAPS} mappings")]
     TooMany,
+    #[error("[{offset:#x}, +{size:#x}) of the fd lies beyond its {file_size:#x} bytes")]
+    BeyondFile {
+        offset: u64,
+        size: u64,
+        file_size: u64,
+    },
+    #[error("fstat of the mapped fd: {0}")]
+    Stat(std::io::Error),
     #[error("nothing mapped in [{address:#x}, +{size:#x})")]
     NotMapped { address: u64, size: u64 },
     #[error("UNMAP_ALL with a non-zero range")]
@@ -56,12 +69,22 @@ impl DmaError {
         match self {
             DmaError::Overlap { .. } => libc::EEXIST,
             DmaError::TooMany => libc::ENOSPC,
+            DmaError::Stat(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
             DmaError::NotMapped { .. } => libc::ENOENT,
             DmaError::Mmap(vm_memory::mmap::MmapRegionError::Mmap(e)) => {
                 e.raw_os_error().unwrap_or(libc::EINVAL)
             }
             _ => libc::EINVAL,
         }
+    }
+
+    /// Whether the server ran out of a resource (maps, descriptors, address space): an operator
+    /// should hear about it, unlike a client's malformed request.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(
+            self.errno(),
+            libc::ENOSPC | libc::ENOMEM | libc::EMFILE | libc::ENFILE
+        )
     }
 }
 
@@ -89,9 +112,19 @@ impl Mapping {
     }
 }
 
+/// Identifies an open file for sharing: the same file opened with the same access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    device: u64,
+    inode: u64,
+    access_mode: i32,
+}
+
 /// Every DMA mapping of the current client, keyed by IOVA.
 pub struct DmaTable {
     maps: BTreeMap<u64, Mapping>,
+    /// The open files of the mappings, by what they are; entries die with their last mapping.
+    files: HashMap<FileKey, Weak<File>>,
     memory: DmaMemory,
 }
 
@@ -103,8 +136,46 @@ impl DmaTable {
     pub fn new(memory: DmaMemory) -> DmaTable {
         DmaTable {
             maps: BTreeMap::new(),
+            files: HashMap::new(),
             memory,
         }
+    }
+
+    /// How many open files the mappings hold.
+    #[cfg(test)]
+    fn open_files(&self) -> usize {
+        self.files.values().filter(|f| f.strong_count() > 0).count()
+    }
+
+    /// The open file for `fd` after checking that `size` bytes from `offset` lie within it: one already held for the
+    /// same file if there is one (`fd` is then closed), or `fd` itself.
+    fn backing_file(&mut self, offset: u64, size: u64, fd: OwnedFd) -> Result<Arc<File>, DmaError> {
+        let file = File::from(fd);
+        let metadata = file.metadata().map_err(DmaError::Stat)?;
+        // Sizes of other kinds of files (block and character devices) say nothing.
+        if metadata.file_type().is_file() && offset + size > metadata.len() {
+            return Err(DmaError::BeyondFile {
+                offset,
+                size,
+                file_size: metadata.len(),
+            });
+        }
+        // SAFETY: F_GETFL on an fd we own reads its status flags and changes nothing.
+        let status_flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let key = FileKey {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            access_mode: status_flags & libc::O_ACCMODE,
+        };
+        if let Some(held) = self.files.get(&key).and_then(Weak::upgrade) {
+            return Ok(held);
+        }
+        let file = Arc::new(file);
+        if self.files.len() > 2 * self.maps.len() + 16 {
+            self.files.retain(|_, held| held.strong_count() > 0);
+        }
+        self.files.insert(key, Arc::downgrade(&file));
+        Ok(file)
     }
 
     /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
@@ -141,7 +212,10 @@ impl DmaTable {
             return Err(DmaError::TooMany);
         }
         let reachable = flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
-        let file = fd.filter(|_| reachable).map(|fd| Arc::new(File::from(fd)));
+        let file = match fd.filter(|_| reachable) {
+            Some(fd) => Some(self.backing_file(offset, size, fd)?),
+            None => None,
+        };
         let mapping = Mapping {
             size,
             file_offset: offset,
@@ -306,6 +380,7 @@ impl DmaTable {
             }
         }
         self.maps.clear();
+        self.files.clear();
         self.memory
             .lock()
             .map_err(|_| DmaError::Poisoned)?
@@ -516,5 +591,53 @@ mod tests {
         );
         assert!(t.maps.is_empty());
         assert_eq!(memory.memory().num_regions(), 0);
+    }
+
+    #[test]
+    fn maps_beyond_the_file_are_einval() {
+        let (mut t, memory) = table();
+        let file = backing(256);
+        let one_mib = 256 * PAGE_SIZE;
+        for m in [
+            map(0, 1 << 40, 0, RW),
+            map(0, one_mib, PAGE_SIZE, RW),
+            map(0, PAGE_SIZE, one_mib, RW),
+        ] {
+            let fd = file.try_clone().unwrap().into();
+            assert_eq!(t.map(&m, Some(fd)).unwrap_err().errno(), libc::EINVAL);
+        }
+        assert!(t.maps.is_empty());
+        assert_eq!(memory.memory().num_regions(), 0);
+        assert!(t.map(&map(0, one_mib, 0, RW), Some(file.into())).unwrap());
+    }
+
+    #[test]
+    fn maps_of_one_file_share_one_open_file() {
+        let (mut t, memory) = table();
+        let file = backing(4);
+        let fds: Vec<OwnedFd> = (0..4).map(|_| file.try_clone().unwrap().into()).collect();
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        for (page, fd) in fds.into_iter().enumerate() {
+            let page = page as u64;
+            t.map(
+                &map(page * 0x10000, PAGE_SIZE, page * PAGE_SIZE, RW),
+                Some(fd),
+            )
+            .unwrap();
+        }
+        assert_eq!(t.open_files(), 1);
+        // The first fd is kept, the later ones closed.
+        // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+        let open = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        assert!(open(raw[0]));
+        assert!(raw[1..].iter().all(|&fd| !open(fd)));
+        let mem = memory.memory();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x30000)).unwrap(), 3);
+        drop(mem);
+        for page in 0..4u64 {
+            t.unmap(&unmap(page * 0x10000, PAGE_SIZE), |_| ()).unwrap();
+        }
+        assert_eq!(t.open_files(), 0);
+        assert!(!open(raw[0]));
     }
 }

@@ -23,5 +23,5 @@ pub use device::{
 };
 pub use message::{decode_message, MessageError};
 pub use replay::Replay;
-pub use server::{Server, ServerError, ShutdownHandle, HARMLESS_SIGNALS, STOP_SIGNALS};
-pub use socket_path::SocketPathError;
+pub use server::{Flow, Listener, MainLoopHook, Server, ServerError, ServerStatus, ShutdownHandle};
+pub use socket_path::{activated_listener, BoundSocket, SocketAccess, SocketPathError};

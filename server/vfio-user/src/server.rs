@@ -1,39 +1,37 @@
 //! The main loop: one mio `Poll` watching the listening socket, the current client, the device's
-//! own fds and the stop signals. One client at a time; after it leaves, the device is reset, its
-//! DMA and IRQ fds are dropped, and the next client on the same path is served.
+//! own fds and the application's (`MainLoopHook`). One client at a time: another one is refused
+//! while a client is attached; after it leaves, the device is reset, its DMA and IRQ fds are
+//! dropped, and the next client on the same path is served. A client that does not complete
+//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that it cannot keep the next one (QEMU,
+//! whose own replies time out after 5 s) waiting.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook_mio::v1_0::Signals;
 use slog::{debug, info, warn, Logger};
 use zerocopy::IntoBytes;
 
-use crate::connection::{Connection, Incoming, ReadOutcome};
+use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
 use crate::device::{Device, DmaMemory, IrqAction};
 use crate::dispatch::{handle, notify_device, Reply, RequestError, Session};
 use crate::dma::DmaTable;
 use crate::message::{decode_request, DecodeError};
 use crate::protocol::{Command, Header, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
-use crate::socket_path::{BoundSocket, SocketPathError};
+use crate::socket_path::{BoundSocket, SocketAccess, SocketPathError};
 
 const LISTENER: Token = Token(0);
 const CLIENT: Token = Token(1);
-const SIGNALS: Token = Token(2);
-/// Signals that stop the server.
-pub const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
-/// Signals an operator may send by habit or by mistake: by default they would end the process
-/// without cleanup, so they are caught and logged. (SIGPIPE needs nothing: the Rust runtime
-/// ignores it, and a closed peer shows up as EPIPE.)
-pub const HARMLESS_SIGNALS: [i32; 3] = [SIGHUP, SIGUSR1, SIGUSR2];
+const HOOK: Token = Token(2);
 const WAKER: Token = Token(3);
 const FIRST_DEVICE_FD: usize = 16;
+/// How long a new client has to complete VERSION.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -41,8 +39,58 @@ pub enum ServerError {
     Socket(#[from] SocketPathError),
     #[error("event loop: {0}")]
     Poll(io::Error),
-    #[error("signals: {0}")]
-    Signals(io::Error),
+}
+
+/// Where the server listens: a socket it bound (and removes at the end) or one it was given.
+pub struct Listener {
+    socket: Option<BoundSocket>,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl Listener {
+    pub fn bind(path: &Path, access: &SocketAccess) -> Result<Listener, SocketPathError> {
+        let (socket, listener) = BoundSocket::bind(path, access)?;
+        Ok(Listener {
+            socket: Some(socket),
+            listener,
+        })
+    }
+
+    /// A listening socket someone else created and will remove (socket activation).
+    pub fn inherited(listener: std::os::unix::net::UnixListener) -> Listener {
+        Listener {
+            socket: None,
+            listener,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.socket {
+            Some(socket) => socket.path().display().to_string(),
+            None => "inherited".into(),
+        }
+    }
+}
+
+/// What the main loop tells the application's hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStatus {
+    pub client_connected: bool,
+}
+
+/// Whether the main loop goes on after the hook ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The application's share of the main loop (signals, a control socket): one fd, readable when
+/// the hook has work, served on the main loop's thread with the device at hand.
+pub trait MainLoopHook<D: Device> {
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// `fd()` became readable (edge-triggered: do all the work that waits).
+    fn ready(&mut self, device: &mut D, status: ServerStatus) -> Flow;
 }
 
 /// Stops a running server from another thread.
@@ -58,6 +106,17 @@ impl ShutdownHandle {
 struct Client {
     connection: Connection,
     session: Session,
+    connected_at: Instant,
+}
+
+impl Client {
+    /// When the client will be sent away unless it completes VERSION first.
+    fn handshake_deadline(&self) -> Option<Instant> {
+        match self.session.caps {
+            Some(_) => None,
+            None => Some(self.connected_at + HANDSHAKE_TIMEOUT),
+        }
+    }
 }
 
 /// Why a client's connection ended.
@@ -66,13 +125,13 @@ enum Disconnect {
     ClosedMidMessage,
     Garbled(String),
     Io(io::Error),
+    HandshakeTimeout,
 }
 
 pub struct Server<D: Device> {
-    socket: BoundSocket,
+    socket: Listener,
     listener: UnixListener,
     poll: Poll,
-    signals: Signals,
     waker: Arc<Waker>,
     device: D,
     dma: DmaTable,
@@ -81,24 +140,30 @@ pub struct Server<D: Device> {
 }
 
 impl<D: Device> Server<D> {
-    /// Binds `socket_path` and prepares to serve `device`, whose DMA view is `memory`.
+    /// Binds `socket_path` (mode 0600) and prepares to serve `device`, whose DMA view is
+    /// `memory`.
     pub fn new(
         socket_path: &Path,
         device: D,
         memory: DmaMemory,
         log: Logger,
     ) -> Result<Server<D>, ServerError> {
-        let (socket, listener) = BoundSocket::bind(socket_path)?;
+        let listener = Listener::bind(socket_path, &SocketAccess::default())?;
+        Server::with_listener(listener, device, memory, log)
+    }
+
+    pub fn with_listener(
+        socket: Listener,
+        device: D,
+        memory: DmaMemory,
+        log: Logger,
+    ) -> Result<Server<D>, ServerError> {
+        let listener = socket.listener.try_clone().map_err(ServerError::Poll)?;
         let mut listener = UnixListener::from_std(listener);
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let registry = poll.registry();
         registry
             .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(ServerError::Poll)?;
-        let mut signals = Signals::new(STOP_SIGNALS.iter().chain(&HARMLESS_SIGNALS))
-            .map_err(ServerError::Signals)?;
-        registry
-            .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::Poll)?;
         let waker = Arc::new(Waker::new(registry, WAKER).map_err(ServerError::Poll)?);
         for (i, fd) in device.event_fds().iter().enumerate() {
@@ -110,12 +175,11 @@ impl<D: Device> Server<D> {
                 )
                 .map_err(ServerError::Poll)?;
         }
-        info!(log, "listening"; "socket" => %socket.path().display());
+        info!(log, "listening"; "socket" => socket.describe());
         Ok(Server {
             socket,
             listener,
             poll,
-            signals,
             waker,
             device,
             dma: DmaTable::new(memory),
@@ -128,12 +192,31 @@ impl<D: Device> Server<D> {
         ShutdownHandle(Arc::clone(&self.waker))
     }
 
-    /// Serves clients until SIGINT, SIGTERM or a `ShutdownHandle` stops it; the socket file is
-    /// removed when the server is dropped.
-    pub fn run(mut self) -> Result<(), ServerError> {
+    /// Serves clients until a `ShutdownHandle` stops it; a socket file it bound is removed.
+    pub fn run(self) -> Result<(), ServerError> {
+        self.run_with(None)
+    }
+
+    /// Serves clients until `hook` or a `ShutdownHandle` stops it.
+    pub fn run_with(
+        mut self,
+        mut hook: Option<&mut dyn MainLoopHook<D>>,
+    ) -> Result<(), ServerError> {
+        if let Some(hook) = hook.as_deref() {
+            self.poll
+                .registry()
+                .register(
+                    &mut SourceFd(&hook.fd().as_raw_fd()),
+                    HOOK,
+                    Interest::READABLE,
+                )
+                .map_err(ServerError::Poll)?;
+        }
         let mut events = Events::with_capacity(64);
         loop {
-            match self.poll.poll(&mut events, None) {
+            let deadline = self.client.as_ref().and_then(Client::handshake_deadline);
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ServerError::Poll(e)),
@@ -142,15 +225,14 @@ impl<D: Device> Server<D> {
                 match event.token() {
                     LISTENER => self.accept(),
                     CLIENT => self.serve_client(),
-                    SIGNALS => {
-                        let pending: Vec<i32> = self.signals.pending().collect();
-                        for &signal in &pending {
-                            if !STOP_SIGNALS.contains(&signal) {
-                                info!(self.log, "signal ignored"; "signal" => signal);
-                            }
-                        }
-                        if let Some(signal) = pending.iter().find(|s| STOP_SIGNALS.contains(s)) {
-                            info!(self.log, "stopping"; "signal" => signal);
+                    HOOK => {
+                        let status = ServerStatus {
+                            client_connected: self.client.is_some(),
+                        };
+                        let flow = hook
+                            .as_deref_mut()
+                            .map_or(Flow::Continue, |hook| hook.ready(&mut self.device, status));
+                        if flow == Flow::Stop {
                             return self.stop();
                         }
                     }
@@ -161,18 +243,35 @@ impl<D: Device> Server<D> {
                     Token(t) => self.device.event_ready(t - FIRST_DEVICE_FD),
                 }
             }
+            let deadline = self.client.as_ref().and_then(Client::handshake_deadline);
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                self.disconnect(Disconnect::HandshakeTimeout);
+            }
         }
     }
 
     fn stop(mut self) -> Result<(), ServerError> {
         self.release_client(Disconnect::Closed);
-        info!(self.log, "stopped"; "socket" => %self.socket.path().display());
+        info!(self.log, "stopped"; "socket" => self.socket.describe());
         Ok(())
     }
 
     fn accept(&mut self) {
-        while self.client.is_none() {
-            match self.listener.accept() {
+        loop {
+            let accepted = self.listener.accept();
+            if accepted.is_ok() && self.client.is_some() {
+                // A client that has already hung up (not yet handled) is no obstacle.
+                if let Err(reason) = self.serve_messages() {
+                    self.release_client(reason);
+                }
+            }
+            match accepted {
+                Ok((stream, _)) if self.client.is_some() => {
+                    // Closing is the refusal: a vfio-user client waits for its VERSION reply
+                    // and sees the connection end instead.
+                    warn!(self.log, "second client refused"; "reason" => "a client is attached");
+                    drop(stream);
+                }
                 Ok((mut stream, _)) => {
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
@@ -187,6 +286,7 @@ impl<D: Device> Server<D> {
                     self.client = Some(Client {
                         connection: Connection::new(stream),
                         session: Session::default(),
+                        connected_at: Instant::now(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -234,7 +334,13 @@ impl<D: Device> Server<D> {
                     fds,
                     fds_truncated,
                 }) => {
-                    let result = if fds_truncated {
+                    let result = if fds_truncated && fds.len() < MAX_RECV_FDS {
+                        // There was room for more fds than came: the kernel could not install
+                        // them, the process is out of descriptors.
+                        Err(RequestError::FdsExhausted {
+                            received: fds.len(),
+                        })
+                    } else if fds_truncated {
                         Err(DecodeError::TooManyFds {
                             got: fds.len(),
                             allowed: crate::protocol::MAX_MSG_FDS,
@@ -269,6 +375,8 @@ impl<D: Device> Server<D> {
             Ok(reply) => debug!(self.log, "message";
                 "command" => command, "id" => id, "size" => body_len,
                 "reply_size" => reply.body.len(), "reply_fds" => reply.fds.len(), "no_reply" => no_reply, "result" => "ok"),
+            Err(e) if e.is_exhaustion() => warn!(self.log, "out of resources";
+                "command" => command, "id" => id, "errno" => error, "error" => %e),
             Err(e) if no_reply => warn!(self.log, "posted message failed";
                 "command" => command, "id" => id, "size" => body_len, "errno" => error, "error" => %e),
             Err(e) => debug!(self.log, "message";
@@ -326,7 +434,12 @@ impl<D: Device> Server<D> {
             Disconnect::Io(e) => {
                 warn!(self.log, "client disconnected"; "reason" => "socket error", "error" => %e)
             }
+            Disconnect::HandshakeTimeout => {
+                warn!(self.log, "client disconnected"; "reason" => "no VERSION in time",
+                    "timeout_ms" => HANDSHAKE_TIMEOUT.as_millis())
+            }
         }
+        self.device.client_disconnected();
         let device = &mut self.device;
         if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);

@@ -16,6 +16,7 @@ mod queue_job;
 mod report;
 mod run;
 mod self_check;
+mod server_counters;
 
 use std::process::ExitCode;
 

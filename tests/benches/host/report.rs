@@ -65,6 +65,18 @@ pub fn print_details(results: &[RunResult]) {
                 r.per_request(thread.involuntary_switches),
             );
         }
+        if let Some(counters) = &r.server_counters {
+            let allocations = counters.allocations_per_request().map_or(
+                "n/a (server built without count-allocations)".to_string(),
+                |a| format!("{a:.4}"),
+            );
+            println!(
+                "  server counters (whole connection): {:.4} kicks, {:.4} interrupts, {} allocations per request",
+                counters.kicks_per_request(),
+                counters.interrupts_per_request(),
+                allocations,
+            );
+        }
         println!(
             "  driver: {:.0} ns/request, {:.0}% of a core per queue thread, {:.1} completions per wake-up",
             r.driver_ns_per_request(),
@@ -129,6 +141,9 @@ fn run_json(r: &RunResult) -> Value {
         "server": {
             "cpu_ns_per_request": r.server_ns_per_request(),
             "threads": threads,
+            "kicks_per_request": r.server_counters.map(|c| c.kicks_per_request()),
+            "interrupts_per_request": r.server_counters.map(|c| c.interrupts_per_request()),
+            "allocations_per_request": r.server_counters.and_then(|c| c.allocations_per_request()),
         },
         "driver": {
             "cpu_ns_per_request": r.driver_ns_per_request(),

@@ -16,6 +16,7 @@ use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
 use crate::error::BenchError;
 use crate::latency::{Latencies, Summary};
 use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
+use crate::server_counters::ServerCounters;
 
 /// Virtio-scsi's max_sectors counts 512-byte units whatever the block size.
 const SECTOR: u64 = 512;
@@ -42,6 +43,8 @@ pub struct RunResult {
     pub wakeups: u64,
     /// Load averages when the window closed: other work on the machine skews the figures.
     pub load_average: String,
+    /// What the server counted over the whole connection, when it logs its counters.
+    pub server_counters: Option<ServerCounters>,
 }
 
 impl RunResult {
@@ -114,6 +117,10 @@ pub fn run_config(
         "--queue-size",
         queue_size.as_str(),
     ];
+    // The counters the server logs at disconnect are read from its JSON records.
+    if !args.server_args.contains("--log-format") {
+        server_args.extend(["--log-format", "json"]);
+    }
     server_args.extend(args.server_args.split_whitespace());
     let mut server = ServerProcess::start(&server_args)?;
     let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
@@ -172,6 +179,7 @@ pub fn run_config(
         driver_cpu: Duration::ZERO,
         wakeups: 0,
         load_average: load_average(),
+        server_counters: None,
     };
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
@@ -199,6 +207,7 @@ pub fn run_config(
     result.latency = latencies.summary();
     drop(driver);
     server.terminate(Duration::from_secs(5))?;
+    result.server_counters = ServerCounters::parse(&server.stderr());
     Ok(result)
 }
 

@@ -8,6 +8,7 @@ use clap::Parser;
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
 use crate::latency::Latencies;
+use crate::server_counters::ServerCounters;
 
 pub fn run() {
     stat_fields_are_counted_from_the_last_parenthesis();
@@ -15,6 +16,21 @@ pub fn run() {
     usage_is_the_growth_per_thread();
     percentiles_are_nearest_rank();
     the_default_matrix_and_narrowed_ones();
+    server_counters_sum_the_request_queues();
+}
+
+fn server_counters_sum_the_request_queues() {
+    let log = r#"{"msg":"client disconnected","level":"INFO"}
+{"msg":"allocations","count":500}
+{"msg":"queue stats","vq":2,"requests":600,"kicks":6,"interrupts":60}
+{"msg":"queue stats","vq":3,"requests":400,"kicks":4,"interrupts":40}
+not json"#;
+    let counters = ServerCounters::parse(log).unwrap();
+    assert_eq!(counters.requests, 1000);
+    assert_eq!(counters.kicks_per_request(), 0.01);
+    assert_eq!(counters.interrupts_per_request(), 0.1);
+    assert_eq!(counters.allocations_per_request(), Some(0.5));
+    assert_eq!(ServerCounters::parse("{\"msg\":\"x\"}"), None);
 }
 
 fn stat_fields_are_counted_from_the_last_parenthesis() {

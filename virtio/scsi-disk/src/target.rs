@@ -20,6 +20,8 @@ pub const MAX_SERIAL_LEN: usize = 36;
 pub enum TargetError {
     #[error("LUN {0} is configured more than once")]
     DuplicateLun(u16),
+    #[error("LUN {0} does not exist")]
+    NoSuchLun(u16),
     #[error("LUN {0} is out of range (at most {MAX_LUN})")]
     LunOutOfRange(u16),
     #[error("LUN {lun}: logical block size {block_size} is neither 512 nor 4096")]
@@ -101,6 +103,50 @@ impl Target {
         })
     }
 
+    /// Adds a logical unit while the target runs: it starts with POWER ON, RESET pending, and
+    /// every other LUN reports REPORTED LUNS DATA HAS CHANGED.
+    pub fn add_lun(&mut self, config: LunConfig) -> Result<(), TargetError> {
+        validate(&config)?;
+        let lun = config.lun;
+        if self.luns.contains_key(&lun) {
+            return Err(TargetError::DuplicateLun(lun));
+        }
+        self.luns.insert(lun, Lun::new(config));
+        self.luns_changed(lun);
+        Ok(())
+    }
+
+    /// Removes a logical unit: later commands for it fail with LOGICAL UNIT NOT SUPPORTED, and
+    /// every other LUN reports REPORTED LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&mut self, lun: u16) -> Result<LunConfig, TargetError> {
+        let removed = self.luns.remove(&lun).ok_or(TargetError::NoSuchLun(lun))?;
+        self.luns_changed(lun);
+        Ok(removed.config)
+    }
+
+    /// The LUN now has `block_count` blocks; it reports CAPACITY DATA HAS CHANGED.
+    pub fn resize_lun(&mut self, lun: u16, block_count: u64) -> Result<(), TargetError> {
+        let unit = self.luns.get_mut(&lun).ok_or(TargetError::NoSuchLun(lun))?;
+        let config = LunConfig {
+            block_count,
+            ..unit.config.clone()
+        };
+        validate(&config)?;
+        unit.config = config;
+        raise(unit, Sense::CAPACITY_DATA_HAS_CHANGED);
+        Ok(())
+    }
+
+    fn luns_changed(&mut self, changed: u16) {
+        self.lun_list = self.luns.keys().copied().collect();
+        if self.lun_list.first() != Some(&0) {
+            self.lun_list.insert(0, 0);
+        }
+        for (_, unit) in self.luns.iter_mut().filter(|(lun, _)| **lun != changed) {
+            raise(unit, Sense::REPORTED_LUNS_DATA_HAS_CHANGED);
+        }
+    }
+
     pub fn has_lun(&self, lun: u16) -> bool {
         self.luns.contains_key(&lun)
     }
@@ -172,6 +218,13 @@ impl Target {
         }
         unit.execute(spec, cdb, data_out, data_out_len, &self.lun_list)
             .into()
+    }
+}
+
+/// A pending POWER ON, RESET stays: it already tells the initiator to re-read everything.
+fn raise(unit: &mut Lun, sense: Sense) {
+    if unit.unit_attention != Some(Sense::POWER_ON_RESET_OCCURRED) {
+        unit.unit_attention = Some(sense);
     }
 }
 

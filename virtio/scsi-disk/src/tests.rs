@@ -323,3 +323,41 @@ fn read_only_lun_refuses_every_write() {
         );
     }
 }
+
+#[test]
+fn hotplug_and_resize_raise_unit_attentions() {
+    let mut target = target(&[0]);
+    target.add_lun(config(3)).unwrap();
+    assert_eq!(target.add_lun(config(3)), Err(TargetError::DuplicateLun(3)));
+    assert_eq!(
+        target.execute(0, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
+    );
+    assert_eq!(
+        target.execute(3, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::POWER_ON_RESET_OCCURRED)
+    );
+    assert_eq!(target.execute(3, &TUR, &[], 0), Outcome::good());
+    let listed = data(target.execute(0, &report_luns_cdb(), &[], 0));
+    assert_eq!(&listed[..4], &16u32.to_be_bytes(), "two LUNs listed");
+
+    target.resize_lun(3, 4 * 1024 * 1024).unwrap();
+    assert_eq!(
+        target.execute(3, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::CAPACITY_DATA_HAS_CHANGED)
+    );
+    assert_eq!(target.luns().last().unwrap().block_count, 4 * 1024 * 1024);
+    assert_eq!(target.resize_lun(9, 1), Err(TargetError::NoSuchLun(9)));
+    assert_eq!(target.resize_lun(3, 0), Err(TargetError::NoBlocks(3)));
+
+    assert_eq!(target.remove_lun(3).unwrap().lun, 3);
+    assert_eq!(target.remove_lun(3), Err(TargetError::NoSuchLun(3)));
+    assert_eq!(
+        target.execute(3, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::LOGICAL_UNIT_NOT_SUPPORTED)
+    );
+    assert_eq!(
+        target.execute(0, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
+    );
+}

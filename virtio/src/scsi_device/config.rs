@@ -7,13 +7,45 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 use virtio_bindings::virtio_scsi::{
     virtio_scsi_config, virtio_scsi_event, VIRTIO_SCSI_CDB_DEFAULT_SIZE,
     VIRTIO_SCSI_SENSE_DEFAULT_SIZE,
 };
 
+/// `struct virtio_scsi_config` as the driver sees it.
+#[repr(C)]
+#[derive(Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VirtioScsiConfig {
+    pub num_queues: U32,
+    pub seg_max: U32,
+    pub max_sectors: U32,
+    pub cmd_per_lun: U32,
+    pub event_info_size: U32,
+    pub sense_size: U32,
+    pub cdb_size: U32,
+    pub max_channel: U16,
+    pub max_target: U16,
+    pub max_lun: U32,
+}
+
 /// Size of the configuration structure in bytes.
-pub const CONFIG_SIZE: usize = size_of::<virtio_scsi_config>();
+pub const CONFIG_SIZE: usize = size_of::<VirtioScsiConfig>();
+
+const _: () = assert!(CONFIG_SIZE == size_of::<virtio_scsi_config>());
+const _: () = assert!(
+    offset_of!(VirtioScsiConfig, event_info_size)
+        == offset_of!(virtio_scsi_config, event_info_size)
+);
+const _: () =
+    assert!(offset_of!(VirtioScsiConfig, cdb_size) == offset_of!(virtio_scsi_config, cdb_size));
+const _: () = assert!(
+    offset_of!(VirtioScsiConfig, max_channel) == offset_of!(virtio_scsi_config, max_channel)
+);
+const _: () =
+    assert!(offset_of!(VirtioScsiConfig, max_lun) == offset_of!(virtio_scsi_config, max_lun));
 
 /// The driver-writable sizes of the CDB and sense fields, shared with every queue worker so that
 /// a write is honoured by the next request, whichever thread processes it.
@@ -76,42 +108,26 @@ impl ScsiConfig {
         &self.sizes
     }
 
-    /// The structure as the driver sees it, little-endian.
-    pub fn to_bytes(&self) -> [u8; CONFIG_SIZE] {
-        let mut bytes = [0u8; CONFIG_SIZE];
-        let mut put32 = |offset: usize, value: u32| {
-            bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
-        };
-        put32(offset_of!(virtio_scsi_config, num_queues), self.num_queues);
-        put32(offset_of!(virtio_scsi_config, seg_max), self.seg_max);
-        put32(
-            offset_of!(virtio_scsi_config, max_sectors),
-            self.max_sectors,
-        );
-        put32(
-            offset_of!(virtio_scsi_config, cmd_per_lun),
-            self.cmd_per_lun,
-        );
-        put32(
-            offset_of!(virtio_scsi_config, event_info_size),
-            size_of::<virtio_scsi_event>() as u32,
-        );
-        put32(
-            offset_of!(virtio_scsi_config, sense_size),
-            self.sizes.sense_size(),
-        );
-        put32(
-            offset_of!(virtio_scsi_config, cdb_size),
-            self.sizes.cdb_size(),
-        );
-        put32(offset_of!(virtio_scsi_config, max_lun), self.max_lun);
+    /// The structure as the driver sees it.
+    fn image(&self) -> VirtioScsiConfig {
         // max_channel and max_target stay 0: one channel, one target.
-        bytes
+        VirtioScsiConfig {
+            num_queues: self.num_queues.into(),
+            seg_max: self.seg_max.into(),
+            max_sectors: self.max_sectors.into(),
+            cmd_per_lun: self.cmd_per_lun.into(),
+            event_info_size: (size_of::<virtio_scsi_event>() as u32).into(),
+            sense_size: self.sizes.sense_size().into(),
+            cdb_size: self.sizes.cdb_size().into(),
+            max_lun: self.max_lun.into(),
+            ..Default::default()
+        }
     }
 
     /// Reads of any width at any offset; bytes past the structure read as zero.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.to_bytes();
+        let image = self.image();
+        let bytes = image.as_bytes();
         for (i, out) in data.iter_mut().enumerate() {
             *out = offset
                 .checked_add(i as u64)
@@ -125,9 +141,9 @@ impl ScsiConfig {
     /// Applies the bytes of a driver write that fall on `sense_size` or `cdb_size`; returns
     /// whether any did (bytes on read-only fields are ignored).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        let mut bytes = self.to_bytes();
-        let writable = offset_of!(virtio_scsi_config, sense_size)
-            ..offset_of!(virtio_scsi_config, cdb_size) + 4;
+        let mut image = self.image();
+        let writable = offset_of!(VirtioScsiConfig, sense_size)
+            ..offset_of!(VirtioScsiConfig, cdb_size) + size_of::<U32>();
         let mut changed = false;
         for (i, value) in data.iter().enumerate() {
             let Some(at) = offset
@@ -137,27 +153,17 @@ impl ScsiConfig {
                 continue;
             };
             if writable.contains(&at) {
-                bytes[at] = *value;
+                image.as_mut_bytes()[at] = *value;
                 changed = true;
             }
         }
         if changed {
-            let field = |offset: usize| {
-                u32::from_le_bytes([
-                    bytes[offset],
-                    bytes[offset + 1],
-                    bytes[offset + 2],
-                    bytes[offset + 3],
-                ])
-            };
-            self.sizes.sense_size.store(
-                field(offset_of!(virtio_scsi_config, sense_size)),
-                Ordering::Relaxed,
-            );
-            self.sizes.cdb_size.store(
-                field(offset_of!(virtio_scsi_config, cdb_size)),
-                Ordering::Relaxed,
-            );
+            self.sizes
+                .sense_size
+                .store(image.sense_size.get(), Ordering::Relaxed);
+            self.sizes
+                .cdb_size
+                .store(image.cdb_size.get(), Ordering::Relaxed);
         }
         changed
     }

@@ -256,6 +256,7 @@ impl QueueWorker for ControlQueue {
     }
 
     fn kicked(&mut self) {
+        self.queue.take_kicks();
         ControlQueue::kicked(self);
     }
 

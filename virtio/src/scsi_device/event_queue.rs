@@ -198,10 +198,9 @@ impl QueueWorker for SharedEventQueue {
     }
 
     fn kicked(&mut self) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .kicked();
+        let mut events = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        events.queue.take_kicks();
+        events.kicked();
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
@@ -221,8 +220,8 @@ mod tests {
     use virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_HOTPLUG;
 
     use super::*;
-    use crate::device::VirtioDevice;
     use crate::scsi_device::test_driver::{lun_field, Buf, Harness};
+    use crate::virtio_device::VirtioDevice;
 
     const EVENTS: usize = 1;
 

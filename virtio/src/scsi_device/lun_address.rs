@@ -33,10 +33,13 @@ pub fn parse(lun: &[u8; 8]) -> Result<u16, LunAddressError> {
     }
 }
 
-/// The LUN field naming `lun` of target 0, in flat space addressing as Linux writes it.
+/// The LUN field naming `lun` of target 0 in an event, encoded as REPORT LUNS lists it
+/// (peripheral below 256, flat space above): Linux reads an event's LUN as bytes 2 and 3 and
+/// must find the number its scan gave the device.
 pub fn encode(lun: u16) -> [u8; 8] {
     let [high, low] = (lun & 0x3FFF).to_be_bytes();
-    [1, 0, FLAT_SPACE | high, low, 0, 0, 0, 0]
+    let method = if lun < 256 { 0 } else { FLAT_SPACE };
+    [1, 0, method | high, low, 0, 0, 0, 0]
 }
 
 #[cfg(test)]

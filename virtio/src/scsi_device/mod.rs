@@ -11,6 +11,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod queue_counters;
 mod request;
 mod request_queue;
 mod task_set;
@@ -22,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -29,12 +31,14 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
-use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
-use scsi_disk::{LunConfig, Target, TargetError};
+use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
+use scsi_disk::{LunConfig, Sense, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
@@ -87,6 +91,13 @@ pub enum ScsiDeviceError {
     TaskSet(std::io::Error),
 }
 
+/// A LUN as the device serves it.
+#[derive(Debug, Clone)]
+pub struct LunState {
+    pub config: LunConfig,
+    pub disk: Arc<Disk>,
+}
+
 /// Builds the I/O engine of each request queue at activation.
 pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + Send + Sync>;
 
@@ -98,6 +109,8 @@ struct ActiveQueues {
     local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
+    /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
+    on_fault: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub struct ScsiDevice {
@@ -107,6 +120,8 @@ pub struct ScsiDevice {
     target: Arc<Mutex<Target>>,
     disks: DiskMap,
     needs_reset: Arc<AtomicBool>,
+    /// Per virtqueue, kept across resets.
+    counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
@@ -137,18 +152,7 @@ impl ScsiDevice {
         let mut max_lun = 0;
         for (lun_config, disk) in luns {
             let lun = lun_config.lun;
-            let config_bytes = lun_config
-                .block_count
-                .saturating_mul(u64::from(lun_config.block_size));
-            if lun_config.block_size != disk.logical_block_size() || config_bytes != disk.size() {
-                return Err(ScsiDeviceError::DiskMismatch {
-                    lun,
-                    config_bytes,
-                    config_block_size: lun_config.block_size,
-                    disk_bytes: disk.size(),
-                    disk_block_size: disk.logical_block_size(),
-                });
-            }
+            check_disk(&lun_config, &disk)?;
             if lun_config.max_transfer_blocks > 0 {
                 let sectors = u64::from(lun_config.max_transfer_blocks)
                     * u64::from(lun_config.block_size)
@@ -163,8 +167,11 @@ impl ScsiDevice {
             num_queues,
             queue_size,
             target: Arc::new(Mutex::new(target)),
-            disks: Arc::new(disks),
+            disks: Arc::new(ArcSwap::from_pointee(disks)),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            counters: (0..num_queues + FIRST_REQUEST_QUEUE)
+                .map(|_| Arc::default())
+                .collect(),
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
@@ -186,6 +193,86 @@ impl ScsiDevice {
         self.engines = engines;
     }
 
+    /// The LUNs served now, by LUN number.
+    pub fn luns(&self) -> Vec<LunState> {
+        let disks = self.disks.load();
+        let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+        target
+            .luns()
+            .filter_map(|config| {
+                let disk = disks.get(&config.lun)?;
+                Some(LunState {
+                    config: config.clone(),
+                    disk: Arc::clone(disk),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
+    /// RESCAN); the other LUNs report REPORTED LUNS DATA HAS CHANGED.
+    pub fn add_lun(
+        &mut self,
+        config: LunConfig,
+        disk: Arc<Disk>,
+    ) -> Result<EventDelivery, ScsiDeviceError> {
+        check_disk(&config, &disk)?;
+        let lun = config.lun;
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_lun(config)?;
+        self.disks.rcu(|disks| {
+            let mut disks = HashMap::clone(disks);
+            disks.insert(lun, Arc::clone(&disk));
+            disks
+        });
+        Ok(self.post_event(ScsiEvent::LunAdded { lun }))
+    }
+
+    /// Takes a LUN away from the target: new commands for it fail. Its disk is returned so that
+    /// the caller can wait for the requests still holding it, then call `lun_removed`.
+    pub fn remove_lun(&mut self, lun: u16) -> Result<Arc<Disk>, ScsiDeviceError> {
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_lun(lun)?;
+        let mut removed = None;
+        self.disks.rcu(|disks| {
+            let mut disks = HashMap::clone(disks);
+            removed = disks.remove(&lun);
+            disks
+        });
+        removed.ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
+    }
+
+    /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
+    pub fn lun_removed(&mut self, lun: u16) -> EventDelivery {
+        self.post_event(ScsiEvent::LunRemoved { lun })
+    }
+
+    /// The LUN's disk has a new size: the LUN reports CAPACITY DATA HAS CHANGED and the driver
+    /// is told (PARAM_CHANGE 2A/09).
+    pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
+        let disk = self
+            .disks
+            .load()
+            .get(&lun)
+            .cloned()
+            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))?;
+        let block_count = disk.size() / u64::from(disk.logical_block_size());
+        self.target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resize_lun(lun, block_count)?;
+        let sense = Sense::CAPACITY_DATA_HAS_CHANGED;
+        Ok(self.post_event(ScsiEvent::ParamChange {
+            lun,
+            asc: sense.asc,
+            ascq: sense.ascq,
+        }))
+    }
+
     /// Tells the driver about a LUN change through the event queue.
     pub fn post_event(&mut self, event: ScsiEvent) -> EventDelivery {
         let Some(active) = self.active.as_mut() else {
@@ -198,16 +285,46 @@ impl ScsiDevice {
         if active.acked_features & (1 << feature) == 0 {
             return EventDelivery::NotNegotiated;
         }
-        match active.events.as_ref() {
-            Some(events) => events.post(event),
-            None => EventDelivery::Inactive,
+        let Some(events) = active.events.as_ref() else {
+            return EventDelivery::Inactive;
+        };
+        // Posting writes an event into a guest buffer from this thread, outside any worker.
+        let scope = FaultScope::enter();
+        let delivery = events.post(event);
+        if scope.faulted() {
+            (active.on_fault)();
         }
+        delivery
     }
+}
+
+/// A LUN's configuration must describe its disk.
+fn check_disk(config: &LunConfig, disk: &Disk) -> Result<(), ScsiDeviceError> {
+    let config_bytes = config
+        .block_count
+        .saturating_mul(u64::from(config.block_size));
+    if config.block_size != disk.logical_block_size() || config_bytes != disk.size() {
+        return Err(ScsiDeviceError::DiskMismatch {
+            lun: config.lun,
+            config_bytes,
+            config_block_size: config.block_size,
+            disk_bytes: disk.size(),
+            disk_block_size: disk.logical_block_size(),
+        });
+    }
+    Ok(())
 }
 
 impl VirtioDevice for ScsiDevice {
     fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        (FIRST_REQUEST_QUEUE..)
+            .zip(&self.counters[usize::from(FIRST_REQUEST_QUEUE)..])
+            .map(|(vq, counters)| counters.snapshot(vq))
+            .collect()
     }
 
     fn device_type(&self) -> u32 {
@@ -257,6 +374,10 @@ impl VirtioDevice for ScsiDevice {
         } = activation;
         let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let needs_reset = NeedsReset::new(Arc::clone(&self.needs_reset), config_interrupt);
+        let on_fault: Arc<dyn Fn() + Send + Sync> = {
+            let needs_reset = needs_reset.clone();
+            Arc::new(move || needs_reset.raise())
+        };
         let tasks = Arc::clone(&self.tasks);
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
@@ -273,9 +394,10 @@ impl VirtioDevice for ScsiDevice {
                 memory.clone(),
                 event_idx,
                 needs_reset.clone(),
+                Arc::clone(&self.counters[usize::from(index)]),
                 &self.logger,
             );
-            workers.push(match index {
+            let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
                     Arc::clone(&self.target),
@@ -298,7 +420,12 @@ impl VirtioDevice for ScsiDevice {
                         Arc::clone(&tasks),
                     ))
                 }
-            });
+            };
+            workers.push(Box::new(GuardedWorker::new(
+                worker,
+                Arc::clone(&on_fault),
+                &self.logger,
+            )));
         }
         let mut local = Vec::new();
         match &self.host {
@@ -315,6 +442,7 @@ impl VirtioDevice for ScsiDevice {
             local,
             events,
             acked_features,
+            on_fault,
         });
         Ok(())
     }
@@ -437,7 +565,7 @@ mod tests {
     fn activation_accepts_any_subset_of_queues() {
         let mut device = device(1, 64, vec![null_lun(0)]).unwrap();
         let activation = Activation {
-            memory: crate::device::GuestMemory::new(
+            memory: crate::virtio_device::GuestMemory::new(
                 vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)])
                     .unwrap(),
             ),
@@ -493,8 +621,8 @@ mod tests {
             Ok(())
         }
         fn submit_pending(&mut self) {}
-        fn completion_fd(&self) -> std::os::fd::RawFd {
-            std::os::fd::AsRawFd::as_raw_fd(&self.eventfd)
+        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+            Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
         }
         fn reap(&mut self, out: &mut Vec<block::Completion>) {
             if self.released.load(Ordering::SeqCst) {

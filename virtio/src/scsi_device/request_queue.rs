@@ -8,6 +8,9 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
 use slog::{debug, trace};
@@ -33,8 +36,8 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
-/// The disks behind the target's LUNs.
-pub type DiskMap = Arc<HashMap<u16, Arc<Disk>>>;
+/// The disks behind the target's LUNs; hotplug swaps in a new map.
+pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
 
 /// A command whose disk work is with the engine.
 struct InFlight {
@@ -67,6 +70,8 @@ struct Reply {
     lun: u16,
     tag: u64,
     opcode: u8,
+    /// When the pass that popped the chain began.
+    started: Instant,
 }
 
 /// What to write into a response.
@@ -115,6 +120,9 @@ pub struct RequestQueueWorker {
     tasks: Arc<TaskSet>,
     next_id: u64,
     completions: Vec<Completion>,
+    /// Read once per pass (and again when completions arrive), not per request: the clock of
+    /// the latency histogram.
+    clock: Instant,
 }
 
 impl RequestQueueWorker {
@@ -136,11 +144,13 @@ impl RequestQueueWorker {
             tasks,
             next_id: 0,
             completions: Vec::new(),
+            clock: Instant::now(),
         }
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
     pub fn kicked(&mut self) {
+        self.clock = Instant::now();
         let mem = self.queue.snapshot();
         loop {
             for chain in self.queue.pop_all(&mem) {
@@ -152,19 +162,26 @@ impl RequestQueueWorker {
                 break;
             }
         }
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
+    }
+
+    /// One interrupt for the pass, if the driver wants it.
+    fn end_pass(&mut self, mem: &MemorySnapshot) {
+        self.queue.notify(mem);
+        self.queue.counters().set_in_flight(self.in_flight.len());
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
     pub fn completions_ready(&mut self) {
         let mem = self.queue.snapshot();
         self.reap();
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
     }
 
     /// Serves new chains and completions with notifications left suppressed; true when there
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
+        self.clock = Instant::now();
         let mem = self.queue.snapshot();
         let mut served = false;
         if self.queue.has_available(&mem) {
@@ -177,7 +194,7 @@ impl RequestQueueWorker {
         if !self.in_flight.is_empty() && self.reap() > 0 {
             served = true;
         }
-        self.queue.notify(&mem);
+        self.end_pass(&mem);
         served
     }
 
@@ -193,6 +210,7 @@ impl RequestQueueWorker {
                 return reaped;
             }
             reaped += completions.len();
+            self.clock = Instant::now();
             for completion in completions.drain(..) {
                 self.complete(completion);
             }
@@ -216,6 +234,7 @@ impl RequestQueueWorker {
             lun: 0,
             tag: 0,
             opcode: 0,
+            started: self.clock,
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
@@ -324,7 +343,7 @@ impl RequestQueueWorker {
         data_out_len: u64,
         data_in_len: u64,
     ) {
-        let Some(disk) = self.disks.get(&reply.lun).cloned() else {
+        let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
             let resid = reply.data_len;
             let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
             return self.finish(reply, mem, answer);
@@ -517,6 +536,11 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
+                if data_in {
+                    self.queue.counters().read(moved);
+                } else {
+                    self.queue.counters().written(moved);
+                }
                 Answer {
                     response: VIRTIO_SCSI_S_OK,
                     status: STATUS_GOOD,
@@ -540,6 +564,15 @@ impl RequestQueueWorker {
         trace!(self.queue.logger(), "request";
             "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
             "response" => answer.response, "status" => answer.status);
+        let counters = self.queue.counters();
+        if answer.response != VIRTIO_SCSI_S_OK {
+            counters.transport_failure();
+        }
+        let sense_key = answer.sense.map(|sense| sense.key);
+        counters.answered(
+            sense_key,
+            self.clock.saturating_duration_since(reply.started),
+        );
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
     }
 }
@@ -554,11 +587,12 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn kicked(&mut self) {
+        self.queue.take_kicks();
         RequestQueueWorker::kicked(self);
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.engine.completion_fd())
+        self.engine.completion_fd()
     }
 
     fn completions_ready(&mut self) {
@@ -636,8 +670,8 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::device::VirtioDevice;
     use crate::scsi_device::test_driver::{lun_field, Buf, CmdResult, Harness, MEMORY_SIZE};
+    use crate::virtio_device::VirtioDevice;
 
     const TEST_UNIT_READY: [u8; 6] = [0; 6];
     const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
@@ -733,6 +767,29 @@ mod tests {
 
         let back = harness.command(0, &read10(2, 2), &[], 1024);
         assert_eq!(back.data_in, pattern);
+    }
+
+    #[test]
+    fn counters_see_requests_bytes_errors_and_interrupts() {
+        let mut harness = null_harness();
+        harness.command(0, &read10(0, 2), &[], 1024);
+        harness.command(0, &write10(4, 1), &[0x11; 512], 0);
+        let stats = harness.device.queue_stats();
+        assert_eq!(stats.len(), 1);
+        let queue = stats[0];
+        assert_eq!(queue.vq, 2);
+        assert_eq!(queue.requests, 3);
+        assert_eq!(
+            queue.errors_by_sense_key[6], 1,
+            "the power-on unit attention"
+        );
+        assert_eq!((queue.bytes_read, queue.bytes_written), (1024, 512));
+        assert_eq!(
+            queue.interrupts, 3,
+            "one per kick: every batch returned a chain"
+        );
+        assert_eq!(queue.in_flight, 0);
+        assert_eq!(queue.latency.iter().sum::<u64>(), 3);
     }
 
     #[test]
@@ -1141,6 +1198,7 @@ mod tests {
         config.read_only = false;
         let mut options = DiskOptions::new(file.path());
         options.read_only = true;
+        options.locking = false;
         let read_only_disk = Arc::new(Disk::open(&options).unwrap());
         // The target believes the LUN is writable; the backend refuses with EROFS.
         let mut harness = Harness::with_luns(vec![(config, read_only_disk)], 1, 0);

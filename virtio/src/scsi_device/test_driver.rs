@@ -12,11 +12,11 @@ use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
 use super::{ScsiDevice, ScsiDeviceConfig};
-use crate::device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
+use crate::virtio_device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
 use scsi_disk::LunConfig;
 
 pub const MEMORY_SIZE: u64 = 64 << 20;
@@ -259,7 +259,7 @@ impl Harness {
             .map(|(index, queue)| ActiveQueue {
                 index: index as u16,
                 queue: queue.queue(),
-                kick: Arc::new(EventFd::new(0).unwrap()),
+                kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
                 interrupt: queue.interrupt.clone(),
             })
             .collect();

@@ -9,7 +9,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{ActiveQueue, GuestMemory, Interrupt};
+use super::queue_counters::QueueCounters;
+use crate::virtio_device::{ActiveQueue, GuestMemory, Interrupt};
 
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
@@ -53,6 +54,7 @@ pub struct Virtqueue {
     broken: bool,
     /// Chains returned since the last interrupt decision.
     returned: bool,
+    counters: Arc<QueueCounters>,
     logger: Logger,
 }
 
@@ -62,6 +64,7 @@ impl Virtqueue {
         memory: GuestMemory,
         event_idx: bool,
         needs_reset: NeedsReset,
+        counters: Arc<QueueCounters>,
         logger: &Logger,
     ) -> Virtqueue {
         let ActiveQueue {
@@ -80,6 +83,7 @@ impl Virtqueue {
             needs_reset,
             broken: false,
             returned: false,
+            counters,
             logger: logger.new(slog::o!("vq" => index)),
         }
     }
@@ -94,6 +98,18 @@ impl Virtqueue {
 
     pub fn logger(&self) -> &Logger {
         &self.logger
+    }
+
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
+    /// Clears the kick eventfd, counting the notifications it held.
+    pub fn take_kicks(&self) {
+        // EAGAIN only says that the counter was already clear.
+        if let Ok(notifications) = self.kick.read() {
+            self.counters.kicked(notifications);
+        }
     }
 
     pub fn snapshot(&self) -> MemorySnapshot {
@@ -202,12 +218,11 @@ impl Virtqueue {
             return;
         }
         match self.queue.needs_notification(&**mem) {
-            Ok(true) => self.interrupt.trigger(),
-            Ok(false) => {}
-            Err(error) => {
-                debug!(self.logger, "used_event unreadable"; "error" => %error);
-                self.interrupt.trigger();
-            }
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => debug!(self.logger, "used_event unreadable"; "error" => %error),
         }
+        self.interrupt.trigger();
+        self.counters.interrupted();
     }
 }

@@ -10,6 +10,8 @@ use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::scsi_device::QueueStats;
+
 /// Guest memory as the DMA maps define it.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -65,6 +67,10 @@ pub trait VirtioDevice: Send {
     /// The device found a queue it cannot go on with (the transport reports DEVICE_NEEDS_RESET).
     fn needs_reset(&self) -> bool {
         false
+    }
+    /// The counters of each request queue since the device was built.
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        Vec::new()
     }
     /// Stop all processing and forget the queues; in-flight requests complete or are cancelled
     /// before this returns. Device state goes back to power-on (pending unit attentions etc.).

@@ -1,0 +1,426 @@
+//! What the control socket's requests do: one JSON object per line in, one per line out.
+//!
+//! Requests: `{"command":"query"}`, `{"command":"stats"}`, `{"command":"add-disk","spec":SPEC}`,
+//! `{"command":"remove-disk","lun":N}`, `{"command":"resize","lun":N[,"size":SIZE]}`,
+//! `{"command":"set-log-level","level":LEVEL}`. Replies: `{"ok":true,"result":...}` or
+//! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use slog::{info, warn, Logger};
+use virtio::{
+    EventDelivery, LunState, QueueStats, ScsiDevice, ScsiDeviceError, VirtioDevice,
+    LATENCY_BUCKETS, SENSE_KEYS,
+};
+
+use crate::cli::LogLevel;
+use crate::control_socket::LineError;
+use crate::controller::{open_lun, ControllerError};
+use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
+use crate::iothread_pool::IothreadPool;
+use crate::logging::LogControl;
+use crate::mapping::QueueOwner;
+use crate::virtio_function::VirtioFunction;
+use vfio_user_server::Device;
+use vfio_user_server::ServerStatus;
+
+/// How long `remove-disk` waits for the LUN's requests in flight before it gives up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+enum Request {
+    Query,
+    Stats,
+    AddDisk {
+        spec: String,
+    },
+    RemoveDisk {
+        lun: u16,
+    },
+    Resize {
+        lun: u16,
+        #[serde(default)]
+        size: Option<String>,
+    },
+    SetLogLevel {
+        level: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Line(#[from] LineError),
+    #[error("bad request: {0}")]
+    Request(serde_json::Error),
+    #[error(transparent)]
+    Spec(#[from] DiskSpecError),
+    #[error("add-disk: {0}")]
+    Open(#[from] ControllerError),
+    #[error(transparent)]
+    Device(#[from] ScsiDeviceError),
+    #[error("resize: {0}")]
+    Resize(#[from] block::BlockError),
+    #[error("LUN {0} is in use")]
+    LunInUse(u16),
+    #[error("LUN {0} does not exist")]
+    NoSuchLun(u16),
+    #[error("no free LUN left (all of 0..={MAX_LUN} are in use)")]
+    NoFreeLun,
+    #[error("resize: size {0}")]
+    Size(String),
+    #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
+    LogLevel(String),
+    #[error("remove-disk: LUN {lun} still has requests in flight after {seconds} s; it takes no new ones, and remove-disk {lun} again finishes the removal")]
+    DrainTimeout { lun: u16, seconds: u64 },
+}
+
+/// The state the commands read and change besides the device.
+pub struct ControlCommands {
+    pool: Option<Arc<IothreadPool>>,
+    log_control: LogControl,
+    num_queues: u16,
+    queue_size: u16,
+    /// LUNs whose removal timed out: gone from the target, waiting for their requests.
+    draining: Vec<(u16, Arc<block::Disk>)>,
+    log: Logger,
+}
+
+pub type Function = VirtioFunction<ScsiDevice>;
+
+impl ControlCommands {
+    pub fn new(
+        pool: Option<Arc<IothreadPool>>,
+        log_control: LogControl,
+        num_queues: u16,
+        queue_size: u16,
+        log: Logger,
+    ) -> ControlCommands {
+        ControlCommands {
+            pool,
+            log_control,
+            num_queues,
+            queue_size,
+            draining: Vec::new(),
+            log,
+        }
+    }
+
+    /// Answers one request line.
+    pub fn reply(
+        &mut self,
+        device: &mut Function,
+        status: ServerStatus,
+        line: Result<&str, LineError>,
+    ) -> String {
+        let result = line
+            .map_err(ControlError::from)
+            .and_then(|line| serde_json::from_str::<Request>(line).map_err(ControlError::Request))
+            .and_then(|request| self.execute(device, status, request));
+        let reply = match result {
+            Ok(result) => json!({"ok": true, "result": result}),
+            Err(error) => {
+                warn!(self.log, "control request failed"; "error" => %error);
+                json!({"ok": false, "error": error.to_string()})
+            }
+        };
+        reply.to_string()
+    }
+
+    fn execute(
+        &mut self,
+        device: &mut Function,
+        status: ServerStatus,
+        request: Request,
+    ) -> Result<Value, ControlError> {
+        match request {
+            Request::Query => Ok(self.query(device, status)),
+            Request::Stats => Ok(self.stats(device)),
+            Request::AddDisk { spec } => self.add_disk(device, &spec),
+            Request::RemoveDisk { lun } => self.remove_disk(device, lun),
+            Request::Resize { lun, size } => self.resize(device, lun, size.as_deref()),
+            Request::SetLogLevel { level } => {
+                let level = LogLevel::from_str(&level, true)
+                    .map_err(|_| ControlError::LogLevel(level.clone()))?;
+                self.log_control.set_level(level);
+                info!(self.log, "log level set"; "level" => level.name());
+                Ok(json!({"level": level.name()}))
+            }
+        }
+    }
+
+    fn query(&self, device: &Function, status: ServerStatus) -> Value {
+        let names = self
+            .pool
+            .as_ref()
+            .map(|pool| pool.iothread_names())
+            .unwrap_or_default();
+        let owner = |vq: u16| match self.pool.as_ref().map(|pool| pool.owner(vq)) {
+            Some(QueueOwner::Iothread(i)) => names.get(i).copied().unwrap_or("main-loop"),
+            _ => "main-loop",
+        };
+        let queues: Vec<Value> = (0..self.num_queues + 2)
+            .map(|vq| {
+                let name = match vq {
+                    0 => "ctrl".to_string(),
+                    1 => "event".to_string(),
+                    n => format!("request{}", n - 2),
+                };
+                json!({"vq": vq, "name": name, "iothread": owner(vq)})
+            })
+            .collect();
+        let function = device.function();
+        let luns: Vec<Value> = function.device().luns().iter().map(lun_json).collect();
+        json!({
+            "version": crate::cli::VERSION,
+            "device": {
+                "type": "virtio-scsi",
+                "num_queues": self.num_queues,
+                "queue_size": self.queue_size,
+                "driver_ok": function.driver_ok(),
+            },
+            "client": {"connected": status.client_connected},
+            "iothreads": names,
+            "queues": queues,
+            "luns": luns,
+            "log": {
+                "level": self.log_control.level().name(),
+                "file": self.log_control.file().map(|p| p.display().to_string()),
+                "dropped_records": self.log_control.dropped(),
+            },
+        })
+    }
+
+    /// Counters since the server started: per request queue, their sum, and per iothread.
+    fn stats(&self, device: &Function) -> Value {
+        let queues = device.function().device().queue_stats();
+        let mut total = QueueStats {
+            vq: 0,
+            ..QueueStats::default()
+        };
+        for queue in &queues {
+            total.requests += queue.requests;
+            total.bytes_read += queue.bytes_read;
+            total.bytes_written += queue.bytes_written;
+            total.transport_failures += queue.transport_failures;
+            total.in_flight += queue.in_flight;
+            total.kicks += queue.kicks;
+            total.interrupts += queue.interrupts;
+            for (sum, n) in total
+                .errors_by_sense_key
+                .iter_mut()
+                .zip(queue.errors_by_sense_key)
+            {
+                *sum += n;
+            }
+            for (sum, n) in total.latency.iter_mut().zip(queue.latency) {
+                *sum += n;
+            }
+        }
+        let iothreads: Vec<Value> = self
+            .pool
+            .as_ref()
+            .map(|pool| pool.iothread_stats())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|stats| {
+                json!({"name": stats.name, "busy_ns": stats.busy_ns, "poll_ns": stats.poll_ns,
+                       "sleep_ns": stats.sleep_ns})
+            })
+            .collect();
+        let mut total = queue_json(&total);
+        if let Some(object) = total.as_object_mut() {
+            object.remove("vq");
+        }
+        json!({
+            "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
+            "total": total,
+            "iothreads": iothreads,
+        })
+    }
+
+    fn add_disk(&mut self, device: &mut Function, spec: &str) -> Result<Value, ControlError> {
+        let spec: DiskSpec = spec.parse()?;
+        let used: Vec<u16> = device
+            .function()
+            .device()
+            .luns()
+            .iter()
+            .map(|lun| lun.config.lun)
+            .chain(self.draining.iter().map(|(lun, _)| *lun))
+            .collect();
+        let lun = match spec.lun {
+            Some(lun) if used.contains(&lun) => return Err(ControlError::LunInUse(lun)),
+            Some(lun) => lun,
+            None => (0..=MAX_LUN)
+                .find(|lun| !used.contains(lun))
+                .ok_or(ControlError::NoFreeLun)?,
+        };
+        let (config, disk) = open_lun(&spec, lun, &self.log)?;
+        let state = LunState {
+            config: config.clone(),
+            disk: Arc::clone(&disk),
+        };
+        let delivery = device.function_mut().device_mut().add_lun(config, disk)?;
+        info!(self.log, "lun added"; "lun" => lun, "event" => delivery_name(delivery));
+        let mut reply = lun_json(&state);
+        reply["event"] = json!(delivery_name(delivery));
+        Ok(reply)
+    }
+
+    fn remove_disk(&mut self, device: &mut Function, lun: u16) -> Result<Value, ControlError> {
+        let at = self
+            .draining
+            .iter()
+            .position(|(draining, _)| *draining == lun);
+        let disk = match at {
+            Some(at) => self.draining.remove(at).1,
+            None => match device.function_mut().device_mut().remove_lun(lun) {
+                Ok(disk) => disk,
+                Err(ScsiDeviceError::Target(scsi_disk::TargetError::NoSuchLun(_))) => {
+                    return Err(ControlError::NoSuchLun(lun))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // Requests in flight hold the disk; once only we do, the LUN is drained. Main-loop
+        // queues complete only when served, so they are served while we wait.
+        let started = Instant::now();
+        while Arc::strong_count(&disk) > 1 {
+            if started.elapsed() > DRAIN_TIMEOUT {
+                self.draining.push((lun, disk));
+                return Err(ControlError::DrainTimeout {
+                    lun,
+                    seconds: DRAIN_TIMEOUT.as_secs(),
+                });
+            }
+            device.event_ready(0);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let delivery = device.function_mut().device_mut().lun_removed(lun);
+        info!(self.log, "lun removed"; "lun" => lun, "event" => delivery_name(delivery),
+              "drained_in_us" => started.elapsed().as_micros() as u64);
+        Ok(json!({"lun": lun, "event": delivery_name(delivery)}))
+    }
+
+    fn resize(
+        &mut self,
+        device: &mut Function,
+        lun: u16,
+        size: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        let size = size
+            .map(parse_size)
+            .transpose()
+            .map_err(ControlError::Size)?;
+        let scsi = device.function_mut().device_mut();
+        let disk = scsi
+            .luns()
+            .into_iter()
+            .find(|state| state.config.lun == lun)
+            .ok_or(ControlError::NoSuchLun(lun))?
+            .disk;
+        let old = disk.size();
+        let new = disk.resize(size)?;
+        let delivery = scsi.lun_resized(lun)?;
+        info!(self.log, "lun resized"; "lun" => lun, "old_size" => old, "size" => new,
+              "event" => delivery_name(delivery));
+        Ok(json!({"lun": lun, "old_size": old, "size": new, "event": delivery_name(delivery)}))
+    }
+}
+
+fn lun_json(state: &LunState) -> Value {
+    let config = &state.config;
+    let disk = &state.disk;
+    json!({
+        "lun": config.lun,
+        "path": disk.path().map(|p| p.display().to_string()),
+        "null": disk.is_null(),
+        "size": disk.size(),
+        "logical_block_size": config.block_size,
+        "read_only": config.read_only,
+        "serial": config.serial,
+        "cache": if disk.direct_io_alignment().is_some() { "none" } else { "writeback" },
+        "discard": if config.discard { "unmap" } else { "ignore" },
+    })
+}
+
+/// Sense key names (SPC-4 table 54) for the errors of a queue.
+const SENSE_KEY_NAMES: [&str; SENSE_KEYS] = [
+    "no_sense",
+    "recovered_error",
+    "not_ready",
+    "medium_error",
+    "hardware_error",
+    "illegal_request",
+    "unit_attention",
+    "data_protect",
+    "blank_check",
+    "vendor_specific",
+    "copy_aborted",
+    "aborted_command",
+    "reserved_0c",
+    "volume_overflow",
+    "miscompare",
+    "completed",
+];
+
+fn queue_json(stats: &QueueStats) -> Value {
+    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
+        .iter()
+        .zip(stats.errors_by_sense_key)
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| (name.to_string(), json!(count)))
+        .collect();
+    json!({
+        "vq": stats.vq,
+        "requests": stats.requests,
+        "bytes_read": stats.bytes_read,
+        "bytes_written": stats.bytes_written,
+        "errors": stats.errors(),
+        "errors_by_sense_key": errors,
+        "transport_failures": stats.transport_failures,
+        "in_flight": stats.in_flight,
+        "kicks": stats.kicks,
+        "interrupts": stats.interrupts,
+        "latency_us": latency_json(&stats.latency),
+    })
+}
+
+/// Percentiles as the upper bound of the histogram bucket they fall in (bucket 0 is under
+/// 1 us, bucket i is [2^(i-1), 2^i) us), and the histogram itself.
+fn latency_json(histogram: &[u64; LATENCY_BUCKETS]) -> Value {
+    let total: u64 = histogram.iter().sum();
+    let percentile = |fraction: f64| -> Option<u64> {
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * fraction).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        histogram.iter().enumerate().find_map(|(bucket, count)| {
+            seen += count;
+            (seen >= wanted).then(|| 1u64 << bucket)
+        })
+    };
+    json!({
+        "p50_at_most": percentile(0.50),
+        "p90_at_most": percentile(0.90),
+        "p99_at_most": percentile(0.99),
+        "p999_at_most": percentile(0.999),
+        "histogram": histogram.to_vec(),
+    })
+}
+
+fn delivery_name(delivery: EventDelivery) -> &'static str {
+    match delivery {
+        EventDelivery::Delivered => "delivered",
+        EventDelivery::Dropped => "missed (EVENTS_MISSED follows)",
+        EventDelivery::NotNegotiated => "not negotiated",
+        EventDelivery::Inactive => "device not running",
+    }
+}

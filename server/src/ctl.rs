@@ -1,0 +1,106 @@
+//! `vfio-user-scsi ctl PATH COMMAND [ARGS]`: sends one request to a server's control socket and
+//! prints the JSON reply, so that shell scripts need no socat. Exit status: 0 when the server
+//! answered ok, 1 when it answered with an error or could not be reached, 2 for a usage mistake.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+/// How long the client waits for the reply (remove-disk may wait for a LUN to drain).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Talks to a running vfio-user-scsi through its --control-socket.
+#[derive(Debug, Parser)]
+#[command(name = "vfio-user-scsi ctl", version = crate::cli::VERSION)]
+pub struct CtlCli {
+    /// The server's --control-socket.
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// The device, the client, queues and their iothreads, iothreads, LUNs, the log.
+    Query,
+    /// Counters per request queue (requests, bytes, errors by sense key, in flight, kicks,
+    /// interrupts, latency) and per iothread (busy, poll, sleep time), since the start.
+    Stats,
+    /// Adds a LUN while the guest runs; SPEC is a --disk spec (path=FILE,... or null,size=...).
+    AddDisk { spec: String },
+    /// Removes a LUN after its requests in flight have completed.
+    RemoveDisk { lun: u16 },
+    /// Takes the backing file's new size (grow the file first), or gives a null disk SIZE.
+    Resize { lun: u16, size: Option<String> },
+    /// error, warn, info, debug or trace.
+    SetLogLevel { level: String },
+}
+
+impl CtlCommand {
+    fn request(&self) -> Value {
+        match self {
+            CtlCommand::Query => json!({"command": "query"}),
+            CtlCommand::Stats => json!({"command": "stats"}),
+            CtlCommand::AddDisk { spec } => json!({"command": "add-disk", "spec": spec}),
+            CtlCommand::RemoveDisk { lun } => json!({"command": "remove-disk", "lun": lun}),
+            CtlCommand::Resize { lun, size } => match size {
+                Some(size) => json!({"command": "resize", "lun": lun, "size": size}),
+                None => json!({"command": "resize", "lun": lun}),
+            },
+            CtlCommand::SetLogLevel { level } => {
+                json!({"command": "set-log-level", "level": level})
+            }
+        }
+    }
+}
+
+/// Runs the client with the arguments after `ctl`.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match CtlCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match exchange(&cli) {
+        Ok(reply) => {
+            println!("{reply}");
+            let ok = serde_json::from_str::<Value>(&reply)
+                .ok()
+                .and_then(|value| value.get("ok").and_then(Value::as_bool))
+                .unwrap_or(false);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("vfio-user-scsi ctl: {}: {e}", cli.socket.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exchange(cli: &CtlCli) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(&cli.socket)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    let mut line = cli.command.request().to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without a reply",
+        ));
+    }
+    Ok(reply.trim_end().to_string())
+}

@@ -1,0 +1,56 @@
+//! The server's own counters, read from the records it logs (as JSON) when the driver
+//! disconnects: driver notifications, interrupts and heap allocations over the whole connection,
+//! warm-up included. A server without them (an older build, or one built without the
+//! `count-allocations` feature for allocations) leaves the figures out.
+
+use serde_json::Value;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ServerCounters {
+    /// Requests the server answered, summed over its request queues.
+    pub requests: u64,
+    pub kicks: u64,
+    pub interrupts: u64,
+    pub allocations: Option<u64>,
+}
+
+impl ServerCounters {
+    /// The counters in a server's JSON log, or None when it logged no "queue stats" record.
+    pub fn parse(log: &str) -> Option<ServerCounters> {
+        let mut counters = ServerCounters::default();
+        let mut queues = 0;
+        for record in log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        {
+            let field = |name: &str| record[name].as_u64().unwrap_or(0);
+            match record["msg"].as_str() {
+                Some("queue stats") => {
+                    queues += 1;
+                    counters.requests += field("requests");
+                    counters.kicks += field("kicks");
+                    counters.interrupts += field("interrupts");
+                }
+                Some("allocations") => counters.allocations = record["count"].as_u64(),
+                _ => {}
+            }
+        }
+        (queues > 0).then_some(counters)
+    }
+
+    fn per_request(&self, count: u64) -> f64 {
+        count as f64 / self.requests.max(1) as f64
+    }
+
+    pub fn kicks_per_request(&self) -> f64 {
+        self.per_request(self.kicks)
+    }
+
+    pub fn interrupts_per_request(&self) -> f64 {
+        self.per_request(self.interrupts)
+    }
+
+    pub fn allocations_per_request(&self) -> Option<f64> {
+        self.allocations.map(|count| self.per_request(count))
+    }
+}

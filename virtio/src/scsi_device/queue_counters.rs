@@ -1,0 +1,180 @@
+//! What each virtqueue has done, counted by the thread that serves it and read by anyone.
+//!
+//! A queue's counters are written only by its own thread, so an increment is a relaxed load and
+//! store (no locked instruction), and each queue's block sits on cache lines of its own: the
+//! readers (the control socket's `stats`, the disconnect record) never slow the writers, and
+//! queues served by different iothreads share nothing. A snapshot taken while the queue runs is
+//! a set of values each of which was true at some instant of the read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latency buckets: bucket 0 holds requests answered in under 1 µs, bucket `i` those that took
+/// [2^(i-1), 2^i) µs, and the last one everything from 2^(LATENCY_BUCKETS-2) µs (about 1 s) on.
+pub const LATENCY_BUCKETS: usize = 22;
+/// One counter per SCSI sense key (a 4-bit field).
+pub const SENSE_KEYS: usize = 16;
+
+/// The live counters of one virtqueue. Aligned to two cache lines, as the adjacent-line
+/// prefetcher pairs them.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    requests: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    /// Requests answered with CHECK CONDITION, by sense key.
+    errors_by_sense_key: [AtomicU64; SENSE_KEYS],
+    /// Requests answered with a virtio response other than OK (bad chain, bad LUN address,
+    /// overrun): the command never reached the target.
+    transport_failures: AtomicU64,
+    in_flight: AtomicU64,
+    /// Driver notifications: the sum of the kick eventfd's counter over its reads.
+    kicks: AtomicU64,
+    /// Interrupts raised (MSI-X eventfd writes).
+    interrupts: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// A copy of one queue's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Virtqueue index (2.. for request queues).
+    pub vq: u16,
+    /// Requests answered (used-ring entries written).
+    pub requests: u64,
+    /// Data-in bytes moved from disks to the driver's buffers.
+    pub bytes_read: u64,
+    /// Data-out bytes moved from the driver's buffers to disks.
+    pub bytes_written: u64,
+    /// CHECK CONDITION answers by sense key.
+    pub errors_by_sense_key: [u64; SENSE_KEYS],
+    pub transport_failures: u64,
+    /// Requests with the I/O engine at the time of the snapshot.
+    pub in_flight: u64,
+    pub kicks: u64,
+    pub interrupts: u64,
+    /// Request latency from the pass that popped the chain to the pass that returned it, in
+    /// the buckets of [`LATENCY_BUCKETS`].
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl QueueStats {
+    /// CHECK CONDITION answers of every sense key.
+    pub fn errors(&self) -> u64 {
+        self.errors_by_sense_key.iter().sum()
+    }
+}
+
+/// Adds `n` to a counter that only the calling thread writes.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// The bucket of a latency (see [`LATENCY_BUCKETS`]).
+pub fn latency_bucket(latency: Duration) -> usize {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+    bucket.min(LATENCY_BUCKETS - 1)
+}
+
+impl QueueCounters {
+    /// A request answered with `sense_key` (for CHECK CONDITION) after `latency`.
+    pub fn answered(&self, sense_key: Option<u8>, latency: Duration) {
+        add(&self.requests, 1);
+        if let Some(key) = sense_key {
+            add(&self.errors_by_sense_key[usize::from(key & 0x0f)], 1);
+        }
+        add(&self.latency[latency_bucket(latency)], 1);
+    }
+
+    /// A request the virtio layer refused (its response is not OK).
+    pub fn transport_failure(&self) {
+        add(&self.transport_failures, 1);
+    }
+
+    pub fn read(&self, bytes: u64) {
+        add(&self.bytes_read, bytes);
+    }
+
+    pub fn written(&self, bytes: u64) {
+        add(&self.bytes_written, bytes);
+    }
+
+    pub fn set_in_flight(&self, requests: usize) {
+        self.in_flight.store(requests as u64, Ordering::Relaxed);
+    }
+
+    pub fn kicked(&self, notifications: u64) {
+        add(&self.kicks, notifications);
+    }
+
+    pub fn interrupted(&self) {
+        add(&self.interrupts, 1);
+    }
+
+    pub fn snapshot(&self, vq: u16) -> QueueStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        QueueStats {
+            vq,
+            requests: load(&self.requests),
+            bytes_read: load(&self.bytes_read),
+            bytes_written: load(&self.bytes_written),
+            errors_by_sense_key: std::array::from_fn(|i| load(&self.errors_by_sense_key[i])),
+            transport_failures: load(&self.transport_failures),
+            in_flight: load(&self.in_flight),
+            kicks: load(&self.kicks),
+            interrupts: load(&self.interrupts),
+            latency: std::array::from_fn(|i| load(&self.latency[i])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_of_different_queues_share_no_cache_line() {
+        assert_eq!(std::mem::align_of::<QueueCounters>(), 128);
+        assert_eq!(std::mem::size_of::<QueueCounters>() % 128, 0);
+    }
+
+    #[test]
+    fn latencies_fall_in_power_of_two_microsecond_buckets() {
+        assert_eq!(latency_bucket(Duration::from_nanos(999)), 0);
+        assert_eq!(latency_bucket(Duration::from_micros(1)), 1);
+        assert_eq!(latency_bucket(Duration::from_micros(3)), 2);
+        assert_eq!(latency_bucket(Duration::from_micros(4)), 3);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(3600)),
+            LATENCY_BUCKETS - 1
+        );
+    }
+
+    #[test]
+    fn snapshot_reports_what_was_counted() {
+        let counters = QueueCounters::default();
+        counters.answered(None, Duration::from_micros(5));
+        counters.answered(Some(0x5), Duration::ZERO);
+        counters.transport_failure();
+        counters.read(4096);
+        counters.written(512);
+        counters.kicked(3);
+        counters.interrupted();
+        counters.set_in_flight(7);
+        let stats = counters.snapshot(2);
+        assert_eq!(stats.vq, 2);
+        assert_eq!(stats.requests, 2);
+        assert_eq!(stats.errors_by_sense_key[5], 1);
+        assert_eq!(stats.errors(), 1);
+        assert_eq!(stats.transport_failures, 1);
+        assert_eq!((stats.bytes_read, stats.bytes_written), (4096, 512));
+        assert_eq!((stats.kicks, stats.interrupts, stats.in_flight), (3, 1, 7));
+        assert_eq!(stats.latency[0], 1);
+        assert_eq!(stats.latency[3], 1);
+    }
+}
