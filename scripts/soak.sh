@@ -10,8 +10,9 @@
 #        (default 2)] [--smp N (default 2)] [--disk-mib N (default 512)] [--sample-s N (default 10)]
 #        [--between-rounds 'HOST COMMAND']
 # --between-rounds runs a host command after each guest round, with the server's control socket
-# in $VUS_SOAK_CONTROL: the hook for LUN hot add/remove through `vfio-user-scsi ctl` once the
-# control socket is in (the server is started with --control-socket only when this is given).
+# in $VUS_SOAK_CONTROL: the hook for LUN hot add/remove, for example
+# '"$VUS_SERVER_BIN" ctl "$VUS_SOAK_CONTROL" add-disk null,size=64M,lun=1' (the server is started
+# with --control-socket only when this is given).
 # Exit status: 0 when every round passed with no corrupt block, 1 otherwise.
 # Environment: VUS_SERVER_BIN (server binary; default target/release, built if missing),
 # VUS_TMPDIR (scratch space for the image, /var/tmp by default), and run-vm.sh's.
