@@ -15,8 +15,8 @@
 #   --queues N         request queues (builtin default: smp; with --server: --num-queues N)
 #   --iothreads N      iothreads serving the queues (builtin default 1; with --server:
 #                      --iothread io0 ... --iothread io<N-1>)
-#   --disk SPEC        FILE (a raw image or block device), null (1 GiB) or null:SIZE (SIZE in bytes
-#                      or with a K/M/G/T suffix). Default with --builtin: a sparse temporary 1 GiB
+#   --disk SPEC        FILE (a raw image or block device; both devices serve it with O_DIRECT and
+#                      discard), null (1 GiB) or null:SIZE (SIZE in bytes or with a K/M/G/T suffix). Default with --builtin: a sparse temporary 1 GiB
 #                      file; with --server: the server's own default disk.
 #   --accel tcg|kvm    default tcg (nested KVM is too slow on the project's machines)
 #   --timeout S        whole run, boot included (default 300)
@@ -230,7 +230,8 @@ start_server() {
     eval "args=($server_args)" || die "--server: cannot split '$server_args' into arguments"
     case $disk_kind in
         null) args+=(--disk "null,size=$disk_bytes") ;;
-        file) args+=(--disk "path=$disk_file") ;;
+        # The built-in device's settings (cache direct, discard unmap), so comparisons are fair.
+        file) args+=(--disk "path=$disk_file,cache=none,discard=unmap") ;;
     esac
     [ -z "$queues" ] || args+=(--num-queues "$queues")
     for ((i = 0; i < ${iothreads:-0}; i++)); do
@@ -271,14 +272,15 @@ stop_server() {
         return 1
     fi
     kill -TERM "$server_pid"
+    # Closing a large unlinked temporary disk takes seconds under load; 30 s is plenty.
     local waited=0
-    while kill -0 "$server_pid" 2>/dev/null && [ "$waited" -lt 50 ]; do
+    while kill -0 "$server_pid" 2>/dev/null && [ "$waited" -lt 300 ]; do
         sleep 0.1
         waited=$((waited + 1))
     done
     if kill -0 "$server_pid" 2>/dev/null; then
         show_server_log
-        echo "run-vm: the server did not exit within 5 s of SIGTERM" >&2
+        echo "run-vm: the server did not exit within 30 s of SIGTERM" >&2
         return 1
     fi
     wait "$server_pid" || status=$?

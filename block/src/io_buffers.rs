@@ -1,15 +1,21 @@
 //! The memory of one request: iovecs into guest memory, kept mapped until the request completes.
 
 use std::any::Any;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+/// The iovecs of one request; the first few are stored inline, without an allocation.
+pub type IoVecs = SmallVec<[libc::iovec; 4]>;
 
 /// Scatter-gather buffers of a read or write, handed to the kernel without copying.
 ///
 /// The keep-alive owner (for example the guest memory snapshot the iovecs point into) is dropped
 /// only when the engine drops the request, after its completion.
 pub struct IoBuffers {
-    iovecs: Vec<libc::iovec>,
+    iovecs: IoVecs,
     len: u64,
-    _keep_alive: Box<dyn Any + Send>,
+    _keep_alive: Arc<dyn Any + Send + Sync>,
 }
 
 // SAFETY: the iovecs are plain addresses; the contract of `new` makes the memory they point to
@@ -21,7 +27,7 @@ impl IoBuffers {
     /// Until this value is dropped, every iovec must point to memory that stays mapped, readable
     /// and writable for `iov_len` bytes, that nothing else writes, and (for reads from the disk)
     /// that nothing else reads; `keep_alive` is dropped after the iovecs' last use.
-    pub unsafe fn new(iovecs: Vec<libc::iovec>, keep_alive: Box<dyn Any + Send>) -> IoBuffers {
+    pub unsafe fn new(iovecs: IoVecs, keep_alive: Arc<dyn Any + Send + Sync>) -> IoBuffers {
         let len = iovecs.iter().map(|iov| iov.iov_len as u64).sum();
         IoBuffers {
             iovecs,
@@ -128,7 +134,7 @@ pub(crate) mod test_memory {
                 })
                 .collect();
             // SAFETY: the tests keep the memory alive and untouched until the request completes.
-            unsafe { IoBuffers::new(iovecs, Box::new(())) }
+            unsafe { IoBuffers::new(iovecs, std::sync::Arc::new(())) }
         }
     }
 }

@@ -565,9 +565,9 @@ mod tests {
         let mut engine = IoUringEngine::new(4).unwrap();
         let mut memory = TestMemory::new(1 << 16);
         let released = Arc::new(AtomicBool::new(false));
-        let iovecs = memory.buffers(&[(0, 1 << 16)]).iovecs().to_vec();
+        let iovecs = memory.buffers(&[(0, 1 << 16)]).iovecs().into();
         // SAFETY: `memory` outlives the engine, which is dropped below.
-        let buffers = unsafe { IoBuffers::new(iovecs, Box::new(DropFlag(Arc::clone(&released)))) };
+        let buffers = unsafe { IoBuffers::new(iovecs, Arc::new(DropFlag(Arc::clone(&released)))) };
         engine
             .submit(&disk, IoRequest::Read { offset: 0, buffers }, 1)
             .unwrap();

@@ -24,7 +24,7 @@ pub use disk::{DirectIoAlignment, Disk};
 pub use engine::{Completion, Engine};
 pub use error::BlockError;
 pub use error_stats::{ErrorReport, SUMMARY_INTERVAL};
-pub use io_buffers::IoBuffers;
+pub use io_buffers::{IoBuffers, IoVecs};
 pub use io_uring_engine::IoUringEngine;
 pub use options::{CacheMode, DiscardMode, DiskOptions};
 pub use request::IoRequest;

@@ -57,7 +57,7 @@ impl Memory {
             })
             .collect();
         // SAFETY: each test keeps the memory alive and untouched until the request completes.
-        unsafe { IoBuffers::new(iovecs, Box::new(())) }
+        unsafe { IoBuffers::new(iovecs, Arc::new(())) }
     }
 }
 

@@ -3,7 +3,11 @@
 //! Every byte has a write mask (bits the driver may change) and a write-one-to-clear mask; the
 //! BAR sizing protocol falls out of the BAR write masks.
 
+use std::mem::{offset_of, size_of};
 use std::sync::Arc;
+
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::bar::Bar;
 use crate::error::{check_range, PciError};
@@ -15,17 +19,40 @@ use crate::msix_vectors::MsixVectors;
 /// Size of conventional configuration space.
 pub const CONFIG_SPACE_SIZE: u64 = 256;
 
-const COMMAND: usize = 0x04;
-const STATUS: usize = 0x06;
-const REVISION: usize = 0x08;
-const CLASS: usize = 0x09;
-const CACHE_LINE_SIZE: usize = 0x0c;
-const BAR0: usize = 0x10;
-const SUBSYSTEM_VENDOR: usize = 0x2c;
-const SUBSYSTEM: usize = 0x2e;
-const CAPABILITIES_POINTER: usize = 0x34;
-const INTERRUPT_LINE: usize = 0x3c;
-const FIRST_CAPABILITY: usize = 0x40;
+/// The type-0 header (PCI Local Bus 3.0 §6.1), the first 64 bytes of configuration space.
+#[repr(C)]
+#[derive(Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct Type0Header {
+    vendor_id: U16,
+    device_id: U16,
+    command: U16,
+    status: U16,
+    revision_id: u8,
+    /// Programming interface, sub-class, base class.
+    class_code: [u8; 3],
+    cache_line_size: u8,
+    latency_timer: u8,
+    header_type: u8,
+    bist: u8,
+    bars: [U32; 6],
+    cardbus_cis_pointer: U32,
+    subsystem_vendor_id: U16,
+    subsystem_id: U16,
+    expansion_rom_base: U32,
+    capabilities_pointer: u8,
+    reserved: [u8; 7],
+    interrupt_line: u8,
+    interrupt_pin: u8,
+    min_grant: u8,
+    max_latency: u8,
+}
+
+const _: () = assert!(size_of::<Type0Header>() == 64);
+
+const STATUS: usize = offset_of!(Type0Header, status);
+const BAR0: usize = offset_of!(Type0Header, bars);
+const CAPABILITIES_POINTER: usize = offset_of!(Type0Header, capabilities_pointer);
+const FIRST_CAPABILITY: usize = size_of::<Type0Header>();
 
 /// Memory Space Enable, Bus Master Enable, Parity Error Response, SERR# Enable, Interrupt Disable.
 const COMMAND_WRITABLE: u16 = (1 << 1) | (1 << 2) | (1 << 6) | (1 << 8) | (1 << 10);
@@ -79,22 +106,30 @@ impl ConfigSpace {
             writable: [0; CONFIG_SPACE_SIZE as usize],
             write_one_to_clear: [0; CONFIG_SPACE_SIZE as usize],
         };
-        registers.put(0, &identity.vendor_id.to_le_bytes(), &[]);
-        registers.put(2, &identity.device_id.to_le_bytes(), &[]);
-        registers.put(COMMAND, &[0, 0], &COMMAND_WRITABLE.to_le_bytes());
-        registers.write_one_to_clear[STATUS..STATUS + 2]
-            .copy_from_slice(&STATUS_WRITE_ONE_TO_CLEAR.to_le_bytes());
-        registers.put(REVISION, &[identity.revision], &[]);
-        registers.put(CLASS, &identity.class_code.to_le_bytes()[..3], &[]);
-        registers.put(CACHE_LINE_SIZE, &[0], &[0xff]);
-        registers.put(
-            SUBSYSTEM_VENDOR,
-            &identity.subsystem_vendor_id.to_le_bytes(),
-            &[],
-        );
-        registers.put(SUBSYSTEM, &identity.subsystem_id.to_le_bytes(), &[]);
+        let [class_code @ .., _] = identity.class_code.to_le_bytes();
         // Interrupt Pin stays 0: the function raises MSI-X only.
-        registers.put(INTERRUPT_LINE, &[0], &[0xff]);
+        let header = Type0Header {
+            vendor_id: identity.vendor_id.into(),
+            device_id: identity.device_id.into(),
+            revision_id: identity.revision,
+            class_code,
+            subsystem_vendor_id: identity.subsystem_vendor_id.into(),
+            subsystem_id: identity.subsystem_id.into(),
+            ..Default::default()
+        };
+        let writable = Type0Header {
+            command: COMMAND_WRITABLE.into(),
+            cache_line_size: 0xff,
+            interrupt_line: 0xff,
+            ..Default::default()
+        };
+        let write_one_to_clear = Type0Header {
+            status: STATUS_WRITE_ONE_TO_CLEAR.into(),
+            ..Default::default()
+        };
+        registers.put(0, header.as_bytes(), writable.as_bytes());
+        registers.write_one_to_clear[..FIRST_CAPABILITY]
+            .copy_from_slice(write_one_to_clear.as_bytes());
         ConfigSpace {
             power_on: registers.clone(),
             registers,
@@ -257,6 +292,19 @@ mod tests {
         let mut data = [0u8; 2];
         config.read(offset, &mut data).unwrap();
         u16::from_le_bytes(data)
+    }
+
+    #[test]
+    fn header_fields_sit_at_their_spec_offsets() {
+        let config = ConfigSpace::new(PciIdentity {
+            class_code: 0x010203,
+            revision: 7,
+            ..identity()
+        });
+        assert_eq!(read_u32(&config, 0x00), 0x1048_1af4);
+        assert_eq!(read_u32(&config, 0x08), 0x0102_0307);
+        assert_eq!(read_u32(&config, 0x2c), 0x0008_1af4);
+        assert_eq!(read_u32(&config, 0x3c), 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub enum PciError {
     #[error("the function already has an MSI-X capability")]
     MsixTwice,
     #[error("signalling an MSI-X eventfd failed: {0}")]
-    Signal(String),
+    Signal(std::io::ErrorKind),
 }
 
 /// Rejects an access of `len` bytes at `offset` that does not fit in `size` bytes.

@@ -73,7 +73,7 @@ fn write_eventfd(fd: &File) -> Result<(), PciError> {
         Ok(_) => Ok(()),
         // The counter is saturated: an interrupt is already waiting to be seen.
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(PciError::Signal(e.to_string())),
+        Err(e) => Err(PciError::Signal(e.kind())),
     }
 }
 

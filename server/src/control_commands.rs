@@ -2,7 +2,8 @@
 //!
 //! Requests: `{"command":"query"}`, `{"command":"stats"}`, `{"command":"add-disk","spec":SPEC}`,
 //! `{"command":"remove-disk","lun":N}`, `{"command":"resize","lun":N[,"size":SIZE]}`,
-//! `{"command":"set-log-level","level":LEVEL}`. Replies: `{"ok":true,"result":...}` or
+//! `{"command":"set-log-level","level":LEVEL}`, `{"command":"set-mapping","mapping":JSON}`,
+//! `{"command":"add-iothread","name":NAME}`, `{"command":"remove-iothread","name":NAME}`. Replies: `{"ok":true,"result":...}` or
 //! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way.
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::cli::LogLevel;
 use crate::control_socket::LineError;
 use crate::controller::{open_lun, ControllerError};
 use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
-use crate::iothread_pool::IothreadPool;
+use crate::iothread_pool::{IothreadPool, PoolError};
 use crate::logging::LogControl;
 use crate::mapping::QueueOwner;
 use crate::virtio_function::VirtioFunction;
@@ -34,8 +35,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 enum Request {
-    Query,
-    Stats,
+    // Braces, so that deny_unknown_fields also holds for requests without arguments.
+    Query {},
+    Stats {},
     AddDisk {
         spec: String,
     },
@@ -49,6 +51,16 @@ enum Request {
     },
     SetLogLevel {
         level: String,
+    },
+    /// The mapping as QEMU's JSON, given as a JSON value or as a string holding it.
+    SetMapping {
+        mapping: Value,
+    },
+    AddIothread {
+        name: String,
+    },
+    RemoveIothread {
+        name: String,
     },
 }
 
@@ -74,6 +86,13 @@ pub enum ControlError {
     NoFreeLun,
     #[error("resize: size {0}")]
     Size(String),
+    #[error("{command}: {source}")]
+    Pool {
+        command: &'static str,
+        source: PoolError,
+    },
+    #[error("{0}: the server runs without an iothread pool")]
+    NoPool(&'static str),
     #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
     LogLevel(String),
     #[error("remove-disk: LUN {lun} still has requests in flight after {seconds} s; it takes no new ones, and remove-disk {lun} again finishes the removal")]
@@ -139,11 +158,47 @@ impl ControlCommands {
         request: Request,
     ) -> Result<Value, ControlError> {
         match request {
-            Request::Query => Ok(self.query(device, status)),
-            Request::Stats => Ok(self.stats(device)),
+            Request::Query {} => Ok(self.query(device, status)),
+            Request::Stats {} => Ok(self.stats(device)),
             Request::AddDisk { spec } => self.add_disk(device, &spec),
             Request::RemoveDisk { lun } => self.remove_disk(device, lun),
             Request::Resize { lun, size } => self.resize(device, lun, size.as_deref()),
+            Request::SetMapping { mapping } => {
+                let json = match mapping {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                let moves = self
+                    .pool("set-mapping")?
+                    .set_mapping(&json, usize::from(self.num_queues))
+                    .map_err(|source| ControlError::Pool {
+                        command: "set-mapping",
+                        source,
+                    })?;
+                let moved: Vec<Value> = moves
+                    .iter()
+                    .map(|m| json!({"vq": m.vq, "from": m.from, "to": m.to}))
+                    .collect();
+                Ok(json!({"moved": moved}))
+            }
+            Request::AddIothread { name } => {
+                self.pool("add-iothread")?
+                    .add_iothread(&name)
+                    .map_err(|source| ControlError::Pool {
+                        command: "add-iothread",
+                        source,
+                    })?;
+                Ok(json!({"iothread": name}))
+            }
+            Request::RemoveIothread { name } => {
+                self.pool("remove-iothread")?
+                    .remove_iothread(&name)
+                    .map_err(|source| ControlError::Pool {
+                        command: "remove-iothread",
+                        source,
+                    })?;
+                Ok(json!({"iothread": name}))
+            }
             Request::SetLogLevel { level } => {
                 let level = LogLevel::from_str(&level, true)
                     .map_err(|_| ControlError::LogLevel(level.clone()))?;
@@ -154,6 +209,10 @@ impl ControlCommands {
         }
     }
 
+    fn pool(&self, command: &'static str) -> Result<&IothreadPool, ControlError> {
+        self.pool.as_deref().ok_or(ControlError::NoPool(command))
+    }
+
     fn query(&self, device: &Function, status: ServerStatus) -> Value {
         let names = self
             .pool
@@ -161,7 +220,7 @@ impl ControlCommands {
             .map(|pool| pool.iothread_names())
             .unwrap_or_default();
         let owner = |vq: u16| match self.pool.as_ref().map(|pool| pool.owner(vq)) {
-            Some(QueueOwner::Iothread(i)) => names.get(i).copied().unwrap_or("main-loop"),
+            Some(QueueOwner::Iothread(i)) => names.get(i).map_or("main-loop", String::as_str),
             _ => "main-loop",
         };
         let queues: Vec<Value> = (0..self.num_queues + 2)

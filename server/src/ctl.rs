@@ -39,6 +39,12 @@ pub enum CtlCommand {
     Resize { lun: u16, size: Option<String> },
     /// error, warn, info, debug or trace.
     SetLogLevel { level: String },
+    /// Moves queues between iothreads while the guest runs; JSON as for --iothread-vq-mapping.
+    SetMapping { json: String },
+    /// Starts an iothread (queues reach it through set-mapping).
+    AddIothread { name: String },
+    /// Stops an iothread that serves no queue.
+    RemoveIothread { name: String },
 }
 
 impl CtlCommand {
@@ -54,6 +60,11 @@ impl CtlCommand {
             },
             CtlCommand::SetLogLevel { level } => {
                 json!({"command": "set-log-level", "level": level})
+            }
+            CtlCommand::SetMapping { json } => json!({"command": "set-mapping", "mapping": json}),
+            CtlCommand::AddIothread { name } => json!({"command": "add-iothread", "name": name}),
+            CtlCommand::RemoveIothread { name } => {
+                json!({"command": "remove-iothread", "name": name})
             }
         }
     }

@@ -23,6 +23,8 @@ enum Command {
     Resume,
     /// Complete the requests in flight, drop every queue, acknowledge.
     Release(Sender<()>),
+    /// Complete the requests in flight and send virtqueue N's worker back (if held here).
+    Surrender(u16, Sender<Option<Box<dyn QueueWorker>>>),
     Shutdown,
 }
 
@@ -121,6 +123,16 @@ impl Iothread {
 
     pub fn resume(&self) {
         self.send(Command::Resume);
+    }
+
+    /// Takes virtqueue `queue` back, once the requests in flight here have completed; `None`
+    /// when the thread does not serve it (or is gone).
+    pub fn surrender(&self, queue: u16) -> Option<Box<dyn QueueWorker>> {
+        let (reply, worker) = channel();
+        if !self.send(Command::Surrender(queue, reply)) {
+            return None;
+        }
+        worker.recv().ok().flatten()
     }
 
     /// Asks for the queues back; `wait` on the result returns once they are dropped.
@@ -224,6 +236,11 @@ fn execute(
             let _ = ack.send(());
             true
         }
+        Command::Surrender(queue, reply) => {
+            let _ = reply.send(set.surrender(queue));
+            set.kick_all();
+            true
+        }
         Command::Shutdown => {
             set.release();
             false
@@ -252,6 +269,10 @@ fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> boo
                 let _ = ack.send(());
             }
             Ok(Command::Adopt(worker)) => adopt(set, worker, log),
+            // Nothing is in flight, so the hand-over touches no queue.
+            Ok(Command::Surrender(queue, reply)) => {
+                let _ = reply.send(set.surrender(queue));
+            }
             Ok(Command::Release(ack)) => {
                 set.release();
                 let _ = ack.send(());

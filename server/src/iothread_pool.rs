@@ -1,20 +1,44 @@
-//! The iothreads named on the command line, and the main loop's own set of queues: together
-//! they host the device's queues where the iothread-vq-mapping says.
+//! The iothreads (named on the command line, added and removed at run time), and the main loop's
+//! own set of queues: together they host the device's queues where the iothread-vq-mapping says,
+//! and move them when the mapping changes.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use slog::{debug, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use virtio::{QueueHost, QueueWorker};
 
 use crate::iothread::{Iothread, IothreadStats};
 use crate::mapping::{QueueMapping, QueueOwner};
 use crate::queue_set::QueueSet;
 
+/// Why the pool refused a change.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("iothread '{0}' does not exist")]
+    NoSuchIothread(String),
+    #[error("iothread '{name}' still serves {queues}; move them away with set-mapping first")]
+    IothreadInUse { name: String, queues: String },
+    #[error(transparent)]
+    Mapping(#[from] crate::mapping::MappingError),
+    #[error("cannot start iothread '{name}': {source}")]
+    Spawn { name: String, source: io::Error },
+}
+
+/// One queue that `set_mapping` moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMove {
+    pub vq: u16,
+    pub from: String,
+    pub to: String,
+}
+
 pub struct IothreadPool {
-    iothreads: Vec<Iothread>,
-    mapping: QueueMapping,
+    /// Only the main loop's thread changes these (control requests run there).
+    iothreads: Mutex<Vec<Iothread>>,
+    mapping: Mutex<QueueMapping>,
+    poll_max_ns: u64,
     /// Queues the main loop serves; its `Poll` is nested in the main loop's.
     main_loop: Mutex<QueueSet>,
     main_loop_fd: RawFd,
@@ -38,23 +62,155 @@ impl IothreadPool {
         Ok(IothreadPool {
             main_loop_fd: main_loop.poll_fd(),
             main_loop: Mutex::new(main_loop),
-            iothreads,
-            mapping,
+            iothreads: Mutex::new(iothreads),
+            mapping: Mutex::new(mapping),
+            poll_max_ns,
             log: log.clone(),
         })
     }
 
+    fn threads(&self) -> MutexGuard<'_, Vec<Iothread>> {
+        self.iothreads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_mapping(&self) -> MutexGuard<'_, QueueMapping> {
+        self.mapping.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Who serves virtqueue `queue`.
     pub fn owner(&self, queue: u16) -> QueueOwner {
-        match self.mapping.owner_of_virtqueue(usize::from(queue)) {
-            Some(QueueOwner::Iothread(i)) if i < self.iothreads.len() => QueueOwner::Iothread(i),
+        let iothreads = self.threads().len();
+        match self
+            .current_mapping()
+            .owner_of_virtqueue(usize::from(queue))
+        {
+            Some(QueueOwner::Iothread(i)) if i < iothreads => QueueOwner::Iothread(i),
             _ => QueueOwner::MainLoop,
         }
     }
 
-    /// The `--iothread` names, in order (`QueueOwner::Iothread` indexes them).
-    pub fn iothread_names(&self) -> Vec<&str> {
-        self.iothreads.iter().map(Iothread::name).collect()
+    /// The iothread names, in order (`QueueOwner::Iothread` indexes them).
+    pub fn iothread_names(&self) -> Vec<String> {
+        self.threads()
+            .iter()
+            .map(|thread| thread.name().to_string())
+            .collect()
+    }
+
+    fn owner_name(&self, owner: QueueOwner) -> String {
+        match owner {
+            QueueOwner::Iothread(i) => self
+                .threads()
+                .get(i)
+                .map_or_else(|| "main-loop".into(), |t| t.name().to_string()),
+            QueueOwner::MainLoop => "main-loop".into(),
+        }
+    }
+
+    /// Moves every queue whose owner differs in `json` (validated as --iothread-vq-mapping is)
+    /// to its new owner: the old owner completes its requests in flight and hands the queue
+    /// over, so no request is lost or failed. Queues not running yet just change owner.
+    pub fn set_mapping(&self, json: &str, num_queues: usize) -> Result<Vec<QueueMove>, PoolError> {
+        let names = self.iothread_names();
+        let new = crate::mapping::build_mapping(&names, Some(json), num_queues)?;
+        let mut moves = Vec::new();
+        for vq in 0..num_queues + 2 {
+            let queue = vq as u16;
+            let from = self.owner(queue);
+            let to = new.owner_of_virtqueue(vq).unwrap_or(QueueOwner::MainLoop);
+            if from == to {
+                continue;
+            }
+            let worker = match from {
+                QueueOwner::MainLoop => {
+                    let mut main_loop = self.main_loop();
+                    let worker = main_loop.surrender(queue);
+                    main_loop.kick_all();
+                    worker
+                }
+                QueueOwner::Iothread(i) => self.threads().get(i).and_then(|t| t.surrender(queue)),
+            };
+            let mut mapping = self.current_mapping();
+            match vq {
+                0 => mapping.ctrl = to,
+                1 => mapping.event = to,
+                n => mapping.request[n - 2] = to,
+            }
+            drop(mapping);
+            let moved = QueueMove {
+                vq: queue,
+                from: self.owner_name(from),
+                to: self.owner_name(to),
+            };
+            info!(self.log, "queue moved"; "vq" => queue, "from" => &moved.from, "to" => &moved.to,
+                  "running" => worker.is_some());
+            if let Some(worker) = worker {
+                self.adopt(worker);
+            }
+            moves.push(moved);
+        }
+        Ok(moves)
+    }
+
+    /// Starts another iothread; queues reach it through `set_mapping`.
+    pub fn add_iothread(&self, name: &str) -> Result<(), PoolError> {
+        let mut names = self.iothread_names();
+        names.push(name.to_string());
+        crate::mapping::check_iothread_names(&names)?;
+        let thread = Iothread::spawn(name, self.poll_max_ns, &self.log).map_err(|source| {
+            PoolError::Spawn {
+                name: name.to_string(),
+                source,
+            }
+        })?;
+        self.threads().push(thread);
+        info!(self.log, "iothread added"; "iothread" => name);
+        Ok(())
+    }
+
+    /// Stops an iothread that serves no queue.
+    pub fn remove_iothread(&self, name: &str) -> Result<(), PoolError> {
+        let index = self
+            .threads()
+            .iter()
+            .position(|t| t.name() == name)
+            .ok_or_else(|| PoolError::NoSuchIothread(name.to_string()))?;
+        let mut mapping = self.current_mapping();
+        let owners = [mapping.ctrl, mapping.event]
+            .into_iter()
+            .chain(mapping.request.iter().copied());
+        let served: Vec<String> = owners
+            .enumerate()
+            .filter(|(_, owner)| *owner == QueueOwner::Iothread(index))
+            .map(|(vq, _)| match vq {
+                0 => "ctrl".to_string(),
+                1 => "event".to_string(),
+                n => (n - 2).to_string(),
+            })
+            .collect();
+        if !served.is_empty() {
+            return Err(PoolError::IothreadInUse {
+                name: name.to_string(),
+                queues: format!("queues {}", served.join(", ")),
+            });
+        }
+        let renumber = |owner: &mut QueueOwner| {
+            if let QueueOwner::Iothread(i) = owner {
+                if *i > index {
+                    *i -= 1;
+                }
+            }
+        };
+        renumber(&mut mapping.ctrl);
+        renumber(&mut mapping.event);
+        mapping.request.iter_mut().for_each(renumber);
+        drop(mapping);
+        let thread = self.threads().remove(index);
+        drop(thread);
+        info!(self.log, "iothread removed"; "iothread" => name);
+        Ok(())
     }
 
     /// The main loop's queues (only ever locked by the main loop's thread).
@@ -72,20 +228,20 @@ impl IothreadPool {
 
     /// Where each iothread's time went since it started, in command-line order.
     pub fn iothread_stats(&self) -> Vec<IothreadStats> {
-        self.iothreads.iter().map(Iothread::stats).collect()
+        self.threads().iter().map(Iothread::stats).collect()
     }
 
     /// Stops every iothread from touching guest memory, with nothing left in flight, until
     /// `resume`; the main loop's queues are drained too.
     pub fn pause(&self) {
-        let acks: Vec<_> = self.iothreads.iter().map(Iothread::pause).collect();
+        let acks: Vec<_> = self.threads().iter().map(Iothread::pause).collect();
         self.main_loop().drain();
         acks.into_iter().for_each(|ack| ack.wait());
         debug!(self.log, "iothreads paused");
     }
 
     pub fn resume(&self) {
-        self.iothreads.iter().for_each(Iothread::resume);
+        self.threads().iter().for_each(Iothread::resume);
         self.main_loop().kick_all();
         debug!(self.log, "iothreads resumed");
     }
@@ -96,8 +252,9 @@ impl QueueHost for IothreadPool {
         let queue = worker.queue_index();
         match self.owner(queue) {
             QueueOwner::Iothread(i) => {
-                debug!(self.log, "queue handed over"; "vq" => queue, "iothread" => self.iothreads[i].name());
-                self.iothreads[i].adopt(worker);
+                let threads = self.threads();
+                debug!(self.log, "queue handed over"; "vq" => queue, "iothread" => threads[i].name());
+                threads[i].adopt(worker);
             }
             QueueOwner::MainLoop => {
                 if let Err(e) = self.main_loop().adopt(worker) {
@@ -108,7 +265,7 @@ impl QueueHost for IothreadPool {
     }
 
     fn release_all(&self) {
-        let acks: Vec<_> = self.iothreads.iter().map(Iothread::release).collect();
+        let acks: Vec<_> = self.threads().iter().map(Iothread::release).collect();
         self.main_loop().release();
         acks.into_iter().for_each(|ack| ack.wait());
     }
@@ -304,5 +461,70 @@ mod tests {
         // Dropping the pool joins its threads: returning at all shows they ended.
         drop(pool);
         assert!(record.dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn set_mapping_moves_a_queue_after_its_requests_complete() {
+        let pool = pool(vec![QueueOwner::Iothread(1)]);
+        let (rq0, kick, completion, record) = worker(2);
+        pool.adopt(rq0);
+        wait_for("adoption", || kicks(&record).len() == 1);
+        record.in_flight.store(2, Ordering::SeqCst);
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            completion.write(1).unwrap();
+        });
+        let moves = pool
+            .set_mapping(
+                r#"[{"iothread":"io0","vqs":["ctrl",0]},{"iothread":"io1","vqs":[]}]"#,
+                1,
+            )
+            .unwrap();
+        finisher.join().unwrap();
+        assert_eq!(record.completed.load(Ordering::SeqCst), 2, "drained first");
+        assert!(
+            !record.dropped.load(Ordering::SeqCst),
+            "handed over, not dropped"
+        );
+        assert_eq!(
+            moves,
+            [QueueMove {
+                vq: 2,
+                from: "io1".into(),
+                to: "io0".into()
+            }]
+        );
+        assert_eq!(pool.owner(2), QueueOwner::Iothread(0));
+        // Adoption served it once on io0; a kick now reaches io0.
+        wait_for("adoption by io0", || kicks(&record).len() == 2);
+        kick.write(1).unwrap();
+        wait_for("the kick", || kicks(&record).len() == 3);
+        assert_eq!(kicks(&record)[2], (2, "io0".to_string()));
+        let error = pool
+            .set_mapping(r#"[{"iothread":"io9","vqs":[0]}]"#, 1)
+            .unwrap_err();
+        assert!(error.to_string().contains("io9"), "{error}");
+    }
+
+    #[test]
+    fn iothreads_come_and_go_unless_they_serve_a_queue() {
+        let pool = pool(vec![QueueOwner::Iothread(1)]);
+        pool.add_iothread("io2").unwrap();
+        assert!(pool.add_iothread("io2").is_err());
+        assert_eq!(pool.iothread_names(), ["io0", "io1", "io2"]);
+        let error = pool.remove_iothread("io1").unwrap_err();
+        assert!(error.to_string().contains("queues 0"), "{error}");
+        assert!(matches!(
+            pool.remove_iothread("io7"),
+            Err(PoolError::NoSuchIothread(_))
+        ));
+        pool.set_mapping(
+            r#"[{"iothread":"io2","vqs":[0]},{"iothread":"io0","vqs":["ctrl"]}]"#,
+            1,
+        )
+        .unwrap();
+        pool.remove_iothread("io1").unwrap();
+        assert_eq!(pool.iothread_names(), ["io0", "io2"]);
+        assert_eq!(pool.owner(2), QueueOwner::Iothread(1), "io2 renumbered");
     }
 }

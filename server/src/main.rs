@@ -20,7 +20,7 @@ use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
 use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
-use server::{ctl, sd_notify};
+use server::{ctl, sd_notify, signals};
 use vfio_user_server::{
     activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
 };
@@ -169,6 +169,8 @@ fn run(
         mode: cli.socket_mode,
         owner: cli.socket_owner.as_deref().map(socket_owner).transpose()?,
     };
+    // A stop signal must find its handler from the moment a client can connect.
+    let signals = signals::install().map_err(|e| MainError::Operator(OperatorError::Signals(e)))?;
     // The socket before the disks: a second server on a live socket must not touch images.
     // A socket systemd handed over is systemd's to remove.
     let (listener, own_socket) = match activated_listener()? {
@@ -201,6 +203,7 @@ fn run(
         log.clone(),
     );
     let mut operator = Operator::new(
+        signals,
         cli.control_socket.as_deref(),
         &access,
         commands,

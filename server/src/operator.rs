@@ -41,8 +41,10 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Installs the signal policy and binds the control socket, if one is asked for.
+    /// Takes over the signals `signals::install` turned into events, and binds the control
+    /// socket, if one is asked for.
     pub fn new(
+        mut signals: Signals,
         control_socket: Option<&Path>,
         access: &SocketAccess,
         commands: ControlCommands,
@@ -50,7 +52,6 @@ impl Operator {
         log: Logger,
     ) -> Result<Operator, OperatorError> {
         let poll = Poll::new().map_err(OperatorError::Poll)?;
-        let mut signals = signals::install().map_err(OperatorError::Signals)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(OperatorError::Poll)?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use slog::{debug, trace, warn, Logger};
+use slog::{debug, trace, warn, FnValue, Logger};
 use virtio::QueueWorker;
 
 /// Reserved for the owner of the set (an iothread's waker).
@@ -21,6 +21,8 @@ pub struct QueueSet {
     poll: Poll,
     events: Events,
     workers: Vec<Option<Box<dyn QueueWorker>>>,
+    /// The tokens of one `poll`, kept for the vector's capacity.
+    ready: Vec<Token>,
     /// Time blocked waiting for events since `take_slept`.
     slept: Duration,
     log: Logger,
@@ -65,6 +67,7 @@ impl QueueSet {
             poll: Poll::new()?,
             events: Events::with_capacity(64),
             workers: Vec::new(),
+            ready: Vec::with_capacity(64),
             slept: Duration::ZERO,
             log: log.clone(),
         })
@@ -133,14 +136,16 @@ impl QueueSet {
             result?;
         }
         let mut owner = false;
-        let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
-        for token in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.events.iter().map(|event| event.token()));
+        for token in ready.drain(..) {
             if token == OWNER_TOKEN {
                 owner = true;
             } else if let Some((slot, wakeup)) = slot_of(token) {
                 self.serve(slot, wakeup);
             }
         }
+        self.ready = ready;
         Ok(owner)
     }
 
@@ -187,7 +192,7 @@ impl QueueSet {
             Wakeup::Completions => worker.completions_ready(),
         }
         trace!(self.log, "queue served";
-            "iothread" => thread_name(), "vq" => worker.queue_index(),
+            "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
             "wakeup" => match wakeup { Wakeup::Kick => "kick", Wakeup::Completions => "completions" },
             "in_flight" => worker.in_flight());
     }
@@ -206,7 +211,7 @@ impl QueueSet {
                 if worker.poll() {
                     served = true;
                     trace!(self.log, "queue served";
-                        "iothread" => thread_name(), "vq" => worker.queue_index(),
+                        "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
                         "wakeup" => "poll", "in_flight" => worker.in_flight());
                 }
             }
@@ -247,6 +252,25 @@ impl QueueSet {
                 }
             }
         }
+    }
+
+    /// Hands virtqueue `queue` over to another thread: the set's requests in flight complete
+    /// first, then the queue is no longer watched here. `None` when the set does not hold it.
+    /// Like `drain`, it leaves the other queues' kicks for `kick_all`.
+    pub fn surrender(&mut self, queue: u16) -> Option<Box<dyn QueueWorker>> {
+        let slot = self
+            .workers
+            .iter()
+            .position(|worker| worker.as_ref().is_some_and(|w| w.queue_index() == queue))?;
+        self.drain();
+        let worker = self.workers[slot].take()?;
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
+        if let Some(fd) = worker.completion_fd() {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
+        debug!(self.log, "queue handed off"; "iothread" => thread_name(), "vq" => queue);
+        Some(worker)
     }
 
     /// Completes what is in flight, stops watching every queue and drops the workers.

@@ -140,6 +140,21 @@ pub fn server_binary() -> Result<PathBuf, ServerError> {
         })
 }
 
+/// `vfio-user-scsi ctl SOCKET ARGS`: its exit status and its reply line.
+pub fn ctl(socket: &Path, args: &[&str]) -> Result<(Option<i32>, String), ServerError> {
+    let binary = server_binary()?;
+    let output = Command::new(&binary)
+        .arg("ctl")
+        .arg(socket)
+        .args(args)
+        .output()
+        .map_err(|source| ServerError::Spawn { binary, source })?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    ))
+}
+
 /// A running server on a socket in its own temporary directory; killed on drop.
 pub struct ServerProcess {
     child: Child,

@@ -6,28 +6,32 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use tests::guest::{run_vm_with, sparse_disk, GuestRun, SCRIPT_PRELUDE};
-use tests::server_process::server_binary;
+use tests::server_process;
 use tests::ServerProcess;
 
 const RUN_TIMEOUT_S: &str = "200";
 const STEP: &str = "VUS-STEP ";
 
-/// `vfio-user-scsi ctl SOCKET ARGS`: its exit status and the reply line.
+/// `vfio-user-scsi ctl SOCKET ARGS`: whether it succeeded, and the reply line.
 fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(server_binary().unwrap())
-        .arg("ctl")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
+    let (status, reply) = server_process::ctl(socket, args).unwrap();
+    (status == Some(0), reply)
+}
+
+/// A server on `image` with a control socket at `control`, and `extra` options.
+fn server_with_control(control: &Path, image: &Path, extra: &[&str]) -> ServerProcess {
+    let disk = format!("path={}", image.display());
+    let mut args = vec![
+        "--control-socket",
+        control.to_str().unwrap(),
+        "--disk",
+        &disk,
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args).unwrap()
 }
 
 /// Boots a guest on `server`, runs `script`, and calls `step(name)` when the guest prints
@@ -62,18 +66,11 @@ fn hotplug_resize_and_remove_reach_a_running_guest() {
     let added = sparse_disk("ops-b", 64 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let control: PathBuf = dir.path().join("ctl.sock");
-    let disk_arg = format!("path={}", first.path().display());
-    let server = ServerProcess::start(&[
-        "--control-socket",
-        control.to_str().unwrap(),
-        "--disk",
-        &disk_arg,
-        "--num-queues",
-        "2",
-        "--iothread",
-        "io0",
-    ])
-    .unwrap();
+    let server = server_with_control(
+        &control,
+        first.path(),
+        &["--num-queues", "2", "--iothread", "io0"],
+    );
     let script = r#"
 echo "VUS-STEP add"
 disk=$(lun_disk 1)
@@ -192,16 +189,7 @@ fn ctl_stats_counts_what_fio_did() {
     let image = sparse_disk("ops-stats", 64 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("ctl.sock");
-    let disk_arg = format!("path={}", image.path().display());
-    let server = ServerProcess::start(&[
-        "--control-socket",
-        control.to_str().unwrap(),
-        "--disk",
-        &disk_arg,
-        "--iothread",
-        "io0",
-    ])
-    .unwrap();
+    let server = server_with_control(&control, image.path(), &["--iothread", "io0"]);
     let script = format!(
         "echo \"VUS-STEP before\"
 sleep 1
@@ -233,4 +221,85 @@ sleep 1
         "fio read {} bytes; the server counted {bytes}",
         READS * 4096
     );
+}
+
+#[test]
+fn set_mapping_moves_a_queue_under_fio_verify() {
+    let image = sparse_disk("ops-mapping", 256 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let log = dir.path().join("server.log");
+    let server = server_with_control(
+        &control,
+        image.path(),
+        &[
+            "--num-queues",
+            "2",
+            "--iothread",
+            "io0",
+            "--iothread",
+            "io1",
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    // One job per vCPU, so through both request queues; writes, then reads them back.
+    let script =
+        "fio --name=verify --filename=/dev/sda --ioengine=libaio --direct=1 --rw=randwrite \
+    --bs=4k --iodepth=16 --numjobs=2 --size=48m --offset_increment=64m --verify=crc32c \
+    --do_verify=1 --verify_fatal=1 --cpus_allowed=0,1 --cpus_allowed_policy=split \
+    --group_reporting --output-format=terse > /tmp/fio.out 2>&1 &
+fio_pid=$!
+sleep 3
+echo \"VUS-STEP move\"
+"
+        .to_string()
+            + WAIT_FIO;
+    let mut reply = None;
+    let run = run_with_steps(&server, &script, |step| {
+        if step == "move" {
+            reply = Some(ctl(
+                &control,
+                &[
+                    "set-mapping",
+                    r#"[{"iothread":"io0","vqs":[0,1]},{"iothread":"io1","vqs":["ctrl","event"]}]"#,
+                ],
+            ));
+        }
+    });
+    run.assert_status(0);
+    run.assert_line("FIO-OK");
+    let (ok, reply) = reply.expect("the guest never asked for the move");
+    assert!(ok, "{reply}");
+    assert!(
+        reply.contains(r#"{"from":"io1","to":"io0","vq":3}"#),
+        "{reply}"
+    );
+    let (_, query) = ctl(&control, &["query"]);
+    assert!(
+        query.contains(r#"{"iothread":"io0","name":"request1","vq":3}"#),
+        "{query}"
+    );
+    // After the move, io0 serves virtqueue 3.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let moved_at = records
+        .iter()
+        .position(|r| r["msg"] == "queue moved" && r["vq"] == 3)
+        .expect("no 'queue moved' record for vq 3");
+    let served_before = records[..moved_at]
+        .iter()
+        .any(|r| r["msg"] == "queue served" && r["vq"] == 3 && r["iothread"] == "io1");
+    let served_after = records[moved_at..]
+        .iter()
+        .any(|r| r["msg"] == "queue served" && r["vq"] == 3 && r["iothread"] == "io0");
+    assert!(served_before, "io1 served vq 3 before the move");
+    assert!(served_after, "io0 serves vq 3 after the move");
 }

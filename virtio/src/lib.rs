@@ -25,7 +25,7 @@ pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, QueueCounters, QueueStats, ScsiDevice,
     ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,
 };
-pub use transport_error::{Region, TransportError};
+pub use transport_error::{Region, StartError, TransportError};
 pub use virtio_device::{
     ActivateError, Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
 };

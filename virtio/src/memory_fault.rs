@@ -82,18 +82,29 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     }
 }
 
+/// Huge page sizes to try when a base page cannot be replaced: a hugetlbfs mapping (QEMU's
+/// `memory-backend-file` on /dev/hugepages) can only be split at its own page boundaries.
+const HUGE_PAGE_SIZES: [usize; 2] = [2 << 20, 1 << 30];
+
 /// Maps a private zero page over the page at `address`, so that a retried access succeeds.
 fn replace_page(address: usize) -> bool {
-    let page_size = PAGE_SIZE.load(Ordering::Relaxed);
-    if page_size == 0 {
+    let base = PAGE_SIZE.load(Ordering::Relaxed);
+    if base == 0 {
         return false;
     }
-    let page = address & !(page_size - 1);
+    [base]
+        .into_iter()
+        .chain(HUGE_PAGE_SIZES)
+        .any(|page_size| map_zero_page(address & !(page_size - 1), page_size))
+}
+
+fn map_zero_page(page: usize, page_size: usize) -> bool {
     // SAFETY: mmap is a system call without locks, safe in a signal handler. The page belongs
     // to a guest memory mapping (the faulting access was inside a FaultScope, whose code
     // touches no other file mapping) that outlives the access, since the accessor holds a
     // snapshot of guest memory; MAP_FIXED swaps the page in place and that mapping's munmap
-    // later removes it with the rest.
+    // later removes it with the rest. A size that does not fit the mapping's pages fails and
+    // changes nothing.
     let mapped = unsafe {
         libc::mmap(
             page as *mut libc::c_void,

@@ -1,5 +1,6 @@
-//! Queue notifications: one kick eventfd per queue, created once and kept across resets so it can
-//! be handed out (GET_REGION_IO_FDS) and watched for the life of the function.
+//! Queue notifiers: one eventfd per queue that a driver's notify write signals, created once and
+//! kept across resets so it can be handed out (GET_REGION_IO_FDS) and watched for the life of the
+//! function.
 
 use std::io::{self, ErrorKind};
 use std::sync::Arc;
@@ -7,23 +8,23 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 #[derive(Debug)]
-pub struct QueueKicks {
+pub struct QueueNotifiers {
     fds: Vec<Arc<EventFd>>,
 }
 
-impl QueueKicks {
+impl QueueNotifiers {
     pub fn new(queue_count: u16) -> io::Result<Self> {
         let fds = (0..queue_count)
             .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
             .collect::<io::Result<_>>()?;
-        Ok(QueueKicks { fds })
+        Ok(QueueNotifiers { fds })
     }
 
     pub fn get(&self, queue: u16) -> Option<&Arc<EventFd>> {
         self.fds.get(usize::from(queue))
     }
 
-    /// Forgets kicks that were not consumed (the count is not needed, only readiness).
+    /// Forgets notifications that were not consumed (the count is not needed, only readiness).
     pub fn drain(&self, queue: u16) -> io::Result<()> {
         if let Some(fd) = self.get(queue) {
             match fd.read() {
@@ -39,12 +40,12 @@ impl QueueKicks {
     }
 }
 
-impl QueueKicks {
+impl QueueNotifiers {
     /// What a driver write to the queue's notify address does.
-    pub fn kick(&self, queue: u16) -> io::Result<()> {
+    pub fn notify(&self, queue: u16) -> io::Result<()> {
         match self.get(queue) {
             Some(fd) => match fd.write(1) {
-                // The counter is saturated: the queue is already marked as kicked.
+                // The counter is saturated: the queue is already marked as notified.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
                 other => other,
             },
@@ -58,14 +59,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kick_then_drain() {
-        let kicks = QueueKicks::new(2).unwrap();
-        kicks.kick(1).unwrap();
-        kicks.kick(1).unwrap();
-        assert_eq!(kicks.get(1).unwrap().read().unwrap(), 2);
-        kicks.kick(0).unwrap();
-        kicks.drain_all().unwrap();
-        assert!(kicks.get(0).unwrap().read().is_err());
-        assert!(kicks.get(2).is_none());
+    fn notify_then_drain() {
+        let notifiers = QueueNotifiers::new(2).unwrap();
+        notifiers.notify(1).unwrap();
+        notifiers.notify(1).unwrap();
+        assert_eq!(notifiers.get(1).unwrap().read().unwrap(), 2);
+        notifiers.notify(0).unwrap();
+        notifiers.drain_all().unwrap();
+        assert!(notifiers.get(0).unwrap().read().is_err());
+        assert!(notifiers.get(2).is_none());
     }
 }

@@ -20,13 +20,13 @@ use crate::config_notifier::ConfigNotifier;
 use crate::features;
 use crate::interrupt::MsixInterrupt;
 use crate::isr::{Isr, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
-use crate::notify::QueueKicks;
+use crate::notify::QueueNotifiers;
 use crate::pci_caps::{
     VirtioPciCap, COMMON_CFG, DEVICE_CFG, ISR_CFG, NOTIFY_CFG, PCI_CFG_BAR, PCI_CFG_DATA,
     PCI_CFG_LENGTH, PCI_CFG_OFFSET, VENDOR_CAPABILITY_ID,
 };
 use crate::status::{transition, StatusTransition, DEVICE_NEEDS_RESET, DRIVER_OK};
-use crate::transport_error::{Region, TransportError};
+use crate::transport_error::{Region, StartError, TransportError};
 use crate::virtio_device::{Activation, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 
 /// PCI vendor ID of virtio devices.
@@ -67,7 +67,7 @@ pub struct VirtioPciFunction<D: VirtioDevice> {
     msix: Arc<MsixVectors>,
     common: CommonCfg,
     isr: Arc<Isr>,
-    kicks: QueueKicks,
+    notifiers: QueueNotifiers,
     memory: GuestMemory,
     activated: bool,
     log: Logger,
@@ -115,7 +115,8 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
             max_size,
             vector_count,
         );
-        let kicks = QueueKicks::new(queue_count).map_err(TransportError::KickEventFds)?;
+        let notifiers =
+            QueueNotifiers::new(queue_count).map_err(TransportError::NotifierEventFds)?;
         Ok(VirtioPciFunction {
             device,
             config,
@@ -124,7 +125,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
             msix,
             common,
             isr: Arc::new(Isr::default()),
-            kicks,
+            notifiers,
             memory,
             activated: false,
             log,
@@ -205,7 +206,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
     pub fn queue_notify_addresses(&self) -> Vec<QueueNotifyAddress> {
         (0..self.device.queue_count())
             .filter_map(|queue| {
-                self.kicks.get(queue).map(|eventfd| QueueNotifyAddress {
+                self.notifiers.get(queue).map(|eventfd| QueueNotifyAddress {
                     queue,
                     bar: VIRTIO_BAR,
                     offset: self.layout.notify_offset(queue),
@@ -384,9 +385,9 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                     return Err(unmapped(bar, offset, data.len()));
                 }
                 let queue = (within / multiplier) as u16;
-                self.kicks
-                    .kick(queue)
-                    .map_err(|source| TransportError::Kick { queue, source })?;
+                self.notifiers
+                    .notify(queue)
+                    .map_err(|source| TransportError::Notifier { queue, source })?;
                 return Ok(WriteEffect::QueueNotified(queue));
             }
             BarTarget::MsixTable(within) => self.msix.table_write(within, data).map_err(pci)?,
@@ -401,9 +402,9 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         if queue >= self.device.queue_count() {
             return Err(TransportError::NoSuchQueue(queue));
         }
-        self.kicks
+        self.notifiers
             .drain(queue)
-            .map_err(|source| TransportError::Kick { queue, source })?;
+            .map_err(|source| TransportError::Notifier { queue, source })?;
         let enabled = self
             .common
             .queues()
@@ -428,8 +429,8 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         self.activated = false;
         self.common.reset();
         self.isr.clear();
-        if let Err(e) = self.kicks.drain_all() {
-            warn!(self.log, "draining kick eventfds failed"; "error" => %e);
+        if let Err(e) = self.notifiers.drain_all() {
+            warn!(self.log, "draining notifier eventfds failed"; "error" => %e);
         }
     }
 
@@ -459,7 +460,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 queues,
                 config_interrupt: Arc::new(self.config_interrupt()),
             };
-            self.device.activate(activation).map_err(|e| e.to_string())
+            Ok(self.device.activate(activation)?)
         });
         match result {
             Ok(()) => {
@@ -467,7 +468,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 self.activated = true;
             }
             Err(reason) => {
-                warn!(self.log, "device activation failed"; "reason" => reason);
+                warn!(self.log, "device activation failed"; "reason" => %reason);
                 self.common
                     .shared_status()
                     .fetch_or(DEVICE_NEEDS_RESET, Ordering::SeqCst);
@@ -476,7 +477,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         }
     }
 
-    fn build_queues(&self) -> Result<Vec<ActiveQueue>, String> {
+    fn build_queues(&self) -> Result<Vec<ActiveQueue>, StartError> {
         let event_idx = self.common.driver_features() & features::RING_EVENT_IDX != 0;
         let memory = self.memory.memory();
         let mut active = Vec::new();
@@ -486,16 +487,17 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
             }
             let index = index as u16;
             let queue =
-                build_queue(config, event_idx).map_err(|e| format!("queue {index}: {e}"))?;
+                build_queue(config, event_idx).map_err(|source| StartError::QueueConfig {
+                    queue: index,
+                    source,
+                })?;
             if !queue.is_valid(&*memory) {
-                return Err(format!(
-                    "queue {index}: rings are misaligned or outside guest memory"
-                ));
+                return Err(StartError::Rings(index));
             }
             let kick = self
-                .kicks
+                .notifiers
                 .get(index)
-                .ok_or_else(|| format!("queue {index}: no kick eventfd"))?;
+                .ok_or(StartError::NoNotifier(index))?;
             active.push(ActiveQueue {
                 index,
                 queue,

@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::virtio_device::ActivateError;
+
 /// Where an access went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Region {
@@ -35,8 +37,8 @@ pub enum TransportError {
     },
     #[error("queue {0} does not exist")]
     NoSuchQueue(u16),
-    #[error("kick eventfd of queue {queue}: {source}")]
-    Kick { queue: u16, source: io::Error },
+    #[error("notifier eventfd of queue {queue}: {source}")]
+    Notifier { queue: u16, source: io::Error },
     #[error("the device declares {0} queues; a virtio-pci function serves 1 to 2047")]
     QueueCount(u16),
     #[error("the device's maximum queue size {0} is not a power of two within 1..=32768")]
@@ -45,6 +47,22 @@ pub enum TransportError {
     DeviceType(u32),
     #[error("setting up the function: {0}")]
     Setup(pci::PciError),
-    #[error("creating kick eventfds: {0}")]
-    KickEventFds(io::Error),
+    #[error("creating notifier eventfds: {0}")]
+    NotifierEventFds(io::Error),
+}
+
+/// Why the function could not start its device when the driver set DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("queue {queue}: {source}")]
+    QueueConfig {
+        queue: u16,
+        source: virtio_queue::Error,
+    },
+    #[error("queue {0}: rings are misaligned or outside guest memory")]
+    Rings(u16),
+    #[error("queue {0}: no notifier eventfd")]
+    NoNotifier(u16),
+    #[error(transparent)]
+    Device(#[from] ActivateError),
 }

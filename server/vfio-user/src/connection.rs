@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::net::UnixStream;
 
@@ -117,7 +117,7 @@ impl Connection {
             let n = if buf.is_empty() {
                 0
             } else {
-                match recv_with_fds(self.stream.as_raw_fd(), buf, &mut self.fds) {
+                match recv_with_fds(self.stream.as_fd(), buf, &mut self.fds) {
                     Ok((0, _)) => {
                         return Ok(ReadOutcome::Closed {
                             partial: self.state.in_message(),
@@ -223,8 +223,8 @@ impl Connection {
     /// Sends queued messages until the queue is empty or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
         while let Some(message) = self.out.front_mut() {
-            let fd = self.stream.as_raw_fd();
-            match send_with_fds(fd, &message.bytes[message.sent..], &message.fds) {
+            let socket = self.stream.as_fd();
+            match send_with_fds(socket, &message.bytes[message.sent..], &message.fds) {
                 Ok(n) => {
                     message.sent += n;
                     message.fds.clear();
@@ -250,7 +250,7 @@ fn cmsg_space(fds: usize) -> usize {
 /// One recvmsg; received fds are appended to `fds`. Returns the byte count and whether the
 /// kernel dropped fds that did not fit.
 fn recv_with_fds(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<(usize, bool)> {
@@ -269,7 +269,7 @@ fn recv_with_fds(
     // given; the kernel writes at most that much.
     let n = unsafe {
         libc::recvmsg(
-            socket,
+            socket.as_raw_fd(),
             &mut msg,
             libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
         )
@@ -303,7 +303,7 @@ fn recv_with_fds(
 
 /// One non-blocking sendmsg of `bytes`, with `fds` attached if there are any; returns how many
 /// bytes went out.
-pub fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
+pub fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
     let mut control = vec![0u64; cmsg_space(fds.len()).div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -331,7 +331,13 @@ pub fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[OwnedFd]) -> io::Result
         }
     }
     // SAFETY: msg points at `bytes` (only read) and at the control buffer built above.
-    let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -386,7 +392,7 @@ mod tests {
         let (mut conn, peer) = pair();
         let file = std::fs::File::open("/dev/null").unwrap();
         let fd = OwnedFd::from(file);
-        send_with_fds(peer.as_raw_fd(), &header(13, 16), &[fd]).unwrap();
+        send_with_fds(peer.as_fd(), &header(13, 16), &[fd]).unwrap();
         match conn.read_message().unwrap() {
             ReadOutcome::Incoming(Incoming::Message {
                 fds, fds_truncated, ..

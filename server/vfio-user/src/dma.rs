@@ -481,6 +481,21 @@ mod tests {
     }
 
     #[test]
+    fn the_map_after_the_last_is_enospc_and_an_exhaustion() {
+        let (mut t, _) = table();
+        for n in 0..MAX_DMA_MAPS as u64 {
+            t.map(&map(n * PAGE_SIZE, PAGE_SIZE, 0, RW), None).unwrap();
+        }
+        let past = MAX_DMA_MAPS as u64 * PAGE_SIZE;
+        let error = t.map(&map(past, PAGE_SIZE, 0, RW), None).unwrap_err();
+        assert_eq!(error.errno(), libc::ENOSPC);
+        assert!(error.is_exhaustion());
+        assert!(!DmaError::BadFlags(0).is_exhaustion());
+        t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
+        t.map(&map(past, PAGE_SIZE, 0, RW), None).unwrap();
+    }
+
+    #[test]
     fn overlaps_are_eexist_and_fdless_maps_are_recorded() {
         let (mut t, memory) = table();
         assert!(!t.map(&map(0x4000, 0x4000, 0, RW), None).unwrap());

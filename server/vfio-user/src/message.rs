@@ -10,9 +10,9 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 use crate::device::IrqAction;
 use crate::irq::{decode_set_irqs, IrqError};
 use crate::protocol::{
-    Command, DmaMap, DmaUnmap, Header, InfoHead, RegionAccess, RegionInfoHead, SetIrqs, Version,
-    FLAG_TYPE_COMMAND, FLAG_TYPE_MASK, HEADER_SIZE, MAX_BODY_SIZE, MAX_DATA_XFER_SIZE, MAX_MSG_FDS,
-    U32,
+    DmaMap, DmaUnmap, Header, InfoHead, RegionAccess, RegionInfoHead, SetIrqs, Version,
+    VfioUserCommand, FLAG_TYPE_COMMAND, FLAG_TYPE_MASK, HEADER_SIZE, MAX_BODY_SIZE,
+    MAX_DATA_XFER_SIZE, MAX_MSG_FDS, U32,
 };
 
 /// What the client says it can take, from its VERSION capabilities.
@@ -80,6 +80,21 @@ pub enum FramingError {
     NotACommand(u32),
 }
 
+/// Why the JSON capabilities of VERSION were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CapabilitiesError {
+    #[error("version data is not NUL-terminated")]
+    NotTerminated,
+    #[error("not valid JSON (line {line}, column {column})")]
+    Json { line: usize, column: usize },
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("capabilities is not an object")]
+    CapabilitiesNotAnObject,
+    #[error("{0} is not a 32-bit number")]
+    NotU32(&'static str),
+}
+
 /// A well-framed message the server refuses: it gets an error reply and the stream stays in sync.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -87,7 +102,7 @@ pub enum DecodeError {
     UnknownCommand(u16),
     #[error("body of {got} bytes, {command:?} needs {need}")]
     BadLength {
-        command: Command,
+        command: VfioUserCommand,
         got: usize,
         need: usize,
     },
@@ -104,7 +119,7 @@ pub enum DecodeError {
     #[error("protocol major version {0} not supported")]
     Version(u16),
     #[error("capabilities: {0}")]
-    Capabilities(String),
+    Capabilities(#[from] CapabilitiesError),
     #[error("SET_IRQS: {0}")]
     Irq(#[from] IrqError),
 }
@@ -167,7 +182,7 @@ pub fn decode_message(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(Header, Reques
 
 /// The fixed part `T` that starts `body`.
 fn fixed<T: FromBytes + KnownLayout + Immutable>(
-    command: Command,
+    command: VfioUserCommand,
     body: &[u8],
 ) -> Result<T, DecodeError> {
     T::read_from_prefix(body)
@@ -203,7 +218,7 @@ pub fn decode_request(
     fds: Vec<OwnedFd>,
 ) -> Result<Request, DecodeError> {
     let command = header.command.get();
-    let command = Command::from_u16(command).ok_or(DecodeError::UnknownCommand(command))?;
+    let command = VfioUserCommand::from_u16(command).ok_or(DecodeError::UnknownCommand(command))?;
     if body.len() > MAX_BODY_SIZE {
         return Err(DecodeError::TooLarge(body.len()));
     }
@@ -214,11 +229,11 @@ pub fn decode_request(
         });
     }
     match command {
-        Command::Version => {
+        VfioUserCommand::Version => {
             no_fds(&fds)?;
             decode_version(body)
         }
-        Command::DmaMap => {
+        VfioUserCommand::DmaMap => {
             let map = fixed::<DmaMap>(command, body)?;
             if fds.len() > 1 {
                 return Err(DecodeError::TooManyFds {
@@ -231,24 +246,28 @@ pub fn decode_request(
                 fd: fds.into_iter().next(),
             })
         }
-        Command::DmaUnmap => {
+        VfioUserCommand::DmaUnmap => {
             no_fds(&fds)?;
             let unmap = fixed::<DmaUnmap>(command, body)?;
             argsz_at_least::<DmaUnmap>(unmap.argsz)?;
             Ok(Request::DmaUnmap(unmap))
         }
-        Command::DeviceGetInfo | Command::DeviceGetRegionIoFds | Command::DeviceGetIrqInfo => {
+        VfioUserCommand::DeviceGetInfo
+        | VfioUserCommand::DeviceGetRegionIoFds
+        | VfioUserCommand::DeviceGetIrqInfo => {
             no_fds(&fds)?;
             let head = fixed::<InfoHead>(command, body)?;
             let argsz = argsz_at_least::<InfoHead>(head.argsz)?;
             let index = head.index.get();
             Ok(match command {
-                Command::DeviceGetInfo => Request::DeviceGetInfo { argsz },
-                Command::DeviceGetRegionIoFds => Request::DeviceGetRegionIoFds { argsz, index },
+                VfioUserCommand::DeviceGetInfo => Request::DeviceGetInfo { argsz },
+                VfioUserCommand::DeviceGetRegionIoFds => {
+                    Request::DeviceGetRegionIoFds { argsz, index }
+                }
                 _ => Request::DeviceGetIrqInfo { argsz, index },
             })
         }
-        Command::DeviceGetRegionInfo => {
+        VfioUserCommand::DeviceGetRegionInfo => {
             no_fds(&fds)?;
             let head = fixed::<RegionInfoHead>(command, body)?;
             let argsz = argsz_at_least::<RegionInfoHead>(head.argsz)?;
@@ -257,7 +276,7 @@ pub fn decode_request(
                 index: head.index.get(),
             })
         }
-        Command::DeviceSetIrqs => {
+        VfioUserCommand::DeviceSetIrqs => {
             let args = fixed::<SetIrqs>(command, body)?;
             let action = decode_set_irqs(&args, &body[size_of::<SetIrqs>()..], fds)?;
             Ok(Request::DeviceSetIrqs {
@@ -265,7 +284,7 @@ pub fn decode_request(
                 action,
             })
         }
-        Command::RegionRead => {
+        VfioUserCommand::RegionRead => {
             no_fds(&fds)?;
             let access = fixed::<RegionAccess>(command, body)?;
             if access.count.get() > MAX_DATA_XFER_SIZE {
@@ -273,7 +292,7 @@ pub fn decode_request(
             }
             Ok(Request::RegionRead(access))
         }
-        Command::RegionWrite => {
+        VfioUserCommand::RegionWrite => {
             no_fds(&fds)?;
             let access = fixed::<RegionAccess>(command, body)?;
             let count = access.count.get();
@@ -293,7 +312,7 @@ pub fn decode_request(
                 data: data.to_vec(),
             })
         }
-        Command::DeviceReset => {
+        VfioUserCommand::DeviceReset => {
             no_fds(&fds)?;
             Ok(Request::DeviceReset)
         }
@@ -302,7 +321,7 @@ pub fn decode_request(
 
 fn decode_version(body: &[u8]) -> Result<Request, DecodeError> {
     let (version, json) = Version::read_from_prefix(body).map_err(|_| DecodeError::BadLength {
-        command: Command::Version,
+        command: VfioUserCommand::Version,
         got: body.len(),
         need: size_of::<Version>(),
     })?;
@@ -313,35 +332,32 @@ fn decode_version(body: &[u8]) -> Result<Request, DecodeError> {
     let caps = match json {
         [] => ClientCaps::default(),
         [json @ .., 0] => parse_capabilities(json)?,
-        _ => {
-            return Err(DecodeError::Capabilities(
-                "version data is not NUL-terminated".into(),
-            ))
-        }
+        _ => return Err(CapabilitiesError::NotTerminated.into()),
     };
     Ok(Request::Version { major, minor, caps })
 }
 
-fn parse_capabilities(json: &[u8]) -> Result<ClientCaps, DecodeError> {
-    let bad = |what: String| DecodeError::Capabilities(what);
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
+fn parse_capabilities(json: &[u8]) -> Result<ClientCaps, CapabilitiesError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| CapabilitiesError::Json {
+            line: e.line(),
+            column: e.column(),
+        })?;
+    let object = value.as_object().ok_or(CapabilitiesError::NotAnObject)?;
     let mut caps = ClientCaps::default();
     let Some(capabilities) = object.get("capabilities") else {
         return Ok(caps);
     };
     let capabilities = capabilities
         .as_object()
-        .ok_or_else(|| bad("capabilities is not an object".into()))?;
-    let number = |name: &str| -> Result<Option<u32>, DecodeError> {
+        .ok_or(CapabilitiesError::CapabilitiesNotAnObject)?;
+    let number = |name: &'static str| -> Result<Option<u32>, CapabilitiesError> {
         capabilities
             .get(name)
             .map(|v| {
                 v.as_u64()
                     .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad(format!("{name} is not a 32-bit number")))
+                    .ok_or(CapabilitiesError::NotU32(name))
             })
             .transpose()
     };
@@ -405,11 +421,11 @@ mod tests {
         );
         assert!(matches!(
             decode_err(&message(1, 0, b"\0\0\0\0{}")),
-            DecodeError::Capabilities(_)
+            DecodeError::Capabilities(CapabilitiesError::NotTerminated)
         ));
         assert!(matches!(
             decode_err(&message(1, 0, b"\0\0\0\0{\0")),
-            DecodeError::Capabilities(_)
+            DecodeError::Capabilities(CapabilitiesError::Json { .. })
         ));
         assert!(matches!(
             decode_err(&message(
@@ -417,7 +433,7 @@ mod tests {
                 0,
                 b"\0\0\0\0{\"capabilities\":{\"max_msg_fds\":-1}}\0"
             )),
-            DecodeError::Capabilities(_)
+            DecodeError::Capabilities(CapabilitiesError::NotU32("max_msg_fds"))
         ));
     }
 

@@ -53,7 +53,7 @@ pub const IO_FD_FLAG_DATAMATCH: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
-pub enum Command {
+pub enum VfioUserCommand {
     Version = 1,
     DmaMap = 2,
     DmaUnmap = 3,
@@ -67,37 +67,37 @@ pub enum Command {
     DeviceReset = 13,
 }
 
-impl Command {
-    pub fn from_u16(value: u16) -> Option<Command> {
+impl VfioUserCommand {
+    pub fn from_u16(value: u16) -> Option<VfioUserCommand> {
         Some(match value {
-            1 => Command::Version,
-            2 => Command::DmaMap,
-            3 => Command::DmaUnmap,
-            4 => Command::DeviceGetInfo,
-            5 => Command::DeviceGetRegionInfo,
-            6 => Command::DeviceGetRegionIoFds,
-            7 => Command::DeviceGetIrqInfo,
-            8 => Command::DeviceSetIrqs,
-            9 => Command::RegionRead,
-            10 => Command::RegionWrite,
-            13 => Command::DeviceReset,
+            1 => VfioUserCommand::Version,
+            2 => VfioUserCommand::DmaMap,
+            3 => VfioUserCommand::DmaUnmap,
+            4 => VfioUserCommand::DeviceGetInfo,
+            5 => VfioUserCommand::DeviceGetRegionInfo,
+            6 => VfioUserCommand::DeviceGetRegionIoFds,
+            7 => VfioUserCommand::DeviceGetIrqInfo,
+            8 => VfioUserCommand::DeviceSetIrqs,
+            9 => VfioUserCommand::RegionRead,
+            10 => VfioUserCommand::RegionWrite,
+            13 => VfioUserCommand::DeviceReset,
             _ => return None,
         })
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Command::Version => "VERSION",
-            Command::DmaMap => "DMA_MAP",
-            Command::DmaUnmap => "DMA_UNMAP",
-            Command::DeviceGetInfo => "DEVICE_GET_INFO",
-            Command::DeviceGetRegionInfo => "DEVICE_GET_REGION_INFO",
-            Command::DeviceGetRegionIoFds => "DEVICE_GET_REGION_IO_FDS",
-            Command::DeviceGetIrqInfo => "DEVICE_GET_IRQ_INFO",
-            Command::DeviceSetIrqs => "DEVICE_SET_IRQS",
-            Command::RegionRead => "REGION_READ",
-            Command::RegionWrite => "REGION_WRITE",
-            Command::DeviceReset => "DEVICE_RESET",
+            VfioUserCommand::Version => "VERSION",
+            VfioUserCommand::DmaMap => "DMA_MAP",
+            VfioUserCommand::DmaUnmap => "DMA_UNMAP",
+            VfioUserCommand::DeviceGetInfo => "DEVICE_GET_INFO",
+            VfioUserCommand::DeviceGetRegionInfo => "DEVICE_GET_REGION_INFO",
+            VfioUserCommand::DeviceGetRegionIoFds => "DEVICE_GET_REGION_IO_FDS",
+            VfioUserCommand::DeviceGetIrqInfo => "DEVICE_GET_IRQ_INFO",
+            VfioUserCommand::DeviceSetIrqs => "DEVICE_SET_IRQS",
+            VfioUserCommand::RegionRead => "REGION_READ",
+            VfioUserCommand::RegionWrite => "REGION_WRITE",
+            VfioUserCommand::DeviceReset => "DEVICE_RESET",
         }
     }
 }

@@ -2,8 +2,8 @@
 //! own fds and the application's (`MainLoopHook`). One client at a time: another one is refused
 //! while a client is attached; after it leaves, the device is reset, its DMA and IRQ fds are
 //! dropped, and the next client on the same path is served. A client that does not complete
-//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that it cannot keep the next one (QEMU,
-//! whose own replies time out after 5 s) waiting.
+//! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that a connection that never speaks
+//! cannot keep every later client, QEMU included, out.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -21,8 +21,8 @@ use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
 use crate::device::{Device, DmaMemory, IrqAction};
 use crate::dispatch::{handle, notify_device, Reply, RequestError, Session};
 use crate::dma::DmaTable;
-use crate::message::{decode_request, DecodeError};
-use crate::protocol::{Command, Header, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
+use crate::message::{decode_request, DecodeError, FramingError};
+use crate::protocol::{Header, VfioUserCommand, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE};
 use crate::socket_path::{BoundSocket, SocketAccess, SocketPathError};
 
 const LISTENER: Token = Token(0);
@@ -123,7 +123,7 @@ impl Client {
 enum Disconnect {
     Closed,
     ClosedMidMessage,
-    Garbled(String),
+    Garbled(FramingError),
     Io(io::Error),
     HandshakeTimeout,
 }
@@ -136,6 +136,9 @@ pub struct Server<D: Device> {
     device: D,
     dma: DmaTable,
     client: Option<Client>,
+    /// Connections wait in the listen backlog while the client has not completed VERSION: it
+    /// may yet be sent away (HANDSHAKE_TIMEOUT) and the next one served.
+    backlog_waiting: bool,
     log: Logger,
 }
 
@@ -184,6 +187,7 @@ impl<D: Device> Server<D> {
             device,
             dma: DmaTable::new(memory),
             client: None,
+            backlog_waiting: false,
             log,
         })
     }
@@ -258,14 +262,20 @@ impl<D: Device> Server<D> {
 
     fn accept(&mut self) {
         loop {
-            let accepted = self.listener.accept();
-            if accepted.is_ok() && self.client.is_some() {
+            if self.client.is_some() {
                 // A client that has already hung up (not yet handled) is no obstacle.
                 if let Err(reason) = self.serve_messages() {
                     self.release_client(reason);
                 }
             }
-            match accepted {
+            self.backlog_waiting = self
+                .client
+                .as_ref()
+                .is_some_and(|client| client.handshake_deadline().is_some());
+            if self.backlog_waiting {
+                return;
+            }
+            match self.listener.accept() {
                 Ok((stream, _)) if self.client.is_some() => {
                     // Closing is the refusal: a vfio-user client waits for its VERSION reply
                     // and sees the connection end instead.
@@ -302,7 +312,15 @@ impl<D: Device> Server<D> {
     /// Handles what the client sent until the socket is drained or a reply has to wait.
     fn serve_client(&mut self) {
         if let Err(reason) = self.serve_messages() {
-            self.disconnect(reason);
+            return self.disconnect(reason);
+        }
+        let attached = self
+            .client
+            .as_ref()
+            .is_some_and(|client| client.handshake_deadline().is_none());
+        if self.backlog_waiting && attached {
+            // The client is attached for good: those who waited are refused now.
+            self.accept();
         }
     }
 
@@ -320,7 +338,7 @@ impl<D: Device> Server<D> {
                 ReadOutcome::WouldBlock => return Ok(()),
                 ReadOutcome::Closed { partial: false } => return Err(Disconnect::Closed),
                 ReadOutcome::Closed { partial: true } => return Err(Disconnect::ClosedMidMessage),
-                ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e.to_string())),
+                ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e)),
                 ReadOutcome::Incoming(Incoming::Oversized { header, body_len }) => {
                     self.finish(
                         &header,
@@ -367,7 +385,8 @@ impl<D: Device> Server<D> {
 
     /// Logs the outcome of one message and queues its reply, unless the client asked for none.
     fn finish(&mut self, header: &Header, body_len: usize, result: Result<Reply, RequestError>) {
-        let command = Command::from_u16(header.command.get()).map_or("unknown", Command::name);
+        let command = VfioUserCommand::from_u16(header.command.get())
+            .map_or("unknown", VfioUserCommand::name);
         let id = header.message_id.get();
         let no_reply = header.no_reply();
         let error = result.as_ref().err().map_or(0, RequestError::errno);
@@ -383,7 +402,7 @@ impl<D: Device> Server<D> {
                 "command" => command, "id" => id, "size" => body_len, "no_reply" => no_reply,
                 "result" => "error", "errno" => error, "error" => %e),
         }
-        if header.command.get() == Command::DeviceReset as u16 && result.is_ok() {
+        if header.command.get() == VfioUserCommand::DeviceReset as u16 && result.is_ok() {
             info!(self.log, "device reset"; "by" => "client");
         }
         if no_reply {
@@ -429,7 +448,7 @@ impl<D: Device> Server<D> {
                 info!(self.log, "client disconnected"; "reason" => "closed in the middle of a message")
             }
             Disconnect::Garbled(why) => {
-                warn!(self.log, "client disconnected"; "reason" => "garbled header", "error" => why)
+                warn!(self.log, "client disconnected"; "reason" => "garbled header", "error" => %why)
             }
             Disconnect::Io(e) => {
                 warn!(self.log, "client disconnected"; "reason" => "socket error", "error" => %e)

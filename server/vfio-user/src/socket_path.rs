@@ -17,8 +17,12 @@ pub enum SocketPathError {
     NotASocket(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("socket activation: LISTEN_FDS={0:?}, expected exactly one socket")]
+    ActivationFdCount(String),
+    #[error("socket activation: file descriptor 3 is not a stream socket (ListenStream= in the .socket unit)")]
+    ActivationNotStream,
     #[error("socket activation: {0}")]
-    Activation(String),
+    ActivationIo(io::Error),
 }
 
 /// Who may connect to a socket the server creates.
@@ -142,11 +146,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, SocketPathError> {
     std::env::remove_var("LISTEN_FDNAMES");
     match count.parse::<i32>() {
         Ok(1) => {}
-        _ => {
-            return Err(SocketPathError::Activation(format!(
-                "LISTEN_FDS={count:?}: expected exactly one socket"
-            )))
-        }
+        _ => return Err(SocketPathError::ActivationFdCount(count)),
     }
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -161,9 +161,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, SocketPathError> {
         )
     };
     if rc != 0 || kind != libc::SOCK_STREAM {
-        return Err(SocketPathError::Activation(
-            "file descriptor 3 is not a stream socket (ListenStream= in the .socket unit)".into(),
-        ));
+        return Err(SocketPathError::ActivationNotStream);
     }
     // SAFETY: systemd hands this descriptor to us alone; nothing else in the process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(FIRST_FD) };
@@ -172,7 +170,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, SocketPathError> {
     let listener = UnixListener::from(fd);
     listener
         .set_nonblocking(true)
-        .map_err(|e| SocketPathError::Activation(e.to_string()))?;
+        .map_err(SocketPathError::ActivationIo)?;
     Ok(Some(listener))
 }
 

@@ -156,3 +156,22 @@ fn disconnect_resets_and_unmaps_then_a_second_client_is_served() {
     second.region_read(CONFIG, 0, &mut vendor).unwrap();
     assert_eq!(u16::from_le_bytes(vendor), 0x1af4);
 }
+
+#[test]
+fn a_second_client_is_refused_while_the_first_is_attached() {
+    let server = Running::start();
+    let mut first = Client::new(&server.path).unwrap();
+    let mut second = std::os::unix::net::UnixStream::connect(&server.path).unwrap();
+    second
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut second, &mut byte).unwrap(),
+        0,
+        "the second client's connection is closed"
+    );
+    let mut back = [0xffu8];
+    first.region_read(0, 0x10, &mut back).unwrap();
+    assert_eq!(back, [0], "the first client is still served");
+}

@@ -1,8 +1,14 @@
 //! The buffers of one descriptor chain: its driver-readable and device-writable parts as lists
 //! of guest memory segments, and the ways to read, write and hand them to the kernel as iovecs.
+//!
+//! Each access looks its segment up once (`GuestMemoryBackend::get_slice`: one region lookup,
+//! bounds-checked) and copies through the resulting volatile slice. Only a segment that spans
+//! two regions, which drivers hardly ever make, takes vm-memory's general path.
 
 use std::ops::Deref;
 
+use block::IoVecs;
+use smallvec::SmallVec;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
@@ -41,7 +47,8 @@ struct Segment {
 /// One direction of a chain: segments in chain order.
 #[derive(Debug, Default, Clone)]
 pub struct Segments {
-    list: Vec<Segment>,
+    /// Inline for the usual chains (header, data, response), so collecting allocates nothing.
+    list: SmallVec<[Segment; 4]>,
     len: u64,
 }
 
@@ -94,7 +101,13 @@ impl Segments {
     ) -> Result<usize, GuestMemoryError> {
         let mut done = 0;
         for (addr, len) in self.pieces(skip, out.len() as u64) {
-            mem.read_slice(&mut out[done..done + len], addr)?;
+            let out = &mut out[done..done + len];
+            match mem.get_slice(addr, len) {
+                Ok(slice) => {
+                    slice.copy_to(out);
+                }
+                Err(_) => mem.read_slice(out, addr)?,
+            }
             done += len;
         }
         Ok(done)
@@ -109,7 +122,11 @@ impl Segments {
     ) -> Result<usize, GuestMemoryError> {
         let mut done = 0;
         for (addr, len) in self.pieces(skip, data.len() as u64) {
-            mem.write_slice(&data[done..done + len], addr)?;
+            let data = &data[done..done + len];
+            match mem.get_slice(addr, len) {
+                Ok(slice) => slice.copy_from(data),
+                Err(_) => mem.write_slice(data, addr)?,
+            }
             done += len;
         }
         Ok(done)
@@ -122,9 +139,16 @@ impl Segments {
         mem: &GuestMemoryMmap,
         skip: u64,
         len: u64,
-    ) -> Result<Vec<libc::iovec>, GuestMemoryError> {
-        let mut iovecs = Vec::with_capacity(self.list.len());
+    ) -> Result<IoVecs, GuestMemoryError> {
+        let mut iovecs = IoVecs::new();
         for (addr, piece_len) in self.pieces(skip, len) {
+            if let Ok(slice) = mem.get_slice(addr, piece_len) {
+                iovecs.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+                continue;
+            }
             for slice in GuestMemoryBackend::get_slices(mem, addr, piece_len) {
                 let slice = slice?;
                 iovecs.push(libc::iovec {
@@ -160,7 +184,10 @@ impl ChainBuffers {
         for descriptor in chain {
             last_has_next = Some(descriptor.has_next());
             let (addr, len) = (descriptor.addr(), descriptor.len());
-            if len > 0 && !GuestMemoryBackend::check_range(mem, addr, len as usize) {
+            let inside = len == 0
+                || mem.get_slice(addr, len as usize).is_ok()
+                || GuestMemoryBackend::check_range(mem, addr, len as usize);
+            if !inside {
                 defect.get_or_insert(ChainDefect::OutsideMemory { addr: addr.0, len });
                 continue;
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use block::{IoBuffers, IoRequest};
+use smallvec::{smallvec, SmallVec};
 
 use scsi_disk::Sense;
 
@@ -27,10 +28,13 @@ pub fn error_sense(errno: i32, direction: Direction) -> Sense {
     }
 }
 
+/// Backend requests of one command; most commands have one, kept inline.
+pub type IoRequests = SmallVec<[IoRequest; 1]>;
+
 /// The backend requests of one command that are not submitted yet.
 pub enum PendingIo {
     /// Independent requests, all submitted at once.
-    Batch(Vec<IoRequest>),
+    Batch(IoRequests),
     /// WRITE SAME with a non-zero block: the pattern buffer (whole blocks) written chunk after
     /// chunk.
     Pattern {
@@ -61,7 +65,7 @@ impl PendingIo {
 
     /// The requests that may be submitted now: everything for a batch, the next chunk for a
     /// sequential job (call again after each completion).
-    pub fn take_ready(&mut self) -> Vec<IoRequest> {
+    pub fn take_ready(&mut self) -> IoRequests {
         match self {
             PendingIo::Batch(requests) => std::mem::take(requests),
             PendingIo::Pattern {
@@ -71,7 +75,7 @@ impl PendingIo {
                 fua,
             } => {
                 if *next >= *end || buffer.is_empty() {
-                    return Vec::new();
+                    return IoRequests::new();
                 }
                 let len = (*end - *next).min(buffer.len() as u64) as usize;
                 let iovec = libc::iovec {
@@ -81,18 +85,18 @@ impl PendingIo {
                 // SAFETY: the iovec covers `len` <= buffer.len() bytes of the pattern buffer,
                 // which the Arc in keep_alive keeps allocated until the request is dropped. The
                 // buffer is never modified and is only read from (this is a write to the disk).
-                let buffers = unsafe { IoBuffers::new(vec![iovec], Box::new(Arc::clone(buffer))) };
+                let buffers = unsafe { IoBuffers::new(smallvec![iovec], Arc::clone(buffer) as _) };
                 let request = IoRequest::Write {
                     offset: *next,
                     buffers,
                     fua: *fua,
                 };
                 *next += len as u64;
-                vec![request]
+                smallvec![request]
             }
             PendingIo::Verify { next, end } => {
                 if *next >= *end {
-                    return Vec::new();
+                    return IoRequests::new();
                 }
                 let len = (*end - *next).min(CHUNK_BYTES) as usize;
                 let mut scratch = vec![0u8; len];
@@ -102,13 +106,13 @@ impl PendingIo {
                 };
                 // SAFETY: the iovec covers the whole scratch vector, whose heap allocation moves
                 // with it into keep_alive and is used by nothing else until the request drops.
-                let buffers = unsafe { IoBuffers::new(vec![iovec], Box::new(scratch)) };
+                let buffers = unsafe { IoBuffers::new(smallvec![iovec], Arc::new(scratch)) };
                 let request = IoRequest::Read {
                     offset: *next,
                     buffers,
                 };
                 *next += len as u64;
-                vec![request]
+                smallvec![request]
             }
         }
     }

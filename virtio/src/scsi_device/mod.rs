@@ -87,8 +87,6 @@ pub enum ScsiDeviceError {
     },
     #[error("SCSI target: {0}")]
     Target(#[from] TargetError),
-    #[error("task set eventfd: {0}")]
-    TaskSet(std::io::Error),
 }
 
 /// A LUN as the device serves it.
@@ -126,9 +124,9 @@ pub struct ScsiDevice {
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
     engines: EngineFactory,
-    /// The commands in flight on every queue; one set for the device's lifetime, since every
-    /// command has completed before a reset lets the queues start again.
-    tasks: Arc<TaskSet>,
+    /// The task set of the current activation, for listing the commands in flight from any
+    /// thread (locked only at activation and by that listing, never per request).
+    tasks: Arc<Mutex<Option<Arc<TaskSet>>>>,
     logger: Logger,
 }
 
@@ -175,7 +173,7 @@ impl ScsiDevice {
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
-            tasks: Arc::new(TaskSet::new().map_err(ScsiDeviceError::TaskSet)?),
+            tasks: Arc::new(Mutex::new(None)),
             logger,
         })
     }
@@ -183,7 +181,14 @@ impl ScsiDevice {
     /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
     pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
         let tasks = Arc::clone(&self.tasks);
-        move || tasks.snapshot()
+        move || {
+            tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|tasks| tasks.snapshot())
+                .unwrap_or_default()
+        }
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -378,7 +383,21 @@ impl VirtioDevice for ScsiDevice {
             let needs_reset = needs_reset.clone();
             Arc::new(move || needs_reset.raise())
         };
-        let tasks = Arc::clone(&self.tasks);
+        let mut table_sizes = vec![0; usize::from(self.num_queues)];
+        for active in &queues {
+            if let Some(size) = active
+                .index
+                .checked_sub(FIRST_REQUEST_QUEUE)
+                .and_then(|queue| table_sizes.get_mut(usize::from(queue)))
+            {
+                *size = virtio_queue::QueueT::size(&active.queue);
+            }
+        }
+        let tasks = Arc::new(
+            TaskSet::new(&table_sizes)
+                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
+        );
+        *self.tasks.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&tasks));
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
 use slog::{debug, trace};
+use smallvec::smallvec;
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
 };
@@ -29,6 +30,7 @@ use super::request::{
 };
 use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
 
@@ -115,11 +117,17 @@ pub struct RequestQueueWorker {
     disks: DiskMap,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
-    in_flight: HashMap<u64, InFlight>,
-    /// Where commands in flight are visible to task management.
+    /// Commands with the engine, by slot (their engine user_data); sized to the queue at
+    /// creation so that the steady state allocates nothing.
+    in_flight: Vec<Option<InFlight>>,
+    free_slots: Vec<usize>,
+    /// Where commands in flight are visible to task management: in table `task_queue`, slot
+    /// for slot as in `in_flight`.
     tasks: Arc<TaskSet>,
-    next_id: u64,
+    task_queue: usize,
     completions: Vec<Completion>,
+    /// Chains popped in the current pass (kept for its capacity).
+    popped: Vec<Chain>,
     /// Read once per pass (and again when completions arrive), not per request: the clock of
     /// the latency histogram.
     clock: Instant,
@@ -134,16 +142,20 @@ impl RequestQueueWorker {
         engine: Box<dyn Engine>,
         tasks: Arc<TaskSet>,
     ) -> RequestQueueWorker {
+        let task_queue = usize::from(queue.index() - FIRST_REQUEST_QUEUE);
+        let slots = tasks.capacity(task_queue);
         RequestQueueWorker {
             queue,
             target,
             disks,
             sizes,
             engine,
-            in_flight: HashMap::new(),
+            in_flight: (0..slots).map(|_| None).collect(),
+            free_slots: (0..slots).rev().collect(),
             tasks,
-            next_id: 0,
-            completions: Vec::new(),
+            task_queue,
+            completions: Vec::with_capacity(slots),
+            popped: Vec::with_capacity(slots),
             clock: Instant::now(),
         }
     }
@@ -153,9 +165,7 @@ impl RequestQueueWorker {
         self.clock = Instant::now();
         let mem = self.queue.snapshot();
         loop {
-            for chain in self.queue.pop_all(&mem) {
-                self.start(chain, &mem);
-            }
+            self.start_available(&mem);
             self.engine.submit_pending();
             self.reap();
             if !self.queue.more_available(&mem) {
@@ -165,10 +175,24 @@ impl RequestQueueWorker {
         self.end_pass(&mem);
     }
 
+    /// Starts every chain the driver made available.
+    fn start_available(&mut self, mem: &MemorySnapshot) {
+        let mut chains = std::mem::take(&mut self.popped);
+        self.queue.pop_all_into(mem, &mut chains);
+        for chain in chains.drain(..) {
+            self.start(chain, mem);
+        }
+        self.popped = chains;
+    }
+
     /// One interrupt for the pass, if the driver wants it.
     fn end_pass(&mut self, mem: &MemorySnapshot) {
         self.queue.notify(mem);
-        self.queue.counters().set_in_flight(self.in_flight.len());
+        self.queue.counters().set_in_flight(self.in_flight_count());
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight.len() - self.free_slots.len()
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
@@ -185,13 +209,11 @@ impl RequestQueueWorker {
         let mem = self.queue.snapshot();
         let mut served = false;
         if self.queue.has_available(&mem) {
-            for chain in self.queue.pop_all(&mem) {
-                self.start(chain, &mem);
-            }
+            self.start_available(&mem);
             self.engine.submit_pending();
             served = true;
         }
-        if !self.in_flight.is_empty() && self.reap() > 0 {
+        if self.in_flight_count() > 0 && self.reap() > 0 {
             served = true;
         }
         self.end_pass(&mem);
@@ -242,13 +264,14 @@ impl RequestQueueWorker {
         }
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
-        let mut cdb = vec![0u8; cdb_size.min(MAX_CDB_KEPT as u64) as usize];
+        let mut cdb_bytes = [0u8; MAX_CDB_KEPT];
+        let cdb = &mut cdb_bytes[..cdb_size.min(MAX_CDB_KEPT as u64) as usize];
         let header_read = reply.buffers.readable.len() >= header_len
             && reply.buffers.readable.read(mem, 0, &mut header).is_ok()
             && reply
                 .buffers
                 .readable
-                .read(mem, CMD_REQ_HEADER_SIZE as u64, &mut cdb)
+                .read(mem, CMD_REQ_HEADER_SIZE as u64, cdb)
                 .is_ok();
         if !header_read {
             debug!(self.queue.logger(), "request header too short";
@@ -285,7 +308,7 @@ impl RequestQueueWorker {
         }
 
         let mut parameters = Vec::new();
-        if let DataOutUse::Parameters { max } = data_out_use(&cdb) {
+        if let DataOutUse::Parameters { max } = data_out_use(cdb) {
             parameters.resize(data_out_len.min(max as u64) as usize, 0);
             if reply
                 .buffers
@@ -302,7 +325,7 @@ impl RequestQueueWorker {
             .target
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .execute(lun, &cdb, &parameters, data_out_len);
+            .execute(lun, cdb, &parameters, data_out_len);
         match outcome {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
@@ -356,7 +379,7 @@ impl RequestQueueWorker {
             let resid = reply.data_len;
             this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
         };
-        let keep_alive = || Box::new(mem.clone().into_inner());
+        let keep_alive = || mem.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
@@ -372,7 +395,7 @@ impl RequestQueueWorker {
                 let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
                 let request = IoRequest::Read { offset, buffers };
                 (
-                    PendingIo::Batch(vec![request]),
+                    PendingIo::Batch(smallvec![request]),
                     Direction::FromDisk,
                     len,
                     true,
@@ -394,14 +417,14 @@ impl RequestQueueWorker {
                     fua,
                 };
                 (
-                    PendingIo::Batch(vec![request]),
+                    PendingIo::Batch(smallvec![request]),
                     Direction::ToDisk,
                     len,
                     false,
                 )
             }
             DiskIo::Flush => (
-                PendingIo::Batch(vec![IoRequest::Flush]),
+                PendingIo::Batch(smallvec![IoRequest::Flush]),
                 Direction::ToDisk,
                 0,
                 false,
@@ -432,7 +455,12 @@ impl RequestQueueWorker {
                     len,
                     may_unmap,
                 };
-                (PendingIo::Batch(vec![request]), Direction::ToDisk, 0, false)
+                (
+                    PendingIo::Batch(smallvec![request]),
+                    Direction::ToDisk,
+                    0,
+                    false,
+                )
             }
             DiskIo::WriteSame { offset, len, block } => {
                 let fua = !self
@@ -448,8 +476,6 @@ impl RequestQueueWorker {
                 )
             }
         };
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
         let mut request = InFlight {
             reply,
             mem: mem.clone(),
@@ -462,12 +488,23 @@ impl RequestQueueWorker {
             moved: 0,
             error: None,
         };
-        self.submit_ready(id, &mut request);
+        // More commands than descriptors in flight only comes from a driver that made the same
+        // head available twice.
+        let Some(slot) = self.free_slots.pop() else {
+            debug!(self.queue.logger(), "more commands than descriptors";
+                "head" => request.reply.head, "tag" => request.reply.tag);
+            let resid = request.reply.data_len;
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            return self.finish(request.reply, mem, answer);
+        };
+        self.submit_ready(slot as u64, &mut request);
         if request.outstanding == 0 {
+            self.free_slots.push(slot);
             self.finish_io(request);
         } else {
-            self.tasks.started(request.reply.lun, request.reply.tag);
-            self.in_flight.insert(id, request);
+            let (lun, tag) = (request.reply.lun, request.reply.tag);
+            self.tasks.started(self.task_queue, slot, lun, tag);
+            self.in_flight[slot] = Some(request);
         }
     }
 
@@ -486,7 +523,8 @@ impl RequestQueueWorker {
     }
 
     fn complete(&mut self, completion: Completion) {
-        let Some(mut request) = self.in_flight.remove(&completion.user_data) else {
+        let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
+        let Some(mut request) = self.in_flight.get_mut(slot).and_then(Option::take) else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
             return;
         };
@@ -501,11 +539,11 @@ impl RequestQueueWorker {
             self.submit_ready(completion.user_data, &mut request);
         }
         if request.outstanding == 0 {
-            let (lun, tag) = (request.reply.lun, request.reply.tag);
+            self.free_slots.push(slot);
             self.finish_io(request);
-            self.tasks.finished(lun, tag);
+            self.tasks.finished(self.task_queue, slot);
         } else {
-            self.in_flight.insert(completion.user_data, request);
+            self.in_flight[slot] = Some(request);
         }
     }
 
@@ -600,7 +638,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight_count()
     }
 
     fn start_polling(&mut self) {

@@ -1,16 +1,18 @@
 //! The commands in flight on every request queue, whichever thread serves it, so that task
 //! management functions on the control queue can see them.
 //!
+//! Each request queue has a table of its own with one slot per command it can have in flight;
+//! only the queue's thread writes it, and nothing is locked: a slot's sequence number is odd
+//! while a command (its LUN and tag) occupies it and changes when the command leaves, so a
+//! reader on the control queue tells a stable entry from one that changed under it (a seqlock).
 //! A command enters when its disk work goes to an I/O engine and leaves once its response is in
-//! the used ring. Queries answer from it at once; aborts and resets wait until the tasks they
-//! name have left (commands are never cancelled, they complete), since the driver relies on
+//! the used ring. Queries answer from the tables at once; aborts and resets wait until the tasks
+//! they name have left (commands are never cancelled, they complete), since the driver relies on
 //! every affected command being completed before the TMF response (virtio 1.2 §5.6.6.2).
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -32,9 +34,32 @@ impl TaskScope {
     }
 }
 
+#[derive(Default)]
+struct TaskSlot {
+    /// Odd while a command occupies the slot.
+    sequence: AtomicU32,
+    lun: AtomicU32,
+    tag: AtomicU64,
+}
+
+impl TaskSlot {
+    /// The (lun, tag) in the slot, if a command stayed in it for the whole read.
+    fn read(&self) -> Option<(u16, u64)> {
+        let before = self.sequence.load(Ordering::Acquire);
+        if before % 2 == 0 {
+            return None;
+        }
+        let lun = self.lun.load(Ordering::Relaxed) as u16;
+        let tag = self.tag.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        // A different number means that command left while we read (and maybe another came).
+        (self.sequence.load(Ordering::Relaxed) == before).then_some((lun, tag))
+    }
+}
+
 pub struct TaskSet {
-    /// (lun, tag) -> number of commands in flight with that tag (a driver may reuse one).
-    tasks: Mutex<HashMap<(u16, u64), usize>>,
+    /// Per request queue (virtqueue index - 2), one slot per descriptor of the queue.
+    tables: Vec<Box<[TaskSlot]>>,
     /// TMFs waiting for tasks to leave.
     waiters: AtomicUsize,
     /// Written when a task leaves while a TMF waits.
@@ -42,34 +67,50 @@ pub struct TaskSet {
 }
 
 impl TaskSet {
-    pub fn new() -> io::Result<TaskSet> {
+    /// Tables for request queues of `sizes` descriptors (0 for a queue that is not enabled).
+    pub fn new(sizes: &[u16]) -> io::Result<TaskSet> {
         Ok(TaskSet {
-            tasks: Mutex::new(HashMap::new()),
+            tables: sizes
+                .iter()
+                .map(|&size| (0..size).map(|_| TaskSlot::default()).collect())
+                .collect(),
             waiters: AtomicUsize::new(0),
             left: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
-    pub fn started(&self, lun: u16, tag: u64) {
-        *self
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((lun, tag))
-            .or_default() += 1;
+    fn slot(&self, queue: usize, slot: usize) -> Option<&TaskSlot> {
+        self.tables.get(queue)?.get(slot)
     }
 
-    pub fn finished(&self, lun: u16, tag: u64) {
-        {
-            let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(count) = tasks.get_mut(&(lun, tag)) {
-                *count -= 1;
-                if *count == 0 {
-                    tasks.remove(&(lun, tag));
-                }
-            }
-        }
-        // Pairs with `wait`: the waiter counts itself before it looks at the tasks.
+    /// Slots in `queue`'s table: the commands it can show at once.
+    pub fn capacity(&self, queue: usize) -> usize {
+        self.tables.get(queue).map_or(0, |table| table.len())
+    }
+
+    /// Request queue `queue` put a command in `slot` (called only by the queue's thread).
+    pub fn started(&self, queue: usize, slot: usize, lun: u16, tag: u64) {
+        let Some(slot) = self.slot(queue, slot) else {
+            return;
+        };
+        // Orders the last `finished` before these stores, for a reader still on that command.
+        fence(Ordering::Release);
+        slot.lun.store(u32::from(lun), Ordering::Relaxed);
+        slot.tag.store(tag, Ordering::Relaxed);
+        let sequence = slot.sequence.load(Ordering::Relaxed);
+        slot.sequence
+            .store(sequence.wrapping_add(1) | 1, Ordering::Release);
+    }
+
+    /// The command in `slot` of request queue `queue` completed (called only by its thread).
+    pub fn finished(&self, queue: usize, slot: usize) {
+        let Some(slot) = self.slot(queue, slot) else {
+            return;
+        };
+        let sequence = slot.sequence.load(Ordering::Relaxed);
+        // SeqCst pairs with `wait`: either the waiter sees the slot free, or we see the waiter.
+        slot.sequence
+            .store(sequence.wrapping_add(1) & !1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _ = self.left.write(1);
         }
@@ -77,21 +118,20 @@ impl TaskSet {
 
     /// Whether a task in `scope` is in flight.
     pub fn any(&self, scope: TaskScope) -> bool {
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .any(|&(lun, tag)| scope.covers(lun, tag))
+        self.tables
+            .iter()
+            .flat_map(|table| table.iter())
+            .filter_map(TaskSlot::read)
+            .any(|(lun, tag)| scope.covers(lun, tag))
     }
 
     /// The commands in flight as (lun, tag), for telling an operator what is stuck.
     pub fn snapshot(&self) -> Vec<(u16, u64)> {
         let mut tasks: Vec<(u16, u64)> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
+            .tables
+            .iter()
+            .flat_map(|table| table.iter())
+            .filter_map(TaskSlot::read)
             .collect();
         tasks.sort_unstable();
         tasks
@@ -130,42 +170,68 @@ mod tests {
 
     #[test]
     fn scopes_see_the_tasks_in_flight() {
-        let tasks = TaskSet::new().unwrap();
-        tasks.started(1, 7);
-        tasks.started(1, 7);
-        tasks.started(2, 9);
+        let tasks = TaskSet::new(&[4, 4]).unwrap();
+        tasks.started(0, 0, 1, 7);
+        tasks.started(1, 3, 1, 7);
+        tasks.started(1, 0, 2, 9);
         assert!(tasks.any(TaskScope::Task { lun: 1, tag: 7 }));
         assert!(!tasks.any(TaskScope::Task { lun: 2, tag: 7 }));
         assert!(tasks.any(TaskScope::Lun(2)));
         assert!(!tasks.any(TaskScope::Lun(3)));
-        tasks.finished(1, 7);
+        tasks.finished(0, 0);
         assert!(
             tasks.any(TaskScope::Task { lun: 1, tag: 7 }),
-            "a reused tag"
+            "a reused tag on another queue"
         );
-        tasks.finished(1, 7);
+        tasks.finished(1, 3);
         assert!(!tasks.any(TaskScope::Lun(1)));
         assert!(tasks.any(TaskScope::All));
-        tasks.finished(2, 9);
+        tasks.finished(1, 0);
         assert!(!tasks.any(TaskScope::All));
+        tasks.started(1, 0, 5, 1);
+        assert!(
+            tasks.any(TaskScope::Task { lun: 5, tag: 1 }),
+            "a slot used again"
+        );
+        tasks.started(9, 0, 5, 1);
+        tasks.finished(0, 99);
     }
 
     #[test]
     fn a_waiting_tmf_hears_when_tasks_leave() {
-        let tasks = TaskSet::new().unwrap();
+        let tasks = TaskSet::new(&[2]).unwrap();
         assert!(!tasks.wait(TaskScope::All), "nothing to wait for");
-        tasks.started(0, 1);
+        tasks.started(0, 1, 0, 1);
         tasks.finished(0, 1);
         assert!(tasks.left.read().is_err(), "nobody waited: no wakeup");
-
-        tasks.started(0, 1);
+        tasks.started(0, 1, 0, 1);
         assert!(tasks.wait(TaskScope::Lun(0)));
         tasks.finished(0, 1);
         assert_eq!(tasks.left.read().unwrap(), 1);
         assert!(!tasks.any(TaskScope::Lun(0)));
         tasks.done_waiting();
-        tasks.started(0, 2);
-        tasks.finished(0, 2);
+        tasks.started(0, 0, 0, 2);
+        tasks.finished(0, 0);
         assert!(tasks.left.read().is_err(), "no waiter left");
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_entry() {
+        let tasks = std::sync::Arc::new(TaskSet::new(&[1]).unwrap());
+        let writer = {
+            let tasks = std::sync::Arc::clone(&tasks);
+            std::thread::spawn(move || {
+                for tag in 0..200_000u64 {
+                    tasks.started(0, 0, (tag % 7) as u16, tag);
+                    tasks.finished(0, 0);
+                }
+            })
+        };
+        while !writer.is_finished() {
+            if let Some((lun, tag)) = tasks.tables[0][0].read() {
+                assert_eq!(u64::from(lun), tag % 7, "lun and tag of different commands");
+            }
+        }
+        writer.join().unwrap();
     }
 }

@@ -143,19 +143,24 @@ impl Virtqueue {
     /// Every chain the driver made available, with notifications suppressed while the caller
     /// works on them. Empty when there is none or the queue is broken.
     pub fn pop_all(&mut self, mem: &MemorySnapshot) -> Vec<Chain> {
+        let mut chains = Vec::new();
+        self.pop_all_into(mem, &mut chains);
+        chains
+    }
+
+    /// `pop_all` into the caller's vector, whose capacity the request path keeps from one pass
+    /// to the next.
+    pub fn pop_all_into(&mut self, mem: &MemorySnapshot, chains: &mut Vec<Chain>) {
         if self.broken {
-            return Vec::new();
+            return;
         }
         if let Err(error) = self.queue.disable_notification(&**mem) {
             self.ring_unreadable(mem, "disable_notification", &error);
-            return Vec::new();
+            return;
         }
         match self.queue.iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
-            Err(error) => {
-                self.ring_unreadable(mem, "avail_ring", &error);
-                Vec::new()
-            }
+            Ok(iter) => chains.extend(iter),
+            Err(error) => self.ring_unreadable(mem, "avail_ring", &error),
         }
     }
 
