@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the vfio-user library's cargo-fuzz targets (server/vfio-user/fuzz) without running them;
-# running them for long is the robustness work's job: scripts/build-fuzz.sh && cargo fuzz run message
+# Builds the cargo-fuzz targets without running them (scripts/fuzz.sh runs them): the vfio-user
+# library's (server/vfio-user/fuzz: the message decoder) and the application's (server/fuzz: a
+# whole connection against the real device, the SCSI emulation, the --disk spec, the mapping).
 # Installs cargo-fuzz if it is missing. Uses a nightly toolchain when rustup has one, otherwise
 # lets the stable compiler accept cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP=1). No sanitizer: the
-# decoder is safe Rust, and libFuzzer's coverage and crash detection is what we want here.
+# parsers are safe Rust, and libFuzzer's coverage and crash detection is what we want here.
 #
 # Usage: scripts/build-fuzz.sh   (artifacts under $VUS_FUZZ_TARGET, by default in the cache
 #        outside the repository: a fresh clone reuses the last build, cargo rebuilds what changed)
@@ -22,6 +23,8 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 
-cd "$repo_root/server/vfio-user"
-# A target directory of its own: the fuzz flags would otherwise invalidate the normal build.
-CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none message
+for crate in server/vfio-user server; do
+    cd "$repo_root/$crate"
+    # A target directory of its own: the fuzz flags would otherwise invalidate the normal build.
+    CARGO_TARGET_DIR=$fuzz_target cargo "${toolchain[@]}" fuzz build --sanitizer none
+done

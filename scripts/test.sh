@@ -53,7 +53,7 @@ step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --release -p server" cargo build --release -p server
 export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
-step "build the fuzz targets" bash scripts/build-fuzz.sh
+step "fuzz every target for 20 s" bash scripts/fuzz.sh 20
 step "cargo nextest" cargo nextest run --workspace
 # Benchmarks are not timed tests: this only shows that every bench script still runs end to end.
 step "benchmarks in a tiny configuration (1 round, 2 s)" scripts/bench-report.sh --quick

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use vmm_sys_util::ioctl_ior_nr;
 
+use crate::error_stats::{ErrorReport, ErrorStats};
+use crate::flush_state::FlushState;
 use crate::{BlockError, CacheMode, DiscardMode, DiskOptions};
 
 ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);
@@ -48,6 +50,8 @@ pub struct Disk {
     unmap: bool,
     can_punch_holes: bool,
     direct_io: Option<DirectIoAlignment>,
+    flush_state: FlushState,
+    error_stats: ErrorStats,
 }
 
 impl Disk {
@@ -121,6 +125,8 @@ impl Disk {
             unmap,
             can_punch_holes,
             direct_io,
+            flush_state: FlushState::default(),
+            error_stats: ErrorStats::default(),
         })
     }
 
@@ -154,6 +160,8 @@ impl Disk {
             unmap: true,
             can_punch_holes: true,
             direct_io: None,
+            flush_state: FlushState::default(),
+            error_stats: ErrorStats::default(),
         })
     }
 
@@ -255,6 +263,26 @@ impl Disk {
     /// O_DIRECT's alignment needs with `cache=none`; `None` when I/O goes through the page cache.
     pub fn direct_io_alignment(&self) -> Option<DirectIoAlignment> {
         self.direct_io
+    }
+
+    /// Whether a flush has failed since the disk was opened: every later flush fails too.
+    pub fn flush_failed(&self) -> bool {
+        self.flush_state.has_failed()
+    }
+
+    /// Counts a failed request (reading, or modifying the disk when `write`) and says whether
+    /// it deserves a warning now.
+    pub fn record_error(&self, errno: i32, write: bool) -> ErrorReport {
+        self.error_stats.record(errno, write)
+    }
+
+    /// Failed requests since the disk was opened.
+    pub fn error_count(&self) -> u64 {
+        self.error_stats.total()
+    }
+
+    pub(crate) fn flush_state(&self) -> &FlushState {
+        &self.flush_state
     }
 
     /// The backing file descriptor; `None` for a null disk.

@@ -196,7 +196,13 @@ impl IoUringEngine {
         };
         match in_flight.operation.advance(result) {
             Next::Resubmit => self.push(slot),
-            Next::Done(result) => self.complete_slot(slot, result),
+            Next::Done(result) => {
+                let result = match in_flight.operation {
+                    Operation::Flush => in_flight.disk.flush_state().record(result),
+                    _ => result,
+                };
+                self.complete_slot(slot, result);
+            }
             Next::Blocking(request) => {
                 let result = sync_engine::execute(&in_flight.disk, &request);
                 self.complete_slot(slot, result);

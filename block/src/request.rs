@@ -37,10 +37,10 @@ impl IoRequest {
 
     /// The checks every engine makes before touching the backend, as the errno to complete with:
     /// EROFS for modifications of a read-only disk, EINVAL for ranges past the end or not
-    /// aligned to the logical block size.
+    /// aligned to the logical block size, EIO for a flush once an earlier flush has failed.
     pub(crate) fn check(&self, disk: &Disk) -> Result<(), i32> {
         let offset = match self {
-            IoRequest::Flush => return Ok(()),
+            IoRequest::Flush => return disk.flush_state().check(),
             IoRequest::Read { offset, .. } => *offset,
             IoRequest::Write { offset, .. }
             | IoRequest::Discard { offset, .. }

@@ -71,7 +71,7 @@ pub(crate) fn execute(disk: &Disk, request: &IoRequest) -> Result<u64, i32> {
             buffers,
             fua,
         } => transfer(disk, fd, *offset, buffers, Direction::Write { fua: *fua }),
-        IoRequest::Flush => fdatasync(fd).map(|()| 0),
+        IoRequest::Flush => disk.flush_state().record(fdatasync(fd).map(|()| 0)),
         IoRequest::Discard { offset, len } => discard(disk, fd, *offset, *len).map(|()| *len),
         IoRequest::WriteZeroes {
             offset,

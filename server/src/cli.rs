@@ -120,6 +120,10 @@ pub struct Cli {
     /// I/O engine of the request queues.
     #[arg(long, value_enum, default_value_t = Aio::IoUring)]
     pub aio: Aio,
+    /// After SIGINT/SIGTERM, how long the requests in flight may take to complete before the
+    /// server logs them and exits anyway (status 1), removing its socket.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub shutdown_timeout: u64,
     /// A UNIX socket for `vfio-user-scsi ctl` (line-delimited JSON requests and replies),
     /// created with --socket-mode.
     #[arg(long, value_name = "PATH")]

@@ -2,7 +2,8 @@
 //! serve the device's queues (`iothread`, `iothread_pool`, `queue_set`, `poll_window`), the
 //! iothread-vq-mapping, the glue that serves the virtio-scsi function over vfio-user
 //! (`controller`, `virtio_function`), and operations: the signal policy, the control socket and
-//! its client (`operator`, `control_socket`, `control_commands`, `ctl`), systemd readiness.
+//! its client (`operator`, `control_socket`, `control_commands`, `ctl`), systemd readiness, and
+//! the bound on stopping (`shutdown_deadline`).
 
 pub mod allocation_counter;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod operator;
 pub mod poll_window;
 pub mod queue_set;
 pub mod sd_notify;
+pub mod shutdown_deadline;
 pub mod signals;
 pub mod virtio_function;

@@ -3,7 +3,8 @@
 
 use std::ffi::CString;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
@@ -18,6 +19,7 @@ use server::iothread_pool::IothreadPool;
 use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
+use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
 use server::{ctl, sd_notify, signals};
 use vfio_user_server::{
     activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
@@ -39,6 +41,8 @@ enum MainError {
     SocketOwner(String),
     #[error("cannot start the iothreads: {0}")]
     Iothreads(std::io::Error),
+    #[error("cannot start the shutdown watchdog: {0}")]
+    ShutdownDeadline(std::io::Error),
 }
 
 impl MainError {
@@ -147,7 +151,12 @@ fn socket_owner(spec: &str) -> Result<(libc::uid_t, libc::gid_t), MainError> {
     Ok((uid, gid))
 }
 
-fn run(cli: &Cli, log: &Logger, log_control: LogControl) -> Result<(), MainError> {
+fn run(
+    cli: &Cli,
+    log: &Logger,
+    log_control: LogControl,
+    log_guard: LogGuard,
+) -> Result<(), MainError> {
     // Everything the command line can get wrong is checked before anything is created.
     let queue_mapping = mapping::build_mapping(
         &cli.iothreads,
@@ -163,9 +172,13 @@ fn run(cli: &Cli, log: &Logger, log_control: LogControl) -> Result<(), MainError
     // A stop signal must find its handler from the moment a client can connect.
     let signals = signals::install().map_err(|e| MainError::Operator(OperatorError::Signals(e)))?;
     // The socket before the disks: a second server on a live socket must not touch images.
-    let listener = match activated_listener()? {
-        Some(listener) => Listener::inherited(listener),
-        None => Listener::bind(&cli.socket, &access)?,
+    // A socket systemd handed over is systemd's to remove.
+    let (listener, own_socket) = match activated_listener()? {
+        Some(listener) => (Listener::inherited(listener), None),
+        None => (
+            Listener::bind(&cli.socket, &access)?,
+            Some(cli.socket.clone()),
+        ),
     };
     let pool = Arc::new(
         IothreadPool::start(&cli.iothreads, queue_mapping, cli.poll_max_ns, log)
@@ -197,7 +210,17 @@ fn run(cli: &Cli, log: &Logger, log_control: LogControl) -> Result<(), MainError
         log_control,
         log.clone(),
     )?;
+    let in_flight = controller.function.function().device().in_flight_probe();
     let server = Server::with_listener(listener, controller.function, memory, log.clone())?;
+    ShutdownDeadline {
+        timeout: Duration::from_secs(cli.shutdown_timeout),
+        socket: own_socket,
+        in_flight: Box::new(in_flight),
+        log: log.clone(),
+        log_guard,
+    }
+    .arm()
+    .map_err(MainError::ShutdownDeadline)?;
     match sd_notify::notify_ready() {
         Ok(true) => info!(log, "told systemd we are ready"),
         Ok(false) => {}
@@ -217,8 +240,13 @@ fn main() -> ExitCode {
         rest.insert(0, name);
         return ctl::main(rest);
     }
+    // Before any thread starts, so that every thread but the shutdown watchdog inherits it.
+    if let Err(e) = shutdown_deadline::block_handled_signals() {
+        eprintln!("vfio-user-scsi: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
-    let (log, log_control, _flush_on_exit) =
+    let (log, log_control, flush_on_exit) =
         match logging::build(cli.log_format, cli.log_level, cli.log_file.as_deref()) {
             Ok(logging) => logging,
             Err(e) => {
@@ -231,7 +259,8 @@ fn main() -> ExitCode {
     if let Err(e) = virtio::memory_fault::install_handler() {
         warn!(log, "no SIGBUS guard for guest memory"; "error" => %e);
     }
-    match run(&cli, &log, log_control) {
+    let log_guard: LogGuard = Arc::new(Mutex::new(Some(flush_on_exit)));
+    let status = match run(&cli, &log, log_control, Arc::clone(&log_guard)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(log, "exiting"; "error" => %e);
@@ -241,5 +270,13 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
-    }
+    };
+    // Flushes the log before the process ends.
+    drop(
+        log_guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
+    status
 }

@@ -23,7 +23,7 @@ pub enum SignalAction {
 }
 
 /// The signals the main loop receives as events.
-const HANDLED: [i32; 5] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
+pub const HANDLED: [i32; 5] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
 
 /// Installs the policy: SIGPIPE ignored, the others turned into events read from the result.
 pub fn install() -> io::Result<Signals> {

@@ -5,10 +5,12 @@
 //! `pci_probe` reads config space, `virtio_pci` the transport registers, `split_queue` the rings,
 //! `scsi` the virtio-scsi wire formats and CDBs, `request` a command in flight, `driver_queue` one
 //! virtqueue with its kick and interrupt, `driver` the device as a whole, and `server_process`
-//! starts the `vfio-user-scsi` binary for a test. `guest` runs tests inside a QEMU guest.
+//! starts the `vfio-user-scsi` binary for a test, and `fault_fs` is a FUSE file system whose disk
+//! image fails reads, writes and fsyncs on demand. `guest` runs tests inside a QEMU guest.
 
 pub mod driver;
 pub mod driver_queue;
+pub mod fault_fs;
 pub mod guest;
 pub mod guest_memory;
 pub mod pci_probe;

@@ -42,6 +42,57 @@ pub enum ServerError {
     StillRunning(Duration),
 }
 
+/// What a process holds, for telling a leak from noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub fds: usize,
+    pub threads: usize,
+}
+
+/// A process's resident memory, open fds and threads.
+pub fn usage(pid: u32) -> Usage {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let count = |dir: &str| fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, Iterator::count);
+    Usage {
+        rss_kib,
+        fds: count("fd"),
+        threads: count("task"),
+    }
+}
+
+/// The usage once the server has released its last client: fds and threads have not changed
+/// for a quarter of a second (or 5 s have passed).
+pub fn settled_usage(pid: u32) -> Usage {
+    let started = Instant::now();
+    let mut last = usage(pid);
+    let mut unchanged = 0;
+    while unchanged < 5 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = usage(pid);
+        if (now.fds, now.threads) == (last.fds, last.threads) {
+            unchanged += 1;
+        } else {
+            unchanged = 0;
+        }
+        last = now;
+    }
+    last
+}
+
+/// A sparse backing file `disk.img` of `size` bytes in a temporary directory of its own.
+pub fn sparse_image(size: u64) -> io::Result<(TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("disk.img");
+    File::create(&path)?.set_len(size)?;
+    Ok((dir, path))
+}
+
 /// Finds the server binary, or says where it looked.
 pub fn server_binary() -> Result<PathBuf, ServerError> {
     if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {

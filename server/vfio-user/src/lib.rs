@@ -4,7 +4,8 @@
 //! how the device uses threads.
 //!
 //! `Server` binds the socket and runs the mio loop; `DmaMemory` is the guest memory view that
-//! DMA_MAP and DMA_UNMAP edit; `decode_message` is the decoder on its own, for fuzzing.
+//! DMA_MAP and DMA_UNMAP edit; `decode_message` is the decoder on its own and `Replay` a whole
+//! connection without a socket, for fuzzing.
 
 mod connection;
 mod device;
@@ -13,6 +14,7 @@ mod dma;
 mod irq;
 mod message;
 mod protocol;
+mod replay;
 mod server;
 mod socket_path;
 
@@ -20,5 +22,6 @@ pub use device::{
     Device, DeviceError, DmaMemory, IoFd, IrqAction, IrqInfo, MmapArea, RegionInfo, RegionMmap,
 };
 pub use message::{decode_message, MessageError};
+pub use replay::Replay;
 pub use server::{Flow, Listener, MainLoopHook, Server, ServerError, ServerStatus, ShutdownHandle};
 pub use socket_path::{activated_listener, BoundSocket, SocketAccess, SocketPathError};

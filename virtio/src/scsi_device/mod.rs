@@ -4,6 +4,7 @@
 //! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
 //! an iothread); the SCSI target state is shared between the workers behind a mutex.
 
+mod backend_errors;
 mod config;
 mod control_queue;
 mod data_buffers;
@@ -123,6 +124,9 @@ pub struct ScsiDevice {
     /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
     host: Option<Arc<dyn QueueHost>>,
     engines: EngineFactory,
+    /// The task set of the current activation, for listing the commands in flight from any
+    /// thread (locked only at activation and by that listing, never per request).
+    tasks: Arc<Mutex<Option<Arc<TaskSet>>>>,
     logger: Logger,
 }
 
@@ -169,8 +173,22 @@ impl ScsiDevice {
             active: None,
             host: None,
             engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
+            tasks: Arc::new(Mutex::new(None)),
             logger,
         })
+    }
+
+    /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
+    pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
+        let tasks = Arc::clone(&self.tasks);
+        move || {
+            tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|tasks| tasks.snapshot())
+                .unwrap_or_default()
+        }
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -379,6 +397,7 @@ impl VirtioDevice for ScsiDevice {
             TaskSet::new(&table_sizes)
                 .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
         );
+        *self.tasks.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&tasks));
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {

@@ -20,6 +20,7 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::backend_errors;
 use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
@@ -555,12 +556,20 @@ impl RequestQueueWorker {
             data_in,
             moved,
             error,
+            disk,
             ..
         } = request;
         let answer = match error {
             Some(errno) => {
-                debug!(self.queue.logger(), "io error";
-                    "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode, "errno" => errno);
+                backend_errors::report(
+                    self.queue.logger(),
+                    &disk,
+                    reply.lun,
+                    reply.tag,
+                    reply.opcode,
+                    errno,
+                    direction,
+                );
                 Answer::check_condition(error_sense(errno, direction), reply.data_len)
             }
             None => {

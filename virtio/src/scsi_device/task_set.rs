@@ -125,6 +125,18 @@ impl TaskSet {
             .any(|(lun, tag)| scope.covers(lun, tag))
     }
 
+    /// The commands in flight as (lun, tag), for telling an operator what is stuck.
+    pub fn snapshot(&self) -> Vec<(u16, u64)> {
+        let mut tasks: Vec<(u16, u64)> = self
+            .tables
+            .iter()
+            .flat_map(|table| table.iter())
+            .filter_map(TaskSlot::read)
+            .collect();
+        tasks.sort_unstable();
+        tasks
+    }
+
     /// Registers a TMF that waits for `scope` to empty; false (and nothing registered) when it
     /// already is. `left_fd` fires after a task leaves; call `done_waiting` once satisfied.
     pub fn wait(&self, scope: TaskScope) -> bool {

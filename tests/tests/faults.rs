@@ -1,0 +1,304 @@
+//! A failing disk under the real server: a FUSE file system whose image fails reads, writes and
+//! fsyncs on demand (tests::fault_fs) backs LUN 0, a null disk is LUN 1. The guest must get the
+//! right sense, a failed flush must stay failed, the other LUN must keep serving, and the log
+//! must say so at warn. Needs root (mount) and /dev/fuse: the tests fail, not skip, without.
+//!
+//! Build the server first: `cargo build -p server && cargo test -p tests --test faults`.
+
+use std::time::{Duration, Instant};
+
+use tests::driver::FIRST_REQUEST_QUEUE;
+use tests::fault_fs::FaultFs;
+use tests::scsi::{self, cdb};
+use tests::{DriverOptions, ScsiRequest, ScsiResult, ServerProcess, VirtioScsiDriver};
+
+const BLOCK: u32 = 512;
+const IMAGE_SIZE: u64 = 8 << 20;
+const FAILING_LUN: u16 = 0;
+const HEALTHY_LUN: u16 = 1;
+
+const MEDIUM_ERROR: u8 = 0x03;
+const DATA_PROTECT: u8 = 0x07;
+const WRITE_ERROR: (u8, u8) = (0x0c, 0x00);
+const UNRECOVERED_READ_ERROR: (u8, u8) = (0x11, 0x00);
+const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
+
+struct Rig {
+    driver: VirtioScsiDriver,
+    server: ServerProcess,
+    fs: FaultFs,
+}
+
+fn start(cache: &str) -> Rig {
+    start_with(cache, &[])
+}
+
+fn start_with(cache: &str, extra: &[&str]) -> Rig {
+    let fs = FaultFs::mount(IMAGE_SIZE).unwrap_or_else(|e| panic!("{e}"));
+    let failing = format!(
+        "path={},lun={FAILING_LUN},cache={cache}",
+        fs.image().display()
+    );
+    let healthy = format!("null,size=1M,lun={HEALTHY_LUN}");
+    let mut args = vec![
+        "--disk",
+        &failing,
+        "--disk",
+        &healthy,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(&args).unwrap_or_else(|e| panic!("{e}"));
+    let options = DriverOptions {
+        timeout: Duration::from_secs(10),
+        ..DriverOptions::default()
+    };
+    let mut driver = VirtioScsiDriver::connect(server.socket(), options)
+        .unwrap_or_else(|e| panic!("driver: {e}\nserver stderr:\n{}", server.stderr()));
+    for lun in [FAILING_LUN, HEALTHY_LUN] {
+        let ready = (0..4).any(|_| driver.test_unit_ready(lun).unwrap().is_good());
+        assert!(ready, "LUN {lun} never became ready");
+    }
+    Rig { driver, server, fs }
+}
+
+fn assert_sense(result: &ScsiResult, key: u8, (asc, ascq): (u8, u8), what: &str) {
+    assert!(!result.is_good(), "{what}: GOOD where an error was due");
+    assert_eq!(
+        result.sense_key(),
+        Some((key, asc, ascq)),
+        "{what}: sense {:02x?}",
+        result.sense
+    );
+}
+
+fn assert_healthy_lun_serves(driver: &mut VirtioScsiDriver) {
+    let data = vec![0xa5u8; 4096];
+    assert!(driver
+        .write10(HEALTHY_LUN, 8, &data, BLOCK)
+        .unwrap()
+        .is_good());
+    assert!(driver.read10(HEALTHY_LUN, 8, 8, BLOCK).unwrap().is_good());
+    assert!(driver.sync_cache(HEALTHY_LUN).unwrap().is_good());
+}
+
+/// The server's log records (JSON lines) at WARN whose message is `msg`, once there are at
+/// least `count` of them or after a few seconds: records reach stderr through an async drain.
+fn warnings_at_least(server: &ServerProcess, msg: &str, count: usize) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        found = warnings(server, msg);
+        found.len() >= count
+    });
+    found
+}
+
+/// The server's log records (JSON lines) at WARN whose message is `msg`.
+fn warnings(server: &ServerProcess, msg: &str) -> Vec<serde_json::Value> {
+    server
+        .stderr()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| record["level"] == "WARN" && record["msg"] == msg)
+        .collect()
+}
+
+fn failed_flush_stays_failed(cache: &str) {
+    let mut rig = start(cache);
+    let data = vec![0x5au8; 4096];
+    assert!(rig
+        .driver
+        .write10(FAILING_LUN, 0, &data, BLOCK)
+        .unwrap()
+        .is_good());
+    assert!(rig.driver.sync_cache(FAILING_LUN).unwrap().is_good());
+    let fsyncs = rig.fs.faults().fsyncs();
+    assert!(fsyncs >= 1, "SYNCHRONIZE CACHE reached the backend");
+
+    rig.fs.faults().fail_fsyncs(libc::EIO);
+    let flush = rig.driver.sync_cache(FAILING_LUN).unwrap();
+    assert_sense(&flush, MEDIUM_ERROR, WRITE_ERROR, "failed flush");
+
+    // The backend heals, but data acknowledged before may be gone: no later flush succeeds
+    // and none reaches the backend, even with no write in between.
+    rig.fs.faults().fail_fsyncs(0);
+    let fsyncs = rig.fs.faults().fsyncs();
+    for _ in 0..3 {
+        let flush = rig.driver.sync_cache(FAILING_LUN).unwrap();
+        assert_sense(
+            &flush,
+            MEDIUM_ERROR,
+            WRITE_ERROR,
+            "flush after a failed one",
+        );
+    }
+    assert!(rig
+        .driver
+        .write10(FAILING_LUN, 8, &data, BLOCK)
+        .unwrap()
+        .is_good());
+    let flush = rig.driver.sync_cache(FAILING_LUN).unwrap();
+    assert_sense(&flush, MEDIUM_ERROR, WRITE_ERROR, "flush after a new write");
+    assert_eq!(
+        rig.fs.faults().fsyncs(),
+        fsyncs,
+        "no flush reached the backend"
+    );
+
+    assert_healthy_lun_serves(&mut rig.driver);
+    let warned = warnings_at_least(&rig.server, "backend error", 1);
+    assert_eq!(
+        warned.len(),
+        1,
+        "one warning for the kind:\n{}",
+        rig.server.stderr()
+    );
+    assert_eq!(warned[0]["lun"], FAILING_LUN);
+    assert_eq!(warned[0]["errno"], libc::EIO);
+    assert_eq!(warned[0]["operation"], "write");
+}
+
+#[test]
+fn failed_flush_fails_every_later_flush_writeback() {
+    failed_flush_stays_failed("writeback");
+}
+
+#[test]
+fn failed_flush_fails_every_later_flush_cache_none() {
+    failed_flush_stays_failed("none");
+}
+
+#[test]
+fn backend_errors_give_their_sense_while_other_luns_serve() {
+    let mut rig = start("none");
+    let data = vec![0x3cu8; 4096];
+
+    rig.fs.faults().fail_reads(libc::EIO);
+    for _ in 0..5 {
+        let read = rig.driver.read10(FAILING_LUN, 0, 8, BLOCK).unwrap();
+        assert_sense(&read, MEDIUM_ERROR, UNRECOVERED_READ_ERROR, "EIO read");
+    }
+    assert_healthy_lun_serves(&mut rig.driver);
+    rig.fs.faults().fail_reads(0);
+
+    rig.fs.faults().fail_writes(libc::EIO);
+    for _ in 0..5 {
+        let write = rig.driver.write10(FAILING_LUN, 0, &data, BLOCK).unwrap();
+        assert_sense(&write, MEDIUM_ERROR, WRITE_ERROR, "EIO write");
+    }
+    rig.fs.faults().fail_writes(libc::ENOSPC);
+    for _ in 0..5 {
+        let write = rig.driver.write10(FAILING_LUN, 0, &data, BLOCK).unwrap();
+        assert_sense(
+            &write,
+            DATA_PROTECT,
+            SPACE_ALLOCATION_FAILED,
+            "ENOSPC write",
+        );
+    }
+    assert_healthy_lun_serves(&mut rig.driver);
+
+    rig.fs.faults().fail_writes(0);
+    assert!(rig
+        .driver
+        .write10(FAILING_LUN, 0, &data, BLOCK)
+        .unwrap()
+        .is_good());
+    let read = rig.driver.read10(FAILING_LUN, 0, 8, BLOCK).unwrap();
+    assert!(read.is_good());
+    assert_eq!(read.data_in, data, "the LUN recovers with the backend");
+
+    // 15 failures of three kinds: three warnings, the rest counted.
+    let warned = warnings_at_least(&rig.server, "backend error", 3);
+    let kinds: Vec<(String, i64)> = warned
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default().to_string(),
+                r["errno"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("read".to_string(), i64::from(libc::EIO)),
+            ("write".to_string(), i64::from(libc::EIO)),
+            ("write".to_string(), i64::from(libc::ENOSPC)),
+        ],
+        "{}",
+        rig.server.stderr()
+    );
+    assert_eq!(warned[2]["errors"], 11, "failures are counted");
+}
+
+/// Polls `condition` for up to `timeout`.
+fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// SIGTERM while the backend never answers a write: after --shutdown-timeout the server logs
+/// the stuck request, removes its socket and exits with status 1 instead of waiting forever.
+#[test]
+fn sigterm_with_stuck_backend_io_logs_the_requests_and_exits() {
+    let mut rig = start_with("none", &["--shutdown-timeout", "1"]);
+    rig.fs.faults().hold_writes();
+    let data = vec![0x77u8; 4096];
+    let request = ScsiRequest::new(
+        scsi::encode_lun(0, FAILING_LUN).unwrap(),
+        &cdb::lba10(cdb::WRITE_10, 0, 0, 8),
+    )
+    .data_out(&data)
+    .tag(0x5157);
+    rig.driver.submit(FIRST_REQUEST_QUEUE, &request).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || rig.fs.faults().held() > 0),
+        "the write never reached the file system"
+    );
+
+    let started = Instant::now();
+    // SAFETY: kill only sends a signal to the server process this test started.
+    assert_eq!(
+        unsafe { libc::kill(rig.server.pid() as i32, libc::SIGTERM) },
+        0
+    );
+    let timed_out = eventually(Duration::from_secs(10), || {
+        !warnings(&rig.server, "request still in flight at exit").is_empty()
+    });
+    // The kernel finishes exiting only once the hung request is answered.
+    rig.fs.release_held();
+    assert!(
+        timed_out,
+        "no stuck request logged:\n{}",
+        rig.server.stderr()
+    );
+    let stuck = warnings(&rig.server, "request still in flight at exit");
+    assert_eq!(stuck.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(stuck[0]["lun"], FAILING_LUN);
+    assert_eq!(stuck[0]["tag"], 0x5157);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the timeout was waited for"
+    );
+
+    let socket = rig.server.socket().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || !rig.server.is_running()),
+        "the server did not exit"
+    );
+    assert!(!socket.exists(), "the socket file is removed");
+    let summary = warnings(
+        &rig.server,
+        "shutdown timed out, exiting with requests in flight",
+    );
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["requests"], 1);
+}
