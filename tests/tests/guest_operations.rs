@@ -6,7 +6,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tests::guest::{run_vm_with, sparse_disk, GuestRun, SCRIPT_PRELUDE};
 use tests::server_process;
@@ -139,6 +139,16 @@ fn signals_second_client_and_second_server_leave_the_guest_running() {
         for signal in [libc::SIGHUP, libc::SIGPIPE, libc::SIGUSR1] {
             // SAFETY: kill(2) on the server we started, which is still running.
             assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        }
+        // The main loop may see the connection before the SIGHUP, and then logs the refusal to
+        // the renamed file: connect only once the new file exists.
+        let reopened = Instant::now();
+        while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains("log reopened")) {
+            assert!(
+                reopened.elapsed() < Duration::from_secs(10),
+                "SIGHUP reopened no log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
         let mut stream = UnixStream::connect(server.socket()).unwrap();
         stream
