@@ -164,17 +164,6 @@ impl QueueSet {
         }
     }
 
-    /// Serves a kick of virtqueue `queue` at once (the caller has just written its eventfd).
-    pub fn kick(&mut self, queue: u16) {
-        let slot = self
-            .workers
-            .iter()
-            .position(|w| w.as_ref().is_some_and(|w| w.queue_index() == queue));
-        if let Some(slot) = slot {
-            self.serve(slot, Wakeup::Kick);
-        }
-    }
-
     /// Serves every queue as if kicked: after a pause, kicks that arrived meanwhile were taken
     /// off the `Poll` without being served.
     pub fn kick_all(&mut self) {

@@ -5,6 +5,7 @@ pub mod bar_layout;
 pub mod common_cfg;
 pub mod config_notifier;
 pub mod features;
+mod inline_queue_host;
 pub mod interrupt;
 pub mod isr;
 pub mod memory_fault;
@@ -18,8 +19,9 @@ pub mod transport_error;
 pub mod virtio_device;
 
 pub use config_notifier::ConfigNotifier;
+pub use inline_queue_host::InlineQueueHost;
 pub use interrupt::{MsixInterrupt, NO_VECTOR};
-pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
+pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, QueueCounters, QueueStats, ScsiDevice,

@@ -62,8 +62,6 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
-    /// The driver notified queue `index` (its kick eventfd has already been drained).
-    fn queue_kicked(&mut self, index: u16);
     /// The device found a queue it cannot go on with (the transport reports DEVICE_NEEDS_RESET).
     fn needs_reset(&self) -> bool {
         false

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use block::{BlockError, Disk, Engine, SyncEngine};
+use block::{BlockError, Disk, Engine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
@@ -68,6 +68,10 @@ pub struct ScsiDeviceConfig {
     pub queue_size: u16,
     /// The target's logical units, each with the disk that stores it.
     pub luns: Vec<(LunConfig, Arc<Disk>)>,
+    /// Serves the queues from activation to reset, on the threads it chooses.
+    pub queue_host: Arc<dyn QueueHost>,
+    /// Builds each request queue's I/O engine at activation.
+    pub engines: EngineFactory,
     pub logger: Logger,
 }
 
@@ -101,10 +105,6 @@ pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + S
 
 /// Queues being served, from DRIVER_OK to reset.
 struct ActiveQueues {
-    /// Workers the device serves itself through `queue_kicked`, indexed by virtqueue; empty
-    /// when a queue host serves them. Any queue may be missing: SeaBIOS, for one, enables only
-    /// the first request queue.
-    local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
     /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
@@ -121,8 +121,8 @@ pub struct ScsiDevice {
     /// Per virtqueue, kept across resets.
     counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
-    /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
-    host: Option<Arc<dyn QueueHost>>,
+    /// Where the queues go at activation.
+    host: Arc<dyn QueueHost>,
     engines: EngineFactory,
     /// The task set of the current activation, for listing the commands in flight from any
     /// thread (locked only at activation and by that listing, never per request).
@@ -136,6 +136,8 @@ impl ScsiDevice {
             num_queues,
             queue_size,
             luns,
+            queue_host,
+            engines,
             logger,
         } = config;
         if num_queues == 0 || num_queues > MAX_QUEUES - 2 {
@@ -171,8 +173,8 @@ impl ScsiDevice {
                 .map(|_| Arc::default())
                 .collect(),
             active: None,
-            host: None,
-            engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
+            host: queue_host,
+            engines,
             tasks: Arc::new(Mutex::new(None)),
             logger,
         })
@@ -189,13 +191,6 @@ impl ScsiDevice {
                 .map(|tasks| tasks.snapshot())
                 .unwrap_or_default()
         }
-    }
-
-    /// From now on, activation hands every queue's worker to `host` (which serves it on the
-    /// thread it chooses), and request queues do their I/O through engines from `engines`.
-    pub fn set_queue_host(&mut self, host: Arc<dyn QueueHost>, engines: EngineFactory) {
-        self.host = Some(host);
-        self.engines = engines;
     }
 
     /// The LUNs served now, by LUN number.
@@ -446,19 +441,11 @@ impl VirtioDevice for ScsiDevice {
                 &self.logger,
             )));
         }
-        let mut local = Vec::new();
-        match &self.host {
-            Some(host) => workers.into_iter().for_each(|worker| host.adopt(worker)),
-            None => {
-                local.resize_with(usize::from(self.queue_count()), || None);
-                for worker in workers {
-                    let index = usize::from(worker.queue_index());
-                    local[index] = Some(worker);
-                }
-            }
-        }
+        // Any queue may be missing: SeaBIOS, for one, enables only the first request queue.
+        workers
+            .into_iter()
+            .for_each(|worker| self.host.adopt(worker));
         self.active = Some(ActiveQueues {
-            local,
             events,
             acked_features,
             on_fault,
@@ -466,24 +453,9 @@ impl VirtioDevice for ScsiDevice {
         Ok(())
     }
 
-    fn queue_kicked(&mut self, index: u16) {
-        let worker = self
-            .active
-            .as_mut()
-            .and_then(|active| active.local.get_mut(usize::from(index)))
-            .and_then(Option::as_mut);
-        match worker {
-            Some(worker) => worker.kicked(),
-            None => debug!(self.logger, "kick for a queue not served here"; "vq" => index),
-        }
-    }
-
     fn reset(&mut self) {
-        // The host waits for the requests in flight on its threads; local workers use a
-        // synchronous engine, which has nothing in flight once a call returns.
-        if let Some(host) = &self.host {
-            host.release_all();
-        }
+        // The host waits for the requests in flight on its threads.
+        self.host.release_all();
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);
@@ -497,7 +469,8 @@ impl VirtioDevice for ScsiDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi_device::test_driver::lun_config;
+    use crate::scsi_device::test_driver::{lun_config, sync_engines};
+    use crate::InlineQueueHost;
 
     fn device(
         num_queues: u16,
@@ -509,6 +482,8 @@ mod tests {
             num_queues,
             queue_size,
             luns,
+            queue_host: Arc::new(InlineQueueHost::new().unwrap()),
+            engines: sync_engines(),
             logger,
         })
     }
@@ -594,35 +569,19 @@ mod tests {
                 crate::scsi_device::test_driver::CountingInterrupt::default(),
             ),
         };
-        // SeaBIOS enables only some queues; kicks for the others are ignored.
+        // SeaBIOS enables only some queues; the others have no worker to wake.
         device.activate(activation).unwrap();
-        device.queue_kicked(0);
-        device.queue_kicked(1);
-        device.queue_kicked(2);
         assert_eq!(
             device.post_event(ScsiEvent::LunAdded { lun: 0 }),
             EventDelivery::Inactive
         );
     }
 
-    /// Takes the workers instead of serving them, so that the test drives them by hand.
-    #[derive(Default)]
-    struct CollectingHost(Mutex<Vec<Box<dyn QueueWorker>>>);
-
-    impl QueueHost for CollectingHost {
-        fn adopt(&self, worker: Box<dyn QueueWorker>) {
-            self.0.lock().unwrap().push(worker);
-        }
-        fn release_all(&self) {
-            self.0.lock().unwrap().clear();
-        }
-    }
-
     /// Holds every request until the test lets them complete.
     struct HeldEngine {
         released: Arc<AtomicBool>,
         held: Vec<(u64, u64)>,
-        eventfd: vmm_sys_util::eventfd::EventFd,
+        eventfd: Arc<vmm_sys_util::eventfd::EventFd>,
     }
 
     impl Engine for HeldEngine {
@@ -666,33 +625,24 @@ mod tests {
         const CTRL: usize = 0;
         const REQUEST: usize = 2;
 
-        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
-        // Takes the POWER ON unit attention, which would answer the READ below at once.
-        harness.command(0, &[0; 6], &[], 0);
-        let host = Arc::new(CollectingHost::default());
         let released = Arc::new(AtomicBool::new(false));
-        let engine_released = released.clone();
-        harness.device.set_queue_host(
-            host.clone(),
+        let completions = Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+        let (engine_released, engine_completions) = (released.clone(), completions.clone());
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        let mut harness = Harness::with_engines(
+            vec![(lun_config(0, &disk), Arc::new(disk))],
+            1,
+            0,
             Arc::new(move || {
                 Ok(Box::new(HeldEngine {
                     released: engine_released.clone(),
                     held: Vec::new(),
-                    eventfd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                    eventfd: engine_completions.clone(),
                 }))
             }),
         );
-        harness.activate(harness.device.features());
-        let mut workers = std::mem::take(&mut *host.0.lock().unwrap());
-        let mut take = |index: usize| {
-            let at = workers
-                .iter()
-                .position(|w| usize::from(w.queue_index()) == index)
-                .unwrap();
-            workers.remove(at)
-        };
-        let mut ctrl = take(CTRL);
-        let mut request = take(REQUEST);
+        // Takes the POWER ON unit attention, which would answer the READ below at once.
+        harness.command(0, &[0; 6], &[], 0);
 
         // READ(10) of one block, tag 5, held by the engine.
         let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
@@ -701,13 +651,10 @@ mod tests {
             harness.response_buf(REQUEST, 108),
             harness.response_buf(REQUEST, 512),
         ];
-        let head = harness.queues[REQUEST].chain(&bufs);
-        harness.queues[REQUEST].publish(head);
-        request.kicked();
-        assert!(harness.queues[REQUEST].used().is_empty(), "held");
-        assert_eq!(request.in_flight(), 1);
+        assert!(harness.submit(REQUEST, &bufs).is_empty(), "held");
+        assert_eq!(harness.host.in_flight(), 1);
 
-        let tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
+        let tmf = |harness: &mut Harness, subtype: u32| {
             let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
             bytes.extend_from_slice(&subtype.to_le_bytes());
             bytes.extend_from_slice(&lun_field(0));
@@ -716,41 +663,41 @@ mod tests {
                 harness.data_buf(CTRL, &bytes, false),
                 harness.response_buf(CTRL, 1),
             ];
-            let head = harness.queues[CTRL].chain(&bufs);
-            harness.queues[CTRL].publish(head);
-            ctrl.kicked();
-            bufs[1].addr
+            (harness.submit(CTRL, &bufs), bufs[1].addr)
         };
         // The task is in flight: QUERY TASK says so at once.
-        let query = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_QUERY_TASK);
-        assert_eq!(harness.queues[CTRL].used().len(), 1);
+        let (used, query) = tmf(&mut harness, VIRTIO_SCSI_T_TMF_QUERY_TASK);
+        assert_eq!(used.len(), 1);
         assert_eq!(
             harness.read(query, 1)[0],
             virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
         );
         // ABORT TASK waits until the command has completed.
-        let abort = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_ABORT_TASK);
-        assert!(harness.queues[CTRL].used().is_empty(), "the abort waits");
+        let (used, abort) = tmf(&mut harness, VIRTIO_SCSI_T_TMF_ABORT_TASK);
+        assert!(used.is_empty(), "the abort waits");
         assert_eq!(
-            ctrl.in_flight(),
-            1,
+            harness.host.in_flight(),
+            2,
             "a waiting TMF keeps the control queue busy"
         );
 
+        // The engine completes: its eventfd wakes the request queue, whose completion wakes
+        // the control queue through the task set, in one pass of the host.
         released.store(true, Ordering::SeqCst);
-        request.completions_ready();
+        completions.write(1).unwrap();
+        let served = harness.host.serve_ready().unwrap();
+        assert_eq!(served, [(2, false), (0, false)], "request queue, then ctrl");
         assert_eq!(
             harness.queues[REQUEST].used().len(),
             1,
             "the command completed"
         );
-        ctrl.completions_ready();
         assert_eq!(
             harness.queues[CTRL].used().len(),
             1,
             "then the abort is answered"
         );
         assert_eq!(harness.read(abort, 1)[0], 0, "FUNCTION COMPLETE");
-        assert_eq!(ctrl.in_flight(), 0);
+        assert_eq!(harness.host.in_flight(), 0);
     }
 }

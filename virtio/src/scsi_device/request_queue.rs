@@ -891,7 +891,7 @@ mod tests {
             10,
         );
         queue.publish(10);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used = harness.queues[vq].used();
         assert_eq!(used, vec![(10, 108)]);
         let result = harness.result(&[request, response], used[0].1);
@@ -906,7 +906,7 @@ mod tests {
         let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
         harness.queues[vq].store(12, request.addr, request.len, VRING_DESC_F_NEXT as u16, 500);
         harness.queues[vq].publish(12);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].used(), vec![(12, 0)]);
         assert_queue_works(&mut harness);
     }
@@ -1042,7 +1042,7 @@ mod tests {
         }
         harness.queues[vq].store(20, table, 48, VRING_DESC_F_INDIRECT as u16, 0);
         harness.queues[vq].publish(20);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used = harness.queues[vq].used();
         let result = harness.result(&[request, response, data_in], used[0].1);
         assert_eq!(result.resp.status, STATUS_GOOD);
@@ -1052,7 +1052,7 @@ mod tests {
         // A table length that is not a whole number of descriptors.
         harness.queues[vq].store(21, table, 47, VRING_DESC_F_INDIRECT as u16, 0);
         harness.queues[vq].publish(21);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].used(), vec![(21, 0)]);
         assert_queue_works(&mut harness);
     }
@@ -1067,11 +1067,11 @@ mod tests {
             .avail()
             .idx()
             .store(idx.wrapping_add(200));
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert!(harness.device.needs_reset());
         assert_eq!(harness.config_interrupt.count(), 1);
         assert!(harness.queues[vq].used().is_empty());
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.config_interrupt.count(), 1, "raised once");
 
         harness.device.reset();
@@ -1088,7 +1088,7 @@ mod tests {
     fn rings_unmapped_while_idle_work_once_mapped_again() {
         let mut harness = null_harness();
         harness.unmap_all();
-        harness.device.queue_kicked(2);
+        harness.notify(2);
         assert!(!harness.device.needs_reset());
         assert_eq!(harness.config_interrupt.count(), 0);
         harness.map_again();
@@ -1099,7 +1099,7 @@ mod tests {
     fn head_index_out_of_range_needs_reset() {
         let mut harness = null_harness();
         harness.queues[2].publish(300);
-        harness.device.queue_kicked(2);
+        harness.notify(2);
         assert!(harness.device.needs_reset());
     }
 
@@ -1140,7 +1140,7 @@ mod tests {
             harness.queues[vq].publish(head);
             heads.push(u32::from(head));
         }
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used: Vec<u32> = harness.queues[vq]
             .used()
             .into_iter()
@@ -1150,7 +1150,7 @@ mod tests {
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
 
         // A kick with nothing new raises nothing.
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
     }
 
@@ -1167,7 +1167,7 @@ mod tests {
         ];
         let head = harness.queues[vq].chain(&bufs);
         harness.queues[vq].publish(head);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before);
         assert_eq!(harness.queues[vq].used().len(), 1);
 
