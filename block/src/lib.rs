@@ -22,7 +22,7 @@ mod sync_engine;
 mod thread_pool_engine;
 
 pub use disk::{DirectIoAlignment, Disk};
-pub use engine::{Completion, Engine};
+pub use engine::{borrow_eventfd, Completion, Engine};
 pub use error::BlockError;
 pub use error_stats::{ErrorReport, SUMMARY_INTERVAL};
 pub use io_buffers::{IoBuffers, IoVecs};

@@ -107,7 +107,7 @@ impl QueueSet {
         )?;
         if let Some(fd) = worker.completion_fd() {
             if let Err(e) = registry.register(
-                &mut SourceFd(&fd),
+                &mut SourceFd(&fd.as_raw_fd()),
                 token(slot, Wakeup::Completions),
                 Interest::READABLE,
             ) {
@@ -256,7 +256,7 @@ impl QueueSet {
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
         if let Some(fd) = worker.completion_fd() {
-            let _ = registry.deregister(&mut SourceFd(&fd));
+            let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         debug!(self.log, "queue handed off"; "iothread" => thread_name(), "vq" => queue);
         Some(worker)
@@ -269,7 +269,7 @@ impl QueueSet {
         for worker in self.workers.drain(..).flatten() {
             let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
             if let Some(fd) = worker.completion_fd() {
-                let _ = registry.deregister(&mut SourceFd(&fd));
+                let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
             debug!(self.log, "queue released"; "iothread" => thread_name(), "vq" => worker.queue_index());
         }
@@ -278,6 +278,7 @@ impl QueueSet {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::BorrowedFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -304,7 +305,7 @@ mod tests {
             &self.kick
         }
         fn kicked(&mut self) {}
-        fn completion_fd(&self) -> Option<RawFd> {
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
         fn completions_ready(&mut self) {}

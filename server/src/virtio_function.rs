@@ -5,7 +5,7 @@
 //! that queue's kick eventfd: the one signal that wakes the queue's owner, an iothread or the
 //! main loop's queue set (whose `Poll` is one of this device's event fds).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use slog::{debug, info, warn, Logger};
@@ -51,12 +51,6 @@ impl<D: VirtioDevice> VirtioFunction<D> {
     pub fn function_mut(&mut self) -> &mut VirtioPciFunction<D> {
         &mut self.function
     }
-}
-
-fn borrow(kick: &Arc<EventFd>) -> BorrowedFd<'_> {
-    // SAFETY: the eventfd is owned by the `Arc` that `kick` borrows, so the descriptor stays
-    // open for as long as the returned borrow lives.
-    unsafe { BorrowedFd::borrow_raw(kick.as_raw_fd()) }
 }
 
 fn transport_error(region: u32, offset: u64, len: usize, error: TransportError) -> DeviceError {
@@ -149,7 +143,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
                 Some(IoFd {
                     offset: a.offset,
                     size: a.size,
-                    fd: borrow(kick),
+                    fd: block::borrow_eventfd(kick),
                     datamatch: None,
                 })
             })
@@ -253,9 +247,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
     }
 
     fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
-        // SAFETY: the pool owns the main loop's `Poll` and lives as long as `self`, which the
-        // borrow is tied to.
-        vec![unsafe { BorrowedFd::borrow_raw(self.pool.main_loop_fd()) }]
+        vec![self.pool.main_loop_fd()]
     }
 
     /// The main loop's queue set has a kick or a completion to serve.
@@ -268,7 +260,6 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::RawFd;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
@@ -307,7 +298,7 @@ mod tests {
             let thread = std::thread::current().name().unwrap_or("").to_string();
             self.wakeups.lock().unwrap().push((self.queue, thread));
         }
-        fn completion_fd(&self) -> Option<RawFd> {
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
         fn completions_ready(&mut self) {}

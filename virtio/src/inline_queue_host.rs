@@ -129,9 +129,11 @@ impl Workers {
             EpollEvent::default(),
         );
         if let Some(fd) = worker.completion_fd() {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                fd.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
     }
 }
@@ -145,7 +147,7 @@ impl QueueHost for InlineQueueHost {
         let watched = workers
             .watch(worker.kick().as_raw_fd(), token(slot, Wakeup::Kick))
             .and_then(|()| match worker.completion_fd() {
-                Some(fd) => workers.watch(fd, token(slot, Wakeup::Completions)),
+                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, Wakeup::Completions)),
                 None => Ok(()),
             });
         if let Err(error) = watched {
@@ -183,7 +185,7 @@ impl QueueHost for InlineQueueHost {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::RawFd;
+    use std::os::fd::BorrowedFd;
     use std::sync::Arc;
 
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -208,8 +210,8 @@ mod tests {
             let _ = self.kick.read();
             self.in_flight += 1;
         }
-        fn completion_fd(&self) -> Option<RawFd> {
-            Some(self.completions.as_raw_fd())
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(block::borrow_eventfd(&self.completions))
         }
         fn completions_ready(&mut self) {
             let _ = self.completions.read();

@@ -5,7 +5,7 @@
 //! kick eventfd and its completion eventfd there. On reset the device asks the host to give every
 //! worker back, with nothing left in flight, before the reset becomes visible.
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -20,7 +20,7 @@ pub trait QueueWorker: Send {
     /// and serve what is there.
     fn kicked(&mut self);
     /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
-    fn completion_fd(&self) -> Option<RawFd>;
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>>;
     /// `completion_fd` became readable: finish what completed and interrupt once if needed.
     fn completions_ready(&mut self);
     /// Requests handed to the I/O engine and not yet completed.

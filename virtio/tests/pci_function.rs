@@ -1,6 +1,6 @@
 //! The virtio-pci function driven the way a guest driver drives it, with a fake device behind.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use virtio::common_cfg::{
@@ -55,7 +55,7 @@ impl QueueWorker for KickRecorder {
             self.kicked.lock().unwrap().push(self.queue);
         }
     }
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
     fn completions_ready(&mut self) {}

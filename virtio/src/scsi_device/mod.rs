@@ -599,8 +599,8 @@ mod tests {
             Ok(())
         }
         fn submit_pending(&mut self) {}
-        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
-            Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
+        fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            Some(block::borrow_eventfd(&self.eventfd))
         }
         fn reap(&mut self, out: &mut Vec<block::Completion>) {
             if self.released.load(Ordering::SeqCst) {

@@ -6,7 +6,7 @@
 //! be moved to the iothread that serves its queue.
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -629,7 +629,7 @@ impl QueueWorker for RequestQueueWorker {
         RequestQueueWorker::kicked(self);
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.engine.completion_fd()
     }
 

@@ -11,7 +11,7 @@
 //! every affected command being completed before the TMF response (virtio 1.2 §5.6.6.2).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -153,8 +153,8 @@ impl TaskSet {
     }
 
     /// Readable after a task left while some TMF waited.
-    pub fn left_fd(&self) -> RawFd {
-        self.left.as_raw_fd()
+    pub fn left_fd(&self) -> BorrowedFd<'_> {
+        block::borrow_eventfd(&self.left)
     }
 
     /// Clears `left_fd`.
