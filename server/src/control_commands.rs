@@ -21,7 +21,7 @@ use virtio::{
 use crate::cli::LogLevel;
 use crate::control_socket::LineError;
 use crate::controller::{open_lun, ControllerError};
-use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
+use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, SizeError, MAX_LUN};
 use crate::iothread_pool::{IothreadPool, PoolError};
 use crate::logging::LogControl;
 use crate::mapping::QueueOwner;
@@ -84,8 +84,8 @@ pub enum ControlError {
     NoSuchLun(u16),
     #[error("no free LUN left (all of 0..={MAX_LUN} are in use)")]
     NoFreeLun,
-    #[error("resize: size {0}")]
-    Size(String),
+    #[error("resize: {0}")]
+    Size(#[from] SizeError),
     #[error("{command}: {source}")]
     Pool {
         command: &'static str,

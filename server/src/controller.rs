@@ -26,8 +26,8 @@ const MAX_TRANSFER_BYTES: u32 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("{0}")]
-    Luns(String),
+    #[error(transparent)]
+    Luns(#[from] crate::disk_spec::LunAssignError),
     #[error(transparent)]
     Disk(#[from] block::BlockError),
     #[error("cannot create the temporary disk in {dir}: {source}")]
@@ -93,7 +93,7 @@ pub fn build(
         luns.push((lun_config(0, &disk, serial_for("temporary", 0)), disk));
         temporary_disk = Some(file);
     } else {
-        let numbers = assign_luns(config.disks).map_err(ControllerError::Luns)?;
+        let numbers = assign_luns(config.disks)?;
         for (spec, lun) in config.disks.iter().zip(numbers) {
             luns.push(open_lun(spec, lun, log)?);
         }

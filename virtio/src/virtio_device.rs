@@ -43,8 +43,12 @@ pub struct Activation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error("device cannot start: {0}")]
-    Failed(String),
+    #[error("queue {index} does not exist (the device has {count})")]
+    NoSuchQueue { index: u16, count: u16 },
+    #[error("cannot create the eventfd that tells TMFs a task left: {0}")]
+    TaskEventfd(#[source] std::io::Error),
+    #[error("cannot start a request queue's I/O engine: {0}")]
+    Engine(#[source] block::BlockError),
 }
 
 /// A virtio device type served through the virtio-pci transport.

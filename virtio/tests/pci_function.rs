@@ -121,7 +121,10 @@ impl VirtioDevice for FakeDevice {
     }
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         if self.fail_activation {
-            return Err(ActivateError::Failed("the test asked for it".into()));
+            return Err(ActivateError::NoSuchQueue {
+                index: QUEUES,
+                count: QUEUES,
+            });
         }
         let queues = activation
             .queues

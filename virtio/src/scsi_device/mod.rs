@@ -388,20 +388,17 @@ impl VirtioDevice for ScsiDevice {
                 *size = virtio_queue::QueueT::size(&active.queue);
             }
         }
-        let tasks = Arc::new(
-            TaskSet::new(&table_sizes)
-                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
-        );
+        let tasks = Arc::new(TaskSet::new(&table_sizes).map_err(ActivateError::TaskEventfd)?);
         *self.tasks.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&tasks));
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
             let index = active.index;
             if index >= self.queue_count() {
-                return Err(ActivateError::Failed(format!(
-                    "queue {index} does not exist (queue count {})",
-                    self.queue_count()
-                )));
+                return Err(ActivateError::NoSuchQueue {
+                    index,
+                    count: self.queue_count(),
+                });
             }
             let queue = Virtqueue::new(
                 active,
@@ -423,8 +420,7 @@ impl VirtioDevice for ScsiDevice {
                     Box::new(shared)
                 }
                 _ => {
-                    let engine = (self.engines)()
-                        .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
+                    let engine = (self.engines)().map_err(ActivateError::Engine)?;
                     Box::new(RequestQueueWorker::new(
                         queue,
                         Arc::clone(&self.target),
