@@ -1,0 +1,221 @@
+//! The operator's interface with the userspace driver attached, without a guest: hotplug events
+//! the driver had no buffer for, per-LUN stats, a remove-disk that waits for a held request
+//! while the main loop goes on answering, and systemd's socket activation with READY=1.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::scsi::{self, VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_TRANSPORT_RESET};
+use tests::server_process::server_binary;
+use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
+
+const BLOCK: u32 = 512;
+
+/// The server and its control socket, in a directory of their own.
+struct Served {
+    server: ServerProcess,
+    control: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start(args: &[&str]) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let mut full = vec!["--control-socket", control.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let server = ServerProcess::start(&full).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..500 {
+        if control.exists() {
+            return Served {
+                server,
+                control,
+                _dir: dir,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", control.display());
+}
+
+fn connect(server: &ServerProcess) -> VirtioScsiDriver {
+    let options = DriverOptions {
+        timeout: Duration::from_secs(10),
+        ..DriverOptions::default()
+    };
+    VirtioScsiDriver::connect(server.socket(), options)
+        .unwrap_or_else(|e| panic!("driver init failed: {e}\n{}", server.stderr()))
+}
+
+/// Clears the POWER ON / RESET (or REPORTED LUNS DATA HAS CHANGED) unit attention.
+fn settle(driver: &mut VirtioScsiDriver, lun: u16) {
+    for _ in 0..4 {
+        if driver.test_unit_ready(lun).unwrap().is_good() {
+            return;
+        }
+    }
+    panic!("LUN {lun} never became ready");
+}
+
+/// `vfio-user-scsi ctl`: the reply, which must be a success.
+fn ctl_ok(control: &Path, args: &[&str]) -> Value {
+    let output = Command::new(server_binary().unwrap())
+        .arg("ctl")
+        .arg(control)
+        .args(args)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ctl {args:?}: {reply}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&reply).unwrap()
+}
+
+#[test]
+fn an_event_without_a_buffer_is_reported_as_events_missed() {
+    let served = start(&["--disk", "null,size=1M"]);
+    let control = &served.control;
+    let mut driver = connect(&served.server);
+    settle(&mut driver, 0);
+    // HOTPLUG negotiated, no event buffer posted: both events are dropped.
+    let added = ctl_ok(control, &["add-disk", "null,size=2M"]);
+    assert_eq!(added["result"]["event"], "missed (EVENTS_MISSED follows)");
+    let removed = ctl_ok(control, &["remove-disk", "1"]);
+    assert_eq!(removed["result"]["event"], "missed (EVENTS_MISSED follows)");
+    // The first buffer posted carries the flag, with no event of its own.
+    driver.post_event_buffers(2).unwrap();
+    let events = driver.take_events(Duration::from_secs(5)).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].event, VIRTIO_SCSI_T_EVENTS_MISSED, "{events:?}");
+    // Then events are whole again, without the flag.
+    let added = ctl_ok(control, &["add-disk", "null,size=2M"]);
+    assert_eq!(added["result"]["event"], "delivered");
+    let events = driver.take_events(Duration::from_secs(5)).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].event, VIRTIO_SCSI_T_TRANSPORT_RESET, "{events:?}");
+    assert_eq!(events[0].lun, scsi::encode_lun(0, 1).unwrap());
+}
+
+/// The server as systemd starts it for a `.socket` unit: the listening socket is fd 3,
+/// `LISTEN_FDS=1`, `LISTEN_PID` its own pid, and `NOTIFY_SOCKET` where READY=1 goes.
+struct ActivatedServer {
+    child: Child,
+}
+
+impl ActivatedServer {
+    fn spawn(listener: &UnixListener, notify: &Path, socket: &Path, stderr: &Path) -> Self {
+        let binary = server_binary().unwrap();
+        let listener_fd = listener.as_raw_fd();
+        let mut command = Command::new("/bin/sh");
+        // LISTEN_PID must be the server's pid: the shell's, which exec keeps.
+        command
+            .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+            .arg(binary)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--disk", "null,size=1M"])
+            .env("NOTIFY_SOCKET", notify)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap());
+        // SAFETY: between fork and exec only dup2 or fcntl, which are async-signal-safe; the new fd 3
+        // has no close-on-exec flag, so the server inherits it as systemd's would be.
+        unsafe {
+            command.pre_exec(move || {
+                let moved = if listener_fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(listener_fd, 3)
+                };
+                if moved < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        ActivatedServer {
+            child: command.spawn().unwrap(),
+        }
+    }
+}
+
+impl Drop for ActivatedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn socket_activation_serves_the_inherited_socket_and_leaves_it_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vus.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let stderr = dir.path().join("server.stderr");
+    let mut server = ActivatedServer::spawn(&listener, &notify_path, &socket, &stderr);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+
+    let mut message = [0u8; 256];
+    let n = notify
+        .recv(&mut message)
+        .unwrap_or_else(|e| panic!("no READY=1: {e}\n{}", log()));
+    assert_eq!(&message[..n], b"READY=1\n");
+
+    let options = DriverOptions {
+        timeout: Duration::from_secs(10),
+        ..DriverOptions::default()
+    };
+    let mut driver = VirtioScsiDriver::connect(&socket, options)
+        .unwrap_or_else(|e| panic!("driver through the inherited socket: {e}\n{}", log()));
+    settle(&mut driver, 0);
+    assert!(driver
+        .write10(0, 8, &[0x5a; 4096], BLOCK)
+        .unwrap()
+        .is_good());
+    let read = driver.read10(0, 8, 8, BLOCK).unwrap();
+    assert!(
+        read.is_good() && read.data_in.len() == 4096,
+        "{:?}",
+        read.sense
+    );
+    drop(driver);
+
+    // READY=1 is sent once, not again for a client.
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(notify.recv(&mut message).is_err(), "a second notification");
+
+    let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}\n{}", log());
+    // systemd owns the socket file and keeps listening on it for the next start: the server
+    // neither unlinks it nor creates a lock file beside it.
+    assert!(socket.exists(), "the server removed systemd's socket");
+    assert!(!dir.path().join("vus.sock.lock").exists());
+    let client = UnixStream::connect(&socket).unwrap();
+    listener.set_nonblocking(false).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop((client, accepted));
+}
