@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use slog::{info, warn, Logger};
 use virtio::{
-    EventDelivery, LunState, QueueStats, ScsiDevice, ScsiDeviceError, VirtioDevice,
-    LATENCY_BUCKETS, SENSE_KEYS,
+    EventDelivery, LunState, LunStats, QueueStats, RemovedLun, ScsiDevice, ScsiDeviceError,
+    VirtioDevice, LATENCY_BUCKETS, SENSE_KEYS,
 };
 
 use crate::cli::LogLevel;
@@ -106,7 +106,7 @@ pub struct ControlCommands {
     num_queues: u16,
     queue_size: u16,
     /// LUNs whose removal timed out: gone from the target, waiting for their requests.
-    draining: Vec<(u16, Arc<block::Disk>)>,
+    draining: Vec<RemovedLun>,
     log: Logger,
 }
 
@@ -255,9 +255,12 @@ impl ControlCommands {
         })
     }
 
-    /// Counters since the server started: per request queue, their sum, and per iothread.
+    /// Counters since the server started: per request queue, their sum, per LUN (since it was
+    /// added) and per iothread.
     fn stats(&self, device: &Function) -> Value {
-        let queues = device.function().device().queue_stats();
+        let scsi = device.function().device();
+        let queues = scsi.queue_stats();
+        let luns: Vec<Value> = scsi.lun_stats().iter().map(lun_stats_json).collect();
         let mut total = QueueStats {
             vq: 0,
             ..QueueStats::default()
@@ -299,6 +302,7 @@ impl ControlCommands {
         json!({
             "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
             "total": total,
+            "luns": luns,
             "iothreads": iothreads,
         })
     }
@@ -311,7 +315,7 @@ impl ControlCommands {
             .luns()
             .iter()
             .map(|lun| lun.config.lun)
-            .chain(self.draining.iter().map(|(lun, _)| *lun))
+            .chain(self.draining.iter().map(RemovedLun::lun))
             .collect();
         let lun = match spec.lun {
             Some(lun) if used.contains(&lun) => return Err(ControlError::LunInUse(lun)),
@@ -336,9 +340,9 @@ impl ControlCommands {
         let at = self
             .draining
             .iter()
-            .position(|(draining, _)| *draining == lun);
-        let disk = match at {
-            Some(at) => self.draining.remove(at).1,
+            .position(|draining| draining.lun() == lun);
+        let removed = match at {
+            Some(at) => self.draining.remove(at),
             None => match device.function_mut().device_mut().remove_lun(lun) {
                 Ok(disk) => disk,
                 Err(ScsiDeviceError::Target(scsi_disk::TargetError::NoSuchLun(_))) => {
@@ -350,9 +354,9 @@ impl ControlCommands {
         // Requests in flight hold the disk; once only we do, the LUN is drained. Main-loop
         // queues complete only when served, so they are served while we wait.
         let started = Instant::now();
-        while Arc::strong_count(&disk) > 1 {
+        while !removed.drained() {
             if started.elapsed() > DRAIN_TIMEOUT {
-                self.draining.push((lun, disk));
+                self.draining.push(removed);
                 return Err(ControlError::DrainTimeout {
                     lun,
                     seconds: DRAIN_TIMEOUT.as_secs(),
@@ -430,25 +434,45 @@ const SENSE_KEY_NAMES: [&str; SENSE_KEYS] = [
 ];
 
 fn queue_json(stats: &QueueStats) -> Value {
-    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
-        .iter()
-        .zip(stats.errors_by_sense_key)
-        .filter(|(_, count)| *count > 0)
-        .map(|(name, count)| (name.to_string(), json!(count)))
-        .collect();
     json!({
         "vq": stats.vq,
         "requests": stats.requests,
         "bytes_read": stats.bytes_read,
         "bytes_written": stats.bytes_written,
         "errors": stats.errors(),
-        "errors_by_sense_key": errors,
+        "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
         "transport_failures": stats.transport_failures,
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,
         "latency_us": latency_json(&stats.latency),
     })
+}
+
+/// A LUN's counters, in the shape of a queue's (kicks, interrupts and transport failures belong
+/// to queues, not LUNs).
+fn lun_stats_json(stats: &LunStats) -> Value {
+    json!({
+        "lun": stats.lun,
+        "requests": stats.requests,
+        "bytes_read": stats.bytes_read,
+        "bytes_written": stats.bytes_written,
+        "errors": stats.errors(),
+        "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
+        "in_flight": stats.in_flight,
+        "latency_us": latency_json(&stats.latency),
+    })
+}
+
+/// The sense keys that were answered, by name.
+fn errors_json(errors_by_sense_key: &[u64; SENSE_KEYS]) -> Value {
+    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
+        .iter()
+        .zip(errors_by_sense_key)
+        .filter(|(_, count)| **count > 0)
+        .map(|(name, count)| (name.to_string(), json!(count)))
+        .collect();
+    Value::Object(errors)
 }
 
 /// Percentiles as the upper bound of the histogram bucket they fall in (bucket 0 is under

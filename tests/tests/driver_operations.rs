@@ -219,3 +219,92 @@ fn socket_activation_serves_the_inherited_socket_and_leaves_it_to_systemd() {
     let (accepted, _) = listener.accept().unwrap();
     drop((client, accepted));
 }
+
+/// `stats`' entry of each LUN, by LUN number.
+fn lun_stats(control: &Path) -> Vec<Value> {
+    let stats = ctl_ok(control, &["stats"]);
+    stats["result"]["luns"].as_array().unwrap().clone()
+}
+
+fn counter(stats: &Value, field: &str) -> u64 {
+    stats[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {stats}"))
+}
+
+#[test]
+fn stats_count_each_luns_requests_bytes_and_errors() {
+    let served = start(&[
+        "--disk",
+        "null,size=1M",
+        "--disk",
+        "null,size=2M",
+        "--num-queues",
+        "2",
+    ]);
+    let control = &served.control;
+    let mut driver = connect(&served.server);
+    settle(&mut driver, 0);
+    settle(&mut driver, 1);
+    let before = lun_stats(control);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // LUN 0 on both queues: three 4 KiB reads and a 1 KiB write.
+    for lba in 0..3 {
+        let cdb = scsi::cdb::lba10(scsi::cdb::READ_10, 0, lba * 8, 8);
+        assert!(driver
+            .scsi_command(0, 0, &cdb, None, 4096)
+            .unwrap()
+            .is_good());
+    }
+    let cdb = scsi::cdb::lba10(scsi::cdb::WRITE_10, 0, 64, 2);
+    let write = driver.scsi_command(1, 0, &cdb, Some(&[7; 1024]), 0);
+    assert!(write.unwrap().is_good());
+    // LUN 1: two 2 KiB writes, and a read past its end (2 MiB = 4096 blocks).
+    for lba in [0, 100] {
+        let cdb = scsi::cdb::lba10(scsi::cdb::WRITE_10, 0, lba, 4);
+        let write = driver.scsi_command(1, 1, &cdb, Some(&[9; 2048]), 0);
+        assert!(write.unwrap().is_good());
+    }
+    let cdb = scsi::cdb::lba10(scsi::cdb::READ_10, 0, 4096, 1);
+    let beyond = driver.scsi_command(0, 1, &cdb, None, 512).unwrap();
+    assert!(!beyond.is_good(), "{beyond:?}");
+
+    let after = lun_stats(control);
+    let delta =
+        |lun: usize, field: &str| counter(&after[lun], field) - counter(&before[lun], field);
+    assert_eq!(after[0]["lun"], 0);
+    assert_eq!(delta(0, "requests"), 4, "{after:?}");
+    assert_eq!(delta(0, "bytes_read"), 3 * 4096);
+    assert_eq!(delta(0, "bytes_written"), 1024);
+    assert_eq!(delta(0, "errors"), 0);
+    assert_eq!(after[1]["lun"], 1);
+    assert_eq!(delta(1, "requests"), 3, "{after:?}");
+    assert_eq!(delta(1, "bytes_read"), 0);
+    assert_eq!(delta(1, "bytes_written"), 2 * 2048);
+    assert_eq!(delta(1, "errors"), 1);
+    let illegal = |stats: &Value| stats["errors_by_sense_key"]["illegal_request"].as_u64();
+    assert_eq!(
+        illegal(&after[1]),
+        Some(illegal(&before[1]).unwrap_or(0) + 1)
+    );
+    for lun in &after {
+        assert_eq!(counter(lun, "in_flight"), 0);
+        let histogram = lun["latency_us"]["histogram"].as_array().unwrap();
+        let answered: u64 = histogram.iter().filter_map(Value::as_u64).sum();
+        assert_eq!(answered, counter(lun, "requests"), "{lun}");
+    }
+
+    // A removed LUN's stats go with it; added again, it starts from zero.
+    ctl_ok(control, &["remove-disk", "1"]);
+    let luns = lun_stats(control);
+    assert_eq!(luns.len(), 1, "{luns:?}");
+    ctl_ok(control, &["add-disk", "null,size=2M,lun=1"]);
+    let luns = lun_stats(control);
+    assert_eq!(luns[1]["lun"], 1);
+    assert_eq!(counter(&luns[1], "requests"), 0, "{luns:?}");
+    assert_eq!(
+        counter(&luns[0], "requests"),
+        counter(&after[0], "requests")
+    );
+}
