@@ -2,6 +2,7 @@
 //! the driver had no buffer for, per-LUN stats, a remove-disk that waits for a held request
 //! while the main loop goes on answering, and systemd's socket activation with READY=1.
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -10,9 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::scsi::{self, VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_TRANSPORT_RESET};
-use tests::server_process::server_binary;
-use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
+use tests::server_process::{self, server_binary};
+use tests::{DriverOptions, ScsiRequest, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
 
@@ -61,21 +63,26 @@ fn settle(driver: &mut VirtioScsiDriver, lun: u16) {
     panic!("LUN {lun} never became ready");
 }
 
-/// `vfio-user-scsi ctl`: the reply, which must be a success.
+/// `vfio-user-scsi ctl`: its exit status and its reply.
+fn ctl(control: &Path, args: &[&str]) -> (Option<i32>, Value) {
+    let (status, reply) = server_process::ctl(control, args).unwrap();
+    let reply =
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {reply}"));
+    (status, reply)
+}
+
+/// The result of a reply that must be a success.
 fn ctl_ok(control: &Path, args: &[&str]) -> Value {
-    let output = Command::new(server_binary().unwrap())
-        .arg("ctl")
-        .arg(control)
-        .args(args)
-        .output()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "ctl {args:?}: {reply}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&reply).unwrap()
+    let (status, reply) = ctl(control, args);
+    assert_eq!(status, Some(0), "ctl {args:?}: {reply}");
+    reply
+}
+
+/// The error of a reply that must be one.
+fn ctl_error(control: &Path, args: &[&str]) -> String {
+    let (status, reply) = ctl(control, args);
+    assert_eq!(status, Some(1), "ctl {args:?}: {reply}");
+    reply["error"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -307,4 +314,128 @@ fn stats_count_each_luns_requests_bytes_and_errors() {
         counter(&luns[0], "requests"),
         counter(&after[0], "requests")
     );
+}
+
+/// A line-delimited JSON exchange on the control socket, for requests whose reply comes later.
+struct ControlConnection {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl ControlConnection {
+    fn open(control: &Path) -> Self {
+        let stream = UnixStream::connect(control).unwrap();
+        ControlConnection {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, request: &str) {
+        writeln!(self.writer, "{request}").unwrap();
+    }
+
+    /// The next reply, or None when none came within `timeout`.
+    fn reply_within(&mut self, timeout: Duration) -> Option<Value> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
+            Ok(_) => panic!("control connection closed"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                assert!(line.is_empty(), "partial reply {line:?}");
+                None
+            }
+            Err(e) => panic!("control connection: {e}"),
+        }
+    }
+}
+
+/// Config space (PCI and the device's BAR) answers within this while a removal waits; a main
+/// loop blocked by the wait would take seconds.
+const PROMPT: Duration = Duration::from_millis(1000);
+
+/// Reads PCI config space and the device config in BAR memory, each answered promptly.
+fn config_answers_promptly(driver: &mut VirtioScsiDriver) {
+    let started = Instant::now();
+    let mut header = [0u8; 4];
+    driver.pci().config_read(0, &mut header).unwrap();
+    assert_eq!(u16::from_le_bytes([header[0], header[1]]), 0x1af4);
+    let config = driver.read_config().unwrap();
+    assert!(config.num_queues >= 1);
+    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
+    // LUN 1 answers every read after 6.5 s: longer than remove-disk's 5 s wait.
+    let served = start(&[
+        "--disk",
+        "null,size=1M",
+        "--disk",
+        "null,size=1M,latency-us=6500000",
+    ]);
+    let control = &served.control;
+    let mut driver = connect(&served.server);
+    settle(&mut driver, 0);
+    settle(&mut driver, 1);
+    let queue = FIRST_REQUEST_QUEUE;
+    let cdb = scsi::cdb::lba10(scsi::cdb::READ_10, 0, 0, 8);
+    let held = ScsiRequest::new(scsi::encode_lun(0, 1).unwrap(), &cdb)
+        .data_in(4096)
+        .tag(0x51);
+    let head = driver.submit(queue, &held).unwrap();
+    let submitted = Instant::now();
+
+    let mut removing = ControlConnection::open(control);
+    removing.send(r#"{"command":"remove-disk","lun":1}"#);
+    // While it waits: the client's config accesses, I/O on LUN 0, other control requests.
+    let mut other = ControlConnection::open(control);
+    for _ in 0..5 {
+        config_answers_promptly(&mut driver);
+        // The first one may report REPORTED LUNS DATA HAS CHANGED.
+        settle(&mut driver, 0);
+        assert!(driver.read10(0, 0, 8, BLOCK).unwrap().is_good());
+        other.send(r#"{"command":"query"}"#);
+        let query = other
+            .reply_within(PROMPT)
+            .expect("query answered while remove-disk waits");
+        let luns = query["result"]["luns"].as_array().unwrap();
+        assert_eq!(luns.len(), 1, "LUN 1 left the target at once: {query}");
+        let again = ctl_error(control, &["remove-disk", "1"]);
+        assert!(again.contains("being removed already"), "{again}");
+        assert!(removing.reply_within(Duration::from_millis(200)).is_none());
+    }
+
+    // After 5 s it gives up, naming what it waits for; the request is still held.
+    let timed_out = removing
+        .reply_within(Duration::from_secs(10))
+        .expect("remove-disk timed out");
+    assert_eq!(timed_out["ok"], false, "{timed_out}");
+    let error = timed_out["error"].as_str().unwrap();
+    assert!(error.contains("1 request(s) in flight"), "{error}");
+    assert!(error.contains(&0x51.to_string()), "{error}");
+    assert!(driver.poll_completions(queue).unwrap().is_empty());
+    config_answers_promptly(&mut driver);
+
+    // remove-disk again: the reply comes once the held request has been answered.
+    removing.send(r#"{"command":"remove-disk","lun":1}"#);
+    let removed = removing
+        .reply_within(Duration::from_secs(10))
+        .expect("remove-disk after the drain");
+    assert_eq!(removed["ok"], true, "{removed}");
+    assert_eq!(removed["result"]["lun"], 1);
+    assert!(submitted.elapsed() >= Duration::from_millis(6500));
+    let completions = driver.poll_completions(queue).unwrap();
+    assert_eq!(completions.len(), 1, "{completions:?}");
+    assert_eq!(completions[0].0, head);
+    assert!(ctl_error(control, &["remove-disk", "1"]).contains("LUN 1 does not exist"));
 }

@@ -185,14 +185,12 @@ impl ScsiDevice {
     /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
     pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
         let tasks = Arc::clone(&self.tasks);
-        move || {
-            tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|tasks| tasks.snapshot())
-                .unwrap_or_default()
-        }
+        move || commands_in_flight(&tasks)
+    }
+
+    /// The commands in flight now, as (lun, tag).
+    pub fn commands_in_flight(&self) -> Vec<(u16, u64)> {
+        commands_in_flight(&self.tasks)
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -343,6 +341,15 @@ impl RemovedLun {
     pub fn stats(&self) -> LunStats {
         self.entry.counters.snapshot(self.lun)
     }
+}
+
+fn commands_in_flight(tasks: &Mutex<Option<Arc<TaskSet>>>) -> Vec<(u16, u64)> {
+    tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|tasks| tasks.snapshot())
+        .unwrap_or_default()
 }
 
 fn lun_entry(disk: Arc<Disk>, request_queues: u16) -> Arc<LunEntry> {
