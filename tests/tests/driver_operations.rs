@@ -394,6 +394,10 @@ fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
         .tag(0x51);
     let head = driver.submit(queue, &held).unwrap();
     let submitted = Instant::now();
+    let stats = ctl_ok(control, &["stats"]);
+    assert_eq!(stats["result"]["luns"][1]["in_flight"], 1, "{stats}");
+    assert_eq!(stats["result"]["luns"][0]["in_flight"], 0, "{stats}");
+    assert_eq!(stats["result"]["queues"][0]["in_flight"], 1, "{stats}");
 
     let mut removing = ControlConnection::open(control);
     removing.send(r#"{"command":"remove-disk","lun":1}"#);
