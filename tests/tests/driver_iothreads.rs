@@ -14,7 +14,8 @@ use tests::split_queue::Buffer;
 use tests::{Completion, DriverOptions, ScsiRequest, ServerProcess, VirtioScsiDriver};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_T_TMF_ABORT_TASK,
-    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
 };
 
 const BLOCK: usize = 512;
@@ -363,7 +364,7 @@ fn a_disconnect_logs_each_request_queues_counters() {
 
 /// How long the null disk holds each command in the TMF test: long enough that a TMF answered
 /// without waiting would show, short enough for CI.
-const HELD: Duration = Duration::from_millis(300);
+const HELD: Duration = Duration::from_millis(500);
 
 /// Sends `subtype` for (lun 0, `tag`) on the control queue while a READ with that tag is held in
 /// flight on request queue 0; returns the TMF's response byte, after checking that the TMF was
@@ -376,6 +377,16 @@ fn tmf_while_read_in_flight(driver: &mut VirtioScsiDriver, subtype: u32, tag: u6
     read.tag = Some(tag);
     let sent = Instant::now();
     let read_head = driver.submit(REQUEST, &read).unwrap();
+    // The two queues are served by different threads in no set order: the TMF must not reach
+    // the device before the READ does. QUERY TASK answers FUNCTION SUCCEEDED once it has.
+    while driver.tmf(0, VIRTIO_SCSI_T_TMF_QUERY_TASK, tag).unwrap()
+        != VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
+    {
+        assert!(
+            sent.elapsed() < HELD / 2,
+            "the READ never showed as in flight"
+        );
+    }
 
     let memory = driver.memory().clone();
     let req = tests::scsi::encode_tmf_req(subtype, lun, tag);
@@ -426,7 +437,7 @@ fn tmf_while_read_in_flight(driver: &mut VirtioScsiDriver, subtype: u32, tag: u6
     assert!(read_at <= tmf_done);
     assert!(
         tmf_done - sent >= HELD,
-        "answered after {:?}",
+        "answered after {:?}; the READ: {result:?}",
         tmf_done - sent
     );
     // The command was not cut short: the null disk held it, then it completed.
