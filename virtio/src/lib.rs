@@ -9,7 +9,7 @@ mod inline_queue_host;
 pub mod interrupt;
 pub mod isr;
 pub mod memory_fault;
-pub mod notify;
+pub mod notifications;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
