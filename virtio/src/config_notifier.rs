@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::interrupt::MsixInterrupt;
+use crate::notifications::MsixInterrupt;
 use crate::status::DEVICE_NEEDS_RESET;
 use crate::virtio_device::Interrupt;
 

@@ -6,10 +6,8 @@ pub mod common_cfg;
 pub mod config_notifier;
 pub mod features;
 mod inline_queue_host;
-pub mod interrupt;
-pub mod isr;
 pub mod memory_fault;
-pub mod notifications;
+mod notifications;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
@@ -20,7 +18,7 @@ pub mod virtio_device;
 
 pub use config_notifier::ConfigNotifier;
 pub use inline_queue_host::InlineQueueHost;
-pub use interrupt::{MsixInterrupt, NO_VECTOR};
+pub use notifications::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{

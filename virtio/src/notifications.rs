@@ -1,12 +1,21 @@
-//! Queue notifiers: one eventfd per queue that a driver's notify write signals, created once and
-//! kept across resets so it can be handed out (GET_REGION_IO_FDS) and watched for the life of the
-//! function.
+//! Notifications between driver and device (virtio 1.2 §2.3), as the PCI transport carries
+//! them:
+//! - driver to device: a notify write to a queue's notify address writes that queue's notifier
+//!   eventfd, created once and kept across resets, so that it can be handed out
+//!   (GET_REGION_IO_FDS) and watched by the queue's owner for the life of the function;
+//! - device to driver: an interrupt raises the MSI-X vector the driver assigned, or, with
+//!   NO_VECTOR, only the read-to-clear ISR status byte.
 
 use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use pci::MsixVectors;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::virtio_device::Interrupt;
+
+/// The notifier eventfd of every queue.
 #[derive(Debug)]
 pub struct QueueNotifiers {
     fds: Vec<Arc<EventFd>>,
@@ -38,9 +47,7 @@ impl QueueNotifiers {
     pub fn drain_all(&self) -> io::Result<()> {
         (0..self.fds.len() as u16).try_for_each(|queue| self.drain(queue))
     }
-}
 
-impl QueueNotifiers {
     /// What a driver write to the queue's notify address does.
     pub fn notify(&self, queue: u16) -> io::Result<()> {
         match self.get(queue) {
@@ -51,6 +58,73 @@ impl QueueNotifiers {
             },
             None => Ok(()),
         }
+    }
+}
+
+/// ISR status bits.
+pub const QUEUE_INTERRUPT: u8 = 1;
+pub const CONFIG_INTERRUPT: u8 = 2;
+
+/// The ISR status byte: read-to-clear, set by interrupts (mostly unused with MSI-X).
+#[derive(Debug, Default)]
+pub struct Isr(AtomicU8);
+
+impl Isr {
+    pub fn raise(&self, bits: u8) {
+        self.0.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    /// What the driver reads: the bits, cleared by the read.
+    pub fn take(&self) -> u8 {
+        self.0.swap(0, Ordering::SeqCst)
+    }
+
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+/// The vector number meaning "no interrupt" (virtio 1.2, 4.1.5.1.2).
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// Raises the MSI-X vector currently assigned to a queue or to configuration changes.
+pub struct MsixInterrupt {
+    vectors: Arc<MsixVectors>,
+    vector: Arc<AtomicU16>,
+    isr: Arc<Isr>,
+    isr_bit: u8,
+}
+
+impl MsixInterrupt {
+    pub fn new(
+        vectors: Arc<MsixVectors>,
+        vector: Arc<AtomicU16>,
+        isr: Arc<Isr>,
+        isr_bit: u8,
+    ) -> Self {
+        MsixInterrupt {
+            vectors,
+            vector,
+            isr,
+            isr_bit,
+        }
+    }
+}
+
+impl Interrupt for MsixInterrupt {
+    fn trigger(&self) {
+        let vector = self.vector.load(Ordering::Acquire);
+        if vector == NO_VECTOR {
+            // No MSI-X message: the ISR bit is all the driver can find (by polling).
+            self.isr.raise(self.isr_bit);
+            return;
+        }
+        if self.isr_bit == CONFIG_INTERRUPT {
+            self.isr.raise(self.isr_bit);
+        }
+        // The register only ever holds NO_VECTOR or a vector that exists, and an eventfd write
+        // can only fail on a closed descriptor, which the client replaces with SET_IRQS.
+        let _ = self.vectors.signal(vector);
     }
 }
 
@@ -68,5 +142,14 @@ mod tests {
         notifiers.drain_all().unwrap();
         assert!(notifiers.get(0).unwrap().read().is_err());
         assert!(notifiers.get(2).is_none());
+    }
+
+    #[test]
+    fn reading_clears() {
+        let isr = Isr::default();
+        isr.raise(CONFIG_INTERRUPT);
+        isr.raise(QUEUE_INTERRUPT);
+        assert_eq!(isr.take(), 3);
+        assert_eq!(isr.take(), 0);
     }
 }

@@ -18,9 +18,7 @@ use crate::bar_layout::{BarLayout, BarTarget, MSIX_BAR, NOTIFY_OFF_MULTIPLIER, V
 use crate::common_cfg::{CommonCfg, CommonCfgWrite, QueueConfig};
 use crate::config_notifier::ConfigNotifier;
 use crate::features;
-use crate::interrupt::MsixInterrupt;
-use crate::isr::{Isr, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
-use crate::notifications::QueueNotifiers;
+use crate::notifications::{Isr, MsixInterrupt, QueueNotifiers, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
 use crate::pci_caps::{
     VirtioPciCap, COMMON_CFG, DEVICE_CFG, ISR_CFG, NOTIFY_CFG, PCI_CFG_BAR, PCI_CFG_DATA,
     PCI_CFG_LENGTH, PCI_CFG_OFFSET, VENDOR_CAPABILITY_ID,
