@@ -92,8 +92,6 @@ pub enum ControlError {
         command: &'static str,
         source: PoolError,
     },
-    #[error("{0}: the server runs without an iothread pool")]
-    NoPool(&'static str),
     #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
     LogLevel(String),
     #[error("remove-disk: LUN {lun} still has {in_flight} request(s) in flight after {seconds} s (tags: {tags}); it takes no new ones, and remove-disk {lun} again finishes the removal")]
@@ -122,7 +120,7 @@ enum Progress {
 
 /// The state the commands read and change besides the device.
 pub struct ControlCommands {
-    pool: Option<Arc<IothreadPool>>,
+    pool: Arc<IothreadPool>,
     log_control: LogControl,
     num_queues: u16,
     queue_size: u16,
@@ -137,7 +135,7 @@ pub type Function = VirtioFunction<ScsiDevice>;
 
 impl ControlCommands {
     pub fn new(
-        pool: Option<Arc<IothreadPool>>,
+        pool: Arc<IothreadPool>,
         log_control: LogControl,
         num_queues: u16,
         queue_size: u16,
@@ -236,7 +234,7 @@ impl ControlCommands {
                     other => other.to_string(),
                 };
                 let moves = self
-                    .pool("set-mapping")?
+                    .pool
                     .set_mapping(&json, usize::from(self.num_queues))
                     .map_err(|source| ControlError::Pool {
                         command: "set-mapping",
@@ -249,7 +247,7 @@ impl ControlCommands {
                 json!({"moved": moved})
             }
             Request::AddIothread { name } => {
-                self.pool("add-iothread")?
+                self.pool
                     .add_iothread(&name)
                     .map_err(|source| ControlError::Pool {
                         command: "add-iothread",
@@ -258,7 +256,7 @@ impl ControlCommands {
                 json!({"iothread": name})
             }
             Request::RemoveIothread { name } => {
-                self.pool("remove-iothread")?
+                self.pool
                     .remove_iothread(&name)
                     .map_err(|source| ControlError::Pool {
                         command: "remove-iothread",
@@ -277,19 +275,11 @@ impl ControlCommands {
         Ok(Progress::Done(done))
     }
 
-    fn pool(&self, command: &'static str) -> Result<&IothreadPool, ControlError> {
-        self.pool.as_deref().ok_or(ControlError::NoPool(command))
-    }
-
     fn query(&self, device: &Function, status: ServerStatus) -> Value {
-        let names = self
-            .pool
-            .as_ref()
-            .map(|pool| pool.iothread_names())
-            .unwrap_or_default();
-        let owner = |vq: u16| match self.pool.as_ref().map(|pool| pool.owner(vq)) {
-            Some(QueueOwner::Iothread(i)) => names.get(i).map_or("main-loop", String::as_str),
-            _ => "main-loop",
+        let names = self.pool.iothread_names();
+        let owner = |vq: u16| match self.pool.owner(vq) {
+            QueueOwner::Iothread(i) => names.get(i).map_or("main-loop", String::as_str),
+            QueueOwner::MainLoop => "main-loop",
         };
         let queues: Vec<Value> = (0..self.num_queues + 2)
             .map(|vq| {
@@ -354,9 +344,7 @@ impl ControlCommands {
         }
         let iothreads: Vec<Value> = self
             .pool
-            .as_ref()
-            .map(|pool| pool.iothread_stats())
-            .unwrap_or_default()
+            .iothread_stats()
             .into_iter()
             .map(|stats| {
                 json!({"name": stats.name, "busy_ns": stats.busy_ns, "poll_ns": stats.poll_ns,

@@ -196,7 +196,7 @@ fn run(
     };
     let controller = controller::build(&config, memory.clone(), log)?;
     let commands = ControlCommands::new(
-        Some(pool),
+        pool,
         log_control.clone(),
         cli.num_queues,
         cli.queue_size,
