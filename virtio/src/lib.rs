@@ -3,7 +3,6 @@
 
 pub mod bar_layout;
 pub mod common_cfg;
-pub mod config_notifier;
 pub mod features;
 mod inline_queue_host;
 pub mod memory_fault;
@@ -16,9 +15,8 @@ pub mod status;
 pub mod transport_error;
 pub mod virtio_device;
 
-pub use config_notifier::ConfigNotifier;
 pub use inline_queue_host::InlineQueueHost;
-pub use notifications::{MsixInterrupt, NO_VECTOR};
+pub use notifications::{ConfigNotifier, MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{

@@ -4,7 +4,8 @@
 //!   eventfd, created once and kept across resets, so that it can be handed out
 //!   (GET_REGION_IO_FDS) and watched by the queue's owner for the life of the function;
 //! - device to driver: an interrupt raises the MSI-X vector the driver assigned, or, with
-//!   NO_VECTOR, only the read-to-clear ISR status byte.
+//!   NO_VECTOR, only the read-to-clear ISR status byte; configuration changes and
+//!   DEVICE_NEEDS_RESET raise the configuration vector.
 
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use pci::MsixVectors;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::status::DEVICE_NEEDS_RESET;
 use crate::virtio_device::Interrupt;
 
 /// The notifier eventfd of every queue.
@@ -125,6 +127,28 @@ impl Interrupt for MsixInterrupt {
         // The register only ever holds NO_VECTOR or a vector that exists, and an eventfd write
         // can only fail on a closed descriptor, which the client replaces with SET_IRQS.
         let _ = self.vectors.signal(vector);
+    }
+}
+
+/// Device-side changes the driver must hear about: configuration changes and
+/// DEVICE_NEEDS_RESET. A handle any thread may hold.
+pub struct ConfigNotifier {
+    pub(crate) status: Arc<AtomicU8>,
+    pub(crate) generation: Arc<AtomicU8>,
+    pub(crate) interrupt: MsixInterrupt,
+}
+
+impl ConfigNotifier {
+    /// The device configuration changed: bump config_generation and raise the config vector.
+    pub fn config_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.interrupt.trigger();
+    }
+
+    /// The device cannot go on until the driver resets it.
+    pub fn needs_reset(&self) {
+        self.status.fetch_or(DEVICE_NEEDS_RESET, Ordering::SeqCst);
+        self.interrupt.trigger();
     }
 }
 

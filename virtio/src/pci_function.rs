@@ -16,9 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bar_layout::{BarLayout, BarTarget, MSIX_BAR, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR};
 use crate::common_cfg::{CommonCfg, CommonCfgWrite, QueueConfig};
-use crate::config_notifier::ConfigNotifier;
 use crate::features;
-use crate::notifications::{Isr, MsixInterrupt, QueueNotifiers, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
+use crate::notifications::{
+    ConfigNotifier, Isr, MsixInterrupt, QueueNotifiers, CONFIG_INTERRUPT, QUEUE_INTERRUPT,
+};
 use crate::pci_caps::{
     VirtioPciCap, COMMON_CFG, DEVICE_CFG, ISR_CFG, NOTIFY_CFG, PCI_CFG_BAR, PCI_CFG_DATA,
     PCI_CFG_LENGTH, PCI_CFG_OFFSET, VENDOR_CAPABILITY_ID,
