@@ -1,6 +1,6 @@
 //! Reading fields of a command descriptor block, and what a command's data-out buffer carries.
 
-use super::opcodes::op;
+use super::commands::op;
 
 /// The largest logical block size a LUN may have: WRITE SAME's data-out is one block.
 pub const MAX_BLOCK_SIZE: usize = 4096;

@@ -1,7 +1,7 @@
 //! INQUIRY (SPC-5 6.7): standard data, or a vital product data page.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
 use super::vpd;
@@ -70,7 +70,7 @@ pub(crate) fn inquiry_missing_lun(cdb: Cdb<'_>, lun: u16) -> Result<Outcome, Sen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
     use crate::outcome::tests::good;
 
     #[test]

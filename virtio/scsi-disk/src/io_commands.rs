@@ -2,8 +2,8 @@
 //! into one backend operation on a range of blocks.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::lun_config::LunConfig;
+use super::commands::Command;
 use super::outcome::{DiskIo, Outcome};
 use super::sense::Sense;
 
@@ -121,7 +121,7 @@ pub(crate) fn start_stop_unit(cdb: Cdb<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn rw10(opcode: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![opcode, flags];

@@ -4,11 +4,11 @@
 
 mod capacity;
 mod cdb;
+mod commands;
 mod inquiry;
 mod io_commands;
-mod lun;
+mod lun_config;
 mod mode_pages;
-mod opcodes;
 mod outcome;
 mod report_luns;
 mod report_opcodes;
@@ -22,7 +22,7 @@ mod write_same;
 mod tests;
 
 pub use cdb::{data_out_use, DataOutUse, MAX_BLOCK_SIZE};
-pub use lun::LunConfig;
+pub use lun_config::LunConfig;
 pub use outcome::{DiskIo, Outcome};
 pub use sense::{key as sense_key, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use target::{Target, TargetError, MAX_LUN, MAX_SERIAL_LEN};

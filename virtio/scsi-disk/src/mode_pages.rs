@@ -2,8 +2,8 @@
 //! bit is the one thing a driver may change, and the control page (SPC-5 7.5.10).
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::lun_config::LunConfig;
+use super::commands::Command;
 use super::outcome::Outcome;
 use super::sense::Sense;
 
@@ -247,7 +247,7 @@ pub(crate) fn mode_select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
     use crate::outcome::tests::good;
 
     fn sense6(flags: u8, page: u8, subpage: u8, allocation_length: u8) -> [u8; 6] {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::cdb::Cdb;
 use super::inquiry::inquiry_missing_lun;
-use super::lun::{request_sense_data, Lun, LunConfig};
-use super::opcodes::{decode, lookup, op, Command};
+use super::lun_config::{request_sense_data, Lun, LunConfig};
+use super::commands::{decode, lookup, op, Command};
 use super::outcome::Outcome;
 use super::report_luns::report_luns;
 use super::sense::Sense;

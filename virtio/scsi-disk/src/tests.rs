@@ -1,7 +1,7 @@
 //! Tests of the whole target through its public face, as the virtio-scsi device uses it.
 
 use super::*;
-use crate::lun::tests::config;
+use crate::lun_config::tests::config;
 use crate::outcome::tests::good as data;
 
 const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];

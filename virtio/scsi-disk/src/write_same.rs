@@ -2,8 +2,8 @@
 //! deallocation when the driver allows it.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::lun_config::LunConfig;
+use super::commands::Command;
 use super::outcome::{DiskIo, Outcome};
 use super::sense::Sense;
 
@@ -57,7 +57,7 @@ pub(crate) fn write_same(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn ws10(flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![0x41, flags];

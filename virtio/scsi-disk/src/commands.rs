@@ -4,7 +4,7 @@
 //! data has a zero is refused with INVALID FIELD IN CDB pointing at it.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
 use super::sense::Sense;
 
 pub(crate) mod op {

@@ -2,7 +2,7 @@
 //! attention) and the dispatch of commands addressed to it.
 
 use super::cdb::Cdb;
-use super::opcodes::{Command, CommandSpec};
+use super::commands::{Command, CommandSpec};
 use super::outcome::Outcome;
 use super::sense::Sense;
 use super::{
