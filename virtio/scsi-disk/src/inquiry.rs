@@ -4,11 +4,9 @@ use super::cdb::Cdb;
 use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
-use super::vpd;
+use super::vpd::{self, PRODUCT, VENDOR};
 
-pub(crate) const VENDOR: &[u8; 8] = b"VFIOUSER";
-pub(crate) const PRODUCT: &[u8; 16] = b"VIRTUAL DISK    ";
-pub(crate) const REVISION: &[u8; 4] = b"1.0 ";
+const REVISION: &[u8; 4] = b"1.0 ";
 
 /// Peripheral qualifier 0, device type 0: a direct-access block device is connected.
 const DISK: u8 = 0x00;

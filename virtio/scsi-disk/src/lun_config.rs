@@ -1,13 +1,12 @@
-//! One emulated disk logical unit: its configuration, its state (write cache, pending unit
-//! attention) and the dispatch of commands addressed to it.
+//! What a logical unit is: the configuration it was created with, checked once, then only
+//! read.
 
-use super::cdb::Cdb;
-use super::commands::{Command, CommandSpec};
-use super::outcome::Outcome;
 use super::sense::Sense;
-use super::{
-    capacity, inquiry, io_commands, mode_pages, report_luns, report_opcodes, unmap, write_same,
-};
+
+/// LUNs are addressed with 14 bits (flat space addressing).
+pub const MAX_LUN: u16 = 16383;
+/// Longest serial number we report (QEMU's limit too).
+pub const MAX_SERIAL_LEN: usize = 36;
 
 /// Largest range one UNMAP or WRITE SAME may cover, so a single command cannot hold an
 /// iothread for long.
@@ -34,7 +33,58 @@ pub struct LunConfig {
     pub max_transfer_blocks: u32,
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LunConfigError {
+    #[error("LUN {0} is out of range (at most {MAX_LUN})")]
+    LunOutOfRange(u16),
+    #[error("LUN {lun}: logical block size {block_size} is neither 512 nor 4096")]
+    BadBlockSize { lun: u16, block_size: u32 },
+    #[error("LUN {0} has no blocks")]
+    NoBlocks(u16),
+    #[error("LUN {0} is larger than 2^64 bytes")]
+    TooLarge(u16),
+    #[error(
+        "LUN {lun}: serial {serial:?} is not printable ASCII of at most {MAX_SERIAL_LEN} bytes"
+    )]
+    BadSerial { lun: u16, serial: String },
+}
+
 impl LunConfig {
+    pub(crate) fn validate(&self) -> Result<(), LunConfigError> {
+        let lun = self.lun;
+        if lun > MAX_LUN {
+            return Err(LunConfigError::LunOutOfRange(lun));
+        }
+        if !matches!(self.block_size, 512 | 4096) {
+            return Err(LunConfigError::BadBlockSize {
+                lun,
+                block_size: self.block_size,
+            });
+        }
+        if self.block_count == 0 {
+            return Err(LunConfigError::NoBlocks(lun));
+        }
+        if self
+            .block_count
+            .checked_mul(u64::from(self.block_size))
+            .is_none()
+        {
+            return Err(LunConfigError::TooLarge(lun));
+        }
+        let serial = &self.serial;
+        if serial.len() > MAX_SERIAL_LEN
+            || !serial
+                .bytes()
+                .all(|byte| byte.is_ascii_graphic() || byte == b' ')
+        {
+            return Err(LunConfigError::BadSerial {
+                lun,
+                serial: serial.clone(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn max_unmap_blocks(&self) -> u32 {
         (MAX_RANGE_BYTES / u64::from(self.block_size.max(1))) as u32
     }
@@ -61,100 +111,6 @@ impl LunConfig {
             Ok(())
         }
     }
-}
-
-#[derive(Debug)]
-pub(crate) struct Lun {
-    pub config: LunConfig,
-    pub write_cache: bool,
-    pub unit_attention: Option<Sense>,
-}
-
-impl Lun {
-    pub(crate) fn new(config: LunConfig) -> Self {
-        Lun {
-            config,
-            write_cache: true,
-            unit_attention: Some(Sense::POWER_ON_RESET_OCCURRED),
-        }
-    }
-
-    /// REQUEST SENSE returns the pending unit attention, and so clears it.
-    fn request_sense(&mut self, cdb: Cdb<'_>) -> Outcome {
-        let sense = self.unit_attention.take().unwrap_or(Sense::NO_SENSE);
-        request_sense_data(cdb, sense)
-    }
-
-    pub(crate) fn execute(
-        &mut self,
-        spec: &CommandSpec,
-        cdb: Cdb<'_>,
-        data_out: &[u8],
-        data_out_len: u64,
-        lun_list: &[u16],
-    ) -> Result<Outcome, Sense> {
-        let config = &self.config;
-        match spec.command {
-            Command::TestUnitReady | Command::PreventAllowMediumRemoval => Ok(Outcome::good()),
-            Command::RequestSense => Ok(self.request_sense(cdb)),
-            Command::Inquiry => inquiry::inquiry(cdb, config),
-            Command::ReadCapacity10 => Ok(capacity::read_capacity_10(config)),
-            Command::ReadCapacity16 => Ok(capacity::read_capacity_16(cdb, config)),
-            Command::Read6
-            | Command::Read10
-            | Command::Read12
-            | Command::Read16
-            | Command::Write6
-            | Command::Write10
-            | Command::Write12
-            | Command::Write16 => {
-                io_commands::read_write(spec.command, cdb, config, self.write_cache)
-            }
-            Command::Verify10 | Command::Verify16 => io_commands::verify(spec.command, cdb, config),
-            Command::SynchronizeCache10 | Command::SynchronizeCache16 => {
-                io_commands::synchronize_cache(spec.command, cdb, config)
-            }
-            Command::StartStopUnit => Ok(io_commands::start_stop_unit(cdb)),
-            Command::WriteSame10 | Command::WriteSame16 => {
-                write_same::write_same(spec.command, cdb, config, data_out, data_out_len)
-            }
-            Command::Unmap => unmap::unmap(cdb, config, data_out, data_out_len),
-            Command::ModeSense6 | Command::ModeSense10 => {
-                mode_pages::mode_sense(spec.command, cdb, config, self.write_cache)
-            }
-            Command::ModeSelect6 | Command::ModeSelect10 => {
-                let wce = mode_pages::mode_select(
-                    spec.command,
-                    cdb,
-                    config,
-                    self.write_cache,
-                    data_out,
-                    data_out_len,
-                )?;
-                self.write_cache = wce;
-                Ok(Outcome::good())
-            }
-            Command::ReportSupportedOperationCodes => {
-                report_opcodes::report_supported_operation_codes(cdb, config)
-            }
-            Command::ReportSupportedTaskManagementFunctions => Ok(
-                report_opcodes::report_supported_task_management_functions(cdb),
-            ),
-            Command::ReportLuns => report_luns::report_luns(cdb, lun_list),
-        }
-    }
-}
-
-/// REQUEST SENSE data for `sense`, in the format the DESC bit asks for, status GOOD.
-pub(crate) fn request_sense_data(cdb: Cdb<'_>, sense: Sense) -> Outcome {
-    let mut data = vec![0u8; 32];
-    let len = if cdb.bit(1, 0) {
-        sense.to_descriptor_format(&mut data)
-    } else {
-        sense.to_fixed_format(&mut data)
-    };
-    data.truncate(len);
-    Outcome::data_in(data, usize::from(cdb.byte(4)))
 }
 
 #[cfg(test)]
@@ -194,29 +150,5 @@ pub(crate) mod tests {
             Ok((lun.block_count * 512, 0))
         );
         assert_eq!(lun.byte_range(u64::MAX, 2), Err(Sense::LBA_OUT_OF_RANGE));
-    }
-
-    #[test]
-    fn request_sense_formats() {
-        let fixed = request_sense_data(Cdb(&[0x03, 0, 0, 0, 252, 0]), Sense::WRITE_PROTECTED);
-        let Outcome::Good { data_in } = fixed else {
-            panic!()
-        };
-        assert_eq!(data_in.len(), 18);
-        assert_eq!((data_in[0], data_in[2], data_in[12]), (0x70, 0x07, 0x27));
-        let desc = request_sense_data(Cdb(&[0x03, 1, 0, 0, 252, 0]), Sense::WRITE_PROTECTED);
-        assert_eq!(
-            desc,
-            Outcome::Good {
-                data_in: vec![0x72, 0x07, 0x27, 0, 0, 0, 0, 0]
-            }
-        );
-        let short = request_sense_data(Cdb(&[0x03, 0, 0, 0, 3, 0]), Sense::WRITE_PROTECTED);
-        assert_eq!(
-            short,
-            Outcome::Good {
-                data_in: vec![0x70, 0, 0x07]
-            }
-        );
     }
 }

@@ -2,8 +2,8 @@
 //! 6.35, 6.36), both answered from what we really implement.
 
 use super::cdb::Cdb;
-use super::lun_config::LunConfig;
 use super::commands::{has_service_actions, CommandSpec, COMMANDS};
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
 

@@ -2,7 +2,7 @@
 //! queue, an event queue and `num_queues` request queues.
 //!
 //! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
-//! an iothread); the SCSI target state is shared between the workers behind a mutex.
+//! an iothread); the workers read the LUNs from one immutable snapshot (`lun_table`).
 
 mod backend_errors;
 mod config;
@@ -11,6 +11,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod lun_table;
 mod queue_counters;
 mod request;
 mod request_queue;
@@ -19,11 +20,9 @@ mod task_set;
 mod test_driver;
 mod virtqueue;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::ArcSwap;
 use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -34,7 +33,7 @@ use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 use crate::memory_fault::{FaultScope, GuardedWorker};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
-use scsi_disk::{LunConfig, Sense, Target, TargetError};
+use scsi_disk::{LunConfig, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
@@ -43,7 +42,8 @@ pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS}
 use config::ScsiConfig;
 use control_queue::ControlQueue;
 use event_queue::{EventQueue, SharedEventQueue};
-use request_queue::{DiskMap, RequestQueueWorker};
+use lun_table::LunTable;
+use request_queue::RequestQueueWorker;
 use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
 
@@ -115,8 +115,7 @@ pub struct ScsiDevice {
     config: ScsiConfig,
     num_queues: u16,
     queue_size: u16,
-    target: Arc<Mutex<Target>>,
-    disks: DiskMap,
+    luns: Arc<LunTable>,
     needs_reset: Arc<AtomicBool>,
     /// Per virtqueue, kept across resets.
     counters: Vec<Arc<QueueCounters>>,
@@ -144,13 +143,11 @@ impl ScsiDevice {
         if !queue_size.is_power_of_two() || !(4..=MAX_QUEUE_SIZE).contains(&queue_size) {
             return Err(ScsiDeviceError::QueueSize(queue_size));
         }
-        let target = Target::new(luns.iter().map(|(config, _)| config.clone()).collect())?;
-        let mut disks = HashMap::new();
         let mut max_sectors = DEFAULT_MAX_SECTORS;
         let mut max_lun = 0;
-        for (lun_config, disk) in luns {
+        for (lun_config, disk) in &luns {
             let lun = lun_config.lun;
-            check_disk(&lun_config, &disk)?;
+            check_disk(lun_config, disk)?;
             if lun_config.max_transfer_blocks > 0 {
                 let sectors = u64::from(lun_config.max_transfer_blocks)
                     * u64::from(lun_config.block_size)
@@ -158,14 +155,13 @@ impl ScsiDevice {
                 max_sectors = max_sectors.min(u32::try_from(sectors).unwrap_or(u32::MAX));
             }
             max_lun = max_lun.max(lun);
-            disks.insert(lun, disk);
         }
+        let luns = LunTable::new(luns)?;
         Ok(ScsiDevice {
             config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
             num_queues,
             queue_size,
-            target: Arc::new(Mutex::new(target)),
-            disks: Arc::new(ArcSwap::from_pointee(disks)),
+            luns: Arc::new(luns),
             needs_reset: Arc::new(AtomicBool::new(false)),
             counters: (0..num_queues + FIRST_REQUEST_QUEUE)
                 .map(|_| Arc::default())
@@ -200,16 +196,12 @@ impl ScsiDevice {
 
     /// The LUNs served now, by LUN number.
     pub fn luns(&self) -> Vec<LunState> {
-        let disks = self.disks.load();
-        let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
-        target
+        self.luns
+            .load()
             .luns()
-            .filter_map(|config| {
-                let disk = disks.get(&config.lun)?;
-                Some(LunState {
-                    config: config.clone(),
-                    disk: Arc::clone(disk),
-                })
+            .map(|unit| LunState {
+                config: unit.config().clone(),
+                disk: Arc::clone(&unit.data().disk),
             })
             .collect()
     }
@@ -223,32 +215,14 @@ impl ScsiDevice {
     ) -> Result<EventDelivery, ScsiDeviceError> {
         check_disk(&config, &disk)?;
         let lun = config.lun;
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add_lun(config)?;
-        self.disks.rcu(|disks| {
-            let mut disks = HashMap::clone(disks);
-            disks.insert(lun, Arc::clone(&disk));
-            disks
-        });
+        self.luns.add(config, disk)?;
         Ok(self.post_event(ScsiEvent::LunAdded { lun }))
     }
 
     /// Takes a LUN away from the target: new commands for it fail. Its disk is returned so that
     /// the caller can wait for the requests still holding it, then call `lun_removed`.
     pub fn remove_lun(&mut self, lun: u16) -> Result<Arc<Disk>, ScsiDeviceError> {
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove_lun(lun)?;
-        let mut removed = None;
-        self.disks.rcu(|disks| {
-            let mut disks = HashMap::clone(disks);
-            removed = disks.remove(&lun);
-            disks
-        });
-        removed.ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
+        Ok(self.luns.remove(lun)?)
     }
 
     /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
@@ -259,18 +233,8 @@ impl ScsiDevice {
     /// The LUN's disk has a new size: the LUN reports CAPACITY DATA HAS CHANGED and the driver
     /// is told (PARAM_CHANGE 2A/09).
     pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
-        let disk = self
-            .disks
-            .load()
-            .get(&lun)
-            .cloned()
-            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))?;
-        let block_count = disk.size() / u64::from(disk.logical_block_size());
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .resize_lun(lun, block_count)?;
-        let sense = Sense::CAPACITY_DATA_HAS_CHANGED;
+        self.luns.resize(lun)?;
+        let sense = scsi_disk::Sense::CAPACITY_DATA_HAS_CHANGED;
         Ok(self.post_event(ScsiEvent::ParamChange {
             lun,
             asc: sense.asc,
@@ -419,7 +383,7 @@ impl VirtioDevice for ScsiDevice {
             let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
-                    Arc::clone(&self.target),
+                    Arc::clone(&self.luns),
                     Arc::clone(&tasks),
                 )),
                 EVENT_QUEUE => {
@@ -432,8 +396,7 @@ impl VirtioDevice for ScsiDevice {
                         .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
                     Box::new(RequestQueueWorker::new(
                         queue,
-                        Arc::clone(&self.target),
-                        Arc::clone(&self.disks),
+                        Arc::clone(&self.luns),
                         Arc::clone(self.config.header_sizes()),
                         engine,
                         Arc::clone(&tasks),
@@ -487,10 +450,7 @@ impl VirtioDevice for ScsiDevice {
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset_all();
+        self.luns.load().reset_all();
     }
 }
 

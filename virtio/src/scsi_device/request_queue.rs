@@ -1,16 +1,13 @@
-//! The worker serving one request queue: it parses command requests, runs them through the
-//! shared SCSI target, hands disk work to its I/O engine with iovecs straight into guest memory,
-//! and writes responses when the engine completes.
+//! The worker serving one request queue: it parses command requests, runs them against the
+//! snapshot of the SCSI target's LUNs, hands disk work to its I/O engine with iovecs straight
+//! into guest memory, and writes responses when the engine completes.
 //!
-//! A worker owns everything it touches except the target (shared, behind a mutex), so it can
-//! be moved to the iothread that serves its queue.
+//! A worker owns everything it writes per request; the LUN snapshot it only reads (see
+//! `lun_table`), so it can be moved to the iothread that serves its queue.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
-
-use arc_swap::ArcSwap;
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
 use slog::{debug, trace};
@@ -25,6 +22,7 @@ use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
+use super::lun_table::LunTable;
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -32,21 +30,21 @@ use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
-use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_SENSE_LEN};
+use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
-
-/// The disks behind the target's LUNs; hotplug swaps in a new map.
-pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
 
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
     /// Keeps the guest memory the request's iovecs point into mapped.
     mem: MemorySnapshot,
-    disk: Arc<Disk>,
+    /// The disk, kept only by commands done in several steps (VERIFY, WRITE SAME with a
+    /// pattern): for a single step the engine keeps it while it holds the request, so that
+    /// the common command touches no reference count shared with other queues.
+    disk: Option<Arc<Disk>>,
     direction: Direction,
     /// Bytes the command moves through the driver's buffers (READ/WRITE only).
     transfer_len: u64,
@@ -113,8 +111,7 @@ impl Answer<'_> {
 
 pub struct RequestQueueWorker {
     queue: Virtqueue,
-    target: Arc<Mutex<Target>>,
-    disks: DiskMap,
+    luns: Arc<LunTable>,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
     /// Commands with the engine, by slot (their engine user_data); sized to the queue at
@@ -136,8 +133,7 @@ pub struct RequestQueueWorker {
 impl RequestQueueWorker {
     pub fn new(
         queue: Virtqueue,
-        target: Arc<Mutex<Target>>,
-        disks: DiskMap,
+        luns: Arc<LunTable>,
         sizes: Arc<HeaderSizes>,
         engine: Box<dyn Engine>,
         tasks: Arc<TaskSet>,
@@ -146,8 +142,7 @@ impl RequestQueueWorker {
         let slots = tasks.capacity(task_queue);
         RequestQueueWorker {
             queue,
-            target,
-            disks,
+            luns,
             sizes,
             engine,
             in_flight: (0..slots).map(|_| None).collect(),
@@ -321,12 +316,8 @@ impl RequestQueueWorker {
             }
             reply.parameters_len = parameters.len() as u64;
         }
-        let outcome = self
-            .target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .execute(lun, cdb, &parameters, data_out_len);
-        match outcome {
+        let luns = self.luns.load();
+        match luns.execute(lun, cdb, &parameters, data_out_len) {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
@@ -353,7 +344,15 @@ impl RequestQueueWorker {
                 let resid = reply.data_len;
                 self.finish(reply, mem, Answer::check_condition(sense, resid))
             }
-            Outcome::Io(io) => self.start_io(reply, mem, io, header_len, data_out_len, data_in_len),
+            Outcome::Io(io) => {
+                let Some(unit) = luns.lun(lun) else {
+                    let resid = reply.data_len;
+                    let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
+                    return self.finish(reply, mem, answer);
+                };
+                let lengths = (header_len, data_out_len, data_in_len);
+                self.start_io(reply, mem, io, &unit.data().disk, lengths)
+            }
         }
     }
 
@@ -362,15 +361,9 @@ impl RequestQueueWorker {
         reply: Reply,
         mem: &MemorySnapshot,
         io: DiskIo,
-        header_len: u64,
-        data_out_len: u64,
-        data_in_len: u64,
+        disk: &Arc<Disk>,
+        (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
-        let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
-            let resid = reply.data_len;
-            let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-            return self.finish(reply, mem, answer);
-        };
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid))
@@ -462,24 +455,23 @@ impl RequestQueueWorker {
                     false,
                 )
             }
-            DiskIo::WriteSame { offset, len, block } => {
-                let fua = !self
-                    .target
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write_cache_enabled(reply.lun);
-                (
-                    PendingIo::pattern(offset, len, &block, fua),
-                    Direction::ToDisk,
-                    0,
-                    false,
-                )
-            }
+            DiskIo::WriteSame {
+                offset,
+                len,
+                block,
+                fua,
+            } => (
+                PendingIo::pattern(offset, len, &block, fua),
+                Direction::ToDisk,
+                0,
+                false,
+            ),
         };
+        let disk_kept = (!matches!(pending, PendingIo::Batch(_))).then(|| Arc::clone(disk));
         let mut request = InFlight {
             reply,
             mem: mem.clone(),
-            disk,
+            disk: disk_kept,
             direction,
             transfer_len,
             data_in,
@@ -497,7 +489,7 @@ impl RequestQueueWorker {
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
             return self.finish(request.reply, mem, answer);
         };
-        self.submit_ready(slot as u64, &mut request);
+        self.submit_ready(slot as u64, &mut request, disk);
         if request.outstanding == 0 {
             self.free_slots.push(slot);
             self.finish_io(request);
@@ -509,9 +501,9 @@ impl RequestQueueWorker {
     }
 
     /// Submits what `request` has ready; a refused submission counts as an I/O error.
-    fn submit_ready(&mut self, id: u64, request: &mut InFlight) {
+    fn submit_ready(&mut self, id: u64, request: &mut InFlight, disk: &Arc<Disk>) {
         for io in request.pending.take_ready() {
-            match self.engine.submit(&request.disk, io, id) {
+            match self.engine.submit(disk, io, id) {
                 Ok(()) => request.outstanding += 1,
                 Err(error) => {
                     debug!(self.queue.logger(), "submit refused";
@@ -536,7 +528,10 @@ impl RequestQueueWorker {
             }
         }
         if request.error.is_none() {
-            self.submit_ready(completion.user_data, &mut request);
+            if let Some(disk) = request.disk.take() {
+                self.submit_ready(completion.user_data, &mut request, &disk);
+                request.disk = Some(disk);
+            }
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
@@ -556,20 +551,23 @@ impl RequestQueueWorker {
             data_in,
             moved,
             error,
-            disk,
             ..
         } = request;
         let answer = match error {
             Some(errno) => {
-                backend_errors::report(
-                    self.queue.logger(),
-                    &disk,
-                    reply.lun,
-                    reply.tag,
-                    reply.opcode,
-                    errno,
-                    direction,
-                );
+                // Failures are rare: the disk is looked up again rather than kept by every
+                // command. A LUN removed meanwhile has no disk left to count them.
+                if let Some(unit) = self.luns.load().lun(reply.lun) {
+                    backend_errors::report(
+                        self.queue.logger(),
+                        &unit.data().disk,
+                        reply.lun,
+                        reply.tag,
+                        reply.opcode,
+                        errno,
+                        direction,
+                    );
+                }
                 Answer::check_condition(error_sense(errno, direction), reply.data_len)
             }
             None => {
