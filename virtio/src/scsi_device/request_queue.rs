@@ -22,7 +22,7 @@ use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
-use super::lun_table::LunTable;
+use super::lun_table::{LunGuard, LunTable};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -174,8 +174,10 @@ impl RequestQueueWorker {
     fn start_available(&mut self, mem: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
+        let mut luns = self.luns.load();
         for chain in chains.drain(..) {
-            self.start(chain, mem);
+            self.luns.refresh(&mut luns);
+            self.start(chain, mem, &luns);
         }
         self.popped = chains;
     }
@@ -236,7 +238,7 @@ impl RequestQueueWorker {
         }
     }
 
-    fn start(&mut self, chain: Chain, mem: &MemorySnapshot) {
+    fn start(&mut self, chain: Chain, mem: &MemorySnapshot, luns: &LunGuard) {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
@@ -316,7 +318,6 @@ impl RequestQueueWorker {
             }
             reply.parameters_len = parameters.len() as u64;
         }
-        let luns = self.luns.load();
         match luns.execute(lun, cdb, &parameters, data_out_len) {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
