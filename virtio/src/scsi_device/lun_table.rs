@@ -12,29 +12,62 @@
 //! causes: a command that reports one makes the next command of its queue see the new
 //! generation, so a driver acting on a unit attention reads the new snapshot.
 //!
-//! Who holds a disk: the snapshots that list it, a guard alive on a queue's thread (arc-swap
-//! counts those once a snapshot is replaced), and the I/O engine for each request it holds
-//! (see `block::Engine`). So when only the remover holds a removed LUN's disk, no command can
-//! reach it any more.
+//! A removed LUN stays in the snapshots as draining, without a unit, so that its commands
+//! still in flight find its counters when they complete. It is drained once no guard holds a
+//! snapshot in which it was a unit (no new command can reach it) and its counters show
+//! nothing in flight; then the device forgets it. Commands in flight hold no reference count
+//! on their LUN: the I/O engine keeps the disk of each request it holds (see `block::Engine`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use block::Disk;
 use scsi_disk::{LunConfig, Target, TargetError};
 
+use super::lun_counters::{LunCounters, LunStats};
+
 /// What the device keeps per LUN beside its SCSI state.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LunData {
     pub disk: Arc<Disk>,
+    /// Shared by every snapshot of the LUN, so a resize keeps them.
+    pub counters: Arc<LunCounters>,
 }
 
-pub type LunSnapshot = Target<LunData>;
+#[derive(Debug)]
+pub struct LunSnapshot {
+    target: Target<LunData>,
+    /// Removed LUNs whose commands may still be in flight.
+    draining: Vec<(u16, LunData)>,
+}
+
+impl std::ops::Deref for LunSnapshot {
+    type Target = Target<LunData>;
+
+    fn deref(&self) -> &Target<LunData> {
+        &self.target
+    }
+}
+
+impl LunSnapshot {
+    /// The data of `lun`, a unit or draining: what its commands in flight complete against.
+    pub fn data(&self, lun: u16) -> Option<&LunData> {
+        match self.target.lun(lun) {
+            Some(unit) => Some(unit.data()),
+            None => self
+                .draining
+                .iter()
+                .find(|(draining, _)| *draining == lun)
+                .map(|(_, data)| data),
+        }
+    }
+}
 
 pub struct LunTable {
     current: ArcSwap<LunSnapshot>,
     generation: AtomicU64,
+    request_queues: u16,
 }
 
 /// A snapshot held for a pass of a queue, with the generation it was taken at.
@@ -51,20 +84,59 @@ impl std::ops::Deref for LunGuard {
     }
 }
 
+/// A LUN taken away from the target, while its commands may still be in flight.
+#[derive(Debug)]
+pub struct RemovedLun {
+    lun: u16,
+    data: LunData,
+    /// The last snapshot in which the LUN was a unit.
+    last_with_it: Arc<LunSnapshot>,
+}
+
+impl RemovedLun {
+    pub fn lun(&self) -> u16 {
+        self.lun
+    }
+
+    /// Whether no command can reach the LUN any more: no queue holds a snapshot in which it
+    /// was a unit, and none has a command for it in flight.
+    pub fn drained(&self) -> bool {
+        if Arc::strong_count(&self.last_with_it) != 1 {
+            return false;
+        }
+        // Pairs with the release of the last guard: what its queue counted before dropping it
+        // is visible.
+        fence(Ordering::Acquire);
+        self.stats().in_flight == 0
+    }
+
+    /// Its counters, as they stand: `in_flight` says what has not come back.
+    pub fn stats(&self) -> LunStats {
+        self.data.counters.snapshot(self.lun)
+    }
+}
+
 impl LunTable {
-    pub fn new(luns: Vec<(LunConfig, Arc<Disk>)>) -> Result<LunTable, TargetError> {
-        let snapshot = Target::new(
-            luns.into_iter()
-                .map(|(config, disk)| (config, LunData { disk })),
-        )?;
+    pub fn new(
+        luns: Vec<(LunConfig, Arc<Disk>)>,
+        request_queues: u16,
+    ) -> Result<LunTable, TargetError> {
+        let target = Target::new(luns.into_iter().map(|(config, disk)| {
+            let counters = Arc::new(LunCounters::new(request_queues));
+            (config, LunData { disk, counters })
+        }))?;
         Ok(LunTable {
-            current: ArcSwap::from_pointee(snapshot),
+            current: ArcSwap::from_pointee(LunSnapshot {
+                target,
+                draining: Vec::new(),
+            }),
             generation: AtomicU64::new(0),
+            request_queues,
         })
     }
 
-    /// The snapshot to run commands against; hold it for one pass at most, so that an idle
-    /// queue holds no disk.
+    /// The snapshot to run commands against; hold it for one pass at most, so that a removed
+    /// LUN drains while its queue is idle.
     pub fn load(&self) -> LunGuard {
         // The generation first: a snapshot published in between is newer than the generation
         // says, which only costs one more load.
@@ -82,22 +154,69 @@ impl LunTable {
         }
     }
 
-    /// Adds a LUN: it starts with POWER ON, RESET pending, and every other LUN reports
-    /// REPORTED LUNS DATA HAS CHANGED.
+    /// What each LUN has done since it was added, by LUN number.
+    pub fn stats(&self) -> Vec<LunStats> {
+        self.current
+            .load()
+            .luns()
+            .map(|unit| unit.data().counters.snapshot(unit.config().lun))
+            .collect()
+    }
+
+    /// Adds a LUN, with counters from zero: it starts with POWER ON, RESET pending, and every
+    /// other LUN reports REPORTED LUNS DATA HAS CHANGED.
     pub fn add(&self, config: LunConfig, disk: Arc<Disk>) -> Result<(), TargetError> {
         let lun = config.lun;
-        let next = self.current.load().with_lun(config, LunData { disk })?;
+        let current = self.current.load();
+        if current.data(lun).is_some() {
+            return Err(TargetError::DuplicateLun(lun));
+        }
+        let counters = Arc::new(LunCounters::new(self.request_queues));
+        let next = LunSnapshot {
+            target: current
+                .target
+                .with_lun(config, LunData { disk, counters })?,
+            draining: current.draining.clone(),
+        };
+        drop(current);
         self.publish(next).report_luns_changed(lun);
         Ok(())
     }
 
-    /// Removes a LUN and returns its disk: new commands for it fail with LOGICAL UNIT NOT
-    /// SUPPORTED, and the other LUNs report REPORTED LUNS DATA HAS CHANGED. The LUN is drained
-    /// once the caller holds the only reference to the disk.
-    pub fn remove(&self, lun: u16) -> Result<Arc<Disk>, TargetError> {
-        let (next, removed) = self.current.load().without_lun(lun)?;
-        self.publish(next).report_luns_changed(lun);
-        Ok(Arc::clone(&removed.data().disk))
+    /// Removes a LUN: new commands for it fail with LOGICAL UNIT NOT SUPPORTED, and the other
+    /// LUNs report REPORTED LUNS DATA HAS CHANGED. Once the returned LUN is drained, call
+    /// `forget`.
+    pub fn remove(&self, lun: u16) -> Result<RemovedLun, TargetError> {
+        let current = self.current.load_full();
+        let (target, unit) = current.target.without_lun(lun)?;
+        let mut draining = current.draining.clone();
+        draining.push((lun, unit.data().clone()));
+        self.publish(LunSnapshot { target, draining })
+            .report_luns_changed(lun);
+        Ok(RemovedLun {
+            lun,
+            data: unit.data().clone(),
+            last_with_it: current,
+        })
+    }
+
+    /// Drops a drained LUN from the snapshots, and with it its disk and counters.
+    pub fn forget(&self, lun: u16) {
+        let current = self.current.load();
+        if current.target.lun(lun).is_some() || current.data(lun).is_none() {
+            return;
+        }
+        let next = LunSnapshot {
+            target: current.target.clone(),
+            draining: current
+                .draining
+                .iter()
+                .filter(|(draining, _)| *draining != lun)
+                .cloned()
+                .collect(),
+        };
+        drop(current);
+        self.publish(next);
     }
 
     /// The LUN's disk has a new size: the LUN takes it and reports CAPACITY DATA HAS CHANGED.
@@ -109,7 +228,10 @@ impl LunTable {
             .data()
             .disk;
         let block_count = disk.size() / u64::from(disk.logical_block_size());
-        let next = current.with_block_count(lun, block_count)?;
+        let next = LunSnapshot {
+            target: current.target.with_block_count(lun, block_count)?,
+            draining: current.draining.clone(),
+        };
         drop(current);
         self.publish(next).report_capacity_changed(lun);
         Ok(())
@@ -134,22 +256,41 @@ mod tests {
 
     fn table() -> (LunTable, Arc<Disk>) {
         let disk = Arc::new(Disk::null(1 << 20, 512).unwrap());
-        let table = LunTable::new(vec![(lun_config(0, &disk), Arc::clone(&disk))]).unwrap();
+        let table = LunTable::new(vec![(lun_config(0, &disk), Arc::clone(&disk))], 1).unwrap();
         (table, disk)
     }
 
     #[test]
-    fn a_held_guard_keeps_a_removed_disk_and_refresh_drops_it() {
+    fn a_removed_lun_drains_once_no_guard_can_reach_it_and_nothing_is_in_flight() {
         let (table, disk) = table();
         let mut guard = table.load();
         let removed = table.remove(0).unwrap();
-        drop(disk);
         assert!(guard.lun(0).is_some(), "the pass goes on with its snapshot");
-        assert_eq!(Arc::strong_count(&removed), 2, "so the LUN is not drained");
+        assert!(!removed.drained(), "so a command may still start");
+        let counters = Arc::clone(&guard.data(0).unwrap().counters);
+        counters.queue(0).started();
         table.refresh(&mut guard);
         assert!(guard.lun(0).is_none());
-        assert_eq!(Arc::strong_count(&removed), 1, "drained");
+        assert!(
+            guard.data(0).is_some(),
+            "draining: its commands still complete"
+        );
+        assert!(!removed.drained(), "one command in flight");
+        counters.queue(0).finished();
+        assert!(removed.drained());
         assert_eq!(table.remove(0).err(), Some(TargetError::NoSuchLun(0)));
+        let again = lun_config(0, &disk);
+        assert_eq!(
+            table.add(again.clone(), Arc::clone(&disk)).err(),
+            Some(TargetError::DuplicateLun(0)),
+            "not while it drains"
+        );
+        drop(guard);
+        table.forget(0);
+        assert!(table.load().data(0).is_none());
+        drop(removed);
+        assert_eq!(Arc::strong_count(&disk), 1, "nothing holds the disk");
+        table.add(again, disk).unwrap();
     }
 
     #[test]

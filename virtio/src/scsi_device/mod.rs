@@ -11,6 +11,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod lun_counters;
 mod lun_table;
 mod queue_counters;
 mod request;
@@ -37,6 +38,8 @@ use scsi_disk::{LunConfig, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use lun_counters::LunStats;
+pub use lun_table::RemovedLun;
 pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
@@ -156,7 +159,7 @@ impl ScsiDevice {
             }
             max_lun = max_lun.max(lun);
         }
-        let luns = LunTable::new(luns)?;
+        let luns = LunTable::new(luns, num_queues)?;
         Ok(ScsiDevice {
             config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
             num_queues,
@@ -177,14 +180,12 @@ impl ScsiDevice {
     /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
     pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
         let tasks = Arc::clone(&self.tasks);
-        move || {
-            tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|tasks| tasks.snapshot())
-                .unwrap_or_default()
-        }
+        move || commands_in_flight(&tasks)
+    }
+
+    /// The commands in flight now, as (lun, tag).
+    pub fn commands_in_flight(&self) -> Vec<(u16, u64)> {
+        commands_in_flight(&self.tasks)
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -206,6 +207,11 @@ impl ScsiDevice {
             .collect()
     }
 
+    /// What each LUN served now has done since it was added, by LUN number.
+    pub fn lun_stats(&self) -> Vec<LunStats> {
+        self.luns.stats()
+    }
+
     /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
     /// RESCAN); the other LUNs report REPORTED LUNS DATA HAS CHANGED.
     pub fn add_lun(
@@ -219,14 +225,17 @@ impl ScsiDevice {
         Ok(self.post_event(ScsiEvent::LunAdded { lun }))
     }
 
-    /// Takes a LUN away from the target: new commands for it fail. Its disk is returned so that
-    /// the caller can wait for the requests still holding it, then call `lun_removed`.
-    pub fn remove_lun(&mut self, lun: u16) -> Result<Arc<Disk>, ScsiDeviceError> {
+    /// Takes a LUN away from the target: new commands for it fail, and its stats are gone. The
+    /// LUN is returned so that the caller can wait until it is drained, then call
+    /// `lun_removed`.
+    pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
         Ok(self.luns.remove(lun)?)
     }
 
-    /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
+    /// The LUN's requests are drained: the device lets go of it and tells the driver it is
+    /// gone (TRANSPORT_RESET, REMOVED).
     pub fn lun_removed(&mut self, lun: u16) -> EventDelivery {
+        self.luns.forget(lun);
         self.post_event(ScsiEvent::LunRemoved { lun })
     }
 
@@ -265,6 +274,15 @@ impl ScsiDevice {
         }
         delivery
     }
+}
+
+fn commands_in_flight(tasks: &Mutex<Option<Arc<TaskSet>>>) -> Vec<(u16, u64)> {
+    tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|tasks| tasks.snapshot())
+        .unwrap_or_default()
 }
 
 /// A LUN's configuration must describe its disk.

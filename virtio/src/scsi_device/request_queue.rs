@@ -22,7 +22,8 @@ use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
-use super::lun_table::{LunGuard, LunTable};
+use super::lun_counters::LunQueueCounters;
+use super::lun_table::{LunData, LunGuard, LunTable};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -30,7 +31,7 @@ use super::task_set::TaskSet;
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
-use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, FIXED_SENSE_LEN};
+use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
 
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
@@ -230,8 +231,9 @@ impl RequestQueueWorker {
             }
             reaped += completions.len();
             self.clock = Instant::now();
+            let luns = self.luns.load();
             for completion in completions.drain(..) {
-                self.complete(completion);
+                self.complete(completion, &luns);
             }
             self.completions = completions;
             self.engine.submit_pending();
@@ -257,7 +259,8 @@ impl RequestQueueWorker {
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
+            return self.finish(reply, mem, answer, None);
         }
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
@@ -273,7 +276,8 @@ impl RequestQueueWorker {
         if !header_read {
             debug!(self.queue.logger(), "request header too short";
                 "head" => head, "readable" => reply.buffers.readable.len());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
+            return self.finish(reply, mem, answer, None);
         }
         let header = CmdRequestHeader::parse(&header);
         reply.tag = header.tag;
@@ -288,20 +292,19 @@ impl RequestQueueWorker {
                 debug!(self.queue.logger(), "bad lun address";
                     "tag" => header.tag, "error" => %error);
                 let resid = reply.data_len;
-                return self.finish(
-                    reply,
-                    mem,
-                    Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid),
-                );
+                let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
+                return self.finish(reply, mem, answer, None);
             }
         };
         reply.lun = lun;
+        let unit = luns.lun(lun).map(Lun::data);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
                 "lun" => lun, "tag" => header.tag);
             let resid = reply.data_len;
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            return self.finish(reply, mem, answer, unit);
         }
 
         let mut parameters = Vec::new();
@@ -314,7 +317,8 @@ impl RequestQueueWorker {
                 .is_err()
             {
                 let resid = reply.data_len;
-                return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+                let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+                return self.finish(reply, mem, answer, unit);
             }
             reply.parameters_len = parameters.len() as u64;
         }
@@ -322,11 +326,8 @@ impl RequestQueueWorker {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
-                    return self.finish(
-                        reply,
-                        mem,
-                        Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid),
-                    );
+                    let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+                    return self.finish(reply, mem, answer, unit);
                 }
                 let resid = reply
                     .data_len
@@ -339,20 +340,20 @@ impl RequestQueueWorker {
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(reply, mem, answer)
+                self.finish(reply, mem, answer, unit)
             }
             Outcome::CheckCondition(sense) => {
                 let resid = reply.data_len;
-                self.finish(reply, mem, Answer::check_condition(sense, resid))
+                self.finish(reply, mem, Answer::check_condition(sense, resid), unit)
             }
             Outcome::Io(io) => {
-                let Some(unit) = luns.lun(lun) else {
+                let Some(unit) = unit else {
                     let resid = reply.data_len;
                     let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-                    return self.finish(reply, mem, answer);
+                    return self.finish(reply, mem, answer, None);
                 };
                 let lengths = (header_len, data_out_len, data_in_len);
-                self.start_io(reply, mem, io, &unit.data().disk, lengths)
+                self.start_io(reply, mem, io, unit, lengths)
             }
         }
     }
@@ -362,16 +363,19 @@ impl RequestQueueWorker {
         reply: Reply,
         mem: &MemorySnapshot,
         io: DiskIo,
-        disk: &Arc<Disk>,
+        lun: &LunData,
         (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
+        let disk = &lun.disk;
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+            this.finish(reply, mem, answer, Some(lun))
         };
         let failure = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            this.finish(reply, mem, answer, Some(lun))
         };
         let keep_alive = || mem.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
@@ -488,13 +492,14 @@ impl RequestQueueWorker {
                 "head" => request.reply.head, "tag" => request.reply.tag);
             let resid = request.reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(request.reply, mem, answer);
+            return self.finish(request.reply, mem, answer, Some(lun));
         };
         self.submit_ready(slot as u64, &mut request, disk);
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            self.finish_io(request);
+            self.finish_io(request, Some(lun));
         } else {
+            self.lun_counters(lun).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
             self.in_flight[slot] = Some(request);
@@ -515,7 +520,7 @@ impl RequestQueueWorker {
         }
     }
 
-    fn complete(&mut self, completion: Completion) {
+    fn complete(&mut self, completion: Completion, luns: &LunGuard) {
         let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
         let Some(mut request) = self.in_flight.get_mut(slot).and_then(Option::take) else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
@@ -536,14 +541,20 @@ impl RequestQueueWorker {
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            self.finish_io(request);
+            // A command in flight keeps its LUN in the snapshots, removed or not (see
+            // `lun_table`), until the counters below say it is done.
+            let lun = luns.data(request.reply.lun);
+            if let Some(lun) = lun {
+                self.lun_counters(lun).finished();
+            }
+            self.finish_io(request, lun);
             self.tasks.finished(self.task_queue, slot);
         } else {
             self.in_flight[slot] = Some(request);
         }
     }
 
-    fn finish_io(&mut self, request: InFlight) {
+    fn finish_io(&mut self, request: InFlight, lun: Option<&LunData>) {
         let InFlight {
             reply,
             mem,
@@ -556,12 +567,10 @@ impl RequestQueueWorker {
         } = request;
         let answer = match error {
             Some(errno) => {
-                // Failures are rare: the disk is looked up again rather than kept by every
-                // command. A LUN removed meanwhile has no disk left to count them.
-                if let Some(unit) = self.luns.load().lun(reply.lun) {
+                if let Some(lun) = lun {
                     backend_errors::report(
                         self.queue.logger(),
-                        &unit.data().disk,
+                        &lun.disk,
                         reply.lun,
                         reply.tag,
                         reply.opcode,
@@ -573,10 +582,13 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
+                let lun_counters = lun.map(|lun| self.lun_counters(lun));
                 if data_in {
                     self.queue.counters().read(moved);
+                    lun_counters.inspect(|counters| counters.read(moved));
                 } else {
                     self.queue.counters().written(moved);
+                    lun_counters.inspect(|counters| counters.written(moved));
                 }
                 Answer {
                     response: VIRTIO_SCSI_S_OK,
@@ -588,11 +600,23 @@ impl RequestQueueWorker {
                 }
             }
         };
-        self.finish(reply, &mem, answer);
+        self.finish(reply, &mem, answer, lun);
     }
 
-    /// Writes the response (when the buffers can hold its header) and returns the chain.
-    fn finish(&mut self, reply: Reply, mem: &MemorySnapshot, answer: Answer<'_>) {
+    /// This queue's share of a LUN's counters.
+    fn lun_counters<'a>(&self, lun: &'a LunData) -> LunQueueCounters<'a> {
+        lun.counters.queue(self.task_queue)
+    }
+
+    /// Writes the response (when the buffers can hold its header), returns the chain, and
+    /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
+    fn finish(
+        &mut self,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        answer: Answer<'_>,
+        lun: Option<&LunData>,
+    ) {
         let used = write_response(&reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
@@ -606,10 +630,11 @@ impl RequestQueueWorker {
             counters.transport_failure();
         }
         let sense_key = answer.sense.map(|sense| sense.key);
-        counters.answered(
-            sense_key,
-            self.clock.saturating_duration_since(reply.started),
-        );
+        let latency = self.clock.saturating_duration_since(reply.started);
+        counters.answered(sense_key, latency);
+        if let Some(lun) = lun {
+            self.lun_counters(lun).answered(sense_key, latency);
+        }
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
     }
 }
