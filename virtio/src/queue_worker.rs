@@ -1,9 +1,11 @@
 //! How a device hands its queues to the threads that serve them.
 //!
 //! The crate knows no threads: at activation a device gives each queue's [`QueueWorker`] to a
-//! [`QueueHost`], which decides where it runs (the main loop or an iothread) and watches its
-//! kick eventfd and its completion eventfd there. On reset the device asks the host to give every
-//! worker back, with nothing left in flight, before the reset becomes visible.
+//! [`QueueHost`], which decides where it runs (the server's main loop or an iothread; the
+//! caller's thread for [`crate::InlineQueueHost`]) and watches its kick eventfd and its
+//! completion eventfd there. It is the only way a queue is served. On reset the device asks the
+//! host to give every worker back, with nothing left in flight, before the reset becomes
+//! visible.
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! A whole connection: message sequences dispatched against the real virtio-scsi function (a
-//! null LUN and a file LUN, queues served inline) and the DMA table, with guest memory the input
+//! null LUN and a file LUN, queues served by the main loop's queue set,
+//! as the server does with no --iothread) and the DMA table, with guest memory the input
 //! fills, so that config space, BARs, MSI-X, the common-config state machine, descriptor chains
 //! over hostile memory, SCSI commands and control-queue TMFs and AN are all reached.
 //!
