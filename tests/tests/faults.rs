@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::fault_fs::FaultFs;
 use tests::scsi::{self, cdb};
+use tests::small_tmpfs::SmallTmpfs;
 use tests::{DriverOptions, ScsiRequest, ScsiResult, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
@@ -42,7 +43,12 @@ fn start_with(cache: &str, policy: &str, extra: &[&str]) -> Rig {
         "path={},lun={FAILING_LUN},cache={cache},{policy}",
         fs.image().display()
     );
-    let failing = failing.trim_end_matches(',');
+    let (driver, server) = serve(failing.trim_end_matches(','), extra);
+    Rig { driver, server, fs }
+}
+
+/// A server with `failing` as LUN 0 and a null disk as LUN 1, and a driver on it.
+fn serve(failing: &str, extra: &[&str]) -> (VirtioScsiDriver, ServerProcess) {
     let healthy = format!("null,size=1M,lun={HEALTHY_LUN}");
     let mut args = vec![
         "--disk",
@@ -64,7 +70,7 @@ fn start_with(cache: &str, policy: &str, extra: &[&str]) -> Rig {
         let ready = (0..4).any(|_| driver.test_unit_ready(lun).unwrap().is_good());
         assert!(ready, "LUN {lun} never became ready");
     }
-    Rig { driver, server, fs }
+    (driver, server)
 }
 
 fn assert_sense(result: &ScsiResult, key: u8, (asc, ascq): (u8, u8), what: &str) {
@@ -497,4 +503,59 @@ fn rerror_stop_holds_failed_reads_abort_and_cont() {
     assert_eq!(later.data_in, data);
     let stopped = warnings_at_least(&rig.server, "lun stopped by its error policy", 1);
     assert_eq!(stopped[0]["errno"], libc::EIO, "{}", rig.server.stderr());
+}
+
+/// A real ENOSPC: the image is a sparse 8 MiB file on a 256 KiB tmpfs. Once the tmpfs is full,
+/// writes to new blocks get DATA PROTECT/SPACE ALLOCATION FAILED (werror=report), overwrites of
+/// blocks already stored still succeed, the null LUN keeps serving, and the log warns.
+#[test]
+fn full_tmpfs_gives_space_allocation_failed_while_other_luns_serve() {
+    let tmpfs = SmallTmpfs::mount(256 << 10).unwrap_or_else(|e| panic!("{e}"));
+    let image = tmpfs.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(IMAGE_SIZE))
+        .unwrap();
+    let failing = format!("path={},lun={FAILING_LUN},werror=report", image.display());
+    let (mut driver, server) = serve(&failing, &[]);
+    let chunk = vec![0x5eu8; 64 << 10];
+    let blocks_per_chunk = (chunk.len() / BLOCK as usize) as u32;
+    let mut stored = 0;
+    let full = (0..(IMAGE_SIZE / chunk.len() as u64) as u32)
+        .map(|n| {
+            driver
+                .write10(FAILING_LUN, n * blocks_per_chunk, &chunk, BLOCK)
+                .unwrap()
+        })
+        .find(|result| {
+            stored += usize::from(result.is_good());
+            !result.is_good()
+        })
+        .expect("an 8 MiB image filled a 256 KiB tmpfs without an error");
+    assert_sense(
+        &full,
+        DATA_PROTECT,
+        SPACE_ALLOCATION_FAILED,
+        "write to a full tmpfs",
+    );
+    assert!(stored >= 1, "the first 64 KiB fit");
+    let again = driver.write10(FAILING_LUN, 0, &chunk, BLOCK).unwrap();
+    assert!(
+        again.is_good(),
+        "overwriting stored blocks needs no space: {again:?}"
+    );
+    assert_healthy_lun_serves(&mut driver);
+    let warned = warnings_at_least(&server, "backend error", 1);
+    assert_eq!(warned.len(), 1, "{}", server.stderr());
+    assert_eq!(
+        (
+            &warned[0]["lun"],
+            &warned[0]["errno"],
+            &warned[0]["operation"]
+        ),
+        (
+            &serde_json::json!(FAILING_LUN),
+            &serde_json::json!(libc::ENOSPC),
+            &serde_json::json!("write")
+        )
+    );
 }
