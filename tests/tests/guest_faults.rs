@@ -1,10 +1,11 @@
 //! A Linux guest recovers from faults around our device with its data intact: a PCI remove and
 //! rescan of the controller while fio writes through both request queues, and ten guests booted
-//! one after the other against one server, which keeps its RSS, fds and threads flat.
+//! one after the other against one server, which keeps its RSS, fds and threads flat. QEMU
+//! SIGKILLed while its guest writes loses no block the guest saw acknowledged.
 
 use std::time::Duration;
 
-use tests::guest::run_vm;
+use tests::guest::{run_vm, run_vm_with};
 use tests::server_process::{settled_usage, sparse_image};
 use tests::ServerProcess;
 
@@ -98,4 +99,103 @@ cmp /tmp/block /tmp/back && echo BOOT-{boot}-OK"
         last.rss_kib <= baseline.rss_kib + 8192,
         "RSS grows: {baseline:?} -> {last:?}"
     );
+}
+
+/// How many blocks the guest sees acknowledged before QEMU is killed.
+const ACKED_BEFORE_KILL: u64 = 20;
+
+/// The guest writes numbered 4 KiB blocks, each with O_DIRECT followed by a flush (dd
+/// conv=fsync: SYNCHRONIZE CACHE), and prints `ACKED n` once dd returned; a second writer keeps
+/// requests in flight elsewhere on the disk. The test SIGKILLs QEMU mid-run: the server stays
+/// up, and every block the guest saw acknowledged is in the backing file.
+fn qemu_killed_mid_write(cache: &str) {
+    let (_dir, image) = sparse_image(64 << 20).unwrap();
+    let disk = format!("path={},cache={cache}", image.display());
+    let mut server = ServerProcess::start(&["--disk", &disk, "--num-queues", "2"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = server.socket().display().to_string();
+    let script = "while :; do dd if=/dev/zero of=$VUS_DISK bs=64k count=16 seek=256 \
+        oflag=direct status=none; done &
+n=0
+while [ $n -lt 2048 ]; do
+    printf 'VUS-BLOCK-%011d\\n' $n > /tmp/block
+    dd if=/tmp/block of=$VUS_DISK bs=4096 seek=$n conv=sync,fsync,notrunc oflag=direct \
+        status=none || { echo WRITE-FAILED $n; exit 1; }
+    echo ACKED $n
+    n=$((n + 1))
+done
+echo NEVER-KILLED";
+    let kill_at = format!("ACKED {ACKED_BEFORE_KILL}");
+    let mut killed = None;
+    let run = run_vm_with(&["--socket", &socket, "--smp", "2"], script, |line| {
+        if killed.is_none() && line.trim_end() == kill_at {
+            killed = Some(kill_qemu_on(&socket));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        killed,
+        Some(true),
+        "QEMU was not found to kill:\n{}",
+        run.tail()
+    );
+    assert_ne!(
+        run.status,
+        Some(0),
+        "the guest ran to its end:\n{}",
+        run.tail()
+    );
+    assert!(server.is_running(), "the server outlives its client");
+
+    let acked: Vec<u64> = run
+        .output
+        .lines()
+        .filter_map(|line| line.trim_end().strip_prefix("ACKED "))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(acked.len() as u64 > ACKED_BEFORE_KILL, "{}", run.tail());
+    let contents = std::fs::read(&image).unwrap();
+    for n in acked {
+        let start = n as usize * 4096;
+        let mut expected = format!("VUS-BLOCK-{n:011}\n").into_bytes();
+        expected.resize(4096, 0);
+        assert!(
+            contents[start..start + 4096] == expected[..],
+            "cache={cache}: block {n} was acknowledged but is not in the file"
+        );
+    }
+    server.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// SIGKILLs the QEMU process attached to `socket` (found by its command line); true when one
+/// was found.
+fn kill_qemu_on(socket: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut found = false;
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("qemu-system") && cmdline.contains(socket) {
+            // SAFETY: kill only sends a signal, to the QEMU this test's run-vm.sh started.
+            found |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
+        }
+    }
+    found
+}
+
+#[test]
+fn guest_acknowledged_writes_survive_qemu_sigkilled_cache_none() {
+    qemu_killed_mid_write("none");
+}
+
+#[test]
+fn guest_acknowledged_writes_survive_qemu_sigkilled_writeback() {
+    qemu_killed_mid_write("writeback");
 }
