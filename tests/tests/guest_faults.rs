@@ -1,7 +1,8 @@
 //! A Linux guest recovers from faults around our device with its data intact: a PCI remove and
 //! rescan of the controller while fio writes through both request queues, and ten guests booted
 //! one after the other against one server, which keeps its RSS, fds and threads flat. QEMU
-//! SIGKILLed while its guest writes loses no block the guest saw acknowledged.
+//! SIGKILLed while its guest writes loses no block the guest saw acknowledged, and a guest
+//! rebooted while fio writes finds its verified data intact after the reboot.
 
 use std::time::Duration;
 
@@ -53,6 +54,61 @@ echo AFTER-VERIFY-OK"
     for marker in [
         "BEFORE-VERIFY-OK",
         "RESCAN-OK",
+        "OLD-DATA-OK",
+        "AFTER-VERIFY-OK",
+    ] {
+        run.assert_line_contains(marker);
+    }
+}
+
+/// The guest reboots (`reboot -f`, QEMU resets the machine and our device) while fio writes
+/// through both request queues; the second boot, told apart by a marker the first wrote on
+/// the disk, finds the device again, verifies what was written and verified before the reboot
+/// with 0 corrupt blocks, and writes and verifies a fresh region.
+#[test]
+fn guest_reboot_during_fio_loses_no_acknowledged_data() {
+    let script = format!(
+        "{FIO}
+marker_block=131072
+marker=$(dd if=/dev/sda bs=4k skip=$marker_block count=1 iflag=direct status=none | head -c 12)
+if [ \"$marker\" = VUS-REBOOTED ]; then
+    echo SECOND-BOOT
+    fio_job before 0 '--verify_only --size=4m' > /tmp/again.out || {{ cat /tmp/again.out; exit 4; }}
+    echo OLD-DATA-OK
+    fio_job after 32m '--do_verify=1 --size=4m' > /tmp/after.out || {{ cat /tmp/after.out; exit 5; }}
+    echo AFTER-VERIFY-OK
+    exit 0
+fi
+echo FIRST-BOOT
+fio_job before 0 '--do_verify=1 --size=4m' > /tmp/before.out || {{ cat /tmp/before.out; exit 2; }}
+echo BEFORE-VERIFY-OK
+printf VUS-REBOOTED > /tmp/marker
+dd if=/tmp/marker of=/dev/sda bs=4k seek=$marker_block conv=sync,fsync oflag=direct status=none
+fio_job during 16m '--do_verify=0 --time_based --runtime=30' > /tmp/during.out 2>&1 &
+sleep 2
+echo REBOOTING
+reboot -f
+sleep 30
+echo NO-REBOOT
+exit 6"
+    );
+    let run = run_vm(
+        &[
+            "--server",
+            "--num-queues 2 --iothread io0 --iothread io1",
+            "--smp",
+            "2",
+            "--reboot",
+        ],
+        &script,
+    )
+    .unwrap();
+    run.assert_status(0);
+    for marker in [
+        "FIRST-BOOT",
+        "BEFORE-VERIFY-OK",
+        "REBOOTING",
+        "SECOND-BOOT",
         "OLD-DATA-OK",
         "AFTER-VERIFY-OK",
     ] {
