@@ -30,6 +30,7 @@ use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
+use super::lun_counters::{LunCounters, LunQueueCounters};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -43,15 +44,22 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
-/// The disks behind the target's LUNs; hotplug swaps in a new map.
-pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
+/// What serves each of the target's LUNs; hotplug swaps in a new map.
+pub type LunMap = Arc<ArcSwap<HashMap<u16, Arc<LunEntry>>>>;
+
+/// One LUN of the map: its disk and its counters.
+#[derive(Debug)]
+pub struct LunEntry {
+    pub disk: Arc<Disk>,
+    pub counters: LunCounters,
+}
 
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
     /// Keeps the guest memory the request's iovecs point into mapped.
     mem: MemorySnapshot,
-    disk: Arc<Disk>,
+    lun: Arc<LunEntry>,
     direction: Direction,
     /// Bytes the command moves through the driver's buffers (READ/WRITE only).
     transfer_len: u64,
@@ -71,19 +79,19 @@ struct Held {
     disk: HeldOn,
 }
 
-/// Counts a held command on its disk for as long as it is held.
-struct HeldOn(Arc<Disk>);
+/// Counts a held command on its LUN's disk for as long as it is held.
+struct HeldOn(Arc<LunEntry>);
 
 impl HeldOn {
-    fn new(disk: Arc<Disk>) -> HeldOn {
-        disk.io_status().hold();
-        HeldOn(disk)
+    fn new(lun: Arc<LunEntry>) -> HeldOn {
+        lun.disk.io_status().hold();
+        HeldOn(lun)
     }
 }
 
 impl Drop for HeldOn {
     fn drop(&mut self) {
-        self.0.io_status().released();
+        self.0.disk.io_status().released();
     }
 }
 
@@ -143,7 +151,7 @@ impl Answer<'_> {
 pub struct RequestQueueWorker {
     queue: Virtqueue,
     target: Arc<Mutex<Target>>,
-    disks: DiskMap,
+    luns: LunMap,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
     /// Commands with the engine, by slot (their engine user_data); sized to the queue at
@@ -168,7 +176,7 @@ impl RequestQueueWorker {
     pub fn new(
         queue: Virtqueue,
         target: Arc<Mutex<Target>>,
-        disks: DiskMap,
+        luns: LunMap,
         sizes: Arc<HeaderSizes>,
         engine: Box<dyn Engine>,
         tasks: Arc<TaskSet>,
@@ -178,7 +186,7 @@ impl RequestQueueWorker {
         RequestQueueWorker {
             queue,
             target,
-            disks,
+            luns,
             sizes,
             engine,
             in_flight: (0..slots).map(|_| None).collect(),
@@ -242,12 +250,12 @@ impl RequestQueueWorker {
             if self.tasks.aborting(reply.lun, reply.tag) {
                 debug!(self.queue.logger(), "held command aborted";
                     "lun" => reply.lun, "tag" => reply.tag);
-                drop(disk);
                 self.free_slots.push(slot);
                 let resid = reply.data_len;
-                self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_ABORTED, resid));
+                let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
+                self.finish(reply, mem, answer, Some(&disk.0));
                 self.tasks.finished(self.task_queue, slot);
-            } else if disk.0.io_status().is_stopped() {
+            } else if disk.0.disk.io_status().is_stopped() {
                 self.held.push_back(Held { slot, reply, disk });
                 continue;
             } else {
@@ -266,7 +274,8 @@ impl RequestQueueWorker {
 
     /// Holds `reply` in `slot` until its disk resumes; `errno` is the failure that stops the
     /// disk, None for a command that came while it was stopped.
-    fn hold(&mut self, slot: usize, reply: Reply, disk: Arc<Disk>, errno: Option<i32>) {
+    fn hold(&mut self, slot: usize, reply: Reply, lun: Arc<LunEntry>, errno: Option<i32>) {
+        let disk = &lun.disk;
         if let Some(errno) = errno {
             let newly_stopped = disk.io_status().stop(errno);
             let error = std::io::Error::from_raw_os_error(errno);
@@ -288,7 +297,7 @@ impl RequestQueueWorker {
         self.held.push_back(Held {
             slot,
             reply,
-            disk: HeldOn::new(disk),
+            disk: HeldOn::new(lun),
         });
     }
 
@@ -297,8 +306,8 @@ impl RequestQueueWorker {
     fn settle(&mut self, slot: usize, request: InFlight) {
         if let Some(errno) = request.error {
             let write = request.direction == Direction::ToDisk;
-            if request.disk.error_policy().action(errno, write) == ErrorAction::Stop {
-                return self.hold(slot, request.reply, request.disk, Some(errno));
+            if request.lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
+                return self.hold(slot, request.reply, request.lun, Some(errno));
             }
         }
         self.free_slots.push(slot);
@@ -370,7 +379,12 @@ impl RequestQueueWorker {
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            return self.finish(
+                reply,
+                mem,
+                Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
+                None,
+            );
         }
         self.run(reply, mem);
     }
@@ -394,7 +408,12 @@ impl RequestQueueWorker {
         if !header_read {
             debug!(self.queue.logger(), "request header too short";
                 "head" => head, "readable" => reply.buffers.readable.len());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            return self.finish(
+                reply,
+                mem,
+                Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
+                None,
+            );
         }
         let header = CmdRequestHeader::parse(&header);
         reply.tag = header.tag;
@@ -409,20 +428,21 @@ impl RequestQueueWorker {
                 debug!(self.queue.logger(), "bad lun address";
                     "tag" => header.tag, "error" => %error);
                 let resid = reply.data_len;
-                return self.finish(
-                    reply,
-                    mem,
-                    Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid),
-                );
+                let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
+                return self.finish(reply, mem, answer, None);
             }
         };
         reply.lun = lun;
+        // The LUN's entry as this command sees it; a guard, so no shared count is touched.
+        let luns = self.luns.load();
+        let entry = luns.get(&lun);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
                 "lun" => lun, "tag" => header.tag);
             let resid = reply.data_len;
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
         }
 
         let mut parameters = Vec::new();
@@ -435,7 +455,8 @@ impl RequestQueueWorker {
                 .is_err()
             {
                 let resid = reply.data_len;
-                return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+                let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+                return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
             }
             reply.parameters_len = parameters.len() as u64;
         }
@@ -448,11 +469,8 @@ impl RequestQueueWorker {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
-                    return self.finish(
-                        reply,
-                        mem,
-                        Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid),
-                    );
+                    let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+                    return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
                 }
                 let resid = reply
                     .data_len
@@ -465,42 +483,48 @@ impl RequestQueueWorker {
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(reply, mem, answer)
+                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
             }
             Outcome::CheckCondition(sense) => {
                 let resid = reply.data_len;
-                self.finish(reply, mem, Answer::check_condition(sense, resid))
+                let answer = Answer::check_condition(sense, resid);
+                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
             }
-            Outcome::Io(io) => self.start_io(reply, mem, io, header_len, data_out_len, data_in_len),
+            Outcome::Io(io) => {
+                let lengths = (header_len, data_out_len, data_in_len);
+                self.start_io(reply, mem, entry, io, lengths)
+            }
         }
     }
 
+    /// `lengths`: the request header with the CDB, the data-out and the data-in buffers.
     fn start_io(
         &mut self,
         reply: Reply,
         mem: &MemorySnapshot,
+        entry: Option<&Arc<LunEntry>>,
         io: DiskIo,
-        header_len: u64,
-        data_out_len: u64,
-        data_in_len: u64,
+        (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
-        let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
+        let Some(entry) = entry else {
             let resid = reply.data_len;
             let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-            return self.finish(reply, mem, answer);
+            return self.finish(reply, mem, answer, None);
         };
-        if disk.io_status().is_stopped() {
+        if entry.disk.io_status().is_stopped() {
             if let Some(slot) = self.free_slots.pop() {
-                return self.hold(slot, reply, disk, None);
+                return self.hold(slot, reply, Arc::clone(entry), None);
             }
         }
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+            this.finish(reply, mem, answer, Some(entry.as_ref()))
         };
         let failure = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            this.finish(reply, mem, answer, Some(entry.as_ref()))
         };
         let keep_alive = || mem.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
@@ -602,7 +626,7 @@ impl RequestQueueWorker {
         let mut request = InFlight {
             reply,
             mem: mem.clone(),
-            disk,
+            lun: Arc::clone(entry),
             direction,
             transfer_len,
             data_in,
@@ -618,12 +642,13 @@ impl RequestQueueWorker {
                 "head" => request.reply.head, "tag" => request.reply.tag);
             let resid = request.reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(request.reply, mem, answer);
+            return self.finish(request.reply, mem, answer, Some(entry.as_ref()));
         };
         self.submit_ready(slot as u64, &mut request);
         if request.outstanding == 0 {
             self.settle(slot, request);
         } else {
+            self.lun_counters(entry).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
             self.in_flight[slot] = Some(request);
@@ -633,7 +658,7 @@ impl RequestQueueWorker {
     /// Submits what `request` has ready; a refused submission counts as an I/O error.
     fn submit_ready(&mut self, id: u64, request: &mut InFlight) {
         for io in request.pending.take_ready() {
-            match self.engine.submit(&request.disk, io, id) {
+            match self.engine.submit(&request.lun.disk, io, id) {
                 Ok(()) => request.outstanding += 1,
                 Err(error) => {
                     debug!(self.queue.logger(), "submit refused";
@@ -661,6 +686,7 @@ impl RequestQueueWorker {
             self.submit_ready(completion.user_data, &mut request);
         }
         if request.outstanding == 0 {
+            self.lun_counters(&request.lun).finished();
             self.settle(slot, request);
         } else {
             self.in_flight[slot] = Some(request);
@@ -676,14 +702,14 @@ impl RequestQueueWorker {
             data_in,
             moved,
             error,
-            disk,
+            lun,
             ..
         } = request;
         let answer = match error {
             Some(errno) => {
                 backend_errors::report(
                     self.queue.logger(),
-                    &disk,
+                    &lun.disk,
                     reply.lun,
                     reply.tag,
                     reply.opcode,
@@ -694,10 +720,13 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
+                let lun_counters = self.lun_counters(&lun);
                 if data_in {
                     self.queue.counters().read(moved);
+                    lun_counters.read(moved);
                 } else {
                     self.queue.counters().written(moved);
+                    lun_counters.written(moved);
                 }
                 Answer {
                     response: VIRTIO_SCSI_S_OK,
@@ -709,11 +738,23 @@ impl RequestQueueWorker {
                 }
             }
         };
-        self.finish(reply, &mem, answer);
+        self.finish(reply, &mem, answer, Some(lun.as_ref()));
     }
 
-    /// Writes the response (when the buffers can hold its header) and returns the chain.
-    fn finish(&mut self, reply: Reply, mem: &MemorySnapshot, answer: Answer<'_>) {
+    /// This queue's share of a LUN's counters.
+    fn lun_counters<'a>(&self, entry: &'a LunEntry) -> LunQueueCounters<'a> {
+        entry.counters.queue(self.task_queue)
+    }
+
+    /// Writes the response (when the buffers can hold its header), returns the chain, and
+    /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
+    fn finish(
+        &mut self,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        answer: Answer<'_>,
+        lun: Option<&LunEntry>,
+    ) {
         let used = write_response(&reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
@@ -727,10 +768,11 @@ impl RequestQueueWorker {
             counters.transport_failure();
         }
         let sense_key = answer.sense.map(|sense| sense.key);
-        counters.answered(
-            sense_key,
-            self.clock.saturating_duration_since(reply.started),
-        );
+        let latency = self.clock.saturating_duration_since(reply.started);
+        counters.answered(sense_key, latency);
+        if let Some(lun) = lun {
+            self.lun_counters(lun).answered(sense_key, latency);
+        }
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
     }
 }
@@ -959,6 +1001,44 @@ mod tests {
         );
         assert_eq!(queue.in_flight, 0);
         assert_eq!(queue.latency.iter().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn each_lun_counts_its_own_commands_and_a_removed_lun_is_forgotten() {
+        let disks = (0..2).map(|_| Disk::null(1 << 20, 512).unwrap()).collect();
+        let mut harness = Harness::new(disks);
+        harness.command(0, &read10(0, 2), &[], 1024);
+        harness.command(1, &write10(4, 1), &[0x11; 512], 0);
+        harness.command(1, &write10(5, 2), &[0x11; 1024], 0);
+        harness.command(1, &read10(1, 1), &[], 512);
+        // Refused before any LUN answers: not counted for a LUN.
+        harness.command(9, &TEST_UNIT_READY, &[], 0);
+        let stats = harness.device.lun_stats();
+        assert_eq!(stats.len(), 2);
+        let (lun0, lun1) = (stats[0], stats[1]);
+        assert_eq!((lun0.lun, lun1.lun), (0, 1));
+        // Each LUN's first command met its power-on unit attention.
+        assert_eq!((lun0.requests, lun0.errors_by_sense_key[6]), (1, 1));
+        assert_eq!((lun0.bytes_read, lun0.bytes_written), (0, 0));
+        assert_eq!((lun1.requests, lun1.errors_by_sense_key[6]), (3, 1));
+        assert_eq!((lun1.bytes_read, lun1.bytes_written), (512, 1024));
+        assert_eq!(lun1.latency.iter().sum::<u64>(), 3);
+        assert_eq!(lun1.in_flight, 0);
+        assert_eq!(harness.device.queue_stats()[0].requests, 5);
+
+        let removed = harness.device.remove_lun(1).unwrap();
+        assert!(removed.drained());
+        assert_eq!(removed.stats().requests, 3);
+        let stats = harness.device.lun_stats();
+        assert_eq!(stats.iter().map(|s| s.lun).collect::<Vec<_>>(), [0]);
+        let disk = Arc::new(Disk::null(1 << 20, 512).unwrap());
+        let config = crate::scsi_device::test_driver::lun_config(1, &disk);
+        harness.device.add_lun(config, disk).unwrap();
+        assert_eq!(
+            harness.device.lun_stats()[1].requests,
+            0,
+            "a new LUN starts at zero"
+        );
     }
 
     #[test]
