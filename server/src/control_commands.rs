@@ -335,7 +335,21 @@ impl ControlCommands {
     fn stats(&self, device: &Function) -> Value {
         let scsi = device.function().device();
         let queues = scsi.queue_stats();
-        let luns: Vec<Value> = scsi.lun_stats().iter().map(lun_stats_json).collect();
+        let states = scsi.luns();
+        let luns: Vec<Value> = scsi
+            .lun_stats()
+            .iter()
+            .map(|stats| {
+                let mut lun = lun_stats_json(stats);
+                // What the error policy holds: requests waiting for `cont`, and pauses so far.
+                if let Some(state) = states.iter().find(|state| state.config.lun == stats.lun) {
+                    let status = state.disk.io_status();
+                    lun["held"] = json!(status.held());
+                    lun["pauses"] = json!(status.stops());
+                }
+                lun
+            })
+            .collect();
         let mut total = QueueStats {
             vq: 0,
             ..QueueStats::default()

@@ -393,6 +393,16 @@ fn enospc_holds_writes_until_cont_then_they_complete() {
     let policy = lun_policy(&control);
     assert_eq!(policy["io_status"], "nospace", "{policy}");
     assert_eq!(policy["pauses"], 1, "{policy}");
+    let stats = ctl(&control, &["stats"]);
+    let lun_stats = stats["luns"]
+        .as_array()
+        .and_then(|luns| luns.iter().find(|lun| lun["lun"] == FAILING_LUN))
+        .unwrap_or_else(|| panic!("no LUN {FAILING_LUN} in {stats}"));
+    assert_eq!(
+        (&lun_stats["held"], &lun_stats["pauses"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "{lun_stats}"
+    );
     assert_healthy_lun_serves(&mut rig.driver);
     assert!(
         rig.driver.poll_completions(queue).unwrap().is_empty(),
@@ -558,4 +568,30 @@ fn full_tmpfs_gives_space_allocation_failed_while_other_luns_serve() {
             &serde_json::json!("write")
         )
     );
+}
+
+/// SIGTERM with a request held by rerror=stop: the server does not wait for `cont` (nothing
+/// else would answer it) nor for --shutdown-timeout; it names the dropped request in a warning,
+/// removes its socket and exits cleanly. The request was never acknowledged.
+#[test]
+fn sigterm_with_held_requests_lists_them_and_exits() {
+    let (mut rig, _dir, control) = start_with_control("rerror=stop");
+    rig.fs.faults().fail_reads(libc::EIO);
+    let read = ScsiRequest::new(
+        scsi::encode_lun(0, FAILING_LUN).unwrap(),
+        &cdb::lba10(cdb::READ_10, 0, 0, 8),
+    )
+    .data_in(4096)
+    .tag(0x4e1d);
+    rig.driver.submit(FIRST_REQUEST_QUEUE, &read).unwrap();
+    wait_for_policy(&control, "held", 1);
+    let status = rig.server.terminate(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "{status:?}\n{}", rig.server.stderr());
+    let dropped = warnings_at_least(&rig.server, "held request dropped", 1);
+    assert_eq!(dropped.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(
+        (&dropped[0]["lun"], &dropped[0]["tag"]),
+        (&serde_json::json!(FAILING_LUN), &serde_json::json!(0x4e1d))
+    );
+    assert!(!rig.server.socket().exists(), "the socket file is removed");
 }
