@@ -467,6 +467,18 @@ fn werror_report_gives_the_sense_at_once() {
         (&policy["paused"], &policy["werror"]),
         (&serde_json::json!(false), &serde_json::json!("report"))
     );
+    let added = ctl(
+        &control,
+        &["add-disk", "null,size=1M,lun=5,werror=stop,rerror=stop"],
+    );
+    assert_eq!(
+        (
+            &added["error_policy"]["werror"],
+            &added["error_policy"]["rerror"]
+        ),
+        (&serde_json::json!("stop"), &serde_json::json!("stop")),
+        "add-disk takes the policy: {added}"
+    );
 }
 
 /// rerror=stop: an EIO read is held; ABORT TASK answers it as aborted; a later read, held
