@@ -248,13 +248,7 @@ impl RequestQueueWorker {
             };
             let Held { slot, reply, disk } = held;
             if self.tasks.aborting(reply.lun, reply.tag) {
-                debug!(self.queue.logger(), "held command aborted";
-                    "lun" => reply.lun, "tag" => reply.tag);
-                self.free_slots.push(slot);
-                let resid = reply.data_len;
-                let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
-                self.finish(reply, mem, answer, Some(&disk.0));
-                self.tasks.finished(self.task_queue, slot);
+                self.abort_held(slot, reply, mem, &disk.0);
             } else if disk.0.disk.io_status().is_stopped() {
                 self.held.push_back(Held { slot, reply, disk });
                 continue;
@@ -272,9 +266,27 @@ impl RequestQueueWorker {
         served
     }
 
+    /// Answers a held command that a waiting TMF names, as aborted.
+    fn abort_held(&mut self, slot: usize, reply: Reply, mem: &MemorySnapshot, lun: &LunEntry) {
+        debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
+        self.free_slots.push(slot);
+        let resid = reply.data_len;
+        let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
+        self.finish(reply, mem, answer, Some(lun));
+        self.tasks.finished(self.task_queue, slot);
+    }
+
     /// Holds `reply` in `slot` until its disk resumes; `errno` is the failure that stops the
-    /// disk, None for a command that came while it was stopped.
-    fn hold(&mut self, slot: usize, reply: Reply, lun: Arc<LunEntry>, errno: Option<i32>) {
+    /// disk, None for a command that came while it was stopped. A command that a waiting TMF
+    /// already names is answered as aborted instead.
+    fn hold(
+        &mut self,
+        slot: usize,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        lun: Arc<LunEntry>,
+        errno: Option<i32>,
+    ) {
         let disk = &lun.disk;
         if let Some(errno) = errno {
             let newly_stopped = disk.io_status().stop(errno);
@@ -290,6 +302,9 @@ impl RequestQueueWorker {
                 debug!(self.queue.logger(), "command failed on a stopped lun";
                     "lun" => reply.lun, "tag" => reply.tag, "errno" => errno);
             }
+        }
+        if self.tasks.aborting(reply.lun, reply.tag) {
+            return self.abort_held(slot, reply, mem, &lun);
         }
         self.tasks
             .started(self.task_queue, slot, reply.lun, reply.tag);
@@ -307,7 +322,8 @@ impl RequestQueueWorker {
         if let Some(errno) = request.error {
             let write = request.direction == Direction::ToDisk;
             if request.lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
-                return self.hold(slot, request.reply, request.lun, Some(errno));
+                let mem = request.mem.clone();
+                return self.hold(slot, request.reply, &mem, request.lun, Some(errno));
             }
         }
         self.free_slots.push(slot);
@@ -513,7 +529,7 @@ impl RequestQueueWorker {
         };
         if entry.disk.io_status().is_stopped() {
             if let Some(slot) = self.free_slots.pop() {
-                return self.hold(slot, reply, Arc::clone(entry), None);
+                return self.hold(slot, reply, mem, Arc::clone(entry), None);
             }
         }
         let overrun = |reply: Reply, this: &mut Self| {
