@@ -2,7 +2,8 @@
 //! rescan of the controller while fio writes through both request queues, and ten guests booted
 //! one after the other against one server, which keeps its RSS, fds and threads flat. QEMU
 //! SIGKILLed while its guest writes loses no block the guest saw acknowledged, and a guest
-//! rebooted while fio writes finds its verified data intact after the reboot.
+//! rebooted while fio writes finds its verified data intact after the reboot. A write that hits
+//! ENOSPC under werror=enospc waits, unseen by the guest, until `ctl cont`.
 
 use std::time::Duration;
 
@@ -254,4 +255,64 @@ fn guest_acknowledged_writes_survive_qemu_sigkilled_cache_none() {
 #[test]
 fn guest_acknowledged_writes_survive_qemu_sigkilled_writeback() {
     qemu_killed_mid_write("writeback");
+}
+
+/// werror=enospc (the default) with a real guest: the guest's write hits ENOSPC in the backend
+/// (the FUSE fault file system), is held and the LUN paused, and the guest sees no error; once
+/// the fault is cleared and `ctl cont` resumes the LUN, its dd completes and reads its data back.
+#[test]
+fn guest_write_held_on_enospc_completes_after_cont() {
+    let fs = tests::fault_fs::FaultFs::mount(8 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let disk = format!("path={},cache=none", fs.image().display());
+    let server = ServerProcess::start(&[
+        "--disk",
+        &disk,
+        "--control-socket",
+        control.to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let socket = server.socket().display().to_string();
+    fs.faults().fail_writes(libc::ENOSPC);
+    let script = "printf 'VUS-HELD-WRITE\\n' > /tmp/block
+echo WRITE-STARTED
+dd if=/tmp/block of=$VUS_DISK bs=4096 conv=sync,fsync oflag=direct status=none
+echo WRITE-DONE
+[ \"$(dd if=$VUS_DISK bs=4096 count=1 iflag=direct status=none | head -n 1)\" = VUS-HELD-WRITE ]
+echo DATA-OK
+if dmesg | grep 'I/O error'; then exit 3; fi";
+    let query = || {
+        let (_, reply) = tests::server_process::ctl(&control, &["query"]).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        reply["result"]["luns"][0]["error_policy"].clone()
+    };
+    let mut paused = serde_json::Value::Null;
+    let run = run_vm_with(&["--socket", &socket, "--smp", "2"], script, |line| {
+        if line.trim_end() != "WRITE-STARTED" {
+            return;
+        }
+        for _ in 0..200 {
+            paused = query();
+            if paused["held"] == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fs.faults().fail_writes(0);
+        tests::server_process::ctl(&control, &["cont"]).unwrap();
+    })
+    .unwrap();
+    run.assert_status(0);
+    run.assert_line_contains("DATA-OK");
+    assert_eq!(
+        (&paused["paused"], &paused["io_status"], &paused["held"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("nospace"),
+            &serde_json::json!(1)
+        ),
+        "the write was held while the guest waited: {paused}"
+    );
+    assert_eq!(query()["paused"], false, "cont resumed the LUN");
 }
