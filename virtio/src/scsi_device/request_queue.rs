@@ -231,6 +231,9 @@ impl RequestQueueWorker {
     /// Resubmits the held commands whose disk runs again, oldest first, and answers those
     /// that a waiting TMF names as aborted; true when any left the hold.
     fn serve_held(&mut self, mem: &MemorySnapshot) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
         let mut served = false;
         let mut luns = self.luns.load();
         // Rotates in place: a command held again while this runs goes behind the older ones.
@@ -339,7 +342,7 @@ impl RequestQueueWorker {
     pub fn poll(&mut self) -> bool {
         self.clock = Instant::now();
         let mem = self.queue.snapshot();
-        let mut served = !self.held.is_empty() && self.serve_held(&mem);
+        let mut served = self.serve_held(&mem);
         if self.queue.has_available(&mem) {
             self.start_available(&mem);
             self.engine.submit_pending();
