@@ -198,6 +198,7 @@ impl RequestQueueWorker {
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
     pub fn completions_ready(&mut self) {
         let mem = self.queue.snapshot();
+        self.engine.clear_completion_fd();
         self.reap();
         self.end_pass(&mem);
     }
