@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_errors;
 use super::config::HeaderSizes;
-use super::data_buffers::ChainBuffers;
+use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
 use super::request::{
@@ -44,8 +44,6 @@ pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
-    /// Keeps the guest memory the request's iovecs point into mapped.
-    mem: MemorySnapshot,
     disk: Arc<Disk>,
     direction: Direction,
     /// Bytes the command moves through the driver's buffers (READ/WRITE only).
@@ -163,11 +161,12 @@ impl RequestQueueWorker {
     /// The driver kicked: serve every available chain, then interrupt once if needed.
     pub fn kicked(&mut self) {
         self.clock = Instant::now();
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         loop {
-            self.start_available(&mem);
+            self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
-            self.reap();
+            self.reap(&mem);
             if !self.queue.more_available(&mem) {
                 break;
             }
@@ -176,17 +175,17 @@ impl RequestQueueWorker {
     }
 
     /// Starts every chain the driver made available.
-    fn start_available(&mut self, mem: &MemorySnapshot) {
+    fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
         for chain in chains.drain(..) {
-            self.start(chain, mem);
+            self.start(chain, mem, snapshot);
         }
         self.popped = chains;
     }
 
     /// One interrupt for the pass, if the driver wants it.
-    fn end_pass(&mut self, mem: &MemorySnapshot) {
+    fn end_pass(&mut self, mem: &CachedMemory<'_>) {
         self.queue.notify(mem);
         self.queue.counters().set_in_flight(self.in_flight_count());
     }
@@ -197,9 +196,10 @@ impl RequestQueueWorker {
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
     pub fn completions_ready(&mut self) {
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         self.engine.clear_completion_fd();
-        self.reap();
+        self.reap(&mem);
         self.end_pass(&mem);
     }
 
@@ -207,14 +207,15 @@ impl RequestQueueWorker {
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
         self.clock = Instant::now();
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         let mut served = false;
         if self.queue.has_available(&mem) {
-            self.start_available(&mem);
+            self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             served = true;
         }
-        if self.in_flight_count() > 0 && self.reap() > 0 {
+        if self.in_flight_count() > 0 && self.reap(&mem) > 0 {
             served = true;
         }
         self.end_pass(&mem);
@@ -223,7 +224,7 @@ impl RequestQueueWorker {
 
     /// Collects completions until the engine has none left (a synchronous engine completes the
     /// next chunk of a sequential job while we reap); returns how many there were.
-    fn reap(&mut self) -> usize {
+    fn reap(&mut self, mem: &CachedMemory<'_>) -> usize {
         let mut reaped = 0;
         loop {
             let mut completions = std::mem::take(&mut self.completions);
@@ -235,14 +236,14 @@ impl RequestQueueWorker {
             reaped += completions.len();
             self.clock = Instant::now();
             for completion in completions.drain(..) {
-                self.complete(completion);
+                self.complete(completion, mem);
             }
             self.completions = completions;
             self.engine.submit_pending();
         }
     }
 
-    fn start(&mut self, chain: Chain, mem: &MemorySnapshot) {
+    fn start(&mut self, chain: Chain, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
@@ -354,18 +355,20 @@ impl RequestQueueWorker {
                 let resid = reply.data_len;
                 self.finish(reply, mem, Answer::check_condition(sense, resid))
             }
-            Outcome::Io(io) => self.start_io(reply, mem, io, header_len, data_out_len, data_in_len),
+            Outcome::Io(io) => {
+                let lengths = (header_len, data_out_len, data_in_len);
+                self.start_io(reply, mem, snapshot, io, lengths)
+            }
         }
     }
 
     fn start_io(
         &mut self,
         reply: Reply,
-        mem: &MemorySnapshot,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
         io: DiskIo,
-        header_len: u64,
-        data_out_len: u64,
-        data_in_len: u64,
+        (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
         let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
             let resid = reply.data_len;
@@ -380,7 +383,7 @@ impl RequestQueueWorker {
             let resid = reply.data_len;
             this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
         };
-        let keep_alive = || mem.clone().into_inner();
+        let keep_alive = || snapshot.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
@@ -479,7 +482,6 @@ impl RequestQueueWorker {
         };
         let mut request = InFlight {
             reply,
-            mem: mem.clone(),
             disk,
             direction,
             transfer_len,
@@ -501,7 +503,7 @@ impl RequestQueueWorker {
         self.submit_ready(slot as u64, &mut request);
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            self.finish_io(request);
+            self.finish_io(request, mem);
         } else {
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
@@ -523,7 +525,7 @@ impl RequestQueueWorker {
         }
     }
 
-    fn complete(&mut self, completion: Completion) {
+    fn complete(&mut self, completion: Completion, mem: &CachedMemory<'_>) {
         let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
         let Some(mut request) = self.in_flight.get_mut(slot).and_then(Option::take) else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
@@ -541,17 +543,16 @@ impl RequestQueueWorker {
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            self.finish_io(request);
+            self.finish_io(request, mem);
             self.tasks.finished(self.task_queue, slot);
         } else {
             self.in_flight[slot] = Some(request);
         }
     }
 
-    fn finish_io(&mut self, request: InFlight) {
+    fn finish_io(&mut self, request: InFlight, mem: &CachedMemory<'_>) {
         let InFlight {
             reply,
-            mem,
             direction,
             transfer_len,
             data_in,
@@ -590,11 +591,11 @@ impl RequestQueueWorker {
                 }
             }
         };
-        self.finish(reply, &mem, answer);
+        self.finish(reply, mem, answer);
     }
 
     /// Writes the response (when the buffers can hold its header) and returns the chain.
-    fn finish(&mut self, reply: Reply, mem: &MemorySnapshot, answer: Answer<'_>) {
+    fn finish(&mut self, reply: Reply, mem: &CachedMemory<'_>, answer: Answer<'_>) {
         let used = write_response(&reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
@@ -660,7 +661,7 @@ impl QueueWorker for RequestQueueWorker {
 }
 
 /// The used length, or None when not even the response header fits.
-fn write_response(reply: &Reply, mem: &MemorySnapshot, answer: &Answer<'_>) -> Option<u32> {
+fn write_response(reply: &Reply, mem: &CachedMemory<'_>, answer: &Answer<'_>) -> Option<u32> {
     let writable = &reply.buffers.writable;
     if writable.len() < CMD_RESP_HEADER_SIZE as u64 {
         return None;
