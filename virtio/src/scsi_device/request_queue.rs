@@ -24,6 +24,7 @@ use super::backend_errors;
 use super::config::HeaderSizes;
 use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
+use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
@@ -44,6 +45,8 @@ pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
+    /// The guest memory its iovecs point into, held by the worker.
+    memory: Option<MemoryHold>,
     disk: Arc<Disk>,
     direction: Direction,
     /// Bytes the command moves through the driver's buffers (READ/WRITE only).
@@ -115,6 +118,9 @@ pub struct RequestQueueWorker {
     disks: DiskMap,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
+    /// Keeps the guest memory of the requests in flight mapped; declared after the engine,
+    /// which is dropped first and waits for its requests.
+    held_memory: HeldMemory,
     /// Commands with the engine, by slot (their engine user_data); sized to the queue at
     /// creation so that the steady state allocates nothing.
     in_flight: Vec<Option<InFlight>>,
@@ -148,6 +154,7 @@ impl RequestQueueWorker {
             disks,
             sizes,
             engine,
+            held_memory: HeldMemory::default(),
             in_flight: (0..slots).map(|_| None).collect(),
             free_slots: (0..slots).rev().collect(),
             tasks,
@@ -383,7 +390,6 @@ impl RequestQueueWorker {
             let resid = reply.data_len;
             this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
         };
-        let keep_alive = || snapshot.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
@@ -392,11 +398,12 @@ impl RequestQueueWorker {
                 let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
                     return failure(reply, self);
                 };
-                // SAFETY: the iovecs point into guest memory regions that were checked to be
-                // mapped (ChainBuffers::collect) and that the snapshot in keep_alive keeps mapped
-                // until the request is dropped; the chain belongs to the device until we return
-                // it, which happens only after the completion.
-                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
+                // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
+                // held_memory keeps it mapped while the request is in flight after that; the
+                // chain belongs to the device until we return it, which happens only after the
+                // completion.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Read { offset, buffers };
                 (
                     PendingIo::Batch(smallvec![request]),
@@ -412,9 +419,9 @@ impl RequestQueueWorker {
                 let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
                     return failure(reply, self);
                 };
-                // SAFETY: as for reads: checked, kept mapped by keep_alive, owned by the device
-                // until the chain is returned after the completion.
-                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                // SAFETY: as for reads: checked, kept mapped by the pass and held_memory, owned
+                // by the device until the chain is returned after the completion.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Write {
                     offset,
                     buffers,
@@ -482,6 +489,7 @@ impl RequestQueueWorker {
         };
         let mut request = InFlight {
             reply,
+            memory: None,
             disk,
             direction,
             transfer_len,
@@ -507,6 +515,7 @@ impl RequestQueueWorker {
         } else {
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
+            request.memory = Some(self.held_memory.hold(snapshot));
             self.in_flight[slot] = Some(request);
         }
     }
@@ -543,6 +552,9 @@ impl RequestQueueWorker {
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
+            if let Some(hold) = request.memory.take() {
+                self.held_memory.release(hold);
+            }
             self.finish_io(request, mem);
             self.tasks.finished(self.task_queue, slot);
         } else {
