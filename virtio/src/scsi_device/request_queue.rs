@@ -13,7 +13,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
-use slog::{debug, trace};
+use slog::{debug, trace, Logger};
 use smallvec::smallvec;
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
@@ -278,7 +278,7 @@ impl RequestQueueWorker {
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
             return self.finish(
-                reply,
+                &reply,
                 mem,
                 Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
                 None,
@@ -299,7 +299,7 @@ impl RequestQueueWorker {
             debug!(self.queue.logger(), "request header too short";
                 "head" => head, "readable" => reply.buffers.readable.len());
             return self.finish(
-                reply,
+                &reply,
                 mem,
                 Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
                 None,
@@ -319,7 +319,7 @@ impl RequestQueueWorker {
                     "tag" => header.tag, "error" => %error);
                 let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
-                return self.finish(reply, mem, answer, None);
+                return self.finish(&reply, mem, answer, None);
             }
         };
         reply.lun = lun;
@@ -332,7 +332,7 @@ impl RequestQueueWorker {
                 "lun" => lun, "tag" => header.tag);
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
+            return self.finish(&reply, mem, answer, entry.map(AsRef::as_ref));
         }
 
         let mut parameters = Vec::new();
@@ -346,7 +346,7 @@ impl RequestQueueWorker {
             {
                 let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-                return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
+                return self.finish(&reply, mem, answer, entry.map(AsRef::as_ref));
             }
             reply.parameters_len = parameters.len() as u64;
         }
@@ -360,7 +360,7 @@ impl RequestQueueWorker {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
                     let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-                    return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
+                    return self.finish(&reply, mem, answer, entry.map(AsRef::as_ref));
                 }
                 let resid = reply
                     .data_len
@@ -373,12 +373,12 @@ impl RequestQueueWorker {
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
+                self.finish(&reply, mem, answer, entry.map(AsRef::as_ref))
             }
             Outcome::CheckCondition(sense) => {
                 let resid = reply.data_len;
                 let answer = Answer::check_condition(sense, resid);
-                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
+                self.finish(&reply, mem, answer, entry.map(AsRef::as_ref))
             }
             Outcome::Io(io) => {
                 let lengths = (header_len, data_out_len, data_in_len);
@@ -400,17 +400,17 @@ impl RequestQueueWorker {
         let Some(entry) = entry else {
             let resid = reply.data_len;
             let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-            return self.finish(reply, mem, answer, None);
+            return self.finish(&reply, mem, answer, None);
         };
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-            this.finish(reply, mem, answer, Some(entry.as_ref()))
+            this.finish(&reply, mem, answer, Some(entry.as_ref()))
         };
         let failure = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            this.finish(reply, mem, answer, Some(entry.as_ref()))
+            this.finish(&reply, mem, answer, Some(entry.as_ref()))
         };
         let (pending, direction, transfer_len, data_in) = match io {
             DiskIo::Read { offset, len } => {
@@ -528,12 +528,17 @@ impl RequestQueueWorker {
                 "head" => request.reply.head, "tag" => request.reply.tag);
             let resid = request.reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(request.reply, mem, answer, Some(entry.as_ref()));
+            return self.finish(&request.reply, mem, answer, Some(entry.as_ref()));
         };
-        self.submit_ready(slot as u64, &mut request);
+        submit_ready(
+            &mut *self.engine,
+            self.queue.logger(),
+            slot as u64,
+            &mut request,
+        );
         if request.outstanding == 0 {
             self.free_slots.push(slot);
-            self.finish_io(request, mem);
+            self.finish_io(&request, mem);
         } else {
             self.lun_counters(entry).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
@@ -543,23 +548,12 @@ impl RequestQueueWorker {
         }
     }
 
-    /// Submits what `request` has ready; a refused submission counts as an I/O error.
-    fn submit_ready(&mut self, id: u64, request: &mut InFlight) {
-        for io in request.pending.take_ready() {
-            match self.engine.submit(&request.lun.disk, io, id) {
-                Ok(()) => request.outstanding += 1,
-                Err(error) => {
-                    debug!(self.queue.logger(), "submit refused";
-                        "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
-                    request.error.get_or_insert(libc::EIO);
-                }
-            }
-        }
-    }
-
+    /// Counts a completion of the request in `slot` (updated in place: in-flight records are
+    /// big, and moving them showed in profiles), submits its next chunk, and answers it when
+    /// nothing is left.
     fn complete(&mut self, completion: Completion, mem: &CachedMemory<'_>) {
         let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
-        let Some(mut request) = self.in_flight.get_mut(slot).and_then(Option::take) else {
+        let Some(request) = self.in_flight.get_mut(slot).and_then(Option::as_mut) else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
             return;
         };
@@ -571,32 +565,35 @@ impl RequestQueueWorker {
             }
         }
         if request.error.is_none() {
-            self.submit_ready(completion.user_data, &mut request);
+            let logger = self.queue.logger();
+            submit_ready(&mut *self.engine, logger, completion.user_data, request);
         }
-        if request.outstanding == 0 {
-            self.free_slots.push(slot);
-            if let Some(hold) = request.memory.take() {
-                self.held_memory.release(hold);
-            }
-            self.lun_counters(&request.lun).finished();
-            self.finish_io(request, mem);
-            self.tasks.finished(self.task_queue, slot);
-        } else {
-            self.in_flight[slot] = Some(request);
+        if request.outstanding > 0 {
+            return;
         }
+        let Some(request) = self.in_flight[slot].take() else {
+            return;
+        };
+        self.free_slots.push(slot);
+        if let Some(hold) = request.memory {
+            self.held_memory.release(hold);
+        }
+        self.lun_counters(&request.lun).finished();
+        self.finish_io(&request, mem);
+        self.tasks.finished(self.task_queue, slot);
     }
 
-    fn finish_io(&mut self, request: InFlight, mem: &CachedMemory<'_>) {
+    fn finish_io(&mut self, request: &InFlight, mem: &CachedMemory<'_>) {
         let InFlight {
-            reply,
+            ref reply,
             direction,
             transfer_len,
             data_in,
             moved,
             error,
-            lun,
+            ref lun,
             ..
-        } = request;
+        } = *request;
         let answer = match error {
             Some(errno) => {
                 backend_errors::report(
@@ -612,7 +609,7 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
-                let lun_counters = self.lun_counters(&lun);
+                let lun_counters = self.lun_counters(lun);
                 if data_in {
                     self.queue.counters().read(moved);
                     lun_counters.read(moved);
@@ -642,12 +639,12 @@ impl RequestQueueWorker {
     /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
     fn finish(
         &mut self,
-        reply: Reply,
+        reply: &Reply,
         mem: &CachedMemory<'_>,
         answer: Answer<'_>,
         lun: Option<&LunEntry>,
     ) {
-        let used = write_response(&reply, mem, &answer);
+        let used = write_response(reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
                 "head" => reply.head, "writable" => reply.buffers.writable.len());
@@ -708,6 +705,20 @@ impl QueueWorker for RequestQueueWorker {
         let mem = self.queue.snapshot();
         if self.queue.more_available(&mem) {
             self.kicked();
+        }
+    }
+}
+
+/// Submits what `request` has ready; a refused submission counts as an I/O error.
+fn submit_ready(engine: &mut dyn Engine, logger: &Logger, id: u64, request: &mut InFlight) {
+    for io in request.pending.take_ready() {
+        match engine.submit(&request.lun.disk, io, id) {
+            Ok(()) => request.outstanding += 1,
+            Err(error) => {
+                debug!(logger, "submit refused";
+                    "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
+                request.error.get_or_insert(libc::EIO);
+            }
         }
     }
 }
