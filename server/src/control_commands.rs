@@ -393,6 +393,8 @@ impl ControlCommands {
             "total": total,
             "luns": luns,
             "iothreads": iothreads,
+            // Heap allocations since start, with the count-allocations feature (benchmarks).
+            "allocations": crate::allocation_counter::allocations(),
         })
     }
 
