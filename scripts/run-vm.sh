@@ -43,7 +43,7 @@
 #                      directory and quoted when the run fails.
 # The guest waits for its disk before it runs the script, and finds its path in $VUS_DISK.
 # Exit status: the guest script's; 124 on timeout; 125 when the guest never reported a status
-# (QEMU error, boot failure, kernel panic) or the server failed.
+# (QEMU error or killed by a signal, boot failure, kernel panic) or the server failed.
 # Environment: VUS_SERVER_BIN, VUS_SERVER_LOG (server log path), VUS_CACHE, VUS_TMPDIR,
 # VUS_RUN_PIDS (a file where the PIDs of the device side and QEMU are written, one
 # 'server|daemon|qemu PID' line each, for benchmarks that read /proc).
@@ -476,9 +476,17 @@ finish() {
     fi
     exit "$1"
 }
-if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+ran_s=$((SECONDS - started))
+# timeout(1) exits 124 when time ran out, or 137 when QEMU then ignored SIGTERM; a QEMU killed
+# by a signal from elsewhere makes timeout exit 128 + that signal, before its time is up.
+if [ "$qemu_status" = 124 ] || { [ "$qemu_status" = 137 ] && [ "$ran_s" -ge "$timeout_s" ]; }; then
     echo "run-vm: TIMEOUT after $timeout_s s, $(guest_stage)" >&2
     finish 124
+fi
+if [ "$qemu_status" -gt 128 ]; then
+    signal=$(kill -l "$qemu_status" 2>/dev/null || echo "?")
+    echo "run-vm: QEMU KILLED by signal $((qemu_status - 128)) (SIG$signal, exit status $qemu_status) after $ran_s s, $(guest_stage)" >&2
+    finish 125
 fi
 if [ -z "$marker" ]; then
     if grep -q -a 'Kernel panic' "$console_log"; then
