@@ -453,6 +453,8 @@ impl ControlCommands {
     }
 
     /// Takes the LUN from the target; the reply comes once its requests in flight are done.
+    /// Requests its error policy held are answered as aborted rather than waited for, since
+    /// only `cont` would ever run them.
     fn remove_disk(
         &mut self,
         device: &mut Function,
@@ -470,6 +472,13 @@ impl ControlCommands {
             .draining
             .iter()
             .position(|draining| draining.lun() == lun);
+        let held = device
+            .function()
+            .device()
+            .luns()
+            .into_iter()
+            .find(|state| state.config.lun == lun)
+            .map_or(0, |state| state.disk.io_status().held());
         let removed = match at {
             Some(at) => self.draining.remove(at),
             None => match device.function_mut().device_mut().remove_lun(lun) {
@@ -484,7 +493,8 @@ impl ControlCommands {
         if removed.drained() {
             return Ok(Progress::Done(self.lun_drained(device, &removed, started)));
         }
-        info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight);
+        info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight,
+              "held_aborted" => held);
         self.removing.push(PendingRemoval {
             removed,
             waiter,

@@ -223,9 +223,12 @@ impl ScsiDevice {
 
     /// Takes a LUN away from the target: new commands for it fail, and its stats are gone. The
     /// LUN is returned so that the caller can wait until it is drained, then call
-    /// `lun_removed`.
+    /// `lun_removed`. Commands its error policy held are answered as aborted, as QEMU
+    /// cancels the requests of a paused SCSI device it unplugs; none was acknowledged.
     pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
-        Ok(self.luns.remove(lun)?)
+        let removed = self.luns.remove(lun)?;
+        self.wake_held_requests();
+        Ok(removed)
     }
 
     /// The LUN's requests are drained: the device lets go of it and tells the driver it is
@@ -248,8 +251,9 @@ impl ScsiDevice {
     }
 
     /// Wakes the request queues that hold commands for LUNs their error policy stopped, after
-    /// an operator resumed some (`IoStatus::resume`, QMP's `cont`): they resubmit the held
-    /// commands of running LUNs in the order they came.
+    /// an operator resumed some (`IoStatus::resume`, QMP's `cont`) or removed one: they
+    /// resubmit the held commands of running LUNs in the order they came, and abort those of
+    /// removed LUNs.
     pub fn wake_held_requests(&self) {
         if let Some(tasks) = self
             .tasks

@@ -7,7 +7,8 @@
 //!
 //! When a disk's error policy says stop, the failing command is held instead of answered, the
 //! disk stops, and its later commands are held too; once the operator resumes the disk, the
-//! held commands run again from the start, in the order they came.
+//! held commands run again from the start, in the order they came. Removing the LUN answers
+//! them as aborted instead: they were never acknowledged.
 
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
@@ -234,8 +235,9 @@ impl RequestQueueWorker {
         self.in_flight.len() - self.free_slots.len() - self.held.len()
     }
 
-    /// Resubmits the held commands whose disk runs again, oldest first, and answers those
-    /// that a waiting TMF names as aborted; true when any left the hold.
+    /// Resubmits the held commands whose disk runs again, oldest first, and answers as
+    /// aborted those that a waiting TMF names or whose LUN was removed (as QEMU cancels the
+    /// requests of a SCSI device it unplugs); true when any left the hold.
     fn serve_held(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) -> bool {
         if self.held.is_empty() {
             return false;
@@ -249,7 +251,8 @@ impl RequestQueueWorker {
             };
             let Held { slot, reply, disk } = held;
             self.luns.refresh(&mut luns);
-            if self.tasks.aborting(reply.lun, reply.tag) {
+            if removed_from(&luns, reply.lun, &disk.0) || self.tasks.aborting(reply.lun, reply.tag)
+            {
                 drop(disk);
                 self.abort_held(slot, reply, mem, &luns);
             } else if disk.0.io_status().is_stopped() {
@@ -269,7 +272,7 @@ impl RequestQueueWorker {
         served
     }
 
-    /// Answers a held command that a waiting TMF names, as aborted.
+    /// Answers a held command as aborted.
     fn abort_held(&mut self, slot: usize, reply: Reply, mem: &CachedMemory<'_>, luns: &LunGuard) {
         debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
         self.free_slots.push(slot);
@@ -306,13 +309,16 @@ impl RequestQueueWorker {
                     "lun" => reply.lun, "tag" => reply.tag, "errno" => errno);
             }
         }
-        if self.tasks.aborting(reply.lun, reply.tag) {
-            let luns = self.luns.load();
-            return self.abort_held(slot, reply, mem, &luns);
-        }
         self.tasks
             .started(self.task_queue, slot, reply.lun, reply.tag);
         self.tasks.add_holder(self.queue.kick());
+        // Checked once this queue is a holder: a removal published before the load aborts the
+        // command here, one published after it wakes this queue to abort it.
+        let luns = self.luns.load();
+        if removed_from(&luns, reply.lun, &disk) || self.tasks.aborting(reply.lun, reply.tag) {
+            return self.abort_held(slot, reply, mem, &luns);
+        }
+        drop(luns);
         self.held.push_back(Held {
             slot,
             reply,
@@ -886,6 +892,12 @@ fn submit_ready(
             }
         }
     }
+}
+
+/// Whether `lun` no longer serves `disk`: it was removed (and maybe added again).
+fn removed_from(luns: &LunGuard, lun: u16, disk: &Arc<Disk>) -> bool {
+    luns.lun(lun)
+        .is_none_or(|unit| !Arc::ptr_eq(&unit.data().disk, disk))
 }
 
 /// The used length, or None when not even the response header fits.
