@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Host-side benchmark, no guest: builds the release server and runs the `host` bench of the tests
 # crate, whose userspace virtio-scsi driver loads N request queues at a fixed depth and prints
-# IOPS, latency percentiles and the server's CPU nanoseconds per request (per thread), and from
-# the counters the server logs at disconnect its kicks, interrupts and heap allocations per request
-# (the server is built with its count-allocations feature).
+# IOPS, latency percentiles and the server's CPU nanoseconds per request (per thread), and its
+# kicks, interrupts and heap allocations per request, over the measured window (from `ctl stats`:
+# the steady state) and over the whole connection (the server is built with its
+# count-allocations feature). With --iothreads 1,2 it ends with the 2-vs-1 ratio of CPU per request.
 #
 # Usage: scripts/bench-host.sh [BENCH OPTIONS]
 #   Every option goes to the benchmark; `scripts/bench-host.sh --help` lists them. Without any it

@@ -23,6 +23,10 @@ pub struct Completion {
 /// `completion_fd` readable. The request (and its buffers) is kept until it is reaped, and so
 /// is a clone of its `disk`: a device knows a removed disk is drained once it holds the last
 /// reference.
+///
+/// `reap` makes no system call of its own (besides submitting what a completion made ready),
+/// so that a polling caller makes none per request; a caller woken by `completion_fd` clears it
+/// with `clear_completion_fd` before it reaps.
 pub trait Engine: Send {
     /// Queues or executes a request. An error means the request was not accepted and will not
     /// complete; the caller must answer it itself.
@@ -41,6 +45,10 @@ pub trait Engine: Send {
     /// engines that finish every request inside `submit`.
     fn completion_fd(&self) -> Option<RawFd>;
 
-    /// Clears `completion_fd` and appends every available completion to `out`.
+    /// Clears `completion_fd` after it woke the caller; the caller then reaps, so that a
+    /// completion signalled after the clear is either reaped now or wakes the caller again.
+    fn clear_completion_fd(&mut self) {}
+
+    /// Appends every available completion to `out`.
     fn reap(&mut self, out: &mut Vec<Completion>);
 }

@@ -10,12 +10,13 @@ pub type IoVecs = SmallVec<[libc::iovec; 4]>;
 
 /// Scatter-gather buffers of a read or write, handed to the kernel without copying.
 ///
-/// The keep-alive owner (for example the guest memory snapshot the iovecs point into) is dropped
-/// only when the engine drops the request, after its completion.
+/// The keep-alive owner (for example a buffer of the device's own) is dropped only when the
+/// engine drops the request, after its completion. Buffers in guest memory have none: the
+/// device keeps that memory mapped itself, without a reference count touched per request.
 pub struct IoBuffers {
     iovecs: IoVecs,
     len: u64,
-    _keep_alive: Arc<dyn Any + Send + Sync>,
+    _keep_alive: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 // SAFETY: the iovecs are plain addresses; the contract of `new` makes the memory they point to
@@ -28,11 +29,24 @@ impl IoBuffers {
     /// and writable for `iov_len` bytes, that nothing else writes, and (for reads from the disk)
     /// that nothing else reads; `keep_alive` is dropped after the iovecs' last use.
     pub unsafe fn new(iovecs: IoVecs, keep_alive: Arc<dyn Any + Send + Sync>) -> IoBuffers {
+        // SAFETY: the caller's obligations, with keep_alive dropped with the buffers.
+        let mut buffers = unsafe { IoBuffers::borrowed(iovecs) };
+        buffers._keep_alive = Some(keep_alive);
+        buffers
+    }
+
+    /// Buffers in memory that the caller keeps mapped, without an owner of their own.
+    ///
+    /// # Safety
+    /// As for [`IoBuffers::new`], except that the caller keeps the memory mapped until the
+    /// engine has dropped the request: until its completion has been reaped, or the engine
+    /// itself has been dropped.
+    pub unsafe fn borrowed(iovecs: IoVecs) -> IoBuffers {
         let len = iovecs.iter().map(|iov| iov.iov_len as u64).sum();
         IoBuffers {
             iovecs,
             len,
-            _keep_alive: keep_alive,
+            _keep_alive: None,
         }
     }
 

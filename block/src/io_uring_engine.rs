@@ -252,9 +252,13 @@ impl Engine for IoUringEngine {
         Some(self.eventfd.as_raw_fd())
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        // Cleared before the CQ is read, so that a CQE posted meanwhile signals again.
+    fn clear_completion_fd(&mut self) {
+        // Before the CQ is read (the caller reaps next), so that a CQE posted meanwhile
+        // signals again. EAGAIN only says that the counter was already clear.
         let _ = self.eventfd.read();
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(
             self.ring

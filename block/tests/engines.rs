@@ -83,6 +83,7 @@ fn collect(engine: &mut dyn Engine, count: usize) -> Vec<Completion> {
             .completion_fd()
             .expect("requests still out need a completion eventfd");
         assert!(wait_readable(fd), "a completion is signalled");
+        engine.clear_completion_fd();
         engine.reap(&mut out);
     }
     // An asynchronous engine may signal a completion that was already reaped (its eventfd

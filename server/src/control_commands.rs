@@ -107,10 +107,42 @@ pub enum ControlError {
         lun: u16,
         seconds: u64,
         in_flight: u64,
-        tags: String,
+        tags: Tags,
     },
     #[error("remove-disk: LUN {0} is being removed already (waiting for its requests in flight)")]
     BeingRemoved(u16),
+}
+
+/// The tags of commands in flight, listed in a message.
+#[derive(Debug)]
+pub struct Tags(Vec<u64>);
+
+impl std::fmt::Display for Tags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none with the engine");
+        }
+        for (i, tag) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{tag}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ControlError {
+    /// What a script may want from the error beyond its message.
+    fn details(&self) -> Option<Value> {
+        match self {
+            ControlError::DrainTimeout {
+                lun,
+                in_flight,
+                tags,
+                ..
+            } => Some(json!({"lun": lun, "requests": in_flight, "tags": tags.0})),
+            _ => None,
+        }
+    }
 }
 
 /// A `remove-disk` waiting for the LUN's requests in flight.
@@ -217,7 +249,11 @@ impl ControlCommands {
             Ok(result) => json!({"ok": true, "result": result}),
             Err(error) => {
                 warn!(self.log, "control request failed"; "error" => %error);
-                json!({"ok": false, "error": error.to_string()})
+                let mut reply = json!({"ok": false, "error": error.to_string()});
+                if let Some(details) = error.details() {
+                    reply["in_flight"] = details;
+                }
+                reply
             }
         };
         reply.to_string()
@@ -393,6 +429,8 @@ impl ControlCommands {
             "total": total,
             "luns": luns,
             "iothreads": iothreads,
+            // Heap allocations since start, with the count-allocations feature (benchmarks).
+            "allocations": crate::allocation_counter::allocations(),
         })
     }
 
@@ -480,23 +518,19 @@ impl ControlCommands {
     /// waits for another `remove-disk`; the error lists what it waits for.
     fn drain_timed_out(&mut self, device: &Function, removed: RemovedLun) -> ControlError {
         let lun = removed.lun();
-        let tags: Vec<String> = device
+        let tags: Vec<u64> = device
             .function()
             .device()
             .commands_in_flight()
             .into_iter()
             .filter(|(of, _)| *of == lun)
-            .map(|(_, tag)| tag.to_string())
+            .map(|(_, tag)| tag)
             .collect();
         let error = ControlError::DrainTimeout {
             lun,
             seconds: DRAIN_TIMEOUT.as_secs(),
             in_flight: removed.stats().in_flight,
-            tags: if tags.is_empty() {
-                "none in the engine".to_string()
-            } else {
-                tags.join(", ")
-            },
+            tags: Tags(tags),
         };
         self.draining.push(removed);
         error

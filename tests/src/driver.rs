@@ -372,7 +372,7 @@ impl VirtioScsiDriver {
         if self.queues.len() <= index {
             self.queues.resize_with(index + 1, || None);
         }
-        self.queues[index] = Some(DriverQueue::new(queue, ring, settings));
+        self.queues[index] = Some(DriverQueue::new(queue, ring, settings)?);
         Ok(())
     }
 

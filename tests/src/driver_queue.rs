@@ -71,8 +71,11 @@ pub struct QueueSettings {
 }
 
 impl DriverQueue {
-    pub fn new(index: u16, ring: SplitQueue, settings: QueueSettings) -> Self {
-        DriverQueue {
+    pub fn new(index: u16, mut ring: SplitQueue, settings: QueueSettings) -> Result<Self> {
+        if settings.wait == WaitMode::Poll {
+            ring.set_interrupts_wanted(false)?;
+        }
+        Ok(DriverQueue {
             index,
             mem: ring.memory().clone(),
             ring,
@@ -91,7 +94,7 @@ impl DriverQueue {
             indirect_commands: settings.indirect_commands,
             wait: settings.wait,
             timeout: settings.timeout,
-        }
+        })
     }
 
     /// The virtqueue index.

@@ -123,6 +123,8 @@ pub struct SplitQueue {
     next_avail: u16,
     last_used: u16,
     event_idx: bool,
+    /// False for a driver that polls the used ring: it asks the device for no interrupt.
+    interrupts_wanted: bool,
 }
 
 impl SplitQueue {
@@ -148,6 +150,7 @@ impl SplitQueue {
             next_avail: 0,
             last_used: 0,
             event_idx,
+            interrupts_wanted: true,
         })
     }
 
@@ -353,8 +356,14 @@ impl SplitQueue {
         let len = self.mem.load_u32(slot + 4)?;
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
-            // Ask for an interrupt as soon as anything beyond what was consumed is used.
-            self.mem.store_u16(self.used_event_addr(), self.last_used)?;
+            // Ask for an interrupt as soon as anything beyond what was consumed is used, or,
+            // polling, only once the device's used index gets half the index space ahead.
+            let event = if self.interrupts_wanted {
+                self.last_used
+            } else {
+                self.last_used.wrapping_add(0x8000)
+            };
+            self.mem.store_u16(self.used_event_addr(), event)?;
         }
         let head = u16::try_from(id).map_err(|_| QueueError::UnknownHead { id })?;
         let outstanding = self
@@ -366,6 +375,22 @@ impl SplitQueue {
             self.mem.free(table)?;
         }
         Ok(Some(UsedElement { id, len }))
+    }
+
+    /// Whether the device should interrupt when it returns buffers: a driver that polls the
+    /// used ring asks for none (avail.flags NO_INTERRUPT, or a used_event kept out of reach).
+    pub fn set_interrupts_wanted(&mut self, wanted: bool) -> Result<()> {
+        self.interrupts_wanted = wanted;
+        if self.event_idx {
+            let event = if wanted {
+                self.last_used
+            } else {
+                self.last_used.wrapping_add(0x8000)
+            };
+            self.set_used_event(event)
+        } else {
+            self.set_no_interrupt(!wanted)
+        }
     }
 
     /// Sets avail.flags NO_INTERRUPT (only meaningful without EVENT_IDX).
@@ -557,6 +582,34 @@ mod tests {
         device_consume(&q, &mem, &mut last_avail, &mut used);
         q.pop_used().unwrap().unwrap();
         assert_eq!(mem.load_u16(a.driver + 4 + 2 * 8).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_polling_driver_asks_for_no_interrupt() {
+        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
+        let used_event = q.addresses().driver + 4 + 2 * 8;
+        q.set_interrupts_wanted(false).unwrap();
+        assert_eq!(mem.load_u16(used_event).unwrap(), 0x8000);
+        let h = q.add_chain(&[Buffer::writable(0x1000, 4)]).unwrap();
+        q.publish(h).unwrap();
+        let (mut last_avail, mut used) = (0, 0);
+        device_consume(&q, &mem, &mut last_avail, &mut used);
+        q.pop_used().unwrap().unwrap();
+        assert_eq!(
+            mem.load_u16(used_event).unwrap(),
+            0x8001,
+            "kept out of reach"
+        );
+        q.set_interrupts_wanted(true).unwrap();
+        assert_eq!(mem.load_u16(used_event).unwrap(), 1);
+
+        let mut plain = SplitQueue::new(mem.clone(), 8, false).unwrap();
+        plain.set_interrupts_wanted(false).unwrap();
+        assert_eq!(
+            mem.load_u16(plain.addresses().driver).unwrap(),
+            VIRTQ_AVAIL_F_NO_INTERRUPT
+        );
     }
 
     #[test]

@@ -427,6 +427,12 @@ fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
     let error = timed_out["error"].as_str().unwrap();
     assert!(error.contains("1 request(s) in flight"), "{error}");
     assert!(error.contains(&0x51.to_string()), "{error}");
+    let in_flight = &timed_out["in_flight"];
+    assert_eq!(
+        (&in_flight["lun"], &in_flight["requests"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(in_flight["tags"], serde_json::json!([0x51]), "{timed_out}");
     assert!(driver.poll_completions(queue).unwrap().is_empty());
     config_answers_promptly(&mut driver);
 

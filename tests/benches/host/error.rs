@@ -41,6 +41,10 @@ pub enum BenchError {
     Proc { path: PathBuf, source: io::Error },
     #[error("{path}: unexpected format ({what})")]
     ProcFormat { path: PathBuf, what: &'static str },
+    #[error("control socket {path}: `ctl stats` answered {reply:?}")]
+    Stats { path: PathBuf, reply: String },
+    #[error("creating a directory for the control socket: {0}")]
+    ControlDir(io::Error),
     #[error("the device completed head {head} on virtqueue {queue}, which was not in flight")]
     UnknownHead { queue: u16, head: u16 },
     #[error("the thread driving virtqueue {0} panicked")]

@@ -76,6 +76,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
         results.push(result);
     }
     report::print_details(&results);
+    report::print_scaling(&results);
     if let Some(path) = &args.json {
         report::write_json(path, header, &results)?;
         println!("\nresults written to {}", path.display());

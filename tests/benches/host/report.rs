@@ -101,6 +101,16 @@ pub fn print_details(results: &[RunResult]) {
                 allocations,
             );
         }
+        if let Some(counters) = &r.window_counters {
+            println!(
+                "  server counters (measured window, steady state): {:.4} kicks, {:.4} interrupts, {} allocations per request",
+                counters.kicks_per_request(),
+                counters.interrupts_per_request(),
+                counters
+                    .allocations_per_request()
+                    .map_or("n/a".to_string(), |a| format!("{a:.4}")),
+            );
+        }
         println!(
             "  driver: {:.0} ns/request, {:.0}% of a core per queue thread, {:.1} completions per wake-up",
             r.driver_ns_per_request(),
@@ -108,6 +118,55 @@ pub fn print_details(results: &[RunResult]) {
             r.completions_per_wakeup(),
         );
     }
+}
+
+/// Server CPU per request with 2 iothreads against 1, for every configuration run with both:
+/// the scaling figure (at most 1.05).
+pub fn print_scaling(results: &[RunResult]) {
+    let pairs: Vec<(&RunResult, &RunResult)> = results
+        .iter()
+        .filter(|two| two.config.iothreads == Some(2))
+        .filter_map(|two| {
+            let one = Config {
+                iothreads: Some(1),
+                ..two.config
+            };
+            results
+                .iter()
+                .find(|r| r.config == one)
+                .map(|one| (one, two))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!();
+    println!("iothreads, 2 vs 1: server CPU ns per request (all threads; per iothread)");
+    for (one, two) in pairs {
+        let c = Config {
+            iothreads: None,
+            ..one.config
+        };
+        println!(
+            "{}: 1 iothread {:.0} ns ({}), 2 iothreads {:.0} ns ({}): 2 vs 1 ratio {:.2}",
+            describe(&c),
+            one.server_ns_per_request(),
+            per_iothread(one),
+            two.server_ns_per_request(),
+            per_iothread(two),
+            two.server_ns_per_request() / one.server_ns_per_request().max(1.0),
+        );
+    }
+}
+
+/// The busy threads other than the main loop, with their CPU per request.
+fn per_iothread(r: &RunResult) -> String {
+    r.server_threads
+        .iter()
+        .filter(|t| t.run_ns > 0 && t.tid != r.server_pid)
+        .map(|t| format!("{} {:.0}", t.comm, r.per_request(t.run_ns)))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 pub fn write_json(path: &Path, header: Value, results: &[RunResult]) -> Result<(), BenchError> {
@@ -174,6 +233,11 @@ fn run_json(r: &RunResult) -> Value {
             "kicks_per_request": r.server_counters.map(|c| c.kicks_per_request()),
             "interrupts_per_request": r.server_counters.map(|c| c.interrupts_per_request()),
             "allocations_per_request": r.server_counters.and_then(|c| c.allocations_per_request()),
+            "window": r.window_counters.map(|c| json!({
+                "kicks_per_request": c.kicks_per_request(),
+                "interrupts_per_request": c.interrupts_per_request(),
+                "allocations_per_request": c.allocations_per_request(),
+            })),
         },
         "driver": {
             "cpu_ns_per_request": r.driver_ns_per_request(),

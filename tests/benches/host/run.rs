@@ -52,6 +52,8 @@ pub struct RunResult {
     pub load_average: String,
     /// What the server counted over the whole connection, when it logs its counters.
     pub server_counters: Option<ServerCounters>,
+    /// What the server counted inside the window (`ctl stats`), when it reports it.
+    pub window_counters: Option<ServerCounters>,
 }
 
 impl RunResult {
@@ -131,6 +133,14 @@ pub fn run_config(
         server_args.push("--iothread".to_string());
         server_args.push(format!("io{thread}"));
     }
+    // Its counters over the window come from `ctl stats`.
+    let control_dir = tempfile::Builder::new()
+        .prefix("vus-bench-ctl-")
+        .tempdir()
+        .map_err(BenchError::ControlDir)?;
+    let control = control_dir.path().join("ctl.sock");
+    server_args.push("--control-socket".to_string());
+    server_args.push(control.display().to_string());
     // The counters the server logs at disconnect are read from its JSON records.
     if !args.server_args.contains("--log-format") {
         server_args.extend(["--log-format".to_string(), "json".to_string()]);
@@ -181,9 +191,12 @@ pub fn run_config(
     std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
     let before = sample_process(server.pid())?;
     let sampled_from = Instant::now();
+    let stats_start = server_stats(&control)?;
+    let stats_probe = server_stats(&control)?;
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let stats_end = server_stats(&control)?;
     let rss_loaded = resident(server.pid())?;
 
     let mut result = RunResult {
@@ -202,6 +215,11 @@ pub fn run_config(
         wakeups: 0,
         load_average: load_average(),
         server_counters: None,
+        window_counters: Some(ServerCounters::window(
+            &stats_start,
+            &stats_probe,
+            &stats_end,
+        )),
     };
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
@@ -231,6 +249,15 @@ pub fn run_config(
     server.terminate(Duration::from_secs(5))?;
     result.server_counters = ServerCounters::parse(&server.stderr());
     Ok(result)
+}
+
+/// The server's totals now, from `ctl stats` on its control socket.
+fn server_stats(control: &Path) -> Result<ServerCounters, BenchError> {
+    let (_, reply) = tests::server_process::ctl(control, &["stats"])?;
+    ServerCounters::from_stats(&reply).ok_or_else(|| BenchError::Stats {
+        path: control.to_path_buf(),
+        reply,
+    })
 }
 
 fn driver_options(args: &Args, config: Config) -> DriverOptions {

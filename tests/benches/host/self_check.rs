@@ -19,6 +19,29 @@ pub fn run() {
     resident_memory_parses();
     the_default_matrix_and_narrowed_ones();
     server_counters_sum_the_request_queues();
+    window_counters_leave_out_the_stats_requests();
+}
+
+fn window_counters_leave_out_the_stats_requests() {
+    let stats = |requests: u64, allocations: u64| {
+        let reply = format!(
+            r#"{{"ok":true,"result":{{"allocations":{allocations},"total":{{"requests":{requests},"kicks":{},"interrupts":{}}}}}}}"#,
+            requests / 32,
+            requests / 16
+        );
+        ServerCounters::from_stats(&reply).unwrap()
+    };
+    // One stats request costs 40 allocations; the 6400 requests in between cost none.
+    let window = ServerCounters::window(&stats(1000, 5000), &stats(1600, 5040), &stats(8000, 5080));
+    assert_eq!(window.requests, 6400);
+    assert_eq!(window.kicks_per_request(), 0.03125);
+    assert_eq!(window.allocations_per_request(), Some(0.0));
+    let without = ServerCounters::from_stats(
+        r#"{"ok":true,"result":{"allocations":null,"total":{"requests":1,"kicks":0,"interrupts":0}}}"#,
+    )
+    .unwrap();
+    assert_eq!(without.allocations, None);
+    assert_eq!(ServerCounters::from_stats(r#"{"ok":false}"#), None);
 }
 
 fn server_counters_sum_the_request_queues() {

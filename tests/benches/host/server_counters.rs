@@ -1,6 +1,7 @@
-//! The server's own counters, read from the records it logs (as JSON) when the driver
-//! disconnects: driver notifications, interrupts and heap allocations over the whole connection,
-//! warm-up included. A server without them (an older build, or one built without the
+//! The server's own counters: driver notifications, interrupts and heap allocations. Over the
+//! measured window they come from `ctl stats` at both of its ends; over the whole connection
+//! (warm-up and set-up included) from the records the server logs (as JSON) when the driver
+//! disconnects. A server without them (an older build, or one built without the
 //! `count-allocations` feature for allocations) leaves the figures out.
 
 use serde_json::Value;
@@ -36,6 +37,36 @@ impl ServerCounters {
             }
         }
         (queues > 0).then_some(counters)
+    }
+
+    /// The totals in a `ctl stats` reply.
+    pub fn from_stats(reply: &str) -> Option<ServerCounters> {
+        let reply: Value = serde_json::from_str(reply).ok()?;
+        let result = &reply["result"];
+        let total = &result["total"];
+        Some(ServerCounters {
+            requests: total["requests"].as_u64()?,
+            kicks: total["kicks"].as_u64()?,
+            interrupts: total["interrupts"].as_u64()?,
+            allocations: result["allocations"].as_u64(),
+        })
+    }
+
+    /// What was counted between three `ctl stats` replies: `start` and `probe` back to back
+    /// when the window opens (their difference in allocations is what one `stats` request
+    /// costs the server), `end` when it closes. The allocations of answering `end` are left out.
+    pub fn window(start: &Self, probe: &Self, end: &Self) -> ServerCounters {
+        let stats_request = probe.allocations.zip(start.allocations).map(|(p, s)| p - s);
+        ServerCounters {
+            requests: end.requests.saturating_sub(probe.requests),
+            kicks: end.kicks.saturating_sub(probe.kicks),
+            interrupts: end.interrupts.saturating_sub(probe.interrupts),
+            allocations: end
+                .allocations
+                .zip(probe.allocations)
+                .zip(stats_request)
+                .map(|((e, p), cost)| e.saturating_sub(p).saturating_sub(cost)),
+        }
     }
 
     fn per_request(&self, count: u64) -> f64 {

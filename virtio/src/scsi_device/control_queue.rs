@@ -21,7 +21,7 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::data_buffers::ChainBuffers;
+use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::lun_address;
 use super::lun_table::LunTable;
 use super::request::{
@@ -29,7 +29,7 @@ use super::request::{
     TMF_RESP_SIZE,
 };
 use super::task_set::{TaskScope, TaskSet};
-use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::virtqueue::{Chain, Virtqueue};
 use crate::queue_worker::QueueWorker;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
@@ -65,7 +65,8 @@ impl ControlQueue {
     }
 
     pub fn kicked(&mut self) {
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         loop {
             for chain in self.queue.pop_all(&mem) {
                 let head = chain.head_index();
@@ -83,7 +84,8 @@ impl ControlQueue {
     /// Commands completed while TMFs waited: answer those whose tasks are all gone.
     pub fn tasks_left(&mut self) {
         self.tasks.clear_left();
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         for tmf in std::mem::take(&mut self.waiting) {
             if self.tasks.any(tmf.scope) {
                 self.waiting.push(tmf);
@@ -97,7 +99,7 @@ impl ControlQueue {
     }
 
     /// Answers one request; returns the used length, or None when a TMF has to wait.
-    fn handle(&mut self, chain: Chain, mem: &MemorySnapshot) -> Option<u32> {
+    fn handle(&mut self, chain: Chain, mem: &CachedMemory<'_>) -> Option<u32> {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let mut kind = [0u8; CTRL_TYPE_SIZE];
@@ -165,7 +167,7 @@ impl ControlQueue {
     fn answer_tmf(
         &mut self,
         buffers: &ChainBuffers,
-        mem: &MemorySnapshot,
+        mem: &CachedMemory<'_>,
         request: &TmfRequest,
     ) -> u32 {
         let response = self.task_management(request);
@@ -283,7 +285,7 @@ fn waits_for(request: &TmfRequest) -> Option<TaskScope> {
 /// the buffers cannot hold it).
 fn respond(
     buffers: &ChainBuffers,
-    mem: &MemorySnapshot,
+    mem: &CachedMemory<'_>,
     kind: u32,
     event_actual: u32,
     response: u32,

@@ -13,10 +13,10 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::data_buffers::{ChainBuffers, Segments};
+use super::data_buffers::{CachedMemory, ChainBuffers, Segments};
 use super::lun_address;
 use super::request::{EventRecord, EVENT_SIZE};
-use super::virtqueue::{MemorySnapshot, Virtqueue};
+use super::virtqueue::Virtqueue;
 use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.
@@ -92,7 +92,8 @@ impl EventQueue {
 
     /// Takes the driver's new buffers; reports missed events at once if some were dropped.
     pub fn kicked(&mut self) {
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         loop {
             for chain in self.queue.pop_all(&mem) {
                 let head = chain.head_index();
@@ -128,14 +129,15 @@ impl EventQueue {
     }
 
     pub fn post(&mut self, event: ScsiEvent) -> EventDelivery {
-        let mem = self.queue.snapshot();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
         let delivery = self.deliver(&mem, event.record());
         self.queue.notify(&mem);
         debug!(self.queue.logger(), "event"; "event" => ?event, "delivery" => ?delivery);
         delivery
     }
 
-    fn deliver(&mut self, mem: &MemorySnapshot, mut record: EventRecord) -> EventDelivery {
+    fn deliver(&mut self, mem: &CachedMemory<'_>, mut record: EventRecord) -> EventDelivery {
         if self.missed {
             record.event |= VIRTIO_SCSI_T_EVENTS_MISSED;
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
-use slog::{debug, trace, warn};
+use slog::{debug, trace, warn, Logger};
 use smallvec::smallvec;
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
@@ -25,8 +25,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_errors;
 use super::config::HeaderSizes;
-use super::data_buffers::ChainBuffers;
+use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
+use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_table::{LunData, LunGuard, LunTable};
@@ -46,8 +47,8 @@ const STATUS_CHECK_CONDITION: u8 = 0x02;
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
-    /// Keeps the guest memory the request's iovecs point into mapped.
-    mem: MemorySnapshot,
+    /// The guest memory its iovecs point into, held by the worker.
+    memory: Option<MemoryHold>,
     /// The disk, kept only by commands done in several steps (VERIFY, WRITE SAME with a
     /// pattern): for a single step the engine keeps it while it holds the request, so that
     /// the common command touches no reference count shared with other queues.
@@ -145,6 +146,9 @@ pub struct RequestQueueWorker {
     luns: Arc<LunTable>,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
+    /// Keeps the guest memory of the requests in flight mapped; declared after the engine,
+    /// which is dropped first and waits for its requests.
+    held_memory: HeldMemory,
     /// Commands with the engine, by slot (their engine user_data); sized to the queue at
     /// creation so that the steady state allocates nothing.
     in_flight: Vec<Option<InFlight>>,
@@ -178,6 +182,7 @@ impl RequestQueueWorker {
             luns,
             sizes,
             engine,
+            held_memory: HeldMemory::default(),
             in_flight: (0..slots).map(|_| None).collect(),
             free_slots: (0..slots).rev().collect(),
             tasks,
@@ -192,12 +197,13 @@ impl RequestQueueWorker {
     /// The driver kicked: serve every available chain, then interrupt once if needed.
     pub fn kicked(&mut self) {
         self.clock = Instant::now();
-        let mem = self.queue.snapshot();
-        self.serve_held(&mem);
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
+        self.serve_held(&mem, &snapshot);
         loop {
-            self.start_available(&mem);
+            self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
-            self.reap();
+            self.reap(&mem);
             if !self.queue.more_available(&mem) {
                 break;
             }
@@ -206,19 +212,19 @@ impl RequestQueueWorker {
     }
 
     /// Starts every chain the driver made available.
-    fn start_available(&mut self, mem: &MemorySnapshot) {
+    fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
         let mut luns = self.luns.load();
         for chain in chains.drain(..) {
             self.luns.refresh(&mut luns);
-            self.start(chain, mem, &luns);
+            self.start(chain, mem, snapshot, &luns);
         }
         self.popped = chains;
     }
 
     /// One interrupt for the pass, if the driver wants it.
-    fn end_pass(&mut self, mem: &MemorySnapshot) {
+    fn end_pass(&mut self, mem: &CachedMemory<'_>) {
         self.queue.notify(mem);
         self.queue.counters().set_in_flight(self.in_flight_count());
     }
@@ -230,7 +236,7 @@ impl RequestQueueWorker {
 
     /// Resubmits the held commands whose disk runs again, oldest first, and answers those
     /// that a waiting TMF names as aborted; true when any left the hold.
-    fn serve_held(&mut self, mem: &MemorySnapshot) -> bool {
+    fn serve_held(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) -> bool {
         if self.held.is_empty() {
             return false;
         }
@@ -253,7 +259,7 @@ impl RequestQueueWorker {
                 drop(disk);
                 self.free_slots.push(slot);
                 self.tasks.finished(self.task_queue, slot);
-                self.run(reply, mem, &luns);
+                self.run(reply, mem, snapshot, &luns);
             }
             served = true;
         }
@@ -264,13 +270,13 @@ impl RequestQueueWorker {
     }
 
     /// Answers a held command that a waiting TMF names, as aborted.
-    fn abort_held(&mut self, slot: usize, reply: Reply, mem: &MemorySnapshot, luns: &LunGuard) {
+    fn abort_held(&mut self, slot: usize, reply: Reply, mem: &CachedMemory<'_>, luns: &LunGuard) {
         debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
         self.free_slots.push(slot);
         let resid = reply.data_len;
         let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
         let lun = luns.data(reply.lun);
-        self.finish(reply, mem, answer, lun);
+        self.finish(&reply, mem, answer, lun);
         self.tasks.finished(self.task_queue, slot);
     }
 
@@ -281,7 +287,7 @@ impl RequestQueueWorker {
         &mut self,
         slot: usize,
         reply: Reply,
-        mem: &MemorySnapshot,
+        mem: &CachedMemory<'_>,
         disk: Arc<Disk>,
         errno: Option<i32>,
     ) {
@@ -316,24 +322,31 @@ impl RequestQueueWorker {
 
     /// The engine is done with `request` in `slot`: answers it, or holds it when its disk's
     /// error policy says stop.
-    fn settle(&mut self, slot: usize, request: InFlight, lun: Option<&LunData>) {
+    fn settle(
+        &mut self,
+        slot: usize,
+        request: InFlight,
+        lun: Option<&LunData>,
+        mem: &CachedMemory<'_>,
+    ) {
         if let (Some(errno), Some(lun)) = (request.error, lun) {
             let write = request.direction == Direction::ToDisk;
             if lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
-                let mem = request.mem.clone();
                 let disk = Arc::clone(&lun.disk);
-                return self.hold(slot, request.reply, &mem, disk, Some(errno));
+                return self.hold(slot, request.reply, mem, disk, Some(errno));
             }
         }
         self.free_slots.push(slot);
-        self.finish_io(request, lun);
+        self.finish_io(&request, lun, mem);
         self.tasks.finished(self.task_queue, slot);
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
     pub fn completions_ready(&mut self) {
-        let mem = self.queue.snapshot();
-        self.reap();
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
+        self.engine.clear_completion_fd();
+        self.reap(&mem);
         self.end_pass(&mem);
     }
 
@@ -341,14 +354,15 @@ impl RequestQueueWorker {
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
         self.clock = Instant::now();
-        let mem = self.queue.snapshot();
-        let mut served = self.serve_held(&mem);
+        let snapshot = self.queue.snapshot();
+        let mem = CachedMemory::new(&snapshot);
+        let mut served = self.serve_held(&mem, &snapshot);
         if self.queue.has_available(&mem) {
-            self.start_available(&mem);
+            self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             served = true;
         }
-        if self.in_flight_count() > 0 && self.reap() > 0 {
+        if self.in_flight_count() > 0 && self.reap(&mem) > 0 {
             served = true;
         }
         self.end_pass(&mem);
@@ -357,7 +371,7 @@ impl RequestQueueWorker {
 
     /// Collects completions until the engine has none left (a synchronous engine completes the
     /// next chunk of a sequential job while we reap); returns how many there were.
-    fn reap(&mut self) -> usize {
+    fn reap(&mut self, mem: &CachedMemory<'_>) -> usize {
         let mut reaped = 0;
         loop {
             let mut completions = std::mem::take(&mut self.completions);
@@ -370,14 +384,20 @@ impl RequestQueueWorker {
             self.clock = Instant::now();
             let luns = self.luns.load();
             for completion in completions.drain(..) {
-                self.complete(completion, &luns);
+                self.complete(completion, &luns, mem);
             }
             self.completions = completions;
             self.engine.submit_pending();
         }
     }
 
-    fn start(&mut self, chain: Chain, mem: &MemorySnapshot, luns: &LunGuard) {
+    fn start(
+        &mut self,
+        chain: Chain,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
+        luns: &LunGuard,
+    ) {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
@@ -396,14 +416,20 @@ impl RequestQueueWorker {
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
-            return self.finish(reply, mem, answer, None);
+            return self.finish(&reply, mem, answer, None);
         }
-        self.run(reply, mem, luns);
+        self.run(reply, mem, snapshot, luns);
     }
 
     /// Parses and executes the command whose buffers `reply` holds (again, for a command that
     /// was held).
-    fn run(&mut self, mut reply: Reply, mem: &MemorySnapshot, luns: &LunGuard) {
+    fn run(
+        &mut self,
+        mut reply: Reply,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
+        luns: &LunGuard,
+    ) {
         let head = reply.head;
         let cdb_size = u64::from(self.sizes.cdb_size());
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
@@ -421,7 +447,7 @@ impl RequestQueueWorker {
             debug!(self.queue.logger(), "request header too short";
                 "head" => head, "readable" => reply.buffers.readable.len());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
-            return self.finish(reply, mem, answer, None);
+            return self.finish(&reply, mem, answer, None);
         }
         let header = CmdRequestHeader::parse(&header);
         reply.tag = header.tag;
@@ -437,7 +463,7 @@ impl RequestQueueWorker {
                     "tag" => header.tag, "error" => %error);
                 let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
-                return self.finish(reply, mem, answer, None);
+                return self.finish(&reply, mem, answer, None);
             }
         };
         reply.lun = lun;
@@ -448,7 +474,7 @@ impl RequestQueueWorker {
                 "lun" => lun, "tag" => header.tag);
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(reply, mem, answer, unit);
+            return self.finish(&reply, mem, answer, unit);
         }
 
         let mut parameters = Vec::new();
@@ -462,7 +488,7 @@ impl RequestQueueWorker {
             {
                 let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-                return self.finish(reply, mem, answer, unit);
+                return self.finish(&reply, mem, answer, unit);
             }
             reply.parameters_len = parameters.len() as u64;
         }
@@ -471,7 +497,7 @@ impl RequestQueueWorker {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
                     let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-                    return self.finish(reply, mem, answer, unit);
+                    return self.finish(&reply, mem, answer, unit);
                 }
                 let resid = reply
                     .data_len
@@ -484,20 +510,20 @@ impl RequestQueueWorker {
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(reply, mem, answer, unit)
+                self.finish(&reply, mem, answer, unit)
             }
             Outcome::CheckCondition(sense) => {
                 let resid = reply.data_len;
-                self.finish(reply, mem, Answer::check_condition(sense, resid), unit)
+                self.finish(&reply, mem, Answer::check_condition(sense, resid), unit)
             }
             Outcome::Io(io) => {
                 let Some(unit) = unit else {
                     let resid = reply.data_len;
                     let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-                    return self.finish(reply, mem, answer, None);
+                    return self.finish(&reply, mem, answer, None);
                 };
                 let lengths = (header_len, data_out_len, data_in_len);
-                self.start_io(reply, mem, io, unit, lengths)
+                self.start_io(reply, mem, snapshot, io, unit, lengths)
             }
         }
     }
@@ -505,7 +531,8 @@ impl RequestQueueWorker {
     fn start_io(
         &mut self,
         reply: Reply,
-        mem: &MemorySnapshot,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
         io: DiskIo,
         lun: &LunData,
         (header_len, data_out_len, data_in_len): (u64, u64, u64),
@@ -519,14 +546,13 @@ impl RequestQueueWorker {
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-            this.finish(reply, mem, answer, Some(lun))
+            this.finish(&reply, mem, answer, Some(lun))
         };
         let failure = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            this.finish(reply, mem, answer, Some(lun))
+            this.finish(&reply, mem, answer, Some(lun))
         };
-        let keep_alive = || mem.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
@@ -535,11 +561,12 @@ impl RequestQueueWorker {
                 let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
                     return failure(reply, self);
                 };
-                // SAFETY: the iovecs point into guest memory regions that were checked to be
-                // mapped (ChainBuffers::collect) and that the snapshot in keep_alive keeps mapped
-                // until the request is dropped; the chain belongs to the device until we return
-                // it, which happens only after the completion.
-                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
+                // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
+                // held_memory keeps it mapped while the request is in flight after that; the
+                // chain belongs to the device until we return it, which happens only after the
+                // completion.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Read { offset, buffers };
                 (
                     PendingIo::Batch(smallvec![request]),
@@ -555,9 +582,9 @@ impl RequestQueueWorker {
                 let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
                     return failure(reply, self);
                 };
-                // SAFETY: as for reads: checked, kept mapped by keep_alive, owned by the device
-                // until the chain is returned after the completion.
-                let buffers = unsafe { IoBuffers::new(iovecs, keep_alive()) };
+                // SAFETY: as for reads: checked, kept mapped by the pass and held_memory, owned
+                // by the device until the chain is returned after the completion.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Write {
                     offset,
                     buffers,
@@ -624,7 +651,7 @@ impl RequestQueueWorker {
         let disk_kept = (!matches!(pending, PendingIo::Batch(_))).then(|| Arc::clone(disk));
         let mut request = InFlight {
             reply,
-            mem: mem.clone(),
+            memory: None,
             disk: disk_kept,
             direction,
             transfer_len,
@@ -641,36 +668,27 @@ impl RequestQueueWorker {
                 "head" => request.reply.head, "tag" => request.reply.tag);
             let resid = request.reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(request.reply, mem, answer, Some(lun));
+            return self.finish(&request.reply, mem, answer, Some(lun));
         };
-        self.submit_ready(slot as u64, &mut request, disk);
+        let logger = self.queue.logger();
+        submit_ready(&mut *self.engine, logger, slot as u64, &mut request, disk);
         if request.outstanding == 0 {
-            self.settle(slot, request, Some(lun));
+            self.settle(slot, request, Some(lun), mem);
         } else {
             self.lun_counters(lun).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
+            request.memory = Some(self.held_memory.hold(snapshot));
             self.in_flight[slot] = Some(request);
         }
     }
 
-    /// Submits what `request` has ready; a refused submission counts as an I/O error.
-    fn submit_ready(&mut self, id: u64, request: &mut InFlight, disk: &Arc<Disk>) {
-        for io in request.pending.take_ready() {
-            match self.engine.submit(disk, io, id) {
-                Ok(()) => request.outstanding += 1,
-                Err(error) => {
-                    debug!(self.queue.logger(), "submit refused";
-                        "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
-                    request.error.get_or_insert(libc::EIO);
-                }
-            }
-        }
-    }
-
-    fn complete(&mut self, completion: Completion, luns: &LunGuard) {
+    /// Counts a completion of the request in `slot` (updated in place: in-flight records are
+    /// big, and moving them showed in profiles), submits its next chunk, and answers it when
+    /// nothing is left.
+    fn complete(&mut self, completion: Completion, luns: &LunGuard, mem: &CachedMemory<'_>) {
         let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
-        let Some(mut request) = self.in_flight.get_mut(slot).and_then(Option::take) else {
+        let Some(request) = self.in_flight.get_mut(slot).and_then(Option::as_mut) else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
             return;
         };
@@ -683,34 +701,45 @@ impl RequestQueueWorker {
         }
         if request.error.is_none() {
             if let Some(disk) = request.disk.take() {
-                self.submit_ready(completion.user_data, &mut request, &disk);
+                let logger = self.queue.logger();
+                submit_ready(
+                    &mut *self.engine,
+                    logger,
+                    completion.user_data,
+                    request,
+                    &disk,
+                );
                 request.disk = Some(disk);
             }
         }
-        if request.outstanding == 0 {
-            // A command in flight keeps its LUN in the snapshots, removed or not (see
-            // `lun_table`), until the counters below say it is done.
-            let lun = luns.data(request.reply.lun);
-            if let Some(lun) = lun {
-                self.lun_counters(lun).finished();
-            }
-            self.settle(slot, request, lun);
-        } else {
-            self.in_flight[slot] = Some(request);
+        if request.outstanding > 0 {
+            return;
         }
+        let Some(mut request) = self.in_flight[slot].take() else {
+            return;
+        };
+        if let Some(hold) = request.memory.take() {
+            self.held_memory.release(hold);
+        }
+        // A command in flight keeps its LUN in the snapshots, removed or not (see
+        // `lun_table`), until the counters below say it is done.
+        let lun = luns.data(request.reply.lun);
+        if let Some(lun) = lun {
+            self.lun_counters(lun).finished();
+        }
+        self.settle(slot, request, lun, mem);
     }
 
-    fn finish_io(&mut self, request: InFlight, lun: Option<&LunData>) {
+    fn finish_io(&mut self, request: &InFlight, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
         let InFlight {
-            reply,
-            mem,
+            ref reply,
             direction,
             transfer_len,
             data_in,
             moved,
             error,
             ..
-        } = request;
+        } = *request;
         let answer = match error {
             Some(errno) => {
                 if let Some(lun) = lun {
@@ -746,7 +775,7 @@ impl RequestQueueWorker {
                 }
             }
         };
-        self.finish(reply, &mem, answer, lun);
+        self.finish(reply, mem, answer, lun);
     }
 
     /// This queue's share of a LUN's counters.
@@ -758,12 +787,12 @@ impl RequestQueueWorker {
     /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
     fn finish(
         &mut self,
-        reply: Reply,
-        mem: &MemorySnapshot,
+        reply: &Reply,
+        mem: &CachedMemory<'_>,
         answer: Answer<'_>,
         lun: Option<&LunData>,
     ) {
-        let used = write_response(&reply, mem, &answer);
+        let used = write_response(reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
                 "head" => reply.head, "writable" => reply.buffers.writable.len());
@@ -839,8 +868,28 @@ impl QueueWorker for RequestQueueWorker {
     }
 }
 
+/// Submits what `request` has ready; a refused submission counts as an I/O error.
+fn submit_ready(
+    engine: &mut dyn Engine,
+    logger: &Logger,
+    id: u64,
+    request: &mut InFlight,
+    disk: &Arc<Disk>,
+) {
+    for io in request.pending.take_ready() {
+        match engine.submit(disk, io, id) {
+            Ok(()) => request.outstanding += 1,
+            Err(error) => {
+                debug!(logger, "submit refused";
+                    "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
+                request.error.get_or_insert(libc::EIO);
+            }
+        }
+    }
+}
+
 /// The used length, or None when not even the response header fits.
-fn write_response(reply: &Reply, mem: &MemorySnapshot, answer: &Answer<'_>) -> Option<u32> {
+fn write_response(reply: &Reply, mem: &CachedMemory<'_>, answer: &Answer<'_>) -> Option<u32> {
     let writable = &reply.buffers.writable;
     if writable.len() < CMD_RESP_HEADER_SIZE as u64 {
         return None;

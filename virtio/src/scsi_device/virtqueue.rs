@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use slog::{debug, warn, Logger};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue_counters::QueueCounters;
@@ -15,8 +15,21 @@ use crate::virtio_device::{ActiveQueue, GuestMemory, Interrupt};
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
-/// A chain popped from a queue.
-pub type Chain = DescriptorChain<MemorySnapshot>;
+/// A chain popped from a queue: where its descriptors are, not yet read
+/// (`data_buffers::ChainBuffers::collect` walks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    pub head: u16,
+    /// The queue's descriptor table and its size.
+    pub table: GuestAddress,
+    pub queue_size: u16,
+}
+
+impl Chain {
+    pub fn head_index(&self) -> u16 {
+        self.head
+    }
+}
 
 /// How a worker tells the transport that the device cannot go on (a queue's rings became
 /// unusable): the transport reports DEVICE_NEEDS_RESET in the device status, and the
@@ -129,11 +142,11 @@ impl Virtqueue {
     /// only rings that are mapped but wrong make it unusable.
     fn ring_unreadable(
         &mut self,
-        mem: &MemorySnapshot,
+        mem: &GuestMemoryMmap,
         what: &'static str,
         error: &dyn std::fmt::Display,
     ) {
-        if self.queue.is_valid(&**mem) {
+        if self.queue.is_valid(mem) {
             self.fail(what, error);
         } else {
             debug!(self.logger, "rings not mapped"; "what" => what, "error" => %error);
@@ -142,7 +155,7 @@ impl Virtqueue {
 
     /// Every chain the driver made available, with notifications suppressed while the caller
     /// works on them. Empty when there is none or the queue is broken.
-    pub fn pop_all(&mut self, mem: &MemorySnapshot) -> Vec<Chain> {
+    pub fn pop_all(&mut self, mem: &GuestMemoryMmap) -> Vec<Chain> {
         let mut chains = Vec::new();
         self.pop_all_into(mem, &mut chains);
         chains
@@ -150,39 +163,45 @@ impl Virtqueue {
 
     /// `pop_all` into the caller's vector, whose capacity the request path keeps from one pass
     /// to the next.
-    pub fn pop_all_into(&mut self, mem: &MemorySnapshot, chains: &mut Vec<Chain>) {
+    pub fn pop_all_into(&mut self, mem: &GuestMemoryMmap, chains: &mut Vec<Chain>) {
         if self.broken {
             return;
         }
-        if let Err(error) = self.queue.disable_notification(&**mem) {
+        if let Err(error) = self.queue.disable_notification(mem) {
             self.ring_unreadable(mem, "disable_notification", &error);
             return;
         }
-        match self.queue.iter(mem.clone()) {
-            Ok(iter) => chains.extend(iter),
+        let table = GuestAddress(self.queue.desc_table());
+        let queue_size = self.queue.size();
+        match self.queue.iter(mem) {
+            Ok(iter) => chains.extend(iter.map(|chain| Chain {
+                head: chain.head_index(),
+                table,
+                queue_size,
+            })),
             Err(error) => self.ring_unreadable(mem, "avail_ring", &error),
         }
     }
 
     /// Stops driver notifications while the caller polls the avail ring.
-    pub fn suppress_notifications(&mut self, mem: &MemorySnapshot) {
+    pub fn suppress_notifications(&mut self, mem: &GuestMemoryMmap) {
         if self.broken {
             return;
         }
-        if let Err(error) = self.queue.disable_notification(&**mem) {
+        if let Err(error) = self.queue.disable_notification(mem) {
             self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
 
     /// Whether the driver made chains available that are not popped yet; notifications are
     /// left as they are.
-    pub fn has_available(&mut self, mem: &MemorySnapshot) -> bool {
+    pub fn has_available(&mut self, mem: &GuestMemoryMmap) -> bool {
         if self.broken {
             return false;
         }
         match self
             .queue
-            .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
         {
             Ok(index) => index.0 != self.queue.next_avail(),
             Err(error) => {
@@ -193,11 +212,11 @@ impl Virtqueue {
     }
 
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
-    pub fn more_available(&mut self, mem: &MemorySnapshot) -> bool {
+    pub fn more_available(&mut self, mem: &GuestMemoryMmap) -> bool {
         if self.broken {
             return false;
         }
-        match self.queue.enable_notification(&**mem) {
+        match self.queue.enable_notification(mem) {
             Ok(more) => more,
             Err(error) => {
                 self.ring_unreadable(mem, "enable_notification", &error);
@@ -207,22 +226,22 @@ impl Virtqueue {
     }
 
     /// Returns a chain to the driver with `len` bytes written.
-    pub fn add_used(&mut self, mem: &MemorySnapshot, head: u16, len: u32) {
+    pub fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
         if self.broken {
             return;
         }
-        match self.queue.add_used(&**mem, head, len) {
+        match self.queue.add_used(mem, head, len) {
             Ok(()) => self.returned = true,
             Err(error) => self.fail("add_used", &error),
         }
     }
 
     /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
-    pub fn notify(&mut self, mem: &MemorySnapshot) {
+    pub fn notify(&mut self, mem: &GuestMemoryMmap) {
         if self.broken || !std::mem::take(&mut self.returned) {
             return;
         }
-        match self.queue.needs_notification(&**mem) {
+        match self.queue.needs_notification(mem) {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => debug!(self.logger, "used_event unreadable"; "error" => %error),

@@ -1,0 +1,97 @@
+//! The guest memory snapshots a queue's requests in flight point into.
+//!
+//! A request's iovecs point straight into guest memory, which must stay mapped until the engine
+//! is done with them, even if the client unmaps it meanwhile. Rather than each request holding a
+//! reference to its snapshot (a reference count shared by every queue, touched twice per
+//! request), the queue holds each snapshot once and counts its requests itself.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+use vm_memory::GuestMemoryMmap;
+
+use super::virtqueue::MemorySnapshot;
+
+/// Which snapshot a request holds (its address, unique while it is held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryHold(usize);
+
+#[derive(Default)]
+pub struct HeldMemory {
+    /// Newest last; there is more than one only while requests from before a remap are out.
+    snapshots: SmallVec<[(Arc<GuestMemoryMmap>, usize); 2]>,
+}
+
+fn address(mem: &GuestMemoryMmap) -> usize {
+    std::ptr::from_ref(mem) as usize
+}
+
+impl HeldMemory {
+    /// Keeps `snapshot` mapped for one more request, until `release`.
+    pub fn hold(&mut self, snapshot: &MemorySnapshot) -> MemoryHold {
+        let id = address(snapshot);
+        match self.snapshots.last_mut() {
+            Some((held, requests)) if address(held) == id => *requests += 1,
+            _ => self.snapshots.push((snapshot.clone().into_inner(), 1)),
+        }
+        MemoryHold(id)
+    }
+
+    /// A request holding `hold` is done: its snapshot is dropped with its last request.
+    pub fn release(&mut self, hold: MemoryHold) {
+        let Some(at) = self
+            .snapshots
+            .iter()
+            .position(|(held, _)| address(held) == hold.0)
+        else {
+            return;
+        };
+        self.snapshots[at].1 -= 1;
+        if self.snapshots[at].1 == 0 {
+            self.snapshots.remove(at);
+        }
+    }
+
+    /// Snapshots held (for tests).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+
+    use super::*;
+
+    fn memory(size: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+    }
+
+    #[test]
+    fn snapshots_live_until_their_last_request() {
+        let atomic = GuestMemoryAtomic::new(memory(0x1000));
+        let mut held = HeldMemory::default();
+        let first = atomic.memory();
+        let a = held.hold(&first);
+        let b = held.hold(&first);
+        assert_eq!(a, b);
+        assert_eq!(held.len(), 1);
+
+        // The client remaps: the old snapshot stays while its requests are out.
+        atomic.lock().unwrap().replace(memory(0x2000));
+        let weak = Arc::downgrade(&first.clone().into_inner());
+        drop(first);
+        let second = atomic.memory();
+        let c = held.hold(&second);
+        assert_ne!(a, c);
+        assert_eq!(held.len(), 2);
+        held.release(a);
+        assert!(weak.upgrade().is_some(), "one request still points into it");
+        held.release(b);
+        assert!(weak.upgrade().is_none(), "dropped with its last request");
+        held.release(c);
+        assert_eq!(held.len(), 0);
+    }
+}
