@@ -18,6 +18,8 @@ const REGION_COUNT: u32 = 9;
 /// vfio-user IRQ indices of a PCI device: INTx, MSI, MSI-X, ERR, REQ.
 const MSIX_IRQ: u32 = 2;
 const IRQ_COUNT: u32 = 5;
+/// Virtqueues 0 and 1 are virtio-scsi's control and event queues.
+const FIRST_REQUEST_QUEUE: u16 = 2;
 
 pub struct VirtioFunction<D: VirtioDevice> {
     function: VirtioPciFunction<D>,
@@ -161,7 +163,10 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         if region >= REGION_COUNT {
             return Err(DeviceError::NoSuchRegion(region));
         }
-        let addresses = self.function.queue_notify_addresses();
+        let mut addresses = self.function.queue_notify_addresses();
+        // A client takes only so many fds in one reply (max_msg_fds): the request queues come
+        // first, since their kicks are the ones on the data path.
+        addresses.sort_by_key(|a| (a.queue < FIRST_REQUEST_QUEUE, a.queue));
         Ok(addresses
             .into_iter()
             .filter(|a| u32::from(a.bar) == region)

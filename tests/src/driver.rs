@@ -350,7 +350,15 @@ impl VirtioScsiDriver {
         let kicker = match self.options.kick {
             KickMode::PostedWrite => Kicker::Posted(self.pci.client().posted_writer()?),
             KickMode::Write => Kicker::Owner,
-            KickMode::IoEventFd => Kicker::IoEventFd(self.find_io_eventfd(queue, bar, offset)?),
+            // A server hands out only as many ioeventfds as one reply may carry (the client's
+            // max_msg_fds); the other queues are kicked by message, as QEMU does.
+            KickMode::IoEventFd => match self.find_io_eventfd(queue, bar, offset) {
+                Ok(fd) => Kicker::IoEventFd(fd),
+                Err(DriverError::NoIoEventFd(_)) => {
+                    Kicker::Posted(self.pci.client().posted_writer()?)
+                }
+                Err(e) => return Err(e),
+            },
         };
         let irq = match self.irqs.get(usize::from(vector)) {
             Some(fd) => Some(fd.try_clone().map_err(DriverError::EventFd)?),
