@@ -28,6 +28,8 @@ pub struct VirtioFunction<D: VirtioDevice> {
     /// The threads serving the queues, when the device hands its queues out (its queue host);
     /// without it, the device serves kicks inline through the transport.
     pool: Option<Arc<IothreadPool>>,
+    /// A client mapped memory that can shrink; the device guards its accesses for good.
+    shrinkable_mapped: bool,
     log: Logger,
 }
 
@@ -44,6 +46,7 @@ impl<D: VirtioDevice> VirtioFunction<D> {
             function,
             kicks,
             pool,
+            shrinkable_mapped: false,
             log,
         }
     }
@@ -239,6 +242,23 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
             }
         }
         Ok(())
+    }
+
+    fn dma_shrinkable(&mut self, iova: u64, size: u64) {
+        if self.shrinkable_mapped {
+            return;
+        }
+        self.shrinkable_mapped = true;
+        debug!(self.log, "guest memory can shrink: guarding queue accesses from now on";
+            "iova" => iova, "size" => size);
+        // No worker may be inside a call while the guard is turned on (`memory_may_shrink`).
+        if let Some(pool) = &self.pool {
+            pool.pause();
+        }
+        self.function.device_mut().memory_may_shrink();
+        if let Some(pool) = &self.pool {
+            pool.resume();
+        }
     }
 
     fn dma_mapped(&mut self, _iova: u64, _size: u64) {}

@@ -64,6 +64,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver notified queue `index` (its kick eventfd has already been drained).
     fn queue_kicked(&mut self, index: u16);
+    /// Guest memory that can shrink under the device is about to be mapped (see
+    /// `memory_fault`); no queue is being served while this is called.
+    fn memory_may_shrink(&mut self) {}
     /// The device found a queue it cannot go on with (the transport reports DEVICE_NEEDS_RESET).
     fn needs_reset(&self) -> bool {
         false

@@ -314,6 +314,7 @@ pub fn notify_device<D: Device>(device: &mut D, change: DmaChange) {
     match change {
         DmaChange::Unmapping { iova, size } => device.dma_unmapping(iova, size),
         DmaChange::Mapped { iova, size } => device.dma_mapped(iova, size),
+        DmaChange::Shrinkable { iova, size } => device.dma_shrinkable(iova, size),
     }
 }
 
@@ -339,7 +340,7 @@ pub fn handle<D: Device>(
     match request {
         Request::Version { .. } => Err(RequestError::VersionOrder),
         Request::DmaMap { map, fd } => {
-            if dma.map(&map, fd)? {
+            if dma.map(&map, fd, |change| notify_device(device, change))? {
                 device.dma_mapped(map.address.get(), map.size.get());
             }
             Ok(Reply::default())
