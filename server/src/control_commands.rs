@@ -4,7 +4,9 @@
 //! `{"command":"remove-disk","lun":N}`, `{"command":"resize","lun":N[,"size":SIZE]}`,
 //! `{"command":"set-log-level","level":LEVEL}`, `{"command":"set-mapping","mapping":JSON}`,
 //! `{"command":"add-iothread","name":NAME}`, `{"command":"remove-iothread","name":NAME}`. Replies: `{"ok":true,"result":...}` or
-//! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way.
+//! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way. `remove-disk` replies
+//! once the LUN's requests in flight are done (or it gives up waiting); the main loop serves the
+//! device and other requests meanwhile (`pending_replies`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,19 +16,18 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use slog::{info, warn, Logger};
 use virtio::{
-    EventDelivery, LunState, QueueStats, ScsiDevice, ScsiDeviceError, VirtioDevice,
-    LATENCY_BUCKETS, SENSE_KEYS,
+    EventDelivery, LunState, LunStats, QueueStats, RemovedLun, ScsiDevice, ScsiDeviceError,
+    VirtioDevice, LATENCY_BUCKETS, SENSE_KEYS,
 };
 
 use crate::cli::LogLevel;
-use crate::control_socket::LineError;
+use crate::control_socket::{Answer, ConnectionId, LineError};
 use crate::controller::{open_lun, ControllerError};
 use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
 use crate::iothread_pool::{IothreadPool, PoolError};
 use crate::logging::LogControl;
 use crate::mapping::QueueOwner;
 use crate::virtio_function::VirtioFunction;
-use vfio_user_server::Device;
 use vfio_user_server::ServerStatus;
 
 /// How long `remove-disk` waits for the LUN's requests in flight before it gives up.
@@ -95,8 +96,28 @@ pub enum ControlError {
     NoPool(&'static str),
     #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
     LogLevel(String),
-    #[error("remove-disk: LUN {lun} still has requests in flight after {seconds} s; it takes no new ones, and remove-disk {lun} again finishes the removal")]
-    DrainTimeout { lun: u16, seconds: u64 },
+    #[error("remove-disk: LUN {lun} still has {in_flight} request(s) in flight after {seconds} s (tags: {tags}); it takes no new ones, and remove-disk {lun} again finishes the removal")]
+    DrainTimeout {
+        lun: u16,
+        seconds: u64,
+        in_flight: u64,
+        tags: String,
+    },
+    #[error("remove-disk: LUN {0} is being removed already (waiting for its requests in flight)")]
+    BeingRemoved(u16),
+}
+
+/// A `remove-disk` waiting for the LUN's requests in flight.
+struct PendingRemoval {
+    removed: RemovedLun,
+    waiter: ConnectionId,
+    started: Instant,
+}
+
+/// What became of a request: its result, or a wait whose reply `pending_replies` gives.
+enum Progress {
+    Done(Value),
+    Waiting,
 }
 
 /// The state the commands read and change besides the device.
@@ -106,7 +127,9 @@ pub struct ControlCommands {
     num_queues: u16,
     queue_size: u16,
     /// LUNs whose removal timed out: gone from the target, waiting for their requests.
-    draining: Vec<(u16, Arc<block::Disk>)>,
+    draining: Vec<RemovedLun>,
+    /// LUNs whose `remove-disk` waits for their requests in flight.
+    removing: Vec<PendingRemoval>,
     log: Logger,
 }
 
@@ -126,21 +149,64 @@ impl ControlCommands {
             num_queues,
             queue_size,
             draining: Vec::new(),
+            removing: Vec::new(),
             log,
         }
     }
 
-    /// Answers one request line.
+    /// Answers one request line from `connection`, now or (`Answer::Later`) through
+    /// `pending_replies`.
     pub fn reply(
         &mut self,
         device: &mut Function,
         status: ServerStatus,
+        connection: ConnectionId,
         line: Result<&str, LineError>,
-    ) -> String {
+    ) -> Answer {
         let result = line
             .map_err(ControlError::from)
             .and_then(|line| serde_json::from_str::<Request>(line).map_err(ControlError::Request))
-            .and_then(|request| self.execute(device, status, request));
+            .and_then(|request| self.execute(device, status, connection, request));
+        match result {
+            Ok(Progress::Done(result)) => Answer::Now(self.reply_line(Ok(result))),
+            Ok(Progress::Waiting) => Answer::Later,
+            Err(error) => Answer::Now(self.reply_line(Err(error))),
+        }
+    }
+
+    /// Whether a reply is waiting for something to finish (`pending_replies` must be called
+    /// until there is none).
+    pub fn waiting(&self) -> bool {
+        !self.removing.is_empty()
+    }
+
+    /// The replies whose wait is over: removals whose LUN drained or that gave up waiting.
+    pub fn pending_replies(&mut self, device: &mut Function) -> Vec<(ConnectionId, String)> {
+        let mut replies = Vec::new();
+        let mut index = 0;
+        while index < self.removing.len() {
+            let pending = &self.removing[index];
+            let timed_out = pending.started.elapsed() > DRAIN_TIMEOUT;
+            if !pending.removed.drained() && !timed_out {
+                index += 1;
+                continue;
+            }
+            let PendingRemoval {
+                removed,
+                waiter,
+                started,
+            } = self.removing.swap_remove(index);
+            let result = if removed.drained() {
+                Ok(self.lun_drained(device, &removed, started))
+            } else {
+                Err(self.drain_timed_out(device, removed))
+            };
+            replies.push((waiter, self.reply_line(result)));
+        }
+        replies
+    }
+
+    fn reply_line(&self, result: Result<Value, ControlError>) -> String {
         let reply = match result {
             Ok(result) => json!({"ok": true, "result": result}),
             Err(error) => {
@@ -155,14 +221,15 @@ impl ControlCommands {
         &mut self,
         device: &mut Function,
         status: ServerStatus,
+        connection: ConnectionId,
         request: Request,
-    ) -> Result<Value, ControlError> {
-        match request {
-            Request::Query {} => Ok(self.query(device, status)),
-            Request::Stats {} => Ok(self.stats(device)),
-            Request::AddDisk { spec } => self.add_disk(device, &spec),
-            Request::RemoveDisk { lun } => self.remove_disk(device, lun),
-            Request::Resize { lun, size } => self.resize(device, lun, size.as_deref()),
+    ) -> Result<Progress, ControlError> {
+        let done = match request {
+            Request::RemoveDisk { lun } => return self.remove_disk(device, lun, connection),
+            Request::Query {} => self.query(device, status),
+            Request::Stats {} => self.stats(device),
+            Request::AddDisk { spec } => self.add_disk(device, &spec)?,
+            Request::Resize { lun, size } => self.resize(device, lun, size.as_deref())?,
             Request::SetMapping { mapping } => {
                 let json = match mapping {
                     Value::String(text) => text,
@@ -179,7 +246,7 @@ impl ControlCommands {
                     .iter()
                     .map(|m| json!({"vq": m.vq, "from": m.from, "to": m.to}))
                     .collect();
-                Ok(json!({"moved": moved}))
+                json!({"moved": moved})
             }
             Request::AddIothread { name } => {
                 self.pool("add-iothread")?
@@ -188,7 +255,7 @@ impl ControlCommands {
                         command: "add-iothread",
                         source,
                     })?;
-                Ok(json!({"iothread": name}))
+                json!({"iothread": name})
             }
             Request::RemoveIothread { name } => {
                 self.pool("remove-iothread")?
@@ -197,16 +264,17 @@ impl ControlCommands {
                         command: "remove-iothread",
                         source,
                     })?;
-                Ok(json!({"iothread": name}))
+                json!({"iothread": name})
             }
             Request::SetLogLevel { level } => {
                 let level = LogLevel::from_str(&level, true)
                     .map_err(|_| ControlError::LogLevel(level.clone()))?;
                 self.log_control.set_level(level);
                 info!(self.log, "log level set"; "level" => level.name());
-                Ok(json!({"level": level.name()}))
+                json!({"level": level.name()})
             }
-        }
+        };
+        Ok(Progress::Done(done))
     }
 
     fn pool(&self, command: &'static str) -> Result<&IothreadPool, ControlError> {
@@ -255,9 +323,12 @@ impl ControlCommands {
         })
     }
 
-    /// Counters since the server started: per request queue, their sum, and per iothread.
+    /// Counters since the server started: per request queue, their sum, per LUN (since it was
+    /// added) and per iothread.
     fn stats(&self, device: &Function) -> Value {
-        let queues = device.function().device().queue_stats();
+        let scsi = device.function().device();
+        let queues = scsi.queue_stats();
+        let luns: Vec<Value> = scsi.lun_stats().iter().map(lun_stats_json).collect();
         let mut total = QueueStats {
             vq: 0,
             ..QueueStats::default()
@@ -299,6 +370,7 @@ impl ControlCommands {
         json!({
             "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
             "total": total,
+            "luns": luns,
             "iothreads": iothreads,
         })
     }
@@ -311,7 +383,8 @@ impl ControlCommands {
             .luns()
             .iter()
             .map(|lun| lun.config.lun)
-            .chain(self.draining.iter().map(|(lun, _)| *lun))
+            .chain(self.draining.iter().map(RemovedLun::lun))
+            .chain(self.removing.iter().map(|pending| pending.removed.lun()))
             .collect();
         let lun = match spec.lun {
             Some(lun) if used.contains(&lun) => return Err(ControlError::LunInUse(lun)),
@@ -332,39 +405,80 @@ impl ControlCommands {
         Ok(reply)
     }
 
-    fn remove_disk(&mut self, device: &mut Function, lun: u16) -> Result<Value, ControlError> {
+    /// Takes the LUN from the target; the reply comes once its requests in flight are done.
+    fn remove_disk(
+        &mut self,
+        device: &mut Function,
+        lun: u16,
+        waiter: ConnectionId,
+    ) -> Result<Progress, ControlError> {
+        if self
+            .removing
+            .iter()
+            .any(|pending| pending.removed.lun() == lun)
+        {
+            return Err(ControlError::BeingRemoved(lun));
+        }
         let at = self
             .draining
             .iter()
-            .position(|(draining, _)| *draining == lun);
-        let disk = match at {
-            Some(at) => self.draining.remove(at).1,
+            .position(|draining| draining.lun() == lun);
+        let removed = match at {
+            Some(at) => self.draining.remove(at),
             None => match device.function_mut().device_mut().remove_lun(lun) {
-                Ok(disk) => disk,
+                Ok(removed) => removed,
                 Err(ScsiDeviceError::Target(scsi_disk::TargetError::NoSuchLun(_))) => {
                     return Err(ControlError::NoSuchLun(lun))
                 }
                 Err(e) => return Err(e.into()),
             },
         };
-        // Requests in flight hold the disk; once only we do, the LUN is drained. Main-loop
-        // queues complete only when served, so they are served while we wait.
         let started = Instant::now();
-        while Arc::strong_count(&disk) > 1 {
-            if started.elapsed() > DRAIN_TIMEOUT {
-                self.draining.push((lun, disk));
-                return Err(ControlError::DrainTimeout {
-                    lun,
-                    seconds: DRAIN_TIMEOUT.as_secs(),
-                });
-            }
-            device.event_ready(0);
-            std::thread::sleep(Duration::from_millis(1));
+        if removed.drained() {
+            return Ok(Progress::Done(self.lun_drained(device, &removed, started)));
         }
+        info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight);
+        self.removing.push(PendingRemoval {
+            removed,
+            waiter,
+            started,
+        });
+        Ok(Progress::Waiting)
+    }
+
+    /// No request holds the removed LUN any more: the driver is told it is gone.
+    fn lun_drained(&self, device: &mut Function, removed: &RemovedLun, started: Instant) -> Value {
+        let lun = removed.lun();
         let delivery = device.function_mut().device_mut().lun_removed(lun);
         info!(self.log, "lun removed"; "lun" => lun, "event" => delivery_name(delivery),
               "drained_in_us" => started.elapsed().as_micros() as u64);
-        Ok(json!({"lun": lun, "event": delivery_name(delivery)}))
+        json!({"lun": lun, "event": delivery_name(delivery)})
+    }
+
+    /// The removed LUN still has requests after the timeout: it stays out of the target and
+    /// waits for another `remove-disk`; the error lists what it waits for.
+    fn drain_timed_out(&mut self, device: &Function, removed: RemovedLun) -> ControlError {
+        let lun = removed.lun();
+        let tags: Vec<String> = device
+            .function()
+            .device()
+            .commands_in_flight()
+            .into_iter()
+            .filter(|(of, _)| *of == lun)
+            .map(|(_, tag)| tag.to_string())
+            .collect();
+        let error = ControlError::DrainTimeout {
+            lun,
+            seconds: DRAIN_TIMEOUT.as_secs(),
+            in_flight: removed.stats().in_flight,
+            tags: if tags.is_empty() {
+                "none in the engine".to_string()
+            } else {
+                tags.join(", ")
+            },
+        };
+        self.draining.push(removed);
+        error
     }
 
     fn resize(
@@ -430,25 +544,45 @@ const SENSE_KEY_NAMES: [&str; SENSE_KEYS] = [
 ];
 
 fn queue_json(stats: &QueueStats) -> Value {
-    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
-        .iter()
-        .zip(stats.errors_by_sense_key)
-        .filter(|(_, count)| *count > 0)
-        .map(|(name, count)| (name.to_string(), json!(count)))
-        .collect();
     json!({
         "vq": stats.vq,
         "requests": stats.requests,
         "bytes_read": stats.bytes_read,
         "bytes_written": stats.bytes_written,
         "errors": stats.errors(),
-        "errors_by_sense_key": errors,
+        "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
         "transport_failures": stats.transport_failures,
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,
         "latency_us": latency_json(&stats.latency),
     })
+}
+
+/// A LUN's counters, in the shape of a queue's (kicks, interrupts and transport failures belong
+/// to queues, not LUNs).
+fn lun_stats_json(stats: &LunStats) -> Value {
+    json!({
+        "lun": stats.lun,
+        "requests": stats.requests,
+        "bytes_read": stats.bytes_read,
+        "bytes_written": stats.bytes_written,
+        "errors": stats.errors(),
+        "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
+        "in_flight": stats.in_flight,
+        "latency_us": latency_json(&stats.latency),
+    })
+}
+
+/// The sense keys that were answered, by name.
+fn errors_json(errors_by_sense_key: &[u64; SENSE_KEYS]) -> Value {
+    let errors: serde_json::Map<String, Value> = SENSE_KEY_NAMES
+        .iter()
+        .zip(errors_by_sense_key)
+        .filter(|(_, count)| **count > 0)
+        .map(|(name, count)| (name.to_string(), json!(count)))
+        .collect();
+    Value::Object(errors)
 }
 
 /// Percentiles as the upper bound of the histogram bucket they fall in (bucket 0 is under

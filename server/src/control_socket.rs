@@ -2,7 +2,9 @@
 //! line-delimited requests and replies. What a request means is the caller's business.
 //!
 //! Everything is non-blocking and served from the main loop: a slow or silent client holds
-//! only its own connection.
+//! only its own connection. A request may be answered later (`Answer::Later`, then `deliver`):
+//! its connection waits for that reply before its next request is read, so replies keep the
+//! order of the requests, while other connections and the main loop go on.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,12 +26,29 @@ pub enum LineError {
     NotUtf8,
 }
 
+/// What a request handler makes of a request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The reply line.
+    Now(String),
+    /// The reply comes through `ControlSocket::deliver`.
+    Later,
+}
+
+/// A control connection, for a reply that comes later; never reused, so a reply for a
+/// connection that closed meanwhile goes nowhere rather than to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(u64);
+
 struct ControlConnection {
+    id: ConnectionId,
     stream: UnixStream,
     input: Vec<u8>,
     output: Vec<u8>,
     /// Close once the output is written (after an oversized request or the peer's EOF).
     closing: bool,
+    /// A request's reply comes later; the lines after it wait.
+    awaiting: bool,
 }
 
 pub struct ControlSocket {
@@ -37,6 +56,7 @@ pub struct ControlSocket {
     listener: UnixListener,
     connections: Vec<Option<ControlConnection>>,
     first_token: usize,
+    next_id: u64,
 }
 
 /// Tokens from `first_token` on belong to the control socket: the listener first, then its
@@ -61,6 +81,7 @@ impl ControlSocket {
             listener,
             connections: Vec::new(),
             first_token,
+            next_id: 0,
         })
     }
 
@@ -69,27 +90,60 @@ impl ControlSocket {
     }
 
     /// Serves `token`'s readiness: accepts connections, or answers every complete request line
-    /// of one connection with `handle(line)`.
+    /// of one connection with `handle(connection, line)`.
     pub fn ready(
         &mut self,
         registry: &Registry,
         token: Token,
-        mut handle: impl FnMut(Result<&str, LineError>) -> String,
+        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
     ) -> io::Result<()> {
         if token.0 == self.first_token {
             return self.accept(registry);
         }
-        let index = token.0 - self.first_token - 1;
-        let Some(Some(connection)) = self.connections.get_mut(index) else {
-            return Ok(());
+        self.serve(registry, token.0 - self.first_token - 1, &mut handle);
+        Ok(())
+    }
+
+    /// Sends the reply `connection` was waiting for, then serves the requests that waited
+    /// behind it. A connection that has gone is not an error: its reply is dropped.
+    pub fn deliver(
+        &mut self,
+        registry: &Registry,
+        connection: ConnectionId,
+        reply: &str,
+        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+    ) {
+        let found = self
+            .connections
+            .iter_mut()
+            .enumerate()
+            .find_map(|(index, slot)| match slot {
+                Some(open) if open.id == connection && open.awaiting => Some((index, open)),
+                _ => None,
+            });
+        let Some((index, open)) = found else {
+            return;
         };
-        let open = connection.serve(&mut handle);
-        if !open {
+        open.awaiting = false;
+        open.output.extend_from_slice(reply.as_bytes());
+        open.output.push(b'\n');
+        self.serve(registry, index, &mut handle);
+    }
+
+    fn serve(
+        &mut self,
+        registry: &Registry,
+        index: usize,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+    ) {
+        let Some(Some(connection)) = self.connections.get_mut(index) else {
+            return;
+        };
+        if !connection.serve(handle) {
             if let Some(mut connection) = self.connections[index].take() {
                 let _ = registry.deregister(&mut connection.stream);
             }
         }
-        Ok(())
     }
 
     fn accept(&mut self, registry: &Registry) -> io::Result<()> {
@@ -113,11 +167,14 @@ impl ControlSocket {
                 Interest::READABLE | Interest::WRITABLE,
             )?;
             self.connections[index] = Some(ControlConnection {
+                id: ConnectionId(self.next_id),
                 stream,
                 input: Vec::new(),
                 output: Vec::new(),
                 closing: false,
+                awaiting: false,
             });
+            self.next_id += 1;
         }
     }
 }
@@ -125,9 +182,19 @@ impl ControlSocket {
 impl ControlConnection {
     /// Reads what is there, answers complete lines, writes what it can; false once the
     /// connection is finished.
-    fn serve(&mut self, handle: &mut impl FnMut(Result<&str, LineError>) -> String) -> bool {
+    fn serve(
+        &mut self,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+    ) -> bool {
         let mut chunk = [0u8; 4096];
+        // Lines read while a reply was awaited.
+        self.answer_lines(handle);
         while !self.closing {
+            // While a reply is awaited, a client sending more than a request's worth is not
+            // read on: the socket's buffer holds the rest.
+            if self.awaiting && self.input.len() > MAX_REQUEST {
+                break;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.closing = true,
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
@@ -135,19 +202,12 @@ impl ControlConnection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
-            while let Some(end) = self.input.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.input.drain(..=end).collect();
-                let reply = match std::str::from_utf8(&line[..end]) {
-                    Ok(text) => handle(Ok(text.trim_end_matches('\r'))),
-                    Err(_) => handle(Err(LineError::NotUtf8)),
-                };
-                self.output.extend_from_slice(reply.as_bytes());
-                self.output.push(b'\n');
-            }
-            if self.input.len() > MAX_REQUEST {
-                let reply = handle(Err(LineError::TooLong));
-                self.output.extend_from_slice(reply.as_bytes());
-                self.output.push(b'\n');
+            self.answer_lines(handle);
+            if !self.awaiting && self.input.len() > MAX_REQUEST {
+                if let Answer::Now(reply) = handle(self.id, Err(LineError::TooLong)) {
+                    self.output.extend_from_slice(reply.as_bytes());
+                    self.output.push(b'\n');
+                }
                 self.input.clear();
                 self.closing = true;
             }
@@ -162,6 +222,31 @@ impl ControlConnection {
                 Err(_) => return false,
             }
         }
-        !self.closing
+        // A peer that half-closed after its request still gets the reply awaited for it.
+        !self.closing || self.awaiting
+    }
+
+    /// Answers the complete lines in the input, up to one whose reply comes later.
+    fn answer_lines(
+        &mut self,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+    ) {
+        while !self.awaiting {
+            let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
+                return;
+            };
+            let line: Vec<u8> = self.input.drain(..=end).collect();
+            let answer = match std::str::from_utf8(&line[..end]) {
+                Ok(text) => handle(self.id, Ok(text.trim_end_matches('\r'))),
+                Err(_) => handle(self.id, Err(LineError::NotUtf8)),
+            };
+            match answer {
+                Answer::Now(reply) => {
+                    self.output.extend_from_slice(reply.as_bytes());
+                    self.output.push(b'\n');
+                }
+                Answer::Later => self.awaiting = true,
+            }
+        }
     }
 }

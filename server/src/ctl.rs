@@ -29,11 +29,13 @@ pub enum CtlCommand {
     /// The device, the client, queues and their iothreads, iothreads, LUNs, the log.
     Query,
     /// Counters per request queue (requests, bytes, errors by sense key, in flight, kicks,
-    /// interrupts, latency) and per iothread (busy, poll, sleep time), since the start.
+    /// interrupts, latency) since the start, per LUN (the same without kicks and interrupts)
+    /// since it was added, and per iothread (busy, poll, sleep time).
     Stats,
     /// Adds a LUN while the guest runs; SPEC is a --disk spec (path=FILE,... or null,size=...).
     AddDisk { spec: String },
-    /// Removes a LUN after its requests in flight have completed.
+    /// Removes a LUN: replies once its requests in flight have completed, or after 5 s with an
+    /// error naming them (run it again to finish the removal).
     RemoveDisk { lun: u16 },
     /// Takes the backing file's new size (grow the file first), or gives a null disk SIZE.
     Resize { lun: u16, size: Option<String> },

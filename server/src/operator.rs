@@ -1,14 +1,18 @@
 //! The application's share of the main loop: the signals (`signals`) and the control socket
 //! (`control_socket`, `control_commands`), behind one nested `Poll` whose fd the server watches.
+//! While a control request waits (a `remove-disk` for its LUN's requests), a timer brings the
+//! main loop back here to check on it; the main loop never blocks for it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 use slog::{info, warn, Logger};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::control_commands::{ControlCommands, Function};
 use crate::control_socket::ControlSocket;
@@ -18,7 +22,10 @@ use vfio_user_server::{Flow, MainLoopHook, ServerStatus};
 use vfio_user_server::{SocketAccess, SocketPathError};
 
 const SIGNALS: Token = Token(0);
-const FIRST_CONTROL: usize = 1;
+const WAIT_TIMER: Token = Token(1);
+const FIRST_CONTROL: usize = 2;
+/// How often a waiting control request is checked on.
+const WAIT_CHECK: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -28,6 +35,8 @@ pub enum OperatorError {
     Poll(io::Error),
     #[error("--control-socket {0}")]
     ControlSocket(SocketPathError),
+    #[error("timer: {0}")]
+    Timer(io::Error),
 }
 
 pub struct Operator {
@@ -36,6 +45,9 @@ pub struct Operator {
     signals: Signals,
     control: Option<ControlSocket>,
     commands: ControlCommands,
+    /// Armed while a control request waits.
+    wait_timer: TimerFd,
+    wait_timer_armed: bool,
     log_control: LogControl,
     log: Logger,
 }
@@ -55,6 +67,19 @@ impl Operator {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(OperatorError::Poll)?;
+        let wait_timer = TimerFd::new().map_err(|e| OperatorError::Timer(e.into()))?;
+        // SAFETY: fcntl on the timer's own descriptor, adding O_NONBLOCK, so that reading a
+        // timer that a disarm raced with returns EAGAIN instead of blocking the main loop.
+        if unsafe { libc::fcntl(wait_timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(OperatorError::Timer(io::Error::last_os_error()));
+        }
+        poll.registry()
+            .register(
+                &mut SourceFd(&wait_timer.as_raw_fd()),
+                WAIT_TIMER,
+                Interest::READABLE,
+            )
+            .map_err(OperatorError::Poll)?;
         let control = control_socket
             .map(|path| {
                 let socket = ControlSocket::bind(path, access, poll.registry(), FIRST_CONTROL)
@@ -69,6 +94,8 @@ impl Operator {
             signals,
             control,
             commands,
+            wait_timer,
+            wait_timer_armed: false,
             log_control,
             log,
         })
@@ -94,6 +121,38 @@ impl Operator {
         }
         flow
     }
+
+    /// Sends the replies whose wait is over, and keeps the timer armed while others wait.
+    fn finish_waits(&mut self, device: &mut Function, status: ServerStatus) {
+        if !self.commands.waiting() {
+            return self.arm_wait_timer(false);
+        }
+        let replies = self.commands.pending_replies(device);
+        if let Some(control) = self.control.as_mut() {
+            let commands = &mut self.commands;
+            for (connection, reply) in replies {
+                control.deliver(self.poll.registry(), connection, &reply, |id, line| {
+                    commands.reply(device, status, id, line)
+                });
+            }
+        }
+        self.arm_wait_timer(self.commands.waiting());
+    }
+
+    fn arm_wait_timer(&mut self, armed: bool) {
+        if armed == self.wait_timer_armed {
+            return;
+        }
+        let result = if armed {
+            self.wait_timer.reset(WAIT_CHECK, Some(WAIT_CHECK))
+        } else {
+            self.wait_timer.clear()
+        };
+        match result {
+            Ok(()) => self.wait_timer_armed = armed,
+            Err(e) => warn!(self.log, "wait timer"; "error" => %e),
+        }
+    }
 }
 
 impl MainLoopHook<Function> for Operator {
@@ -112,6 +171,7 @@ impl MainLoopHook<Function> for Operator {
                 }
             }
             if self.events.is_empty() {
+                self.finish_waits(device, status);
                 return flow;
             }
             let tokens: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
@@ -122,12 +182,17 @@ impl MainLoopHook<Function> for Operator {
                     }
                     continue;
                 }
+                if token == WAIT_TIMER {
+                    // Expirations only wake us; what waits is checked once the events are done.
+                    let _ = self.wait_timer.wait();
+                    continue;
+                }
                 let Some(control) = self.control.as_mut() else {
                     continue;
                 };
                 let commands = &mut self.commands;
-                let served = control.ready(self.poll.registry(), token, |line| {
-                    commands.reply(device, status, line)
+                let served = control.ready(self.poll.registry(), token, |id, line| {
+                    commands.reply(device, status, id, line)
                 });
                 if let Err(e) = served {
                     warn!(self.log, "control socket"; "error" => %e);

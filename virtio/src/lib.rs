@@ -22,8 +22,8 @@ pub use interrupt::{MsixInterrupt, NO_VECTOR};
 pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
-    EngineFactory, EventDelivery, LunState, QueueCounters, QueueStats, ScsiDevice,
-    ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,
+    EngineFactory, EventDelivery, LunState, LunStats, QueueCounters, QueueStats, RemovedLun,
+    ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,
 };
 pub use transport_error::{Region, StartError, TransportError};
 pub use virtio_device::{

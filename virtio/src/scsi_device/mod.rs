@@ -11,6 +11,7 @@ mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod lun_address;
+mod lun_counters;
 mod queue_counters;
 mod request;
 mod request_queue;
@@ -38,12 +39,15 @@ use scsi_disk::{LunConfig, Sense, Target, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
+pub use lun_counters::LunStats;
+
 pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
 use event_queue::{EventQueue, SharedEventQueue};
-use request_queue::{DiskMap, RequestQueueWorker};
+use lun_counters::LunCounters;
+use request_queue::{LunEntry, LunMap, RequestQueueWorker};
 use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
 
@@ -116,7 +120,7 @@ pub struct ScsiDevice {
     num_queues: u16,
     queue_size: u16,
     target: Arc<Mutex<Target>>,
-    disks: DiskMap,
+    luns: LunMap,
     needs_reset: Arc<AtomicBool>,
     /// Whether the queue workers must guard their accesses to guest memory.
     shrinkable: ShrinkableMemory,
@@ -147,7 +151,7 @@ impl ScsiDevice {
             return Err(ScsiDeviceError::QueueSize(queue_size));
         }
         let target = Target::new(luns.iter().map(|(config, _)| config.clone()).collect())?;
-        let mut disks = HashMap::new();
+        let mut entries = HashMap::new();
         let mut max_sectors = DEFAULT_MAX_SECTORS;
         let mut max_lun = 0;
         for (lun_config, disk) in luns {
@@ -160,14 +164,14 @@ impl ScsiDevice {
                 max_sectors = max_sectors.min(u32::try_from(sectors).unwrap_or(u32::MAX));
             }
             max_lun = max_lun.max(lun);
-            disks.insert(lun, disk);
+            entries.insert(lun, lun_entry(disk, num_queues));
         }
         Ok(ScsiDevice {
             config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
             num_queues,
             queue_size,
             target: Arc::new(Mutex::new(target)),
-            disks: Arc::new(ArcSwap::from_pointee(disks)),
+            luns: Arc::new(ArcSwap::from_pointee(entries)),
             needs_reset: Arc::new(AtomicBool::new(false)),
             shrinkable: ShrinkableMemory::default(),
             counters: (0..num_queues + FIRST_REQUEST_QUEUE)
@@ -184,14 +188,12 @@ impl ScsiDevice {
     /// Lists the commands in flight as (lun, tag), from any thread, for as long as it is kept.
     pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
         let tasks = Arc::clone(&self.tasks);
-        move || {
-            tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|tasks| tasks.snapshot())
-                .unwrap_or_default()
-        }
+        move || commands_in_flight(&tasks)
+    }
+
+    /// The commands in flight now, as (lun, tag).
+    pub fn commands_in_flight(&self) -> Vec<(u16, u64)> {
+        commands_in_flight(&self.tasks)
     }
 
     /// From now on, activation hands every queue's worker to `host` (which serves it on the
@@ -203,18 +205,29 @@ impl ScsiDevice {
 
     /// The LUNs served now, by LUN number.
     pub fn luns(&self) -> Vec<LunState> {
-        let disks = self.disks.load();
+        let entries = self.luns.load();
         let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
         target
             .luns()
             .filter_map(|config| {
-                let disk = disks.get(&config.lun)?;
+                let entry = entries.get(&config.lun)?;
                 Some(LunState {
                     config: config.clone(),
-                    disk: Arc::clone(disk),
+                    disk: Arc::clone(&entry.disk),
                 })
             })
             .collect()
+    }
+
+    /// What each LUN served now has done since it was added, by LUN number.
+    pub fn lun_stats(&self) -> Vec<LunStats> {
+        let entries = self.luns.load();
+        let mut stats: Vec<LunStats> = entries
+            .iter()
+            .map(|(lun, entry)| entry.counters.snapshot(*lun))
+            .collect();
+        stats.sort_unstable_by_key(|stats| stats.lun);
+        stats
     }
 
     /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
@@ -230,28 +243,32 @@ impl ScsiDevice {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .add_lun(config)?;
-        self.disks.rcu(|disks| {
-            let mut disks = HashMap::clone(disks);
-            disks.insert(lun, Arc::clone(&disk));
-            disks
+        let entry = lun_entry(disk, self.num_queues);
+        self.luns.rcu(|entries| {
+            let mut entries = HashMap::clone(entries);
+            entries.insert(lun, Arc::clone(&entry));
+            entries
         });
         Ok(self.post_event(ScsiEvent::LunAdded { lun }))
     }
 
-    /// Takes a LUN away from the target: new commands for it fail. Its disk is returned so that
-    /// the caller can wait for the requests still holding it, then call `lun_removed`.
-    pub fn remove_lun(&mut self, lun: u16) -> Result<Arc<Disk>, ScsiDeviceError> {
+    /// Takes a LUN away from the target: new commands for it fail, and its stats are gone. The
+    /// LUN's hold is returned so that the caller can wait for the requests still holding it,
+    /// then call `lun_removed`.
+    pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
         self.target
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove_lun(lun)?;
         let mut removed = None;
-        self.disks.rcu(|disks| {
-            let mut disks = HashMap::clone(disks);
-            removed = disks.remove(&lun);
-            disks
+        self.luns.rcu(|entries| {
+            let mut entries = HashMap::clone(entries);
+            removed = entries.remove(&lun);
+            entries
         });
-        removed.ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
+        removed
+            .map(|entry| RemovedLun { lun, entry })
+            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
     }
 
     /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
@@ -263,10 +280,10 @@ impl ScsiDevice {
     /// is told (PARAM_CHANGE 2A/09).
     pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
         let disk = self
-            .disks
+            .luns
             .load()
             .get(&lun)
-            .cloned()
+            .map(|entry| Arc::clone(&entry.disk))
             .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))?;
         let block_count = disk.size() / u64::from(disk.logical_block_size());
         self.target
@@ -304,6 +321,45 @@ impl ScsiDevice {
         }
         delivery
     }
+}
+
+/// A LUN taken away from the target, while its requests may still be in flight.
+#[derive(Debug)]
+pub struct RemovedLun {
+    lun: u16,
+    entry: Arc<LunEntry>,
+}
+
+impl RemovedLun {
+    pub fn lun(&self) -> u16 {
+        self.lun
+    }
+
+    /// Whether no request holds the LUN any more.
+    pub fn drained(&self) -> bool {
+        Arc::strong_count(&self.entry) == 1
+    }
+
+    /// Its counters, as they stand: `in_flight` says what has not come back.
+    pub fn stats(&self) -> LunStats {
+        self.entry.counters.snapshot(self.lun)
+    }
+}
+
+fn commands_in_flight(tasks: &Mutex<Option<Arc<TaskSet>>>) -> Vec<(u16, u64)> {
+    tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|tasks| tasks.snapshot())
+        .unwrap_or_default()
+}
+
+fn lun_entry(disk: Arc<Disk>, request_queues: u16) -> Arc<LunEntry> {
+    Arc::new(LunEntry {
+        disk,
+        counters: LunCounters::new(request_queues),
+    })
 }
 
 /// A LUN's configuration must describe its disk.
@@ -440,7 +496,7 @@ impl VirtioDevice for ScsiDevice {
                     Box::new(RequestQueueWorker::new(
                         queue,
                         Arc::clone(&self.target),
-                        Arc::clone(&self.disks),
+                        Arc::clone(&self.luns),
                         Arc::clone(self.config.header_sizes()),
                         engine,
                         Arc::clone(&tasks),

@@ -67,7 +67,7 @@ impl QueueStats {
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
-fn add(counter: &AtomicU64, n: u64) {
+pub(super) fn add(counter: &AtomicU64, n: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).wrapping_add(n),
         Ordering::Relaxed,

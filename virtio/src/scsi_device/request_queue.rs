@@ -25,6 +25,7 @@ use super::config::HeaderSizes;
 use super::data_buffers::ChainBuffers;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::lun_address;
+use super::lun_counters::{LunCounters, LunQueueCounters};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -38,15 +39,22 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Outcome, Sense, Target, FIXED_
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
-/// The disks behind the target's LUNs; hotplug swaps in a new map.
-pub type DiskMap = Arc<ArcSwap<HashMap<u16, Arc<Disk>>>>;
+/// What serves each of the target's LUNs; hotplug swaps in a new map.
+pub type LunMap = Arc<ArcSwap<HashMap<u16, Arc<LunEntry>>>>;
+
+/// One LUN of the map: its disk and its counters.
+#[derive(Debug)]
+pub struct LunEntry {
+    pub disk: Arc<Disk>,
+    pub counters: LunCounters,
+}
 
 /// A command whose disk work is with the engine.
 struct InFlight {
     reply: Reply,
     /// Keeps the guest memory the request's iovecs point into mapped.
     mem: MemorySnapshot,
-    disk: Arc<Disk>,
+    lun: Arc<LunEntry>,
     direction: Direction,
     /// Bytes the command moves through the driver's buffers (READ/WRITE only).
     transfer_len: u64,
@@ -114,7 +122,7 @@ impl Answer<'_> {
 pub struct RequestQueueWorker {
     queue: Virtqueue,
     target: Arc<Mutex<Target>>,
-    disks: DiskMap,
+    luns: LunMap,
     sizes: Arc<HeaderSizes>,
     engine: Box<dyn Engine>,
     /// Commands with the engine, by slot (their engine user_data); sized to the queue at
@@ -137,7 +145,7 @@ impl RequestQueueWorker {
     pub fn new(
         queue: Virtqueue,
         target: Arc<Mutex<Target>>,
-        disks: DiskMap,
+        luns: LunMap,
         sizes: Arc<HeaderSizes>,
         engine: Box<dyn Engine>,
         tasks: Arc<TaskSet>,
@@ -147,7 +155,7 @@ impl RequestQueueWorker {
         RequestQueueWorker {
             queue,
             target,
-            disks,
+            luns,
             sizes,
             engine,
             in_flight: (0..slots).map(|_| None).collect(),
@@ -260,7 +268,12 @@ impl RequestQueueWorker {
         };
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            return self.finish(
+                reply,
+                mem,
+                Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
+                None,
+            );
         }
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
@@ -276,7 +289,12 @@ impl RequestQueueWorker {
         if !header_read {
             debug!(self.queue.logger(), "request header too short";
                 "head" => head, "readable" => reply.buffers.readable.len());
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, 0));
+            return self.finish(
+                reply,
+                mem,
+                Answer::transport(VIRTIO_SCSI_S_FAILURE, 0),
+                None,
+            );
         }
         let header = CmdRequestHeader::parse(&header);
         reply.tag = header.tag;
@@ -291,20 +309,21 @@ impl RequestQueueWorker {
                 debug!(self.queue.logger(), "bad lun address";
                     "tag" => header.tag, "error" => %error);
                 let resid = reply.data_len;
-                return self.finish(
-                    reply,
-                    mem,
-                    Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid),
-                );
+                let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
+                return self.finish(reply, mem, answer, None);
             }
         };
         reply.lun = lun;
+        // The LUN's entry as this command sees it; a guard, so no shared count is touched.
+        let luns = self.luns.load();
+        let entry = luns.get(&lun);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
                 "lun" => lun, "tag" => header.tag);
             let resid = reply.data_len;
-            return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
         }
 
         let mut parameters = Vec::new();
@@ -317,7 +336,8 @@ impl RequestQueueWorker {
                 .is_err()
             {
                 let resid = reply.data_len;
-                return self.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid));
+                let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+                return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
             }
             reply.parameters_len = parameters.len() as u64;
         }
@@ -330,11 +350,8 @@ impl RequestQueueWorker {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let resid = reply.data_len;
-                    return self.finish(
-                        reply,
-                        mem,
-                        Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid),
-                    );
+                    let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+                    return self.finish(reply, mem, answer, entry.map(AsRef::as_ref));
                 }
                 let resid = reply
                     .data_len
@@ -347,37 +364,43 @@ impl RequestQueueWorker {
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(reply, mem, answer)
+                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
             }
             Outcome::CheckCondition(sense) => {
                 let resid = reply.data_len;
-                self.finish(reply, mem, Answer::check_condition(sense, resid))
+                let answer = Answer::check_condition(sense, resid);
+                self.finish(reply, mem, answer, entry.map(AsRef::as_ref))
             }
-            Outcome::Io(io) => self.start_io(reply, mem, io, header_len, data_out_len, data_in_len),
+            Outcome::Io(io) => {
+                let lengths = (header_len, data_out_len, data_in_len);
+                self.start_io(reply, mem, entry, io, lengths)
+            }
         }
     }
 
+    /// `lengths`: the request header with the CDB, the data-out and the data-in buffers.
     fn start_io(
         &mut self,
         reply: Reply,
         mem: &MemorySnapshot,
+        entry: Option<&Arc<LunEntry>>,
         io: DiskIo,
-        header_len: u64,
-        data_out_len: u64,
-        data_in_len: u64,
+        (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
-        let Some(disk) = self.disks.load().get(&reply.lun).cloned() else {
+        let Some(entry) = entry else {
             let resid = reply.data_len;
             let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-            return self.finish(reply, mem, answer);
+            return self.finish(reply, mem, answer, None);
         };
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
+            this.finish(reply, mem, answer, Some(entry.as_ref()))
         };
         let failure = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
-            this.finish(reply, mem, Answer::transport(VIRTIO_SCSI_S_FAILURE, resid))
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
+            this.finish(reply, mem, answer, Some(entry.as_ref()))
         };
         let keep_alive = || mem.clone().into_inner();
         let (pending, direction, transfer_len, data_in) = match io {
@@ -479,7 +502,7 @@ impl RequestQueueWorker {
         let mut request = InFlight {
             reply,
             mem: mem.clone(),
-            disk,
+            lun: Arc::clone(entry),
             direction,
             transfer_len,
             data_in,
@@ -495,13 +518,14 @@ impl RequestQueueWorker {
                 "head" => request.reply.head, "tag" => request.reply.tag);
             let resid = request.reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(request.reply, mem, answer);
+            return self.finish(request.reply, mem, answer, Some(entry.as_ref()));
         };
         self.submit_ready(slot as u64, &mut request);
         if request.outstanding == 0 {
             self.free_slots.push(slot);
             self.finish_io(request);
         } else {
+            self.lun_counters(entry).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
             self.tasks.started(self.task_queue, slot, lun, tag);
             self.in_flight[slot] = Some(request);
@@ -511,7 +535,7 @@ impl RequestQueueWorker {
     /// Submits what `request` has ready; a refused submission counts as an I/O error.
     fn submit_ready(&mut self, id: u64, request: &mut InFlight) {
         for io in request.pending.take_ready() {
-            match self.engine.submit(&request.disk, io, id) {
+            match self.engine.submit(&request.lun.disk, io, id) {
                 Ok(()) => request.outstanding += 1,
                 Err(error) => {
                     debug!(self.queue.logger(), "submit refused";
@@ -540,6 +564,7 @@ impl RequestQueueWorker {
         }
         if request.outstanding == 0 {
             self.free_slots.push(slot);
+            self.lun_counters(&request.lun).finished();
             self.finish_io(request);
             self.tasks.finished(self.task_queue, slot);
         } else {
@@ -556,14 +581,14 @@ impl RequestQueueWorker {
             data_in,
             moved,
             error,
-            disk,
+            lun,
             ..
         } = request;
         let answer = match error {
             Some(errno) => {
                 backend_errors::report(
                     self.queue.logger(),
-                    &disk,
+                    &lun.disk,
                     reply.lun,
                     reply.tag,
                     reply.opcode,
@@ -574,10 +599,13 @@ impl RequestQueueWorker {
             }
             None => {
                 let moved = moved.min(transfer_len);
+                let lun_counters = self.lun_counters(&lun);
                 if data_in {
                     self.queue.counters().read(moved);
+                    lun_counters.read(moved);
                 } else {
                     self.queue.counters().written(moved);
+                    lun_counters.written(moved);
                 }
                 Answer {
                     response: VIRTIO_SCSI_S_OK,
@@ -589,11 +617,23 @@ impl RequestQueueWorker {
                 }
             }
         };
-        self.finish(reply, &mem, answer);
+        self.finish(reply, &mem, answer, Some(lun.as_ref()));
     }
 
-    /// Writes the response (when the buffers can hold its header) and returns the chain.
-    fn finish(&mut self, reply: Reply, mem: &MemorySnapshot, answer: Answer<'_>) {
+    /// This queue's share of a LUN's counters.
+    fn lun_counters<'a>(&self, entry: &'a LunEntry) -> LunQueueCounters<'a> {
+        entry.counters.queue(self.task_queue)
+    }
+
+    /// Writes the response (when the buffers can hold its header), returns the chain, and
+    /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
+    fn finish(
+        &mut self,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        answer: Answer<'_>,
+        lun: Option<&LunEntry>,
+    ) {
         let used = write_response(&reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
@@ -607,10 +647,11 @@ impl RequestQueueWorker {
             counters.transport_failure();
         }
         let sense_key = answer.sense.map(|sense| sense.key);
-        counters.answered(
-            sense_key,
-            self.clock.saturating_duration_since(reply.started),
-        );
+        let latency = self.clock.saturating_duration_since(reply.started);
+        counters.answered(sense_key, latency);
+        if let Some(lun) = lun {
+            self.lun_counters(lun).answered(sense_key, latency);
+        }
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
     }
 }
@@ -828,6 +869,44 @@ mod tests {
         );
         assert_eq!(queue.in_flight, 0);
         assert_eq!(queue.latency.iter().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn each_lun_counts_its_own_commands_and_a_removed_lun_is_forgotten() {
+        let disks = (0..2).map(|_| Disk::null(1 << 20, 512).unwrap()).collect();
+        let mut harness = Harness::new(disks);
+        harness.command(0, &read10(0, 2), &[], 1024);
+        harness.command(1, &write10(4, 1), &[0x11; 512], 0);
+        harness.command(1, &write10(5, 2), &[0x11; 1024], 0);
+        harness.command(1, &read10(1, 1), &[], 512);
+        // Refused before any LUN answers: not counted for a LUN.
+        harness.command(9, &TEST_UNIT_READY, &[], 0);
+        let stats = harness.device.lun_stats();
+        assert_eq!(stats.len(), 2);
+        let (lun0, lun1) = (stats[0], stats[1]);
+        assert_eq!((lun0.lun, lun1.lun), (0, 1));
+        // Each LUN's first command met its power-on unit attention.
+        assert_eq!((lun0.requests, lun0.errors_by_sense_key[6]), (1, 1));
+        assert_eq!((lun0.bytes_read, lun0.bytes_written), (0, 0));
+        assert_eq!((lun1.requests, lun1.errors_by_sense_key[6]), (3, 1));
+        assert_eq!((lun1.bytes_read, lun1.bytes_written), (512, 1024));
+        assert_eq!(lun1.latency.iter().sum::<u64>(), 3);
+        assert_eq!(lun1.in_flight, 0);
+        assert_eq!(harness.device.queue_stats()[0].requests, 5);
+
+        let removed = harness.device.remove_lun(1).unwrap();
+        assert!(removed.drained());
+        assert_eq!(removed.stats().requests, 3);
+        let stats = harness.device.lun_stats();
+        assert_eq!(stats.iter().map(|s| s.lun).collect::<Vec<_>>(), [0]);
+        let disk = Arc::new(Disk::null(1 << 20, 512).unwrap());
+        let config = crate::scsi_device::test_driver::lun_config(1, &disk);
+        harness.device.add_lun(config, disk).unwrap();
+        assert_eq!(
+            harness.device.lun_stats()[1].requests,
+            0,
+            "a new LUN starts at zero"
+        );
     }
 
     #[test]
