@@ -20,7 +20,9 @@ pub struct Completion {
 /// Every request accepted by `submit` produces exactly one [`Completion`], collected by `reap`.
 /// Requests the engine finishes inside `submit` are signalled by nothing (no eventfd write per
 /// request): the caller reaps after each batch of submissions. Those that finish later make
-/// `completion_fd` readable. The request (and its buffers) is kept until it is reaped.
+/// `completion_fd` readable. The request (and its buffers) is kept until it is reaped, and so
+/// is a clone of its `disk`: a device knows a removed disk is drained once it holds the last
+/// reference.
 pub trait Engine: Send {
     /// Queues or executes a request. An error means the request was not accepted and will not
     /// complete; the caller must answer it itself.

@@ -250,3 +250,90 @@ impl ControlConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream as StdStream;
+    use std::time::Duration;
+
+    use mio::{Events, Poll};
+
+    use super::*;
+
+    /// Serves every event of `poll` with `handle`.
+    fn serve(
+        poll: &mut Poll,
+        socket: &mut ControlSocket,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+    ) {
+        let mut events = Events::with_capacity(8);
+        poll.poll(&mut events, Some(Duration::from_millis(200)))
+            .unwrap();
+        for event in events.iter() {
+            socket
+                .ready(poll.registry(), event.token(), &mut *handle)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_reply_that_comes_later_keeps_the_order_and_holds_only_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let mut poll = Poll::new().unwrap();
+        let mut socket =
+            ControlSocket::bind(&path, &SocketAccess::default(), poll.registry(), 0).unwrap();
+        let waiting = std::cell::Cell::new(None);
+        let mut handle = |id: ConnectionId, line: Result<&str, LineError>| match line {
+            Ok("wait") => {
+                waiting.set(Some(id));
+                Answer::Later
+            }
+            Ok(line) => Answer::Now(format!("re {line}")),
+            Err(e) => Answer::Now(e.to_string()),
+        };
+        let slow = StdStream::connect(&path).unwrap();
+        let other = StdStream::connect(&path).unwrap();
+        for stream in [&slow, &other] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        serve(&mut poll, &mut socket, &mut handle);
+        (&slow).write_all(b"wait\nafter\n").unwrap();
+        (&other).write_all(b"meanwhile\n").unwrap();
+        for _ in 0..3 {
+            serve(&mut poll, &mut socket, &mut handle);
+        }
+        let mut other_reader = BufReader::new(&other);
+        let mut line = String::new();
+        other_reader.read_line(&mut line).unwrap();
+        assert_eq!(
+            line, "re meanwhile\n",
+            "another connection is served meanwhile"
+        );
+        slow.set_nonblocking(true).unwrap();
+        let mut early = [0u8; 16];
+        assert!(
+            (&slow).read(&mut early).is_err(),
+            "nothing before the awaited reply"
+        );
+        slow.set_nonblocking(false).unwrap();
+
+        let id = waiting.get().expect("the request that waits");
+        socket.deliver(poll.registry(), id, "done", &mut handle);
+        let mut slow_reader = BufReader::new(&slow);
+        for expected in ["done\n", "re after\n"] {
+            line.clear();
+            slow_reader.read_line(&mut line).unwrap();
+            assert_eq!(line, expected);
+        }
+        // A connection that has gone, or that waits for nothing, gets nothing.
+        socket.deliver(poll.registry(), id, "again", &mut handle);
+        drop(slow_reader);
+        drop(slow);
+        serve(&mut poll, &mut socket, &mut handle);
+        socket.deliver(poll.registry(), id, "gone", &mut handle);
+    }
+}

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::scsi::cdb;
-use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
+use tests::{Completion, DriverOptions, ServerProcess, VirtioScsiDriver};
 use virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_QUERY_TASK_SET;
 
 const BLOCK: usize = 512;
@@ -353,5 +354,155 @@ fn a_disconnect_logs_each_request_queues_counters() {
                 && line.contains("\"busy_ns\"")),
         "{stderr}"
     );
+    server.terminate(Duration::from_secs(5)).unwrap();
+}
+
+/// What one answer may be while LUNs are resized, added and removed: each is checked alone, so
+/// that a command run half against the old LUN table and half against the new one shows.
+fn check_answer(lun: u16, opcode: u8, result: &tests::ScsiResult, seen: &mut BTreeSet<String>) {
+    const UNIT_ATTENTION: u8 = 0x06;
+    const ILLEGAL_REQUEST: u8 = 0x05;
+    let capacities: &[u64] = match lun {
+        1 => &[SMALL / BLOCK as u64, LARGE / BLOCK as u64],
+        _ => &[HOTPLUGGED / BLOCK as u64],
+    };
+    if result.is_good() {
+        if opcode == READ_CAPACITY_10 {
+            let last = u32::from_be_bytes(result.data_in[..4].try_into().unwrap());
+            let blocks = u64::from(last) + 1;
+            assert!(
+                capacities.contains(&blocks),
+                "LUN {lun}: READ CAPACITY says {blocks} blocks, never set: {result:?}"
+            );
+            seen.insert(format!("lun {lun}: {blocks} blocks"));
+        } else {
+            seen.insert(format!("lun {lun}: {opcode:#x} good"));
+        }
+        return;
+    }
+    let sense = result.sense_key();
+    let allowed = match sense {
+        // POWER ON (hotplugged LUN 2), REPORTED LUNS DATA HAS CHANGED (LUN 2 came or went),
+        // CAPACITY DATA HAS CHANGED (LUN 1 resized).
+        Some((UNIT_ATTENTION, 0x29, 0x00)) => lun == 2,
+        Some((UNIT_ATTENTION, 0x3f, 0x0e)) => true,
+        Some((UNIT_ATTENTION, 0x2a, 0x09)) => lun == 1,
+        // LOGICAL UNIT NOT SUPPORTED: LUN 2 while it is removed.
+        Some((ILLEGAL_REQUEST, 0x25, 0x00)) => lun == 2,
+        _ => false,
+    };
+    assert!(
+        result.response == tests::scsi::VIRTIO_SCSI_S_OK && allowed,
+        "LUN {lun} opcode {opcode:#x}: {result:?}"
+    );
+    seen.insert(format!("lun {lun}: sense {sense:?}"));
+}
+
+const SMALL: u64 = 8 << 20;
+const LARGE: u64 = 16 << 20;
+const HOTPLUGGED: u64 = 4 << 20;
+const READ_CAPACITY_10: u8 = 0x25;
+
+#[test]
+fn luns_swapped_under_io_on_two_iothreads_are_never_seen_torn() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let control_arg = control.display().to_string();
+    let mut server = start(&[
+        "--disk",
+        "null,size=8M,lun=0",
+        "--disk",
+        "null,size=8M,lun=1",
+        "--num-queues",
+        "2",
+        "--iothread",
+        "io0",
+        "--iothread",
+        "io1",
+        "--control-socket",
+        &control_arg,
+    ]);
+    let mut driver = connect(&server);
+    for lun in [0, 1] {
+        while !driver.test_unit_ready(lun).unwrap().is_good() {}
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each request queue (one per iothread) keeps commands for LUNs 1 and 2 in flight, and
+    // checks every answer, until the control path has done its rounds.
+    let workers: Vec<_> = (0..2u16)
+        .map(|rq| {
+            let mut queue = driver.take_queue(FIRST_REQUEST_QUEUE + rq).unwrap();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let request = |i: u32| {
+                    let lun = 1 + (i % 2) as u16;
+                    let address = tests::scsi::encode_lun(0, lun).unwrap();
+                    let (cdb, data_in) = match i % 3 {
+                        0 => (cdb::read_capacity10(), 8),
+                        // Within the smaller size of LUN 1 and the size of LUN 2.
+                        1 => (cdb::lba10(READ_10, 0, i % 4096, 1), BLOCK as u32),
+                        _ => (cdb::test_unit_ready(), 0),
+                    };
+                    let opcode = cdb[0];
+                    let request = tests::ScsiRequest::new(address, &cdb).data_in(data_in);
+                    ((lun, opcode), request.tag(u64::from(i)))
+                };
+                let mut sent = BTreeMap::new();
+                let mut seen = BTreeSet::new();
+                let mut next = 0u32;
+                let mut completed = 0u64;
+                while !stop.load(Ordering::Relaxed) || !sent.is_empty() {
+                    while sent.len() < 16 && !stop.load(Ordering::Relaxed) {
+                        let (what, request) = request(next);
+                        queue.submit(&request).unwrap();
+                        sent.insert(u64::from(next), what);
+                        next += 1;
+                    }
+                    for (_, completion) in queue.reap().unwrap() {
+                        let Completion::Scsi(result) = completion else {
+                            panic!("queue {rq}: {completion:?}");
+                        };
+                        let (lun, opcode) = sent.remove(&result.tag).unwrap();
+                        check_answer(lun, opcode, &result, &mut seen);
+                        completed += 1;
+                    }
+                }
+                (queue, completed, seen)
+            })
+        })
+        .collect();
+
+    let ctl = |args: &[&str]| {
+        let (status, reply) = tests::server_process::ctl(&control, args).unwrap();
+        assert_eq!(status, Some(0), "ctl {args:?}: {reply}");
+    };
+    let hotplugged = format!("null,size={HOTPLUGGED},lun=2");
+    for _ in 0..15 {
+        ctl(&["resize", "1", &LARGE.to_string()]);
+        ctl(&["add-disk", &hotplugged]);
+        ctl(&["resize", "1", &SMALL.to_string()]);
+        ctl(&["remove-disk", "2"]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = BTreeSet::new();
+    for worker in workers {
+        let (queue, completed, seen_here) = worker.join().unwrap();
+        assert!(completed > 100, "only {completed} commands on a queue");
+        driver.return_queue(queue);
+        seen.extend(seen_here);
+    }
+    // The swaps really happened under the commands: both sizes, and LUN 2 both present and
+    // absent, were seen.
+    for expected in [
+        format!("lun 1: {} blocks", SMALL / BLOCK as u64),
+        format!("lun 1: {} blocks", LARGE / BLOCK as u64),
+        format!("lun 2: {} blocks", HOTPLUGGED / BLOCK as u64),
+        format!("lun 2: sense {:?}", Some((0x05u8, 0x25u8, 0u8))),
+    ] {
+        assert!(seen.contains(&expected), "never saw {expected}: {seen:?}");
+    }
     server.terminate(Duration::from_secs(5)).unwrap();
 }

@@ -181,16 +181,19 @@ fn signals_second_client_and_second_server_leave_the_guest_running() {
     assert!(new.contains("signal ignored"), "{new}");
 }
 
-/// `ctl stats` totals: (requests, bytes read).
-fn stats_totals(control: &Path) -> (u64, u64) {
+/// `ctl stats`: (requests, bytes read) in total and of LUN 0.
+fn stats_totals(control: &Path) -> [(u64, u64); 2] {
     let (ok, reply) = ctl(control, &["stats"]);
     assert!(ok, "{reply}");
     let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    let total = &value["result"]["total"];
-    (
-        total["requests"].as_u64().unwrap(),
-        total["bytes_read"].as_u64().unwrap(),
-    )
+    let lun0 = &value["result"]["luns"][0];
+    assert_eq!(lun0["lun"], 0, "{reply}");
+    [&value["result"]["total"], lun0].map(|counters| {
+        (
+            counters["requests"].as_u64().unwrap(),
+            counters["bytes_read"].as_u64().unwrap(),
+        )
+    })
 }
 
 #[test]
@@ -219,18 +222,24 @@ sleep 1
     });
     run.assert_status(0);
     let (before, after) = (before.unwrap(), after.unwrap());
-    let requests = after.0 - before.0;
-    let bytes = after.1 - before.1;
-    // The kernel may add a few commands of its own (TEST UNIT READY, cache flushes) meanwhile.
-    assert!(
-        (READS..=READS + 64).contains(&requests),
-        "fio read {READS} blocks; the server counted {requests} requests"
-    );
-    assert!(
-        (READS * 4096..=READS * 4096 + (1 << 20)).contains(&bytes),
-        "fio read {} bytes; the server counted {bytes}",
-        READS * 4096
-    );
+    // The totals of the queues, then LUN 0's, the only LUN.
+    for (what, before, after) in [
+        ("total", before[0], after[0]),
+        ("LUN 0", before[1], after[1]),
+    ] {
+        let requests = after.0 - before.0;
+        let bytes = after.1 - before.1;
+        // The kernel may add a few commands of its own (TEST UNIT READY, cache flushes).
+        assert!(
+            (READS..=READS + 64).contains(&requests),
+            "fio read {READS} blocks; the server counted {requests} requests ({what})"
+        );
+        assert!(
+            (READS * 4096..=READS * 4096 + (1 << 20)).contains(&bytes),
+            "fio read {} bytes; the server counted {bytes} ({what})",
+            READS * 4096
+        );
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn lun(lun: u16, block_size: u32, read_only: bool) -> LunConfig {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut target) = Target::new(vec![lun(0, 512, false), lun(1, 4096, true)]) else {
+    let Ok(target) = Target::new([(lun(0, 512, false), ()), (lun(1, 4096, true), ())]) else {
         return;
     };
     let mut rest = data;

@@ -1,7 +1,7 @@
 //! READ CAPACITY (10) and (16) (SBC-4 5.20, 5.21).
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 
 fn last_lba(lun: &LunConfig) -> u64 {
@@ -33,7 +33,7 @@ pub(crate) fn read_capacity_16(cdb: Cdb<'_>, lun: &LunConfig) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn rc16(allocation_length: u8) -> [u8; 16] {
         let mut cdb = [0u8; 16];

@@ -1,9 +1,4 @@
-//! Reading fields of a command descriptor block, and what a command's data-out buffer carries.
-
-use super::opcodes::op;
-
-/// The largest logical block size a LUN may have: WRITE SAME's data-out is one block.
-pub const MAX_BLOCK_SIZE: usize = 4096;
+//! Reading the fields of a command descriptor block.
 
 /// A CDB as sent by the driver. Fields beyond its end read as zero: the dispatcher has already
 /// checked the length against the opcode table, so this only keeps hostile input from panicking.
@@ -34,37 +29,25 @@ impl Cdb<'_> {
     pub(crate) fn be64(&self, index: usize) -> u64 {
         u64::from_be_bytes(self.be(index))
     }
-}
 
-/// What the data-out buffer of a command carries, so the device knows whether to copy it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataOutUse {
-    /// The command has no data-out.
-    None,
-    /// A parameter list (MODE SELECT, UNMAP) or WRITE SAME's single block: the device copies up
-    /// to `max` bytes of data-out and passes them to `Target::execute` as `data_out`.
-    Parameters { max: usize },
-    /// WRITE 6/10/12/16: the data goes from the guest's buffers to the backend without copying.
-    Payload,
-}
-
-/// Tells the device how to treat the data-out buffer of `cdb`.
-pub fn data_out_use(cdb: &[u8]) -> DataOutUse {
-    let cdb = Cdb(cdb);
-    match cdb.byte(0) {
-        op::MODE_SELECT_6 => DataOutUse::Parameters {
-            max: usize::from(cdb.byte(4)),
-        },
-        op::MODE_SELECT_10 | op::UNMAP => DataOutUse::Parameters {
-            max: usize::from(cdb.be16(7)),
-        },
-        op::WRITE_SAME_16 if cdb.bit(1, 0) => DataOutUse::None,
-        op::WRITE_SAME_10 | op::WRITE_SAME_16 => DataOutUse::Parameters {
-            max: MAX_BLOCK_SIZE,
-        },
-        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => DataOutUse::Payload,
-        _ => DataOutUse::None,
+    /// The CDB's length as its operation code's group says (SPC-5 4.2.5.1): where the fields
+    /// of commands that exist in several sizes (READ, WRITE, MODE SENSE ...) sit.
+    pub(crate) fn size(&self) -> CdbSize {
+        match self.byte(0) >> 5 {
+            0 => CdbSize::Six,
+            4 => CdbSize::Sixteen,
+            5 => CdbSize::Twelve,
+            _ => CdbSize::Ten,
+        }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CdbSize {
+    Six,
+    Ten,
+    Twelve,
+    Sixteen,
 }
 
 #[cfg(test)]
@@ -82,43 +65,11 @@ mod tests {
     }
 
     #[test]
-    fn data_out_use_per_command() {
-        assert_eq!(
-            data_out_use(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]),
-            DataOutUse::Payload
-        );
-        assert_eq!(data_out_use(&[0x0a, 0, 0, 0, 1, 0]), DataOutUse::Payload);
-        assert_eq!(data_out_use(&[0xaa; 12]), DataOutUse::Payload);
-        assert_eq!(data_out_use(&[0x8a; 16]), DataOutUse::Payload);
-        assert_eq!(
-            data_out_use(&[0x15, 0x10, 0, 0, 24, 0]),
-            DataOutUse::Parameters { max: 24 }
-        );
-        assert_eq!(
-            data_out_use(&[0x55, 0x10, 0, 0, 0, 0, 0, 0x01, 0x02, 0]),
-            DataOutUse::Parameters { max: 0x102 }
-        );
-        assert_eq!(
-            data_out_use(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]),
-            DataOutUse::Parameters { max: 24 }
-        );
-        assert_eq!(
-            data_out_use(&[0x41; 10]),
-            DataOutUse::Parameters {
-                max: MAX_BLOCK_SIZE
-            }
-        );
-        let mut ws16 = [0u8; 16];
-        ws16[0] = 0x93;
-        assert_eq!(
-            data_out_use(&ws16),
-            DataOutUse::Parameters {
-                max: MAX_BLOCK_SIZE
-            }
-        );
-        ws16[1] = 0x01;
-        assert_eq!(data_out_use(&ws16), DataOutUse::None, "NDOB: no data-out");
-        assert_eq!(data_out_use(&[0x28; 10]), DataOutUse::None);
-        assert_eq!(data_out_use(&[]), DataOutUse::None);
+    fn size_follows_the_opcode_group() {
+        assert_eq!(Cdb(&[0x08]).size(), CdbSize::Six);
+        assert_eq!(Cdb(&[0x28]).size(), CdbSize::Ten);
+        assert_eq!(Cdb(&[0x55]).size(), CdbSize::Ten);
+        assert_eq!(Cdb(&[0xa8]).size(), CdbSize::Twelve);
+        assert_eq!(Cdb(&[0x88]).size(), CdbSize::Sixteen);
     }
 }

@@ -1,14 +1,12 @@
 //! INQUIRY (SPC-5 6.7): standard data, or a vital product data page.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
-use super::vpd;
+use super::vpd::{self, PRODUCT, VENDOR};
 
-pub(crate) const VENDOR: &[u8; 8] = b"VFIOUSER";
-pub(crate) const PRODUCT: &[u8; 16] = b"VIRTUAL DISK    ";
-pub(crate) const REVISION: &[u8; 4] = b"1.0 ";
+const REVISION: &[u8; 4] = b"1.0 ";
 
 /// Peripheral qualifier 0, device type 0: a direct-access block device is connected.
 const DISK: u8 = 0x00;
@@ -70,7 +68,7 @@ pub(crate) fn inquiry_missing_lun(cdb: Cdb<'_>, lun: u16) -> Result<Outcome, Sen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
     use crate::outcome::tests::good;
 
     #[test]

@@ -1,9 +1,8 @@
 //! READ, WRITE, VERIFY, SYNCHRONIZE CACHE and START STOP UNIT (SBC-4 5): the commands that turn
 //! into one backend operation on a range of blocks.
 
-use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::cdb::{Cdb, CdbSize};
+use super::lun_config::LunConfig;
 use super::outcome::{DiskIo, Outcome};
 use super::sense::Sense;
 
@@ -15,9 +14,9 @@ struct BlockRange {
 }
 
 /// Where the LBA and length sit in each CDB size.
-fn block_range(command: Command, cdb: Cdb<'_>) -> BlockRange {
-    match command {
-        Command::Read6 | Command::Write6 => {
+fn block_range(cdb: Cdb<'_>) -> BlockRange {
+    match cdb.size() {
+        CdbSize::Six => {
             let lba = u64::from(cdb.byte(1) & 0x1f) << 16 | u64::from(cdb.be16(2));
             // A READ/WRITE (6) transfer length of 0 means 256 blocks.
             let blocks = match cdb.byte(4) {
@@ -30,19 +29,17 @@ fn block_range(command: Command, cdb: Cdb<'_>) -> BlockRange {
                 length_byte: 4,
             }
         }
-        Command::Read12 | Command::Write12 => BlockRange {
+        CdbSize::Twelve => BlockRange {
             lba: u64::from(cdb.be32(2)),
             blocks: u64::from(cdb.be32(6)),
             length_byte: 6,
         },
-        Command::Read16 | Command::Write16 | Command::Verify16 | Command::SynchronizeCache16 => {
-            BlockRange {
-                lba: cdb.be64(2),
-                blocks: u64::from(cdb.be32(10)),
-                length_byte: 10,
-            }
-        }
-        _ => BlockRange {
+        CdbSize::Sixteen => BlockRange {
+            lba: cdb.be64(2),
+            blocks: u64::from(cdb.be32(10)),
+            length_byte: 10,
+        },
+        CdbSize::Ten => BlockRange {
             lba: u64::from(cdb.be32(2)),
             blocks: u64::from(cdb.be16(7)),
             length_byte: 7,
@@ -50,42 +47,39 @@ fn block_range(command: Command, cdb: Cdb<'_>) -> BlockRange {
     }
 }
 
-pub(crate) fn read_write(
-    command: Command,
-    cdb: Cdb<'_>,
-    lun: &LunConfig,
-    write_cache: bool,
-) -> Result<Outcome, Sense> {
-    let is_write = matches!(
-        command,
-        Command::Write6 | Command::Write10 | Command::Write12 | Command::Write16
-    );
-    if is_write {
-        lun.check_writable()?;
-    }
-    let range = block_range(command, cdb);
+/// The checked byte range of a READ or WRITE, or `None` for a transfer length of zero.
+fn transfer(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Option<(u64, u64)>, Sense> {
+    let range = block_range(cdb);
     if lun.max_transfer_blocks != 0 && range.blocks > u64::from(lun.max_transfer_blocks) {
         return Err(Sense::invalid_field_in_cdb(range.length_byte, None));
     }
     let (offset, len) = lun.byte_range(range.lba, range.blocks)?;
-    if len == 0 {
-        return Ok(Outcome::good());
-    }
-    let io = if is_write {
-        let fua = cdb.bit(1, 3) && command != Command::Write6;
-        DiskIo::Write {
-            offset,
-            len,
-            fua: fua || !write_cache,
-        }
-    } else {
-        DiskIo::Read { offset, len }
-    };
-    Ok(Outcome::Io(io))
+    Ok((len != 0).then_some((offset, len)))
 }
 
-pub(crate) fn verify(command: Command, cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
-    let range = block_range(command, cdb);
+pub(crate) fn read(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
+    Ok(match transfer(cdb, lun)? {
+        Some((offset, len)) => Outcome::Io(DiskIo::Read { offset, len }),
+        None => Outcome::good(),
+    })
+}
+
+pub(crate) fn write(cdb: Cdb<'_>, lun: &LunConfig, write_cache: bool) -> Result<Outcome, Sense> {
+    lun.check_writable()?;
+    let Some((offset, len)) = transfer(cdb, lun)? else {
+        return Ok(Outcome::good());
+    };
+    // WRITE(6) has no FUA bit.
+    let fua = cdb.size() != CdbSize::Six && cdb.bit(1, 3);
+    Ok(Outcome::Io(DiskIo::Write {
+        offset,
+        len,
+        fua: fua || !write_cache,
+    }))
+}
+
+pub(crate) fn verify(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
+    let range = block_range(cdb);
     let (offset, len) = lun.byte_range(range.lba, range.blocks)?;
     if len == 0 {
         return Ok(Outcome::good());
@@ -93,12 +87,8 @@ pub(crate) fn verify(command: Command, cdb: Cdb<'_>, lun: &LunConfig) -> Result<
     Ok(Outcome::Io(DiskIo::Verify { offset, len }))
 }
 
-pub(crate) fn synchronize_cache(
-    command: Command,
-    cdb: Cdb<'_>,
-    lun: &LunConfig,
-) -> Result<Outcome, Sense> {
-    let range = block_range(command, cdb);
+pub(crate) fn synchronize_cache(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
+    let range = block_range(cdb);
     // A block count of 0 means "to the end": only the start has to be on the medium.
     lun.byte_range(range.lba, range.blocks)?;
     Ok(Outcome::Io(DiskIo::Flush))
@@ -121,7 +111,7 @@ pub(crate) fn start_stop_unit(cdb: Cdb<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn rw10(opcode: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![opcode, flags];
@@ -137,7 +127,7 @@ mod tests {
         let lun = config(0);
         let read6 = [0x08, 0x01, 0x02, 0x03, 4, 0];
         assert_eq!(
-            read_write(Command::Read6, Cdb(&read6), &lun, true),
+            read(Cdb(&read6), &lun),
             Ok(Outcome::Io(DiskIo::Read {
                 offset: 0x010203 * 512,
                 len: 4 * 512
@@ -145,7 +135,7 @@ mod tests {
         );
         let read12 = [0xa8, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0];
         assert_eq!(
-            read_write(Command::Read12, Cdb(&read12), &lun, true),
+            read(Cdb(&read12), &lun),
             Ok(Outcome::Io(DiskIo::Read {
                 offset: 9 * 512,
                 len: 1024
@@ -157,7 +147,7 @@ mod tests {
         write16[2..10].copy_from_slice(&7u64.to_be_bytes());
         write16[10..14].copy_from_slice(&3u32.to_be_bytes());
         assert_eq!(
-            read_write(Command::Write16, Cdb(&write16), &lun, true),
+            write(Cdb(&write16), &lun, true),
             Ok(Outcome::Io(DiskIo::Write {
                 offset: 7 * 512,
                 len: 3 * 512,
@@ -170,7 +160,7 @@ mod tests {
     fn read6_length_zero_means_256_blocks() {
         let read6 = [0x08, 0, 0, 0, 0, 0];
         assert_eq!(
-            read_write(Command::Read6, Cdb(&read6), &config(0), true),
+            read(Cdb(&read6), &config(0)),
             Ok(Outcome::Io(DiskIo::Read {
                 offset: 0,
                 len: 256 * 512
@@ -181,10 +171,7 @@ mod tests {
     #[test]
     fn length_zero_transfers_nothing() {
         let cdb = rw10(0x28, 0, 5, 0);
-        assert_eq!(
-            read_write(Command::Read10, Cdb(&cdb), &config(0), true),
-            Ok(Outcome::good())
-        );
+        assert_eq!(read(Cdb(&cdb), &config(0)), Ok(Outcome::good()));
     }
 
     #[test]
@@ -192,7 +179,7 @@ mod tests {
         let lun = config(0);
         let plain = rw10(0x2a, 0x10, 1, 1);
         assert_eq!(
-            read_write(Command::Write10, Cdb(&plain), &lun, true),
+            write(Cdb(&plain), &lun, true),
             Ok(Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
@@ -201,7 +188,7 @@ mod tests {
             "DPO is ignored"
         );
         assert_eq!(
-            read_write(Command::Write10, Cdb(&plain), &lun, false),
+            write(Cdb(&plain), &lun, false),
             Ok(Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
@@ -210,7 +197,7 @@ mod tests {
         );
         let fua = rw10(0x2a, 0x08, 1, 1);
         assert_eq!(
-            read_write(Command::Write10, Cdb(&fua), &lun, true),
+            write(Cdb(&fua), &lun, true),
             Ok(Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
@@ -224,33 +211,30 @@ mod tests {
         let lun = config(0);
         let end = lun.block_count as u32;
         let past = rw10(0x28, 0, end - 1, 2);
-        assert_eq!(
-            read_write(Command::Read10, Cdb(&past), &lun, true),
-            Err(Sense::LBA_OUT_OF_RANGE)
-        );
+        assert_eq!(read(Cdb(&past), &lun), Err(Sense::LBA_OUT_OF_RANGE));
         let last = rw10(0x28, 0, end - 1, 1);
-        assert!(read_write(Command::Read10, Cdb(&last), &lun, true).is_ok());
+        assert!(read(Cdb(&last), &lun).is_ok());
         let read_only = LunConfig {
             read_only: true,
             ..config(0)
         };
-        let write = rw10(0x2a, 0, 0, 1);
+        let write10 = rw10(0x2a, 0, 0, 1);
         assert_eq!(
-            read_write(Command::Write10, Cdb(&write), &read_only, true),
+            write(Cdb(&write10), &read_only, true),
             Err(Sense::WRITE_PROTECTED)
         );
-        let read = rw10(0x28, 0, 0, 1);
-        assert!(read_write(Command::Read10, Cdb(&read), &read_only, true).is_ok());
+        let read10 = rw10(0x28, 0, 0, 1);
+        assert!(read(Cdb(&read10), &read_only).is_ok());
         let long = rw10(0x28, 0, 0, 4097);
         assert_eq!(
-            read_write(Command::Read10, Cdb(&long), &lun, true),
+            read(Cdb(&long), &lun),
             Err(Sense::invalid_field_in_cdb(7, None))
         );
         let unlimited = LunConfig {
             max_transfer_blocks: 0,
             ..config(0)
         };
-        assert!(read_write(Command::Read10, Cdb(&long), &unlimited, true).is_ok());
+        assert!(read(Cdb(&long), &unlimited).is_ok());
     }
 
     #[test]
@@ -258,22 +242,16 @@ mod tests {
         let lun = config(0);
         let cdb = rw10(0x2f, 0, 2, 2);
         assert_eq!(
-            verify(Command::Verify10, Cdb(&cdb), &lun),
+            verify(Cdb(&cdb), &lun),
             Ok(Outcome::Io(DiskIo::Verify {
                 offset: 1024,
                 len: 1024
             }))
         );
         let empty = rw10(0x2f, 0, 2, 0);
-        assert_eq!(
-            verify(Command::Verify10, Cdb(&empty), &lun),
-            Ok(Outcome::good())
-        );
+        assert_eq!(verify(Cdb(&empty), &lun), Ok(Outcome::good()));
         let past = rw10(0x2f, 0, lun.block_count as u32, 1);
-        assert_eq!(
-            verify(Command::Verify10, Cdb(&past), &lun),
-            Err(Sense::LBA_OUT_OF_RANGE)
-        );
+        assert_eq!(verify(Cdb(&past), &lun), Err(Sense::LBA_OUT_OF_RANGE));
     }
 
     #[test]
@@ -281,12 +259,12 @@ mod tests {
         let lun = config(0);
         let cdb = rw10(0x35, 0, 0, 0);
         assert_eq!(
-            synchronize_cache(Command::SynchronizeCache10, Cdb(&cdb), &lun),
+            synchronize_cache(Cdb(&cdb), &lun),
             Ok(Outcome::Io(DiskIo::Flush))
         );
         let past = rw10(0x35, 0, lun.block_count as u32 + 1, 0);
         assert_eq!(
-            synchronize_cache(Command::SynchronizeCache10, Cdb(&past), &lun),
+            synchronize_cache(Cdb(&past), &lun),
             Err(Sense::LBA_OUT_OF_RANGE)
         );
     }

@@ -1,19 +1,24 @@
 //! SCSI disk emulation (SPC-5, SBC-4), as pure logic: a CDB and its parameter data go in, and
 //! out come data-in bytes, sense data, or a description of the backend I/O to do. Nothing here
 //! touches guest memory, virtqueues or files.
+//!
+//! [`Target`] is an immutable snapshot of the logical units ([`LunConfig`] each); `dispatch`
+//! runs a command through the one command table (`commands`) to the module implementing it.
 
 mod capacity;
 mod cdb;
+mod commands;
+mod dispatch;
 mod inquiry;
 mod io_commands;
-mod lun;
+mod lun_config;
 mod mode_pages;
-mod opcodes;
 mod outcome;
 mod report_luns;
 mod report_opcodes;
 mod sense;
 mod target;
+mod unit_state;
 mod unmap;
 mod vpd;
 mod write_same;
@@ -21,8 +26,8 @@ mod write_same;
 #[cfg(test)]
 mod tests;
 
-pub use cdb::{data_out_use, DataOutUse, MAX_BLOCK_SIZE};
-pub use lun::LunConfig;
+pub use commands::{command_name, data_out_use, DataOutUse, MAX_BLOCK_SIZE};
+pub use lun_config::{LunConfig, LunConfigError, MAX_LUN, MAX_SERIAL_LEN};
 pub use outcome::{DiskIo, Outcome};
 pub use sense::{key as sense_key, FieldPointer, Sense, FIXED_SENSE_LEN};
-pub use target::{Target, TargetError, MAX_LUN, MAX_SERIAL_LEN};
+pub use target::{Lun, Target, TargetError};

@@ -1,9 +1,8 @@
 //! MODE SENSE and MODE SELECT (SPC-5 6.14-6.16) with the caching page (SBC-4 6.5.5), whose WCE
 //! bit is the one thing a driver may change, and the control page (SPC-5 7.5.10).
 
-use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::cdb::{Cdb, CdbSize};
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
 
@@ -70,12 +69,11 @@ fn block_descriptor(lun: &LunConfig, long_lba: bool) -> Vec<u8> {
 }
 
 pub(crate) fn mode_sense(
-    command: Command,
     cdb: Cdb<'_>,
     lun: &LunConfig,
     write_cache: bool,
 ) -> Result<Outcome, Sense> {
-    let six = command == Command::ModeSense6;
+    let six = cdb.size() == CdbSize::Six;
     let disable_block_descriptors = cdb.bit(1, 3);
     let long_lba = !six && cdb.bit(1, 4);
     let control = match cdb.byte(2) >> 6 {
@@ -137,7 +135,6 @@ pub(crate) fn mode_sense(
 /// Validates a MODE SELECT parameter list and returns the write cache state it asks for.
 /// Anything but the caching page's WCE bit must match what MODE SENSE reports.
 pub(crate) fn mode_select(
-    command: Command,
     cdb: Cdb<'_>,
     lun: &LunConfig,
     write_cache: bool,
@@ -150,7 +147,7 @@ pub(crate) fn mode_select(
     if cdb.bit(1, 0) {
         return Err(Sense::invalid_field_in_cdb(1, Some(0)));
     }
-    let six = command == Command::ModeSelect6;
+    let six = cdb.size() == CdbSize::Six;
     let list_len = if six {
         usize::from(cdb.byte(4))
     } else {
@@ -247,7 +244,7 @@ pub(crate) fn mode_select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
     use crate::outcome::tests::good;
 
     fn sense6(flags: u8, page: u8, subpage: u8, allocation_length: u8) -> [u8; 6] {
@@ -262,12 +259,7 @@ mod tests {
     #[test]
     fn mode_sense_6_caching_page_with_block_descriptor() {
         let lun = config(0);
-        let data = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0, 0x08, 0, 255)),
-            &lun,
-            true,
-        ));
+        let data = good(mode_sense(Cdb(&sense6(0, 0x08, 0, 255)), &lun, true));
         assert_eq!(data.len(), 4 + 8 + 20);
         assert_eq!(data[0], 31, "mode data length");
         assert_eq!(data[1], 0, "medium type");
@@ -286,7 +278,6 @@ mod tests {
             ..config(0)
         };
         let data = good(mode_sense(
-            Command::ModeSense6,
             Cdb(&sense6(0x08, 0x08, 0, 255)),
             &read_only,
             false,
@@ -303,12 +294,7 @@ mod tests {
             block_size: 4096,
             ..config(0)
         };
-        let data = good(mode_sense(
-            Command::ModeSense10,
-            Cdb(&sense10(0x10, 0x3f, 1000)),
-            &lun,
-            true,
-        ));
+        let data = good(mode_sense(Cdb(&sense10(0x10, 0x3f, 1000)), &lun, true));
         assert_eq!(data.len(), 8 + 16 + 20 + 12);
         assert_eq!(
             u16::from_be_bytes([data[0], data[1]]) as usize,
@@ -322,12 +308,7 @@ mod tests {
         assert_eq!(&data[24..26], &[0x08, 0x12]);
         assert_eq!(&data[44..48], &[0x0a, 0x0a, 0, 0x10]);
 
-        let short = good(mode_sense(
-            Command::ModeSense10,
-            Cdb(&sense10(0, 0x3f, 1000)),
-            &lun,
-            true,
-        ));
+        let short = good(mode_sense(Cdb(&sense10(0, 0x3f, 1000)), &lun, true));
         assert_eq!(short[4], 0);
         assert_eq!(&short[8..12], &[0xff; 4], "saturated block count");
     }
@@ -335,29 +316,14 @@ mod tests {
     #[test]
     fn mode_sense_page_controls() {
         let lun = config(0);
-        let changeable = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0x08, 0x7f, 0, 255)),
-            &lun,
-            false,
-        ));
+        let changeable = good(mode_sense(Cdb(&sense6(0x08, 0x7f, 0, 255)), &lun, false));
         assert_eq!(changeable[4 + 2], 0x04, "only WCE is changeable");
         assert!(changeable[4 + 3..4 + 20].iter().all(|&b| b == 0));
         assert!(changeable[4 + 22..].iter().all(|&b| b == 0));
-        let default = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0x08, 0x88, 0, 255)),
-            &lun,
-            false,
-        ));
+        let default = good(mode_sense(Cdb(&sense6(0x08, 0x88, 0, 255)), &lun, false));
         assert_eq!(default[4 + 2], 0x04, "write cache on by default");
         assert_eq!(
-            mode_sense(
-                Command::ModeSense6,
-                Cdb(&sense6(0, 0xc8, 0, 255)),
-                &lun,
-                true
-            ),
+            mode_sense(Cdb(&sense6(0, 0xc8, 0, 255)), &lun, true),
             Err(Sense::SAVING_PARAMETERS_NOT_SUPPORTED)
         );
     }
@@ -366,36 +332,15 @@ mod tests {
     fn mode_sense_errors_and_truncation() {
         let lun = config(0);
         assert_eq!(
-            mode_sense(
-                Command::ModeSense6,
-                Cdb(&sense6(0, 0x1c, 0, 255)),
-                &lun,
-                true
-            ),
+            mode_sense(Cdb(&sense6(0, 0x1c, 0, 255)), &lun, true),
             Err(Sense::invalid_field_in_cdb(2, Some(5)))
         );
         assert_eq!(
-            mode_sense(
-                Command::ModeSense6,
-                Cdb(&sense6(0, 0x08, 1, 255)),
-                &lun,
-                true
-            ),
+            mode_sense(Cdb(&sense6(0, 0x08, 1, 255)), &lun, true),
             Err(Sense::invalid_field_in_cdb(3, None))
         );
-        assert!(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0, 0x3f, 0xff, 255)),
-            &lun,
-            true
-        )
-        .is_ok());
-        let data = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0, 0x3f, 0, 4)),
-            &lun,
-            true,
-        ));
+        assert!(mode_sense(Cdb(&sense6(0, 0x3f, 0xff, 255)), &lun, true).is_ok());
+        let data = good(mode_sense(Cdb(&sense6(0, 0x3f, 0, 4)), &lun, true));
         assert_eq!(data, vec![43, 0, 0x10, 8]);
     }
 
@@ -406,14 +351,7 @@ mod tests {
 
     fn select(list: &[u8], write_cache: bool) -> Result<bool, Sense> {
         let cdb = select10(list, 0x10);
-        mode_select(
-            Command::ModeSelect10,
-            Cdb(&cdb),
-            &config(0),
-            write_cache,
-            list,
-            list.len() as u64,
-        )
+        mode_select(Cdb(&cdb), &config(0), write_cache, list, list.len() as u64)
     }
 
     fn caching_list(wce: bool) -> Vec<u8> {
@@ -425,31 +363,14 @@ mod tests {
     #[test]
     fn mode_select_wce_round_trip() {
         let lun = config(0);
-        let sensed = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0, 0x08, 0, 255)),
-            &lun,
-            true,
-        ));
+        let sensed = good(mode_sense(Cdb(&sense6(0, 0x08, 0, 255)), &lun, true));
         let mut list = sensed.clone();
         list[0] = 0;
         list[4 + 8 + 2] &= !WCE;
         let cdb = [0x15, 0x10, 0, 0, list.len() as u8, 0];
-        let wce = mode_select(
-            Command::ModeSelect6,
-            Cdb(&cdb),
-            &lun,
-            true,
-            &list,
-            list.len() as u64,
-        );
+        let wce = mode_select(Cdb(&cdb), &lun, true, &list, list.len() as u64);
         assert_eq!(wce, Ok(false));
-        let after = good(mode_sense(
-            Command::ModeSense6,
-            Cdb(&sense6(0, 0x08, 0, 255)),
-            &lun,
-            false,
-        ));
+        let after = good(mode_sense(Cdb(&sense6(0, 0x08, 0, 255)), &lun, false));
         assert_eq!(after[14], 0);
         assert_eq!(select(&caching_list(true), false), Ok(true));
     }
@@ -460,29 +381,19 @@ mod tests {
         let lun = config(0);
         let no_pf = select10(&list, 0);
         assert_eq!(
-            mode_select(Command::ModeSelect10, Cdb(&no_pf), &lun, true, &list, 28),
+            mode_select(Cdb(&no_pf), &lun, true, &list, 28),
             Err(Sense::invalid_field_in_cdb(1, Some(4)))
         );
         let save = select10(&list, 0x11);
         assert_eq!(
-            mode_select(Command::ModeSelect10, Cdb(&save), &lun, true, &list, 28),
+            mode_select(Cdb(&save), &lun, true, &list, 28),
             Err(Sense::invalid_field_in_cdb(1, Some(0)))
         );
         let empty = select10(&[], 0x10);
-        assert_eq!(
-            mode_select(Command::ModeSelect10, Cdb(&empty), &lun, false, &[], 0),
-            Ok(false)
-        );
+        assert_eq!(mode_select(Cdb(&empty), &lun, false, &[], 0), Ok(false));
         let cdb = select10(&list, 0x10);
         assert_eq!(
-            mode_select(
-                Command::ModeSelect10,
-                Cdb(&cdb),
-                &lun,
-                true,
-                &list[..10],
-                10
-            ),
+            mode_select(Cdb(&cdb), &lun, true, &list[..10], 10),
             Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
         );
     }

@@ -25,11 +25,13 @@ pub enum DiskIo {
         len: u64,
         may_unmap: bool,
     },
-    /// WRITE SAME with a non-zero block: write `block` repeatedly over `len` bytes at `offset`.
+    /// WRITE SAME with a non-zero block: write `block` repeatedly over `len` bytes at `offset`;
+    /// `fua` when the write cache is disabled.
     WriteSame {
         offset: u64,
         len: u64,
         block: Vec<u8>,
+        fua: bool,
     },
 }
 

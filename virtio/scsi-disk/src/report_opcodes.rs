@@ -2,8 +2,8 @@
 //! 6.35, 6.36), both answered from what we really implement.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::{has_service_actions, CommandSpec, COMMANDS};
+use super::commands::{has_service_actions, CommandSpec, COMMANDS};
+use super::lun_config::LunConfig;
 use super::outcome::Outcome;
 use super::sense::Sense;
 
@@ -87,7 +87,7 @@ pub(crate) fn report_supported_task_management_functions(cdb: Cdb<'_>) -> Outcom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
     use crate::outcome::tests::good;
 
     fn rsoc(options: u8, opcode: u8, service_action: u16, allocation_length: u32) -> [u8; 12] {

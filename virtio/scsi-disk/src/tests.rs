@@ -1,15 +1,19 @@
 //! Tests of the whole target through its public face, as the virtio-scsi device uses it.
 
 use super::*;
-use crate::lun::tests::config;
+use crate::lun_config::tests::config;
 use crate::outcome::tests::good as data;
 
 const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
 const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 0xff, 0];
 const REQUEST_SENSE: [u8; 6] = [0x03, 0, 0, 0, 0xff, 0];
 
+fn new(configs: Vec<LunConfig>) -> Result<Target, TargetError> {
+    Target::new(configs.into_iter().map(|config| (config, ())))
+}
+
 fn target(luns: &[u16]) -> Target {
-    let mut target = Target::new(luns.iter().map(|&lun| config(lun)).collect()).unwrap();
+    let target = new(luns.iter().map(|&lun| config(lun)).collect()).unwrap();
     for &lun in luns {
         target.execute(lun, &TUR, &[], 0);
     }
@@ -23,74 +27,79 @@ fn report_luns_cdb() -> [u8; 12] {
 #[test]
 fn configuration_errors() {
     assert_eq!(
-        Target::new(vec![config(1), config(1)]).err(),
+        new(vec![config(1), config(1)]).err(),
         Some(TargetError::DuplicateLun(1))
     );
     assert_eq!(
-        Target::new(vec![config(16384)]).err(),
-        Some(TargetError::LunOutOfRange(16384))
+        new(vec![config(16384)]).err(),
+        Some(TargetError::Config(LunConfigError::LunOutOfRange(16384)))
     );
-    assert!(Target::new(vec![config(16383)]).is_ok());
+    assert!(new(vec![config(16383)]).is_ok());
     let odd = LunConfig {
         block_size: 1024,
         ..config(0)
     };
     assert_eq!(
-        Target::new(vec![odd]).err(),
-        Some(TargetError::BadBlockSize {
+        new(vec![odd]).err(),
+        Some(TargetError::Config(LunConfigError::BadBlockSize {
             lun: 0,
             block_size: 1024
-        })
+        }))
     );
     let empty = LunConfig {
         block_count: 0,
         ..config(0)
     };
     assert_eq!(
-        Target::new(vec![empty]).err(),
-        Some(TargetError::NoBlocks(0))
+        new(vec![empty]).err(),
+        Some(TargetError::Config(LunConfigError::NoBlocks(0)))
     );
     let huge = LunConfig {
         block_count: u64::MAX / 2,
         ..config(0)
     };
     assert_eq!(
-        Target::new(vec![huge]).err(),
-        Some(TargetError::TooLarge(0))
+        new(vec![huge]).err(),
+        Some(TargetError::Config(LunConfigError::TooLarge(0)))
     );
     let bad_serial = LunConfig {
         serial: "a\nb".into(),
         ..config(0)
     };
     assert!(matches!(
-        Target::new(vec![bad_serial]),
-        Err(TargetError::BadSerial { lun: 0, .. })
+        new(vec![bad_serial]),
+        Err(TargetError::Config(LunConfigError::BadSerial {
+            lun: 0,
+            ..
+        }))
     ));
     let long_serial = LunConfig {
         serial: "x".repeat(37),
         ..config(0)
     };
     assert!(matches!(
-        Target::new(vec![long_serial]),
-        Err(TargetError::BadSerial { .. })
+        new(vec![long_serial]),
+        Err(TargetError::Config(LunConfigError::BadSerial { .. }))
     ));
 }
 
 #[test]
 fn accessors() {
-    let target = Target::new(vec![config(3), config(1)]).unwrap();
-    assert!(target.has_lun(1) && target.has_lun(3) && !target.has_lun(0));
+    let target = new(vec![config(3), config(1)]).unwrap();
+    assert!(target.lun(1).is_some() && target.lun(3).is_some() && target.lun(0).is_none());
     assert_eq!(
-        target.luns().map(|lun| lun.lun).collect::<Vec<_>>(),
+        target
+            .luns()
+            .map(|lun| lun.config().lun)
+            .collect::<Vec<_>>(),
         vec![1, 3]
     );
-    assert!(target.write_cache_enabled(1));
-    assert!(!target.write_cache_enabled(2));
+    assert!(target.lun(1).unwrap().write_cache_enabled());
 }
 
 #[test]
 fn unit_attention_once_after_power_on_and_resets() {
-    let mut target = Target::new(vec![config(0), config(1)]).unwrap();
+    let target = new(vec![config(0), config(1)]).unwrap();
     // INQUIRY and REPORT LUNS do not report nor clear it.
     assert!(matches!(
         target.execute(0, &INQUIRY, &[], 0),
@@ -135,7 +144,7 @@ fn unit_attention_once_after_power_on_and_resets() {
 
 #[test]
 fn missing_luns_answer_like_qemu() {
-    let mut target = target(&[1]);
+    let target = target(&[1]);
     let lun0 = data(target.execute(0, &INQUIRY, &[], 0));
     assert_eq!(lun0[0], 0x3f);
     let lun5 = data(target.execute(5, &INQUIRY, &[], 0));
@@ -169,14 +178,14 @@ fn missing_luns_answer_like_qemu() {
 
 #[test]
 fn report_luns_works_on_an_existing_lun() {
-    let mut target = target(&[0, 2]);
+    let target = target(&[0, 2]);
     let luns = data(target.execute(2, &report_luns_cdb(), &[], 0));
     assert_eq!(&luns[..4], &[0, 0, 0, 16]);
 }
 
 #[test]
 fn long_cdb_fields_are_ignored_beyond_the_command() {
-    let mut target = target(&[0]);
+    let target = target(&[0]);
     let mut cdb = [0xffu8; 32];
     cdb[..10].copy_from_slice(&[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0]);
     assert_eq!(
@@ -188,7 +197,7 @@ fn long_cdb_fields_are_ignored_beyond_the_command() {
     );
 }
 
-fn listed_commands(target: &mut Target) -> Vec<(u8, Option<u8>, usize)> {
+fn listed_commands(target: &Target) -> Vec<(u8, Option<u8>, usize)> {
     let rsoc = [0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
     let list = data(target.execute(0, &rsoc, &[], 0));
     list[4..]
@@ -207,13 +216,13 @@ fn listed_commands(target: &mut Target) -> Vec<(u8, Option<u8>, usize)> {
 #[test]
 fn every_listed_command_is_dispatched_and_no_other() {
     for discard in [true, false] {
-        let mut target = Target::new(vec![LunConfig {
+        let target = new(vec![LunConfig {
             discard,
             ..config(0)
         }])
         .unwrap();
         target.execute(0, &TUR, &[], 0);
-        let listed = listed_commands(&mut target);
+        let listed = listed_commands(&target);
         assert!(listed.len() >= 28);
         for &(opcode, service_action, len) in &listed {
             let mut cdb = vec![0u8; len];
@@ -265,7 +274,7 @@ fn every_listed_command_is_dispatched_and_no_other() {
 
 #[test]
 fn mode_select_turns_the_write_cache_off_and_writes_become_fua() {
-    let mut target = target(&[0]);
+    let target = target(&[0]);
     let sense10 = [0x5a, 0x08, 0x08, 0, 0, 0, 0, 0, 0xff, 0];
     let mut page = data(target.execute(0, &sense10, &[], 0));
     assert_eq!(page.len(), 28);
@@ -275,7 +284,7 @@ fn mode_select_turns_the_write_cache_off_and_writes_become_fua() {
     let select10 = [0x55, 0x10, 0, 0, 0, 0, 0, 0, 28, 0];
     assert_eq!(data_out_use(&select10), DataOutUse::Parameters { max: 28 });
     assert_eq!(target.execute(0, &select10, &page, 28), Outcome::good());
-    assert!(!target.write_cache_enabled(0));
+    assert!(!target.lun(0).unwrap().write_cache_enabled());
     assert_eq!(data(target.execute(0, &sense10, &[], 0))[10], 0);
     let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
     assert_eq!(
@@ -288,15 +297,18 @@ fn mode_select_turns_the_write_cache_off_and_writes_become_fua() {
     );
     target.reset_all();
     target.execute(0, &TUR, &[], 0);
-    assert!(!target.write_cache_enabled(0), "a reset keeps the setting");
+    assert!(
+        !target.lun(0).unwrap().write_cache_enabled(),
+        "a reset keeps the setting"
+    );
     page[8 + 2] |= 0x04;
     assert_eq!(target.execute(0, &select10, &page, 28), Outcome::good());
-    assert!(target.write_cache_enabled(0));
+    assert!(target.lun(0).unwrap().write_cache_enabled());
 }
 
 #[test]
 fn read_only_lun_refuses_every_write() {
-    let mut target = Target::new(vec![LunConfig {
+    let target = new(vec![LunConfig {
         read_only: true,
         ..config(0)
     }])
@@ -326,9 +338,13 @@ fn read_only_lun_refuses_every_write() {
 
 #[test]
 fn hotplug_and_resize_raise_unit_attentions() {
-    let mut target = target(&[0]);
-    target.add_lun(config(3)).unwrap();
-    assert_eq!(target.add_lun(config(3)), Err(TargetError::DuplicateLun(3)));
+    let target = target(&[0]);
+    let target = target.with_lun(config(3), ()).unwrap();
+    target.report_luns_changed(3);
+    assert_eq!(
+        target.with_lun(config(3), ()).err(),
+        Some(TargetError::DuplicateLun(3))
+    );
     assert_eq!(
         target.execute(0, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
@@ -341,23 +357,45 @@ fn hotplug_and_resize_raise_unit_attentions() {
     let listed = data(target.execute(0, &report_luns_cdb(), &[], 0));
     assert_eq!(&listed[..4], &16u32.to_be_bytes(), "two LUNs listed");
 
-    target.resize_lun(3, 4 * 1024 * 1024).unwrap();
+    let resized = target.with_block_count(3, 4 * 1024 * 1024).unwrap();
     assert_eq!(
-        target.execute(3, &TUR, &[], 0),
-        Outcome::CheckCondition(Sense::CAPACITY_DATA_HAS_CHANGED)
+        target.lun(3).unwrap().config().block_count,
+        2 * 1024 * 1024,
+        "the old snapshot keeps its size"
     );
-    assert_eq!(target.luns().last().unwrap().block_count, 4 * 1024 * 1024);
-    assert_eq!(target.resize_lun(9, 1), Err(TargetError::NoSuchLun(9)));
-    assert_eq!(target.resize_lun(3, 0), Err(TargetError::NoBlocks(3)));
-
-    assert_eq!(target.remove_lun(3).unwrap().lun, 3);
-    assert_eq!(target.remove_lun(3), Err(TargetError::NoSuchLun(3)));
+    resized.report_capacity_changed(3);
     assert_eq!(
         target.execute(3, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::CAPACITY_DATA_HAS_CHANGED),
+        "both snapshots share the unit's state"
+    );
+    assert_eq!(resized.execute(3, &TUR, &[], 0), Outcome::good());
+    assert_eq!(
+        resized.luns().last().unwrap().config().block_count,
+        4 * 1024 * 1024
+    );
+    assert_eq!(
+        resized.with_block_count(9, 1).err(),
+        Some(TargetError::NoSuchLun(9))
+    );
+    assert_eq!(
+        resized.with_block_count(3, 0).err(),
+        Some(TargetError::Config(LunConfigError::NoBlocks(3)))
+    );
+
+    let (removed, unit) = resized.without_lun(3).unwrap();
+    removed.report_luns_changed(3);
+    assert_eq!(unit.config().lun, 3);
+    assert_eq!(
+        removed.without_lun(3).err(),
+        Some(TargetError::NoSuchLun(3))
+    );
+    assert_eq!(
+        removed.execute(3, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::LOGICAL_UNIT_NOT_SUPPORTED)
     );
     assert_eq!(
-        target.execute(0, &TUR, &[], 0),
+        removed.execute(0, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
     );
 }

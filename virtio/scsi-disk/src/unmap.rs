@@ -1,7 +1,7 @@
 //! UNMAP (SBC-4 5.32): a parameter list of block ranges to deallocate.
 
 use super::cdb::Cdb;
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
 use super::outcome::{DiskIo, Outcome};
 use super::sense::Sense;
 
@@ -68,7 +68,7 @@ pub(crate) fn unmap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn cdb(list_len: u16) -> Vec<u8> {
         let [high, low] = list_len.to_be_bytes();

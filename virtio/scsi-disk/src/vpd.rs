@@ -1,7 +1,11 @@
 //! Vital product data pages (SPC-5 7.7, SBC-4 6.6): what INQUIRY with EVPD=1 returns.
 
-use super::inquiry::{PRODUCT, VENDOR};
-use super::lun::LunConfig;
+use super::lun_config::LunConfig;
+
+/// T10 vendor and product identification: in the standard INQUIRY data and in the designators
+/// of the device identification page.
+pub(crate) const VENDOR: &[u8; 8] = b"VFIOUSER";
+pub(crate) const PRODUCT: &[u8; 16] = b"VIRTUAL DISK    ";
 
 pub(crate) const SUPPORTED_PAGES: u8 = 0x00;
 const UNIT_SERIAL_NUMBER: u8 = 0x80;
@@ -134,7 +138,7 @@ pub(crate) fn page(page_code: u8, lun: &LunConfig) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn be32(data: &[u8], at: usize) -> u32 {
         u32::from_be_bytes(data[at..at + 4].try_into().unwrap())

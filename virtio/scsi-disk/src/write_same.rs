@@ -1,27 +1,27 @@
 //! WRITE SAME (10) and (16) (SBC-4 5.48, 5.50): one block written over a range, or zeros, or a
 //! deallocation when the driver allows it.
 
-use super::cdb::Cdb;
-use super::lun::LunConfig;
-use super::opcodes::Command;
+use super::cdb::{Cdb, CdbSize};
+use super::lun_config::LunConfig;
 use super::outcome::{DiskIo, Outcome};
 use super::sense::Sense;
 
 pub(crate) fn write_same(
-    command: Command,
     cdb: Cdb<'_>,
     lun: &LunConfig,
+    write_cache: bool,
     data_out: &[u8],
     data_out_len: u64,
 ) -> Result<Outcome, Sense> {
     lun.check_writable()?;
-    let (lba, blocks, length_byte) = if command == Command::WriteSame16 {
+    let sixteen = cdb.size() == CdbSize::Sixteen;
+    let (lba, blocks, length_byte) = if sixteen {
         (cdb.be64(2), u64::from(cdb.be32(10)), 10)
     } else {
         (u64::from(cdb.be32(2)), u64::from(cdb.be16(7)), 7)
     };
     let unmap = cdb.bit(1, 3);
-    let no_data_out = command == Command::WriteSame16 && cdb.bit(1, 0);
+    let no_data_out = sixteen && cdb.bit(1, 0);
     // The block limits page sets WSNZ: a zero block count is not "up to the end".
     if blocks == 0 || blocks > u64::from(lun.max_write_same_blocks()) {
         return Err(Sense::invalid_field_in_cdb(length_byte, None));
@@ -49,6 +49,7 @@ pub(crate) fn write_same(
             offset,
             len,
             block: block.to_vec(),
+            fua: !write_cache,
         },
     };
     Ok(Outcome::Io(io))
@@ -57,7 +58,7 @@ pub(crate) fn write_same(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lun::tests::config;
+    use crate::lun_config::tests::config;
 
     fn ws10(flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
         let mut cdb = vec![0x41, flags];
@@ -77,12 +78,7 @@ mod tests {
     }
 
     fn run(cdb: &[u8], lun: &LunConfig, data_out: &[u8]) -> Result<Outcome, Sense> {
-        let command = if cdb[0] == 0x93 {
-            Command::WriteSame16
-        } else {
-            Command::WriteSame10
-        };
-        write_same(command, Cdb(cdb), lun, data_out, data_out.len() as u64)
+        write_same(Cdb(cdb), lun, true, data_out, data_out.len() as u64)
     }
 
     fn zeroes(offset: u64, len: u64, may_unmap: bool) -> Result<Outcome, Sense> {
@@ -130,11 +126,18 @@ mod tests {
             offset: 0,
             len: 1024,
             block: block[..512].to_vec(),
+            fua: false,
         };
         assert_eq!(
             run(&ws16(0x08, 0, 2), &config(0), &block),
             Ok(Outcome::Io(expected))
         );
+        let without_write_cache =
+            write_same(Cdb(&ws16(0x08, 0, 2)), &config(0), false, &block, 4096);
+        assert!(matches!(
+            without_write_cache,
+            Ok(Outcome::Io(DiskIo::WriteSame { fua: true, .. }))
+        ));
     }
 
     #[test]

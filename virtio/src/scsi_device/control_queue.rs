@@ -7,7 +7,7 @@
 //! before the TMF response, as virtio 1.2 §5.6.6.2 promises it.
 
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use slog::debug;
 use virtio_bindings::virtio_scsi::{
@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::data_buffers::ChainBuffers;
 use super::lun_address;
+use super::lun_table::LunTable;
 use super::request::{
     an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
     TMF_RESP_SIZE,
@@ -30,7 +31,6 @@ use super::request::{
 use super::task_set::{TaskScope, TaskSet};
 use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
 use crate::queue_worker::QueueWorker;
-use scsi_disk::Target;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
 const FUNCTION_COMPLETE: u32 = VIRTIO_SCSI_S_OK;
@@ -49,16 +49,16 @@ struct WaitingTmf {
 
 pub struct ControlQueue {
     queue: Virtqueue,
-    target: Arc<Mutex<Target>>,
+    luns: Arc<LunTable>,
     tasks: Arc<TaskSet>,
     waiting: Vec<WaitingTmf>,
 }
 
 impl ControlQueue {
-    pub fn new(queue: Virtqueue, target: Arc<Mutex<Target>>, tasks: Arc<TaskSet>) -> ControlQueue {
+    pub fn new(queue: Virtqueue, luns: Arc<LunTable>, tasks: Arc<TaskSet>) -> ControlQueue {
         ControlQueue {
             queue,
-            target,
+            luns,
             tasks,
             waiting: Vec::new(),
         }
@@ -178,12 +178,7 @@ impl ControlQueue {
     /// The LUN a control request addresses, or the response for a bad address.
     fn check_lun(&self, lun: &[u8; 8]) -> Result<u16, u32> {
         let lun = lun_address::parse(lun).map_err(|_| VIRTIO_SCSI_S_BAD_TARGET)?;
-        if self
-            .target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .has_lun(lun)
-        {
+        if self.luns.load().lun(lun).is_some() {
             Ok(lun)
         } else {
             Err(VIRTIO_SCSI_S_INCORRECT_LUN)
@@ -221,10 +216,7 @@ impl ControlQueue {
             }
             VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match self.check_lun(&request.lun) {
                 Ok(lun) => {
-                    self.target
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .reset_lun(lun);
+                    self.luns.load().reset_lun(lun);
                     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
                 }
                 Err(response) => response,
@@ -232,10 +224,7 @@ impl ControlQueue {
             VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => match lun_address::parse(&request.lun) {
                 // The nexus is the target, whichever of its LUNs the request names.
                 Ok(_) => {
-                    self.target
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .reset_all();
+                    self.luns.load().reset_all();
                     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
                 }
                 Err(_) => VIRTIO_SCSI_S_BAD_TARGET,

@@ -2,7 +2,7 @@
 //! queue, an event queue and `num_queues` request queues.
 //!
 //! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
-//! an iothread); the SCSI target state is shared between the workers behind a mutex.
+//! an iothread); the workers read the LUNs from one immutable snapshot (`lun_table`).
 
 mod backend_errors;
 mod config;
@@ -12,6 +12,7 @@ mod disk_io;
 mod event_queue;
 mod lun_address;
 mod lun_counters;
+mod lun_table;
 mod queue_counters;
 mod request;
 mod request_queue;
@@ -20,11 +21,9 @@ mod task_set;
 mod test_driver;
 mod virtqueue;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::ArcSwap;
 use block::{BlockError, Disk, Engine, SyncEngine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -35,19 +34,19 @@ use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 use crate::memory_fault::{FaultScope, GuardedWorker, ShrinkableMemory};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
-use scsi_disk::{LunConfig, Sense, Target, TargetError};
+use scsi_disk::{LunConfig, TargetError};
 
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
 pub use lun_counters::LunStats;
-
+pub use lun_table::RemovedLun;
 pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
 use event_queue::{EventQueue, SharedEventQueue};
-use lun_counters::LunCounters;
-use request_queue::{LunEntry, LunMap, RequestQueueWorker};
+use lun_table::LunTable;
+use request_queue::RequestQueueWorker;
 use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
 
@@ -119,8 +118,7 @@ pub struct ScsiDevice {
     config: ScsiConfig,
     num_queues: u16,
     queue_size: u16,
-    target: Arc<Mutex<Target>>,
-    luns: LunMap,
+    luns: Arc<LunTable>,
     needs_reset: Arc<AtomicBool>,
     /// Whether the queue workers must guard their accesses to guest memory.
     shrinkable: ShrinkableMemory,
@@ -150,13 +148,11 @@ impl ScsiDevice {
         if !queue_size.is_power_of_two() || !(4..=MAX_QUEUE_SIZE).contains(&queue_size) {
             return Err(ScsiDeviceError::QueueSize(queue_size));
         }
-        let target = Target::new(luns.iter().map(|(config, _)| config.clone()).collect())?;
-        let mut entries = HashMap::new();
         let mut max_sectors = DEFAULT_MAX_SECTORS;
         let mut max_lun = 0;
-        for (lun_config, disk) in luns {
+        for (lun_config, disk) in &luns {
             let lun = lun_config.lun;
-            check_disk(&lun_config, &disk)?;
+            check_disk(lun_config, disk)?;
             if lun_config.max_transfer_blocks > 0 {
                 let sectors = u64::from(lun_config.max_transfer_blocks)
                     * u64::from(lun_config.block_size)
@@ -164,14 +160,13 @@ impl ScsiDevice {
                 max_sectors = max_sectors.min(u32::try_from(sectors).unwrap_or(u32::MAX));
             }
             max_lun = max_lun.max(lun);
-            entries.insert(lun, lun_entry(disk, num_queues));
         }
+        let luns = LunTable::new(luns, num_queues)?;
         Ok(ScsiDevice {
             config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
             num_queues,
             queue_size,
-            target: Arc::new(Mutex::new(target)),
-            luns: Arc::new(ArcSwap::from_pointee(entries)),
+            luns: Arc::new(luns),
             needs_reset: Arc::new(AtomicBool::new(false)),
             shrinkable: ShrinkableMemory::default(),
             counters: (0..num_queues + FIRST_REQUEST_QUEUE)
@@ -205,29 +200,19 @@ impl ScsiDevice {
 
     /// The LUNs served now, by LUN number.
     pub fn luns(&self) -> Vec<LunState> {
-        let entries = self.luns.load();
-        let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
-        target
+        self.luns
+            .load()
             .luns()
-            .filter_map(|config| {
-                let entry = entries.get(&config.lun)?;
-                Some(LunState {
-                    config: config.clone(),
-                    disk: Arc::clone(&entry.disk),
-                })
+            .map(|unit| LunState {
+                config: unit.config().clone(),
+                disk: Arc::clone(&unit.data().disk),
             })
             .collect()
     }
 
     /// What each LUN served now has done since it was added, by LUN number.
     pub fn lun_stats(&self) -> Vec<LunStats> {
-        let entries = self.luns.load();
-        let mut stats: Vec<LunStats> = entries
-            .iter()
-            .map(|(lun, entry)| entry.counters.snapshot(*lun))
-            .collect();
-        stats.sort_unstable_by_key(|stats| stats.lun);
-        stats
+        self.luns.stats()
     }
 
     /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
@@ -239,58 +224,29 @@ impl ScsiDevice {
     ) -> Result<EventDelivery, ScsiDeviceError> {
         check_disk(&config, &disk)?;
         let lun = config.lun;
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add_lun(config)?;
-        let entry = lun_entry(disk, self.num_queues);
-        self.luns.rcu(|entries| {
-            let mut entries = HashMap::clone(entries);
-            entries.insert(lun, Arc::clone(&entry));
-            entries
-        });
+        self.luns.add(config, disk)?;
         Ok(self.post_event(ScsiEvent::LunAdded { lun }))
     }
 
     /// Takes a LUN away from the target: new commands for it fail, and its stats are gone. The
-    /// LUN's hold is returned so that the caller can wait for the requests still holding it,
-    /// then call `lun_removed`.
+    /// LUN is returned so that the caller can wait until it is drained, then call
+    /// `lun_removed`.
     pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove_lun(lun)?;
-        let mut removed = None;
-        self.luns.rcu(|entries| {
-            let mut entries = HashMap::clone(entries);
-            removed = entries.remove(&lun);
-            entries
-        });
-        removed
-            .map(|entry| RemovedLun { lun, entry })
-            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))
+        Ok(self.luns.remove(lun)?)
     }
 
-    /// The LUN's requests are drained: tells the driver it is gone (TRANSPORT_RESET, REMOVED).
+    /// The LUN's requests are drained: the device lets go of it and tells the driver it is
+    /// gone (TRANSPORT_RESET, REMOVED).
     pub fn lun_removed(&mut self, lun: u16) -> EventDelivery {
+        self.luns.forget(lun);
         self.post_event(ScsiEvent::LunRemoved { lun })
     }
 
     /// The LUN's disk has a new size: the LUN reports CAPACITY DATA HAS CHANGED and the driver
     /// is told (PARAM_CHANGE 2A/09).
     pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
-        let disk = self
-            .luns
-            .load()
-            .get(&lun)
-            .map(|entry| Arc::clone(&entry.disk))
-            .ok_or(ScsiDeviceError::Target(TargetError::NoSuchLun(lun)))?;
-        let block_count = disk.size() / u64::from(disk.logical_block_size());
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .resize_lun(lun, block_count)?;
-        let sense = Sense::CAPACITY_DATA_HAS_CHANGED;
+        self.luns.resize(lun)?;
+        let sense = scsi_disk::Sense::CAPACITY_DATA_HAS_CHANGED;
         Ok(self.post_event(ScsiEvent::ParamChange {
             lun,
             asc: sense.asc,
@@ -323,29 +279,6 @@ impl ScsiDevice {
     }
 }
 
-/// A LUN taken away from the target, while its requests may still be in flight.
-#[derive(Debug)]
-pub struct RemovedLun {
-    lun: u16,
-    entry: Arc<LunEntry>,
-}
-
-impl RemovedLun {
-    pub fn lun(&self) -> u16 {
-        self.lun
-    }
-
-    /// Whether no request holds the LUN any more.
-    pub fn drained(&self) -> bool {
-        Arc::strong_count(&self.entry) == 1
-    }
-
-    /// Its counters, as they stand: `in_flight` says what has not come back.
-    pub fn stats(&self) -> LunStats {
-        self.entry.counters.snapshot(self.lun)
-    }
-}
-
 fn commands_in_flight(tasks: &Mutex<Option<Arc<TaskSet>>>) -> Vec<(u16, u64)> {
     tasks
         .lock()
@@ -353,13 +286,6 @@ fn commands_in_flight(tasks: &Mutex<Option<Arc<TaskSet>>>) -> Vec<(u16, u64)> {
         .as_ref()
         .map(|tasks| tasks.snapshot())
         .unwrap_or_default()
-}
-
-fn lun_entry(disk: Arc<Disk>, request_queues: u16) -> Arc<LunEntry> {
-    Arc::new(LunEntry {
-        disk,
-        counters: LunCounters::new(request_queues),
-    })
 }
 
 /// A LUN's configuration must describe its disk.
@@ -482,7 +408,7 @@ impl VirtioDevice for ScsiDevice {
             let worker: Box<dyn QueueWorker> = match index {
                 CONTROL_QUEUE => Box::new(ControlQueue::new(
                     queue,
-                    Arc::clone(&self.target),
+                    Arc::clone(&self.luns),
                     Arc::clone(&tasks),
                 )),
                 EVENT_QUEUE => {
@@ -495,7 +421,6 @@ impl VirtioDevice for ScsiDevice {
                         .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
                     Box::new(RequestQueueWorker::new(
                         queue,
-                        Arc::clone(&self.target),
                         Arc::clone(&self.luns),
                         Arc::clone(self.config.header_sizes()),
                         engine,
@@ -551,10 +476,7 @@ impl VirtioDevice for ScsiDevice {
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset_all();
+        self.luns.load().reset_all();
     }
 }
 

@@ -1,0 +1,522 @@
+//! The one table of commands we implement, one row per command and one column per fact about
+//! it. Every consumer reads the table instead of matching on opcodes: the dispatcher finds and
+//! checks commands here, the device asks how to treat the data-out buffer, unit attention and
+//! missing LUNs follow their columns, and REPORT SUPPORTED OPERATION CODES lists the rows, so
+//! none of them can disagree. Each row's CDB usage data (SPC-5 6.35.3) also drives the
+//! reserved-bit check: a CDB bit set where the usage data has a zero is refused with INVALID
+//! FIELD IN CDB pointing at it.
+
+use super::cdb::Cdb;
+use super::lun_config::LunConfig;
+use super::sense::Sense;
+
+/// The largest logical block size a LUN may have: WRITE SAME's data-out is one block.
+pub const MAX_BLOCK_SIZE: usize = 4096;
+
+pub(crate) mod op {
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0a;
+    pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SELECT_6: u8 = 0x15;
+    pub const MODE_SENSE_6: u8 = 0x1a;
+    pub const START_STOP_UNIT: u8 = 0x1b;
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_10: u8 = 0x28;
+    pub const WRITE_10: u8 = 0x2a;
+    pub const VERIFY_10: u8 = 0x2f;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const MODE_SELECT_10: u8 = 0x55;
+    pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const READ_16: u8 = 0x88;
+    pub const WRITE_16: u8 = 0x8a;
+    pub const VERIFY_16: u8 = 0x8f;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
+    pub const REPORT_LUNS: u8 = 0xa0;
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const READ_12: u8 = 0xa8;
+    pub const WRITE_12: u8 = 0xaa;
+}
+
+pub(crate) mod service_action {
+    pub const READ_CAPACITY_16: u8 = 0x10;
+    pub const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+    pub const REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS: u8 = 0x0d;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    TestUnitReady,
+    RequestSense,
+    Read6,
+    Write6,
+    Inquiry,
+    ModeSelect6,
+    ModeSense6,
+    StartStopUnit,
+    PreventAllowMediumRemoval,
+    ReadCapacity10,
+    Read10,
+    Write10,
+    Verify10,
+    SynchronizeCache10,
+    WriteSame10,
+    Unmap,
+    ModeSelect10,
+    ModeSense10,
+    Read16,
+    Write16,
+    Verify16,
+    SynchronizeCache16,
+    WriteSame16,
+    ReadCapacity16,
+    ReportLuns,
+    ReportSupportedOperationCodes,
+    ReportSupportedTaskManagementFunctions,
+    Read12,
+    Write12,
+}
+
+/// What a command's data-out buffer carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataOut {
+    None,
+    /// The data written to the medium (WRITE 6/10/12/16).
+    Payload,
+    /// A parameter list whose length is the big-endian field of `width` bytes at `at`.
+    ParameterList {
+        at: usize,
+        width: usize,
+    },
+    /// One logical block (WRITE SAME), absent when the NDOB bit (byte 1 bit 0) exists and is
+    /// set.
+    OneBlock {
+        ndob: bool,
+    },
+}
+
+/// How a command is answered when its LUN does not exist (as QEMU's SCSI bus answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MissingLun {
+    /// CHECK CONDITION, LOGICAL UNIT NOT SUPPORTED.
+    Unsupported,
+    /// Answered for LUN 0, which SPC requires to be addressable; unsupported elsewhere.
+    OnLunZero,
+    /// Answered for every LUN (INQUIRY says nothing is there, REQUEST SENSE says why).
+    OnAnyLun,
+}
+
+/// What a LUN must have for the command to exist there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Requires {
+    Nothing,
+    /// The backend can deallocate blocks.
+    Discard,
+}
+
+pub(crate) struct CommandSpec {
+    pub command: Command,
+    /// For logs.
+    pub name: &'static str,
+    pub opcode: u8,
+    /// Service action in byte 1 bits 4..0, for opcodes that have them.
+    pub service_action: Option<u8>,
+    /// CDB usage data as REPORT SUPPORTED OPERATION CODES returns it; its length is the CDB's.
+    pub usage: &'static [u8],
+    pub data_out: DataOut,
+    /// Runs with a unit attention pending instead of reporting it (INQUIRY, REPORT LUNS,
+    /// REQUEST SENSE: SAM-5 5.14, SPC-5 5.14).
+    pub ignores_unit_attention: bool,
+    pub missing_lun: MissingLun,
+    pub requires: Requires,
+}
+
+impl CommandSpec {
+    /// Whether `lun` implements this command.
+    pub(crate) fn available_on(&self, lun: &LunConfig) -> bool {
+        match self.requires {
+            Requires::Nothing => true,
+            Requires::Discard => lun.discard,
+        }
+    }
+
+    /// Checks the CDB's length and that no bit is set outside the usage data.
+    pub(crate) fn check(&self, cdb: Cdb<'_>) -> Result<(), Sense> {
+        if cdb.0.len() < self.usage.len() {
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
+        for (index, &usage) in self.usage.iter().enumerate().skip(1) {
+            let allowed = if index == 1 && self.service_action.is_some() {
+                usage | 0x1f
+            } else {
+                usage
+            };
+            let stray = cdb.byte(index) & !allowed;
+            if stray != 0 {
+                let bit = 7 - stray.leading_zeros() as u8;
+                return Err(Sense::invalid_field_in_cdb(index as u16, Some(bit)));
+            }
+        }
+        Ok(())
+    }
+
+    fn data_out_use(&self, cdb: Cdb<'_>) -> DataOutUse {
+        match self.data_out {
+            DataOut::None => DataOutUse::None,
+            DataOut::Payload => DataOutUse::Payload,
+            DataOut::ParameterList { at, width } => {
+                let max =
+                    (at..at + width).fold(0, |len, index| len << 8 | usize::from(cdb.byte(index)));
+                DataOutUse::Parameters { max }
+            }
+            DataOut::OneBlock { ndob } if ndob && cdb.bit(1, 0) => DataOutUse::None,
+            DataOut::OneBlock { .. } => DataOutUse::Parameters {
+                max: MAX_BLOCK_SIZE,
+            },
+        }
+    }
+}
+
+/// A row with the facts most commands share: no data-out, reports a pending unit attention,
+/// unsupported on a missing LUN, available on every LUN.
+const fn spec(command: Command, name: &'static str, usage: &'static [u8]) -> CommandSpec {
+    CommandSpec {
+        command,
+        name,
+        opcode: usage[0],
+        service_action: None,
+        usage,
+        data_out: DataOut::None,
+        ignores_unit_attention: false,
+        missing_lun: MissingLun::Unsupported,
+        requires: Requires::Nothing,
+    }
+}
+
+/// A row for a command selected by opcode and service action.
+const fn spec_sa(command: Command, name: &'static str, usage: &'static [u8]) -> CommandSpec {
+    CommandSpec {
+        service_action: Some(usage[1] & 0x1f),
+        ..spec(command, name, usage)
+    }
+}
+
+const fn data_out(spec: CommandSpec, data_out: DataOut) -> CommandSpec {
+    CommandSpec { data_out, ..spec }
+}
+
+const fn parameter_list(spec: CommandSpec, at: usize, width: usize) -> CommandSpec {
+    data_out(spec, DataOut::ParameterList { at, width })
+}
+
+const fn on_missing_lun(spec: CommandSpec, missing_lun: MissingLun) -> CommandSpec {
+    CommandSpec {
+        missing_lun,
+        ..spec
+    }
+}
+
+const fn despite_unit_attention(spec: CommandSpec) -> CommandSpec {
+    CommandSpec {
+        ignores_unit_attention: true,
+        ..spec
+    }
+}
+
+const PAYLOAD: DataOut = DataOut::Payload;
+
+// Usage data notes: control bytes are 0 (no NACA, no linking); READ/WRITE allow DPO and FUA but
+// no protection fields; VERIFY has no BYTCHK (only medium verification); WRITE SAME has no
+// ANCHOR; REPORT SUPPORTED OPERATION CODES has no RCTD.
+#[rustfmt::skip]
+pub(crate) const COMMANDS: &[CommandSpec] = &[
+    on_missing_lun(spec(Command::TestUnitReady, "TEST UNIT READY", &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0]),
+                   MissingLun::OnLunZero),
+    despite_unit_attention(on_missing_lun(
+        spec(Command::RequestSense, "REQUEST SENSE", &[op::REQUEST_SENSE, 0x01, 0, 0, 0xff, 0]),
+        MissingLun::OnAnyLun)),
+    spec(Command::Read6, "READ(6)", &[op::READ_6, 0x1f, 0xff, 0xff, 0xff, 0]),
+    data_out(spec(Command::Write6, "WRITE(6)", &[op::WRITE_6, 0x1f, 0xff, 0xff, 0xff, 0]), PAYLOAD),
+    despite_unit_attention(on_missing_lun(
+        spec(Command::Inquiry, "INQUIRY", &[op::INQUIRY, 0x01, 0xff, 0xff, 0xff, 0]),
+        MissingLun::OnAnyLun)),
+    parameter_list(spec(Command::ModeSelect6, "MODE SELECT(6)", &[op::MODE_SELECT_6, 0x11, 0, 0, 0xff, 0]),
+                   4, 1),
+    spec(Command::ModeSense6, "MODE SENSE(6)", &[op::MODE_SENSE_6, 0x08, 0xff, 0xff, 0xff, 0]),
+    spec(Command::StartStopUnit, "START STOP UNIT", &[op::START_STOP_UNIT, 0x01, 0, 0x0f, 0xf7, 0]),
+    spec(Command::PreventAllowMediumRemoval, "PREVENT ALLOW MEDIUM REMOVAL",
+         &[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, 0]),
+    spec(Command::ReadCapacity10, "READ CAPACITY(10)", &[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    spec(Command::Read10, "READ(10)", &[op::READ_10, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    data_out(spec(Command::Write10, "WRITE(10)",
+                  &[op::WRITE_10, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]), PAYLOAD),
+    spec(Command::Verify10, "VERIFY(10)", &[op::VERIFY_10, 0x10, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    spec(Command::SynchronizeCache10, "SYNCHRONIZE CACHE(10)",
+         &[op::SYNCHRONIZE_CACHE_10, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+    data_out(spec(Command::WriteSame10, "WRITE SAME(10)",
+                  &[op::WRITE_SAME_10, 0x08, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
+             DataOut::OneBlock { ndob: false }),
+    CommandSpec {
+        requires: Requires::Discard,
+        ..parameter_list(spec(Command::Unmap, "UNMAP", &[op::UNMAP, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0]),
+                         7, 2)
+    },
+    parameter_list(spec(Command::ModeSelect10, "MODE SELECT(10)",
+                        &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0]), 7, 2),
+    spec(Command::ModeSense10, "MODE SENSE(10)", &[op::MODE_SENSE_10, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0]),
+    spec(Command::Read16, "READ(16)", &[op::READ_16, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                        0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    data_out(spec(Command::Write16, "WRITE(16)", &[op::WRITE_16, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                                   0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]), PAYLOAD),
+    spec(Command::Verify16, "VERIFY(16)", &[op::VERIFY_16, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                            0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    spec(Command::SynchronizeCache16, "SYNCHRONIZE CACHE(16)",
+         &[op::SYNCHRONIZE_CACHE_16, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+           0xff, 0x1f, 0]),
+    data_out(spec(Command::WriteSame16, "WRITE SAME(16)",
+                  &[op::WRITE_SAME_16, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                    0xff, 0xff, 0x1f, 0]),
+             DataOut::OneBlock { ndob: true }),
+    spec_sa(Command::ReadCapacity16, "READ CAPACITY(16)",
+            &[op::SERVICE_ACTION_IN_16, service_action::READ_CAPACITY_16, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
+              0xff, 0xff, 0xff, 0, 0]),
+    despite_unit_attention(on_missing_lun(
+        spec(Command::ReportLuns, "REPORT LUNS", &[op::REPORT_LUNS, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+                                                   0, 0]),
+        MissingLun::OnLunZero)),
+    spec_sa(Command::ReportSupportedOperationCodes, "REPORT SUPPORTED OPERATION CODES",
+            &[op::MAINTENANCE_IN, service_action::REPORT_SUPPORTED_OPERATION_CODES, 0x07, 0xff,
+              0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    spec_sa(Command::ReportSupportedTaskManagementFunctions,
+            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+            &[op::MAINTENANCE_IN, service_action::REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS, 0x80,
+              0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    spec(Command::Read12, "READ(12)", &[op::READ_12, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
+    data_out(spec(Command::Write12, "WRITE(12)",
+                  &[op::WRITE_12, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]), PAYLOAD),
+];
+
+/// Where each opcode's first row is in [`COMMANDS`] (rows of one opcode are adjacent), so that
+/// finding a command costs one index, not a scan of the table.
+const FIRST_ROW: [u8; 256] = {
+    let mut first = [NO_ROW; 256];
+    let mut row = COMMANDS.len();
+    while row > 0 {
+        row -= 1;
+        first[COMMANDS[row].opcode as usize] = row as u8;
+    }
+    first
+};
+const NO_ROW: u8 = u8::MAX;
+
+/// The rows of `opcode`: one, or one per service action.
+fn rows(opcode: u8) -> &'static [CommandSpec] {
+    let first = FIRST_ROW[usize::from(opcode)];
+    if first == NO_ROW {
+        return &[];
+    }
+    let rows = &COMMANDS[usize::from(first)..];
+    let count = rows.iter().take_while(|spec| spec.opcode == opcode).count();
+    &rows[..count]
+}
+
+/// Whether `opcode` selects its command with a service action.
+pub(crate) fn has_service_actions(opcode: u8) -> bool {
+    rows(opcode)
+        .iter()
+        .any(|spec| spec.service_action.is_some())
+}
+
+/// The row of the command in `cdb`: unknown opcodes are INVALID COMMAND OPERATION CODE,
+/// unknown service actions INVALID FIELD IN CDB.
+pub(crate) fn lookup(cdb: Cdb<'_>) -> Result<&'static CommandSpec, Sense> {
+    let Some(&opcode) = cdb.0.first() else {
+        return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
+    };
+    let rows = rows(opcode);
+    let service_action = cdb.byte(1) & 0x1f;
+    let found = rows
+        .iter()
+        .find(|spec| spec.service_action.is_none_or(|sa| sa == service_action));
+    found.ok_or(if rows.is_empty() {
+        Sense::INVALID_COMMAND_OPERATION_CODE
+    } else {
+        Sense::invalid_field_in_cdb(1, Some(4))
+    })
+}
+
+/// The row of the command in `cdb`, whose fields are checked against its usage data.
+pub(crate) fn decode(cdb: Cdb<'_>) -> Result<&'static CommandSpec, Sense> {
+    let spec = lookup(cdb)?;
+    spec.check(cdb)?;
+    Ok(spec)
+}
+
+/// The first row of `opcode`, for the facts every service action of it shares.
+pub(crate) fn by_opcode(opcode: u8) -> Option<&'static CommandSpec> {
+    rows(opcode).first()
+}
+
+/// What the data-out buffer of a command carries, so the device knows whether to copy it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataOutUse {
+    /// The command has no data-out.
+    None,
+    /// A parameter list (MODE SELECT, UNMAP) or WRITE SAME's single block: the device copies up
+    /// to `max` bytes of data-out and passes them to `Target::execute` as `data_out`.
+    Parameters { max: usize },
+    /// WRITE 6/10/12/16: the data goes from the guest's buffers to the backend without copying.
+    Payload,
+}
+
+/// Tells the device how to treat the data-out buffer of `cdb`.
+pub fn data_out_use(cdb: &[u8]) -> DataOutUse {
+    let cdb = Cdb(cdb);
+    lookup(cdb).map_or(DataOutUse::None, |spec| spec.data_out_use(cdb))
+}
+
+/// The name of the command in `cdb`, for logs.
+pub fn command_name(cdb: &[u8]) -> &'static str {
+    lookup(Cdb(cdb)).map_or("unknown", |spec| spec.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_unique_and_sized_by_its_opcode_group() {
+        for (i, spec) in COMMANDS.iter().enumerate() {
+            let expected = match spec.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                group => panic!("opcode {:#x} in group {group}", spec.opcode),
+            };
+            assert_eq!(spec.usage.len(), expected, "opcode {:#x}", spec.opcode);
+            let first = usize::from(FIRST_ROW[usize::from(spec.opcode)]);
+            assert!(
+                COMMANDS[first..=i]
+                    .iter()
+                    .all(|row| row.opcode == spec.opcode),
+                "rows of {:#x} are not adjacent",
+                spec.opcode
+            );
+            for other in &COMMANDS[i + 1..] {
+                assert!(
+                    (spec.opcode, spec.service_action) != (other.opcode, other.service_action),
+                    "duplicate {:#x}",
+                    spec.opcode
+                );
+                assert_ne!(spec.command, other.command);
+            }
+        }
+    }
+
+    #[test]
+    fn stray_bits_point_at_the_highest_offending_bit() {
+        let cdb = [op::READ_10, 0x38, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(
+            decode(Cdb(&cdb)).err(),
+            Some(Sense::invalid_field_in_cdb(1, Some(5)))
+        );
+        let naca = [op::TEST_UNIT_READY, 0, 0, 0, 0, 0x04];
+        assert_eq!(
+            decode(Cdb(&naca)).err(),
+            Some(Sense::invalid_field_in_cdb(5, Some(2)))
+        );
+    }
+
+    #[test]
+    fn unknown_opcode_service_action_and_short_cdb() {
+        assert_eq!(
+            decode(Cdb(&[0x04, 0, 0, 0, 0, 0])).err(),
+            Some(Sense::INVALID_COMMAND_OPERATION_CODE)
+        );
+        assert_eq!(
+            decode(Cdb(&[])).err(),
+            Some(Sense::INVALID_COMMAND_OPERATION_CODE)
+        );
+        let mut sai = [0u8; 16];
+        sai[0] = op::SERVICE_ACTION_IN_16;
+        sai[1] = 0x11;
+        assert_eq!(
+            decode(Cdb(&sai)).err(),
+            Some(Sense::invalid_field_in_cdb(1, Some(4)))
+        );
+        assert_eq!(
+            decode(Cdb(&[op::READ_10, 0, 0])).err(),
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
+        sai[1] = 0x10;
+        assert_eq!(
+            decode(Cdb(&sai)).map(|s| s.command),
+            Ok(Command::ReadCapacity16)
+        );
+    }
+
+    #[test]
+    fn data_out_use_per_command() {
+        assert_eq!(
+            data_out_use(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0]),
+            DataOutUse::Payload
+        );
+        assert_eq!(data_out_use(&[0x0a, 0, 0, 0, 1, 0]), DataOutUse::Payload);
+        assert_eq!(data_out_use(&[0xaa; 12]), DataOutUse::Payload);
+        assert_eq!(data_out_use(&[0x8a; 16]), DataOutUse::Payload);
+        assert_eq!(
+            data_out_use(&[0x15, 0x10, 0, 0, 24, 0]),
+            DataOutUse::Parameters { max: 24 }
+        );
+        assert_eq!(
+            data_out_use(&[0x55, 0x10, 0, 0, 0, 0, 0, 0x01, 0x02, 0]),
+            DataOutUse::Parameters { max: 0x102 }
+        );
+        assert_eq!(
+            data_out_use(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]),
+            DataOutUse::Parameters { max: 24 }
+        );
+        assert_eq!(
+            data_out_use(&[0x41; 10]),
+            DataOutUse::Parameters {
+                max: MAX_BLOCK_SIZE
+            }
+        );
+        let mut ws16 = [0u8; 16];
+        ws16[0] = 0x93;
+        assert_eq!(
+            data_out_use(&ws16),
+            DataOutUse::Parameters {
+                max: MAX_BLOCK_SIZE
+            }
+        );
+        ws16[1] = 0x01;
+        assert_eq!(data_out_use(&ws16), DataOutUse::None, "NDOB: no data-out");
+        assert_eq!(data_out_use(&[0x28; 10]), DataOutUse::None);
+        assert_eq!(data_out_use(&[]), DataOutUse::None);
+        assert_eq!(data_out_use(&[0x04; 6]), DataOutUse::None, "unknown opcode");
+    }
+
+    #[test]
+    fn only_inquiry_report_luns_and_request_sense_run_despite_a_unit_attention() {
+        let exempt: Vec<u8> = COMMANDS
+            .iter()
+            .filter(|spec| spec.ignores_unit_attention)
+            .map(|spec| spec.opcode)
+            .collect();
+        assert_eq!(
+            exempt,
+            vec![op::REQUEST_SENSE, op::INQUIRY, op::REPORT_LUNS]
+        );
+        assert_eq!(command_name(&[0x28; 10]), "READ(10)");
+        assert_eq!(command_name(&[0x9e, 0x10]), "READ CAPACITY(16)");
+        assert_eq!(command_name(&[0x04]), "unknown");
+    }
+}
