@@ -31,6 +31,9 @@
 #                      file; with --server: the server's own default disk.
 #   --accel tcg|kvm    default tcg (nested KVM is too slow on the project's machines)
 #   --timeout S        whole run, boot included (default 300)
+#   --reboot           a guest reboot restarts the guest (which runs the script again) instead
+#                      of ending QEMU; the script tells the boots apart itself, e.g. by a marker
+#                      it writes on the disk
 #   --firmware seabios|ovmf
 #                      boot from the disk through the firmware, with no -kernel. seabios: --disk FILE
 #                      holds a boot program that prints VUS-GUEST-EXIT=N on COM1 itself (the guest
@@ -69,6 +72,7 @@ poll=on
 null_latency_us=0
 accel=tcg
 timeout_s=300
+reboot=off
 firmware=
 guest_script=
 
@@ -93,6 +97,7 @@ while [ "$#" -gt 0 ]; do
         --accel) need_value "$@"; accel=$2; shift ;;
         --timeout) need_value "$@"; is_count "$1" "$2"; timeout_s=$2; shift ;;
         --firmware) need_value "$@"; firmware=$2; shift ;;
+        --reboot) reboot=on ;;
         -h | --help) usage; exit 0 ;;
         --)
             shift
@@ -188,11 +193,12 @@ json_string() {
 }
 
 qemu_args=(
-    -nodefaults -no-user-config -no-reboot -display none -monitor none -serial stdio
+    -nodefaults -no-user-config -display none -monitor none -serial stdio
     -accel "$accel" -cpu "$cpu" -smp "$smp" -m "$mem"
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on"
     -machine "q35,memory-backend=mem"
 )
+[ "$reboot" = on ] || qemu_args+=(-no-reboot)
 kernel_args="console=ttyS0 panic=-1 oops=panic loglevel=4"
 firmware_log=$work/firmware.log
 case $firmware in

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use vmm_sys_util::ioctl_ior_nr;
 
+use crate::error_policy::{ErrorPolicy, IoStatus};
 use crate::error_stats::{ErrorReport, ErrorStats};
 use crate::flush_state::FlushState;
 use crate::{BlockError, CacheMode, DiscardMode, DiskOptions};
@@ -52,6 +53,8 @@ pub struct Disk {
     direct_io: Option<DirectIoAlignment>,
     flush_state: FlushState,
     error_stats: ErrorStats,
+    error_policy: ErrorPolicy,
+    io_status: IoStatus,
 }
 
 impl Disk {
@@ -127,6 +130,8 @@ impl Disk {
             direct_io,
             flush_state: FlushState::default(),
             error_stats: ErrorStats::default(),
+            error_policy: ErrorPolicy::default(),
+            io_status: IoStatus::default(),
         })
     }
 
@@ -162,6 +167,8 @@ impl Disk {
             direct_io: None,
             flush_state: FlushState::default(),
             error_stats: ErrorStats::default(),
+            error_policy: ErrorPolicy::default(),
+            io_status: IoStatus::default(),
         })
     }
 
@@ -279,6 +286,23 @@ impl Disk {
     /// Failed requests since the disk was opened.
     pub fn error_count(&self) -> u64 {
         self.error_stats.total()
+    }
+
+    /// The disk with `werror=`/`rerror=` set as `policy` says (QEMU's defaults otherwise).
+    pub fn with_error_policy(self, policy: ErrorPolicy) -> Disk {
+        Disk {
+            error_policy: policy,
+            ..self
+        }
+    }
+
+    pub fn error_policy(&self) -> ErrorPolicy {
+        self.error_policy
+    }
+
+    /// Whether the error policy stopped the disk, and its held requests.
+    pub fn io_status(&self) -> &IoStatus {
+        &self.io_status
     }
 
     pub(crate) fn flush_state(&self) -> &FlushState {

@@ -57,7 +57,7 @@ Example:
   vfio-user-scsi ctl /run/vus.ctl query
 
 Control client: vfio-user-scsi ctl PATH query|stats|add-disk SPEC|remove-disk LUN|resize LUN [SIZE]|
-  set-log-level LEVEL (prints the JSON reply; exit status 0 on success, 1 on an error reply,
+  cont [LUN]|set-log-level LEVEL (prints the JSON reply; exit status 0 on success, 1 on an error reply,
   2 on a usage mistake). `vfio-user-scsi ctl --help` says more.
 
 Signals: SIGINT and SIGTERM stop the server (the client is released, the socket removed);
@@ -87,9 +87,12 @@ pub struct Cli {
     /// A disk (repeatable): `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
     /// [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or
     /// `null,size=BYTES[,lun=N][,logical-block-size=512|4096][,latency-us=U]` (latency-us: every
-    /// request completes U microseconds late, as slow storage would). Defaults are QEMU's:
+    /// request completes U microseconds late, as slow storage would). Either takes QEMU's error
+    /// policy `[,werror=report|enospc|stop][,rerror=report|stop]`: report gives the guest the
+    /// error's sense; stop (and enospc on ENOSPC) holds the failing request and pauses the LUN,
+    /// whose later requests wait too, until `ctl cont` resubmits them. Defaults are QEMU's:
     /// cache=writeback, discard=ignore, 512-byte blocks, locking=on (an OFD lock on the image,
-    /// shared for readonly=on, exclusive otherwise). Sizes take K, M, G, T suffixes; `,,` is a
+    /// shared for readonly=on, exclusive otherwise), werror=enospc, rerror=report. Sizes take K, M, G, T suffixes; `,,` is a
     /// comma inside a value. LUNs are 0..=16383, by default the next free one; Linux names
     /// LUNs from 256 up with flat addressing, so lun=300 shows as 0:0:0:16684 (16384 + 300).
     /// Example: --disk path=/var/lib/a.img,cache=none,serial=DISK-A. Without any --disk, a

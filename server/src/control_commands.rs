@@ -2,6 +2,7 @@
 //!
 //! Requests: `{"command":"query"}`, `{"command":"stats"}`, `{"command":"add-disk","spec":SPEC}`,
 //! `{"command":"remove-disk","lun":N}`, `{"command":"resize","lun":N[,"size":SIZE]}`,
+//! `{"command":"cont"[,"lun":N]}`,
 //! `{"command":"set-log-level","level":LEVEL}`, `{"command":"set-mapping","mapping":JSON}`,
 //! `{"command":"add-iothread","name":NAME}`, `{"command":"remove-iothread","name":NAME}`. Replies: `{"ok":true,"result":...}` or
 //! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way. `remove-disk` replies
@@ -49,6 +50,11 @@ enum Request {
         lun: u16,
         #[serde(default)]
         size: Option<String>,
+    },
+    /// Resumes LUNs paused by their error policy (QMP's `cont`): all, or `lun`.
+    Cont {
+        #[serde(default)]
+        lun: Option<u16>,
     },
     SetLogLevel {
         level: String,
@@ -230,6 +236,7 @@ impl ControlCommands {
             Request::Stats {} => self.stats(device),
             Request::AddDisk { spec } => self.add_disk(device, &spec)?,
             Request::Resize { lun, size } => self.resize(device, lun, size.as_deref())?,
+            Request::Cont { lun } => self.cont(device, lun)?,
             Request::SetMapping { mapping } => {
                 let json = match mapping {
                     Value::String(text) => text,
@@ -328,7 +335,21 @@ impl ControlCommands {
     fn stats(&self, device: &Function) -> Value {
         let scsi = device.function().device();
         let queues = scsi.queue_stats();
-        let luns: Vec<Value> = scsi.lun_stats().iter().map(lun_stats_json).collect();
+        let states = scsi.luns();
+        let luns: Vec<Value> = scsi
+            .lun_stats()
+            .iter()
+            .map(|stats| {
+                let mut lun = lun_stats_json(stats);
+                // What the error policy holds: requests waiting for `cont`, and pauses so far.
+                if let Some(state) = states.iter().find(|state| state.config.lun == stats.lun) {
+                    let status = state.disk.io_status();
+                    lun["held"] = json!(status.held());
+                    lun["pauses"] = json!(status.stops());
+                }
+                lun
+            })
+            .collect();
         let mut total = QueueStats {
             vq: 0,
             ..QueueStats::default()
@@ -505,11 +526,68 @@ impl ControlCommands {
               "event" => delivery_name(delivery));
         Ok(json!({"lun": lun, "old_size": old, "size": new, "event": delivery_name(delivery)}))
     }
+
+    /// Resumes the paused LUNs (or `lun`); replies with those that were paused.
+    fn cont(&mut self, device: &mut Function, lun: Option<u16>) -> Result<Value, ControlError> {
+        let scsi = device.function().device();
+        let luns: Vec<LunState> = scsi
+            .luns()
+            .into_iter()
+            .filter(|state| lun.is_none_or(|lun| lun == state.config.lun))
+            .collect();
+        if let (Some(lun), true) = (lun, luns.is_empty()) {
+            return Err(ControlError::NoSuchLun(lun));
+        }
+        let mut resumed = Vec::new();
+        for state in luns {
+            let lun = state.config.lun;
+            let held = state.disk.io_status().held();
+            if state.disk.io_status().resume() {
+                info!(self.log, "lun resumed"; "lun" => lun, "held" => held);
+                resumed.push(json!({"lun": lun, "held": held}));
+            }
+        }
+        scsi.wake_held_requests();
+        Ok(json!({"resumed": resumed}))
+    }
+}
+
+/// QEMU's io-status names: why a LUN is paused, or "ok".
+fn io_status_json(disk: &block::Disk) -> Value {
+    let status = disk.io_status();
+    let policy = disk.error_policy();
+    let state = match (status.is_stopped(), status.reason()) {
+        (false, _) => "ok",
+        (true, Some(libc::ENOSPC)) => "nospace",
+        (true, _) => "failed",
+    };
+    json!({
+        "werror": match policy.write {
+            block::OnWriteError::Report => "report",
+            block::OnWriteError::Enospc => "enospc",
+            block::OnWriteError::Stop => "stop",
+        },
+        "rerror": match policy.read {
+            block::OnReadError::Report => "report",
+            block::OnReadError::Stop => "stop",
+        },
+        "paused": status.is_stopped(),
+        "io_status": state,
+        "reason": status.reason().map(|errno| std::io::Error::from_raw_os_error(errno).to_string()),
+        "held": status.held(),
+        "pauses": status.stops(),
+    })
 }
 
 fn lun_json(state: &LunState) -> Value {
     let config = &state.config;
     let disk = &state.disk;
+    let mut lun = lun_json_fields(config, disk);
+    lun["error_policy"] = io_status_json(disk);
+    lun
+}
+
+fn lun_json_fields(config: &scsi_disk::LunConfig, disk: &block::Disk) -> Value {
     json!({
         "lun": config.lun,
         "path": disk.path().map(|p| p.display().to_string()),

@@ -104,7 +104,7 @@ pub fn open_lun(
     lun: u16,
     log: &Logger,
 ) -> Result<(LunConfig, Arc<Disk>), ControllerError> {
-    let disk = Arc::new(open_disk(spec)?);
+    let disk = Arc::new(open_disk(spec)?.with_error_policy(spec.error_policy));
     let serial = match (&spec.serial, &spec.backing) {
         (Some(serial), _) => serial.clone(),
         (None, Backing::File { path, .. }) => serial_for(&canonical(path), lun),

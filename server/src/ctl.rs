@@ -39,6 +39,9 @@ pub enum CtlCommand {
     RemoveDisk { lun: u16 },
     /// Takes the backing file's new size (grow the file first), or gives a null disk SIZE.
     Resize { lun: u16, size: Option<String> },
+    /// Resumes LUNs that werror=/rerror= paused (all of them, or LUN): their held requests
+    /// are resubmitted in order. Make room or repair the storage first.
+    Cont { lun: Option<u16> },
     /// error, warn, info, debug or trace.
     SetLogLevel { level: String },
     /// Moves queues between iothreads while the guest runs; JSON as for --iothread-vq-mapping.
@@ -59,6 +62,10 @@ impl CtlCommand {
             CtlCommand::Resize { lun, size } => match size {
                 Some(size) => json!({"command": "resize", "lun": lun, "size": size}),
                 None => json!({"command": "resize", "lun": lun}),
+            },
+            CtlCommand::Cont { lun } => match lun {
+                Some(lun) => json!({"command": "cont", "lun": lun}),
+                None => json!({"command": "cont"}),
             },
             CtlCommand::SetLogLevel { level } => {
                 json!({"command": "set-log-level", "level": level})

@@ -1,13 +1,14 @@
 //! The `--disk` option: `path=FILE[,lun=N][,readonly=on][,serial=S][,cache=none|writeback]
 //! [,discard=unmap|ignore][,logical-block-size=512|4096][,locking=on|off]` or
-//! `null,size=BYTES[,latency-us=U][,lun=N]...`.
+//! `null,size=BYTES[,latency-us=U][,lun=N]...`; either takes QEMU's error policy
+//! `[,werror=report|enospc|stop][,rerror=report|stop]`.
 //!
 //! As in QEMU's option syntax, `,,` stands for a literal comma inside a value.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use block::{CacheMode, DiscardMode};
+use block::{CacheMode, DiscardMode, ErrorPolicy, OnReadError, OnWriteError};
 
 /// Highest LUN that flat-space addressing in the virtio-scsi LUN field can carry.
 pub const MAX_LUN: u16 = 16383;
@@ -37,6 +38,8 @@ pub struct DiskSpec {
     pub read_only: bool,
     pub serial: Option<String>,
     pub logical_block_size: u32,
+    /// `werror=` and `rerror=`.
+    pub error_policy: ErrorPolicy,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +95,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
     let mut discard = DiscardMode::Ignore;
     let mut logical_block_size = 512;
     let mut locking = true;
+    let mut error_policy = ErrorPolicy::default();
     let mut seen: Vec<&str> = Vec::new();
 
     for option in options {
@@ -142,6 +146,21 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
                 }
             }
             "locking" if !is_null => locking = parse_switch(key, value)?,
+            "werror" => {
+                error_policy.write = match value {
+                    "report" => OnWriteError::Report,
+                    "enospc" => OnWriteError::Enospc,
+                    "stop" => OnWriteError::Stop,
+                    _ => return Err(format!("werror '{value}' is not report, enospc or stop")),
+                }
+            }
+            "rerror" => {
+                error_policy.read = match value {
+                    "report" => OnReadError::Report,
+                    "stop" => OnReadError::Stop,
+                    _ => return Err(format!("rerror '{value}' is not report or stop")),
+                }
+            }
             "logical-block-size" => {
                 logical_block_size = match value {
                     "512" => 512,
@@ -180,6 +199,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
         read_only,
         serial,
         logical_block_size,
+        error_policy,
     })
 }
 
@@ -260,7 +280,7 @@ mod tests {
 
     #[test]
     fn file_disk_with_every_option() {
-        let spec: DiskSpec = "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096,locking=off"
+        let spec: DiskSpec = "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096,locking=off,werror=stop,rerror=stop"
             .parse()
             .unwrap();
         assert_eq!(
@@ -276,6 +296,10 @@ mod tests {
                 read_only: true,
                 serial: Some("ABC-1".into()),
                 logical_block_size: 4096,
+                error_policy: ErrorPolicy {
+                    write: OnWriteError::Stop,
+                    read: OnReadError::Stop,
+                },
             }
         );
     }
@@ -296,6 +320,16 @@ mod tests {
             (spec.lun, spec.read_only, spec.logical_block_size),
             (None, false, 512)
         );
+        assert_eq!(
+            spec.error_policy,
+            ErrorPolicy {
+                write: OnWriteError::Enospc,
+                read: OnReadError::Report,
+            },
+            "QEMU's scsi-hd defaults"
+        );
+        let report: DiskSpec = "null,size=1M,werror=report".parse().unwrap();
+        assert_eq!(report.error_policy.write, OnWriteError::Report);
     }
 
     #[test]
@@ -348,6 +382,14 @@ mod tests {
         assert_eq!(
             problem("path=a,discard=on"),
             "--disk 'path=a,discard=on': discard 'on' is not unmap or ignore"
+        );
+        assert_eq!(
+            problem("path=a,werror=ignore"),
+            "--disk 'path=a,werror=ignore': werror 'ignore' is not report, enospc or stop"
+        );
+        assert_eq!(
+            problem("path=a,rerror=enospc"),
+            "--disk 'path=a,rerror=enospc': rerror 'enospc' is not report or stop"
         );
         assert_eq!(
             problem("path=a,readonly=maybe"),

@@ -6,7 +6,7 @@
 //! `scsi` the virtio-scsi wire formats and CDBs, `request` a command in flight, `driver_queue` one
 //! virtqueue with its kick and interrupt, `driver` the device as a whole, and `server_process`
 //! starts the `vfio-user-scsi` binary for a test, and `fault_fs` is a FUSE file system whose disk
-//! image fails reads, writes and fsyncs on demand. `guest` runs tests inside a QEMU guest.
+//! image fails reads, writes and fsyncs on demand, `small_tmpfs` a tmpfs that really fills up. `guest` runs tests inside a QEMU guest.
 
 pub mod driver;
 pub mod driver_queue;
@@ -17,6 +17,7 @@ pub mod pci_probe;
 pub mod request;
 pub mod scsi;
 pub mod server_process;
+pub mod small_tmpfs;
 pub mod split_queue;
 pub mod vfio_client;
 pub mod virtio_pci;

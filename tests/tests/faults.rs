@@ -1,7 +1,8 @@
 //! A failing disk under the real server: a FUSE file system whose image fails reads, writes and
 //! fsyncs on demand (tests::fault_fs) backs LUN 0, a null disk is LUN 1. The guest must get the
 //! right sense, a failed flush must stay failed, the other LUN must keep serving, and the log
-//! must say so at warn. Needs root (mount) and /dev/fuse: the tests fail, not skip, without.
+//! must say so at warn. With werror=/rerror= saying stop, the failing request is held instead,
+//! the LUN pauses, `ctl query` shows it and `ctl cont` resubmits it. Needs root (mount) and /dev/fuse: the tests fail, not skip, without.
 //!
 //! Build the server first: `cargo build -p server && cargo test -p tests --test faults`.
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::fault_fs::FaultFs;
 use tests::scsi::{self, cdb};
+use tests::small_tmpfs::SmallTmpfs;
 use tests::{DriverOptions, ScsiRequest, ScsiResult, ServerProcess, VirtioScsiDriver};
 
 const BLOCK: u32 = 512;
@@ -29,20 +31,28 @@ struct Rig {
     fs: FaultFs,
 }
 
+/// The failing LUN reports every error, so that each reaches the driver.
 fn start(cache: &str) -> Rig {
-    start_with(cache, &[])
+    start_with(cache, "werror=report,rerror=report", &[])
 }
 
-fn start_with(cache: &str, extra: &[&str]) -> Rig {
+/// `policy`: the failing LUN's werror=/rerror= options ("" for the defaults).
+fn start_with(cache: &str, policy: &str, extra: &[&str]) -> Rig {
     let fs = FaultFs::mount(IMAGE_SIZE).unwrap_or_else(|e| panic!("{e}"));
     let failing = format!(
-        "path={},lun={FAILING_LUN},cache={cache}",
+        "path={},lun={FAILING_LUN},cache={cache},{policy}",
         fs.image().display()
     );
+    let (driver, server) = serve(failing.trim_end_matches(','), extra);
+    Rig { driver, server, fs }
+}
+
+/// A server with `failing` as LUN 0 and a null disk as LUN 1, and a driver on it.
+fn serve(failing: &str, extra: &[&str]) -> (VirtioScsiDriver, ServerProcess) {
     let healthy = format!("null,size=1M,lun={HEALTHY_LUN}");
     let mut args = vec![
         "--disk",
-        &failing,
+        failing,
         "--disk",
         &healthy,
         "--log-format",
@@ -60,7 +70,7 @@ fn start_with(cache: &str, extra: &[&str]) -> Rig {
         let ready = (0..4).any(|_| driver.test_unit_ready(lun).unwrap().is_good());
         assert!(ready, "LUN {lun} never became ready");
     }
-    Rig { driver, server, fs }
+    (driver, server)
 }
 
 fn assert_sense(result: &ScsiResult, key: u8, (asc, ascq): (u8, u8), what: &str) {
@@ -249,7 +259,7 @@ fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
 /// the stuck request, removes its socket and exits with status 1 instead of waiting forever.
 #[test]
 fn sigterm_with_stuck_backend_io_logs_the_requests_and_exits() {
-    let mut rig = start_with("none", &["--shutdown-timeout", "1"]);
+    let mut rig = start_with("none", "", &["--shutdown-timeout", "1"]);
     rig.fs.faults().hold_writes();
     let data = vec![0x77u8; 4096];
     let request = ScsiRequest::new(
@@ -301,4 +311,299 @@ fn sigterm_with_stuck_backend_io_logs_the_requests_and_exits() {
     );
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["requests"], 1);
+}
+
+/// A rig whose failing LUN has the error policy `policy`, with a control socket.
+fn start_with_control(policy: &str) -> (Rig, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let rig = start_with(
+        "none",
+        policy,
+        &["--control-socket", control.to_str().unwrap()],
+    );
+    (rig, dir, control)
+}
+
+fn ctl(control: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let (status, reply) = tests::server_process::ctl(control, args).unwrap();
+    assert_eq!(status, Some(0), "ctl {args:?}: {reply}");
+    serde_json::from_str::<serde_json::Value>(&reply).unwrap()["result"].clone()
+}
+
+/// The failing LUN's `error_policy` object in `ctl query`.
+fn lun_policy(control: &std::path::Path) -> serde_json::Value {
+    let query = ctl(control, &["query"]);
+    query["luns"]
+        .as_array()
+        .and_then(|luns| luns.iter().find(|lun| lun["lun"] == FAILING_LUN))
+        .map(|lun| lun["error_policy"].clone())
+        .unwrap_or_else(|| panic!("no LUN {FAILING_LUN} in {query}"))
+}
+
+/// Waits until the failing LUN's `error_policy` has `key` equal to `value`.
+fn wait_for_policy(control: &std::path::Path, key: &str, value: impl Into<serde_json::Value>) {
+    let value = value.into();
+    let mut policy = serde_json::Value::Null;
+    let reached = eventually(Duration::from_secs(10), || {
+        policy = lun_policy(control);
+        policy[key] == value
+    });
+    assert!(reached, "{key} never became {value}: {policy}");
+}
+
+fn write_request(lba: u32, data: &[u8], tag: u64) -> ScsiRequest {
+    ScsiRequest::new(
+        scsi::encode_lun(0, FAILING_LUN).unwrap(),
+        &cdb::lba10(cdb::WRITE_10, 0, lba, (data.len() / BLOCK as usize) as u16),
+    )
+    .data_out(data)
+    .tag(tag)
+}
+
+fn scsi_completion(completion: tests::Completion) -> ScsiResult {
+    match completion {
+        tests::Completion::Scsi(result) => result,
+        other => panic!("not a SCSI completion: {other:?}"),
+    }
+}
+
+/// werror=enospc, the default: ENOSPC holds the write (the driver sees nothing), pauses the
+/// LUN (a later write waits too), `query` says why and how many wait, the other LUN serves;
+/// once there is room, `ctl cont` resubmits both in order and the data is in the image.
+#[test]
+fn enospc_holds_writes_until_cont_then_they_complete() {
+    let (mut rig, _dir, control) = start_with_control("");
+    assert_eq!(lun_policy(&control)["werror"], "enospc", "QEMU's default");
+    assert_eq!(lun_policy(&control)["rerror"], "report", "QEMU's default");
+    rig.fs.faults().fail_writes(libc::ENOSPC);
+    let first = vec![0x11u8; 4096];
+    let second = vec![0x22u8; 4096];
+    let queue = FIRST_REQUEST_QUEUE;
+    let first_head = rig
+        .driver
+        .submit(queue, &write_request(0, &first, 1))
+        .unwrap();
+    wait_for_policy(&control, "paused", true);
+    let second_head = rig
+        .driver
+        .submit(queue, &write_request(64, &second, 2))
+        .unwrap();
+    wait_for_policy(&control, "held", 2);
+    let policy = lun_policy(&control);
+    assert_eq!(policy["io_status"], "nospace", "{policy}");
+    assert_eq!(policy["pauses"], 1, "{policy}");
+    let stats = ctl(&control, &["stats"]);
+    let lun_stats = stats["luns"]
+        .as_array()
+        .and_then(|luns| luns.iter().find(|lun| lun["lun"] == FAILING_LUN))
+        .unwrap_or_else(|| panic!("no LUN {FAILING_LUN} in {stats}"));
+    assert_eq!(
+        (&lun_stats["held"], &lun_stats["pauses"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "{lun_stats}"
+    );
+    assert_healthy_lun_serves(&mut rig.driver);
+    assert!(
+        rig.driver.poll_completions(queue).unwrap().is_empty(),
+        "held writes are not answered"
+    );
+    let stopped = warnings_at_least(&rig.server, "lun stopped by its error policy", 1);
+    assert_eq!(stopped.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(stopped[0]["lun"], FAILING_LUN);
+    assert_eq!(stopped[0]["errno"], libc::ENOSPC);
+
+    // Still no room: cont resubmits, the write fails again and the LUN pauses again.
+    let resumed = ctl(&control, &["cont", &FAILING_LUN.to_string()]);
+    assert_eq!(resumed["resumed"][0]["held"], 2, "{resumed}");
+    wait_for_policy(&control, "pauses", 2);
+
+    rig.fs.faults().fail_writes(0);
+    let resumed = ctl(&control, &["cont"]);
+    assert_eq!(resumed["resumed"][0]["lun"], FAILING_LUN, "{resumed}");
+    for head in [first_head, second_head] {
+        let result = scsi_completion(rig.driver.wait_for(queue, head).unwrap());
+        assert!(result.is_good(), "resubmitted write: {result:?}");
+    }
+    let policy = lun_policy(&control);
+    assert_eq!(
+        (&policy["paused"], &policy["held"], &policy["io_status"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(0),
+            &serde_json::json!("ok")
+        ),
+        "{policy}"
+    );
+    let image = std::fs::read(rig.fs.image()).unwrap();
+    assert_eq!(
+        &image[..4096],
+        &first[..],
+        "the first write is in the image"
+    );
+    assert_eq!(&image[64 * 512..64 * 512 + 4096], &second[..]);
+    let (status, reply) = tests::server_process::ctl(&control, &["cont", "9"]).unwrap();
+    assert_eq!(status, Some(1), "{reply}");
+    assert!(reply.contains("LUN 9 does not exist"), "{reply}");
+}
+
+/// werror=report: the same ENOSPC reaches the driver as DATA PROTECT at once; nothing pauses.
+#[test]
+fn werror_report_gives_the_sense_at_once() {
+    let (mut rig, _dir, control) = start_with_control("werror=report");
+    rig.fs.faults().fail_writes(libc::ENOSPC);
+    let write = rig
+        .driver
+        .write10(FAILING_LUN, 0, &[0x33; 4096], BLOCK)
+        .unwrap();
+    assert_sense(
+        &write,
+        DATA_PROTECT,
+        SPACE_ALLOCATION_FAILED,
+        "ENOSPC write",
+    );
+    let policy = lun_policy(&control);
+    assert_eq!(
+        (&policy["paused"], &policy["werror"]),
+        (&serde_json::json!(false), &serde_json::json!("report"))
+    );
+    let added = ctl(
+        &control,
+        &["add-disk", "null,size=1M,lun=5,werror=stop,rerror=stop"],
+    );
+    assert_eq!(
+        (
+            &added["error_policy"]["werror"],
+            &added["error_policy"]["rerror"]
+        ),
+        (&serde_json::json!("stop"), &serde_json::json!("stop")),
+        "add-disk takes the policy: {added}"
+    );
+}
+
+/// rerror=stop: an EIO read is held; ABORT TASK answers it as aborted; a later read, held
+/// too, completes once the disk heals and `cont` resumes the LUN.
+#[test]
+fn rerror_stop_holds_failed_reads_abort_and_cont() {
+    let (mut rig, _dir, control) = start_with_control("rerror=stop");
+    let data = vec![0x44u8; 4096];
+    assert!(rig
+        .driver
+        .write10(FAILING_LUN, 0, &data, BLOCK)
+        .unwrap()
+        .is_good());
+    rig.fs.faults().fail_reads(libc::EIO);
+    let read = |tag| {
+        ScsiRequest::new(
+            scsi::encode_lun(0, FAILING_LUN).unwrap(),
+            &cdb::lba10(cdb::READ_10, 0, 0, 8),
+        )
+        .data_in(4096)
+        .tag(tag)
+    };
+    let queue = FIRST_REQUEST_QUEUE;
+    let aborted_head = rig.driver.submit(queue, &read(0xab)).unwrap();
+    wait_for_policy(&control, "held", 1);
+    assert_eq!(lun_policy(&control)["io_status"], "failed");
+    let tmf = rig
+        .driver
+        .tmf(FAILING_LUN, scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK, 0xab)
+        .unwrap();
+    assert_eq!(tmf, scsi::VIRTIO_SCSI_S_OK, "FUNCTION COMPLETE");
+    let aborted = scsi_completion(rig.driver.wait_for(queue, aborted_head).unwrap());
+    assert_eq!(aborted.response, scsi::VIRTIO_SCSI_S_ABORTED, "{aborted:?}");
+    assert_eq!(lun_policy(&control)["held"], 0);
+    assert_eq!(lun_policy(&control)["paused"], true, "still paused");
+
+    let later_head = rig.driver.submit(queue, &read(0xac)).unwrap();
+    wait_for_policy(&control, "held", 1);
+    assert_healthy_lun_serves(&mut rig.driver);
+    rig.fs.faults().fail_reads(0);
+    ctl(&control, &["cont", &FAILING_LUN.to_string()]);
+    let later = scsi_completion(rig.driver.wait_for(queue, later_head).unwrap());
+    assert!(later.is_good(), "{later:?}");
+    assert_eq!(later.data_in, data);
+    let stopped = warnings_at_least(&rig.server, "lun stopped by its error policy", 1);
+    assert_eq!(stopped[0]["errno"], libc::EIO, "{}", rig.server.stderr());
+}
+
+/// A real ENOSPC: the image is a sparse 8 MiB file on a 256 KiB tmpfs. Once the tmpfs is full,
+/// writes to new blocks get DATA PROTECT/SPACE ALLOCATION FAILED (werror=report), overwrites of
+/// blocks already stored still succeed, the null LUN keeps serving, and the log warns.
+#[test]
+fn full_tmpfs_gives_space_allocation_failed_while_other_luns_serve() {
+    let tmpfs = SmallTmpfs::mount(256 << 10).unwrap_or_else(|e| panic!("{e}"));
+    let image = tmpfs.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(IMAGE_SIZE))
+        .unwrap();
+    let failing = format!("path={},lun={FAILING_LUN},werror=report", image.display());
+    let (mut driver, server) = serve(&failing, &[]);
+    let chunk = vec![0x5eu8; 64 << 10];
+    let blocks_per_chunk = (chunk.len() / BLOCK as usize) as u32;
+    let mut stored = 0;
+    let full = (0..(IMAGE_SIZE / chunk.len() as u64) as u32)
+        .map(|n| {
+            driver
+                .write10(FAILING_LUN, n * blocks_per_chunk, &chunk, BLOCK)
+                .unwrap()
+        })
+        .find(|result| {
+            stored += usize::from(result.is_good());
+            !result.is_good()
+        })
+        .expect("an 8 MiB image filled a 256 KiB tmpfs without an error");
+    assert_sense(
+        &full,
+        DATA_PROTECT,
+        SPACE_ALLOCATION_FAILED,
+        "write to a full tmpfs",
+    );
+    assert!(stored >= 1, "the first 64 KiB fit");
+    let again = driver.write10(FAILING_LUN, 0, &chunk, BLOCK).unwrap();
+    assert!(
+        again.is_good(),
+        "overwriting stored blocks needs no space: {again:?}"
+    );
+    assert_healthy_lun_serves(&mut driver);
+    let warned = warnings_at_least(&server, "backend error", 1);
+    assert_eq!(warned.len(), 1, "{}", server.stderr());
+    assert_eq!(
+        (
+            &warned[0]["lun"],
+            &warned[0]["errno"],
+            &warned[0]["operation"]
+        ),
+        (
+            &serde_json::json!(FAILING_LUN),
+            &serde_json::json!(libc::ENOSPC),
+            &serde_json::json!("write")
+        )
+    );
+}
+
+/// SIGTERM with a request held by rerror=stop: the server does not wait for `cont` (nothing
+/// else would answer it) nor for --shutdown-timeout; it names the dropped request in a warning,
+/// removes its socket and exits cleanly. The request was never acknowledged.
+#[test]
+fn sigterm_with_held_requests_lists_them_and_exits() {
+    let (mut rig, _dir, control) = start_with_control("rerror=stop");
+    rig.fs.faults().fail_reads(libc::EIO);
+    let read = ScsiRequest::new(
+        scsi::encode_lun(0, FAILING_LUN).unwrap(),
+        &cdb::lba10(cdb::READ_10, 0, 0, 8),
+    )
+    .data_in(4096)
+    .tag(0x4e1d);
+    rig.driver.submit(FIRST_REQUEST_QUEUE, &read).unwrap();
+    wait_for_policy(&control, "held", 1);
+    let status = rig.server.terminate(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "{status:?}\n{}", rig.server.stderr());
+    let dropped = warnings_at_least(&rig.server, "held request dropped", 1);
+    assert_eq!(dropped.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(
+        (&dropped[0]["lun"], &dropped[0]["tag"]),
+        (&serde_json::json!(FAILING_LUN), &serde_json::json!(0x4e1d))
+    );
+    assert!(!rig.server.socket().exists(), "the socket file is removed");
 }

@@ -399,3 +399,66 @@ fn hotplug_and_resize_raise_unit_attentions() {
         Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
     );
 }
+
+/// The crate's modules use each other in one direction only: each file's `super::`/`crate::`
+/// references (outside its unit tests) form a graph without a cycle.
+#[test]
+fn module_graph_is_acyclic() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut sources = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name != "lib" && name != "tests" {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let production = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            sources.insert(name, production);
+        }
+    }
+    let names: BTreeSet<String> = sources.keys().cloned().collect();
+    let mut uses: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (module, text) in &sources {
+        let used = uses.entry(module).or_default();
+        for prefix in ["super::", "crate::"] {
+            for (at, _) in text.match_indices(prefix) {
+                let rest = &text[at + prefix.len()..];
+                // `super::name` or `super::{a, b::c, ...}`.
+                let items: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                        .split(',')
+                        .collect(),
+                    None => vec![rest],
+                };
+                for item in items {
+                    let word: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if let Some(name) = names.get(&word) {
+                        if name != module {
+                            used.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Kahn's algorithm: repeatedly drop modules that use nothing left.
+    let mut left = uses.clone();
+    while !left.is_empty() {
+        let leaves: Vec<&str> = left
+            .iter()
+            .filter(|(_, used)| used.iter().all(|name| !left.contains_key(name)))
+            .map(|(module, _)| *module)
+            .collect();
+        assert!(!leaves.is_empty(), "import cycle among {:?}", left.keys());
+        for leaf in leaves {
+            left.remove(leaf);
+        }
+    }
+    assert!(uses["dispatch"].contains("commands"), "{uses:?}");
+    assert!(uses["target"].contains("dispatch"), "{uses:?}");
+}

@@ -89,7 +89,7 @@ impl ControlQueue {
                 self.waiting.push(tmf);
                 continue;
             }
-            self.tasks.done_waiting();
+            self.tasks.done_waiting(tmf.scope);
             let used = self.answer_tmf(&tmf.buffers, &mem, &tmf.request);
             self.queue.add_used(&mem, tmf.head, used);
         }

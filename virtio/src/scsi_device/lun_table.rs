@@ -19,7 +19,7 @@
 //! on their LUN: the I/O engine keeps the disk of each request it holds (see `block::Engine`).
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::{ArcSwap, Guard};
 use block::Disk;
@@ -89,8 +89,9 @@ impl std::ops::Deref for LunGuard {
 pub struct RemovedLun {
     lun: u16,
     data: LunData,
-    /// The last snapshot in which the LUN was a unit.
-    last_with_it: Arc<LunSnapshot>,
+    /// The last snapshot in which the LUN was a unit, alive while a queue holds it (weak, so
+    /// that it does not keep the other LUNs' disks open).
+    last_with_it: Weak<LunSnapshot>,
 }
 
 impl RemovedLun {
@@ -101,7 +102,7 @@ impl RemovedLun {
     /// Whether no command can reach the LUN any more: no queue holds a snapshot in which it
     /// was a unit, and none has a command for it in flight.
     pub fn drained(&self) -> bool {
-        if Arc::strong_count(&self.last_with_it) != 1 {
+        if self.last_with_it.strong_count() != 0 {
             return false;
         }
         // Pairs with the release of the last guard: what its queue counted before dropping it
@@ -196,7 +197,7 @@ impl LunTable {
         Ok(RemovedLun {
             lun,
             data: unit.data().clone(),
-            last_with_it: current,
+            last_with_it: Arc::downgrade(&current),
         })
     }
 

@@ -254,6 +254,20 @@ impl ScsiDevice {
         }))
     }
 
+    /// Wakes the request queues that hold commands for LUNs their error policy stopped, after
+    /// an operator resumed some (`IoStatus::resume`, QMP's `cont`): they resubmit the held
+    /// commands of running LUNs in the order they came.
+    pub fn wake_held_requests(&self) {
+        if let Some(tasks) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            tasks.wake_holders();
+        }
+    }
+
     /// Tells the driver about a LUN change through the event queue.
     pub fn post_event(&mut self, event: ScsiEvent) -> EventDelivery {
         let Some(active) = self.active.as_mut() else {

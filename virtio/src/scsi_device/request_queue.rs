@@ -4,16 +4,22 @@
 //!
 //! A worker owns everything it writes per request; the LUN snapshot it only reads (see
 //! `lun_table`), so it can be moved to the iothread that serves its queue.
+//!
+//! When a disk's error policy says stop, the failing command is held instead of answered, the
+//! disk stops, and its later commands are held too; once the operator resumes the disk, the
+//! held commands run again from the start, in the order they came.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use block::{Completion, Disk, Engine, IoBuffers, IoRequest};
-use slog::{debug, trace};
+use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
+use slog::{debug, trace, warn};
 use smallvec::smallvec;
 use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
+    VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_S_OVERRUN,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -55,6 +61,30 @@ struct InFlight {
     outstanding: usize,
     moved: u64,
     error: Option<i32>,
+}
+
+/// A command waiting for its stopped disk to resume; it keeps its slot, so that task
+/// management and shutdown see it.
+struct Held {
+    slot: usize,
+    reply: Reply,
+    disk: HeldOn,
+}
+
+/// Counts a held command on its disk for as long as it is held.
+struct HeldOn(Arc<Disk>);
+
+impl HeldOn {
+    fn new(disk: Arc<Disk>) -> HeldOn {
+        disk.io_status().hold();
+        HeldOn(disk)
+    }
+}
+
+impl Drop for HeldOn {
+    fn drop(&mut self) {
+        self.0.io_status().released();
+    }
 }
 
 /// Where and how a command's response goes.
@@ -126,6 +156,8 @@ pub struct RequestQueueWorker {
     completions: Vec<Completion>,
     /// Chains popped in the current pass (kept for its capacity).
     popped: Vec<Chain>,
+    /// Commands held for stopped disks, oldest first.
+    held: VecDeque<Held>,
     /// Read once per pass (and again when completions arrive), not per request: the clock of
     /// the latency histogram.
     clock: Instant,
@@ -152,6 +184,7 @@ impl RequestQueueWorker {
             task_queue,
             completions: Vec::with_capacity(slots),
             popped: Vec::with_capacity(slots),
+            held: VecDeque::new(),
             clock: Instant::now(),
         }
     }
@@ -160,6 +193,7 @@ impl RequestQueueWorker {
     pub fn kicked(&mut self) {
         self.clock = Instant::now();
         let mem = self.queue.snapshot();
+        self.serve_held(&mem);
         loop {
             self.start_available(&mem);
             self.engine.submit_pending();
@@ -189,8 +223,111 @@ impl RequestQueueWorker {
         self.queue.counters().set_in_flight(self.in_flight_count());
     }
 
+    /// Commands with the engine (held ones are not).
     fn in_flight_count(&self) -> usize {
-        self.in_flight.len() - self.free_slots.len()
+        self.in_flight.len() - self.free_slots.len() - self.held.len()
+    }
+
+    /// Resubmits the held commands whose disk runs again, oldest first, and answers those
+    /// that a waiting TMF names as aborted; true when any left the hold.
+    fn serve_held(&mut self, mem: &MemorySnapshot) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        let mut served = false;
+        let mut luns = self.luns.load();
+        // Rotates in place: a command held again while this runs goes behind the older ones.
+        for _ in 0..self.held.len() {
+            let Some(held) = self.held.pop_front() else {
+                break;
+            };
+            let Held { slot, reply, disk } = held;
+            self.luns.refresh(&mut luns);
+            if self.tasks.aborting(reply.lun, reply.tag) {
+                drop(disk);
+                self.abort_held(slot, reply, mem, &luns);
+            } else if disk.0.io_status().is_stopped() {
+                self.held.push_back(Held { slot, reply, disk });
+                continue;
+            } else {
+                drop(disk);
+                self.free_slots.push(slot);
+                self.tasks.finished(self.task_queue, slot);
+                self.run(reply, mem, &luns);
+            }
+            served = true;
+        }
+        if served {
+            self.engine.submit_pending();
+        }
+        served
+    }
+
+    /// Answers a held command that a waiting TMF names, as aborted.
+    fn abort_held(&mut self, slot: usize, reply: Reply, mem: &MemorySnapshot, luns: &LunGuard) {
+        debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
+        self.free_slots.push(slot);
+        let resid = reply.data_len;
+        let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
+        let lun = luns.data(reply.lun);
+        self.finish(reply, mem, answer, lun);
+        self.tasks.finished(self.task_queue, slot);
+    }
+
+    /// Holds `reply` in `slot` until its disk resumes; `errno` is the failure that stops the
+    /// disk, None for a command that came while it was stopped. A command that a waiting TMF
+    /// already names is answered as aborted instead.
+    fn hold(
+        &mut self,
+        slot: usize,
+        reply: Reply,
+        mem: &MemorySnapshot,
+        disk: Arc<Disk>,
+        errno: Option<i32>,
+    ) {
+        if let Some(errno) = errno {
+            let newly_stopped = disk.io_status().stop(errno);
+            let error = std::io::Error::from_raw_os_error(errno);
+            let policy = disk.error_policy();
+            if newly_stopped {
+                warn!(self.queue.logger(), "lun stopped by its error policy";
+                    "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
+                    "errno" => errno, "error" => %error,
+                    "werror" => ?policy.write, "rerror" => ?policy.read,
+                    "held" => disk.io_status().held() + 1);
+            } else {
+                debug!(self.queue.logger(), "command failed on a stopped lun";
+                    "lun" => reply.lun, "tag" => reply.tag, "errno" => errno);
+            }
+        }
+        if self.tasks.aborting(reply.lun, reply.tag) {
+            let luns = self.luns.load();
+            return self.abort_held(slot, reply, mem, &luns);
+        }
+        self.tasks
+            .started(self.task_queue, slot, reply.lun, reply.tag);
+        self.tasks.add_holder(self.queue.kick());
+        self.held.push_back(Held {
+            slot,
+            reply,
+            disk: HeldOn::new(disk),
+        });
+    }
+
+    /// The engine is done with `request` in `slot`: answers it, or holds it when its disk's
+    /// error policy says stop.
+    fn settle(&mut self, slot: usize, request: InFlight, lun: Option<&LunData>) {
+        if let (Some(errno), Some(lun)) = (request.error, lun) {
+            let write = request.direction == Direction::ToDisk;
+            if lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
+                let mem = request.mem.clone();
+                let disk = Arc::clone(&lun.disk);
+                return self.hold(slot, request.reply, &mem, disk, Some(errno));
+            }
+        }
+        self.free_slots.push(slot);
+        self.finish_io(request, lun);
+        self.tasks.finished(self.task_queue, slot);
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
@@ -205,7 +342,7 @@ impl RequestQueueWorker {
     pub fn poll(&mut self) -> bool {
         self.clock = Instant::now();
         let mem = self.queue.snapshot();
-        let mut served = false;
+        let mut served = self.serve_held(&mem);
         if self.queue.has_available(&mem) {
             self.start_available(&mem);
             self.engine.submit_pending();
@@ -244,8 +381,7 @@ impl RequestQueueWorker {
         let head = chain.head_index();
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
-        let cdb_size = u64::from(self.sizes.cdb_size());
-        let mut reply = Reply {
+        let reply = Reply {
             head,
             buffers,
             resp_size: CMD_RESP_HEADER_SIZE as u64 + sense_size,
@@ -262,6 +398,14 @@ impl RequestQueueWorker {
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
             return self.finish(reply, mem, answer, None);
         }
+        self.run(reply, mem, luns);
+    }
+
+    /// Parses and executes the command whose buffers `reply` holds (again, for a command that
+    /// was held).
+    fn run(&mut self, mut reply: Reply, mem: &MemorySnapshot, luns: &LunGuard) {
+        let head = reply.head;
+        let cdb_size = u64::from(self.sizes.cdb_size());
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
         let mut cdb_bytes = [0u8; MAX_CDB_KEPT];
@@ -367,6 +511,11 @@ impl RequestQueueWorker {
         (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
         let disk = &lun.disk;
+        if disk.io_status().is_stopped() {
+            if let Some(slot) = self.free_slots.pop() {
+                return self.hold(slot, reply, mem, Arc::clone(disk), None);
+            }
+        }
         let overrun = |reply: Reply, this: &mut Self| {
             let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
@@ -496,8 +645,7 @@ impl RequestQueueWorker {
         };
         self.submit_ready(slot as u64, &mut request, disk);
         if request.outstanding == 0 {
-            self.free_slots.push(slot);
-            self.finish_io(request, Some(lun));
+            self.settle(slot, request, Some(lun));
         } else {
             self.lun_counters(lun).started();
             let (lun, tag) = (request.reply.lun, request.reply.tag);
@@ -540,15 +688,13 @@ impl RequestQueueWorker {
             }
         }
         if request.outstanding == 0 {
-            self.free_slots.push(slot);
             // A command in flight keeps its LUN in the snapshots, removed or not (see
             // `lun_table`), until the counters below say it is done.
             let lun = luns.data(request.reply.lun);
             if let Some(lun) = lun {
                 self.lun_counters(lun).finished();
             }
-            self.finish_io(request, lun);
-            self.tasks.finished(self.task_queue, slot);
+            self.settle(slot, request, lun);
         } else {
             self.in_flight[slot] = Some(request);
         }
@@ -636,6 +782,17 @@ impl RequestQueueWorker {
             self.lun_counters(lun).answered(sense_key, latency);
         }
         self.queue.add_used(mem, reply.head, used.unwrap_or(0));
+    }
+}
+
+impl Drop for RequestQueueWorker {
+    /// A reset or shutdown ends the queue: held commands were never answered, so no data the
+    /// driver was told about is lost, but an operator should know which ones went.
+    fn drop(&mut self) {
+        for held in &self.held {
+            warn!(self.queue.logger(), "held request dropped";
+                "lun" => held.reply.lun, "tag" => held.reply.tag, "opcode" => held.reply.opcode);
+        }
     }
 }
 
@@ -1249,6 +1406,72 @@ mod tests {
         assert_eq!(&back.data_in[..512], &[0xAB; 512]);
         assert!(back.data_in[512..4608].iter().all(|&b| b == 0), "punched");
         assert_eq!(&back.data_in[4608..], &[0xAB; 512]);
+    }
+
+    #[test]
+    fn error_policy_stop_holds_failed_and_later_requests_until_resumed() {
+        use block::{ErrorPolicy, OnReadError, OnWriteError};
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let mut options = DiskOptions::new(file.path());
+        options.read_only = true;
+        let disk = Disk::open(&options)
+            .unwrap()
+            .with_error_policy(ErrorPolicy {
+                write: OnWriteError::Stop,
+                read: OnReadError::Report,
+            });
+        // The target believes the LUN is writable; the backend refuses with EROFS.
+        let mut config = crate::scsi_device::test_driver::lun_config(0, &disk);
+        config.read_only = false;
+        let disk = Arc::new(disk);
+        let mut harness = Harness::with_luns(vec![(config, Arc::clone(&disk))], 1, 0);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+        const VQ: usize = 2;
+
+        let write = [
+            harness.request_buf(VQ, lun_field(0), 1, &write10(0, 1)),
+            harness.data_buf(VQ, &[1; 512], false),
+            harness.response_buf(VQ, 108),
+        ];
+        assert!(harness.submit(VQ, &write).is_empty(), "held, not answered");
+        let status = disk.io_status();
+        assert!(status.is_stopped());
+        assert_eq!(
+            (status.reason(), status.held(), status.stops()),
+            (Some(libc::EROFS), 1, 1)
+        );
+        let read = [
+            harness.request_buf(VQ, lun_field(0), 2, &read10(0, 1)),
+            harness.response_buf(VQ, 108),
+            harness.response_buf(VQ, 512),
+        ];
+        assert!(
+            harness.submit(VQ, &read).is_empty(),
+            "a later request of the stopped LUN waits too"
+        );
+        assert_eq!(status.held(), 2);
+        let inquiry = harness.command(0, &INQUIRY, &[], 96);
+        assert_eq!(
+            inquiry.resp.status, STATUS_GOOD,
+            "commands without disk I/O run"
+        );
+
+        // Resumed, both go to the backend again in order (as QEMU resubmits them all): the
+        // write fails again and stops the LUN again, the read completes.
+        assert!(status.resume());
+        assert!(!status.resume(), "running already");
+        harness.device.wake_held_requests();
+        harness.device.queue_kicked(VQ as u16);
+        let used = harness.queues[VQ].used();
+        assert_eq!(used.len(), 1, "{used:?}");
+        assert_eq!(harness.result(&read, used[0].1).resp.status, STATUS_GOOD);
+        assert_eq!((status.held(), status.stops()), (1, 2));
+        assert!(status.is_stopped());
+
+        // A reset drops what is held.
+        harness.device.reset();
+        assert_eq!(status.held(), 0);
     }
 
     #[test]

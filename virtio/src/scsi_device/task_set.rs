@@ -9,10 +9,15 @@
 //! the used ring. Queries answer from the tables at once; aborts and resets wait until the tasks
 //! they name have left (commands are never cancelled, they complete), since the driver relies on
 //! every affected command being completed before the TMF response (virtio 1.2 §5.6.6.2).
+//!
+//! The exception are commands held for a disk that its error policy stopped: they would wait
+//! for the operator, so their queue answers them as aborted when a waiting TMF names them.
+//! Queues holding such commands register their kick here to hear about TMFs and resumes.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,7 +30,7 @@ pub enum TaskScope {
 }
 
 impl TaskScope {
-    fn covers(self, lun: u16, tag: u64) -> bool {
+    pub fn covers(self, lun: u16, tag: u64) -> bool {
         match self {
             TaskScope::Task { lun: l, tag: t } => l == lun && t == tag,
             TaskScope::Lun(l) => l == lun,
@@ -64,6 +69,10 @@ pub struct TaskSet {
     waiters: AtomicUsize,
     /// Written when a task leaves while a TMF waits.
     left: EventFd,
+    /// Kicks of the request queues that hold commands for a stopped disk (rare: locked).
+    holders: Mutex<Vec<Arc<EventFd>>>,
+    /// Scopes of the aborts and resets waiting now, one entry per waiting TMF.
+    aborting: Mutex<Vec<TaskScope>>,
 }
 
 impl TaskSet {
@@ -76,6 +85,8 @@ impl TaskSet {
                 .collect(),
             waiters: AtomicUsize::new(0),
             left: EventFd::new(EFD_NONBLOCK)?,
+            holders: Mutex::default(),
+            aborting: Mutex::default(),
         })
     }
 
@@ -139,17 +150,47 @@ impl TaskSet {
 
     /// Registers a TMF that waits for `scope` to empty; false (and nothing registered) when it
     /// already is. `left_fd` fires after a task leaves; call `done_waiting` once satisfied.
+    /// Queues holding commands hear of it, so that they abort those in `scope`.
     pub fn wait(&self, scope: TaskScope) -> bool {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         if self.any(scope) {
+            lock(&self.aborting).push(scope);
+            self.wake_holders();
             return true;
         }
-        self.done_waiting();
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
         false
     }
 
-    pub fn done_waiting(&self) {
+    pub fn done_waiting(&self, scope: TaskScope) {
+        let mut aborting = lock(&self.aborting);
+        if let Some(at) = aborting.iter().position(|&waiting| waiting == scope) {
+            aborting.swap_remove(at);
+        }
         self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a waiting TMF names the held command (`lun`, `tag`).
+    pub fn aborting(&self, lun: u16, tag: u64) -> bool {
+        lock(&self.aborting)
+            .iter()
+            .any(|scope| scope.covers(lun, tag))
+    }
+
+    /// The queue with `kick` holds commands: wake it on TMFs and resumes from now on.
+    pub fn add_holder(&self, kick: &Arc<EventFd>) {
+        let mut holders = lock(&self.holders);
+        if !holders.iter().any(|known| Arc::ptr_eq(known, kick)) {
+            holders.push(Arc::clone(kick));
+        }
+    }
+
+    /// Wakes every queue that held commands, to resubmit or abort them.
+    pub fn wake_holders(&self) {
+        for kick in lock(&self.holders).iter() {
+            // EAGAIN: the counter is full, the queue will wake anyway.
+            let _ = kick.write(1);
+        }
     }
 
     /// Readable after a task left while some TMF waited.
@@ -162,6 +203,10 @@ impl TaskSet {
         // EAGAIN only says that the counter was already clear.
         let _ = self.left.read();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -209,7 +254,7 @@ mod tests {
         tasks.finished(0, 1);
         assert_eq!(tasks.left.read().unwrap(), 1);
         assert!(!tasks.any(TaskScope::Lun(0)));
-        tasks.done_waiting();
+        tasks.done_waiting(TaskScope::Lun(0));
         tasks.started(0, 0, 0, 2);
         tasks.finished(0, 0);
         assert!(tasks.left.read().is_err(), "no waiter left");
