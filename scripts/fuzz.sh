@@ -23,7 +23,9 @@ declare -A crate_of
 for crate in "${fuzz_crates[@]}"; do
     while read -r target; do
         crate_of[$target]=$crate
-    done < <(sed -n 's/^name = "\(.*\)"$/\1/p' "$repo_root/$crate/Cargo.toml" | grep -v -- '-fuzz$')
+    # The names of the [[bin]] sections: the package and a shared [lib] are no targets.
+    done < <(awk '/^\[/ { bin = ($0 == "[[bin]]") } bin && /^name = / { gsub(/"/, "", $3); print $3 }' \
+        "$repo_root/$crate/Cargo.toml")
 done
 targets=("$@")
 if [ "${#targets[@]}" = 0 ]; then

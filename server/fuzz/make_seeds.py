@@ -2,7 +2,7 @@
 """Writes the seed corpora of the fuzz targets other than `message` (whose seeds are captured
 messages): valid inputs that reach deep into each parser, for the fuzzer to mutate.
 
-Usage: server/fuzz/make_seeds.py   (rewrites corpus/{connection,scsi,disk_spec,mapping}/seed-*)
+Usage: server/fuzz/make_seeds.py   (rewrites corpus/*/seed-* of every target here)
 """
 import os
 import struct
@@ -229,6 +229,159 @@ def text_seeds():
     write("mapping", "no-vqs", bytes([2, 2]) + b'[{"iothread":"io0"},{"iothread":"io1"}]')
 
 
+# --- the device-level targets (their input formats are in each target's doc comment) -----
+DATA_BASE, HIGH, TOP, AREA = 0xC000, 0x20000, 0xFFFF_FFFF_FFFE_0000, 0x10000
+AREA_DATA, AREA_HIGH, AREA_TOP, AREA_RINGS, AREA_HIGH_END = 0, 1, 2, 3, 4
+
+
+def chain_bytes(area, offset, data):
+    return bytes([0, area]) + struct.pack("<HB", offset, len(data)) + data
+
+
+def chain_desc(table, index, address, length, flags, next_index):
+    return bytes([1, table]) + struct.pack("<HQIHH", index, address, length, flags, next_index)
+
+
+def chain_publish(head):
+    return bytes([2]) + struct.pack("<H", head)
+
+
+CHAIN_KICK, CHAIN_TOGGLE_HIGH, CHAIN_RESET = bytes([3]), bytes([4]), bytes([5])
+
+
+def descriptor_chain_seeds():
+    # Queue size 32, EVENT_IDX and INDIRECT_DESC; INQUIRY, then READ(10) through an indirect
+    # table, then REPORT LUNS with its data in HIGH.
+    s = bytes([4 | 8 | 0x10])
+    s += chain_bytes(AREA_DATA, 0x1000, cmd_req(LUN0, 1, bytes([0x12, 0, 0, 0, 96, 0])))
+    s += chain_desc(AREA_RINGS, 0, DATA_BASE + 0x1000, 51, NEXT, 1)
+    s += chain_desc(AREA_RINGS, 1, DATA_BASE + 0x1100, CMD_RESP, NEXT | WRITE, 2)
+    s += chain_desc(AREA_RINGS, 2, DATA_BASE + 0x1200, 96, WRITE, 0)
+    s += chain_publish(0) + CHAIN_KICK
+    lun1 = bytes([1, 0, 0x40, 1, 0, 0, 0, 0])
+    s += chain_bytes(AREA_DATA, 0x2000, cmd_req(lun1, 2, bytes([0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0])))
+    s += chain_desc(AREA_DATA, 0, DATA_BASE + 0x2000, 51, NEXT, 1)
+    s += chain_desc(AREA_DATA, 1, DATA_BASE + 0x2100, CMD_RESP, NEXT | WRITE, 2)
+    s += chain_desc(AREA_DATA, 2, HIGH + 0x1000, 4096, WRITE, 0)
+    s += chain_desc(AREA_RINGS, 3, DATA_BASE, 48, INDIRECT, 0)
+    s += chain_publish(3) + CHAIN_KICK
+    s += chain_bytes(AREA_HIGH, 0x100, cmd_req(LUN0, 3, bytes([0xA0, 0, 0, 0, 0, 0]) + struct.pack(">I", 256) + bytes([0, 0])))
+    s += chain_desc(AREA_RINGS, 4, HIGH + 0x100, 51, NEXT, 5)
+    s += chain_desc(AREA_RINGS, 5, HIGH + 0x200, CMD_RESP + 256, WRITE, 0)
+    s += chain_publish(4) + CHAIN_KICK
+    write("descriptor_chains", "valid", s)
+
+    # Hostile: a loop, a huge length, a buffer in the hole, one running off the end of HIGH,
+    # one at the top of the address space, an indirect table inside an indirect table, an
+    # indirect table of odd length, a next index past the queue, then the memory goes away.
+    s = bytes([3 | 0x10])
+    s += chain_bytes(AREA_DATA, 0x1000, cmd_req(LUN0, 9, bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0])))
+    s += chain_desc(AREA_RINGS, 0, DATA_BASE + 0x1000, 51, NEXT, 1)
+    s += chain_desc(AREA_RINGS, 1, DATA_BASE + 0x1100, 0xFFFF_FFFF, NEXT | WRITE, 0)
+    s += chain_desc(AREA_RINGS, 2, DATA_BASE + 0x1000, 51, NEXT, 3)
+    s += chain_desc(AREA_RINGS, 3, 0x10000, CMD_RESP, NEXT | WRITE, 4)
+    s += chain_desc(AREA_RINGS, 4, HIGH + AREA - 16, 4096, WRITE, 0)
+    s += chain_desc(AREA_RINGS, 5, DATA_BASE + 0x1000, 51, NEXT, 6)
+    s += chain_desc(AREA_RINGS, 6, 0xFFFF_FFFF_FFFF_FFF0, 0x20, WRITE, 0)
+    s += chain_desc(AREA_HIGH, 0, HIGH + 0x800, 32, INDIRECT, 0)
+    s += chain_desc(AREA_RINGS, 7, HIGH, 16, INDIRECT, 0)
+    s += chain_desc(AREA_RINGS, 8, DATA_BASE, 40, INDIRECT, 0)
+    s += chain_desc(AREA_RINGS, 9, DATA_BASE + 0x1000, 51, NEXT, 200)
+    s += chain_desc(AREA_RINGS, 10, AREA_HIGH_END, 0, NEXT | WRITE | INDIRECT, 10)
+    s += bytes([6, 0, 11]) + CHAIN_KICK
+    s += chain_publish(1) + CHAIN_TOGGLE_HIGH + CHAIN_KICK + CHAIN_TOGGLE_HIGH
+    s += bytes([7]) + struct.pack("<H", 0x8000) + CHAIN_KICK + CHAIN_RESET + chain_publish(0) + CHAIN_KICK
+    write("descriptor_chains", "hostile", s)
+
+
+def control_command(queue, lun, tag, cdb):
+    return bytes([8, queue, lun, tag]) + cdb.ljust(10, b"\0")
+
+
+def control_tmf(subtype, lun, tag, response_len=1):
+    return bytes([6, subtype, lun, tag, response_len])
+
+
+READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+TUR = bytes([0] * 10)
+RELEASE = lambda n: bytes([4, n])
+ABORT_TASK, ABORT_TASK_SET, I_T_NEXUS_RESET, LOGICAL_UNIT_RESET, QUERY_TASK, QUERY_TASK_SET = 0, 1, 4, 5, 6, 7
+
+
+def control_queue_seeds():
+    # A READ held in flight on each request queue; QUERY TASK, ABORT TASK (which waits), the
+    # completions, then ABORT TASK SET and LOGICAL UNIT RESET over new commands, and a reset
+    # with commands and a TMF still in flight.
+    s = bytes([0xF])
+    s += control_command(0, 0, 0, TUR) + control_command(1, 1, 0, TUR) + RELEASE(2)
+    s += control_command(0, 0, 1, READ10) + control_command(1, 0, 2, READ10)
+    s += control_tmf(QUERY_TASK, 0, 1) + control_tmf(ABORT_TASK, 0, 1) + control_tmf(QUERY_TASK_SET, 0, 2)
+    s += RELEASE(1) + RELEASE(4)
+    s += control_command(0, 0, 3, READ10) + control_command(1, 1, 4, READ10)
+    s += control_tmf(ABORT_TASK_SET, 0, 0) + control_tmf(LOGICAL_UNIT_RESET, 1, 0) + control_tmf(I_T_NEXUS_RESET, 0, 0)
+    s += RELEASE(8)
+    s += control_command(0, 0, 5, READ10) + control_tmf(ABORT_TASK, 0, 5) + bytes([5])
+    write("control_queue", "tmf-in-flight", s)
+
+    # AN query and subscribe on each LUN, with short responses and a malformed request.
+    s = bytes([0x5])
+    for lun in (0, 1, 2):
+        s += bytes([7, 0, lun]) + struct.pack("<I", 0xFF) + bytes([7, 1, lun]) + struct.pack("<I", 0x52)
+    s += control_tmf(ABORT_TASK, 0, 0, 0) + bytes([9, 3, 1, 0, 0])
+    s += bytes([3, 0]) + bytes([2, 0]) + struct.pack("<H", 7) + bytes([3, 0])
+    write("control_queue", "an", s)
+
+
+COMMON_FIELD = {"device_feature_select": 0, "driver_feature_select": 2, "driver_feature": 3, "config_msix_vector": 4,
+                "device_status": 6, "queue_select": 8, "queue_size": 9, "queue_msix_vector": 10, "queue_enable": 11,
+                "queue_desc": 13, "queue_driver": 14, "queue_device": 15}
+
+
+def pci_common(field, value):
+    return bytes([2, COMMON_FIELD[field]]) + struct.pack("<Q", value)
+
+
+def pci_read(region, offset, length):
+    return bytes([0, region]) + struct.pack("<IB", offset, length)
+
+
+def pci_write(region, offset, data):
+    return bytes([1, region]) + struct.pack("<IB", offset, len(data)) + data
+
+
+def pci_function_seeds():
+    # The virtio handshake with two request queues, a kick, the ISR, a reset.
+    s = pci_common("device_status", 0) + pci_common("device_status", 1) + pci_common("device_status", 3)
+    s += pci_read(VIRTIO_BAR, COMMON + 0x04, 4) + pci_common("device_feature_select", 1) + pci_read(VIRTIO_BAR, COMMON + 0x04, 4)
+    s += pci_common("driver_feature_select", 0) + pci_common("driver_feature", 1 << 28)
+    s += pci_common("driver_feature_select", 1) + pci_common("driver_feature", 1)
+    s += pci_common("device_status", 0xB) + pci_common("config_msix_vector", 0)
+    for queue in range(4):
+        s += pci_common("queue_select", queue) + pci_common("queue_size", 16) + pci_common("queue_msix_vector", queue + 1)
+        s += pci_common("queue_desc", 0x1000 * queue) + pci_common("queue_driver", 0x4000 + 0x1000 * queue)
+        s += pci_common("queue_device", 0x8000 + 0x1000 * queue) + pci_common("queue_enable", 1)
+    s += pci_common("device_status", 0xF) + bytes([5, 2]) + pci_write(VIRTIO_BAR, NOTIFY + 8, struct.pack("<H", 2))
+    s += pci_read(VIRTIO_BAR, 0x1000, 1) + pci_read(VIRTIO_BAR, 0x2000, 36) + pci_common("device_status", 0)
+    s += pci_common("device_status", 0x80) + bytes([4])
+    write("pci_function", "handshake", s)
+
+    # Config space: IDs, command register, BAR sizing, capabilities; the MSI-X table and PBA;
+    # SET_IRQS of every kind; accesses at the end of the address space; a disconnect.
+    s = b"".join(pci_read(CONFIG_REGION, offset, 64) for offset in range(0, 256, 64))
+    s += pci_write(CONFIG_REGION, 4, struct.pack("<H", 6)) + pci_write(CONFIG_REGION, 0x10, struct.pack("<I", 0xFFFFFFFF))
+    s += pci_read(CONFIG_REGION, 0x10, 4) + pci_write(CONFIG_REGION, 0x30, struct.pack("<I", 0xFFFFF800))
+    s += pci_read(CONFIG_REGION, 0x40, 16) + pci_write(CONFIG_REGION, 0x42, struct.pack("<H", 0xC000))
+    s += pci_read(MSIX_BAR, 0, 64) + pci_write(MSIX_BAR, 16, struct.pack("<QII", 0xFEE00000, 0x4021, 1))
+    s += pci_read(MSIX_BAR, 0x800, 8) + pci_write(MSIX_BAR, 0x800, struct.pack("<Q", 1))
+    s += bytes([3, 2, 0, 0, 5]) + bytes([3, 2, 2, 1, 2]) + bytes([3, 2, 3, 0, 4]) + bytes([3, 2, 4, 0, 1]) + bytes([3, 2, 1, 0, 0])
+    s += bytes([6, 7]) + struct.pack("<IB", 0, 4) + bytes([7, 4]) + struct.pack("<IB", 1, 2) + b"\1\0"
+    s += bytes([8]) + bytes([9])
+    write("pci_function", "config-msix", s)
+
+
 connection_seeds()
 scsi_seeds()
 text_seeds()
+descriptor_chain_seeds()
+control_queue_seeds()
+pci_function_seeds()

@@ -21,6 +21,8 @@ const REGION_COUNT: u32 = 9;
 /// vfio-user IRQ indices of a PCI device: INTx, MSI, MSI-X, ERR, REQ.
 const MSIX_IRQ: u32 = 2;
 const IRQ_COUNT: u32 = 5;
+/// Virtqueues 0 and 1 are virtio-scsi's control and event queues.
+const FIRST_REQUEST_QUEUE: u16 = 2;
 
 pub struct VirtioFunction<D: VirtioDevice> {
     function: VirtioPciFunction<D>,
@@ -28,6 +30,8 @@ pub struct VirtioFunction<D: VirtioDevice> {
     kicks: Vec<Arc<EventFd>>,
     /// The threads serving the queues: the device's queue host.
     pool: Arc<IothreadPool>,
+    /// A client mapped memory that can shrink; the device guards its accesses for good.
+    shrinkable_mapped: bool,
     log: Logger,
 }
 
@@ -40,6 +44,7 @@ impl<D: VirtioDevice> VirtioFunction<D> {
             function,
             kicks,
             pool,
+            shrinkable_mapped: false,
             log,
         }
     }
@@ -134,7 +139,10 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         if region >= REGION_COUNT {
             return Err(DeviceError::NoSuchRegion(region));
         }
-        let addresses = self.function.queue_notify_addresses();
+        let mut addresses = self.function.queue_notify_addresses();
+        // A client takes only so many fds in one reply (max_msg_fds): the request queues come
+        // first, since their kicks are the ones on the data path.
+        addresses.sort_by_key(|a| (a.queue < FIRST_REQUEST_QUEUE, a.queue));
         Ok(addresses
             .into_iter()
             .filter(|a| u32::from(a.bar) == region)
@@ -207,6 +215,19 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
             }
         }
         Ok(())
+    }
+
+    fn dma_shrinkable(&mut self, iova: u64, size: u64) {
+        if self.shrinkable_mapped {
+            return;
+        }
+        self.shrinkable_mapped = true;
+        debug!(self.log, "guest memory can shrink: guarding queue accesses from now on";
+            "iova" => iova, "size" => size);
+        // No worker may be inside a call while the guard is turned on (`memory_may_shrink`).
+        self.pool.pause();
+        self.function.device_mut().memory_may_shrink();
+        self.pool.resume();
     }
 
     fn dma_mapped(&mut self, _iova: u64, _size: u64) {}

@@ -13,7 +13,7 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::driver_queue::{DriverQueue, Kicker, QueueSettings};
-use crate::guest_memory::{GuestMemory, MemoryError};
+use crate::guest_memory::{GuestMemory, MemoryError, MemoryKind};
 use crate::pci_probe::{PciProbe, ProbeError};
 use crate::request::{BuildError, Completion, ScsiRequest, ScsiResult};
 use crate::scsi::{self, ScsiError, VirtioScsiConfig};
@@ -110,6 +110,7 @@ pub struct DriverOptions {
     /// Guest address where the memfd is DMA-mapped.
     pub mem_base: u64,
     pub mem_size: u64,
+    pub memory: MemoryKind,
     pub event_idx: bool,
     pub indirect_desc: bool,
     /// Send SCSI commands through indirect tables (when INDIRECT_DESC was negotiated).
@@ -129,6 +130,7 @@ impl Default for DriverOptions {
         DriverOptions {
             mem_base: 0,
             mem_size: 64 << 20,
+            memory: MemoryKind::Memfd,
             event_idx: true,
             indirect_desc: true,
             indirect_commands: false,
@@ -164,7 +166,11 @@ impl VirtioScsiDriver {
     /// device untouched, for tests of the initialisation sequence itself.
     pub fn attach(socket: &Path, options: DriverOptions) -> Result<Self> {
         let mut client = VfioUserClient::connect(socket, options.timeout)?;
-        let mem = Arc::new(GuestMemory::new(options.mem_base, options.mem_size)?);
+        let mem = Arc::new(GuestMemory::of_kind(
+            options.mem_base,
+            options.mem_size,
+            options.memory,
+        )?);
         // QEMU maps guest RAM before it asks anything about the device.
         client.dma_map(mem.base(), mem.size(), mem.file().as_raw_fd(), 0)?;
         let info = client.device_info()?;
@@ -350,7 +356,15 @@ impl VirtioScsiDriver {
         let kicker = match self.options.kick {
             KickMode::PostedWrite => Kicker::Posted(self.pci.client().posted_writer()?),
             KickMode::Write => Kicker::Owner,
-            KickMode::IoEventFd => Kicker::IoEventFd(self.find_io_eventfd(queue, bar, offset)?),
+            // A server hands out only as many ioeventfds as one reply may carry (the client's
+            // max_msg_fds); the other queues are kicked by message, as QEMU does.
+            KickMode::IoEventFd => match self.find_io_eventfd(queue, bar, offset) {
+                Ok(fd) => Kicker::IoEventFd(fd),
+                Err(DriverError::NoIoEventFd(_)) => {
+                    Kicker::Posted(self.pci.client().posted_writer()?)
+                }
+                Err(e) => return Err(e),
+            },
         };
         let irq = match self.irqs.get(usize::from(vector)) {
             Some(fd) => Some(fd.try_clone().map_err(DriverError::EventFd)?),

@@ -125,6 +125,11 @@ impl DriverQueue {
         self.in_flight.len()
     }
 
+    /// Whether kicks go through an ioeventfd from GET_REGION_IO_FDS (not by message).
+    pub fn kicks_by_eventfd(&self) -> bool {
+        matches!(self.kicker, Kicker::IoEventFd(_))
+    }
+
     /// Whether a kick is owed that only the driver can send (see `Kicker::Owner`).
     pub(crate) fn take_kick_owed(&mut self) -> bool {
         std::mem::take(&mut self.kick_owed)

@@ -32,6 +32,28 @@ pub enum MemoryError {
 
 pub type Result<T> = std::result::Result<T, MemoryError>;
 
+/// What backs guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryKind {
+    /// A memfd the client may still truncate.
+    #[default]
+    Memfd,
+    /// A memfd sealed with F_SEAL_SHRINK, as QEMU's memory-backend-memfd makes by default.
+    SealedMemfd,
+    /// A memfd on hugetlbfs (2 MiB pages), as with QEMU's hugepage backends.
+    HugeTlb,
+}
+
+impl MemoryKind {
+    fn flags(self) -> libc::c_uint {
+        match self {
+            MemoryKind::Memfd => 0,
+            MemoryKind::SealedMemfd => libc::MFD_ALLOW_SEALING,
+            MemoryKind::HugeTlb => libc::MFD_HUGETLB,
+        }
+    }
+}
+
 /// First-fit allocator over guest addresses; free ranges are kept coalesced.
 #[derive(Debug)]
 struct Allocator {
@@ -110,6 +132,11 @@ unsafe impl Sync for GuestMemory {}
 impl GuestMemory {
     /// Creates `size` bytes (a multiple of 4096) of guest memory seen by the device at `base`.
     pub fn new(base: u64, size: u64) -> Result<Self> {
+        Self::of_kind(base, size, MemoryKind::Memfd)
+    }
+
+    /// The same in memory of `kind` (a multiple of 2 MiB for huge pages).
+    pub fn of_kind(base: u64, size: u64, kind: MemoryKind) -> Result<Self> {
         let create = |source| MemoryError::Create { size, source };
         if size == 0 || size % 4096 != 0 || base % 4096 != 0 || base.checked_add(size).is_none() {
             return Err(create(io::Error::new(
@@ -121,13 +148,20 @@ impl GuestMemory {
             .map_err(|_| create(io::Error::new(io::ErrorKind::InvalidInput, "too large")))?;
         let name = CString::new("vus-guest-memory").map_err(|e| create(io::Error::other(e)))?;
         // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | kind.flags()) };
         if fd < 0 {
             return Err(create(io::Error::last_os_error()));
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size).map_err(create)?;
+        if kind == MemoryKind::SealedMemfd {
+            // SAFETY: F_ADD_SEALS on our own memfd, created with MFD_ALLOW_SEALING.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0
+            {
+                return Err(create(io::Error::last_os_error()));
+            }
+        }
         // SAFETY: a new shared mapping of the whole memfd; the result is checked for MAP_FAILED.
         let host = unsafe {
             libc::mmap(

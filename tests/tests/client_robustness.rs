@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use tests::guest_memory::MemoryKind;
 use tests::vfio_client::{ClientError, VfioUserClient};
 use tests::virtio_pci::STATUS_DEVICE_NEEDS_RESET;
 use tests::{DriverOptions, ServerProcess, VirtioScsiDriver};
@@ -93,16 +94,12 @@ fn dma_maps_beyond_their_fd_are_einval() {
     assert!(server.is_running());
 }
 
-/// The issue's other case: the rings in a 1 MiB memfd, which the client truncates to 0 and
-/// kicks. The queue fails (DEVICE_NEEDS_RESET), the server lives on and serves the next client.
-fn truncated_memory_fails_only_the_queue(args: &[&str]) {
-    let mut server = start(args);
-    let options = DriverOptions {
-        mem_size: MIB,
-        timeout: Duration::from_secs(5),
-        ..DriverOptions::default()
-    };
-    let mut driver = VirtioScsiDriver::connect(server.socket(), options.clone()).unwrap();
+/// The issue's other case: the rings in guest memory (`options`), which the client truncates to
+/// 0 and kicks. The queue fails (DEVICE_NEEDS_RESET), the server lives on and serves the next
+/// client.
+fn truncated_memory_fails_only_the_queue_with(server: &mut ServerProcess, options: DriverOptions) {
+    let mut driver = VirtioScsiDriver::connect(server.socket(), options.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.stderr()));
     driver.test_unit_ready(0).unwrap();
     driver.memory().file().set_len(0).unwrap();
     driver.queue(2).unwrap().kick().unwrap();
@@ -118,12 +115,22 @@ fn truncated_memory_fails_only_the_queue(args: &[&str]) {
         server.stderr()
     );
     assert!(server.is_running(), "the server died:\n{}", server.stderr());
-    assert_logged(&server, "guest memory vanished");
+    assert_logged(server, "guest memory vanished");
     drop(driver);
     let mut next = VirtioScsiDriver::connect(server.socket(), options).unwrap();
     next.test_unit_ready(0).unwrap();
     let result = next.test_unit_ready(0).unwrap();
     assert_eq!(result.status, 0, "GOOD after the unit attention");
+}
+
+fn truncated_memory_fails_only_the_queue(args: &[&str]) {
+    let mut server = start(args);
+    let options = DriverOptions {
+        mem_size: MIB,
+        timeout: Duration::from_secs(5),
+        ..DriverOptions::default()
+    };
+    truncated_memory_fails_only_the_queue_with(&mut server, options);
 }
 
 #[test]
@@ -134,6 +141,135 @@ fn truncated_memory_fails_only_the_queue_on_the_main_loop() {
 #[test]
 fn truncated_memory_fails_only_the_queue_on_an_iothread() {
     truncated_memory_fails_only_the_queue(&["--iothread", "io0"]);
+}
+
+const HUGE_PAGE: u64 = 2 << 20;
+
+fn meminfo(field: &str) -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .trim()
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/meminfo"))
+}
+
+/// 2 MiB huge pages reserved for one test through /proc/sys/vm/nr_hugepages; the old value is
+/// written back when it goes.
+struct HugePages {
+    restore: Option<u64>,
+}
+
+impl HugePages {
+    const KNOB: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    /// Makes sure `pages` huge pages are free, reserving more if needed; fails saying why the
+    /// machine cannot give them.
+    fn reserve(pages: u64) -> HugePages {
+        assert_eq!(
+            meminfo("Hugepagesize:"),
+            HUGE_PAGE >> 10,
+            "the default huge page size is not 2 MiB"
+        );
+        let free = meminfo("HugePages_Free:");
+        if free >= pages {
+            return HugePages { restore: None };
+        }
+        let old: u64 = std::fs::read_to_string(Self::KNOB)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let wanted = old + pages - free;
+        if let Err(e) = std::fs::write(Self::KNOB, wanted.to_string()) {
+            panic!(
+                "this test needs {pages} free 2 MiB huge pages and reserves them through {}, \
+                 which needs root: {e}",
+                Self::KNOB
+            );
+        }
+        let reserved = HugePages { restore: Some(old) };
+        let now = meminfo("HugePages_Free:");
+        assert!(
+            now >= pages,
+            "the kernel gave only {now} free huge pages after nr_hugepages={wanted} (was {old}): \
+             not enough contiguous free memory for {pages} 2 MiB pages"
+        );
+        reserved
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(old) = self.restore {
+            let _ = std::fs::write(Self::KNOB, old.to_string());
+        }
+    }
+}
+
+/// The guard's huge-page path: guest memory on hugetlbfs (QEMU's hugepage backends), whose
+/// mappings can only be replaced a whole huge page at a time. Truncated under request queue 0,
+/// only that queue stops (DEVICE_NEEDS_RESET, logged for its vq and no other), the server lives
+/// and serves the next client.
+#[test]
+fn truncated_hugetlbfs_memory_fails_only_the_queue() {
+    let _pages = HugePages::reserve(8);
+    let mut server = start(&["--num-queues", "2", "--log-format", "json"]);
+    let options = DriverOptions {
+        mem_size: 4 * HUGE_PAGE,
+        memory: MemoryKind::HugeTlb,
+        timeout: Duration::from_secs(5),
+        ..DriverOptions::default()
+    };
+    truncated_memory_fails_only_the_queue_with(&mut server, options);
+    let stderr = server.stderr();
+    let faulted: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("guest memory vanished"))
+        .collect();
+    assert_eq!(faulted.len(), 1, "{stderr}");
+    assert!(faulted[0].contains(r#""vq":2"#), "{}", faulted[0]);
+}
+
+/// QEMU's memfd backend seals its memory against shrinking: such memory cannot fault, and the
+/// queues skip the guard; the first map that can shrink turns it on.
+#[test]
+fn only_memory_that_can_shrink_turns_the_fault_guard_on() {
+    let server = start(&["--log-level", "debug"]);
+    let sealed = DriverOptions {
+        mem_size: 4 * MIB,
+        memory: MemoryKind::SealedMemfd,
+        timeout: Duration::from_secs(5),
+        ..DriverOptions::default()
+    };
+    let mut driver = VirtioScsiDriver::connect(server.socket(), sealed).unwrap();
+    driver.test_unit_ready(0).unwrap();
+    assert!(
+        driver.memory().file().set_len(0).is_err(),
+        "the seal refuses shrinking"
+    );
+    assert!(driver.test_unit_ready(0).unwrap().is_good());
+    drop(driver);
+    let shrinkable = DriverOptions {
+        mem_size: 4 * MIB,
+        timeout: Duration::from_secs(5),
+        ..DriverOptions::default()
+    };
+    let mut driver = VirtioScsiDriver::connect(server.socket(), shrinkable).unwrap();
+    driver.test_unit_ready(0).unwrap();
+    assert_logged(&server, "guest memory can shrink");
+    let stderr = server.stderr();
+    assert_eq!(
+        stderr.matches("guest memory can shrink").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// A client that connects and says nothing is sent away, and the next one is served: until

@@ -304,6 +304,42 @@ fn task_management_functions_answer() {
     );
 }
 
+/// GET_REGION_IO_FDS with more queues than one reply may carry fds (QEMU's max_msg_fds is 16):
+/// the first 16 request queues get an ioeventfd, the others are kicked by message, and every
+/// queue serves commands. With 16 request queues (18 virtqueues) this used to answer EINVAL.
+#[test]
+fn io_eventfds_beyond_max_msg_fds_leave_the_other_queues_to_messages() {
+    for queues in [16u16, 64] {
+        let server = start(&["--num-queues", &queues.to_string(), "--queue-size", "16"]);
+        let mut driver = connect(
+            &server,
+            DriverOptions {
+                kick: KickMode::IoEventFd,
+                mem_size: 16 << 20,
+                ..quick()
+            },
+        );
+        assert_eq!(driver.num_request_queues(), queues);
+        settle(&mut driver, 0);
+        for rq in 0..queues {
+            let queue = FIRST_REQUEST_QUEUE + rq;
+            assert_eq!(
+                driver.queue(queue).unwrap().kicks_by_eventfd(),
+                rq < 16,
+                "{queues} queues: request queue {rq}"
+            );
+            let result = driver
+                .scsi_command(rq, 0, &cdb::test_unit_ready(), None, 0)
+                .unwrap();
+            assert!(
+                result.is_good(),
+                "{queues} queues, request queue {rq}: {result:?}"
+            );
+        }
+        assert!(!driver.queue(CONTROL_QUEUE).unwrap().kicks_by_eventfd());
+    }
+}
+
 #[test]
 fn many_requests_in_flight_complete_on_every_queue() {
     let server = start(&["--num-queues", "2", "--queue-size", "128"]);

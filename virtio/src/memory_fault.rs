@@ -12,11 +12,15 @@
 //! Only queue workers touch guest memory (the rings, descriptors and data buffers); the I/O
 //! engines pass guest buffers to the kernel, which reports EFAULT instead of raising a signal.
 //! A SIGBUS outside a scope, or one that another process sent, keeps its default action.
+//!
+//! Memory that cannot shrink (a memfd sealed with `F_SEAL_SHRINK`, as QEMU's memfd backend makes
+//! by default, or a device) cannot fault this way: until a client maps memory that can,
+//! [`ShrinkableMemory`] lets the workers skip the scope.
 
 use std::cell::Cell;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use slog::{warn, Logger};
@@ -148,12 +152,31 @@ impl Drop for FaultScope {
     }
 }
 
-/// A queue worker whose every call runs inside a [`FaultScope`]. After a fault the queue takes
+/// Whether guest memory that can shrink under the device has been mapped. Once it has, the
+/// workers guard every call for the rest of the device's life: requests may still hold that
+/// memory after it is unmapped.
+#[derive(Debug, Clone, Default)]
+pub struct ShrinkableMemory(Arc<AtomicBool>);
+
+impl ShrinkableMemory {
+    /// Memory that can shrink is about to be mapped. No worker may be inside a call meanwhile
+    /// (the caller pauses them), so that each sees the flag before it can reach that memory.
+    pub fn mapped(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn present(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A queue worker whose every call runs inside a [`FaultScope`] once shrinkable memory exists. After a fault the queue takes
 /// no new requests (its memory is gone or zeroed), finishes those in flight, and `on_fault`
 /// asks the driver for a reset.
 pub struct GuardedWorker {
     inner: Box<dyn QueueWorker>,
     on_fault: Arc<dyn Fn() + Send + Sync>,
+    shrinkable: ShrinkableMemory,
     faulted: bool,
     logger: Logger,
 }
@@ -162,18 +185,23 @@ impl GuardedWorker {
     pub fn new(
         inner: Box<dyn QueueWorker>,
         on_fault: Arc<dyn Fn() + Send + Sync>,
+        shrinkable: ShrinkableMemory,
         logger: &Logger,
     ) -> GuardedWorker {
         let logger = logger.new(slog::o!("vq" => inner.queue_index()));
         GuardedWorker {
             inner,
             on_fault,
+            shrinkable,
             faulted: false,
             logger,
         }
     }
 
     fn guarded<T>(&mut self, call: impl FnOnce(&mut dyn QueueWorker) -> T) -> T {
+        if !self.shrinkable.present() {
+            return call(&mut *self.inner);
+        }
         let scope = FaultScope::enter();
         let result = call(&mut *self.inner);
         if scope.faulted() && !self.faulted {
@@ -320,9 +348,12 @@ mod tests {
             kicks: Arc::clone(&kicks),
         });
         let logger = Logger::root(slog::Discard, slog::o!());
+        let shrinkable = ShrinkableMemory::default();
+        shrinkable.mapped();
         let mut worker = GuardedWorker::new(
             inner,
             Arc::new(move || flag.store(true, Ordering::SeqCst)),
+            shrinkable,
             &logger,
         );
         worker.kicked();
@@ -337,5 +368,53 @@ mod tests {
             2,
             "no kick served after the fault"
         );
+    }
+
+    /// Records how many fault scopes its calls run in.
+    struct ScopeProbe {
+        kick: Arc<EventFd>,
+        depth: Arc<AtomicUsize>,
+    }
+
+    impl QueueWorker for ScopeProbe {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {
+            let depth = SCOPE_DEPTH.with(Cell::get) as usize;
+            self.depth.store(depth, Ordering::SeqCst);
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+    }
+
+    /// Sealed memory cannot fault: the scope is skipped until memory that can shrink is mapped,
+    /// and taken from then on.
+    #[test]
+    fn the_guard_costs_nothing_until_shrinkable_memory_is_mapped() {
+        let depth = Arc::new(AtomicUsize::new(usize::MAX));
+        let shrinkable = ShrinkableMemory::default();
+        let mut worker = GuardedWorker::new(
+            Box::new(ScopeProbe {
+                kick: Arc::new(EventFd::new(0).unwrap()),
+                depth: Arc::clone(&depth),
+            }),
+            Arc::new(|| {}),
+            shrinkable.clone(),
+            &Logger::root(slog::Discard, slog::o!()),
+        );
+        worker.kicked();
+        assert_eq!(depth.load(Ordering::SeqCst), 0);
+        shrinkable.mapped();
+        worker.kicked();
+        assert_eq!(depth.load(Ordering::SeqCst), 1);
     }
 }

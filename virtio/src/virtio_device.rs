@@ -66,6 +66,9 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Guest memory that can shrink under the device is about to be mapped (see
+    /// `memory_fault`); no queue is being served while this is called.
+    fn memory_may_shrink(&mut self) {}
     /// The device found a queue it cannot go on with (the transport reports DEVICE_NEEDS_RESET).
     fn needs_reset(&self) -> bool {
         false

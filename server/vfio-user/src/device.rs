@@ -147,6 +147,11 @@ pub trait Device {
 
     fn set_irqs(&mut self, index: u32, action: IrqAction) -> Result<(), DeviceError>;
 
+    /// `[iova, iova + size)` is about to join `memory`, backed by a file that can still shrink
+    /// (a regular file without `F_SEAL_SHRINK`): from now on an access to guest memory may fault
+    /// (SIGBUS) after the client truncates the file. Memory the device reached before came from
+    /// sealed files or devices only.
+    fn dma_shrinkable(&mut self, _iova: u64, _size: u64) {}
     /// `memory` now also holds `[iova, iova + size)`.
     fn dma_mapped(&mut self, iova: u64, size: u64);
     /// `[iova, iova + size)` is about to leave `memory`: stop touching it before returning.

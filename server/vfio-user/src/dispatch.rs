@@ -49,8 +49,6 @@ pub enum RequestError {
         count: u32,
         max: u32,
     },
-    #[error("{needed} fds in the reply, the client takes {allowed}")]
-    TooManyReplyFds { needed: usize, allowed: usize },
     #[error("duplicating an fd for the reply: {0}")]
     Dup(std::io::Error),
     #[error("out of file descriptors: only {received} of the message's fds could be received")]
@@ -219,6 +217,10 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
     Ok(Reply { body, fds })
 }
 
+/// The GET_REGION_IO_FDS reply: the device's sub-regions in its order of preference, as many as
+/// the client can take the fds of in one message (its `max_msg_fds`). The spec lets sub-regions
+/// share an fd but has no way to continue a list in a second reply, so the rest are left out:
+/// the client goes on writing those through REGION_WRITE, which serves them just the same.
 fn io_fds_reply<D: Device>(
     device: &D,
     index: u32,
@@ -227,50 +229,53 @@ fn io_fds_reply<D: Device>(
 ) -> Result<Reply, RequestError> {
     region(device, index)?;
     let io_fds = device.region_io_fds(index)?;
-    let needed = size_of::<InfoHead>() + size_of::<IoFdSubRegion>() * io_fds.len();
-    let head = InfoHead {
-        argsz: (needed as u32).into(),
-        flags: 0.into(),
-        index: index.into(),
-        count: (io_fds.len() as u32).into(),
-    };
-    if (argsz as usize) < needed {
-        return Ok(Reply::of(&head));
-    }
-    let mut body = head.as_bytes().to_vec();
     let mut distinct: Vec<RawFd> = Vec::new();
-    let mut fds = Vec::new();
+    let mut sub_regions = Vec::new();
     for io_fd in &io_fds {
         let raw = io_fd.fd.as_raw_fd();
         let fd_index = match distinct.iter().position(|&d| d == raw) {
             Some(i) => i,
-            None => {
+            None if distinct.len() < max_fds => {
                 distinct.push(raw);
-                fds.push(io_fd.fd.try_clone_to_owned().map_err(RequestError::Dup)?);
                 distinct.len() - 1
             }
+            None => continue,
         };
         let flags = if io_fd.datamatch.is_some() {
             IO_FD_FLAG_DATAMATCH
         } else {
             0
         };
-        let sub_region = IoFdSubRegion {
-            offset: io_fd.offset.into(),
-            size: io_fd.size.into(),
-            fd_index: (fd_index as u32).into(),
-            kind: IO_FD_TYPE_IOEVENTFD.into(),
-            flags: flags.into(),
-            padding: 0.into(),
-            datamatch: io_fd.datamatch.unwrap_or(0).into(),
-        };
-        body.extend_from_slice(sub_region.as_bytes());
+        sub_regions.push((
+            io_fd,
+            IoFdSubRegion {
+                offset: io_fd.offset.into(),
+                size: io_fd.size.into(),
+                fd_index: (fd_index as u32).into(),
+                kind: IO_FD_TYPE_IOEVENTFD.into(),
+                flags: flags.into(),
+                padding: 0.into(),
+                datamatch: io_fd.datamatch.unwrap_or(0).into(),
+            },
+        ));
     }
-    if fds.len() > max_fds {
-        return Err(RequestError::TooManyReplyFds {
-            needed: fds.len(),
-            allowed: max_fds,
-        });
+    let needed = size_of::<InfoHead>() + size_of::<IoFdSubRegion>() * sub_regions.len();
+    let head = InfoHead {
+        argsz: (needed as u32).into(),
+        flags: 0.into(),
+        index: index.into(),
+        count: (sub_regions.len() as u32).into(),
+    };
+    if (argsz as usize) < needed {
+        return Ok(Reply::of(&head));
+    }
+    let mut body = head.as_bytes().to_vec();
+    let mut fds = Vec::with_capacity(distinct.len());
+    for (io_fd, sub_region) in &sub_regions {
+        body.extend_from_slice(sub_region.as_bytes());
+        if fds.len() == sub_region.fd_index.get() as usize {
+            fds.push(io_fd.fd.try_clone_to_owned().map_err(RequestError::Dup)?);
+        }
     }
     Ok(Reply { body, fds })
 }
@@ -309,6 +314,7 @@ pub fn notify_device<D: Device>(device: &mut D, change: DmaChange) {
     match change {
         DmaChange::Unmapping { iova, size } => device.dma_unmapping(iova, size),
         DmaChange::Mapped { iova, size } => device.dma_mapped(iova, size),
+        DmaChange::Shrinkable { iova, size } => device.dma_shrinkable(iova, size),
     }
 }
 
@@ -334,7 +340,7 @@ pub fn handle<D: Device>(
     match request {
         Request::Version { .. } => Err(RequestError::VersionOrder),
         Request::DmaMap { map, fd } => {
-            if dma.map(&map, fd)? {
+            if dma.map(&map, fd, |change| notify_device(device, change))? {
                 device.dma_mapped(map.address.get(), map.size.get());
             }
             Ok(Reply::default())
@@ -436,5 +442,114 @@ mod tests {
             assert!(reply.len() <= limit, "{limit}: {}", reply.len());
         }
         assert!(version_reply(full.len() - 1).len() > 4);
+    }
+
+    /// A device with one doorbell eventfd per queue in region 0, a dword apart; queue 0 and 1
+    /// share one, as sub-regions may.
+    struct Doorbells(Vec<OwnedFd>);
+
+    impl Doorbells {
+        fn new(queues: usize) -> Doorbells {
+            Doorbells(
+                (0..queues)
+                    .map(|_| {
+                        // SAFETY: eventfd takes no pointer; the fd it returns is new and ours.
+                        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+                        assert!(fd >= 0);
+                        // SAFETY: see above.
+                        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    impl Device for Doorbells {
+        fn regions(&self) -> Vec<RegionInfo> {
+            vec![RegionInfo {
+                index: 0,
+                size: 0x1000,
+                readable: true,
+                writable: true,
+                mmap: None,
+            }]
+        }
+        fn irqs(&self) -> Vec<crate::device::IrqInfo> {
+            Vec::new()
+        }
+        fn region_read(&mut self, _: u32, _: u64, _: &mut [u8]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn region_io_fds(&self, _: u32) -> Result<Vec<crate::device::IoFd<'_>>, DeviceError> {
+            Ok((0..self.0.len())
+                .map(|queue| crate::device::IoFd {
+                    offset: 4 * queue as u64,
+                    size: 2,
+                    fd: self.0[queue.saturating_sub(1)].as_fd(),
+                    datamatch: None,
+                })
+                .collect())
+        }
+        fn set_irqs(&mut self, _: u32, _: IrqAction) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn dma_mapped(&mut self, _: u64, _: u64) {}
+        fn dma_unmapping(&mut self, _: u64, _: u64) {}
+        fn reset(&mut self) {}
+        fn event_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+            Vec::new()
+        }
+        fn event_ready(&mut self, _: usize) {}
+    }
+
+    fn le32(body: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(body[at..at + 4].try_into().unwrap())
+    }
+
+    /// (sub-regions listed, fds sent, fd index of each sub-region)
+    fn io_fds(queues: usize, max_fds: usize) -> (u32, usize, Vec<u32>) {
+        let device = Doorbells::new(queues);
+        let reply = io_fds_reply(&device, 0, u32::MAX, max_fds).unwrap();
+        let count = le32(&reply.body, 12);
+        let entry = size_of::<IoFdSubRegion>();
+        assert_eq!(le32(&reply.body, 0) as usize, reply.body.len(), "argsz");
+        assert_eq!(reply.body.len(), 16 + entry * count as usize);
+        let indices = (0..count as usize)
+            .map(|i| le32(&reply.body, 16 + i * entry + 16))
+            .collect();
+        (count, reply.fds.len(), indices)
+    }
+
+    #[test]
+    fn io_fds_never_exceed_the_clients_max_msg_fds() {
+        // 18 doorbells in 17 eventfds (queues 0 and 1 share one): 16 eventfds fit, which cover
+        // 17 sub-regions; the last is left to REGION_WRITE.
+        let (count, fds, indices) = io_fds(18, 16);
+        assert_eq!((count, fds), (17, 16));
+        assert_eq!(indices[..3], [0, 0, 1]);
+        assert_eq!(indices[16], 15);
+        let (count, fds, _) = io_fds(66, 16);
+        assert_eq!((count, fds), (17, 16));
+        // A client that did not say how many it takes gets one.
+        let (count, fds, indices) = io_fds(18, 1);
+        assert_eq!((count, fds, indices), (2, 1, vec![0, 0]));
+        let (count, fds, _) = io_fds(4, 16);
+        assert_eq!((count, fds), (4, 3));
+    }
+
+    #[test]
+    fn a_short_io_fds_request_learns_the_size_of_what_fits() {
+        let device = Doorbells::new(18);
+        let reply = io_fds_reply(&device, 0, 16, 16).unwrap();
+        assert_eq!(reply.body.len(), 16);
+        assert_eq!(
+            le32(&reply.body, 0) as usize,
+            16 + 17 * size_of::<IoFdSubRegion>()
+        );
+        assert_eq!(le32(&reply.body, 12), 17);
+        assert!(reply.fds.is_empty());
     }
 }

@@ -91,6 +91,9 @@ impl DmaError {
 /// A change of `DmaMemory` the device must hear about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmaChange {
+    /// About to join `DmaMemory`, backed by a file that can still shrink (no `F_SEAL_SHRINK`):
+    /// an access past its new end would fault.
+    Shrinkable { iova: u64, size: u64 },
     /// About to leave `DmaMemory`.
     Unmapping { iova: u64, size: u64 },
     /// Now in `DmaMemory`.
@@ -104,6 +107,8 @@ struct Mapping {
     flags: u32,
     /// The file backing the mapping; `None` if the device cannot reach it.
     file: Option<Arc<File>>,
+    /// Whether the file can shrink under the mapping: a regular file without `F_SEAL_SHRINK`.
+    shrinkable: bool,
 }
 
 impl Mapping {
@@ -147,9 +152,15 @@ impl DmaTable {
         self.files.values().filter(|f| f.strong_count() > 0).count()
     }
 
-    /// The open file for `fd` after checking that `size` bytes from `offset` lie within it: one already held for the
-    /// same file if there is one (`fd` is then closed), or `fd` itself.
-    fn backing_file(&mut self, offset: u64, size: u64, fd: OwnedFd) -> Result<Arc<File>, DmaError> {
+    /// The open file for `fd` after checking that `size` bytes from `offset` lie within it: one
+    /// already held for the same file if there is one (`fd` is then closed), or `fd` itself;
+    /// and whether the file can still shrink.
+    fn backing_file(
+        &mut self,
+        offset: u64,
+        size: u64,
+        fd: OwnedFd,
+    ) -> Result<(Arc<File>, bool), DmaError> {
         let file = File::from(fd);
         let metadata = file.metadata().map_err(DmaError::Stat)?;
         // Sizes of other kinds of files (block and character devices) say nothing.
@@ -160,6 +171,12 @@ impl DmaTable {
                 file_size: metadata.len(),
             });
         }
+        // Block and character devices never shrink. Seals only accumulate, so a sealed file stays
+        // sealed; files that cannot be sealed (EINVAL) can shrink.
+        // SAFETY: F_GET_SEALS on an fd we own reads its seals and changes nothing.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let shrinkable =
+            metadata.file_type().is_file() && (seals < 0 || seals & libc::F_SEAL_SHRINK == 0);
         // SAFETY: F_GETFL on an fd we own reads its status flags and changes nothing.
         let status_flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         let key = FileKey {
@@ -168,18 +185,24 @@ impl DmaTable {
             access_mode: status_flags & libc::O_ACCMODE,
         };
         if let Some(held) = self.files.get(&key).and_then(Weak::upgrade) {
-            return Ok(held);
+            return Ok((held, shrinkable));
         }
         let file = Arc::new(file);
         if self.files.len() > 2 * self.maps.len() + 16 {
             self.files.retain(|_, held| held.strong_count() > 0);
         }
         self.files.insert(key, Arc::downgrade(&file));
-        Ok(file)
+        Ok((file, shrinkable))
     }
 
-    /// Adds a mapping; returns whether the device can reach it through `DmaMemory`.
-    pub fn map(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<bool, DmaError> {
+    /// Adds a mapping; returns whether the device can reach it through `DmaMemory`. `notify`
+    /// hears of a shrinkable mapping before the device can reach it.
+    pub fn map(
+        &mut self,
+        map: &DmaMap,
+        fd: Option<OwnedFd>,
+        mut notify: impl FnMut(DmaChange),
+    ) -> Result<bool, DmaError> {
         let (address, size, offset, flags) = (
             map.address.get(),
             map.size.get(),
@@ -212,16 +235,26 @@ impl DmaTable {
             return Err(DmaError::TooMany);
         }
         let reachable = flags & (VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0;
-        let file = match fd.filter(|_| reachable) {
-            Some(fd) => Some(self.backing_file(offset, size, fd)?),
-            None => None,
+        let (file, shrinkable) = match fd.filter(|_| reachable) {
+            Some(fd) => {
+                let (file, shrinkable) = self.backing_file(offset, size, fd)?;
+                (Some(file), shrinkable)
+            }
+            None => (None, false),
         };
         let mapping = Mapping {
             size,
             file_offset: offset,
             flags,
             file,
+            shrinkable,
         };
+        if mapping.accessible() && mapping.shrinkable {
+            notify(DmaChange::Shrinkable {
+                iova: address,
+                size,
+            });
+        }
         if mapping.accessible() {
             self.insert_into_memory(address, &mapping)?;
         }
@@ -437,7 +470,8 @@ mod tests {
         assert!(t
             .map(
                 &map(0x10000, 2 * PAGE_SIZE, PAGE_SIZE, RW),
-                Some(file.into())
+                Some(file.into()),
+                |_| {},
             )
             .unwrap());
         let mem = memory.memory();
@@ -460,11 +494,13 @@ mod tests {
         t.map(
             &map(0, PAGE_SIZE, 0, RW),
             Some(shared.try_clone().unwrap().into()),
+            |_| {},
         )
         .unwrap();
         t.map(
             &map(PAGE_SIZE, PAGE_SIZE, 0, VFIO_DMA_MAP_FLAG_READ),
             Some(private.try_clone().unwrap().into()),
+            |_| {},
         )
         .unwrap();
         let mem = memory.memory();
@@ -484,21 +520,24 @@ mod tests {
     fn the_map_after_the_last_is_enospc_and_an_exhaustion() {
         let (mut t, _) = table();
         for n in 0..MAX_DMA_MAPS as u64 {
-            t.map(&map(n * PAGE_SIZE, PAGE_SIZE, 0, RW), None).unwrap();
+            t.map(&map(n * PAGE_SIZE, PAGE_SIZE, 0, RW), None, |_| {})
+                .unwrap();
         }
         let past = MAX_DMA_MAPS as u64 * PAGE_SIZE;
-        let error = t.map(&map(past, PAGE_SIZE, 0, RW), None).unwrap_err();
+        let error = t
+            .map(&map(past, PAGE_SIZE, 0, RW), None, |_| {})
+            .unwrap_err();
         assert_eq!(error.errno(), libc::ENOSPC);
         assert!(error.is_exhaustion());
         assert!(!DmaError::BadFlags(0).is_exhaustion());
         t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
-        t.map(&map(past, PAGE_SIZE, 0, RW), None).unwrap();
+        t.map(&map(past, PAGE_SIZE, 0, RW), None, |_| {}).unwrap();
     }
 
     #[test]
     fn overlaps_are_eexist_and_fdless_maps_are_recorded() {
         let (mut t, memory) = table();
-        assert!(!t.map(&map(0x4000, 0x4000, 0, RW), None).unwrap());
+        assert!(!t.map(&map(0x4000, 0x4000, 0, RW), None, |_| {}).unwrap());
         assert!(memory.memory().num_regions() == 0);
         for (address, size) in [
             (0x4000, 0x1000),
@@ -507,12 +546,14 @@ mod tests {
             (0, 0x10000),
         ] {
             assert_eq!(
-                t.map(&map(address, size, 0, RW), None).unwrap_err().errno(),
+                t.map(&map(address, size, 0, RW), None, |_| {})
+                    .unwrap_err()
+                    .errno(),
                 libc::EEXIST
             );
         }
-        t.map(&map(0x8000, 0x1000, 0, RW), None).unwrap();
-        t.map(&map(0x3000, 0x1000, 0, RW), None).unwrap();
+        t.map(&map(0x8000, 0x1000, 0, RW), None, |_| {}).unwrap();
+        t.map(&map(0x3000, 0x1000, 0, RW), None, |_| {}).unwrap();
         assert_eq!(t.maps.len(), 3);
     }
 
@@ -525,7 +566,7 @@ mod tests {
             map(u64::MAX - 0xfff, 0x2000, 0, RW),
             map(0, 0x1000, 0, 1 << 5),
         ] {
-            assert_eq!(t.map(&m, None).unwrap_err().errno(), libc::EINVAL);
+            assert_eq!(t.map(&m, None, |_| {}).unwrap_err().errno(), libc::EINVAL);
         }
     }
 
@@ -535,6 +576,7 @@ mod tests {
         t.map(
             &map(0x100000, 4 * PAGE_SIZE, 0, RW),
             Some(backing(4).into()),
+            |_| {},
         )
         .unwrap();
         let mut changes = vec![];
@@ -578,11 +620,16 @@ mod tests {
     #[test]
     fn exact_unmap_and_unmap_all() {
         let (mut t, memory) = table();
-        t.map(&map(0, PAGE_SIZE, 0, RW), Some(backing(1).into()))
+        t.map(&map(0, PAGE_SIZE, 0, RW), Some(backing(1).into()), |_| {})
             .unwrap();
-        t.map(&map(PAGE_SIZE, PAGE_SIZE, 0, RW), Some(backing(1).into()))
+        t.map(
+            &map(PAGE_SIZE, PAGE_SIZE, 0, RW),
+            Some(backing(1).into()),
+            |_| {},
+        )
+        .unwrap();
+        t.map(&map(4 * PAGE_SIZE, PAGE_SIZE, 0, RW), None, |_| {})
             .unwrap();
-        t.map(&map(4 * PAGE_SIZE, PAGE_SIZE, 0, RW), None).unwrap();
         t.unmap(&unmap(0, PAGE_SIZE), |_| ()).unwrap();
         assert_eq!(memory.memory().num_regions(), 1);
         let all = DmaUnmap {
@@ -619,11 +666,16 @@ mod tests {
             map(0, PAGE_SIZE, one_mib, RW),
         ] {
             let fd = file.try_clone().unwrap().into();
-            assert_eq!(t.map(&m, Some(fd)).unwrap_err().errno(), libc::EINVAL);
+            assert_eq!(
+                t.map(&m, Some(fd), |_| {}).unwrap_err().errno(),
+                libc::EINVAL
+            );
         }
         assert!(t.maps.is_empty());
         assert_eq!(memory.memory().num_regions(), 0);
-        assert!(t.map(&map(0, one_mib, 0, RW), Some(file.into())).unwrap());
+        assert!(t
+            .map(&map(0, one_mib, 0, RW), Some(file.into()), |_| {})
+            .unwrap());
     }
 
     #[test]
@@ -637,6 +689,7 @@ mod tests {
             t.map(
                 &map(page * 0x10000, PAGE_SIZE, page * PAGE_SIZE, RW),
                 Some(fd),
+                |_| {},
             )
             .unwrap();
         }
@@ -654,5 +707,67 @@ mod tests {
         }
         assert_eq!(t.open_files(), 0);
         assert!(!open(raw[0]));
+    }
+
+    fn memfd(flags: libc::c_uint, seals: libc::c_int) -> File {
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"dma-test".as_ptr(), libc::MFD_CLOEXEC | flags) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(PAGE_SIZE).unwrap();
+        if seals != 0 {
+            // SAFETY: F_ADD_SEALS on our own memfd.
+            assert_eq!(
+                unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+                0
+            );
+        }
+        file
+    }
+
+    /// Only memory whose file can still shrink is announced, before the device can reach it.
+    #[test]
+    fn maps_of_files_that_can_shrink_are_announced_first() {
+        let (mut t, memory) = table();
+        let cases = [
+            (memfd(0, 0), true),
+            (memfd(libc::MFD_ALLOW_SEALING, libc::F_SEAL_GROW), true),
+            (
+                memfd(
+                    libc::MFD_ALLOW_SEALING,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+                ),
+                false,
+            ),
+            (backing(1), true),
+        ];
+        for (n, (file, shrinkable)) in cases.into_iter().enumerate() {
+            let iova = n as u64 * 0x10000;
+            let mut announced = Vec::new();
+            let regions = memory.memory().num_regions();
+            t.map(&map(iova, PAGE_SIZE, 0, RW), Some(file.into()), |change| {
+                // Not in memory yet when announced.
+                announced.push((change, memory.memory().num_regions() == regions));
+            })
+            .unwrap();
+            let expected: Vec<_> = shrinkable
+                .then_some((
+                    DmaChange::Shrinkable {
+                        iova,
+                        size: PAGE_SIZE,
+                    },
+                    true,
+                ))
+                .into_iter()
+                .collect();
+            assert_eq!(announced, expected, "case {n}");
+            assert_eq!(t.maps[&iova].shrinkable, shrinkable);
+        }
+        // Without an fd the device never reaches the memory: nothing to announce.
+        let mut announced = 0;
+        t.map(&map(0x100000, PAGE_SIZE, 0, RW), None, |_| announced += 1)
+            .unwrap();
+        assert_eq!(announced, 0);
     }
 }

@@ -32,7 +32,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
 
-use crate::memory_fault::{FaultScope, GuardedWorker};
+use crate::memory_fault::{FaultScope, GuardedWorker, ShrinkableMemory};
 use crate::queue_worker::{QueueHost, QueueWorker};
 use crate::virtio_device::{ActivateError, Activation, VirtioDevice};
 use scsi_disk::{LunConfig, TargetError};
@@ -121,6 +121,8 @@ pub struct ScsiDevice {
     queue_size: u16,
     luns: Arc<LunTable>,
     needs_reset: Arc<AtomicBool>,
+    /// Whether the queue workers must guard their accesses to guest memory.
+    shrinkable: ShrinkableMemory,
     /// Per virtqueue, kept across resets.
     counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
@@ -169,6 +171,7 @@ impl ScsiDevice {
             queue_size,
             luns: Arc::new(luns),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            shrinkable: ShrinkableMemory::default(),
             counters: (0..num_queues + FIRST_REQUEST_QUEUE)
                 .map(|_| Arc::default())
                 .collect(),
@@ -317,6 +320,10 @@ fn check_disk(config: &LunConfig, disk: &Disk) -> Result<(), ScsiDeviceError> {
 }
 
 impl VirtioDevice for ScsiDevice {
+    fn memory_may_shrink(&mut self) {
+        self.shrinkable.mapped();
+    }
+
     fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::SeqCst)
     }
@@ -434,6 +441,7 @@ impl VirtioDevice for ScsiDevice {
             workers.push(Box::new(GuardedWorker::new(
                 worker,
                 Arc::clone(&on_fault),
+                self.shrinkable.clone(),
                 &self.logger,
             )));
         }
