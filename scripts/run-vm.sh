@@ -395,8 +395,10 @@ if [ -z "$firmware" ]; then
     base_initrd=$guest_dir/initramfs.cpio
     if [ ! -f "$base_initrd" ]; then
         inflating=$(mktemp "$base_initrd.XXXXXX")
-        gzip -dc "$guest_dir/initramfs.gz" >"$inflating" && mv "$inflating" "$base_initrd" ||
-            { rm -f "$inflating"; die "cannot inflate $guest_dir/initramfs.gz into $base_initrd"; }
+        if ! { gzip -dc "$guest_dir/initramfs.gz" >"$inflating" && mv "$inflating" "$base_initrd"; }; then
+            rm -f "$inflating"
+            die "cannot inflate $guest_dir/initramfs.gz into $base_initrd"
+        fi
     fi
 fi
 cat "$base_initrd" "$work/extra.gz" >"$work/initrd"
