@@ -43,7 +43,7 @@
 #                      directory and quoted when the run fails.
 # The guest waits for its disk before it runs the script, and finds its path in $VUS_DISK.
 # Exit status: the guest script's; 124 on timeout; 125 when the guest never reported a status
-# (QEMU error, boot failure, kernel panic) or the server failed.
+# (QEMU error or killed by a signal, boot failure, kernel panic) or the server failed.
 # Environment: VUS_SERVER_BIN, VUS_SERVER_LOG (server log path), VUS_CACHE, VUS_TMPDIR,
 # VUS_RUN_PIDS (a file where the PIDs of the device side and QEMU are written, one
 # 'server|daemon|qemu PID' line each, for benchmarks that read /proc).
@@ -386,7 +386,20 @@ guest_disk=/dev/sda
 printf 'VUS_WAIT_DISK=%s\nVUS_WAIT_SECS=%s\nexport VUS_DISK=%s\n' "$guest_disk" 60 "$guest_disk" >"$work/extra/run-env.sh"
 (cd "$work/extra" && printf '%s\n' run-script.sh run-env.sh | cpio -o -H newc --quiet) |
     gzip -1 >"$work/extra.gz"
-cat "$guest_dir/initramfs.gz" "$work/extra.gz" >"$work/initrd"
+base_initrd=$guest_dir/initramfs.gz
+if [ -z "$firmware" ]; then
+    # Under TCG the kernel spends about 14 s of each boot inflating the gzip archive, and well
+    # under 1 s unpacking it uncompressed: the cache keeps an inflated copy beside the archive,
+    # made once (renamed into place, so that concurrent runs never read half of it). The
+    # firmware boots keep the small archive, which they read from the disk.
+    base_initrd=$guest_dir/initramfs.cpio
+    if [ ! -f "$base_initrd" ]; then
+        inflating=$(mktemp "$base_initrd.XXXXXX")
+        gzip -dc "$guest_dir/initramfs.gz" >"$inflating" && mv "$inflating" "$base_initrd" ||
+            { rm -f "$inflating"; die "cannot inflate $guest_dir/initramfs.gz into $base_initrd"; }
+    fi
+fi
+cat "$base_initrd" "$work/extra.gz" >"$work/initrd"
 
 # A disk with one EFI system partition (MBR type 0xef, from 1 MiB) holding systemd-boot as the
 # removable-media loader, which boots the guest kernel's EFI stub with the run's initramfs.
@@ -476,9 +489,17 @@ finish() {
     fi
     exit "$1"
 }
-if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+ran_s=$((SECONDS - started))
+# timeout(1) exits 124 when time ran out, or 137 when QEMU then ignored SIGTERM; a QEMU killed
+# by a signal from elsewhere makes timeout exit 128 + that signal, before its time is up.
+if [ "$qemu_status" = 124 ] || { [ "$qemu_status" = 137 ] && [ "$ran_s" -ge "$timeout_s" ]; }; then
     echo "run-vm: TIMEOUT after $timeout_s s, $(guest_stage)" >&2
     finish 124
+fi
+if [ "$qemu_status" -gt 128 ]; then
+    signal=$(kill -l "$qemu_status" 2>/dev/null || echo "?")
+    echo "run-vm: QEMU KILLED by signal $((qemu_status - 128)) (SIG$signal, exit status $qemu_status) after $ran_s s, $(guest_stage)" >&2
+    finish 125
 fi
 if [ -z "$marker" ]; then
     if grep -q -a 'Kernel panic' "$console_log"; then

@@ -272,11 +272,6 @@ impl Disk {
         self.direct_io
     }
 
-    /// Whether a flush has failed since the disk was opened: every later flush fails too.
-    pub fn flush_failed(&self) -> bool {
-        self.flush_state.has_failed()
-    }
-
     /// Counts a failed request (reading, or modifying the disk when `write`) and says whether
     /// it deserves a warning now.
     pub fn record_error(&self, errno: i32, write: bool) -> ErrorReport {

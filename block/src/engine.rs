@@ -1,9 +1,17 @@
 //! The interface between a device's queues and the code that performs their I/O.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::{BlockError, Disk, IoRequest};
+
+/// An eventfd as a borrowed descriptor (vmm-sys-util's `EventFd` has no `AsFd`).
+pub fn borrow_eventfd(eventfd: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: `eventfd` owns the descriptor and outlives the borrow, which is tied to it.
+    unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) }
+}
 
 /// The outcome of one submitted request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +51,7 @@ pub trait Engine: Send {
 
     /// An eventfd that becomes readable when requests finish after `submit` returned; None for
     /// engines that finish every request inside `submit`.
-    fn completion_fd(&self) -> Option<RawFd>;
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>>;
 
     /// Clears `completion_fd` after it woke the caller; the caller then reaps, so that a
     /// completion signalled after the clear is either reaped now or wakes the caller again.

@@ -58,8 +58,6 @@ pub enum BlockError {
     Eventfd(io::Error),
     #[error("io_uring unavailable: {0}")]
     IoUringSetup(io::Error),
-    #[error("io_uring submission: {0}")]
-    IoUringSubmit(io::Error),
     #[error("cannot start the I/O threads: {0}")]
     Threads(io::Error),
     #[error("the I/O threads are gone")]

@@ -29,10 +29,6 @@ impl FlushState {
         }
         result
     }
-
-    pub(crate) fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
 }
 
 #[cfg(test)]
@@ -46,7 +42,6 @@ mod tests {
         assert_eq!(state.record(Ok(0)), Ok(0));
         assert_eq!(state.check(), Ok(()));
         assert_eq!(state.record(Err(libc::ENOSPC)), Err(libc::ENOSPC));
-        assert!(state.has_failed());
         assert_eq!(state.check(), Err(libc::EIO));
         assert_eq!(
             state.record(Ok(0)),

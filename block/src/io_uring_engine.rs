@@ -1,7 +1,7 @@
 //! The io_uring engine: batched submissions, guest buffers handed to the kernel as they are.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -248,8 +248,8 @@ impl Engine for IoUringEngine {
         self.enter();
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.eventfd.as_raw_fd())
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(crate::borrow_eventfd(&self.eventfd))
     }
 
     fn clear_completion_fd(&mut self) {

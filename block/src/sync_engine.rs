@@ -1,7 +1,7 @@
 //! The synchronous engine: each request runs to completion inside `submit`.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use vmm_sys_util::ioctl_io_nr;
@@ -46,7 +46,7 @@ impl Engine for SyncEngine {
 
     fn submit_pending(&mut self) {}
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
 

@@ -2,7 +2,7 @@
 //! event loop that submits them never blocks on the disk: for backends or kernels where
 //! io_uring is not wanted.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -101,8 +101,8 @@ impl Engine for ThreadPoolEngine {
 
     fn submit_pending(&mut self) {}
 
-    fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.finished.eventfd.as_raw_fd())
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(crate::borrow_eventfd(&self.finished.eventfd))
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {

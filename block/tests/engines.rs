@@ -62,9 +62,9 @@ impl Memory {
     }
 }
 
-fn wait_readable(fd: i32) -> bool {
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     let mut pollfd = libc::pollfd {
-        fd,
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
         events: libc::POLLIN,
         revents: 0,
     };

@@ -3,11 +3,11 @@
 //! The crate knows nothing of what the function does: its user declares the identity, the BARs
 //! and the capabilities, then forwards configuration accesses and MSI-X table/PBA accesses here.
 
-pub mod bar;
-pub mod config_space;
-pub mod error;
-pub mod msix_capability;
-pub mod msix_vectors;
+mod bar;
+mod config_space;
+mod error;
+mod msix_capability;
+mod msix_vectors;
 
 pub use bar::{Bar, BarWidth};
 pub use config_space::{ConfigSpace, PciIdentity, CONFIG_SPACE_SIZE};

@@ -8,24 +8,39 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
+use std::mem::{offset_of, size_of};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 use crate::error::{check_range, PciError};
-use crate::msix_capability::MsixLayout;
+use crate::msix_capability::{MsixLayout, TABLE_ENTRY_SIZE};
 
 const MAX_VECTORS: u32 = 2048;
 const VECTOR_CONTROL_MASKED: u32 = 1;
-/// Dword index of Vector Control within a table entry.
-const VECTOR_CONTROL: usize = 3;
+
+/// One MSI-X table entry as the driver sees it through the BAR (PCI Local Bus 3.0 §6.8.2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct MsixTableEntry {
+    message_address_low: U32,
+    message_address_high: U32,
+    message_data: U32,
+    vector_control: U32,
+}
+
+const _: () = assert!(size_of::<MsixTableEntry>() as u64 == TABLE_ENTRY_SIZE);
+const VECTOR_CONTROL: usize = offset_of!(MsixTableEntry, vector_control);
+const _: () = assert!(VECTOR_CONTROL == 12);
 
 #[derive(Debug)]
 struct Vector {
     fd: Option<File>,
     pending: bool,
-    /// Message Address low/high, Message Data, Vector Control.
-    entry: [u32; 4],
+    entry: MsixTableEntry,
     /// The client wrote Vector Control, so it drives masking through the table.
     table_masking: bool,
 }
@@ -35,13 +50,18 @@ impl Vector {
         Vector {
             fd: None,
             pending: false,
-            entry: [0, 0, 0, VECTOR_CONTROL_MASKED],
+            entry: MsixTableEntry {
+                message_address_low: U32::ZERO,
+                message_address_high: U32::ZERO,
+                message_data: U32::ZERO,
+                vector_control: U32::new(VECTOR_CONTROL_MASKED),
+            },
             table_masking: false,
         }
     }
 
     fn entry_masked(&self) -> bool {
-        self.table_masking && self.entry[VECTOR_CONTROL] & VECTOR_CONTROL_MASKED != 0
+        self.table_masking && self.entry.vector_control.get() & VECTOR_CONTROL_MASKED != 0
     }
 
     /// Writes the eventfd if the vector can fire now, else records the interrupt as pending.
@@ -191,12 +211,24 @@ impl MsixVectors {
         }
     }
 
+    /// Each dword of an access: (vector, offset within its entry, the dword's bytes).
+    fn dwords(offset: u64, len: usize) -> impl Iterator<Item = (u16, usize, usize)> {
+        (0..len / 4).map(move |i| {
+            let at = offset + 4 * i as u64;
+            // check_table_access bounds `at` by the table, which holds at most 2048 entries.
+            (
+                (at / TABLE_ENTRY_SIZE) as u16,
+                (at % TABLE_ENTRY_SIZE) as usize,
+                4 * i,
+            )
+        })
+    }
+
     pub fn table_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PciError> {
         Self::check_table_access(offset, data.len(), self.table_size())?;
-        for (i, chunk) in data.chunks_exact_mut(4).enumerate() {
-            let dword = offset / 4 + i as u64;
-            let state = self.vector((dword / 4) as u16)?;
-            chunk.copy_from_slice(&state.entry[(dword % 4) as usize].to_le_bytes());
+        for (vector, within, at) in Self::dwords(offset, data.len()) {
+            let state = self.vector(vector)?;
+            data[at..at + 4].copy_from_slice(&state.entry.as_bytes()[within..within + 4]);
         }
         Ok(())
     }
@@ -204,20 +236,15 @@ impl MsixVectors {
     pub fn table_write(&self, offset: u64, data: &[u8]) -> Result<(), PciError> {
         Self::check_table_access(offset, data.len(), self.table_size())?;
         let masked = self.function_masked();
-        for (i, chunk) in data.chunks_exact(4).enumerate() {
-            let dword = offset / 4 + i as u64;
-            let mut state = self.vector((dword / 4) as u16)?;
-            let word = (dword % 4) as usize;
-            let mut value = [0u8; 4];
-            value.copy_from_slice(chunk);
-            let value = u32::from_le_bytes(value);
-            if word == VECTOR_CONTROL {
+        for (vector, within, at) in Self::dwords(offset, data.len()) {
+            let mut state = self.vector(vector)?;
+            state.entry.as_mut_bytes()[within..within + 4].copy_from_slice(&data[at..at + 4]);
+            if within == VECTOR_CONTROL {
                 // Only the mask bit of Vector Control is defined; the rest is reserved.
-                state.entry[word] = value & VECTOR_CONTROL_MASKED;
+                let control = state.entry.vector_control.get() & VECTOR_CONTROL_MASKED;
+                state.entry.vector_control = U32::new(control);
                 state.table_masking = true;
                 state.flush_pending(masked)?;
-            } else {
-                state.entry[word] = value;
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use virtio::{
 use crate::cli::LogLevel;
 use crate::control_socket::{Answer, ConnectionId, LineError};
 use crate::controller::{open_lun, ControllerError};
-use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, MAX_LUN};
+use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, SizeError, MAX_LUN};
 use crate::iothread_pool::{IothreadPool, PoolError};
 use crate::logging::LogControl;
 use crate::mapping::QueueOwner;
@@ -91,15 +91,13 @@ pub enum ControlError {
     NoSuchLun(u16),
     #[error("no free LUN left (all of 0..={MAX_LUN} are in use)")]
     NoFreeLun,
-    #[error("resize: size {0}")]
-    Size(String),
+    #[error("resize: {0}")]
+    Size(#[from] SizeError),
     #[error("{command}: {source}")]
     Pool {
         command: &'static str,
         source: PoolError,
     },
-    #[error("{0}: the server runs without an iothread pool")]
-    NoPool(&'static str),
     #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
     LogLevel(String),
     #[error("remove-disk: LUN {lun} still has {in_flight} request(s) in flight after {seconds} s (tags: {tags}); it takes no new ones, and remove-disk {lun} again finishes the removal")]
@@ -160,7 +158,7 @@ enum Progress {
 
 /// The state the commands read and change besides the device.
 pub struct ControlCommands {
-    pool: Option<Arc<IothreadPool>>,
+    pool: Arc<IothreadPool>,
     log_control: LogControl,
     num_queues: u16,
     queue_size: u16,
@@ -175,7 +173,7 @@ pub type Function = VirtioFunction<ScsiDevice>;
 
 impl ControlCommands {
     pub fn new(
-        pool: Option<Arc<IothreadPool>>,
+        pool: Arc<IothreadPool>,
         log_control: LogControl,
         num_queues: u16,
         queue_size: u16,
@@ -279,7 +277,7 @@ impl ControlCommands {
                     other => other.to_string(),
                 };
                 let moves = self
-                    .pool("set-mapping")?
+                    .pool
                     .set_mapping(&json, usize::from(self.num_queues))
                     .map_err(|source| ControlError::Pool {
                         command: "set-mapping",
@@ -292,7 +290,7 @@ impl ControlCommands {
                 json!({"moved": moved})
             }
             Request::AddIothread { name } => {
-                self.pool("add-iothread")?
+                self.pool
                     .add_iothread(&name)
                     .map_err(|source| ControlError::Pool {
                         command: "add-iothread",
@@ -301,7 +299,7 @@ impl ControlCommands {
                 json!({"iothread": name})
             }
             Request::RemoveIothread { name } => {
-                self.pool("remove-iothread")?
+                self.pool
                     .remove_iothread(&name)
                     .map_err(|source| ControlError::Pool {
                         command: "remove-iothread",
@@ -320,19 +318,11 @@ impl ControlCommands {
         Ok(Progress::Done(done))
     }
 
-    fn pool(&self, command: &'static str) -> Result<&IothreadPool, ControlError> {
-        self.pool.as_deref().ok_or(ControlError::NoPool(command))
-    }
-
     fn query(&self, device: &Function, status: ServerStatus) -> Value {
-        let names = self
-            .pool
-            .as_ref()
-            .map(|pool| pool.iothread_names())
-            .unwrap_or_default();
-        let owner = |vq: u16| match self.pool.as_ref().map(|pool| pool.owner(vq)) {
-            Some(QueueOwner::Iothread(i)) => names.get(i).map_or("main-loop", String::as_str),
-            _ => "main-loop",
+        let names = self.pool.iothread_names();
+        let owner = |vq: u16| match self.pool.owner(vq) {
+            QueueOwner::Iothread(i) => names.get(i).map_or("main-loop", String::as_str),
+            QueueOwner::MainLoop => "main-loop",
         };
         let queues: Vec<Value> = (0..self.num_queues + 2)
             .map(|vq| {
@@ -411,9 +401,7 @@ impl ControlCommands {
         }
         let iothreads: Vec<Value> = self
             .pool
-            .as_ref()
-            .map(|pool| pool.iothread_stats())
-            .unwrap_or_default()
+            .iothread_stats()
             .into_iter()
             .map(|stats| {
                 json!({"name": stats.name, "busy_ns": stats.busy_ns, "poll_ns": stats.poll_ns,
@@ -465,6 +453,8 @@ impl ControlCommands {
     }
 
     /// Takes the LUN from the target; the reply comes once its requests in flight are done.
+    /// Requests its error policy held are answered as aborted rather than waited for, since
+    /// only `cont` would ever run them.
     fn remove_disk(
         &mut self,
         device: &mut Function,
@@ -482,6 +472,13 @@ impl ControlCommands {
             .draining
             .iter()
             .position(|draining| draining.lun() == lun);
+        let held = device
+            .function()
+            .device()
+            .luns()
+            .into_iter()
+            .find(|state| state.config.lun == lun)
+            .map_or(0, |state| state.disk.io_status().held());
         let removed = match at {
             Some(at) => self.draining.remove(at),
             None => match device.function_mut().device_mut().remove_lun(lun) {
@@ -496,7 +493,8 @@ impl ControlCommands {
         if removed.drained() {
             return Ok(Progress::Done(self.lun_drained(device, &removed, started)));
         }
-        info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight);
+        info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight,
+              "held_aborted" => held);
         self.removing.push(PendingRemoval {
             removed,
             waiter,

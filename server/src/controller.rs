@@ -16,6 +16,7 @@ use virtio::{EngineFactory, ScsiDevice, ScsiDeviceConfig, VirtioPciFunction};
 
 use crate::disk_spec::{assign_luns, Backing, DiskSpec};
 use crate::iothread_pool::IothreadPool;
+use crate::mapping::{QueueMapping, QueueOwner};
 use crate::virtio_function::VirtioFunction;
 
 /// Size of the disk served when the command line names none.
@@ -25,8 +26,8 @@ const MAX_TRANSFER_BYTES: u32 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("{0}")]
-    Luns(String),
+    #[error(transparent)]
+    Luns(#[from] crate::disk_spec::LunAssignError),
     #[error(transparent)]
     Disk(#[from] block::BlockError),
     #[error("cannot create the temporary disk in {dir}: {source}")]
@@ -45,14 +46,30 @@ pub struct ControllerConfig<'a> {
     pub disks: &'a [DiskSpec],
     pub num_queues: u16,
     pub queue_size: u16,
-    /// Where the queues are served; without it, inline on the main loop with blocking I/O.
-    pub serving: Option<QueueServing>,
+    /// Where the queues are served.
+    pub serving: QueueServing,
 }
 
 /// The threads that serve the queues and the I/O engine each request queue gets.
 pub struct QueueServing {
     pub pool: Arc<IothreadPool>,
     pub engines: EngineFactory,
+}
+
+impl QueueServing {
+    /// Every queue on the main loop, with synchronous I/O: what no `--iothread` and
+    /// `--aio sync` give.
+    pub fn main_loop(num_queues: u16, log: &Logger) -> std::io::Result<QueueServing> {
+        let mapping = QueueMapping {
+            ctrl: QueueOwner::MainLoop,
+            event: QueueOwner::MainLoop,
+            request: vec![QueueOwner::MainLoop; usize::from(num_queues)],
+        };
+        Ok(QueueServing {
+            pool: Arc::new(IothreadPool::start(&[], mapping, 0, log)?),
+            engines: Arc::new(|| Ok(Box::new(block::SyncEngine::new()?))),
+        })
+    }
 }
 
 /// A controller and what must live as long as it does.
@@ -76,21 +93,20 @@ pub fn build(
         luns.push((lun_config(0, &disk, serial_for("temporary", 0)), disk));
         temporary_disk = Some(file);
     } else {
-        let numbers = assign_luns(config.disks).map_err(ControllerError::Luns)?;
+        let numbers = assign_luns(config.disks)?;
         for (spec, lun) in config.disks.iter().zip(numbers) {
             luns.push(open_lun(spec, lun, log)?);
         }
     }
-    let mut device = ScsiDevice::new(ScsiDeviceConfig {
+    let pool = Arc::clone(&config.serving.pool);
+    let device = ScsiDevice::new(ScsiDeviceConfig {
         num_queues: config.num_queues,
         queue_size: config.queue_size,
         luns,
+        queue_host: pool.clone(),
+        engines: Arc::clone(&config.serving.engines),
         logger: log.clone(),
     })?;
-    let pool = config.serving.as_ref().map(|serving| {
-        device.set_queue_host(serving.pool.clone(), serving.engines.clone());
-        serving.pool.clone()
-    });
     let function = VirtioPciFunction::new(device, PCI_CLASS, memory, log.clone())?;
     Ok(Controller {
         function: VirtioFunction::new(function, pool, log.clone()),
@@ -218,7 +234,7 @@ mod tests {
             disks: &[],
             num_queues: 3,
             queue_size: 128,
-            serving: None,
+            serving: QueueServing::main_loop(3, &log).unwrap(),
         };
         let controller = build(&config, memory, &log).unwrap();
         let function = controller.function.function();
@@ -238,7 +254,7 @@ mod tests {
             disks: &disks,
             num_queues: 1,
             queue_size: 128,
-            serving: None,
+            serving: QueueServing::main_loop(1, &log).unwrap(),
         };
         let error = build(&config, memory.clone(), &log).err().unwrap();
         assert_eq!(
@@ -251,7 +267,7 @@ mod tests {
             disks: &missing,
             num_queues: 1,
             queue_size: 128,
-            serving: None,
+            serving: QueueServing::main_loop(1, &log).unwrap(),
         };
         let error = build(&config, memory, &log).err().unwrap();
         assert!(

@@ -112,7 +112,7 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
                 }
                 path = Some(PathBuf::from(value));
             }
-            "size" if is_null => size = Some(parse_size(value)?),
+            "size" if is_null => size = Some(parse_size(value).map_err(|e| e.to_string())?),
             "latency-us" if is_null => latency_us = parse_latency_us(value)?,
             "lun" => {
                 let n: u16 = value
@@ -212,7 +212,12 @@ fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
 }
 
 /// Bytes, with an optional binary suffix K, M, G or T.
-pub fn parse_size(value: &str) -> Result<u64, String> {
+/// A size that is not a number of bytes (the value as given).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("size '{0}' is not a number of bytes (suffixes K, M, G, T)")]
+pub struct SizeError(String);
+
+pub fn parse_size(value: &str) -> Result<u64, SizeError> {
     let (digits, shift) = match value.char_indices().last() {
         Some((i, 'K' | 'k')) => (&value[..i], 10),
         Some((i, 'M' | 'm')) => (&value[..i], 20),
@@ -224,7 +229,7 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| format!("size '{value}' is not a number of bytes (suffixes K, M, G, T)"))
+        .ok_or_else(|| SizeError(value.to_string()))
 }
 
 /// Longest null-disk latency accepted: a request slower than this is a hung disk to a guest.
@@ -240,9 +245,23 @@ fn parse_latency_us(value: &str) -> Result<u64, String> {
         })
 }
 
+/// Why the `--disk` options cannot all have a LUN.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LunAssignError {
+    #[error("--disk: no free LUN left")]
+    NoFreeLun,
+    /// Numbers are 1-based positions among the `--disk` options.
+    #[error("--disk number {first} and --disk number {second} both use lun {lun}")]
+    Shared {
+        first: usize,
+        second: usize,
+        lun: u16,
+    },
+}
+
 /// Gives every disk its LUN: an explicit `lun=`, or the lowest free number after the previous
 /// disk's. Two disks on one LUN are an error naming both.
-pub fn assign_luns(specs: &[DiskSpec]) -> Result<Vec<u16>, String> {
+pub fn assign_luns(specs: &[DiskSpec]) -> Result<Vec<u16>, LunAssignError> {
     let mut luns: Vec<u16> = Vec::with_capacity(specs.len());
     let mut next = 0u16;
     for (i, spec) in specs.iter().enumerate() {
@@ -253,17 +272,17 @@ pub fn assign_luns(specs: &[DiskSpec]) -> Result<Vec<u16>, String> {
                     next = next
                         .checked_add(1)
                         .filter(|n| *n <= MAX_LUN)
-                        .ok_or("--disk: no free LUN left")?;
+                        .ok_or(LunAssignError::NoFreeLun)?;
                 }
                 next
             }
         };
         if let Some(other) = luns.iter().position(|l| *l == lun) {
-            return Err(format!(
-                "--disk number {} and --disk number {} both use lun {lun}",
-                other + 1,
-                i + 1
-            ));
+            return Err(LunAssignError::Shared {
+                first: other + 1,
+                second: i + 1,
+                lun,
+            });
         }
         luns.push(lun);
     }
@@ -446,8 +465,17 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
+        let error = assign_luns(&specs).unwrap_err();
         assert_eq!(
-            assign_luns(&specs).unwrap_err(),
+            error,
+            LunAssignError::Shared {
+                first: 1,
+                second: 2,
+                lun: 4
+            }
+        );
+        assert_eq!(
+            error.to_string(),
             "--disk number 1 and --disk number 2 both use lun 4"
         );
     }

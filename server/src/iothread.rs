@@ -311,7 +311,7 @@ fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> boo
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::RawFd;
+    use std::os::fd::BorrowedFd;
     use std::sync::atomic::AtomicBool;
 
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -348,7 +348,7 @@ mod tests {
                 .store(false, Ordering::SeqCst);
             self.observed.kicks.fetch_add(1, Ordering::SeqCst);
         }
-        fn completion_fd(&self) -> Option<RawFd> {
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
         fn completions_ready(&mut self) {}

@@ -3,7 +3,7 @@
 //! and move them when the mapping changes.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use slog::{debug, info, warn, Logger};
@@ -221,9 +221,10 @@ impl IothreadPool {
     }
 
     /// Readable while a main-loop queue has something to serve (`main_loop().serve_ready()`).
-    /// Valid as long as the pool lives.
-    pub fn main_loop_fd(&self) -> RawFd {
-        self.main_loop_fd
+    pub fn main_loop_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is the `Poll` of `self.main_loop`, which lives (and is never
+        // replaced) as long as the pool the borrow is tied to.
+        unsafe { BorrowedFd::borrow_raw(self.main_loop_fd) }
     }
 
     /// Where each iothread's time went since it started, in command-line order.
@@ -273,7 +274,7 @@ impl QueueHost for IothreadPool {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::fd::BorrowedFd;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -311,8 +312,8 @@ mod tests {
             let name = std::thread::current().name().unwrap_or("").to_string();
             self.record.kicks.lock().unwrap().push((self.queue, name));
         }
-        fn completion_fd(&self) -> Option<RawFd> {
-            Some(self.completions.as_raw_fd())
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(block::borrow_eventfd(&self.completions))
         }
         fn completions_ready(&mut self) {
             let _ = self.completions.read();

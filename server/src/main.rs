@@ -189,14 +189,14 @@ fn run(
         disks: &cli.disks,
         num_queues: cli.num_queues,
         queue_size: cli.queue_size,
-        serving: Some(QueueServing {
+        serving: QueueServing {
             pool: Arc::clone(&pool),
             engines: engines(cli.aio, cli.queue_size, log),
-        }),
+        },
     };
     let controller = controller::build(&config, memory.clone(), log)?;
     let commands = ControlCommands::new(
-        Some(pool),
+        pool,
         log_control.clone(),
         cli.num_queues,
         cli.queue_size,

@@ -33,7 +33,7 @@ impl QueueMapping {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error("--iothread: the name is empty")]
     EmptyIothreadName,
@@ -42,17 +42,49 @@ pub enum MappingError {
     #[error("--iothread-vq-mapping needs at least one --iothread")]
     NoIothreads,
     #[error("--iothread-vq-mapping: malformed JSON: {0}")]
-    Json(String),
+    Json(#[source] serde_json::Error),
     #[error("--iothread-vq-mapping: expected a JSON list of {{\"iothread\": NAME, \"vqs\": [...]}} objects")]
     NotAList,
     #[error("--iothread-vq-mapping: the list is empty")]
     Empty,
     #[error("--iothread-vq-mapping[{entry}]: {problem}")]
-    Entry { entry: usize, problem: String },
+    Entry { entry: usize, problem: EntryProblem },
     #[error("--iothread-vq-mapping: either every entry lists \"vqs\" or none does (entry {with} does, entry {without} does not)")]
     MixedVqs { with: usize, without: usize },
     #[error("--iothread-vq-mapping: request queue {0} is not mapped to any iothread")]
     Unmapped(usize),
+}
+
+/// What is wrong with one entry of the mapping list.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("{0} is not an object")]
+    NotAnObject(Value),
+    #[error("unknown key \"{0}\"")]
+    UnknownKey(String),
+    #[error("iothread {0} is not a string")]
+    IothreadNotAString(Value),
+    #[error("\"iothread\" is missing")]
+    IothreadMissing,
+    #[error("iothread \"{0}\" is not defined by --iothread")]
+    UndefinedIothread(String),
+    #[error("iothread \"{name}\" is already listed in entry {earlier}")]
+    IothreadListedTwice { name: String, earlier: usize },
+    #[error("vqs {0} is not a list")]
+    VqsNotAList(Value),
+    #[error(
+        "unknown queue name \"{0}\" (names are \"ctrl\" and \"event\"; request queues are numbers)"
+    )]
+    UnknownQueueName(String),
+    #[error("request queue {queue} is out of range (num-queues is {num_queues}, so 0 to {})", num_queues.saturating_sub(1))]
+    RequestQueueOutOfRange {
+        queue: serde_json::Number,
+        num_queues: usize,
+    },
+    #[error("queue {0} is neither a number nor \"ctrl\"/\"event\"")]
+    NotAQueue(Value),
+    #[error("{vq} is already mapped in entry {earlier}")]
+    MappedTwice { vq: Vq, earlier: usize },
 }
 
 /// Checks the `--iothread` names: non-empty and unique.
@@ -102,8 +134,9 @@ struct Entry {
     vqs: Option<Vec<Vq>>,
 }
 
+/// A queue as the mapping names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vq {
+pub enum Vq {
     Ctrl,
     Event,
     Request(usize),
@@ -124,36 +157,37 @@ fn parse_entries(
     iothreads: &[String],
     num_queues: usize,
 ) -> Result<Vec<Entry>, MappingError> {
-    let value: Value = serde_json::from_str(json).map_err(|e| MappingError::Json(e.to_string()))?;
+    let value: Value = serde_json::from_str(json).map_err(MappingError::Json)?;
     let list = value.as_array().ok_or(MappingError::NotAList)?;
     if list.is_empty() {
         return Err(MappingError::Empty);
     }
     let mut entries: Vec<Entry> = Vec::with_capacity(list.len());
     for (index, item) in list.iter().enumerate() {
-        let problem = |problem: String| MappingError::Entry {
+        let problem = |problem: EntryProblem| MappingError::Entry {
             entry: index,
             problem,
         };
         let object = item
             .as_object()
-            .ok_or_else(|| problem(format!("{item} is not an object")))?;
+            .ok_or_else(|| problem(EntryProblem::NotAnObject(item.clone())))?;
         if let Some(key) = object.keys().find(|k| *k != "iothread" && *k != "vqs") {
-            return Err(problem(format!("unknown key \"{key}\"")));
+            return Err(problem(EntryProblem::UnknownKey(key.clone())));
         }
         let name = match object.get("iothread") {
             Some(Value::String(name)) => name,
-            Some(other) => return Err(problem(format!("iothread {other} is not a string"))),
-            None => return Err(problem("\"iothread\" is missing".into())),
+            Some(other) => return Err(problem(EntryProblem::IothreadNotAString(other.clone()))),
+            None => return Err(problem(EntryProblem::IothreadMissing)),
         };
         let iothread = iothreads
             .iter()
             .position(|n| n == name)
-            .ok_or_else(|| problem(format!("iothread \"{name}\" is not defined by --iothread")))?;
+            .ok_or_else(|| problem(EntryProblem::UndefinedIothread(name.clone())))?;
         if let Some(earlier) = entries.iter().position(|e| e.iothread == iothread) {
-            return Err(problem(format!(
-                "iothread \"{name}\" is already listed in entry {earlier}"
-            )));
+            return Err(problem(EntryProblem::IothreadListedTwice {
+                name: name.clone(),
+                earlier,
+            }));
         }
         let vqs = match object.get("vqs") {
             None => None,
@@ -162,28 +196,26 @@ fn parse_entries(
                     .map(|vq| parse_vq(vq, num_queues).map_err(&problem))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
-            Some(other) => return Err(problem(format!("vqs {other} is not a list"))),
+            Some(other) => return Err(problem(EntryProblem::VqsNotAList(other.clone()))),
         };
         entries.push(Entry { iothread, vqs });
     }
     Ok(entries)
 }
 
-fn parse_vq(vq: &Value, num_queues: usize) -> Result<Vq, String> {
+fn parse_vq(vq: &Value, num_queues: usize) -> Result<Vq, EntryProblem> {
     match vq {
         Value::String(name) if name == "ctrl" => Ok(Vq::Ctrl),
         Value::String(name) if name == "event" => Ok(Vq::Event),
-        Value::String(name) => Err(format!(
-            "unknown queue name \"{name}\" (names are \"ctrl\" and \"event\"; request queues are numbers)"
-        )),
+        Value::String(name) => Err(EntryProblem::UnknownQueueName(name.clone())),
         Value::Number(n) => match n.as_u64() {
             Some(n) if n < num_queues as u64 => Ok(Vq::Request(n as usize)),
-            _ => Err(format!(
-                "request queue {n} is out of range (num-queues is {num_queues}, so 0 to {})",
-                num_queues.saturating_sub(1)
-            )),
+            _ => Err(EntryProblem::RequestQueueOutOfRange {
+                queue: n.clone(),
+                num_queues,
+            }),
         },
-        other => Err(format!("queue {other} is neither a number nor \"ctrl\"/\"event\"")),
+        other => Err(EntryProblem::NotAQueue(other.clone())),
     }
 }
 
@@ -211,7 +243,10 @@ fn assign(entries: &[Entry], num_queues: usize) -> Result<QueueMapping, MappingE
                     if let Some((_, earlier)) = named_in.iter().find(|(seen, _)| *seen == vq) {
                         return Err(MappingError::Entry {
                             entry: index,
-                            problem: format!("{vq} is already mapped in entry {earlier}"),
+                            problem: EntryProblem::MappedTwice {
+                                vq,
+                                earlier: *earlier,
+                            },
                         });
                     }
                     named_in.push((vq, index));
@@ -371,13 +406,13 @@ mod tests {
 
     #[test]
     fn iothread_names_are_checked() {
-        assert_eq!(
+        assert!(matches!(
             build_mapping(&names(&["a", "a"]), None, 1).unwrap_err(),
-            MappingError::DuplicateIothread("a".into())
-        );
-        assert_eq!(
+            MappingError::DuplicateIothread(name) if name == "a"
+        ));
+        assert!(matches!(
             build_mapping(&names(&[""]), None, 1).unwrap_err(),
             MappingError::EmptyIothreadName
-        );
+        ));
     }
 }

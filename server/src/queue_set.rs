@@ -107,7 +107,7 @@ impl QueueSet {
         )?;
         if let Some(fd) = worker.completion_fd() {
             if let Err(e) = registry.register(
-                &mut SourceFd(&fd),
+                &mut SourceFd(&fd.as_raw_fd()),
                 token(slot, Wakeup::Completions),
                 Interest::READABLE,
             ) {
@@ -161,17 +161,6 @@ impl QueueSet {
             if self.events.is_empty() {
                 return Ok(());
             }
-        }
-    }
-
-    /// Serves a kick of virtqueue `queue` at once (the caller has just written its eventfd).
-    pub fn kick(&mut self, queue: u16) {
-        let slot = self
-            .workers
-            .iter()
-            .position(|w| w.as_ref().is_some_and(|w| w.queue_index() == queue));
-        if let Some(slot) = slot {
-            self.serve(slot, Wakeup::Kick);
         }
     }
 
@@ -273,7 +262,7 @@ impl QueueSet {
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
         if let Some(fd) = worker.completion_fd() {
-            let _ = registry.deregister(&mut SourceFd(&fd));
+            let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         debug!(self.log, "queue handed off"; "iothread" => thread_name(), "vq" => queue);
         Some(worker)
@@ -286,7 +275,7 @@ impl QueueSet {
         for worker in self.workers.drain(..).flatten() {
             let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
             if let Some(fd) = worker.completion_fd() {
-                let _ = registry.deregister(&mut SourceFd(&fd));
+                let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
             debug!(self.log, "queue released"; "iothread" => thread_name(), "vq" => worker.queue_index());
         }
@@ -295,6 +284,7 @@ impl QueueSet {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::BorrowedFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -321,7 +311,7 @@ mod tests {
             &self.kick
         }
         fn kicked(&mut self) {}
-        fn completion_fd(&self) -> Option<RawFd> {
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
         fn completions_ready(&mut self) {}

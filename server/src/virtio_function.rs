@@ -1,16 +1,19 @@
 //! A virtio-pci function seen as a vfio-user device: regions, IRQ indices and kicks mapped onto
-//! the transport of the `virtio` crate.
+//! the transport of the `virtio` crate, its queues served by the iothread pool.
+//!
+//! A driver's notify write reaches the transport as a REGION_WRITE, and the transport writes
+//! that queue's kick eventfd: the one signal that wakes the queue's owner, an iothread or the
+//! main loop's queue set (whose `Poll` is one of this device's event fds).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use slog::{debug, info, warn, Logger};
 use vfio_user_server::{Device, DeviceError, IoFd, IrqAction, IrqInfo, RegionInfo};
-use virtio::{TransportError, VirtioDevice, VirtioPciFunction, WriteEffect};
+use virtio::{TransportError, VirtioDevice, VirtioPciFunction};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::iothread_pool::IothreadPool;
-use crate::mapping::QueueOwner;
 
 /// vfio-user region indices of a PCI device (BAR0-5, ROM, config space, VGA).
 const CONFIG_REGION: u32 = 7;
@@ -23,18 +26,13 @@ pub struct VirtioFunction<D: VirtioDevice> {
     function: VirtioPciFunction<D>,
     /// Kick eventfds in queue order, kept here so `event_fds` can lend them out.
     kicks: Vec<Arc<EventFd>>,
-    /// The threads serving the queues, when the device hands its queues out (its queue host);
-    /// without it, the device serves kicks inline through the transport.
-    pool: Option<Arc<IothreadPool>>,
+    /// The threads serving the queues: the device's queue host.
+    pool: Arc<IothreadPool>,
     log: Logger,
 }
 
 impl<D: VirtioDevice> VirtioFunction<D> {
-    pub fn new(
-        function: VirtioPciFunction<D>,
-        pool: Option<Arc<IothreadPool>>,
-        log: Logger,
-    ) -> Self {
+    pub fn new(function: VirtioPciFunction<D>, pool: Arc<IothreadPool>, log: Logger) -> Self {
         let mut addresses = function.queue_notify_addresses();
         addresses.sort_by_key(|a| a.queue);
         let kicks = addresses.into_iter().map(|a| a.eventfd).collect();
@@ -53,25 +51,6 @@ impl<D: VirtioDevice> VirtioFunction<D> {
     pub fn function_mut(&mut self) -> &mut VirtioPciFunction<D> {
         &mut self.function
     }
-
-    fn kick(&mut self, queue: u16) {
-        match &self.pool {
-            // An iothread waits on the eventfd the transport has just written.
-            Some(pool) if pool.owner(queue) != QueueOwner::MainLoop => {}
-            Some(pool) => pool.main_loop().kick(queue),
-            None => {
-                if let Err(e) = self.function.kick_ready(queue) {
-                    warn!(self.log, "kick failed"; "vq" => queue, "error" => %e);
-                }
-            }
-        }
-    }
-}
-
-fn borrow(kick: &Arc<EventFd>) -> BorrowedFd<'_> {
-    // SAFETY: the eventfd is owned by the `Arc` that `kick` borrows, so the descriptor stays
-    // open for as long as the returned borrow lives.
-    unsafe { BorrowedFd::borrow_raw(kick.as_raw_fd()) }
 }
 
 fn transport_error(region: u32, offset: u64, len: usize, error: TransportError) -> DeviceError {
@@ -148,13 +127,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
             0..=5 => self.function.bar_write(region as u8, offset, data),
             _ => return Err(DeviceError::NoSuchRegion(region)),
         };
-        match result.map_err(|e| transport_error(region, offset, data.len(), e))? {
-            // Serving the queue now saves a trip through the poll loop for the kick eventfd
-            // that the transport has just written.
-            WriteEffect::QueueNotified(queue) => self.kick(queue),
-            WriteEffect::None => {}
-        }
-        Ok(())
+        result.map_err(|e| transport_error(region, offset, data.len(), e))
     }
 
     fn region_io_fds(&self, region: u32) -> Result<Vec<IoFd<'_>>, DeviceError> {
@@ -170,7 +143,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
                 Some(IoFd {
                     offset: a.offset,
                     size: a.size,
-                    fd: borrow(kick),
+                    fd: block::borrow_eventfd(kick),
                     datamatch: None,
                 })
             })
@@ -238,18 +211,12 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
 
     fn dma_mapped(&mut self, _iova: u64, _size: u64) {}
 
-    // Without a pool, queues are served on the thread that handles the socket, so no request
-    // touches guest memory while a DMA message is being handled.
     fn dma_unmapping(&mut self, _iova: u64, _size: u64) {
-        if let Some(pool) = &self.pool {
-            pool.pause();
-        }
+        self.pool.pause();
     }
 
     fn dma_unmapped(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.resume();
-        }
+        self.pool.resume();
     }
 
     fn reset(&mut self) {
@@ -272,7 +239,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
                 "errors" => queue.errors(), "transport_failures" => queue.transport_failures,
                 "in_flight" => queue.in_flight);
         }
-        for iothread in self.pool.iter().flat_map(|pool| pool.iothread_stats()) {
+        for iothread in self.pool.iothread_stats() {
             info!(self.log, "iothread stats"; "iothread" => iothread.name,
                 "busy_ns" => iothread.busy_ns, "poll_ns" => iothread.poll_ns,
                 "sleep_ns" => iothread.sleep_ns);
@@ -280,26 +247,197 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
     }
 
     fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
-        match &self.pool {
-            // SAFETY: the pool owns the main loop's `Poll` and lives as long as `self`, which
-            // the borrow is tied to.
-            Some(pool) => vec![unsafe { BorrowedFd::borrow_raw(pool.main_loop_fd()) }],
-            None => self.kicks.iter().map(borrow).collect(),
+        vec![self.pool.main_loop_fd()]
+    }
+
+    /// The main loop's queue set has a kick or a completion to serve.
+    fn event_ready(&mut self, _index: usize) {
+        if let Err(e) = self.pool.main_loop().serve_ready() {
+            warn!(self.log, "serving main-loop queues failed"; "error" => %e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use virtio::common_cfg::{
+        DEVICE_STATUS, DRIVER_FEATURE, DRIVER_FEATURE_SELECT, QUEUE_DESC, QUEUE_DEVICE,
+        QUEUE_DRIVER, QUEUE_ENABLE, QUEUE_SELECT, QUEUE_SIZE,
+    };
+    use virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
+    use virtio::{ActivateError, Activation, QueueHost, QueueWorker};
+    use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+    use super::*;
+    use crate::mapping::{QueueMapping, QueueOwner};
+
+    const VIRTIO_BAR: u32 = 4;
+    const QUEUES: u16 = 4;
+
+    /// Every wake-up of every queue, as (virtqueue, thread that served it).
+    type Wakeups = Arc<Mutex<Vec<(u16, String)>>>;
+
+    struct RecordingWorker {
+        queue: u16,
+        kick: Arc<EventFd>,
+        wakeups: Wakeups,
+    }
+
+    impl QueueWorker for RecordingWorker {
+        fn queue_index(&self) -> u16 {
+            self.queue
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {
+            let _ = self.kick.read();
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            self.wakeups.lock().unwrap().push((self.queue, thread));
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
         }
     }
 
-    fn event_ready(&mut self, index: usize) {
-        match &self.pool {
-            Some(pool) => {
-                if let Err(e) = pool.main_loop().serve_ready() {
-                    warn!(self.log, "serving main-loop queues failed"; "error" => %e);
-                }
+    /// Hands each queue to the pool as a `RecordingWorker`.
+    struct RecordingDevice {
+        pool: Arc<IothreadPool>,
+        wakeups: Wakeups,
+    }
+
+    impl VirtioDevice for RecordingDevice {
+        fn device_type(&self) -> u32 {
+            8
+        }
+        fn queue_count(&self) -> u16 {
+            QUEUES
+        }
+        fn max_queue_size(&self) -> u16 {
+            16
+        }
+        fn features(&self) -> u64 {
+            1 << 32
+        }
+        fn config_size(&self) -> usize {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+            for queue in activation.queues {
+                self.pool.adopt(Box::new(RecordingWorker {
+                    queue: queue.index,
+                    kick: queue.kick,
+                    wakeups: self.wakeups.clone(),
+                }));
             }
-            None => {
-                if let Ok(queue) = u16::try_from(index) {
-                    self.kick(queue);
-                }
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.pool.release_all();
+        }
+    }
+
+    fn write(function: &mut VirtioFunction<RecordingDevice>, offset: u64, value: u64, len: usize) {
+        function
+            .region_write(VIRTIO_BAR, offset, &value.to_le_bytes()[..len])
+            .unwrap();
+    }
+
+    /// The driver's side: features, four queues of 16 entries, DRIVER_OK.
+    fn start(function: &mut VirtioFunction<RecordingDevice>) {
+        write(function, DEVICE_STATUS, u64::from(ACKNOWLEDGE | DRIVER), 1);
+        write(function, DRIVER_FEATURE_SELECT, 1, 4);
+        write(function, DRIVER_FEATURE, 1, 4);
+        let features_ok = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+        write(function, DEVICE_STATUS, u64::from(features_ok), 1);
+        for queue in 0..QUEUES {
+            let base = 0x10000 * (u64::from(queue) + 1);
+            write(function, QUEUE_SELECT, u64::from(queue), 2);
+            write(function, QUEUE_SIZE, 16, 2);
+            write(function, QUEUE_DESC, base, 8);
+            write(function, QUEUE_DRIVER, base + 0x1000, 8);
+            write(function, QUEUE_DEVICE, base + 0x2000, 8);
+            write(function, QUEUE_ENABLE, 1, 2);
+        }
+        write(
+            function,
+            DEVICE_STATUS,
+            u64::from(features_ok | DRIVER_OK),
+            1,
+        );
+    }
+
+    #[test]
+    fn a_notify_write_wakes_exactly_its_owner_once() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mapping = QueueMapping {
+            ctrl: QueueOwner::Iothread(0),
+            event: QueueOwner::MainLoop,
+            request: vec![QueueOwner::Iothread(1), QueueOwner::MainLoop],
+        };
+        let pool =
+            Arc::new(IothreadPool::start(&["io0".into(), "io1".into()], mapping, 0, &log).unwrap());
+        let wakeups = Wakeups::default();
+        let device = RecordingDevice {
+            pool: pool.clone(),
+            wakeups: wakeups.clone(),
+        };
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let transport = VirtioPciFunction::new(
+            device,
+            0x010000,
+            GuestMemoryAtomic::new(memory),
+            log.clone(),
+        )
+        .unwrap();
+        let mut function = VirtioFunction::new(transport, pool, log);
+        start(&mut function);
+        let main = std::thread::current().name().unwrap().to_string();
+        let owners = ["io0", &main, "io1", &main];
+        // The server's loop serves the main loop's queue set when its fd is readable; the test
+        // offers it every millisecond instead.
+        let settle = |function: &mut VirtioFunction<RecordingDevice>, count: usize| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while wakeups.lock().unwrap().len() < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {count} wakeups"
+                );
+                function.event_ready(0);
+                std::thread::sleep(Duration::from_millis(1));
             }
+            // Long enough for a second wake-up of anyone to show.
+            std::thread::sleep(Duration::from_millis(50));
+            function.event_ready(0);
+            std::mem::take(&mut *wakeups.lock().unwrap())
+        };
+        // Adoption serves each queue once, on its owner.
+        let mut adopted = settle(&mut function, 4);
+        adopted.sort();
+        let expected: Vec<_> = (0..QUEUES)
+            .map(|q| (q, owners[usize::from(q)].to_string()))
+            .collect();
+        assert_eq!(adopted, expected);
+
+        let notify = function.function().queue_notify_addresses();
+        for queue in 0..QUEUES {
+            let address = &notify[usize::from(queue)];
+            write(&mut function, address.offset, u64::from(queue), 2);
+            let woken = settle(&mut function, 1);
+            assert_eq!(
+                woken,
+                [(queue, owners[usize::from(queue)].to_string())],
+                "one wake-up, of the owner only"
+            );
         }
     }
 }

@@ -618,11 +618,6 @@ impl VirtioScsiDriver {
         self.an(scsi::VIRTIO_SCSI_T_AN_QUERY, lun, event_requested)
     }
 
-    /// AN_SUBSCRIBE to the events in `event_requested`.
-    pub fn an_subscribe(&mut self, lun: u16, event_requested: u32) -> Result<scsi::AnResp> {
-        self.an(scsi::VIRTIO_SCSI_T_AN_SUBSCRIBE, lun, event_requested)
-    }
-
     fn an(&mut self, kind: u32, lun: u16, event_requested: u32) -> Result<scsi::AnResp> {
         let req = scsi::encode_an_req(kind, scsi::encode_lun(0, lun)?, event_requested);
         let resp = self.control(&req, scsi::AN_RESP_SIZE as u32)?;

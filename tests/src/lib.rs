@@ -9,12 +9,12 @@
 //! image fails reads, writes and fsyncs on demand, `small_tmpfs` a tmpfs that really fills up. `guest` runs tests inside a QEMU guest.
 
 pub mod driver;
-pub mod driver_queue;
+mod driver_queue;
 pub mod fault_fs;
 pub mod guest;
 pub mod guest_memory;
 pub mod pci_probe;
-pub mod request;
+mod request;
 pub mod scsi;
 pub mod server_process;
 pub mod small_tmpfs;

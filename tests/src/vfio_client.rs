@@ -403,16 +403,6 @@ impl VfioUserClient {
         self.request(Command::DeviceReset, &[], &[]).map(drop)
     }
 
-    /// Sends any command with any payload and returns the reply payload; for hostile tests.
-    pub fn raw_request(
-        &mut self,
-        command: Command,
-        payload: &[u8],
-        fds: &[RawFd],
-    ) -> Result<Vec<u8>> {
-        self.request(command, payload, fds).map(|r| r.payload)
-    }
-
     fn request(&mut self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<Reply> {
         let id = self.send(command, 0, payload, fds)?;
         let reply = self.receive(command, id)?;

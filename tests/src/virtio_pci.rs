@@ -119,12 +119,6 @@ impl VirtioPci {
         self.common_write32(offset + 4, (value >> 32) as u32)
     }
 
-    pub fn common_read64(&mut self, offset: u32) -> Result<u64, ClientError> {
-        let low = self.common_read32(offset)?;
-        let high = self.common_read32(offset + 4)?;
-        Ok(u64::from(high) << 32 | u64::from(low))
-    }
-
     pub fn status(&mut self) -> Result<u8, ClientError> {
         self.common_read8(common::DEVICE_STATUS)
     }

@@ -1,6 +1,7 @@
 //! Queues served by iothreads, seen from the userspace driver: each queue is served by exactly
 //! the thread the iothread-vq-mapping names (the server's trace records say which thread served
-//! which queue), and data written through one iothread's queue reads back through another's.
+//! which queue), data written through one iothread's queue reads back through another's, and a
+//! TMF on one iothread waits for the command it aborts on another.
 //!
 //! Build the server first: `cargo build -p server && cargo test -p tests --test driver_iothreads`
 //! (same CARGO_TARGET_DIR), or point VUS_SERVER_BIN at the binary.
@@ -10,8 +11,13 @@ use std::time::{Duration, Instant};
 
 use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::scsi::cdb;
-use tests::{Completion, DriverOptions, ServerProcess, VirtioScsiDriver};
-use virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_QUERY_TASK_SET;
+use tests::split_queue::Buffer;
+use tests::{Completion, DriverOptions, ScsiRequest, ServerProcess, VirtioScsiDriver};
+use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_T_TMF_ABORT_TASK,
+    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+};
 
 const BLOCK: usize = 512;
 const WRITE_10: u8 = 0x2A;
@@ -504,5 +510,123 @@ fn luns_swapped_under_io_on_two_iothreads_are_never_seen_torn() {
     ] {
         assert!(seen.contains(&expected), "never saw {expected}: {seen:?}");
     }
+    server.terminate(Duration::from_secs(5)).unwrap();
+}
+
+/// How long the null disk holds each command in the TMF test: long enough that a TMF answered
+/// without waiting would show, short enough for CI.
+const HELD: Duration = Duration::from_millis(500);
+
+/// Sends `subtype` for (lun 0, `tag`) on the control queue while a READ with that tag is held in
+/// flight on request queue 0; returns the TMF's response byte, after checking that the TMF was
+/// answered only once the READ had completed.
+fn tmf_while_read_in_flight(driver: &mut VirtioScsiDriver, subtype: u32, tag: u64) -> u8 {
+    const CTRL: u16 = 0;
+    const REQUEST: u16 = 2;
+    let lun = tests::scsi::encode_lun(0, 0).unwrap();
+    let mut read = ScsiRequest::new(lun, &cdb::lba10(READ_10, 0, 0, 1)).data_in(BLOCK as u32);
+    read.tag = Some(tag);
+    let sent = Instant::now();
+    let read_head = driver.submit(REQUEST, &read).unwrap();
+    // The two queues are served by different threads in no set order: the TMF must not reach
+    // the device before the READ does. QUERY TASK answers FUNCTION SUCCEEDED once it has.
+    while driver.tmf(0, VIRTIO_SCSI_T_TMF_QUERY_TASK, tag).unwrap()
+        != VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
+    {
+        assert!(
+            sent.elapsed() < HELD / 2,
+            "the READ never showed as in flight"
+        );
+    }
+
+    let memory = driver.memory().clone();
+    let req = tests::scsi::encode_tmf_req(subtype, lun, tag);
+    let req_gpa = memory.alloc(req.len() as u64, 8).unwrap();
+    let resp_gpa = memory.alloc(1, 8).unwrap();
+    memory.write(req_gpa, &req).unwrap();
+    memory.write(resp_gpa, &[0xEE]).unwrap();
+    let tmf_head = driver
+        .submit_chain(
+            CTRL,
+            &[
+                Buffer::readable(req_gpa, req.len() as u32),
+                Buffer::writable(resp_gpa, 1),
+            ],
+        )
+        .unwrap();
+
+    let mut read_done = None;
+    let deadline = sent + Duration::from_secs(10);
+    let tmf_done = loop {
+        assert!(Instant::now() < deadline, "no TMF answer");
+        let mut poll_read = |driver: &mut VirtioScsiDriver| {
+            for (head, completion) in driver.poll_completions(REQUEST).unwrap() {
+                assert_eq!(head, read_head);
+                let Completion::Scsi(result) = completion else {
+                    panic!("the READ came back raw");
+                };
+                read_done = Some((Instant::now(), result));
+            }
+        };
+        poll_read(driver);
+        let tmf = driver.poll_completions(CTRL).unwrap();
+        if let Some((head, _)) = tmf.first() {
+            assert_eq!(*head, tmf_head);
+            // The device adds the READ to its used ring before the TMF sees the task leave:
+            // a READ completed before the TMF answer is visible by now.
+            poll_read(driver);
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let (read_at, result) = read_done.unwrap_or_else(|| {
+        panic!(
+            "TMF {subtype} answered {:?} after sending, before the READ it waits for completed",
+            tmf_done - sent
+        )
+    });
+    assert!(read_at <= tmf_done);
+    assert!(
+        tmf_done - sent >= HELD,
+        "answered after {:?}; the READ: {result:?}",
+        tmf_done - sent
+    );
+    // The command was not cut short: the null disk held it, then it completed.
+    assert!(result.is_good(), "{result:?}");
+    let response = memory.read_vec(resp_gpa, 1).unwrap()[0];
+    memory.free(req_gpa).unwrap();
+    memory.free(resp_gpa).unwrap();
+    response
+}
+
+/// virtio 1.2 §5.6.6.2: a TMF that aborts commands is answered only after they completed, even
+/// when the control queue and the command's request queue are served by different iothreads.
+#[test]
+fn tmfs_on_one_iothread_wait_for_the_command_in_flight_on_another() {
+    let disk = format!("null,size=1M,latency-us={}", HELD.as_micros());
+    let mapping = r#"[{"iothread":"io0","vqs":["ctrl"]},{"iothread":"io1","vqs":[0]}]"#;
+    let mut server = start(&[
+        "--disk",
+        &disk,
+        "--iothread",
+        "io0",
+        "--iothread",
+        "io1",
+        "--iothread-vq-mapping",
+        mapping,
+    ]);
+    let mut driver = connect(&server);
+    while !driver.test_unit_ready(0).unwrap().is_good() {}
+    let function_complete = 0;
+    assert_eq!(
+        tmf_while_read_in_flight(&mut driver, VIRTIO_SCSI_T_TMF_ABORT_TASK, 0x51),
+        function_complete,
+        "ABORT TASK"
+    );
+    assert_eq!(
+        tmf_while_read_in_flight(&mut driver, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, 0x52),
+        VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8,
+        "LOGICAL UNIT RESET"
+    );
     server.terminate(Duration::from_secs(5)).unwrap();
 }

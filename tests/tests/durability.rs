@@ -7,7 +7,9 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::scsi::{self, cdb};
@@ -17,6 +19,8 @@ use tests::{DriverOptions, ScsiRequest, ServerProcess, VirtioScsiDriver};
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 512;
 const BLOCKS_PER_FLUSH: u64 = 8;
+/// Blocks that must be known durable when the check runs, for it to prove anything.
+const KILL_AFTER_DURABLE: usize = 16;
 
 /// A block's content: its number and the round that wrote it, repeated.
 fn pattern(block: u64, round: u64) -> Vec<u8> {
@@ -70,8 +74,18 @@ fn write_until_killed(
     server: &mut ServerProcess,
 ) -> Vec<(u64, u64)> {
     let pid = server.pid() as i32;
+    // The kill waits for enough durable writes rather than a fixed time: on a loaded machine
+    // a fixed window let too few through for the check to mean anything.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&acknowledged);
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        while seen.load(Ordering::Relaxed) < 2 * KILL_AFTER_DURABLE
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
         // SAFETY: kill only sends a signal to the server process this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
@@ -100,6 +114,7 @@ fn write_until_killed(
                     _ => break 'writing,
                 }
             }
+            acknowledged.store(durable.len(), Ordering::Relaxed);
         }
     }
     killer.join().unwrap();
@@ -129,7 +144,7 @@ fn server_killed_mid_write(cache: &str) {
     let mut driver = connect(&server);
     let durable = write_until_killed(&mut driver, &mut server);
     assert!(
-        durable.len() > 8,
+        durable.len() >= KILL_AFTER_DURABLE,
         "too few writes before the kill: {}",
         durable.len()
     );

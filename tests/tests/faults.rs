@@ -21,9 +21,11 @@ const HEALTHY_LUN: u16 = 1;
 
 const MEDIUM_ERROR: u8 = 0x03;
 const DATA_PROTECT: u8 = 0x07;
+const UNIT_ATTENTION: u8 = 0x06;
 const WRITE_ERROR: (u8, u8) = (0x0c, 0x00);
 const UNRECOVERED_READ_ERROR: (u8, u8) = (0x11, 0x00);
 const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
+const REPORTED_LUNS_DATA_HAS_CHANGED: (u8, u8) = (0x3f, 0x0e);
 
 struct Rig {
     driver: VirtioScsiDriver,
@@ -525,6 +527,51 @@ fn rerror_stop_holds_failed_reads_abort_and_cont() {
     assert_eq!(later.data_in, data);
     let stopped = warnings_at_least(&rig.server, "lun stopped by its error policy", 1);
     assert_eq!(stopped[0]["errno"], libc::EIO, "{}", rig.server.stderr());
+}
+
+/// remove-disk of a LUN paused with held reads finishes at once, as QEMU's device_del of a
+/// paused scsi-hd does: the held requests (never acknowledged) are answered as aborted, the
+/// LUN is gone, and the other LUN keeps serving.
+#[test]
+fn remove_disk_aborts_the_held_requests_of_a_paused_lun() {
+    let (mut rig, _dir, control) = start_with_control("rerror=stop");
+    rig.fs.faults().fail_reads(libc::EIO);
+    let queue = FIRST_REQUEST_QUEUE;
+    let heads: Vec<u16> = [0x70, 0x71]
+        .into_iter()
+        .map(|tag| {
+            let read = ScsiRequest::new(
+                scsi::encode_lun(0, FAILING_LUN).unwrap(),
+                &cdb::lba10(cdb::READ_10, 0, tag as u32, 8),
+            )
+            .data_in(4096)
+            .tag(tag);
+            rig.driver.submit(queue, &read).unwrap()
+        })
+        .collect();
+    wait_for_policy(&control, "held", 2);
+
+    // Waiting for the held requests would fail it with a drain timeout after 5 s.
+    let removed = ctl(&control, &["remove-disk", &FAILING_LUN.to_string()]);
+    assert_eq!(removed["lun"], FAILING_LUN, "{removed}");
+    for head in heads {
+        let aborted = scsi_completion(rig.driver.wait_for(queue, head).unwrap());
+        assert_eq!(aborted.response, scsi::VIRTIO_SCSI_S_ABORTED, "{aborted:?}");
+    }
+    let luns = ctl(&control, &["query"])["luns"].clone();
+    assert!(
+        luns.as_array()
+            .is_some_and(|luns| luns.iter().all(|lun| lun["lun"] != FAILING_LUN)),
+        "{luns}"
+    );
+    let changed = rig.driver.test_unit_ready(HEALTHY_LUN).unwrap();
+    assert_sense(
+        &changed,
+        UNIT_ATTENTION,
+        REPORTED_LUNS_DATA_HAS_CHANGED,
+        "other LUN",
+    );
+    assert_healthy_lun_serves(&mut rig.driver);
 }
 
 /// A real ENOSPC: the image is a sparse 8 MiB file on a 256 KiB tmpfs. Once the tmpfs is full,

@@ -3,12 +3,10 @@
 
 pub mod bar_layout;
 pub mod common_cfg;
-pub mod config_notifier;
 pub mod features;
-pub mod interrupt;
-pub mod isr;
+mod inline_queue_host;
 pub mod memory_fault;
-pub mod notify;
+mod notifications;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
@@ -17,9 +15,9 @@ pub mod status;
 pub mod transport_error;
 pub mod virtio_device;
 
-pub use config_notifier::ConfigNotifier;
-pub use interrupt::{MsixInterrupt, NO_VECTOR};
-pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, WriteEffect, VIRTIO_VENDOR_ID};
+pub use inline_queue_host::InlineQueueHost;
+pub use notifications::{ConfigNotifier, MsixInterrupt, NO_VECTOR};
+pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, VIRTIO_VENDOR_ID};
 pub use queue_worker::{QueueHost, QueueWorker};
 pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, LunStats, QueueCounters, QueueStats, RemovedLun,

@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -207,7 +207,7 @@ impl QueueWorker for GuardedWorker {
         self.serving((), |worker| worker.kicked());
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.inner.completion_fd()
     }
 
@@ -298,7 +298,7 @@ mod tests {
             // SAFETY: within the test's mapping.
             unsafe { self.address.read_volatile() };
         }
-        fn completion_fd(&self) -> Option<RawFd> {
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
         fn completions_ready(&mut self) {}

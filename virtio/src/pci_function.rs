@@ -16,11 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bar_layout::{BarLayout, BarTarget, MSIX_BAR, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR};
 use crate::common_cfg::{CommonCfg, CommonCfgWrite, QueueConfig};
-use crate::config_notifier::ConfigNotifier;
 use crate::features;
-use crate::interrupt::MsixInterrupt;
-use crate::isr::{Isr, CONFIG_INTERRUPT, QUEUE_INTERRUPT};
-use crate::notify::QueueNotifiers;
+use crate::notifications::{
+    ConfigNotifier, Isr, MsixInterrupt, QueueNotifiers, CONFIG_INTERRUPT, QUEUE_INTERRUPT,
+};
 use crate::pci_caps::{
     VirtioPciCap, COMMON_CFG, DEVICE_CFG, ISR_CFG, NOTIFY_CFG, PCI_CFG_BAR, PCI_CFG_DATA,
     PCI_CFG_LENGTH, PCI_CFG_OFFSET, VENDOR_CAPABILITY_ID,
@@ -38,14 +37,6 @@ const MODERN_DEVICE_ID_BASE: u16 = 0x1040;
 const MODERN_SUBSYSTEM_ID: u16 = 0x1100;
 /// Largest queue size of split virtqueues.
 const MAX_QUEUE_SIZE: u16 = 32768;
-
-/// What a write did beyond changing registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteEffect {
-    None,
-    /// The driver notified this queue; its kick eventfd has been written.
-    QueueNotified(u16),
-}
 
 /// A queue's kick eventfd and the BAR address whose writes signal it.
 #[derive(Debug, Clone)]
@@ -260,11 +251,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         Ok(())
     }
 
-    pub fn config_write(
-        &mut self,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<WriteEffect, TransportError> {
+    pub fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<(), TransportError> {
         let pci = |source| TransportError::Pci {
             region: Region::Config,
             source,
@@ -276,12 +263,10 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 let mut window_data = [0u8; 4];
                 self.config.read(window, &mut window_data).map_err(pci)?;
                 // The spec has the device ignore a failing access.
-                return Ok(self
-                    .bar_write(bar, bar_offset, &window_data[..len])
-                    .unwrap_or(WriteEffect::None));
+                let _ = self.bar_write(bar, bar_offset, &window_data[..len]);
             }
         }
-        Ok(WriteEffect::None)
+        Ok(())
     }
 
     /// The BAR access the PCI configuration access capability describes, if it is a valid one:
@@ -356,12 +341,9 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         }
     }
 
-    pub fn bar_write(
-        &mut self,
-        bar: u8,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<WriteEffect, TransportError> {
+    /// A write to the notify area writes that queue's kick eventfd, the one signal that wakes
+    /// the queue's owner (the same eventfd a GET_REGION_IO_FDS client writes itself).
+    pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), TransportError> {
         let pci = |source| TransportError::Pci {
             region: Region::Bar(bar),
             source,
@@ -388,30 +370,9 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
                 self.notifiers
                     .notify(queue)
                     .map_err(|source| TransportError::Notifier { queue, source })?;
-                return Ok(WriteEffect::QueueNotified(queue));
             }
             BarTarget::MsixTable(within) => self.msix.table_write(within, data).map_err(pci)?,
             BarTarget::MsixPba(within) => self.msix.pba_write(within, data).map_err(pci)?,
-        }
-        Ok(WriteEffect::None)
-    }
-
-    /// Call when the kick eventfd of `queue` became readable: drains it and passes the kick on
-    /// to the device if it is running.
-    pub fn kick_ready(&mut self, queue: u16) -> Result<(), TransportError> {
-        if queue >= self.device.queue_count() {
-            return Err(TransportError::NoSuchQueue(queue));
-        }
-        self.notifiers
-            .drain(queue)
-            .map_err(|source| TransportError::Notifier { queue, source })?;
-        let enabled = self
-            .common
-            .queues()
-            .get(usize::from(queue))
-            .is_some_and(|q| q.enabled);
-        if self.activated && enabled {
-            self.device.queue_kicked(queue);
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! How a device hands its queues to the threads that serve them.
 //!
 //! The crate knows no threads: at activation a device gives each queue's [`QueueWorker`] to a
-//! [`QueueHost`], which decides where it runs (the main loop or an iothread) and watches its
-//! kick eventfd and its completion eventfd there. On reset the device asks the host to give every
-//! worker back, with nothing left in flight, before the reset becomes visible.
+//! [`QueueHost`], which decides where it runs (the server's main loop or an iothread; the
+//! caller's thread for [`crate::InlineQueueHost`]) and watches its kick eventfd and its
+//! completion eventfd there. It is the only way a queue is served. On reset the device asks the
+//! host to give every worker back, with nothing left in flight, before the reset becomes
+//! visible.
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -20,7 +22,7 @@ pub trait QueueWorker: Send {
     /// and serve what is there.
     fn kicked(&mut self);
     /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
-    fn completion_fd(&self) -> Option<RawFd>;
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>>;
     /// `completion_fd` became readable: finish what completed and interrupt once if needed.
     fn completions_ready(&mut self);
     /// Requests handed to the I/O engine and not yet completed.

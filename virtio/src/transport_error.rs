@@ -35,8 +35,6 @@ pub enum TransportError {
         region: Region,
         source: pci::PciError,
     },
-    #[error("queue {0} does not exist")]
-    NoSuchQueue(u16),
     #[error("notifier eventfd of queue {queue}: {source}")]
     Notifier { queue: u16, source: io::Error },
     #[error("the device declares {0} queues; a virtio-pci function serves 1 to 2047")]

@@ -43,8 +43,12 @@ pub struct Activation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error("device cannot start: {0}")]
-    Failed(String),
+    #[error("queue {index} does not exist (the device has {count})")]
+    NoSuchQueue { index: u16, count: u16 },
+    #[error("cannot create the eventfd that tells TMFs a task left: {0}")]
+    TaskEventfd(#[source] std::io::Error),
+    #[error("cannot start a request queue's I/O engine: {0}")]
+    Engine(#[source] block::BlockError),
 }
 
 /// A virtio device type served through the virtio-pci transport.
@@ -62,8 +66,6 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
-    /// The driver notified queue `index` (its kick eventfd has already been drained).
-    fn queue_kicked(&mut self, index: u16);
     /// The device found a queue it cannot go on with (the transport reports DEVICE_NEEDS_RESET).
     fn needs_reset(&self) -> bool {
         false

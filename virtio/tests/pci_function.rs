@@ -1,6 +1,7 @@
 //! The virtio-pci function driven the way a guest driver drives it, with a fake device behind.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use virtio::common_cfg::{
     CONFIG_GENERATION, CONFIG_MSIX_VECTOR, DEVICE_FEATURE, DEVICE_FEATURE_SELECT, DEVICE_STATUS,
@@ -8,7 +9,10 @@ use virtio::common_cfg::{
     QUEUE_MSIX_VECTOR, QUEUE_NOTIFY_OFF, QUEUE_SELECT, QUEUE_SIZE,
 };
 use virtio::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FEATURES_OK};
-use virtio::{ActivateError, Activation, VirtioDevice, VirtioPciFunction, WriteEffect, NO_VECTOR};
+use virtio::{
+    ActivateError, Activation, InlineQueueHost, QueueHost, QueueWorker, VirtioDevice,
+    VirtioPciFunction, NO_VECTOR,
+};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -32,14 +36,63 @@ struct SeenQueue {
     event_idx: bool,
 }
 
-#[derive(Default)]
+/// Records, in the order served, the queues whose kick woke it.
+struct KickRecorder {
+    queue: u16,
+    kick: Arc<EventFd>,
+    kicked: Arc<Mutex<Vec<u16>>>,
+}
+
+impl QueueWorker for KickRecorder {
+    fn queue_index(&self) -> u16 {
+        self.queue
+    }
+    fn kick(&self) -> &Arc<EventFd> {
+        &self.kick
+    }
+    fn kicked(&mut self) {
+        if self.kick.read().is_ok() {
+            self.kicked.lock().unwrap().push(self.queue);
+        }
+    }
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    fn completions_ready(&mut self) {}
+    fn in_flight(&self) -> usize {
+        0
+    }
+}
+
 struct FakeDevice {
     config: [u8; 8],
     fail_activation: bool,
     activations: Vec<(u64, Vec<SeenQueue>)>,
     active: Option<Activation>,
-    kicked: Vec<u16>,
+    /// Serves the queues of an activation with `KickRecorder`s.
+    host: Arc<InlineQueueHost>,
+    kicked: Arc<Mutex<Vec<u16>>>,
     resets: usize,
+}
+
+impl Default for FakeDevice {
+    fn default() -> Self {
+        FakeDevice {
+            config: [0; 8],
+            fail_activation: false,
+            activations: Vec::new(),
+            active: None,
+            host: Arc::new(InlineQueueHost::new().unwrap()),
+            kicked: Arc::default(),
+            resets: 0,
+        }
+    }
+}
+
+impl FakeDevice {
+    fn kicked(&self) -> Vec<u16> {
+        self.kicked.lock().unwrap().clone()
+    }
 }
 
 impl VirtioDevice for FakeDevice {
@@ -68,7 +121,10 @@ impl VirtioDevice for FakeDevice {
     }
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         if self.fail_activation {
-            return Err(ActivateError::Failed("the test asked for it".into()));
+            return Err(ActivateError::NoSuchQueue {
+                index: QUEUES,
+                count: QUEUES,
+            });
         }
         let queues = activation
             .queues
@@ -83,13 +139,18 @@ impl VirtioDevice for FakeDevice {
             })
             .collect();
         self.activations.push((activation.acked_features, queues));
+        for queue in &activation.queues {
+            self.host.adopt(Box::new(KickRecorder {
+                queue: queue.index,
+                kick: queue.kick.clone(),
+                kicked: self.kicked.clone(),
+            }));
+        }
         self.active = Some(activation);
         Ok(())
     }
-    fn queue_kicked(&mut self, index: u16) {
-        self.kicked.push(index);
-    }
     fn reset(&mut self) {
+        self.host.release_all();
         self.resets += 1;
         self.active = None;
     }
@@ -107,12 +168,7 @@ fn read(f: &mut VirtioPciFunction<FakeDevice>, offset: u64, len: usize) -> u64 {
     u64::from_le_bytes(data)
 }
 
-fn write(
-    f: &mut VirtioPciFunction<FakeDevice>,
-    offset: u64,
-    value: u64,
-    len: usize,
-) -> WriteEffect {
+fn write(f: &mut VirtioPciFunction<FakeDevice>, offset: u64, value: u64, len: usize) {
     f.bar_write(VIRTIO_BAR, offset, &value.to_le_bytes()[..len])
         .unwrap()
 }
@@ -291,23 +347,26 @@ fn driver_configures_queues_and_driver_ok_activates_the_device() {
         )]
     );
 
-    // A notify write kicks the queue's eventfd; the main loop then calls kick_ready.
+    // A notify write signals the queue's kick eventfd, which wakes that queue's owner once.
     let notify = f.queue_notify_addresses();
     assert_eq!(notify.len(), usize::from(QUEUES));
     assert_eq!((notify[2].bar, notify[2].offset), (VIRTIO_BAR, 0x3008));
-    assert_eq!(write(&mut f, 0x3008, 2, 2), WriteEffect::QueueNotified(2));
-    assert_eq!(notify[2].eventfd.read().unwrap(), 1);
-    write(&mut f, 0x3008, 2, 2);
-    f.kick_ready(2).unwrap();
-    assert_eq!(f.device().kicked, [2]);
+    let host = f.device().host.clone();
+    assert!(host.serve_ready().unwrap().is_empty());
     assert!(
-        notify[2].eventfd.read().is_err(),
-        "kick_ready drained the eventfd"
+        f.device().kicked().is_empty(),
+        "adoption found no notification"
     );
-    // Kicks of a queue the driver did not enable do not reach the device.
-    f.kick_ready(1).unwrap();
-    assert_eq!(f.device().kicked, [2]);
-    assert!(f.kick_ready(QUEUES).is_err());
+    write(&mut f, 0x3008, 2, 2);
+    write(&mut f, 0x3008, 2, 2);
+    assert_eq!(host.serve_ready().unwrap(), [(2, true)]);
+    assert_eq!(f.device().kicked(), [2]);
+    assert!(notify[2].eventfd.read().is_err(), "the worker drained it");
+    // A queue the driver did not enable has no owner: its eventfd stays set for later.
+    write(&mut f, 0x3004, 1, 2);
+    assert!(host.serve_ready().unwrap().is_empty());
+    assert_eq!(f.device().kicked(), [2]);
+    assert_eq!(notify[1].eventfd.read().unwrap(), 1);
 }
 
 #[test]
@@ -494,12 +553,10 @@ fn pci_cfg_capability_reaches_bar_registers() {
     f.config_write(cap + 8, &0x12u32.to_le_bytes()).unwrap();
     f.config_write(cap + 12, &2u32.to_le_bytes()).unwrap();
     assert_eq!(config_u32(&mut f, cap + 16), u32::from(QUEUES));
-    // A notify through the window kicks the queue.
+    // A notify through the window signals the queue's kick eventfd.
     f.config_write(cap + 8, &0x300cu32.to_le_bytes()).unwrap();
-    assert_eq!(
-        f.config_write(cap + 16, &[3, 0, 0, 0]).unwrap(),
-        WriteEffect::QueueNotified(3)
-    );
+    f.config_write(cap + 16, &[3, 0, 0, 0]).unwrap();
+    assert_eq!(f.queue_notify_addresses()[3].eventfd.read().unwrap(), 1);
     // A misaligned target is ignored.
     f.config_write(cap + 8, &0x13u32.to_le_bytes()).unwrap();
     assert_eq!(config_u32(&mut f, cap + 16), 0);
@@ -560,14 +617,12 @@ fn arbitrary_accesses_never_panic() {
         let bar = [1, 4, 0, 6, 255][((choice >> 16) % 5) as usize];
         // Resets and reconfigurations are fine; panics are not.
         let _ = match (choice >> 24) % 4 {
-            0 => f.config_read(offset, &mut data).map(|_| WriteEffect::None),
+            0 => f.config_read(offset, &mut data),
             1 => f.config_write(offset, &data),
-            2 => f
-                .bar_read(bar, offset, &mut data)
-                .map(|_| WriteEffect::None),
+            2 => f.bar_read(bar, offset, &mut data),
             _ => f.bar_write(bar, offset, &data),
         };
-        let _ = f.kick_ready((choice >> 32) as u16 % (QUEUES + 1));
+        let _ = f.device().host.serve_ready();
     }
     f.reset();
     assert_eq!(

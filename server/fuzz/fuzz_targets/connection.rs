@@ -1,5 +1,6 @@
 //! A whole connection: message sequences dispatched against the real virtio-scsi function (a
-//! null LUN and a file LUN, queues served inline) and the DMA table, with guest memory the input
+//! null LUN and a file LUN, queues served by the main loop's queue set,
+//! as the server does with no --iothread) and the DMA table, with guest memory the input
 //! fills, so that config space, BARs, MSI-X, the common-config state machine, descriptor chains
 //! over hostile memory, SCSI commands and control-queue TMFs and AN are all reached.
 //!
@@ -14,7 +15,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use libfuzzer_sys::fuzz_target;
-use server::controller::{self, ControllerConfig};
+use server::controller::{self, ControllerConfig, QueueServing};
 use server::disk_spec::DiskSpec;
 use slog::{o, Discard, Logger};
 use vfio_user_server::{DmaMemory, Replay};
@@ -60,11 +61,14 @@ fuzz_target!(|data: &[u8]| {
     .collect();
     let log = Logger::root(Discard, o!());
     let memory = DmaMemory::new(GuestMemoryMmap::new());
+    let Ok(serving) = QueueServing::main_loop(2, &log) else {
+        return;
+    };
     let config = ControllerConfig {
         disks: &specs,
         num_queues: 2,
         queue_size: 64,
-        serving: None,
+        serving,
     };
     let Ok(controller) = controller::build(&config, memory.clone(), &log) else {
         return;

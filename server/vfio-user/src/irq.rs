@@ -101,7 +101,10 @@ pub fn decode_set_irqs(
         (VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL) => {
             Err(IrqError::Unsupported("masking with DATA_BOOL"))
         }
-        _ => Err(IrqError::Unsupported("unmasking through an eventfd")),
+        // What is left is MASK or UNMASK with DATA_EVENTFD (the flags were checked above).
+        _ => Err(IrqError::Unsupported(
+            "masking or unmasking through an eventfd",
+        )),
     }
 }
 
@@ -188,6 +191,19 @@ mod tests {
             decode_set_irqs(&args(unmask, 4, 1), &[], vec![]),
             Ok(IrqAction::Mask { masked: false, .. })
         ));
+        for action in [VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_UNMASK] {
+            let error = decode_set_irqs(
+                &args(action | VFIO_IRQ_SET_DATA_EVENTFD, 0, 1),
+                &[],
+                vec![some_fd()],
+            )
+            .unwrap_err();
+            assert_eq!(error.errno(), libc::ENOTSUP);
+            assert_eq!(
+                error.to_string(),
+                "masking or unmasking through an eventfd is not supported"
+            );
+        }
     }
 
     #[test]

@@ -112,8 +112,6 @@ pub enum DecodeError {
     TooManyFds { got: usize, allowed: usize },
     #[error("argsz {argsz} is below the {need}-byte reply")]
     ArgszTooSmall { argsz: u32, need: usize },
-    #[error("flags {0:#x} not supported")]
-    BadFlags(u32),
     #[error("count {0} exceeds max_data_xfer_size")]
     CountTooLarge(u32),
     #[error("protocol major version {0} not supported")]

@@ -37,6 +37,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("socket: {0}")]
     Socket(#[from] SocketPathError),
+    #[error("cannot duplicate the listening socket for the event loop: {0}")]
+    ListenerClone(io::Error),
     #[error("event loop: {0}")]
     Poll(io::Error),
 }
@@ -161,7 +163,10 @@ impl<D: Device> Server<D> {
         memory: DmaMemory,
         log: Logger,
     ) -> Result<Server<D>, ServerError> {
-        let listener = socket.listener.try_clone().map_err(ServerError::Poll)?;
+        let listener = socket
+            .listener
+            .try_clone()
+            .map_err(ServerError::ListenerClone)?;
         let mut listener = UnixListener::from_std(listener);
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let registry = poll.registry();

@@ -175,3 +175,29 @@ fn a_second_client_is_refused_while_the_first_is_attached() {
     first.region_read(0, 0x10, &mut back).unwrap();
     assert_eq!(back, [0], "the first client is still served");
 }
+
+/// The disposition of `signal` (its handler address, or SIG_DFL/SIG_IGN).
+fn disposition(signal: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: an all-zero sigaction is a valid value to be overwritten; a null new action makes
+    // sigaction only read the current one.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(signal, std::ptr::null(), &mut current), 0);
+        current.sa_sigaction
+    }
+}
+
+/// Signals are the application's: serving a client installs, ignores or blocks none.
+#[test]
+fn serving_leaves_signal_handling_to_the_application() {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE];
+    let before: Vec<_> = signals.iter().map(|&s| disposition(s)).collect();
+    let server = Running::start();
+    let client = Client::new(&server.path).unwrap();
+    assert_eq!(client.region(0).unwrap().size, BAR0_SIZE);
+    drop(client);
+    let after: Vec<_> = signals.iter().map(|&s| disposition(s)).collect();
+    assert_eq!(before, after);
+    // The Rust runtime itself ignores SIGPIPE; the others are as the kernel set them.
+    assert!(after[..3].iter().all(|&handler| handler == libc::SIG_DFL));
+}

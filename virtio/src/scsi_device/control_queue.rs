@@ -6,7 +6,7 @@
 //! have completed (they are not cancelled), so the driver sees every affected command finished
 //! before the TMF response, as virtio 1.2 §5.6.6.2 promises it.
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use slog::debug;
@@ -251,7 +251,7 @@ impl QueueWorker for ControlQueue {
         ControlQueue::kicked(self);
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.tasks.left_fd())
     }
 

@@ -3,7 +3,7 @@
 //! delivered carries VIRTIO_SCSI_T_EVENTS_MISSED so that the driver rescans.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use slog::debug;
@@ -205,7 +205,7 @@ impl QueueWorker for SharedEventQueue {
         events.kicked();
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
 

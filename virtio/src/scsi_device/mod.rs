@@ -25,7 +25,7 @@ mod virtqueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use block::{BlockError, Disk, Engine, SyncEngine};
+use block::{BlockError, Disk, Engine};
 use slog::{debug, Logger};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
@@ -72,6 +72,10 @@ pub struct ScsiDeviceConfig {
     pub queue_size: u16,
     /// The target's logical units, each with the disk that stores it.
     pub luns: Vec<(LunConfig, Arc<Disk>)>,
+    /// Serves the queues from activation to reset, on the threads it chooses.
+    pub queue_host: Arc<dyn QueueHost>,
+    /// Builds each request queue's I/O engine at activation.
+    pub engines: EngineFactory,
     pub logger: Logger,
 }
 
@@ -105,10 +109,6 @@ pub type EngineFactory = Arc<dyn Fn() -> Result<Box<dyn Engine>, BlockError> + S
 
 /// Queues being served, from DRIVER_OK to reset.
 struct ActiveQueues {
-    /// Workers the device serves itself through `queue_kicked`, indexed by virtqueue; empty
-    /// when a queue host serves them. Any queue may be missing: SeaBIOS, for one, enables only
-    /// the first request queue.
-    local: Vec<Option<Box<dyn QueueWorker>>>,
     events: Option<SharedEventQueue>,
     acked_features: u64,
     /// Raises DEVICE_NEEDS_RESET when guest memory faults under the device.
@@ -124,8 +124,8 @@ pub struct ScsiDevice {
     /// Per virtqueue, kept across resets.
     counters: Vec<Arc<QueueCounters>>,
     active: Option<ActiveQueues>,
-    /// Where the queues go at activation; without one, `queue_kicked` serves them inline.
-    host: Option<Arc<dyn QueueHost>>,
+    /// Where the queues go at activation.
+    host: Arc<dyn QueueHost>,
     engines: EngineFactory,
     /// The task set of the current activation, for listing the commands in flight from any
     /// thread (locked only at activation and by that listing, never per request).
@@ -139,6 +139,8 @@ impl ScsiDevice {
             num_queues,
             queue_size,
             luns,
+            queue_host,
+            engines,
             logger,
         } = config;
         if num_queues == 0 || num_queues > MAX_QUEUES - 2 {
@@ -171,8 +173,8 @@ impl ScsiDevice {
                 .map(|_| Arc::default())
                 .collect(),
             active: None,
-            host: None,
-            engines: Arc::new(|| Ok(Box::new(SyncEngine::new()?))),
+            host: queue_host,
+            engines,
             tasks: Arc::new(Mutex::new(None)),
             logger,
         })
@@ -187,13 +189,6 @@ impl ScsiDevice {
     /// The commands in flight now, as (lun, tag).
     pub fn commands_in_flight(&self) -> Vec<(u16, u64)> {
         commands_in_flight(&self.tasks)
-    }
-
-    /// From now on, activation hands every queue's worker to `host` (which serves it on the
-    /// thread it chooses), and request queues do their I/O through engines from `engines`.
-    pub fn set_queue_host(&mut self, host: Arc<dyn QueueHost>, engines: EngineFactory) {
-        self.host = Some(host);
-        self.engines = engines;
     }
 
     /// The LUNs served now, by LUN number.
@@ -228,9 +223,12 @@ impl ScsiDevice {
 
     /// Takes a LUN away from the target: new commands for it fail, and its stats are gone. The
     /// LUN is returned so that the caller can wait until it is drained, then call
-    /// `lun_removed`.
+    /// `lun_removed`. Commands its error policy held are answered as aborted, as QEMU
+    /// cancels the requests of a paused SCSI device it unplugs; none was acknowledged.
     pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
-        Ok(self.luns.remove(lun)?)
+        let removed = self.luns.remove(lun)?;
+        self.wake_held_requests();
+        Ok(removed)
     }
 
     /// The LUN's requests are drained: the device lets go of it and tells the driver it is
@@ -253,8 +251,9 @@ impl ScsiDevice {
     }
 
     /// Wakes the request queues that hold commands for LUNs their error policy stopped, after
-    /// an operator resumed some (`IoStatus::resume`, QMP's `cont`): they resubmit the held
-    /// commands of running LUNs in the order they came.
+    /// an operator resumed some (`IoStatus::resume`, QMP's `cont`) or removed one: they
+    /// resubmit the held commands of running LUNs in the order they came, and abort those of
+    /// removed LUNs.
     pub fn wake_held_requests(&self) {
         if let Some(tasks) = self
             .tasks
@@ -390,20 +389,17 @@ impl VirtioDevice for ScsiDevice {
                 *size = virtio_queue::QueueT::size(&active.queue);
             }
         }
-        let tasks = Arc::new(
-            TaskSet::new(&table_sizes)
-                .map_err(|error| ActivateError::Failed(format!("task set eventfd: {error}")))?,
-        );
+        let tasks = Arc::new(TaskSet::new(&table_sizes).map_err(ActivateError::TaskEventfd)?);
         *self.tasks.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&tasks));
         let mut events = None;
         let mut workers: Vec<Box<dyn QueueWorker>> = Vec::new();
         for active in queues {
             let index = active.index;
             if index >= self.queue_count() {
-                return Err(ActivateError::Failed(format!(
-                    "queue {index} does not exist (queue count {})",
-                    self.queue_count()
-                )));
+                return Err(ActivateError::NoSuchQueue {
+                    index,
+                    count: self.queue_count(),
+                });
             }
             let queue = Virtqueue::new(
                 active,
@@ -425,8 +421,7 @@ impl VirtioDevice for ScsiDevice {
                     Box::new(shared)
                 }
                 _ => {
-                    let engine = (self.engines)()
-                        .map_err(|error| ActivateError::Failed(format!("I/O engine: {error}")))?;
+                    let engine = (self.engines)().map_err(ActivateError::Engine)?;
                     Box::new(RequestQueueWorker::new(
                         queue,
                         Arc::clone(&self.luns),
@@ -442,19 +437,11 @@ impl VirtioDevice for ScsiDevice {
                 &self.logger,
             )));
         }
-        let mut local = Vec::new();
-        match &self.host {
-            Some(host) => workers.into_iter().for_each(|worker| host.adopt(worker)),
-            None => {
-                local.resize_with(usize::from(self.queue_count()), || None);
-                for worker in workers {
-                    let index = usize::from(worker.queue_index());
-                    local[index] = Some(worker);
-                }
-            }
-        }
+        // Any queue may be missing: SeaBIOS, for one, enables only the first request queue.
+        workers
+            .into_iter()
+            .for_each(|worker| self.host.adopt(worker));
         self.active = Some(ActiveQueues {
-            local,
             events,
             acked_features,
             on_fault,
@@ -462,24 +449,9 @@ impl VirtioDevice for ScsiDevice {
         Ok(())
     }
 
-    fn queue_kicked(&mut self, index: u16) {
-        let worker = self
-            .active
-            .as_mut()
-            .and_then(|active| active.local.get_mut(usize::from(index)))
-            .and_then(Option::as_mut);
-        match worker {
-            Some(worker) => worker.kicked(),
-            None => debug!(self.logger, "kick for a queue not served here"; "vq" => index),
-        }
-    }
-
     fn reset(&mut self) {
-        // The host waits for the requests in flight on its threads; local workers use a
-        // synchronous engine, which has nothing in flight once a call returns.
-        if let Some(host) = &self.host {
-            host.release_all();
-        }
+        // The host waits for the requests in flight on its threads.
+        self.host.release_all();
         self.active = None;
         self.config.reset();
         self.needs_reset.store(false, Ordering::SeqCst);
@@ -490,7 +462,8 @@ impl VirtioDevice for ScsiDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi_device::test_driver::lun_config;
+    use crate::scsi_device::test_driver::{lun_config, sync_engines};
+    use crate::InlineQueueHost;
 
     fn device(
         num_queues: u16,
@@ -502,6 +475,8 @@ mod tests {
             num_queues,
             queue_size,
             luns,
+            queue_host: Arc::new(InlineQueueHost::new().unwrap()),
+            engines: sync_engines(),
             logger,
         })
     }
@@ -587,35 +562,19 @@ mod tests {
                 crate::scsi_device::test_driver::CountingInterrupt::default(),
             ),
         };
-        // SeaBIOS enables only some queues; kicks for the others are ignored.
+        // SeaBIOS enables only some queues; the others have no worker to wake.
         device.activate(activation).unwrap();
-        device.queue_kicked(0);
-        device.queue_kicked(1);
-        device.queue_kicked(2);
         assert_eq!(
             device.post_event(ScsiEvent::LunAdded { lun: 0 }),
             EventDelivery::Inactive
         );
     }
 
-    /// Takes the workers instead of serving them, so that the test drives them by hand.
-    #[derive(Default)]
-    struct CollectingHost(Mutex<Vec<Box<dyn QueueWorker>>>);
-
-    impl QueueHost for CollectingHost {
-        fn adopt(&self, worker: Box<dyn QueueWorker>) {
-            self.0.lock().unwrap().push(worker);
-        }
-        fn release_all(&self) {
-            self.0.lock().unwrap().clear();
-        }
-    }
-
     /// Holds every request until the test lets them complete.
     struct HeldEngine {
         released: Arc<AtomicBool>,
         held: Vec<(u64, u64)>,
-        eventfd: vmm_sys_util::eventfd::EventFd,
+        eventfd: Arc<vmm_sys_util::eventfd::EventFd>,
     }
 
     impl Engine for HeldEngine {
@@ -633,8 +592,8 @@ mod tests {
             Ok(())
         }
         fn submit_pending(&mut self) {}
-        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
-            Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
+        fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            Some(block::borrow_eventfd(&self.eventfd))
         }
         fn reap(&mut self, out: &mut Vec<block::Completion>) {
             if self.released.load(Ordering::SeqCst) {
@@ -659,33 +618,24 @@ mod tests {
         const CTRL: usize = 0;
         const REQUEST: usize = 2;
 
-        let mut harness = Harness::new(vec![Disk::null(1 << 20, 512).unwrap()]);
-        // Takes the POWER ON unit attention, which would answer the READ below at once.
-        harness.command(0, &[0; 6], &[], 0);
-        let host = Arc::new(CollectingHost::default());
         let released = Arc::new(AtomicBool::new(false));
-        let engine_released = released.clone();
-        harness.device.set_queue_host(
-            host.clone(),
+        let completions = Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+        let (engine_released, engine_completions) = (released.clone(), completions.clone());
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        let mut harness = Harness::with_engines(
+            vec![(lun_config(0, &disk), Arc::new(disk))],
+            1,
+            0,
             Arc::new(move || {
                 Ok(Box::new(HeldEngine {
                     released: engine_released.clone(),
                     held: Vec::new(),
-                    eventfd: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                    eventfd: engine_completions.clone(),
                 }))
             }),
         );
-        harness.activate(harness.device.features());
-        let mut workers = std::mem::take(&mut *host.0.lock().unwrap());
-        let mut take = |index: usize| {
-            let at = workers
-                .iter()
-                .position(|w| usize::from(w.queue_index()) == index)
-                .unwrap();
-            workers.remove(at)
-        };
-        let mut ctrl = take(CTRL);
-        let mut request = take(REQUEST);
+        // Takes the POWER ON unit attention, which would answer the READ below at once.
+        harness.command(0, &[0; 6], &[], 0);
 
         // READ(10) of one block, tag 5, held by the engine.
         let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
@@ -694,13 +644,10 @@ mod tests {
             harness.response_buf(REQUEST, 108),
             harness.response_buf(REQUEST, 512),
         ];
-        let head = harness.queues[REQUEST].chain(&bufs);
-        harness.queues[REQUEST].publish(head);
-        request.kicked();
-        assert!(harness.queues[REQUEST].used().is_empty(), "held");
-        assert_eq!(request.in_flight(), 1);
+        assert!(harness.submit(REQUEST, &bufs).is_empty(), "held");
+        assert_eq!(harness.host.in_flight(), 1);
 
-        let tmf = |harness: &mut Harness, ctrl: &mut Box<dyn QueueWorker>, subtype: u32| {
+        let tmf = |harness: &mut Harness, subtype: u32| {
             let mut bytes = VIRTIO_SCSI_T_TMF.to_le_bytes().to_vec();
             bytes.extend_from_slice(&subtype.to_le_bytes());
             bytes.extend_from_slice(&lun_field(0));
@@ -709,41 +656,41 @@ mod tests {
                 harness.data_buf(CTRL, &bytes, false),
                 harness.response_buf(CTRL, 1),
             ];
-            let head = harness.queues[CTRL].chain(&bufs);
-            harness.queues[CTRL].publish(head);
-            ctrl.kicked();
-            bufs[1].addr
+            (harness.submit(CTRL, &bufs), bufs[1].addr)
         };
         // The task is in flight: QUERY TASK says so at once.
-        let query = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_QUERY_TASK);
-        assert_eq!(harness.queues[CTRL].used().len(), 1);
+        let (used, query) = tmf(&mut harness, VIRTIO_SCSI_T_TMF_QUERY_TASK);
+        assert_eq!(used.len(), 1);
         assert_eq!(
             harness.read(query, 1)[0],
             virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8
         );
         // ABORT TASK waits until the command has completed.
-        let abort = tmf(&mut harness, &mut ctrl, VIRTIO_SCSI_T_TMF_ABORT_TASK);
-        assert!(harness.queues[CTRL].used().is_empty(), "the abort waits");
+        let (used, abort) = tmf(&mut harness, VIRTIO_SCSI_T_TMF_ABORT_TASK);
+        assert!(used.is_empty(), "the abort waits");
         assert_eq!(
-            ctrl.in_flight(),
-            1,
+            harness.host.in_flight(),
+            2,
             "a waiting TMF keeps the control queue busy"
         );
 
+        // The engine completes: its eventfd wakes the request queue, whose completion wakes
+        // the control queue through the task set, in one pass of the host.
         released.store(true, Ordering::SeqCst);
-        request.completions_ready();
+        completions.write(1).unwrap();
+        let served = harness.host.serve_ready().unwrap();
+        assert_eq!(served, [(2, false), (0, false)], "request queue, then ctrl");
         assert_eq!(
             harness.queues[REQUEST].used().len(),
             1,
             "the command completed"
         );
-        ctrl.completions_ready();
         assert_eq!(
             harness.queues[CTRL].used().len(),
             1,
             "then the abort is answered"
         );
         assert_eq!(harness.read(abort, 1)[0], 0, "FUNCTION COMPLETE");
-        assert_eq!(ctrl.in_flight(), 0);
+        assert_eq!(harness.host.in_flight(), 0);
     }
 }

@@ -7,10 +7,11 @@
 //!
 //! When a disk's error policy says stop, the failing command is held instead of answered, the
 //! disk stops, and its later commands are held too; once the operator resumes the disk, the
-//! held commands run again from the start, in the order they came.
+//! held commands run again from the start, in the order they came. Removing the LUN answers
+//! them as aborted instead: they were never acknowledged.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -234,8 +235,9 @@ impl RequestQueueWorker {
         self.in_flight.len() - self.free_slots.len() - self.held.len()
     }
 
-    /// Resubmits the held commands whose disk runs again, oldest first, and answers those
-    /// that a waiting TMF names as aborted; true when any left the hold.
+    /// Resubmits the held commands whose disk runs again, oldest first, and answers as
+    /// aborted those that a waiting TMF names or whose LUN was removed (as QEMU cancels the
+    /// requests of a SCSI device it unplugs); true when any left the hold.
     fn serve_held(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) -> bool {
         if self.held.is_empty() {
             return false;
@@ -249,7 +251,8 @@ impl RequestQueueWorker {
             };
             let Held { slot, reply, disk } = held;
             self.luns.refresh(&mut luns);
-            if self.tasks.aborting(reply.lun, reply.tag) {
+            if removed_from(&luns, reply.lun, &disk.0) || self.tasks.aborting(reply.lun, reply.tag)
+            {
                 drop(disk);
                 self.abort_held(slot, reply, mem, &luns);
             } else if disk.0.io_status().is_stopped() {
@@ -269,7 +272,7 @@ impl RequestQueueWorker {
         served
     }
 
-    /// Answers a held command that a waiting TMF names, as aborted.
+    /// Answers a held command as aborted.
     fn abort_held(&mut self, slot: usize, reply: Reply, mem: &CachedMemory<'_>, luns: &LunGuard) {
         debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
         self.free_slots.push(slot);
@@ -306,13 +309,16 @@ impl RequestQueueWorker {
                     "lun" => reply.lun, "tag" => reply.tag, "errno" => errno);
             }
         }
-        if self.tasks.aborting(reply.lun, reply.tag) {
-            let luns = self.luns.load();
-            return self.abort_held(slot, reply, mem, &luns);
-        }
         self.tasks
             .started(self.task_queue, slot, reply.lun, reply.tag);
         self.tasks.add_holder(self.queue.kick());
+        // Checked once this queue is a holder: a removal published before the load aborts the
+        // command here, one published after it wakes this queue to abort it.
+        let luns = self.luns.load();
+        if removed_from(&luns, reply.lun, &disk) || self.tasks.aborting(reply.lun, reply.tag) {
+            return self.abort_held(slot, reply, mem, &luns);
+        }
+        drop(luns);
         self.held.push_back(Held {
             slot,
             reply,
@@ -839,7 +845,7 @@ impl QueueWorker for RequestQueueWorker {
         RequestQueueWorker::kicked(self);
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
+    fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
         self.engine.completion_fd()
     }
 
@@ -886,6 +892,12 @@ fn submit_ready(
             }
         }
     }
+}
+
+/// Whether `lun` no longer serves `disk`: it was removed (and maybe added again).
+fn removed_from(luns: &LunGuard, lun: u16, disk: &Arc<Disk>) -> bool {
+    luns.lun(lun)
+        .is_none_or(|unit| !Arc::ptr_eq(&unit.data().disk, disk))
 }
 
 /// The used length, or None when not even the response header fits.
@@ -1121,7 +1133,7 @@ mod tests {
             10,
         );
         queue.publish(10);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used = harness.queues[vq].used();
         assert_eq!(used, vec![(10, 108)]);
         let result = harness.result(&[request, response], used[0].1);
@@ -1136,7 +1148,7 @@ mod tests {
         let request = harness.request_buf(vq, lun_field(0), 1, &TEST_UNIT_READY);
         harness.queues[vq].store(12, request.addr, request.len, VRING_DESC_F_NEXT as u16, 500);
         harness.queues[vq].publish(12);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].used(), vec![(12, 0)]);
         assert_queue_works(&mut harness);
     }
@@ -1272,7 +1284,7 @@ mod tests {
         }
         harness.queues[vq].store(20, table, 48, VRING_DESC_F_INDIRECT as u16, 0);
         harness.queues[vq].publish(20);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used = harness.queues[vq].used();
         let result = harness.result(&[request, response, data_in], used[0].1);
         assert_eq!(result.resp.status, STATUS_GOOD);
@@ -1282,7 +1294,7 @@ mod tests {
         // A table length that is not a whole number of descriptors.
         harness.queues[vq].store(21, table, 47, VRING_DESC_F_INDIRECT as u16, 0);
         harness.queues[vq].publish(21);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].used(), vec![(21, 0)]);
         assert_queue_works(&mut harness);
     }
@@ -1297,11 +1309,11 @@ mod tests {
             .avail()
             .idx()
             .store(idx.wrapping_add(200));
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert!(harness.device.needs_reset());
         assert_eq!(harness.config_interrupt.count(), 1);
         assert!(harness.queues[vq].used().is_empty());
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.config_interrupt.count(), 1, "raised once");
 
         harness.device.reset();
@@ -1318,7 +1330,7 @@ mod tests {
     fn rings_unmapped_while_idle_work_once_mapped_again() {
         let mut harness = null_harness();
         harness.unmap_all();
-        harness.device.queue_kicked(2);
+        harness.notify(2);
         assert!(!harness.device.needs_reset());
         assert_eq!(harness.config_interrupt.count(), 0);
         harness.map_again();
@@ -1329,7 +1341,7 @@ mod tests {
     fn head_index_out_of_range_needs_reset() {
         let mut harness = null_harness();
         harness.queues[2].publish(300);
-        harness.device.queue_kicked(2);
+        harness.notify(2);
         assert!(harness.device.needs_reset());
     }
 
@@ -1370,7 +1382,7 @@ mod tests {
             harness.queues[vq].publish(head);
             heads.push(u32::from(head));
         }
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         let used: Vec<u32> = harness.queues[vq]
             .used()
             .into_iter()
@@ -1380,7 +1392,7 @@ mod tests {
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
 
         // A kick with nothing new raises nothing.
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
     }
 
@@ -1397,7 +1409,7 @@ mod tests {
         ];
         let head = harness.queues[vq].chain(&bufs);
         harness.queues[vq].publish(head);
-        harness.device.queue_kicked(vq as u16);
+        harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before);
         assert_eq!(harness.queues[vq].used().len(), 1);
 
@@ -1510,8 +1522,9 @@ mod tests {
         // write fails again and stops the LUN again, the read completes.
         assert!(status.resume());
         assert!(!status.resume(), "running already");
+        // The wake-up writes the holding queue's kick eventfd, which its host serves.
         harness.device.wake_held_requests();
-        harness.device.queue_kicked(VQ as u16);
+        harness.host.serve_ready().unwrap();
         let used = harness.queues[VQ].used();
         assert_eq!(used.len(), 1, "{used:?}");
         assert_eq!(harness.result(&read, used[0].1).resp.status, STATUS_GOOD);

@@ -15,7 +15,7 @@
 //! Queues holding such commands register their kick here to hear about TMFs and resumes.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -194,8 +194,8 @@ impl TaskSet {
     }
 
     /// Readable after a task left while some TMF waited.
-    pub fn left_fd(&self) -> RawFd {
-        self.left.as_raw_fd()
+    pub fn left_fd(&self) -> BorrowedFd<'_> {
+        block::borrow_eventfd(&self.left)
     }
 
     /// Clears `left_fd`.

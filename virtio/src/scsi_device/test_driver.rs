@@ -15,8 +15,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
-use super::{ScsiDevice, ScsiDeviceConfig};
+use super::{EngineFactory, ScsiDevice, ScsiDeviceConfig};
 use crate::virtio_device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
+use crate::InlineQueueHost;
 use scsi_disk::LunConfig;
 
 pub const MEMORY_SIZE: u64 = 64 << 20;
@@ -51,6 +52,8 @@ pub struct Buf {
 pub struct TestQueue {
     mem: &'static GuestMemoryMmap,
     pub mock: MockSplitQueue<'static, GuestMemoryMmap>,
+    /// What the transport's notifier is: written on a notify, kept across activations.
+    kick: Arc<EventFd>,
     pub interrupt: Arc<CountingInterrupt>,
     size: u16,
     next_desc: u16,
@@ -65,6 +68,7 @@ impl TestQueue {
         TestQueue {
             mem,
             mock: MockSplitQueue::create(mem, GuestAddress(u64::from(index) * QUEUE_AREA), size),
+            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             interrupt: Arc::new(CountingInterrupt::default()),
             size,
             next_desc: 0,
@@ -187,6 +191,11 @@ pub fn lun_config(lun: u16, disk: &Disk) -> LunConfig {
     }
 }
 
+/// Request queues do synchronous I/O, so that a command completes within its kick.
+pub fn sync_engines() -> EngineFactory {
+    Arc::new(|| Ok(Box::new(block::SyncEngine::new()?)))
+}
+
 /// A LUN field in the flat space addressing Linux uses.
 pub fn lun_field(lun: u16) -> [u8; 8] {
     super::lun_address::encode(lun)
@@ -197,6 +206,8 @@ pub struct Harness {
     /// What the device sees of `mem`: `unmap_all` and `map_again` play a client's DMA messages.
     pub memory: GuestMemoryAtomic<GuestMemoryMmap>,
     pub device: ScsiDevice,
+    /// Serves the device's queues when the test calls `notify` (or `host.serve_ready()`).
+    pub host: Arc<InlineQueueHost>,
     pub queues: Vec<TestQueue>,
     pub config_interrupt: Arc<CountingInterrupt>,
     pub sense_size: u32,
@@ -219,11 +230,23 @@ impl Harness {
         num_queues: u16,
         extra_features: u64,
     ) -> Harness {
+        Harness::with_engines(luns, num_queues, extra_features, sync_engines())
+    }
+
+    pub fn with_engines(
+        luns: Vec<(LunConfig, Arc<Disk>)>,
+        num_queues: u16,
+        extra_features: u64,
+        engines: EngineFactory,
+    ) -> Harness {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let host = Arc::new(InlineQueueHost::new().unwrap());
         let device = ScsiDevice::new(ScsiDeviceConfig {
             num_queues,
             queue_size: 64,
             luns,
+            queue_host: host.clone(),
+            engines,
             logger,
         })
         .unwrap();
@@ -238,6 +261,7 @@ impl Harness {
             mem,
             memory: GuestMemoryAtomic::new(mem.clone()),
             device,
+            host,
             queues,
             config_interrupt: Arc::new(CountingInterrupt::default()),
             sense_size: 96,
@@ -259,7 +283,7 @@ impl Harness {
             .map(|(index, queue)| ActiveQueue {
                 index: index as u16,
                 queue: queue.queue(),
-                kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+                kick: queue.kick.clone(),
                 interrupt: queue.interrupt.clone(),
             })
             .collect();
@@ -331,11 +355,18 @@ impl Harness {
         self.data_buf(vq, &vec![0xEE; len as usize], true)
     }
 
-    /// Publishes a chain and kicks; returns the used entries of that kick.
+    /// What a driver's notify write does: the transport writes the queue's kick eventfd and
+    /// its owner (here the inline host, on this thread) serves what became ready.
+    pub fn notify(&self, vq: usize) {
+        self.queues[vq].kick.write(1).unwrap();
+        self.host.serve_ready().unwrap();
+    }
+
+    /// Publishes a chain and notifies; returns the used entries of that notification.
     pub fn submit(&mut self, vq: usize, bufs: &[Buf]) -> Vec<(u32, u32)> {
         let head = self.queues[vq].chain(bufs);
         self.queues[vq].publish(head);
-        self.device.queue_kicked(vq as u16);
+        self.notify(vq);
         self.queues[vq].used()
     }
 

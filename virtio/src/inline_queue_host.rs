@@ -1,0 +1,270 @@
+//! A queue host without threads: it serves a device's queues on whichever thread calls
+//! [`InlineQueueHost::serve_ready`].
+//!
+//! It watches the same eventfds an iothread does (each worker's kick and completion eventfds,
+//! edge-triggered in one epoll) and calls the same [`QueueWorker`] methods, so a test that
+//! drives a device through it runs the code production runs: a driver's notify write becomes a
+//! kick eventfd write, which wakes only the worker of that queue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::queue_worker::{QueueHost, QueueWorker};
+
+/// How long `release_all` waits for completions before it looks at the workers again (ms).
+const DRAIN_WAIT_MS: i32 = 10;
+
+/// What woke a worker, encoded in the low bit of its epoll token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wakeup {
+    Kick,
+    Completions,
+}
+
+fn token(slot: usize, wakeup: Wakeup) -> u64 {
+    (slot as u64) << 1 | u64::from(wakeup == Wakeup::Completions)
+}
+
+fn slot_of(token: u64) -> (usize, Wakeup) {
+    let wakeup = if token & 1 == 0 {
+        Wakeup::Kick
+    } else {
+        Wakeup::Completions
+    };
+    ((token >> 1) as usize, wakeup)
+}
+
+struct Workers {
+    epoll: Epoll,
+    /// Indexed by slot; a slot is never reused, so a stale token finds `None`.
+    slots: Vec<Option<Box<dyn QueueWorker>>>,
+    /// Why a worker could not be watched (`adopt` cannot fail); `serve_ready` reports it.
+    adopt_error: Option<io::Error>,
+}
+
+/// Serves adopted queues on the caller's thread; see the module documentation.
+pub struct InlineQueueHost {
+    workers: Mutex<Workers>,
+}
+
+impl InlineQueueHost {
+    pub fn new() -> io::Result<InlineQueueHost> {
+        Ok(InlineQueueHost {
+            workers: Mutex::new(Workers {
+                epoll: Epoll::new()?,
+                slots: Vec::new(),
+                adopt_error: None,
+            }),
+        })
+    }
+
+    fn workers(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves every queue whose kick or completion eventfd fired, until none has; returns the
+    /// wake-ups served as (virtqueue, true for a kick, false for completions).
+    pub fn serve_ready(&self) -> io::Result<Vec<(u16, bool)>> {
+        let mut workers = self.workers();
+        if let Some(error) = workers.adopt_error.take() {
+            return Err(error);
+        }
+        let mut served = Vec::new();
+        let mut events = vec![EpollEvent::default(); workers.slots.len() * 2 + 1];
+        loop {
+            let count = workers.epoll.wait(0, &mut events)?;
+            if count == 0 {
+                return Ok(served);
+            }
+            for event in &events[..count] {
+                let (slot, wakeup) = slot_of(event.data());
+                let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) else {
+                    continue;
+                };
+                match wakeup {
+                    Wakeup::Kick => worker.kicked(),
+                    Wakeup::Completions => worker.completions_ready(),
+                }
+                served.push((worker.queue_index(), wakeup == Wakeup::Kick));
+            }
+        }
+    }
+
+    /// The virtqueues being served, in adoption order.
+    pub fn queues(&self) -> Vec<u16> {
+        self.workers()
+            .slots
+            .iter()
+            .flatten()
+            .map(|worker| worker.queue_index())
+            .collect()
+    }
+
+    /// Requests in flight on every queue.
+    pub fn in_flight(&self) -> usize {
+        self.workers()
+            .slots
+            .iter()
+            .flatten()
+            .map(|worker| worker.in_flight())
+            .sum()
+    }
+}
+
+impl Workers {
+    fn watch(&self, fd: i32, token: u64) -> io::Result<()> {
+        let event = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token);
+        self.epoll.ctl(ControlOperation::Add, fd, event)
+    }
+
+    fn unwatch(&self, worker: &dyn QueueWorker) {
+        // Closing a worker's eventfds would drop them from the epoll too; the kick eventfd
+        // outlives the worker (the transport keeps it), so it is removed by hand.
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            worker.kick().as_raw_fd(),
+            EpollEvent::default(),
+        );
+        if let Some(fd) = worker.completion_fd() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                fd.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+}
+
+impl QueueHost for InlineQueueHost {
+    /// Watches the worker's eventfds and serves it once, as an iothread does: the driver may
+    /// have notified before the hand-over.
+    fn adopt(&self, mut worker: Box<dyn QueueWorker>) {
+        let mut workers = self.workers();
+        let slot = workers.slots.len();
+        let watched = workers
+            .watch(worker.kick().as_raw_fd(), token(slot, Wakeup::Kick))
+            .and_then(|()| match worker.completion_fd() {
+                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, Wakeup::Completions)),
+                None => Ok(()),
+            });
+        if let Err(error) = watched {
+            workers.unwatch(&*worker);
+            workers.adopt_error = Some(error);
+            return;
+        }
+        worker.kicked();
+        workers.slots.push(Some(worker));
+    }
+
+    /// Completes what is in flight (serving completions only, as an iothread does on reset),
+    /// then drops every worker.
+    fn release_all(&self) {
+        let mut workers = self.workers();
+        let mut events = vec![EpollEvent::default(); workers.slots.len() * 2 + 1];
+        while workers.slots.iter().flatten().any(|w| w.in_flight() > 0) {
+            let Ok(count) = workers.epoll.wait(DRAIN_WAIT_MS, &mut events) else {
+                break;
+            };
+            for event in &events[..count] {
+                if let (slot, Wakeup::Completions) = slot_of(event.data()) {
+                    if let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) {
+                        worker.completions_ready();
+                    }
+                }
+            }
+        }
+        let released: Vec<_> = workers.slots.iter_mut().filter_map(Option::take).collect();
+        for worker in released {
+            workers.unwatch(&*worker);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+
+    struct Recorder {
+        queue: u16,
+        kick: Arc<EventFd>,
+        completions: EventFd,
+        in_flight: usize,
+    }
+
+    impl QueueWorker for Recorder {
+        fn queue_index(&self) -> u16 {
+            self.queue
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {
+            let _ = self.kick.read();
+            self.in_flight += 1;
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(block::borrow_eventfd(&self.completions))
+        }
+        fn completions_ready(&mut self) {
+            let _ = self.completions.read();
+            self.in_flight = 0;
+        }
+        fn in_flight(&self) -> usize {
+            self.in_flight
+        }
+    }
+
+    fn recorder(queue: u16) -> (Box<Recorder>, Arc<EventFd>, EventFd) {
+        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let completions = EventFd::new(EFD_NONBLOCK).unwrap();
+        let signal = completions.try_clone().unwrap();
+        let worker = Recorder {
+            queue,
+            kick: kick.clone(),
+            completions,
+            in_flight: 0,
+        };
+        (Box::new(worker), kick, signal)
+    }
+
+    #[test]
+    fn a_kick_wakes_only_its_queue_once() {
+        let host = InlineQueueHost::new().unwrap();
+        let (a, kick_a, _) = recorder(0);
+        let (b, _, _) = recorder(2);
+        host.adopt(a);
+        host.adopt(b);
+        assert_eq!(host.queues(), [0, 2]);
+        assert_eq!(host.in_flight(), 2, "adoption served each queue once");
+        kick_a.write(1).unwrap();
+        kick_a.write(1).unwrap();
+        assert_eq!(host.serve_ready().unwrap(), [(0, true)]);
+        assert!(host.serve_ready().unwrap().is_empty(), "edge-triggered");
+    }
+
+    #[test]
+    fn release_waits_for_completions_and_ignores_kicks() {
+        let host = InlineQueueHost::new().unwrap();
+        let (worker, kick, completions) = recorder(3);
+        host.adopt(worker);
+        kick.write(1).unwrap();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            completions.write(1).unwrap();
+        });
+        host.release_all();
+        finisher.join().unwrap();
+        assert!(host.queues().is_empty());
+        assert_eq!(host.in_flight(), 0);
+        kick.write(1).unwrap();
+        assert!(host.serve_ready().unwrap().is_empty(), "no longer watched");
+    }
+}
