@@ -174,10 +174,21 @@ fn run(
     log: &Logger,
 ) {
     let mut looked = Instant::now();
+    // Polling that found work leaves notifications off; a pass that then took longer than the
+    // window's maximum turns polling off, and the thread must not sleep before turning them on.
+    let mut notifications_off = false;
     loop {
         let started = Instant::now();
         let polling = window.current();
-        let found_work = !polling.is_zero() && !set.is_empty() && set.poll_queues(polling);
+        let found_work = if polling.is_zero() || set.is_empty() {
+            if std::mem::take(&mut notifications_off) {
+                set.stop_polling();
+            }
+            false
+        } else {
+            set.poll_queues(polling)
+        };
+        notifications_off = found_work;
         let polled = started.elapsed();
         // Notifications stay off while polling finds work, and the queues' kicks and
         // completions were served by polling: poll again without a system call. The `Poll`
@@ -295,5 +306,116 @@ fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> boo
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+    use std::sync::atomic::AtomicBool;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+
+    const POLL_MAX: Duration = Duration::from_millis(50);
+
+    #[derive(Default)]
+    struct Observed {
+        notifications_off: AtomicBool,
+        kicks: AtomicU64,
+        slow_poll_started: AtomicBool,
+    }
+
+    /// A queue whose first poll finds work only after a pass longer than the polling window's
+    /// maximum (a preempted or long serving pass), which turns polling off.
+    struct SlowPollWorker {
+        kick: Arc<EventFd>,
+        observed: Arc<Observed>,
+    }
+
+    impl QueueWorker for SlowPollWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn kick(&self) -> &Arc<EventFd> {
+            &self.kick
+        }
+        fn kicked(&mut self) {
+            let _ = self.kick.read();
+            self.observed
+                .notifications_off
+                .store(false, Ordering::SeqCst);
+            self.observed.kicks.fetch_add(1, Ordering::SeqCst);
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn start_polling(&mut self) {
+            self.observed
+                .notifications_off
+                .store(true, Ordering::SeqCst);
+        }
+        fn poll(&mut self) -> bool {
+            if self.observed.slow_poll_started.swap(true, Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(POLL_MAX * 2);
+            true
+        }
+        fn stop_polling(&mut self) {
+            self.observed
+                .notifications_off
+                .store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_for(condition: impl Fn() -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !condition() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    #[test]
+    fn polling_turned_off_by_a_long_pass_turns_notifications_back_on_before_sleeping() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let max_ns = u64::try_from(POLL_MAX.as_nanos()).unwrap();
+        let iothread = Iothread::spawn("io-slow-poll", max_ns, &log).unwrap();
+        let observed = Arc::new(Observed::default());
+        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        iothread.adopt(Box::new(SlowPollWorker {
+            kick: Arc::clone(&kick),
+            observed: Arc::clone(&observed),
+        }));
+        // Short passes (a kick each) open the polling window; one kick at a time, each served
+        // before the next, so that no kick is left to wake the thread after the slow poll.
+        let slow_poll_started = || observed.slow_poll_started.load(Ordering::SeqCst);
+        let mut started = false;
+        for _ in 0..100 {
+            let kicks = observed.kicks.load(Ordering::SeqCst);
+            kick.write(1).unwrap();
+            let kicks_now = || observed.kicks.load(Ordering::SeqCst) > kicks;
+            assert!(wait_for(kicks_now, Duration::from_secs(5)), "kick served");
+            if wait_for(slow_poll_started, Duration::from_secs(1)) {
+                started = true;
+                break;
+            }
+        }
+        assert!(started, "the iothread polled the queue");
+        // The slow pass ends, polling is off, and the thread goes to sleep.
+        std::thread::sleep(POLL_MAX * 6);
+        assert!(
+            !observed.notifications_off.load(Ordering::SeqCst),
+            "the iothread sleeps with the driver's notifications off: a kick would be lost"
+        );
     }
 }

@@ -212,10 +212,16 @@ impl QueueSet {
             }
             std::hint::spin_loop();
         }
+        self.stop_polling();
+        false
+    }
+
+    /// Turns driver notifications back on after polling and serves what raced in: due before
+    /// any sleep that follows a `poll_queues` that found work.
+    pub fn stop_polling(&mut self) {
         for worker in self.workers.iter_mut().flatten() {
             worker.stop_polling();
         }
-        false
     }
 
     fn in_flight(&self) -> usize {

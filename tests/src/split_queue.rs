@@ -364,6 +364,11 @@ impl SplitQueue {
                 self.last_used.wrapping_add(0x8000)
             };
             self.mem.store_u16(self.used_event_addr(), event)?;
+            // The next look at the used index (the one before the caller sleeps on its
+            // interrupt) must not pass this store: otherwise the device may read the old
+            // used_event after adding an element that look misses, and no interrupt comes
+            // (as Linux orders its virtqueue_enable_cb_prepare and virtqueue_poll).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         }
         let head = u16::try_from(id).map_err(|_| QueueError::UnknownHead { id })?;
         let outstanding = self
