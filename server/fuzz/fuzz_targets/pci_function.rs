@@ -18,7 +18,7 @@
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use libfuzzer_sys::fuzz_target;
-use server::controller::{self, ControllerConfig};
+use server::controller::{self, ControllerConfig, QueueServing};
 use server::disk_spec::DiskSpec;
 use server_fuzz::{guest_memory, Input};
 use slog::{o, Discard, Logger};
@@ -78,11 +78,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let log = Logger::root(Discard, o!());
+    let Ok(serving) = QueueServing::main_loop(NUM_QUEUES, &log) else {
+        return;
+    };
     let config = ControllerConfig {
         disks: std::slice::from_ref(&spec),
         num_queues: NUM_QUEUES,
         queue_size: 64,
-        serving: None,
+        serving,
     };
     let memory = DmaMemory::new(guest_memory());
     let Ok(controller) = controller::build(&config, memory, &log) else {

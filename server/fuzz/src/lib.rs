@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use block::{BlockError, Completion, Disk, Engine, IoRequest, SyncEngine};
+use block::{borrow_eventfd, BlockError, Completion, Disk, Engine, IoRequest, SyncEngine};
 use scsi_disk::LunConfig;
 use server::controller;
 use server::disk_spec::DiskSpec;
@@ -20,8 +20,8 @@ use virtio::common_cfg::{
 };
 use virtio::scsi_device::{CONFIG_SIZE, PCI_CLASS};
 use virtio::{
-    EngineFactory, GuestMemory, QueueHost, QueueWorker, ScsiDevice, ScsiDeviceConfig, VirtioDevice,
-    VirtioPciFunction,
+    EngineFactory, GuestMemory, InlineQueueHost, QueueHost, QueueWorker, ScsiDevice,
+    ScsiDeviceConfig, VirtioDevice, VirtioPciFunction,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -83,13 +83,15 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The virtio-scsi function as a guest's driver sees it, with the queues served inline
-/// (a kick is served before `notify` returns) unless a host takes them.
+/// The virtio-scsi function as a guest's driver sees it, with the queues served by the
+/// production `InlineQueueHost` (a kick is served before `notify` returns) unless another host
+/// takes them.
 pub struct Driver {
     pub function: VirtioPciFunction<ScsiDevice>,
     pub memory: GuestMemory,
     common: u64,
     pub queue_size: u16,
+    inline: Option<Arc<InlineQueueHost>>,
 }
 
 impl Driver {
@@ -99,16 +101,24 @@ impl Driver {
         host: Option<(Arc<dyn QueueHost>, EngineFactory)>,
     ) -> Option<Driver> {
         let log = Logger::root(Discard, o!());
-        let mut device = ScsiDevice::new(ScsiDeviceConfig {
+        let (queue_host, engines, inline) = match host {
+            Some((host, engines)) => (host, engines, None),
+            None => {
+                let inline = Arc::new(InlineQueueHost::new().ok()?);
+                let sync: EngineFactory = Arc::new(|| Ok(Box::new(SyncEngine::new()?)));
+                let host: Arc<dyn QueueHost> = inline.clone();
+                (host, sync, Some(inline))
+            }
+        };
+        let device = ScsiDevice::new(ScsiDeviceConfig {
             num_queues,
             queue_size,
             luns: luns(),
+            queue_host,
+            engines,
             logger: log.clone(),
         })
         .ok()?;
-        if let Some((host, engines)) = host {
-            device.set_queue_host(host, engines);
-        }
         let queue_count = device.queue_count();
         let memory = GuestMemory::new(guest_memory());
         let function = VirtioPciFunction::new(device, PCI_CLASS, memory.clone(), log).ok()?;
@@ -120,6 +130,7 @@ impl Driver {
             memory,
             common,
             queue_size,
+            inline,
         })
     }
 
@@ -178,11 +189,11 @@ impl Driver {
         let Some(offset) = offset else {
             return;
         };
-        if let Ok(virtio::WriteEffect::QueueNotified(queue)) =
-            self.function
-                .bar_write(VIRTIO_BAR, offset, &queue.to_le_bytes())
-        {
-            let _ = self.function.kick_ready(queue);
+        let _ = self
+            .function
+            .bar_write(VIRTIO_BAR, offset, &queue.to_le_bytes());
+        if let Some(inline) = &self.inline {
+            let _ = inline.serve_ready();
         }
     }
 
@@ -235,8 +246,8 @@ impl Engine for HeldEngine {
         self.inner.submit_pending();
     }
 
-    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(std::os::fd::AsRawFd::as_raw_fd(&self.eventfd))
+    fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(borrow_eventfd(&self.eventfd))
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
