@@ -136,12 +136,13 @@ fn signals_second_client_and_second_server_leave_the_guest_running() {
             return;
         }
         std::fs::rename(&log, logs.path().join("server.log.1")).unwrap();
-        for signal in [libc::SIGHUP, libc::SIGPIPE, libc::SIGUSR1] {
+        let send = |signal| {
             // SAFETY: kill(2) on the server we started, which is still running.
             assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        }
-        // The main loop may see the connection before the SIGHUP, and then logs the refusal to
-        // the renamed file: connect only once the new file exists.
+        };
+        send(libc::SIGHUP);
+        // Records logged before the log thread reopens the file still go to the renamed one:
+        // the other signals and the second client come once the new file exists.
         let reopened = Instant::now();
         while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains("log reopened")) {
             assert!(
@@ -150,6 +151,8 @@ fn signals_second_client_and_second_server_leave_the_guest_running() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        send(libc::SIGPIPE);
+        send(libc::SIGUSR1);
         let mut stream = UnixStream::connect(server.socket()).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
