@@ -857,8 +857,9 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn start_polling(&mut self) {
-        let mem = self.queue.snapshot();
-        self.queue.suppress_notifications(&mem);
+        let snapshot = self.queue.snapshot();
+        self.queue
+            .suppress_notifications(&CachedMemory::new(&snapshot));
     }
 
     fn poll(&mut self) -> bool {
@@ -866,8 +867,8 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn stop_polling(&mut self) {
-        let mem = self.queue.snapshot();
-        if self.queue.more_available(&mem) {
+        let snapshot = self.queue.snapshot();
+        if self.queue.more_available(&CachedMemory::new(&snapshot)) {
             self.kicked();
         }
     }
