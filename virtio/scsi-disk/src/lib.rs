@@ -2,20 +2,18 @@
 //! out come data-in bytes, sense data, or a description of the backend I/O to do. Nothing here
 //! touches guest memory, virtqueues or files.
 //!
-//! [`Target`] is an immutable snapshot of the logical units ([`LunConfig`] each); `dispatch`
-//! runs a command through the one command table (`commands`) to the module implementing it.
+//! [`Target`] is an immutable snapshot of the logical units ([`LunConfig`] each); `commands`
+//! holds the one command table and runs each command through it to the module implementing it.
 
 mod capacity;
 mod cdb;
 mod commands;
-mod dispatch;
 mod inquiry;
 mod io_commands;
 mod lun_config;
 mod mode_pages;
 mod outcome;
 mod report_luns;
-mod report_opcodes;
 mod sense;
 mod target;
 mod unit_state;

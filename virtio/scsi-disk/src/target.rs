@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::dispatch::{self, Unit};
+use super::commands::{self, Unit};
 use super::lun_config::{LunConfig, LunConfigError};
 use super::outcome::Outcome;
 use super::unit_state::{UnitAttention, UnitState};
@@ -190,6 +190,6 @@ impl<D> Target<D> {
             config: &unit.config,
             state: &unit.state,
         });
-        dispatch::execute(unit, lun, cdb, data_out, data_out_len, &self.lun_list)
+        commands::execute(unit, lun, cdb, data_out, data_out_len, &self.lun_list)
     }
 }
