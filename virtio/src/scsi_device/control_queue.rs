@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::lun_address;
-use super::lun_table::LunTable;
+use super::lun_data::LunTable;
 use super::request::{
     an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
     TMF_RESP_SIZE,

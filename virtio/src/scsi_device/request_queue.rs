@@ -31,7 +31,7 @@ use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
-use super::lun_table::{LunData, LunGuard, LunTable};
+use super::lun_data::{LunData, LunGuard, LunTable};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
