@@ -2,8 +2,9 @@
 //! out come data-in bytes, sense data, or a description of the backend I/O to do. Nothing here
 //! touches guest memory, virtqueues or files.
 //!
-//! [`Target`] is an immutable snapshot of the logical units ([`LunConfig`] each); `commands`
-//! holds the one command table and runs each command through it to the module implementing it.
+//! [`Target`] is an immutable snapshot of the logical units ([`LunConfig`] each), which the
+//! [`LunTable`] swaps whole for every queue at once; `commands` holds the one command table and
+//! runs each command through it to the module implementing it.
 
 mod capacity;
 mod cdb;
@@ -28,4 +29,4 @@ pub use commands::{command_name, data_out_use, DataOutUse, MAX_BLOCK_SIZE};
 pub use lun_config::{LunConfig, LunConfigError, MAX_LUN, MAX_SERIAL_LEN};
 pub use outcome::{DiskIo, Outcome};
 pub use sense::{key as sense_key, FieldPointer, Sense, FIXED_SENSE_LEN};
-pub use target::{Lun, Target, TargetError};
+pub use target::{Lun, LunGuard, LunTable, RemovedLun, Target, TargetError};

@@ -3,7 +3,7 @@
 //! into guest memory, and writes responses when the engine completes.
 //!
 //! A worker owns everything it writes per request; the LUN snapshot it only reads (see
-//! `lun_table`), so it can be moved to the iothread that serves its queue.
+//! `scsi_disk::LunTable`), so it can be moved to the iothread that serves its queue.
 //!
 //! When a disk's error policy says stop, the failing command is held instead of answered, the
 //! disk stops, and its later commands are held too; once the operator resumes the disk, the
@@ -728,7 +728,7 @@ impl RequestQueueWorker {
             self.held_memory.release(hold);
         }
         // A command in flight keeps its LUN in the snapshots, removed or not (see
-        // `lun_table`), until the counters below say it is done.
+        // `lun_data`), until the counters below say it is done.
         let lun = luns.data(request.reply.lun);
         if let Some(lun) = lun {
             self.lun_counters(lun).finished();
