@@ -64,7 +64,7 @@ impl ControlQueue {
         }
     }
 
-    pub fn kicked(&mut self) {
+    pub fn serve_available(&mut self) {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         loop {
@@ -242,13 +242,13 @@ impl QueueWorker for ControlQueue {
         self.queue.index()
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        self.queue.kick()
+    fn notifier(&self) -> &Arc<EventFd> {
+        self.queue.notifier()
     }
 
-    fn kicked(&mut self) {
-        self.queue.take_kicks();
-        ControlQueue::kicked(self);
+    fn notifier_ready(&mut self) {
+        self.queue.clear_notifier();
+        ControlQueue::serve_available(self);
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {

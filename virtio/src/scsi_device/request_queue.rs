@@ -196,7 +196,7 @@ impl RequestQueueWorker {
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
-    pub fn kicked(&mut self) {
+    pub fn serve_available(&mut self) {
         self.clock = Instant::now();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
@@ -311,7 +311,7 @@ impl RequestQueueWorker {
         }
         self.tasks
             .started(self.task_queue, slot, reply.lun, reply.tag);
-        self.tasks.add_holder(self.queue.kick());
+        self.tasks.add_holder(self.queue.notifier());
         // Checked once this queue is a holder: a removal published before the load aborts the
         // command here, one published after it wakes this queue to abort it.
         let luns = self.luns.load();
@@ -836,13 +836,13 @@ impl QueueWorker for RequestQueueWorker {
         self.queue.index()
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        self.queue.kick()
+    fn notifier(&self) -> &Arc<EventFd> {
+        self.queue.notifier()
     }
 
-    fn kicked(&mut self) {
-        self.queue.take_kicks();
-        RequestQueueWorker::kicked(self);
+    fn notifier_ready(&mut self) {
+        self.queue.clear_notifier();
+        RequestQueueWorker::serve_available(self);
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -869,7 +869,7 @@ impl QueueWorker for RequestQueueWorker {
     fn stop_polling(&mut self) {
         let mem = self.queue.snapshot();
         if self.queue.more_available(&mem) {
-            self.kicked();
+            self.serve_available();
         }
     }
 }
@@ -1522,7 +1522,7 @@ mod tests {
         // write fails again and stops the LUN again, the read completes.
         assert!(status.resume());
         assert!(!status.resume(), "running already");
-        // The wake-up writes the holding queue's kick eventfd, which its host serves.
+        // The wake-up writes the holding queue's notifier, which its host serves.
         harness.device.wake_held_requests();
         harness.host.serve_ready().unwrap();
         let used = harness.queues[VQ].used();

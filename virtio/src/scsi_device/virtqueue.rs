@@ -59,7 +59,7 @@ impl NeedsReset {
 pub struct Virtqueue {
     index: u16,
     queue: Queue,
-    kick: Arc<EventFd>,
+    notifier: Arc<EventFd>,
     memory: GuestMemory,
     interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
@@ -83,14 +83,14 @@ impl Virtqueue {
         let ActiveQueue {
             index,
             mut queue,
-            kick,
+            notifier,
             interrupt,
         } = active;
         queue.set_event_idx(event_idx);
         Virtqueue {
             index,
             queue,
-            kick,
+            notifier,
             memory,
             interrupt,
             needs_reset,
@@ -105,8 +105,8 @@ impl Virtqueue {
         self.index
     }
 
-    pub fn kick(&self) -> &Arc<EventFd> {
-        &self.kick
+    pub fn notifier(&self) -> &Arc<EventFd> {
+        &self.notifier
     }
 
     pub fn logger(&self) -> &Logger {
@@ -117,11 +117,11 @@ impl Virtqueue {
         &self.counters
     }
 
-    /// Clears the kick eventfd, counting the notifications it held.
-    pub fn take_kicks(&self) {
+    /// Clears the notifier, counting the kicks it held.
+    pub fn clear_notifier(&self) {
         // EAGAIN only says that the counter was already clear.
-        if let Ok(notifications) = self.kick.read() {
-            self.counters.kicked(notifications);
+        if let Ok(kicks) = self.notifier.read() {
+            self.counters.count_kicks(kicks);
         }
     }
 
