@@ -7,7 +7,6 @@
 mod backend_errors;
 mod config;
 mod control_queue;
-mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod held_memory;

@@ -26,7 +26,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_errors;
 use super::config::HeaderSizes;
-use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
@@ -36,7 +35,7 @@ use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
 use super::task_set::TaskSet;
-use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
