@@ -37,23 +37,21 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("socket: {0}")]
     Socket(#[from] SocketPathError),
-    #[error("cannot duplicate the listening socket for the event loop: {0}")]
-    ListenerClone(io::Error),
     #[error("event loop: {0}")]
     Poll(io::Error),
 }
 
 /// Where the server listens: a socket it bound (and removes at the end) or one it was given.
 pub struct Listener {
-    socket: Option<BoundSocket>,
+    socket_file: Option<BoundSocket>,
     listener: std::os::unix::net::UnixListener,
 }
 
 impl Listener {
     pub fn bind(path: &Path, access: &SocketAccess) -> Result<Listener, SocketPathError> {
-        let (socket, listener) = BoundSocket::bind(path, access)?;
+        let (socket_file, listener) = BoundSocket::bind(path, access)?;
         Ok(Listener {
-            socket: Some(socket),
+            socket_file: Some(socket_file),
             listener,
         })
     }
@@ -61,16 +59,17 @@ impl Listener {
     /// A listening socket someone else created and will remove (socket activation).
     pub fn inherited(listener: std::os::unix::net::UnixListener) -> Listener {
         Listener {
-            socket: None,
+            socket_file: None,
             listener,
         }
     }
+}
 
-    fn describe(&self) -> String {
-        match &self.socket {
-            Some(socket) => socket.path().display().to_string(),
-            None => "inherited".into(),
-        }
+/// The socket a log record names: the path of the file the server bound, or `inherited`.
+fn describe(socket_file: Option<&BoundSocket>) -> String {
+    match socket_file {
+        Some(socket_file) => socket_file.path().display().to_string(),
+        None => "inherited".into(),
     }
 }
 
@@ -131,7 +130,10 @@ enum Disconnect {
 }
 
 pub struct Server<D: Device> {
-    socket: Listener,
+    /// The socket file the server bound, removed when the server stops; `None` when the
+    /// listening socket was inherited.
+    socket_file: Option<BoundSocket>,
+    /// The listening socket clients connect to, watched by the event loop.
     listener: UnixListener,
     poll: Poll,
     waker: Arc<Waker>,
@@ -158,15 +160,15 @@ impl<D: Device> Server<D> {
     }
 
     pub fn with_listener(
-        socket: Listener,
+        listener: Listener,
         device: D,
         memory: DmaMemory,
         log: Logger,
     ) -> Result<Server<D>, ServerError> {
-        let listener = socket
-            .listener
-            .try_clone()
-            .map_err(ServerError::ListenerClone)?;
+        let Listener {
+            socket_file,
+            listener,
+        } = listener;
         let mut listener = UnixListener::from_std(listener);
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let registry = poll.registry();
@@ -183,9 +185,9 @@ impl<D: Device> Server<D> {
                 )
                 .map_err(ServerError::Poll)?;
         }
-        info!(log, "listening"; "socket" => socket.describe());
+        info!(log, "listening"; "socket" => describe(socket_file.as_ref()));
         Ok(Server {
-            socket,
+            socket_file,
             listener,
             poll,
             waker,
@@ -261,7 +263,7 @@ impl<D: Device> Server<D> {
 
     fn stop(mut self) -> Result<(), ServerError> {
         self.release_client(Disconnect::Closed);
-        info!(self.log, "stopped"; "socket" => self.socket.describe());
+        info!(self.log, "stopped"; "socket" => describe(self.socket_file.as_ref()));
         Ok(())
     }
 
