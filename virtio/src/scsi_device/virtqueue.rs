@@ -168,7 +168,7 @@ impl SplitRing {
 pub struct Virtqueue {
     index: u16,
     ring: SplitRing,
-    kick: Arc<EventFd>,
+    notifier: Arc<EventFd>,
     memory: GuestMemory,
     /// The snapshot the last pass used, kept so that no other snapshot can take its address
     /// while `generation` names it.
@@ -196,7 +196,7 @@ impl Virtqueue {
         let ActiveQueue {
             index,
             queue,
-            kick,
+            notifier,
             interrupt,
         } = active;
         let next_used = Wrapping(queue.next_used());
@@ -212,7 +212,7 @@ impl Virtqueue {
                 event_idx,
                 signalled_used: next_used,
             },
-            kick,
+            notifier,
             memory,
             current: None,
             generation: 0,
@@ -229,8 +229,8 @@ impl Virtqueue {
         self.index
     }
 
-    pub fn kick(&self) -> &Arc<EventFd> {
-        &self.kick
+    pub fn notifier(&self) -> &Arc<EventFd> {
+        &self.notifier
     }
 
     pub fn logger(&self) -> &Logger {
@@ -241,11 +241,11 @@ impl Virtqueue {
         &self.counters
     }
 
-    /// Clears the kick eventfd, counting the notifications it held.
-    pub fn take_kicks(&self) {
+    /// Clears the notifier, counting the kicks it held.
+    pub fn clear_notifier(&self) {
         // EAGAIN only says that the counter was already clear.
-        if let Ok(notifications) = self.kick.read() {
-            self.counters.kicked(notifications);
+        if let Ok(kicks) = self.notifier.read() {
+            self.counters.count_kicks(kicks);
         }
     }
 
@@ -1007,7 +1007,7 @@ mod tests {
         let active = ActiveQueue {
             index: 2,
             queue,
-            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             interrupt: interrupt.clone(),
         };
         let logger = Logger::root(slog::Discard, slog::o!());
