@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
-use slog::{debug, trace, warn, Logger};
+use slog::{debug, trace, warn, Drain, Logger};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
     VIRTIO_SCSI_S_OVERRUN,
@@ -46,7 +46,9 @@ const STATUS_CHECK_CONDITION: u8 = 0x02;
 
 /// A command from the pop of its chain to its answer. It stays in the slot it got at the pop
 /// (the record is a few hundred bytes, and moving it showed in profiles): the worker reaches it
-/// by slot number, which is also its engine user_data and its place in the task set.
+/// by slot number, which is also its engine user_data and its place in the task set. A free
+/// slot keeps the last command's record, overwritten field by field by the next one.
+#[derive(Default)]
 struct InFlight {
     reply: Reply,
     io: DiskWork,
@@ -73,19 +75,39 @@ struct DiskWork {
     error: Option<i32>,
 }
 
-impl DiskWork {
-    fn new(direction: Direction, transfer_len: u64, data_in: bool) -> DiskWork {
+impl Default for DiskWork {
+    fn default() -> DiskWork {
         DiskWork {
             memory: None,
             disk: None,
-            direction,
-            transfer_len,
-            data_in,
+            direction: Direction::FromDisk,
+            transfer_len: 0,
+            data_in: false,
             pending: None,
             outstanding: 0,
             moved: 0,
             error: None,
         }
+    }
+}
+
+impl DiskWork {
+    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in`.
+    fn start(&mut self, direction: Direction, transfer_len: u64, data_in: bool) {
+        self.end();
+        self.memory = None;
+        self.direction = direction;
+        self.transfer_len = transfer_len;
+        self.data_in = data_in;
+        self.outstanding = 0;
+        self.moved = 0;
+        self.error = None;
+    }
+
+    /// Lets go of what the work kept (its disk, a pattern buffer) once the engine is done.
+    fn end(&mut self) {
+        self.disk = None;
+        self.pending = None;
     }
 }
 
@@ -123,6 +145,7 @@ impl Drop for HeldOn {
 }
 
 /// Where and how a command's response goes.
+#[derive(Default)]
 struct Reply {
     head: u16,
     buffers: ChainBuffers,
@@ -185,7 +208,7 @@ pub struct RequestQueueWorker {
     held_memory: HeldMemory,
     /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
     /// so that the steady state allocates nothing.
-    in_flight: Vec<Option<InFlight>>,
+    in_flight: Vec<InFlight>,
     /// Free slots, the spare not among them.
     free_slots: Vec<usize>,
     /// The last slot: it takes a chain popped while every other slot is taken (only a driver
@@ -205,6 +228,9 @@ pub struct RequestQueueWorker {
     /// (and again when completions arrive), not per request.
     clock: u64,
     epoch: Instant,
+    /// Whether the logger takes trace records, asked once per pass (the level may change
+    /// while the server runs), so that a request pays one test, not a record, when it does not.
+    tracing: bool,
 }
 
 impl RequestQueueWorker {
@@ -223,7 +249,7 @@ impl RequestQueueWorker {
             sizes,
             engine,
             held_memory: HeldMemory::default(),
-            in_flight: (0..=slots).map(|_| None).collect(),
+            in_flight: (0..=slots).map(|_| InFlight::default()).collect(),
             free_slots: (0..slots).rev().collect(),
             spare: slots,
             tasks,
@@ -233,12 +259,14 @@ impl RequestQueueWorker {
             held: VecDeque::new(),
             clock: 0,
             epoch: Instant::now(),
+            tracing: false,
         }
     }
 
-    /// Reads the clock of the latency histogram.
+    /// Reads the clock of the latency histogram, and whether requests are traced.
     fn tick(&mut self) {
         self.clock = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tracing = self.queue.logger().is_trace_enabled();
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
@@ -284,7 +312,7 @@ impl RequestQueueWorker {
 
     /// The command in `slot`.
     fn command(&self, slot: usize) -> Option<&InFlight> {
-        self.in_flight.get(slot).and_then(Option::as_ref)
+        self.in_flight.get(slot)
     }
 
     /// Resubmits the held commands whose disk runs again, oldest first, and answers as
@@ -379,9 +407,10 @@ impl RequestQueueWorker {
     /// The engine is done with the command in `slot`: answers it, or holds it when its disk's
     /// error policy says stop.
     fn settle(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
-        let Some(command) = self.command(slot) else {
+        let Some(command) = self.in_flight.get_mut(slot) else {
             return;
         };
+        command.io.end();
         if let (Some(errno), Some(lun)) = (command.io.error, lun) {
             let write = command.io.direction == Direction::ToDisk;
             if lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
@@ -455,21 +484,19 @@ impl RequestQueueWorker {
         let slot = self.free_slots.pop().unwrap_or(self.spare);
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
-        self.in_flight[slot] = Some(InFlight {
-            reply: Reply {
-                head,
-                buffers,
-                resp_size: CMD_RESP_HEADER_SIZE as u64 + sense_size,
-                sense_size,
-                data_len: 0,
-                parameters_len: 0,
-                lun: 0,
-                tag: 0,
-                opcode: 0,
-                started: self.clock,
-            },
-            io: DiskWork::new(Direction::FromDisk, 0, false),
-        });
+        let Some(reply) = reply_in(&mut self.in_flight, slot) else {
+            return;
+        };
+        reply.head = head;
+        reply.buffers = buffers;
+        reply.resp_size = CMD_RESP_HEADER_SIZE as u64 + sense_size;
+        reply.sense_size = sense_size;
+        reply.data_len = 0;
+        reply.parameters_len = 0;
+        reply.lun = 0;
+        reply.tag = 0;
+        reply.opcode = 0;
+        reply.started = self.clock;
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
@@ -491,12 +518,7 @@ impl RequestQueueWorker {
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
         let mut cdb_bytes = [0u8; MAX_CDB_KEPT];
         let cdb = &mut cdb_bytes[..cdb_size.min(MAX_CDB_KEPT as u64) as usize];
-        let Some(reply) = self
-            .in_flight
-            .get_mut(slot)
-            .and_then(Option::as_mut)
-            .map(|command| &mut command.reply)
-        else {
+        let Some(reply) = reply_in(&mut self.in_flight, slot) else {
             return;
         };
         let readable = &reply.buffers.readable;
@@ -595,7 +617,7 @@ impl RequestQueueWorker {
         if disk.io_status().is_stopped() && slot != self.spare {
             return self.hold(slot, mem, Arc::clone(disk), None);
         }
-        let Some(command) = self.in_flight.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(command) = self.in_flight.get_mut(slot) else {
             return;
         };
         let reply = &command.reply;
@@ -603,7 +625,7 @@ impl RequestQueueWorker {
         let answer_with = |response: u32, this: &mut Self| {
             this.finish(slot, mem, Answer::transport(response, resid), Some(lun));
         };
-        let (submission, work) = match io {
+        let (submission, (direction, transfer_len, data_in)) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
@@ -619,7 +641,7 @@ impl RequestQueueWorker {
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 (
                     Submission::One(IoRequest::Read { offset, buffers }),
-                    DiskWork::new(Direction::FromDisk, len, true),
+                    (Direction::FromDisk, len, true),
                 )
             }
             DiskIo::Write { offset, len, fua } => {
@@ -637,21 +659,18 @@ impl RequestQueueWorker {
                     buffers,
                     fua,
                 };
-                (
-                    Submission::One(request),
-                    DiskWork::new(Direction::ToDisk, len, false),
-                )
+                (Submission::One(request), (Direction::ToDisk, len, false))
             }
             DiskIo::Flush => (
                 Submission::One(IoRequest::Flush),
-                DiskWork::new(Direction::ToDisk, 0, false),
+                (Direction::ToDisk, 0, false),
             ),
             DiskIo::Verify { offset, len } => (
                 Submission::Pending(PendingIo::Verify {
                     next: offset,
                     end: offset.saturating_add(len),
                 }),
-                DiskWork::new(Direction::FromDisk, 0, false),
+                (Direction::FromDisk, 0, false),
             ),
             DiskIo::Discard { ranges } => {
                 let requests = ranges
@@ -660,7 +679,7 @@ impl RequestQueueWorker {
                     .collect();
                 (
                     Submission::Pending(PendingIo::Batch(requests)),
-                    DiskWork::new(Direction::ToDisk, 0, false),
+                    (Direction::ToDisk, 0, false),
                 )
             }
             DiskIo::WriteZeroes {
@@ -673,10 +692,7 @@ impl RequestQueueWorker {
                     len,
                     may_unmap,
                 };
-                (
-                    Submission::One(request),
-                    DiskWork::new(Direction::ToDisk, 0, false),
-                )
+                (Submission::One(request), (Direction::ToDisk, 0, false))
             }
             DiskIo::WriteSame {
                 offset,
@@ -685,7 +701,7 @@ impl RequestQueueWorker {
                 fua,
             } => (
                 Submission::Pending(PendingIo::pattern(offset, len, &block, fua)),
-                DiskWork::new(Direction::ToDisk, 0, false),
+                (Direction::ToDisk, 0, false),
             ),
         };
         // More commands than descriptors in flight only comes from a driver that made the same
@@ -696,8 +712,8 @@ impl RequestQueueWorker {
             return answer_with(VIRTIO_SCSI_S_FAILURE, self);
         }
         let task = (reply.lun, reply.tag);
-        command.io = work;
         let work = &mut command.io;
+        work.start(direction, transfer_len, data_in);
         let logger = self.queue.logger();
         let engine = &mut *self.engine;
         match submission {
@@ -725,7 +741,6 @@ impl RequestQueueWorker {
         let Some(command) = self
             .in_flight
             .get_mut(slot)
-            .and_then(Option::as_mut)
             .filter(|command| command.io.outstanding > 0)
         else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
@@ -828,9 +843,11 @@ impl RequestQueueWorker {
             debug!(self.queue.logger(), "response not writable";
                 "head" => reply.head, "writable" => reply.buffers.writable.len());
         }
-        trace!(self.queue.logger(), "request";
-            "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
-            "response" => answer.response, "status" => answer.status);
+        if self.tracing {
+            trace!(self.queue.logger(), "request";
+                "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
+                "response" => answer.response, "status" => answer.status);
+        }
         let counters = self.queue.counters();
         if answer.response != VIRTIO_SCSI_S_OK {
             counters.transport_failure();
@@ -843,7 +860,6 @@ impl RequestQueueWorker {
         }
         let head = reply.head;
         self.queue.add_used(mem, head, used.unwrap_or(0));
-        self.in_flight[slot] = None;
         if slot != self.spare {
             self.free_slots.push(slot);
         }
@@ -942,6 +958,11 @@ fn submit_ready(
     for request in pending.take_ready() {
         submit(engine, logger, slot, work, task, disk, request);
     }
+}
+
+/// The reply of the command in `slot`, borrowing only the records.
+fn reply_in(in_flight: &mut [InFlight], slot: usize) -> Option<&mut Reply> {
+    in_flight.get_mut(slot).map(|command| &mut command.reply)
 }
 
 /// Whether `lun` no longer serves `disk`: it was removed (and maybe added again).
