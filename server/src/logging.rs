@@ -165,6 +165,11 @@ impl<D: Drain> Drain for LevelFilter<D> {
             Ok(None)
         }
     }
+
+    /// Lets a hot path ask once whether a level is logged instead of building its records.
+    fn is_enabled(&self, level: slog::Level) -> bool {
+        level.as_usize() <= self.level.load(Ordering::Relaxed) && self.drain.is_enabled(level)
+    }
 }
 
 enum Output {
