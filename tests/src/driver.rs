@@ -1,7 +1,7 @@
 //! The userspace virtio-scsi driver: probe, MSI-X, virtio initialisation and queues over vfio-user,
 //! in the order QEMU and a Linux guest perform them.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,7 +172,7 @@ impl VirtioScsiDriver {
             options.memory,
         )?);
         // QEMU maps guest RAM before it asks anything about the device.
-        client.dma_map(mem.base(), mem.size(), mem.file().as_raw_fd(), 0)?;
+        client.dma_map(mem.base(), mem.size(), mem.file().as_fd(), 0)?;
         let info = client.device_info()?;
         if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 {
             return Err(DriverError::NotPci(info.flags));
@@ -220,7 +220,7 @@ impl VirtioScsiDriver {
                 VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
                 vector,
                 1,
-                &[fd.as_raw_fd()],
+                &[&fd],
             )?;
             self.irqs.push(fd);
         }

@@ -7,13 +7,14 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Message header size (id, command, size, flags, error).
@@ -124,7 +125,7 @@ impl Sender {
         command: Command,
         flags: u32,
         payload: &[u8],
-        fds: &[RawFd],
+        fds: &[BorrowedFd<'_>],
     ) -> Result<u16> {
         let size = HEADER_SIZE + payload.len();
         let size32 = u32::try_from(size).map_err(|_| ClientError::RequestTooLarge(size))?;
@@ -144,8 +145,9 @@ impl Sender {
         if fds.is_empty() {
             stream.write_all(&message).map_err(io)?;
         } else {
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             let sent = stream
-                .send_with_fds(&[&message[..]], fds)
+                .send_with_fds(&[&message[..]], &raw)
                 .map_err(|e| io(io::Error::from_raw_os_error(e.errno())))?;
             stream.write_all(&message[sent..]).map_err(io)?;
         }
@@ -252,7 +254,13 @@ impl VfioUserClient {
     }
 
     /// DMA_MAP of `size` bytes of `fd` at `fd_offset` to `iova`, readable and writable.
-    pub fn dma_map(&mut self, iova: u64, size: u64, fd: RawFd, fd_offset: u64) -> Result<()> {
+    pub fn dma_map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+    ) -> Result<()> {
         let mut payload = Vec::with_capacity(32);
         payload.extend_from_slice(&32u32.to_le_bytes());
         payload.extend_from_slice(&3u32.to_le_bytes());
@@ -320,7 +328,7 @@ impl VfioUserClient {
         flags: u32,
         start: u32,
         count: u32,
-        fds: &[RawFd],
+        eventfds: &[&EventFd],
     ) -> Result<()> {
         let mut payload = Vec::with_capacity(20);
         payload.extend_from_slice(&20u32.to_le_bytes());
@@ -328,7 +336,8 @@ impl VfioUserClient {
         payload.extend_from_slice(&index.to_le_bytes());
         payload.extend_from_slice(&start.to_le_bytes());
         payload.extend_from_slice(&count.to_le_bytes());
-        self.request(Command::DeviceSetIrqs, &payload, fds)
+        let fds: Vec<BorrowedFd<'_>> = eventfds.iter().map(|fd| borrow_eventfd(fd)).collect();
+        self.request(Command::DeviceSetIrqs, &payload, &fds)
             .map(drop)
     }
 
@@ -403,7 +412,12 @@ impl VfioUserClient {
         self.request(Command::DeviceReset, &[], &[]).map(drop)
     }
 
-    fn request(&mut self, command: Command, payload: &[u8], fds: &[RawFd]) -> Result<Reply> {
+    fn request(
+        &mut self,
+        command: Command,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply> {
         let id = self.send(command, 0, payload, fds)?;
         let reply = self.receive(command, id)?;
         if reply.flags & FLAG_ERROR != 0 {
@@ -415,7 +429,13 @@ impl VfioUserClient {
         Ok(reply)
     }
 
-    fn send(&mut self, command: Command, flags: u32, payload: &[u8], fds: &[RawFd]) -> Result<u16> {
+    fn send(
+        &mut self,
+        command: Command,
+        flags: u32,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<u16> {
         self.sender.send(&self.stream, command, flags, payload, fds)
     }
 
@@ -486,6 +506,11 @@ impl VfioUserClient {
     pub fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
     }
+}
+
+fn borrow_eventfd(eventfd: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: `eventfd` owns the descriptor and outlives the borrow, which is tied to it.
+    unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) }
 }
 
 fn region_access(region: u32, offset: u64, count: u32) -> Vec<u8> {

@@ -3,7 +3,7 @@
 //! exhaustion. Each against the real binary.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -77,20 +77,19 @@ fn dma_maps_beyond_their_fd_are_einval() {
     let mut server = start(&[]);
     let mut client = client(&server);
     let fd = memfd(MIB);
-    let raw = fd.as_raw_fd();
     assert_eq!(
-        errno_of(client.dma_map(0, 1 << 40, raw, 0)),
+        errno_of(client.dma_map(0, 1 << 40, fd.as_fd(), 0)),
         libc::EINVAL as u32
     );
     assert_eq!(
-        errno_of(client.dma_map(0, MIB, raw, 4096)),
+        errno_of(client.dma_map(0, MIB, fd.as_fd(), 4096)),
         libc::EINVAL as u32
     );
     assert_eq!(
-        errno_of(client.dma_map(0, 4096, raw, MIB)),
+        errno_of(client.dma_map(0, 4096, fd.as_fd(), MIB)),
         libc::EINVAL as u32
     );
-    client.dma_map(0, MIB, raw, 0).unwrap();
+    client.dma_map(0, MIB, fd.as_fd(), 0).unwrap();
     assert!(server.is_running());
 }
 
@@ -351,7 +350,7 @@ fn maps_of_one_memfd_share_one_open_file() {
     let before = open_fds(&server);
     for page in 0..200u64 {
         client
-            .dma_map(page * 0x10000, 4096, fd.as_raw_fd(), page * 4096)
+            .dma_map(page * 0x10000, 4096, fd.as_fd(), page * 4096)
             .unwrap();
     }
     let after = open_fds(&server);
@@ -369,7 +368,7 @@ fn descriptor_exhaustion_is_emfile_and_logged() {
     for map in 0..64u64 {
         // Each memfd is closed here right after it is sent: only the server holds it.
         let fd = memfd(4096);
-        match client.dma_map(map * 4096, 4096, fd.as_raw_fd(), 0) {
+        match client.dma_map(map * 4096, 4096, fd.as_fd(), 0) {
             Ok(()) => {}
             Err(ClientError::Server { errno, .. }) => {
                 assert_eq!(errno, libc::EMFILE as u32);
@@ -384,7 +383,7 @@ fn descriptor_exhaustion_is_emfile_and_logged() {
     client.dma_unmap(0, 4096).unwrap();
     let fd = memfd(4096);
     client
-        .dma_map(exhausted_at * 4096, 4096, fd.as_raw_fd(), 0)
+        .dma_map(exhausted_at * 4096, 4096, fd.as_fd(), 0)
         .unwrap();
     assert!(server.is_running());
 }

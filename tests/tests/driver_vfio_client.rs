@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -208,7 +208,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
     let mem = GuestMemory::new(0x10000, 1 << 20).unwrap();
     mem.write(0x10000, b"memfd-ok").unwrap();
     client
-        .dma_map(0x10000, 1 << 20, mem.file().as_raw_fd(), 0)
+        .dma_map(0x10000, 1 << 20, mem.file().as_fd(), 0)
         .unwrap();
     assert_eq!(
         state.lock().unwrap().dma_maps,
@@ -240,7 +240,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
             VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
             3,
             1,
-            &[fd.as_raw_fd()],
+            &[&fd],
         )
         .unwrap();
     assert_eq!(fd.read().unwrap(), 1);

@@ -9,7 +9,6 @@
 
 mod connection;
 mod device;
-mod dispatch;
 mod dma;
 mod irq;
 mod message;

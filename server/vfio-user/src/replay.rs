@@ -5,10 +5,10 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::device::{Device, DmaMemory};
-use crate::dispatch::{handle, Session};
 use crate::dma::DmaTable;
 use crate::message::decode_message;
 use crate::protocol::HEADER_SIZE;
+use crate::server::{handle, Session};
 
 /// One client's connection state over `device`.
 pub struct Replay<D: Device> {

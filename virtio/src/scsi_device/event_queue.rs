@@ -13,10 +13,9 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::data_buffers::{CachedMemory, ChainBuffers, Segments};
 use super::lun_address;
 use super::request::{EventRecord, EVENT_SIZE};
-use super::virtqueue::Virtqueue;
+use super::virtqueue::{CachedMemory, ChainBuffers, Segments, Virtqueue};
 use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.

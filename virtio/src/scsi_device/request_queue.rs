@@ -3,7 +3,7 @@
 //! into guest memory, and writes responses when the engine completes.
 //!
 //! A worker owns everything it writes per request; the LUN snapshot it only reads (see
-//! `lun_table`), so it can be moved to the iothread that serves its queue.
+//! `scsi_disk::LunTable`), so it can be moved to the iothread that serves its queue.
 //!
 //! When a disk's error policy says stop, the failing command is held instead of answered, the
 //! disk stops, and its later commands are held too; once the operator resumes the disk, the
@@ -26,17 +26,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_errors;
 use super::config::HeaderSizes;
-use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
-use super::lun_table::{LunData, LunGuard, LunTable};
+use super::lun_data::{LunData, LunGuard, LunTable};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
 use super::task_set::TaskSet;
-use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
@@ -728,7 +727,7 @@ impl RequestQueueWorker {
             self.held_memory.release(hold);
         }
         // A command in flight keeps its LUN in the snapshots, removed or not (see
-        // `lun_table`), until the counters below say it is done.
+        // `lun_data`), until the counters below say it is done.
         let lun = luns.data(request.reply.lun);
         if let Some(lun) = lun {
             self.lun_counters(lun).finished();
