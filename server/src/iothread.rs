@@ -261,7 +261,7 @@ fn execute(
         }
         Command::Surrender(queue, reply) => {
             let _ = reply.send(set.surrender(queue));
-            set.kick_all();
+            set.serve_all();
             true
         }
         Command::Shutdown => {
@@ -284,7 +284,7 @@ fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> boo
         match commands.recv() {
             Ok(Command::Resume) => {
                 debug!(log, "iothread resumed"; "iothread" => thread_name());
-                set.kick_all();
+                set.serve_all();
                 return true;
             }
             // Already paused: nothing is in flight.
@@ -330,7 +330,7 @@ mod tests {
     /// A queue whose first poll finds work only after a pass longer than the polling window's
     /// maximum (a preempted or long serving pass), which turns polling off.
     struct SlowPollWorker {
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         observed: Arc<Observed>,
     }
 
@@ -338,11 +338,11 @@ mod tests {
         fn queue_index(&self) -> u16 {
             2
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
-            let _ = self.kick.read();
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
             self.observed
                 .notifications_off
                 .store(false, Ordering::SeqCst);
@@ -391,9 +391,9 @@ mod tests {
         let max_ns = u64::try_from(POLL_MAX.as_nanos()).unwrap();
         let iothread = Iothread::spawn("io-slow-poll", max_ns, &log).unwrap();
         let observed = Arc::new(Observed::default());
-        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         iothread.adopt(Box::new(SlowPollWorker {
-            kick: Arc::clone(&kick),
+            notifier: Arc::clone(&notifier),
             observed: Arc::clone(&observed),
         }));
         // Short passes (a kick each) open the polling window; one kick at a time, each served
@@ -402,7 +402,7 @@ mod tests {
         let mut started = false;
         for _ in 0..100 {
             let kicks = observed.kicks.load(Ordering::SeqCst);
-            kick.write(1).unwrap();
+            notifier.write(1).unwrap();
             let kicks_now = || observed.kicks.load(Ordering::SeqCst) > kicks;
             assert!(wait_for(kicks_now, Duration::from_secs(5)), "kick served");
             if wait_for(slow_poll_started, Duration::from_secs(1)) {

@@ -127,7 +127,7 @@ impl IothreadPool {
                 QueueOwner::MainLoop => {
                     let mut main_loop = self.main_loop();
                     let worker = main_loop.surrender(queue);
-                    main_loop.kick_all();
+                    main_loop.serve_all();
                     worker
                 }
                 QueueOwner::Iothread(i) => self.threads().get(i).and_then(|t| t.surrender(queue)),
@@ -243,7 +243,7 @@ impl IothreadPool {
 
     pub fn resume(&self) {
         self.threads().iter().for_each(Iothread::resume);
-        self.main_loop().kick_all();
+        self.main_loop().serve_all();
         debug!(self.log, "iothreads resumed");
     }
 }
@@ -295,7 +295,7 @@ mod tests {
 
     struct FakeWorker {
         queue: u16,
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         completions: EventFd,
         record: Arc<Record>,
     }
@@ -304,11 +304,11 @@ mod tests {
         fn queue_index(&self) -> u16 {
             self.queue
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
-            let _ = self.kick.read();
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
             let name = std::thread::current().name().unwrap_or("").to_string();
             self.record.kicks.lock().unwrap().push((self.queue, name));
         }
@@ -331,19 +331,19 @@ mod tests {
         }
     }
 
-    /// A worker for `queue`, its kick eventfd, a second handle on its completion eventfd.
+    /// A worker for `queue`, its notifier, a second handle on its completion eventfd.
     fn worker(queue: u16) -> (Box<FakeWorker>, Arc<EventFd>, EventFd, Arc<Record>) {
-        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let completions = EventFd::new(EFD_NONBLOCK).unwrap();
         let signal = completions.try_clone().unwrap();
         let record = Arc::new(Record::default());
         let worker = FakeWorker {
             queue,
-            kick: kick.clone(),
+            notifier: notifier.clone(),
             completions,
             record: record.clone(),
         };
-        (Box::new(worker), kick, signal, record)
+        (Box::new(worker), notifier, signal, record)
     }
 
     fn pool(request: Vec<QueueOwner>) -> IothreadPool {
@@ -388,10 +388,10 @@ mod tests {
     #[test]
     fn each_queue_is_served_by_the_thread_the_mapping_names() {
         let pool = pool(vec![QueueOwner::Iothread(1), QueueOwner::Iothread(0)]);
-        let (ctrl, ctrl_kick, _, ctrl_record) = worker(0);
-        let (events, events_kick, _, events_record) = worker(1);
-        let (rq0, rq0_kick, _, rq0_record) = worker(2);
-        let (rq1, rq1_kick, _, rq1_record) = worker(3);
+        let (ctrl, ctrl_notifier, _, ctrl_record) = worker(0);
+        let (events, events_notifier, _, events_record) = worker(1);
+        let (rq0, rq0_notifier, _, rq0_record) = worker(2);
+        let (rq1, rq1_notifier, _, rq1_record) = worker(3);
         for w in [ctrl, events, rq0, rq1] {
             pool.adopt(w);
         }
@@ -401,8 +401,13 @@ mod tests {
                 .iter()
                 .all(|r| kicks(r).len() == 1)
         });
-        for kick in [&ctrl_kick, &events_kick, &rq0_kick, &rq1_kick] {
-            kick.write(1).unwrap();
+        for notifier in [
+            &ctrl_notifier,
+            &events_notifier,
+            &rq0_notifier,
+            &rq1_notifier,
+        ] {
+            notifier.write(1).unwrap();
         }
         wait_for("kicks", || {
             [&ctrl_record, &rq0_record, &rq1_record]
@@ -422,7 +427,7 @@ mod tests {
     #[test]
     fn release_waits_for_requests_in_flight() {
         let pool = pool(vec![QueueOwner::Iothread(1)]);
-        let (rq0, _kick, completion, record) = worker(2);
+        let (rq0, _notifier, completion, record) = worker(2);
         record.in_flight.store(3, Ordering::SeqCst);
         pool.adopt(rq0);
         let finisher = std::thread::spawn(move || {
@@ -438,14 +443,14 @@ mod tests {
     #[test]
     fn paused_iothreads_serve_nothing_until_resumed() {
         let pool = pool(vec![QueueOwner::Iothread(1)]);
-        let (rq0, kick, completion, record) = worker(2);
+        let (rq0, notifier, completion, record) = worker(2);
         pool.adopt(rq0);
         wait_for("adoption", || kicks(&record).len() == 1);
         record.in_flight.store(1, Ordering::SeqCst);
         completion.write(1).unwrap();
         pool.pause();
         assert_eq!(record.completed.load(Ordering::SeqCst), 1, "drained");
-        kick.write(1).unwrap();
+        notifier.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(kicks(&record).len(), 1, "no kick served while paused");
         pool.resume();
@@ -456,7 +461,7 @@ mod tests {
     #[test]
     fn shutdown_drops_the_queues_and_ends_the_threads() {
         let pool = pool(vec![QueueOwner::Iothread(0)]);
-        let (rq0, _kick, _completion, record) = worker(2);
+        let (rq0, _notifier, _completion, record) = worker(2);
         pool.adopt(rq0);
         wait_for("adoption", || kicks(&record).len() == 1);
         // Dropping the pool joins its threads: returning at all shows they ended.
@@ -467,7 +472,7 @@ mod tests {
     #[test]
     fn set_mapping_moves_a_queue_after_its_requests_complete() {
         let pool = pool(vec![QueueOwner::Iothread(1)]);
-        let (rq0, kick, completion, record) = worker(2);
+        let (rq0, notifier, completion, record) = worker(2);
         pool.adopt(rq0);
         wait_for("adoption", || kicks(&record).len() == 1);
         record.in_flight.store(2, Ordering::SeqCst);
@@ -498,7 +503,7 @@ mod tests {
         assert_eq!(pool.owner(2), QueueOwner::Iothread(0));
         // Adoption served it once on io0; a kick now reaches io0.
         wait_for("adoption by io0", || kicks(&record).len() == 2);
-        kick.write(1).unwrap();
+        notifier.write(1).unwrap();
         wait_for("the kick", || kicks(&record).len() == 3);
         assert_eq!(kicks(&record)[2], (2, "io0".to_string()));
         let error = pool

@@ -1,4 +1,4 @@
-//! The queues one thread serves (an iothread, or the main loop): their kick and completion
+//! The queues one thread serves (an iothread, or the main loop): their notifier and completion
 //! eventfds in one mio `Poll`, and the workers behind them.
 
 use std::io;
@@ -12,7 +12,7 @@ use virtio::QueueWorker;
 
 /// Reserved for the owner of the set (an iothread's waker).
 pub const OWNER_TOKEN: Token = Token(0);
-/// Each worker slot takes two tokens from here: its kick, then its completions.
+/// Each worker slot takes two tokens from here: its notifier, then its completions.
 const FIRST_QUEUE_TOKEN: usize = 1;
 /// How long `drain` waits for completions before it checks the workers again.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -31,13 +31,13 @@ pub struct QueueSet {
 /// What woke a queue's thread.
 #[derive(Clone, Copy)]
 enum Wakeup {
-    Kick,
+    Notifier,
     Completions,
 }
 
 fn token(slot: usize, wakeup: Wakeup) -> Token {
     let offset = match wakeup {
-        Wakeup::Kick => 0,
+        Wakeup::Notifier => 0,
         Wakeup::Completions => 1,
     };
     Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
@@ -46,7 +46,7 @@ fn token(slot: usize, wakeup: Wakeup) -> Token {
 fn slot_of(token: Token) -> Option<(usize, Wakeup)> {
     let n = token.0.checked_sub(FIRST_QUEUE_TOKEN)?;
     let wakeup = if n % 2 == 0 {
-        Wakeup::Kick
+        Wakeup::Notifier
     } else {
         Wakeup::Completions
     };
@@ -99,10 +99,10 @@ impl QueueSet {
             .position(Option::is_none)
             .unwrap_or(self.workers.len());
         let registry = self.poll.registry();
-        let kick = worker.kick().as_raw_fd();
+        let notifier = worker.notifier().as_raw_fd();
         registry.register(
-            &mut SourceFd(&kick),
-            token(slot, Wakeup::Kick),
+            &mut SourceFd(&notifier),
+            token(slot, Wakeup::Notifier),
             Interest::READABLE,
         )?;
         if let Some(fd) = worker.completion_fd() {
@@ -111,12 +111,12 @@ impl QueueSet {
                 token(slot, Wakeup::Completions),
                 Interest::READABLE,
             ) {
-                let _ = registry.deregister(&mut SourceFd(&kick));
+                let _ = registry.deregister(&mut SourceFd(&notifier));
                 return Err(e);
             }
         }
         debug!(self.log, "queue adopted"; "iothread" => thread_name(), "vq" => worker.queue_index());
-        worker.kicked();
+        worker.notifier_ready();
         if slot == self.workers.len() {
             self.workers.push(Some(worker));
         } else {
@@ -166,9 +166,9 @@ impl QueueSet {
 
     /// Serves every queue as if kicked: after a pause, kicks that arrived meanwhile were taken
     /// off the `Poll` without being served.
-    pub fn kick_all(&mut self) {
+    pub fn serve_all(&mut self) {
         for slot in 0..self.workers.len() {
-            self.serve(slot, Wakeup::Kick);
+            self.serve(slot, Wakeup::Notifier);
         }
     }
 
@@ -177,12 +177,12 @@ impl QueueSet {
             return;
         };
         match wakeup {
-            Wakeup::Kick => worker.kicked(),
+            Wakeup::Notifier => worker.notifier_ready(),
             Wakeup::Completions => worker.completions_ready(),
         }
         trace!(self.log, "queue served";
             "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
-            "wakeup" => match wakeup { Wakeup::Kick => "kick", Wakeup::Completions => "completions" },
+            "wakeup" => match wakeup { Wakeup::Notifier => "notifier", Wakeup::Completions => "completions" },
             "in_flight" => worker.in_flight());
     }
 
@@ -229,7 +229,7 @@ impl QueueSet {
     }
 
     /// Completes every request in flight, taking no new ones: kicks are taken off the `Poll`
-    /// but not served (`kick_all` serves them later).
+    /// but not served (`serve_all` serves them later).
     pub fn drain(&mut self) {
         while self.in_flight() > 0 {
             match self.poll.poll(&mut self.events, Some(DRAIN_POLL)) {
@@ -251,7 +251,7 @@ impl QueueSet {
 
     /// Hands virtqueue `queue` over to another thread: the set's requests in flight complete
     /// first, then the queue is no longer watched here. `None` when the set does not hold it.
-    /// Like `drain`, it leaves the other queues' kicks for `kick_all`.
+    /// Like `drain`, it leaves the other queues' kicks for `serve_all`.
     pub fn surrender(&mut self, queue: u16) -> Option<Box<dyn QueueWorker>> {
         let slot = self
             .workers
@@ -260,7 +260,7 @@ impl QueueSet {
         self.drain();
         let worker = self.workers[slot].take()?;
         let registry = self.poll.registry();
-        let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
+        let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
         if let Some(fd) = worker.completion_fd() {
             let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
@@ -273,7 +273,7 @@ impl QueueSet {
         self.drain();
         let registry = self.poll.registry();
         for worker in self.workers.drain(..).flatten() {
-            let _ = registry.deregister(&mut SourceFd(&worker.kick().as_raw_fd()));
+            let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
             if let Some(fd) = worker.completion_fd() {
                 let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
             }
@@ -294,7 +294,7 @@ mod tests {
 
     /// Counts the polling calls; `poll` finds work on its `work_on`-th call.
     struct PollingWorker {
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         work_on: usize,
         calls: Arc<[AtomicUsize; 3]>,
     }
@@ -307,10 +307,10 @@ mod tests {
         fn queue_index(&self) -> u16 {
             2
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {}
+        fn notifier_ready(&mut self) {}
         fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
@@ -338,7 +338,7 @@ mod tests {
             AtomicUsize::new(0),
         ]);
         let worker = PollingWorker {
-            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             work_on,
             calls: calls.clone(),
         };

@@ -2,7 +2,7 @@
 //! the transport of the `virtio` crate, its queues served by the iothread pool.
 //!
 //! A driver's notify write reaches the transport as a REGION_WRITE, and the transport writes
-//! that queue's kick eventfd: the one signal that wakes the queue's owner, an iothread or the
+//! that queue's notifier: the one signal that wakes the queue's owner, an iothread or the
 //! main loop's queue set (whose `Poll` is one of this device's event fds).
 
 use std::os::fd::BorrowedFd;
@@ -26,8 +26,8 @@ const FIRST_REQUEST_QUEUE: u16 = 2;
 
 pub struct VirtioFunction<D: VirtioDevice> {
     function: VirtioPciFunction<D>,
-    /// Kick eventfds in queue order, kept here so `event_fds` can lend them out.
-    kicks: Vec<Arc<EventFd>>,
+    /// Notifiers in queue order, kept here so `event_fds` can lend them out.
+    notifiers: Vec<Arc<EventFd>>,
     /// The threads serving the queues: the device's queue host.
     pool: Arc<IothreadPool>,
     /// A client mapped memory that can shrink; the device guards its accesses for good.
@@ -39,10 +39,10 @@ impl<D: VirtioDevice> VirtioFunction<D> {
     pub fn new(function: VirtioPciFunction<D>, pool: Arc<IothreadPool>, log: Logger) -> Self {
         let mut addresses = function.queue_notify_addresses();
         addresses.sort_by_key(|a| a.queue);
-        let kicks = addresses.into_iter().map(|a| a.eventfd).collect();
+        let notifiers = addresses.into_iter().map(|a| a.eventfd).collect();
         VirtioFunction {
             function,
-            kicks,
+            notifiers,
             pool,
             shrinkable_mapped: false,
             log,
@@ -147,11 +147,11 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
             .into_iter()
             .filter(|a| u32::from(a.bar) == region)
             .filter_map(|a| {
-                let kick = self.kicks.get(usize::from(a.queue))?;
+                let notifier = self.notifiers.get(usize::from(a.queue))?;
                 Some(IoFd {
                     offset: a.offset,
                     size: a.size,
-                    fd: block::borrow_eventfd(kick),
+                    fd: block::borrow_eventfd(notifier),
                     datamatch: None,
                 })
             })
@@ -303,7 +303,7 @@ mod tests {
 
     struct RecordingWorker {
         queue: u16,
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         wakeups: Wakeups,
     }
 
@@ -311,11 +311,11 @@ mod tests {
         fn queue_index(&self) -> u16 {
             self.queue
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
-            let _ = self.kick.read();
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
             let thread = std::thread::current().name().unwrap_or("").to_string();
             self.wakeups.lock().unwrap().push((self.queue, thread));
         }
@@ -356,7 +356,7 @@ mod tests {
             for queue in activation.queues {
                 self.pool.adopt(Box::new(RecordingWorker {
                     queue: queue.index,
-                    kick: queue.kick,
+                    notifier: queue.notifier,
                     wakeups: self.wakeups.clone(),
                 }));
             }

@@ -1,10 +1,10 @@
 //! A queue host without threads: it serves a device's queues on whichever thread calls
 //! [`InlineQueueHost::serve_ready`].
 //!
-//! It watches the same eventfds an iothread does (each worker's kick and completion eventfds,
+//! It watches the same eventfds an iothread does (each worker's notifier and completion eventfds,
 //! edge-triggered in one epoll) and calls the same [`QueueWorker`] methods, so a test that
 //! drives a device through it runs the code production runs: a driver's notify write becomes a
-//! kick eventfd write, which wakes only the worker of that queue.
+//! notifier write, which wakes only the worker of that queue.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,7 +20,7 @@ const DRAIN_WAIT_MS: i32 = 10;
 /// What woke a worker, encoded in the low bit of its epoll token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wakeup {
-    Kick,
+    Notifier,
     Completions,
 }
 
@@ -30,7 +30,7 @@ fn token(slot: usize, wakeup: Wakeup) -> u64 {
 
 fn slot_of(token: u64) -> (usize, Wakeup) {
     let wakeup = if token & 1 == 0 {
-        Wakeup::Kick
+        Wakeup::Notifier
     } else {
         Wakeup::Completions
     };
@@ -65,7 +65,7 @@ impl InlineQueueHost {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Serves every queue whose kick or completion eventfd fired, until none has; returns the
+    /// Serves every queue whose notifier or completion eventfd fired, until none has; returns the
     /// wake-ups served as (virtqueue, true for a kick, false for completions).
     pub fn serve_ready(&self) -> io::Result<Vec<(u16, bool)>> {
         let mut workers = self.workers();
@@ -85,10 +85,10 @@ impl InlineQueueHost {
                     continue;
                 };
                 match wakeup {
-                    Wakeup::Kick => worker.kicked(),
+                    Wakeup::Notifier => worker.notifier_ready(),
                     Wakeup::Completions => worker.completions_ready(),
                 }
-                served.push((worker.queue_index(), wakeup == Wakeup::Kick));
+                served.push((worker.queue_index(), wakeup == Wakeup::Notifier));
             }
         }
     }
@@ -121,11 +121,11 @@ impl Workers {
     }
 
     fn unwatch(&self, worker: &dyn QueueWorker) {
-        // Closing a worker's eventfds would drop them from the epoll too; the kick eventfd
+        // Closing a worker's eventfds would drop them from the epoll too; the notifier
         // outlives the worker (the transport keeps it), so it is removed by hand.
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
-            worker.kick().as_raw_fd(),
+            worker.notifier().as_raw_fd(),
             EpollEvent::default(),
         );
         if let Some(fd) = worker.completion_fd() {
@@ -145,7 +145,7 @@ impl QueueHost for InlineQueueHost {
         let mut workers = self.workers();
         let slot = workers.slots.len();
         let watched = workers
-            .watch(worker.kick().as_raw_fd(), token(slot, Wakeup::Kick))
+            .watch(worker.notifier().as_raw_fd(), token(slot, Wakeup::Notifier))
             .and_then(|()| match worker.completion_fd() {
                 Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, Wakeup::Completions)),
                 None => Ok(()),
@@ -155,7 +155,7 @@ impl QueueHost for InlineQueueHost {
             workers.adopt_error = Some(error);
             return;
         }
-        worker.kicked();
+        worker.notifier_ready();
         workers.slots.push(Some(worker));
     }
 
@@ -194,7 +194,7 @@ mod tests {
 
     struct Recorder {
         queue: u16,
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         completions: EventFd,
         in_flight: usize,
     }
@@ -203,11 +203,11 @@ mod tests {
         fn queue_index(&self) -> u16 {
             self.queue
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
-            let _ = self.kick.read();
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
             self.in_flight += 1;
         }
         fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -223,29 +223,29 @@ mod tests {
     }
 
     fn recorder(queue: u16) -> (Box<Recorder>, Arc<EventFd>, EventFd) {
-        let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let completions = EventFd::new(EFD_NONBLOCK).unwrap();
         let signal = completions.try_clone().unwrap();
         let worker = Recorder {
             queue,
-            kick: kick.clone(),
+            notifier: notifier.clone(),
             completions,
             in_flight: 0,
         };
-        (Box::new(worker), kick, signal)
+        (Box::new(worker), notifier, signal)
     }
 
     #[test]
     fn a_kick_wakes_only_its_queue_once() {
         let host = InlineQueueHost::new().unwrap();
-        let (a, kick_a, _) = recorder(0);
+        let (a, notifier_a, _) = recorder(0);
         let (b, _, _) = recorder(2);
         host.adopt(a);
         host.adopt(b);
         assert_eq!(host.queues(), [0, 2]);
         assert_eq!(host.in_flight(), 2, "adoption served each queue once");
-        kick_a.write(1).unwrap();
-        kick_a.write(1).unwrap();
+        notifier_a.write(1).unwrap();
+        notifier_a.write(1).unwrap();
         assert_eq!(host.serve_ready().unwrap(), [(0, true)]);
         assert!(host.serve_ready().unwrap().is_empty(), "edge-triggered");
     }
@@ -253,9 +253,9 @@ mod tests {
     #[test]
     fn release_waits_for_completions_and_ignores_kicks() {
         let host = InlineQueueHost::new().unwrap();
-        let (worker, kick, completions) = recorder(3);
+        let (worker, notifier, completions) = recorder(3);
         host.adopt(worker);
-        kick.write(1).unwrap();
+        notifier.write(1).unwrap();
         let finisher = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(20));
             completions.write(1).unwrap();
@@ -264,7 +264,7 @@ mod tests {
         finisher.join().unwrap();
         assert!(host.queues().is_empty());
         assert_eq!(host.in_flight(), 0);
-        kick.write(1).unwrap();
+        notifier.write(1).unwrap();
         assert!(host.serve_ready().unwrap().is_empty(), "no longer watched");
     }
 }

@@ -227,12 +227,12 @@ impl QueueWorker for GuardedWorker {
         self.inner.queue_index()
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        self.inner.kick()
+    fn notifier(&self) -> &Arc<EventFd> {
+        self.inner.notifier()
     }
 
-    fn kicked(&mut self) {
-        self.serving((), |worker| worker.kicked());
+    fn notifier_ready(&mut self) {
+        self.serving((), |worker| worker.notifier_ready());
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -306,7 +306,7 @@ mod tests {
     }
 
     struct Touching {
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         address: *mut u8,
         kicks: Arc<AtomicUsize>,
     }
@@ -318,10 +318,10 @@ mod tests {
         fn queue_index(&self) -> u16 {
             2
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
+        fn notifier_ready(&mut self) {
             self.kicks.fetch_add(1, Ordering::SeqCst);
             // SAFETY: within the test's mapping.
             unsafe { self.address.read_volatile() };
@@ -343,7 +343,7 @@ mod tests {
         let flag = Arc::clone(&reported);
         let kicks = Arc::new(AtomicUsize::new(0));
         let inner = Box::new(Touching {
-            kick: Arc::new(EventFd::new(0).unwrap()),
+            notifier: Arc::new(EventFd::new(0).unwrap()),
             address: base,
             kicks: Arc::clone(&kicks),
         });
@@ -356,13 +356,13 @@ mod tests {
             shrinkable,
             &logger,
         );
-        worker.kicked();
+        worker.notifier_ready();
         assert!(!reported.load(Ordering::SeqCst));
         file.set_len(0).unwrap();
-        worker.kicked();
+        worker.notifier_ready();
         assert!(reported.load(Ordering::SeqCst));
         assert!(!worker.poll());
-        worker.kicked();
+        worker.notifier_ready();
         assert_eq!(
             kicks.load(Ordering::SeqCst),
             2,
@@ -372,7 +372,7 @@ mod tests {
 
     /// Records how many fault scopes its calls run in.
     struct ScopeProbe {
-        kick: Arc<EventFd>,
+        notifier: Arc<EventFd>,
         depth: Arc<AtomicUsize>,
     }
 
@@ -380,10 +380,10 @@ mod tests {
         fn queue_index(&self) -> u16 {
             2
         }
-        fn kick(&self) -> &Arc<EventFd> {
-            &self.kick
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
         }
-        fn kicked(&mut self) {
+        fn notifier_ready(&mut self) {
             let depth = SCOPE_DEPTH.with(Cell::get) as usize;
             self.depth.store(depth, Ordering::SeqCst);
         }
@@ -404,17 +404,17 @@ mod tests {
         let shrinkable = ShrinkableMemory::default();
         let mut worker = GuardedWorker::new(
             Box::new(ScopeProbe {
-                kick: Arc::new(EventFd::new(0).unwrap()),
+                notifier: Arc::new(EventFd::new(0).unwrap()),
                 depth: Arc::clone(&depth),
             }),
             Arc::new(|| {}),
             shrinkable.clone(),
             &Logger::root(slog::Discard, slog::o!()),
         );
-        worker.kicked();
+        worker.notifier_ready();
         assert_eq!(depth.load(Ordering::SeqCst), 0);
         shrinkable.mapped();
-        worker.kicked();
+        worker.notifier_ready();
         assert_eq!(depth.load(Ordering::SeqCst), 1);
     }
 }

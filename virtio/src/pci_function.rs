@@ -3,7 +3,7 @@
 //!
 //! The server forwards configuration-space accesses (region 7) and BAR accesses (regions 0-5)
 //! here, hands MSI-X eventfds from SET_IRQS to [`VirtioPciFunction::msix_vectors`], and watches
-//! the per-queue kick eventfds.
+//! the per-queue notifiers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ const MODERN_SUBSYSTEM_ID: u16 = 0x1100;
 /// Largest queue size of split virtqueues.
 const MAX_QUEUE_SIZE: u16 = 32768;
 
-/// A queue's kick eventfd and the BAR address whose writes signal it.
+/// A queue's notifier and the BAR address whose writes signal it.
 #[derive(Debug, Clone)]
 pub struct QueueNotifyAddress {
     pub queue: u16,
@@ -192,7 +192,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         &self.msix
     }
 
-    /// The kick eventfd and notify address of every queue (for GET_REGION_IO_FDS and for the
+    /// The notifier and notify address of every queue (for GET_REGION_IO_FDS and for the
     /// loops that watch kicks).
     pub fn queue_notify_addresses(&self) -> Vec<QueueNotifyAddress> {
         (0..self.device.queue_count())
@@ -341,7 +341,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         }
     }
 
-    /// A write to the notify area writes that queue's kick eventfd, the one signal that wakes
+    /// A write to the notify area writes that queue's notifier, the one signal that wakes
     /// the queue's owner (the same eventfd a GET_REGION_IO_FDS client writes itself).
     pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), TransportError> {
         let pci = |source| TransportError::Pci {
@@ -455,14 +455,14 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
             if !queue.is_valid(&*memory) {
                 return Err(StartError::Rings(index));
             }
-            let kick = self
+            let notifier = self
                 .notifiers
                 .get(index)
                 .ok_or(StartError::NoNotifier(index))?;
             active.push(ActiveQueue {
                 index,
                 queue,
-                kick: kick.clone(),
+                notifier: notifier.clone(),
                 interrupt: Arc::new(MsixInterrupt::new(
                     self.msix.clone(),
                     config.vector.clone(),

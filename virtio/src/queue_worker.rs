@@ -2,10 +2,14 @@
 //!
 //! The crate knows no threads: at activation a device gives each queue's [`QueueWorker`] to a
 //! [`QueueHost`], which decides where it runs (the server's main loop or an iothread; the
-//! caller's thread for [`crate::InlineQueueHost`]) and watches its kick eventfd and its
+//! caller's thread for [`crate::InlineQueueHost`]) and watches its notifier and its
 //! completion eventfd there. It is the only way a queue is served. On reset the device asks the
 //! host to give every worker back, with nothing left in flight, before the reset becomes
 //! visible.
+//!
+//! Names, one meaning each: a *kick* is one driver notification of a queue (a notify write, or
+//! a write to the eventfd handed out for it), and `kicks` count them; the *notifier* is the
+//! queue's eventfd that kicks land in; `notifier_ready` is what the host calls when it fired.
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -17,10 +21,10 @@ pub trait QueueWorker: Send {
     /// Virtqueue index (for virtio-scsi: 0 control, 1 event, 2.. request queues).
     fn queue_index(&self) -> u16;
     /// Written on every driver notification; the host watches it.
-    fn kick(&self) -> &Arc<EventFd>;
-    /// The kick eventfd became readable (or the host was told of a notification): clear it
+    fn notifier(&self) -> &Arc<EventFd>;
+    /// The notifier became readable (or the host was told of a notification): clear it
     /// and serve what is there.
-    fn kicked(&mut self);
+    fn notifier_ready(&mut self);
     /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
     fn completion_fd(&self) -> Option<BorrowedFd<'_>>;
     /// `completion_fd` became readable: finish what completed and interrupt once if needed.

@@ -26,7 +26,7 @@ pub struct ActiveQueue {
     pub index: u16,
     pub queue: Queue,
     /// Signalled on every driver notification for this queue.
-    pub kick: Arc<EventFd>,
+    pub notifier: Arc<EventFd>,
     pub interrupt: Arc<dyn Interrupt>,
 }
 

@@ -37,22 +37,22 @@ struct SeenQueue {
 }
 
 /// Records, in the order served, the queues whose kick woke it.
-struct KickRecorder {
+struct NotifierRecorder {
     queue: u16,
-    kick: Arc<EventFd>,
-    kicked: Arc<Mutex<Vec<u16>>>,
+    notifier: Arc<EventFd>,
+    served: Arc<Mutex<Vec<u16>>>,
 }
 
-impl QueueWorker for KickRecorder {
+impl QueueWorker for NotifierRecorder {
     fn queue_index(&self) -> u16 {
         self.queue
     }
-    fn kick(&self) -> &Arc<EventFd> {
-        &self.kick
+    fn notifier(&self) -> &Arc<EventFd> {
+        &self.notifier
     }
-    fn kicked(&mut self) {
-        if self.kick.read().is_ok() {
-            self.kicked.lock().unwrap().push(self.queue);
+    fn notifier_ready(&mut self) {
+        if self.notifier.read().is_ok() {
+            self.served.lock().unwrap().push(self.queue);
         }
     }
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -69,9 +69,9 @@ struct FakeDevice {
     fail_activation: bool,
     activations: Vec<(u64, Vec<SeenQueue>)>,
     active: Option<Activation>,
-    /// Serves the queues of an activation with `KickRecorder`s.
+    /// Serves the queues of an activation with `NotifierRecorder`s.
     host: Arc<InlineQueueHost>,
-    kicked: Arc<Mutex<Vec<u16>>>,
+    served: Arc<Mutex<Vec<u16>>>,
     resets: usize,
 }
 
@@ -83,15 +83,15 @@ impl Default for FakeDevice {
             activations: Vec::new(),
             active: None,
             host: Arc::new(InlineQueueHost::new().unwrap()),
-            kicked: Arc::default(),
+            served: Arc::default(),
             resets: 0,
         }
     }
 }
 
 impl FakeDevice {
-    fn kicked(&self) -> Vec<u16> {
-        self.kicked.lock().unwrap().clone()
+    fn served(&self) -> Vec<u16> {
+        self.served.lock().unwrap().clone()
     }
 }
 
@@ -140,10 +140,10 @@ impl VirtioDevice for FakeDevice {
             .collect();
         self.activations.push((activation.acked_features, queues));
         for queue in &activation.queues {
-            self.host.adopt(Box::new(KickRecorder {
+            self.host.adopt(Box::new(NotifierRecorder {
                 queue: queue.index,
-                kick: queue.kick.clone(),
-                kicked: self.kicked.clone(),
+                notifier: queue.notifier.clone(),
+                served: self.served.clone(),
             }));
         }
         self.active = Some(activation);
@@ -347,25 +347,25 @@ fn driver_configures_queues_and_driver_ok_activates_the_device() {
         )]
     );
 
-    // A notify write signals the queue's kick eventfd, which wakes that queue's owner once.
+    // A notify write signals the queue's notifier, which wakes that queue's owner once.
     let notify = f.queue_notify_addresses();
     assert_eq!(notify.len(), usize::from(QUEUES));
     assert_eq!((notify[2].bar, notify[2].offset), (VIRTIO_BAR, 0x3008));
     let host = f.device().host.clone();
     assert!(host.serve_ready().unwrap().is_empty());
     assert!(
-        f.device().kicked().is_empty(),
+        f.device().served().is_empty(),
         "adoption found no notification"
     );
     write(&mut f, 0x3008, 2, 2);
     write(&mut f, 0x3008, 2, 2);
     assert_eq!(host.serve_ready().unwrap(), [(2, true)]);
-    assert_eq!(f.device().kicked(), [2]);
+    assert_eq!(f.device().served(), [2]);
     assert!(notify[2].eventfd.read().is_err(), "the worker drained it");
     // A queue the driver did not enable has no owner: its eventfd stays set for later.
     write(&mut f, 0x3004, 1, 2);
     assert!(host.serve_ready().unwrap().is_empty());
-    assert_eq!(f.device().kicked(), [2]);
+    assert_eq!(f.device().served(), [2]);
     assert_eq!(notify[1].eventfd.read().unwrap(), 1);
 }
 
@@ -436,7 +436,7 @@ fn rings_outside_guest_memory_fail_activation() {
 }
 
 #[test]
-fn status_zero_resets_device_and_registers_but_keeps_kick_eventfds() {
+fn status_zero_resets_device_and_registers_but_keeps_notifiers() {
     let mut f = function(FakeDevice::default());
     let before = f.queue_notify_addresses();
     negotiate(&mut f, VERSION_1);
@@ -553,7 +553,7 @@ fn pci_cfg_capability_reaches_bar_registers() {
     f.config_write(cap + 8, &0x12u32.to_le_bytes()).unwrap();
     f.config_write(cap + 12, &2u32.to_le_bytes()).unwrap();
     assert_eq!(config_u32(&mut f, cap + 16), u32::from(QUEUES));
-    // A notify through the window signals the queue's kick eventfd.
+    // A notify through the window signals the queue's notifier.
     f.config_write(cap + 8, &0x300cu32.to_le_bytes()).unwrap();
     f.config_write(cap + 16, &[3, 0, 0, 0]).unwrap();
     assert_eq!(f.queue_notify_addresses()[3].eventfd.read().unwrap(), 1);

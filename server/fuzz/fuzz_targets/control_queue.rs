@@ -88,7 +88,7 @@ impl Queues {
         );
         driver.descriptor(desc, second, slot + 0x100, response_len, WRITE, 0);
         driver.publish(avail, QUEUE_SIZE, head);
-        host.with_worker(queue, |worker| worker.kicked());
+        host.with_worker(queue, |worker| worker.notifier_ready());
     }
 }
 
@@ -145,7 +145,7 @@ fuzz_target!(|data: &[u8]| {
                 let Some([queue]) = input.take::<1>() else {
                     return;
                 };
-                host.with_worker(u16::from(queue) % QUEUES, |worker| worker.kicked());
+                host.with_worker(u16::from(queue) % QUEUES, |worker| worker.notifier_ready());
             }
             4 => {
                 let Some([count]) = input.take::<1>() else {

@@ -1,6 +1,7 @@
 //! The one table of commands we implement, one row per command and one column per fact about
-//! it. Every consumer reads the table instead of matching on opcodes: the dispatcher finds and
-//! checks commands here, the device asks how to treat the data-out buffer, unit attention and
+//! it, and the dispatch that runs a command through it. Every consumer reads the table instead
+//! of matching on opcodes: [`execute`] finds and checks commands here and hands each to the
+//! module implementing it, the device asks how to treat the data-out buffer, unit attention and
 //! missing LUNs follow their columns, and REPORT SUPPORTED OPERATION CODES lists the rows, so
 //! none of them can disagree. Each row's CDB usage data (SPC-5 6.35.3) also drives the
 //! reserved-bit check: a CDB bit set where the usage data has a zero is refused with INVALID
@@ -8,7 +9,10 @@
 
 use super::cdb::Cdb;
 use super::lun_config::LunConfig;
+use super::outcome::Outcome;
 use super::sense::Sense;
+use super::unit_state::UnitState;
+use super::{capacity, inquiry, io_commands, mode_pages, report_luns, unmap, write_same};
 
 /// The largest logical block size a LUN may have: WRITE SAME's data-out is one block.
 pub const MAX_BLOCK_SIZE: usize = 4096;
@@ -327,7 +331,7 @@ fn rows(opcode: u8) -> &'static [CommandSpec] {
 }
 
 /// Whether `opcode` selects its command with a service action.
-pub(crate) fn has_service_actions(opcode: u8) -> bool {
+fn has_service_actions(opcode: u8) -> bool {
     rows(opcode)
         .iter()
         .any(|spec| spec.service_action.is_some())
@@ -386,9 +390,229 @@ pub fn command_name(cdb: &[u8]) -> &'static str {
     lookup(Cdb(cdb)).map_or("unknown", |spec| spec.name)
 }
 
+/// An existing logical unit, as a command sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct Unit<'a> {
+    pub config: &'a LunConfig,
+    pub state: &'a UnitState,
+}
+
+/// Executes `cdb` for LUN `lun`, which is `unit` or does not exist. See
+/// [`crate::Target::execute`] for the contract.
+pub(crate) fn execute(
+    unit: Option<Unit<'_>>,
+    lun: u16,
+    cdb: &[u8],
+    data_out: &[u8],
+    data_out_len: u64,
+    lun_list: &[u16],
+) -> Outcome {
+    let cdb = Cdb(cdb);
+    let Some(unit) = unit else {
+        return missing_lun(lun, cdb, lun_list).into();
+    };
+    let Some(&opcode) = cdb.0.first() else {
+        return Sense::INVALID_COMMAND_OPERATION_CODE.into();
+    };
+    if !by_opcode(opcode).is_some_and(|spec| spec.ignores_unit_attention) {
+        if let Some(sense) = unit.state.take_unit_attention() {
+            return sense.into();
+        }
+    }
+    let spec = match lookup(cdb) {
+        Ok(spec) if spec.available_on(unit.config) => spec,
+        Ok(_) => return Sense::INVALID_COMMAND_OPERATION_CODE.into(),
+        Err(sense) => return sense.into(),
+    };
+    if let Err(sense) = spec.check(cdb) {
+        return sense.into();
+    }
+    run(spec, cdb, unit, data_out, data_out_len, lun_list).into()
+}
+
+fn run(
+    spec: &CommandSpec,
+    cdb: Cdb<'_>,
+    unit: Unit<'_>,
+    data_out: &[u8],
+    data_out_len: u64,
+    lun_list: &[u16],
+) -> Result<Outcome, Sense> {
+    let Unit { config, state } = unit;
+    match spec.command {
+        Command::TestUnitReady | Command::PreventAllowMediumRemoval => Ok(Outcome::good()),
+        Command::RequestSense => {
+            let sense = state.take_unit_attention().unwrap_or(Sense::NO_SENSE);
+            Ok(request_sense(cdb, sense))
+        }
+        Command::Inquiry => inquiry::inquiry(cdb, config),
+        Command::ReadCapacity10 => Ok(capacity::read_capacity_10(config)),
+        Command::ReadCapacity16 => Ok(capacity::read_capacity_16(cdb, config)),
+        Command::Read6 | Command::Read10 | Command::Read12 | Command::Read16 => {
+            io_commands::read(cdb, config)
+        }
+        Command::Write6 | Command::Write10 | Command::Write12 | Command::Write16 => {
+            io_commands::write(cdb, config, state.write_cache())
+        }
+        Command::Verify10 | Command::Verify16 => io_commands::verify(cdb, config),
+        Command::SynchronizeCache10 | Command::SynchronizeCache16 => {
+            io_commands::synchronize_cache(cdb, config)
+        }
+        Command::StartStopUnit => Ok(io_commands::start_stop_unit(cdb)),
+        Command::WriteSame10 | Command::WriteSame16 => {
+            write_same::write_same(cdb, config, state.write_cache(), data_out, data_out_len)
+        }
+        Command::Unmap => unmap::unmap(cdb, config, data_out, data_out_len),
+        Command::ModeSense6 | Command::ModeSense10 => {
+            mode_pages::mode_sense(cdb, config, state.write_cache())
+        }
+        Command::ModeSelect6 | Command::ModeSelect10 => {
+            let write_cache =
+                mode_pages::mode_select(cdb, config, state.write_cache(), data_out, data_out_len)?;
+            state.set_write_cache(write_cache);
+            Ok(Outcome::good())
+        }
+        Command::ReportSupportedOperationCodes => report_supported_operation_codes(cdb, config),
+        Command::ReportSupportedTaskManagementFunctions => {
+            Ok(report_supported_task_management_functions(cdb))
+        }
+        Command::ReportLuns => report_luns::report_luns(cdb, lun_list),
+    }
+}
+
+/// The answers for a LUN that does not exist follow the table's missing-LUN column: INQUIRY
+/// says nothing is there (peripheral 0x3f for LUN 0, as QEMU, and 0x7f otherwise), REQUEST
+/// SENSE says why (NO SENSE for LUN 0), LUN 0 also answers REPORT LUNS and TEST UNIT READY,
+/// and anything else is LOGICAL UNIT NOT SUPPORTED, before its CDB is even checked.
+fn missing_lun(lun: u16, cdb: Cdb<'_>, lun_list: &[u16]) -> Result<Outcome, Sense> {
+    let Some(&opcode) = cdb.0.first() else {
+        return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
+    };
+    let answered = |spec: &CommandSpec| match spec.missing_lun {
+        MissingLun::Unsupported => false,
+        MissingLun::OnLunZero => lun == 0,
+        MissingLun::OnAnyLun => true,
+    };
+    if lun != 0 && !by_opcode(opcode).is_some_and(answered) {
+        return Err(Sense::LOGICAL_UNIT_NOT_SUPPORTED);
+    }
+    let spec = decode(cdb)?;
+    if !answered(spec) {
+        return Err(Sense::LOGICAL_UNIT_NOT_SUPPORTED);
+    }
+    match spec.command {
+        Command::Inquiry => inquiry::inquiry_missing_lun(cdb, lun),
+        Command::RequestSense => {
+            let sense = if lun == 0 {
+                Sense::NO_SENSE
+            } else {
+                Sense::LOGICAL_UNIT_NOT_SUPPORTED
+            };
+            Ok(request_sense(cdb, sense))
+        }
+        Command::ReportLuns => report_luns::report_luns(cdb, lun_list),
+        Command::TestUnitReady => Ok(Outcome::good()),
+        _ => Err(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+    }
+}
+
+/// REQUEST SENSE data for `sense`, in the format the DESC bit asks for, status GOOD.
+fn request_sense(cdb: Cdb<'_>, sense: Sense) -> Outcome {
+    let mut data = vec![0u8; 32];
+    let len = if cdb.bit(1, 0) {
+        sense.to_descriptor_format(&mut data)
+    } else {
+        sense.to_fixed_format(&mut data)
+    };
+    data.truncate(len);
+    Outcome::data_in(data, usize::from(cdb.byte(4)))
+}
+
+// REPORT SUPPORTED OPERATION CODES and REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-5 6.35,
+// 6.36), both answered from what we really implement: the first lists the table's rows.
+
+/// SUPPORT field values of the one-command format.
+const NOT_SUPPORTED: u8 = 0b001;
+const SUPPORTED: u8 = 0b011;
+
+fn all_commands(lun: &LunConfig) -> Vec<u8> {
+    let mut data = vec![0u8; 4];
+    for spec in COMMANDS.iter().filter(|spec| spec.available_on(lun)) {
+        let servactv = u8::from(spec.service_action.is_some());
+        let service_action = u16::from(spec.service_action.unwrap_or(0));
+        data.extend_from_slice(&[spec.opcode, 0]);
+        data.extend_from_slice(&service_action.to_be_bytes());
+        data.extend_from_slice(&[0, servactv]);
+        data.extend_from_slice(&(spec.usage.len() as u16).to_be_bytes());
+    }
+    let len = (data.len() - 4) as u32;
+    data[0..4].copy_from_slice(&len.to_be_bytes());
+    data
+}
+
+fn one_command(spec: Option<&CommandSpec>) -> Vec<u8> {
+    match spec {
+        Some(spec) => {
+            let mut data = vec![0, SUPPORTED];
+            data.extend_from_slice(&(spec.usage.len() as u16).to_be_bytes());
+            data.extend_from_slice(spec.usage);
+            data
+        }
+        None => vec![0, NOT_SUPPORTED, 0, 0],
+    }
+}
+
+pub(crate) fn report_supported_operation_codes(
+    cdb: Cdb<'_>,
+    lun: &LunConfig,
+) -> Result<Outcome, Sense> {
+    let opcode = cdb.byte(3);
+    let service_action = cdb.be16(4);
+    let with_service_actions = has_service_actions(opcode);
+    let find = |service_action: Option<u16>| {
+        COMMANDS.iter().find(|spec| {
+            spec.opcode == opcode
+                && spec.service_action.map(u16::from) == service_action
+                && spec.available_on(lun)
+        })
+    };
+    let data = match cdb.byte(2) & 0x07 {
+        0 => all_commands(lun),
+        // Options 1 and 2 must name the opcode the right way: without or with a service action.
+        1 if with_service_actions => return Err(Sense::invalid_field_in_cdb(3, None)),
+        1 => one_command(find(None)),
+        2 if !with_service_actions => return Err(Sense::invalid_field_in_cdb(3, None)),
+        2 | 3 if with_service_actions => one_command(find(Some(service_action))),
+        3 => one_command(find(None)),
+        _ => return Err(Sense::invalid_field_in_cdb(2, Some(2))),
+    };
+    Ok(Outcome::data_in(data, cdb.be32(6) as usize))
+}
+
+/// The TMFs the virtio-scsi control queue implements: ABORT TASK, ABORT TASK SET, CLEAR TASK
+/// SET, LOGICAL UNIT RESET, QUERY TASK, QUERY TASK SET, I_T NEXUS RESET (no CLEAR ACA).
+pub(crate) fn report_supported_task_management_functions(cdb: Cdb<'_>) -> Outcome {
+    const ATS: u8 = 0x80;
+    const ATSS: u8 = 0x40;
+    const CTSS: u8 = 0x10;
+    const LURS: u8 = 0x08;
+    const QTS: u8 = 0x04;
+    const QTSS: u8 = 0x02;
+    const ITNRS: u8 = 0x01;
+    let repd = cdb.bit(2, 7);
+    let mut data = vec![ATS | ATSS | CTSS | LURS | QTS, QTSS | ITNRS, 0, 0];
+    if repd {
+        data[3] = 0x0c;
+        data.resize(16, 0);
+    }
+    Outcome::data_in(data, cdb.be32(6) as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lun_config::tests::config;
+    use crate::outcome::tests::good;
 
     #[test]
     fn every_entry_is_unique_and_sized_by_its_opcode_group() {
@@ -518,5 +742,150 @@ mod tests {
         assert_eq!(command_name(&[0x28; 10]), "READ(10)");
         assert_eq!(command_name(&[0x9e, 0x10]), "READ CAPACITY(16)");
         assert_eq!(command_name(&[0x04]), "unknown");
+    }
+
+    #[test]
+    fn request_sense_formats() {
+        let fixed = request_sense(Cdb(&[0x03, 0, 0, 0, 252, 0]), Sense::WRITE_PROTECTED);
+        let Outcome::Good { data_in } = fixed else {
+            panic!()
+        };
+        assert_eq!(data_in.len(), 18);
+        assert_eq!((data_in[0], data_in[2], data_in[12]), (0x70, 0x07, 0x27));
+        let desc = request_sense(Cdb(&[0x03, 1, 0, 0, 252, 0]), Sense::WRITE_PROTECTED);
+        assert_eq!(
+            desc,
+            Outcome::Good {
+                data_in: vec![0x72, 0x07, 0x27, 0, 0, 0, 0, 0]
+            }
+        );
+        let short = request_sense(Cdb(&[0x03, 0, 0, 0, 3, 0]), Sense::WRITE_PROTECTED);
+        assert_eq!(
+            short,
+            Outcome::Good {
+                data_in: vec![0x70, 0, 0x07]
+            }
+        );
+    }
+
+    fn rsoc(options: u8, opcode: u8, service_action: u16, allocation_length: u32) -> [u8; 12] {
+        let mut cdb = [0u8; 12];
+        cdb[0] = 0xa3;
+        cdb[1] = 0x0c;
+        cdb[2] = options;
+        cdb[3] = opcode;
+        cdb[4..6].copy_from_slice(&service_action.to_be_bytes());
+        cdb[6..10].copy_from_slice(&allocation_length.to_be_bytes());
+        cdb
+    }
+
+    #[test]
+    fn all_commands_lists_the_table() {
+        let lun = config(0);
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(0, 0, 0, 65536)),
+            &lun,
+        ));
+        let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, data.len() - 4);
+        assert_eq!(len, 8 * COMMANDS.len());
+        let read16 = data[4..].chunks(8).find(|d| d[0] == 0x88).unwrap();
+        assert_eq!(read16, &[0x88, 0, 0, 0, 0, 0, 0, 16]);
+        let rc16 = data[4..].chunks(8).find(|d| d[0] == 0x9e).unwrap();
+        assert_eq!(rc16, &[0x9e, 0, 0, 0x10, 0, 1, 0, 16]);
+
+        let no_discard = LunConfig {
+            discard: false,
+            ..config(0)
+        };
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(0, 0, 0, 65536)),
+            &no_discard,
+        ));
+        assert!(
+            data[4..].chunks(8).all(|d| d[0] != 0x42),
+            "no UNMAP without discard"
+        );
+    }
+
+    #[test]
+    fn one_command_formats() {
+        let lun = config(0);
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(1, 0x28, 0, 100)),
+            &lun,
+        ));
+        assert_eq!(&data[..4], &[0, 0x03, 0, 10]);
+        assert_eq!(
+            &data[4..],
+            &[0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]
+        );
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(1, 0x04, 0, 100)),
+            &lun,
+        ));
+        assert_eq!(data, vec![0, 0x01, 0, 0]);
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(2, 0x9e, 0x10, 100)),
+            &lun,
+        ));
+        assert_eq!(&data[..6], &[0, 0x03, 0, 16, 0x9e, 0x10]);
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(2, 0x9e, 0x11, 100)),
+            &lun,
+        ));
+        assert_eq!(data, vec![0, 0x01, 0, 0]);
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(3, 0x12, 0x55, 100)),
+            &lun,
+        ));
+        assert_eq!(&data[..4], &[0, 0x03, 0, 6]);
+    }
+
+    #[test]
+    fn option_errors_and_truncation() {
+        let lun = config(0);
+        assert_eq!(
+            report_supported_operation_codes(Cdb(&rsoc(1, 0x9e, 0, 100)), &lun),
+            Err(Sense::invalid_field_in_cdb(3, None))
+        );
+        assert_eq!(
+            report_supported_operation_codes(Cdb(&rsoc(2, 0x28, 0, 100)), &lun),
+            Err(Sense::invalid_field_in_cdb(3, None))
+        );
+        assert_eq!(
+            report_supported_operation_codes(Cdb(&rsoc(4, 0, 0, 100)), &lun),
+            Err(Sense::invalid_field_in_cdb(2, Some(2)))
+        );
+        let data = good(report_supported_operation_codes(
+            Cdb(&rsoc(0, 0, 0, 6)),
+            &lun,
+        ));
+        assert_eq!(data.len(), 6);
+    }
+
+    #[test]
+    fn task_management_functions() {
+        let mut cdb = [0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0];
+        assert_eq!(
+            report_supported_task_management_functions(Cdb(&cdb)),
+            Outcome::Good {
+                data_in: vec![0xdc, 0x03, 0, 0]
+            }
+        );
+        cdb[2] = 0x80;
+        let Outcome::Good { data_in } = report_supported_task_management_functions(Cdb(&cdb))
+        else {
+            panic!()
+        };
+        assert_eq!(data_in.len(), 16);
+        assert_eq!(&data_in[..4], &[0xdc, 0x03, 0, 0x0c]);
+        cdb[9] = 2;
+        assert_eq!(
+            report_supported_task_management_functions(Cdb(&cdb)),
+            Outcome::Good {
+                data_in: vec![0xdc, 0x03]
+            }
+        );
     }
 }

@@ -1,10 +1,29 @@
-//! The SCSI target: an immutable snapshot of its logical units, read by every request queue
-//! at once without a lock. Adding, removing or resizing a LUN builds a new snapshot; each LUN's
-//! run-time state (unit attention, write cache) is shared by the snapshots it appears in.
+//! The SCSI target: its logical units, as every request queue reads them at once without a
+//! lock. The LUNs form one immutable snapshot ([`Target`]); the [`LunTable`] swaps it whole
+//! when a LUN is added, removed or resized. Each LUN's run-time state (unit attention, write
+//! cache) is atomics shared by every snapshot the LUN appears in.
+//!
+//! A queue takes the snapshot once per pass through an `arc-swap` guard (it borrows a slot of
+//! its own thread: no lock, no map, and no write to a cache line another queue reads), and
+//! before each command compares the table's generation with the guard's, a read of a line that
+//! changes only when the LUNs do.
+//!
+//! One thread changes the table; a change builds the new snapshot, publishes it, bumps the
+//! generation, and only then raises the unit attentions it causes: a command that reports one
+//! makes the next command of its queue see the new generation, so a driver acting on a unit
+//! attention reads the new snapshot.
+//!
+//! A removed LUN stays in the snapshots as draining, without a unit, so that its commands
+//! still in flight find the data `D` its user keeps beside it (the device keeps the disk and
+//! the counters there). Once no guard holds a snapshot in which it was a unit, no new command
+//! can reach it, and its user decides, from its own counters, when it has drained.
 
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
-use super::dispatch::{self, Unit};
+use arc_swap::{ArcSwap, Guard};
+
+use super::commands::{self, Unit};
 use super::lun_config::{LunConfig, LunConfigError};
 use super::outcome::Outcome;
 use super::unit_state::{UnitAttention, UnitState};
@@ -44,7 +63,8 @@ impl<D> Lun<D> {
     }
 }
 
-/// Every logical unit of the one target the virtio-scsi device exposes, sorted by LUN.
+/// One snapshot of every logical unit of the one target the virtio-scsi device exposes, sorted
+/// by LUN, and of the removed LUNs that still drain.
 ///
 /// The device passes every request for target 0 here, whether its LUN exists or not: like
 /// QEMU's SCSI bus, the target itself answers for absent LUNs (see [`Target::execute`]).
@@ -53,6 +73,8 @@ pub struct Target<D = ()> {
     luns: Vec<Lun<D>>,
     /// What REPORT LUNS lists: every LUN, sorted, and LUN 0 even when absent.
     lun_list: Vec<u16>,
+    /// Removed LUNs whose commands may still be in flight.
+    draining: Vec<(u16, D)>,
 }
 
 impl<D: Clone> Target<D> {
@@ -61,6 +83,7 @@ impl<D: Clone> Target<D> {
         let mut target = Target {
             luns: Vec::new(),
             lun_list: Vec::new(),
+            draining: Vec::new(),
         };
         for (config, data) in luns {
             target.insert(config, data)?;
@@ -70,27 +93,35 @@ impl<D: Clone> Target<D> {
     }
 
     /// This target with one more logical unit, which starts with POWER ON, RESET pending.
-    /// Publish it, then call [`Target::report_luns_changed`].
-    pub fn with_lun(&self, config: LunConfig, data: D) -> Result<Target<D>, TargetError> {
+    fn with_lun(&self, config: LunConfig, data: D) -> Result<Target<D>, TargetError> {
+        if self.data(config.lun).is_some() {
+            return Err(TargetError::DuplicateLun(config.lun));
+        }
         let mut target = self.clone();
         target.insert(config, data)?;
         target.list_luns();
         Ok(target)
     }
 
-    /// This target without `lun`, and the unit taken out: later commands for it fail with
-    /// LOGICAL UNIT NOT SUPPORTED. Publish it, then call [`Target::report_luns_changed`].
-    pub fn without_lun(&self, lun: u16) -> Result<(Target<D>, Lun<D>), TargetError> {
+    /// This target with `lun` draining instead of a unit, and the unit's data.
+    fn without_lun(&self, lun: u16) -> Result<(Target<D>, D), TargetError> {
         let at = self.position(lun)?;
         let mut target = self.clone();
         let removed = target.luns.remove(at);
+        target.draining.push((lun, removed.data.clone()));
         target.list_luns();
-        Ok((target, removed))
+        Ok((target, removed.data))
     }
 
-    /// This target with `lun` at `block_count` blocks. Publish it, then call
-    /// [`Target::report_capacity_changed`].
-    pub fn with_block_count(&self, lun: u16, block_count: u64) -> Result<Target<D>, TargetError> {
+    /// This target without the draining `lun`.
+    fn without_draining(&self, lun: u16) -> Target<D> {
+        let mut target = self.clone();
+        target.draining.retain(|(draining, _)| *draining != lun);
+        target
+    }
+
+    /// This target with `lun` at `block_count` blocks.
+    fn with_block_count(&self, lun: u16, block_count: u64) -> Result<Target<D>, TargetError> {
         let at = self.position(lun)?;
         let config = LunConfig {
             block_count,
@@ -137,25 +168,28 @@ impl<D> Target<D> {
         self.position(lun).ok().map(|at| &self.luns[at])
     }
 
+    /// The data of `lun`, a unit or draining: what its commands in flight complete against.
+    pub fn data(&self, lun: u16) -> Option<&D> {
+        match self.lun(lun) {
+            Some(unit) => Some(&unit.data),
+            None => self
+                .draining
+                .iter()
+                .find(|(draining, _)| *draining == lun)
+                .map(|(_, data)| data),
+        }
+    }
+
     /// The logical units, by LUN number.
     pub fn luns(&self) -> impl Iterator<Item = &Lun<D>> {
         self.luns.iter()
     }
 
     /// Every LUN but `changed` reports REPORTED LUNS DATA HAS CHANGED: `changed` was added or
-    /// removed. Call it once the snapshot is published, so that a driver acting on the unit
-    /// attention reads the new list.
-    pub fn report_luns_changed(&self, changed: u16) {
+    /// removed.
+    fn report_luns_changed(&self, changed: u16) {
         for unit in self.luns.iter().filter(|unit| unit.config.lun != changed) {
             unit.state.raise(UnitAttention::ReportedLunsDataChanged);
-        }
-    }
-
-    /// `lun` reports CAPACITY DATA HAS CHANGED. Call it once the snapshot with the new size is
-    /// published.
-    pub fn report_capacity_changed(&self, lun: u16) {
-        if let Some(unit) = self.lun(lun) {
-            unit.state.raise(UnitAttention::CapacityDataChanged);
         }
     }
 
@@ -190,6 +224,137 @@ impl<D> Target<D> {
             config: &unit.config,
             state: &unit.state,
         });
-        dispatch::execute(unit, lun, cdb, data_out, data_out_len, &self.lun_list)
+        commands::execute(unit, lun, cdb, data_out, data_out_len, &self.lun_list)
+    }
+}
+
+/// The target every queue reads: the current snapshot, and a generation that changes with it.
+pub struct LunTable<D> {
+    current: ArcSwap<Target<D>>,
+    generation: AtomicU64,
+}
+
+/// A snapshot held for a pass of a queue, with the generation it was taken at.
+pub struct LunGuard<D> {
+    snapshot: Guard<Arc<Target<D>>>,
+    generation: u64,
+}
+
+impl<D> std::ops::Deref for LunGuard<D> {
+    type Target = Target<D>;
+
+    fn deref(&self) -> &Target<D> {
+        &self.snapshot
+    }
+}
+
+/// A LUN taken away from the target, while its commands may still be in flight.
+#[derive(Debug)]
+pub struct RemovedLun<D> {
+    lun: u16,
+    data: D,
+    /// The last snapshot in which the LUN was a unit, alive while a queue holds it (weak, so
+    /// that it does not keep the other LUNs' data).
+    last_with_it: Weak<Target<D>>,
+}
+
+impl<D> RemovedLun<D> {
+    pub fn lun(&self) -> u16 {
+        self.lun
+    }
+
+    pub fn data(&self) -> &D {
+        &self.data
+    }
+
+    /// Whether a queue may still start a command for the LUN: one holds a snapshot in which it
+    /// was a unit. Once it returns `false`, what the queues recorded in `data` before dropping
+    /// their snapshots is visible.
+    pub fn reachable(&self) -> bool {
+        if self.last_with_it.strong_count() != 0 {
+            return true;
+        }
+        // Pairs with the release of the last guard.
+        fence(Ordering::Acquire);
+        false
+    }
+}
+
+impl<D: Clone> LunTable<D> {
+    pub fn new(luns: impl IntoIterator<Item = (LunConfig, D)>) -> Result<LunTable<D>, TargetError> {
+        Ok(LunTable {
+            current: ArcSwap::from_pointee(Target::new(luns)?),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The snapshot to run commands against; hold it for one pass at most, so that a removed
+    /// LUN drains while its queue is idle.
+    pub fn load(&self) -> LunGuard<D> {
+        // The generation first: a snapshot published in between is newer than the generation
+        // says, which only costs one more load.
+        let generation = self.generation.load(Ordering::Acquire);
+        LunGuard {
+            snapshot: self.current.load(),
+            generation,
+        }
+    }
+
+    /// Replaces `guard` with the current snapshot if the LUNs changed since it was taken.
+    pub fn refresh(&self, guard: &mut LunGuard<D>) {
+        if self.generation.load(Ordering::Acquire) != guard.generation {
+            *guard = self.load();
+        }
+    }
+
+    /// Adds a LUN (not while a LUN of that number drains): it starts with POWER ON, RESET
+    /// pending, and every other LUN reports REPORTED LUNS DATA HAS CHANGED.
+    pub fn add(&self, config: LunConfig, data: D) -> Result<(), TargetError> {
+        let lun = config.lun;
+        let next = self.current.load().with_lun(config, data)?;
+        self.publish(next).report_luns_changed(lun);
+        Ok(())
+    }
+
+    /// Removes a LUN: new commands for it fail with LOGICAL UNIT NOT SUPPORTED, and the other
+    /// LUNs report REPORTED LUNS DATA HAS CHANGED. Once the returned LUN has drained, call
+    /// [`LunTable::forget`].
+    pub fn remove(&self, lun: u16) -> Result<RemovedLun<D>, TargetError> {
+        let current = self.current.load_full();
+        let (next, data) = current.without_lun(lun)?;
+        self.publish(next).report_luns_changed(lun);
+        Ok(RemovedLun {
+            lun,
+            data,
+            last_with_it: Arc::downgrade(&current),
+        })
+    }
+
+    /// Drops a drained LUN from the snapshots, and with it its data.
+    pub fn forget(&self, lun: u16) {
+        let current = self.current.load();
+        if current.lun(lun).is_some() || current.data(lun).is_none() {
+            return;
+        }
+        let next = current.without_draining(lun);
+        drop(current);
+        self.publish(next);
+    }
+
+    /// `lun` takes `block_count` blocks and reports CAPACITY DATA HAS CHANGED.
+    pub fn resize(&self, lun: u16, block_count: u64) -> Result<(), TargetError> {
+        let next = self.current.load().with_block_count(lun, block_count)?;
+        let published = self.publish(next);
+        if let Some(unit) = published.lun(lun) {
+            unit.state.raise(UnitAttention::CapacityDataChanged);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, next: Target<D>) -> Arc<Target<D>> {
+        let next = Arc::new(next);
+        self.current.store(Arc::clone(&next));
+        self.generation.fetch_add(1, Ordering::Release);
+        next
     }
 }

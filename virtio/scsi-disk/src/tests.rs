@@ -1,5 +1,7 @@
 //! Tests of the whole target through its public face, as the virtio-scsi device uses it.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::lun_config::tests::config;
 use crate::outcome::tests::good as data;
@@ -338,13 +340,14 @@ fn read_only_lun_refuses_every_write() {
 
 #[test]
 fn hotplug_and_resize_raise_unit_attentions() {
-    let target = target(&[0]);
-    let target = target.with_lun(config(3), ()).unwrap();
-    target.report_luns_changed(3);
+    let table = LunTable::new([(config(0), ())]).unwrap();
+    table.load().execute(0, &TUR, &[], 0);
+    table.add(config(3), ()).unwrap();
     assert_eq!(
-        target.with_lun(config(3), ()).err(),
+        table.add(config(3), ()).err(),
         Some(TargetError::DuplicateLun(3))
     );
+    let target = table.load();
     assert_eq!(
         target.execute(0, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
@@ -357,47 +360,91 @@ fn hotplug_and_resize_raise_unit_attentions() {
     let listed = data(target.execute(0, &report_luns_cdb(), &[], 0));
     assert_eq!(&listed[..4], &16u32.to_be_bytes(), "two LUNs listed");
 
-    let resized = target.with_block_count(3, 4 * 1024 * 1024).unwrap();
+    table.resize(3, 4 * 1024 * 1024).unwrap();
     assert_eq!(
         target.lun(3).unwrap().config().block_count,
         2 * 1024 * 1024,
         "the old snapshot keeps its size"
     );
-    resized.report_capacity_changed(3);
     assert_eq!(
         target.execute(3, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::CAPACITY_DATA_HAS_CHANGED),
         "both snapshots share the unit's state"
     );
+    let resized = table.load();
     assert_eq!(resized.execute(3, &TUR, &[], 0), Outcome::good());
     assert_eq!(
         resized.luns().last().unwrap().config().block_count,
         4 * 1024 * 1024
     );
+    assert_eq!(table.resize(9, 1).err(), Some(TargetError::NoSuchLun(9)));
     assert_eq!(
-        resized.with_block_count(9, 1).err(),
-        Some(TargetError::NoSuchLun(9))
-    );
-    assert_eq!(
-        resized.with_block_count(3, 0).err(),
+        table.resize(3, 0).err(),
         Some(TargetError::Config(LunConfigError::NoBlocks(3)))
     );
 
-    let (removed, unit) = resized.without_lun(3).unwrap();
-    removed.report_luns_changed(3);
-    assert_eq!(unit.config().lun, 3);
+    let removed = table.remove(3).unwrap();
+    assert_eq!(removed.lun(), 3);
+    assert_eq!(table.remove(3).err(), Some(TargetError::NoSuchLun(3)));
+    let after = table.load();
     assert_eq!(
-        removed.without_lun(3).err(),
-        Some(TargetError::NoSuchLun(3))
-    );
-    assert_eq!(
-        removed.execute(3, &TUR, &[], 0),
+        after.execute(3, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::LOGICAL_UNIT_NOT_SUPPORTED)
     );
     assert_eq!(
-        removed.execute(0, &TUR, &[], 0),
+        after.execute(0, &TUR, &[], 0),
         Outcome::CheckCondition(Sense::REPORTED_LUNS_DATA_HAS_CHANGED)
     );
+}
+
+#[test]
+fn a_removed_lun_is_reachable_until_no_guard_holds_a_snapshot_with_it() {
+    let held = Arc::new(());
+    let table = LunTable::new([(config(0), Arc::clone(&held))]).unwrap();
+    let mut guard = table.load();
+    let removed = table.remove(0).unwrap();
+    assert!(guard.lun(0).is_some(), "the pass goes on with its snapshot");
+    assert!(removed.reachable(), "so a command may still start");
+    table.refresh(&mut guard);
+    assert!(guard.lun(0).is_none());
+    assert!(
+        guard.data(0).is_some(),
+        "draining: its commands still complete"
+    );
+    assert!(!removed.reachable());
+    assert_eq!(
+        table.add(config(0), Arc::clone(&held)).err(),
+        Some(TargetError::DuplicateLun(0)),
+        "not while it drains"
+    );
+    table.forget(0);
+    assert!(guard.data(0).is_some(), "the guard keeps its snapshot");
+    drop(guard);
+    assert!(table.load().data(0).is_none());
+    drop(removed);
+    assert_eq!(Arc::strong_count(&held), 1, "nothing holds the data");
+    table.add(config(0), held).unwrap();
+}
+
+#[test]
+fn a_resize_is_published_before_its_unit_attention() {
+    let table = LunTable::new([(config(0), ())]).unwrap();
+    let mut guard = table.load();
+    assert_eq!(
+        guard.execute(0, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::POWER_ON_RESET_OCCURRED)
+    );
+    table.resize(0, 4096).unwrap();
+    // The pass's snapshot is old, but the command that takes the unit attention makes the
+    // next one refresh.
+    assert_eq!(
+        guard.execute(0, &TUR, &[], 0),
+        Outcome::CheckCondition(Sense::CAPACITY_DATA_HAS_CHANGED)
+    );
+    table.refresh(&mut guard);
+    let read_capacity_10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let capacity = data(guard.execute(0, &read_capacity_10, &[], 0));
+    assert_eq!(capacity[..4], 4095u32.to_be_bytes());
 }
 
 /// The crate's modules use each other in one direction only: each file's `super::`/`crate::`
@@ -459,6 +506,6 @@ fn module_graph_is_acyclic() {
             left.remove(leaf);
         }
     }
-    assert!(uses["dispatch"].contains("commands"), "{uses:?}");
-    assert!(uses["target"].contains("dispatch"), "{uses:?}");
+    assert!(uses["commands"].contains("io_commands"), "{uses:?}");
+    assert!(uses["target"].contains("commands"), "{uses:?}");
 }

@@ -21,15 +21,14 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::lun_address;
-use super::lun_table::LunTable;
+use super::lun_data::LunTable;
 use super::request::{
     an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
     TMF_RESP_SIZE,
 };
 use super::task_set::{TaskScope, TaskSet};
-use super::virtqueue::{Chain, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, Virtqueue};
 use crate::queue_worker::QueueWorker;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
@@ -64,7 +63,7 @@ impl ControlQueue {
         }
     }
 
-    pub fn kicked(&mut self) {
+    pub fn serve_available(&mut self) {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         loop {
@@ -242,13 +241,13 @@ impl QueueWorker for ControlQueue {
         self.queue.index()
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        self.queue.kick()
+    fn notifier(&self) -> &Arc<EventFd> {
+        self.queue.notifier()
     }
 
-    fn kicked(&mut self) {
-        self.queue.take_kicks();
-        ControlQueue::kicked(self);
+    fn notifier_ready(&mut self) {
+        self.queue.clear_notifier();
+        ControlQueue::serve_available(self);
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {

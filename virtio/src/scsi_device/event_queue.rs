@@ -13,10 +13,9 @@ use virtio_bindings::virtio_scsi::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::data_buffers::{CachedMemory, ChainBuffers, Segments};
 use super::lun_address;
 use super::request::{EventRecord, EVENT_SIZE};
-use super::virtqueue::Virtqueue;
+use super::virtqueue::{CachedMemory, ChainBuffers, Segments, Virtqueue};
 use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.
@@ -91,7 +90,7 @@ impl EventQueue {
     }
 
     /// Takes the driver's new buffers; reports missed events at once if some were dropped.
-    pub fn kicked(&mut self) {
+    pub fn serve_available(&mut self) {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         loop {
@@ -162,14 +161,14 @@ impl EventQueue {
 pub struct SharedEventQueue {
     queue: Arc<Mutex<EventQueue>>,
     index: u16,
-    kick: Arc<EventFd>,
+    notifier: Arc<EventFd>,
 }
 
 impl SharedEventQueue {
     pub fn new(queue: EventQueue) -> SharedEventQueue {
         SharedEventQueue {
             index: queue.queue.index(),
-            kick: Arc::clone(queue.queue.kick()),
+            notifier: Arc::clone(queue.queue.notifier()),
             queue: Arc::new(Mutex::new(queue)),
         }
     }
@@ -178,7 +177,7 @@ impl SharedEventQueue {
         SharedEventQueue {
             queue: Arc::clone(&self.queue),
             index: self.index,
-            kick: Arc::clone(&self.kick),
+            notifier: Arc::clone(&self.notifier),
         }
     }
 
@@ -195,14 +194,14 @@ impl QueueWorker for SharedEventQueue {
         self.index
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        &self.kick
+    fn notifier(&self) -> &Arc<EventFd> {
+        &self.notifier
     }
 
-    fn kicked(&mut self) {
+    fn notifier_ready(&mut self) {
         let mut events = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        events.queue.take_kicks();
-        events.kicked();
+        events.queue.clear_notifier();
+        events.serve_available();
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {

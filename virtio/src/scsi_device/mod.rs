@@ -2,18 +2,17 @@
 //! queue, an event queue and `num_queues` request queues.
 //!
 //! Each request queue is served by a worker that owns its queue and I/O engine (and can move to
-//! an iothread); the workers read the LUNs from one immutable snapshot (`lun_table`).
+//! an iothread); the workers read the LUNs from one immutable snapshot (`scsi_disk::LunTable`).
 
 mod backend_errors;
 mod config;
 mod control_queue;
-mod data_buffers;
 mod disk_io;
 mod event_queue;
 mod held_memory;
 mod lun_address;
 mod lun_counters;
-mod lun_table;
+mod lun_data;
 mod queue_counters;
 mod request;
 mod request_queue;
@@ -40,13 +39,13 @@ use scsi_disk::{LunConfig, TargetError};
 pub use config::CONFIG_SIZE;
 pub use event_queue::{EventDelivery, ScsiEvent};
 pub use lun_counters::LunStats;
-pub use lun_table::RemovedLun;
+pub use lun_data::RemovedLun;
 pub use queue_counters::{QueueCounters, QueueStats, LATENCY_BUCKETS, SENSE_KEYS};
 
 use config::ScsiConfig;
 use control_queue::ControlQueue;
 use event_queue::{EventQueue, SharedEventQueue};
-use lun_table::LunTable;
+use lun_data::{LunData, LunTable};
 use request_queue::RequestQueueWorker;
 use task_set::TaskSet;
 use virtqueue::{NeedsReset, Virtqueue};
@@ -164,7 +163,10 @@ impl ScsiDevice {
             }
             max_lun = max_lun.max(lun);
         }
-        let luns = LunTable::new(luns, num_queues)?;
+        let luns = LunTable::new(
+            luns.into_iter()
+                .map(|(config, disk)| (config, LunData::new(disk, num_queues))),
+        )?;
         Ok(ScsiDevice {
             config: ScsiConfig::new(num_queues, queue_size, max_sectors.max(1), max_lun),
             num_queues,
@@ -208,7 +210,11 @@ impl ScsiDevice {
 
     /// What each LUN served now has done since it was added, by LUN number.
     pub fn lun_stats(&self) -> Vec<LunStats> {
-        self.luns.stats()
+        self.luns
+            .load()
+            .luns()
+            .map(|unit| unit.data().counters.snapshot(unit.config().lun))
+            .collect()
     }
 
     /// Adds a LUN while the device runs and tells the driver to scan it (TRANSPORT_RESET,
@@ -220,7 +226,7 @@ impl ScsiDevice {
     ) -> Result<EventDelivery, ScsiDeviceError> {
         check_disk(&config, &disk)?;
         let lun = config.lun;
-        self.luns.add(config, disk)?;
+        self.luns.add(config, LunData::new(disk, self.num_queues))?;
         Ok(self.post_event(ScsiEvent::LunAdded { lun }))
     }
 
@@ -229,7 +235,7 @@ impl ScsiDevice {
     /// `lun_removed`. Commands its error policy held are answered as aborted, as QEMU
     /// cancels the requests of a paused SCSI device it unplugs; none was acknowledged.
     pub fn remove_lun(&mut self, lun: u16) -> Result<RemovedLun, ScsiDeviceError> {
-        let removed = self.luns.remove(lun)?;
+        let removed = RemovedLun(self.luns.remove(lun)?);
         self.wake_held_requests();
         Ok(removed)
     }
@@ -244,7 +250,16 @@ impl ScsiDevice {
     /// The LUN's disk has a new size: the LUN reports CAPACITY DATA HAS CHANGED and the driver
     /// is told (PARAM_CHANGE 2A/09).
     pub fn lun_resized(&mut self, lun: u16) -> Result<EventDelivery, ScsiDeviceError> {
-        self.luns.resize(lun)?;
+        let block_count = {
+            let luns = self.luns.load();
+            let disk = &luns
+                .lun(lun)
+                .ok_or(TargetError::NoSuchLun(lun))?
+                .data()
+                .disk;
+            disk.size() / u64::from(disk.logical_block_size())
+        };
+        self.luns.resize(lun, block_count)?;
         let sense = scsi_disk::Sense::CAPACITY_DATA_HAS_CHANGED;
         Ok(self.post_event(ScsiEvent::ParamChange {
             lun,

@@ -29,7 +29,7 @@ pub struct QueueCounters {
     /// overrun): the command never reached the target.
     transport_failures: AtomicU64,
     in_flight: AtomicU64,
-    /// Driver notifications: the sum of the kick eventfd's counter over its reads.
+    /// Driver notifications: the sum of the notifier's counter over its reads.
     kicks: AtomicU64,
     /// Interrupts raised (MSI-X eventfd writes).
     interrupts: AtomicU64,
@@ -108,8 +108,8 @@ impl QueueCounters {
         self.in_flight.store(requests as u64, Ordering::Relaxed);
     }
 
-    pub fn kicked(&self, notifications: u64) {
-        add(&self.kicks, notifications);
+    pub fn count_kicks(&self, kicks: u64) {
+        add(&self.kicks, kicks);
     }
 
     pub fn interrupted(&self) {
@@ -163,7 +163,7 @@ mod tests {
         counters.transport_failure();
         counters.read(4096);
         counters.written(512);
-        counters.kicked(3);
+        counters.count_kicks(3);
         counters.interrupted();
         counters.set_in_flight(7);
         let stats = counters.snapshot(2);

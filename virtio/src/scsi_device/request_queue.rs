@@ -3,7 +3,7 @@
 //! into guest memory, and writes responses when the engine completes.
 //!
 //! A worker owns everything it writes per request; the LUN snapshot it only reads (see
-//! `lun_table`), so it can be moved to the iothread that serves its queue.
+//! `scsi_disk::LunTable`), so it can be moved to the iothread that serves its queue.
 //!
 //! When a disk's error policy says stop, the failing command is held instead of answered, the
 //! disk stops, and its later commands are held too; once the operator resumes the disk, the
@@ -26,17 +26,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_errors;
 use super::config::HeaderSizes;
-use super::data_buffers::{CachedMemory, ChainBuffers};
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
-use super::lun_table::{LunData, LunGuard, LunTable};
+use super::lun_data::{LunData, LunGuard, LunTable};
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
 use super::task_set::TaskSet;
-use super::virtqueue::{Chain, MemorySnapshot, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
@@ -196,7 +195,7 @@ impl RequestQueueWorker {
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
-    pub fn kicked(&mut self) {
+    pub fn serve_available(&mut self) {
         self.clock = Instant::now();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
@@ -311,7 +310,7 @@ impl RequestQueueWorker {
         }
         self.tasks
             .started(self.task_queue, slot, reply.lun, reply.tag);
-        self.tasks.add_holder(self.queue.kick());
+        self.tasks.add_holder(self.queue.notifier());
         // Checked once this queue is a holder: a removal published before the load aborts the
         // command here, one published after it wakes this queue to abort it.
         let luns = self.luns.load();
@@ -728,7 +727,7 @@ impl RequestQueueWorker {
             self.held_memory.release(hold);
         }
         // A command in flight keeps its LUN in the snapshots, removed or not (see
-        // `lun_table`), until the counters below say it is done.
+        // `lun_data`), until the counters below say it is done.
         let lun = luns.data(request.reply.lun);
         if let Some(lun) = lun {
             self.lun_counters(lun).finished();
@@ -836,13 +835,13 @@ impl QueueWorker for RequestQueueWorker {
         self.queue.index()
     }
 
-    fn kick(&self) -> &Arc<EventFd> {
-        self.queue.kick()
+    fn notifier(&self) -> &Arc<EventFd> {
+        self.queue.notifier()
     }
 
-    fn kicked(&mut self) {
-        self.queue.take_kicks();
-        RequestQueueWorker::kicked(self);
+    fn notifier_ready(&mut self) {
+        self.queue.clear_notifier();
+        RequestQueueWorker::serve_available(self);
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -869,7 +868,7 @@ impl QueueWorker for RequestQueueWorker {
     fn stop_polling(&mut self) {
         let mem = self.queue.snapshot();
         if self.queue.more_available(&mem) {
-            self.kicked();
+            self.serve_available();
         }
     }
 }
@@ -1522,7 +1521,7 @@ mod tests {
         // write fails again and stops the LUN again, the read completes.
         assert!(status.resume());
         assert!(!status.resume(), "running already");
-        // The wake-up writes the holding queue's kick eventfd, which its host serves.
+        // The wake-up writes the holding queue's notifier, which its host serves.
         harness.device.wake_held_requests();
         harness.host.serve_ready().unwrap();
         let used = harness.queues[VQ].used();

@@ -12,7 +12,7 @@
 //!
 //! The exception are commands held for a disk that its error policy stopped: they would wait
 //! for the operator, so their queue answers them as aborted when a waiting TMF names them.
-//! Queues holding such commands register their kick here to hear about TMFs and resumes.
+//! Queues holding such commands register their notifier here to hear about TMFs and resumes.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -69,7 +69,7 @@ pub struct TaskSet {
     waiters: AtomicUsize,
     /// Written when a task leaves while a TMF waits.
     left: EventFd,
-    /// Kicks of the request queues that hold commands for a stopped disk (rare: locked).
+    /// Notifiers of the request queues that hold commands for a stopped disk (rare: locked).
     holders: Mutex<Vec<Arc<EventFd>>>,
     /// Scopes of the aborts and resets waiting now, one entry per waiting TMF.
     aborting: Mutex<Vec<TaskScope>>,
@@ -177,19 +177,19 @@ impl TaskSet {
             .any(|scope| scope.covers(lun, tag))
     }
 
-    /// The queue with `kick` holds commands: wake it on TMFs and resumes from now on.
-    pub fn add_holder(&self, kick: &Arc<EventFd>) {
+    /// The queue with `notifier` holds commands: wake it on TMFs and resumes from now on.
+    pub fn add_holder(&self, notifier: &Arc<EventFd>) {
         let mut holders = lock(&self.holders);
-        if !holders.iter().any(|known| Arc::ptr_eq(known, kick)) {
-            holders.push(Arc::clone(kick));
+        if !holders.iter().any(|known| Arc::ptr_eq(known, notifier)) {
+            holders.push(Arc::clone(notifier));
         }
     }
 
     /// Wakes every queue that held commands, to resubmit or abort them.
     pub fn wake_holders(&self) {
-        for kick in lock(&self.holders).iter() {
+        for notifier in lock(&self.holders).iter() {
             // EAGAIN: the counter is full, the queue will wake anyway.
-            let _ = kick.write(1);
+            let _ = notifier.write(1);
         }
     }
 

@@ -53,7 +53,7 @@ pub struct TestQueue {
     mem: &'static GuestMemoryMmap,
     pub mock: MockSplitQueue<'static, GuestMemoryMmap>,
     /// What the transport's notifier is: written on a notify, kept across activations.
-    kick: Arc<EventFd>,
+    notifier: Arc<EventFd>,
     pub interrupt: Arc<CountingInterrupt>,
     size: u16,
     next_desc: u16,
@@ -68,7 +68,7 @@ impl TestQueue {
         TestQueue {
             mem,
             mock: MockSplitQueue::create(mem, GuestAddress(u64::from(index) * QUEUE_AREA), size),
-            kick: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             interrupt: Arc::new(CountingInterrupt::default()),
             size,
             next_desc: 0,
@@ -283,7 +283,7 @@ impl Harness {
             .map(|(index, queue)| ActiveQueue {
                 index: index as u16,
                 queue: queue.queue(),
-                kick: queue.kick.clone(),
+                notifier: queue.notifier.clone(),
                 interrupt: queue.interrupt.clone(),
             })
             .collect();
@@ -355,10 +355,10 @@ impl Harness {
         self.data_buf(vq, &vec![0xEE; len as usize], true)
     }
 
-    /// What a driver's notify write does: the transport writes the queue's kick eventfd and
+    /// What a driver's notify write does: the transport writes the queue's notifier and
     /// its owner (here the inline host, on this thread) serves what became ready.
     pub fn notify(&self, vq: usize) {
-        self.queues[vq].kick.write(1).unwrap();
+        self.queues[vq].notifier.write(1).unwrap();
         self.host.serve_ready().unwrap();
     }
 
