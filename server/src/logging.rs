@@ -166,10 +166,10 @@ impl<D: Drain> Drain for LevelFilter<D> {
         }
     }
 
-    /// Lets a hot path ask once before building records (the vfio-user loop's per-message
-    /// debug record).
+    /// Lets a hot path (a queue's pass, the vfio-user loop's per-message debug record) ask
+    /// once whether a level is logged instead of building its records.
     fn is_enabled(&self, level: slog::Level) -> bool {
-        level.as_usize() <= self.level.load(Ordering::Relaxed)
+        level.as_usize() <= self.level.load(Ordering::Relaxed) && self.drain.is_enabled(level)
     }
 }
 
