@@ -498,6 +498,7 @@ impl HostRegion {
     }
 
     /// The host address of the `len` bytes at guest `addr`, when they lie in this region.
+    #[inline]
     fn host(self, addr: u64, len: usize) -> Option<*mut u8> {
         let offset = addr.checked_sub(self.start)?;
         if offset.checked_add(len as u64)? > self.len {
@@ -538,6 +539,7 @@ impl<'a> CachedMemory<'a> {
 
     /// The ring field at `addr` as the atomic `A` (`AtomicU16` or `AtomicU32`), or None when
     /// it is outside memory or misaligned.
+    #[inline]
     fn atomic<A: RingField>(&self, addr: u64) -> Option<&'a A> {
         let host = self.host(addr, size_of::<A>())?;
         if host.align_offset(std::mem::align_of::<A>()) != 0 {
@@ -549,10 +551,12 @@ impl<'a> CachedMemory<'a> {
         Some(unsafe { A::from_host(host) })
     }
 
+    #[inline]
     fn field16(&self, addr: u64) -> Result<&'a AtomicU16, RingError> {
         self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
 
+    #[inline]
     fn field32(&self, addr: u64) -> Result<&'a AtomicU32, RingError> {
         self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
@@ -720,6 +724,7 @@ impl Segments {
     /// The host address of `piece` in `mem`: at the offset found when the chain was collected
     /// if `mem` is of that snapshot, else translated again; None when the piece does not lie
     /// within one region of `mem`.
+    #[inline]
     fn host(&self, mem: &CachedMemory<'_>, piece: &Piece) -> Option<*mut u8> {
         if self.generation == mem.generation {
             Some((piece.addr as usize).wrapping_add(self.host_offset) as *mut u8)
