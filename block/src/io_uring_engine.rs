@@ -26,6 +26,8 @@ pub struct IoUringEngine {
     ready: Vec<Completion>,
     cqes: Vec<(u64, i32)>,
     unsubmitted: bool,
+    /// The disks of the requests in `slots`.
+    disks: HeldDisks,
 }
 
 struct Waiting {
@@ -36,9 +38,66 @@ struct Waiting {
 
 struct InFlight {
     user_data: u64,
-    /// Keeps the file descriptor open until the CQE.
-    disk: Arc<Disk>,
+    /// Its entry in `disks`, which keeps the file descriptor open until the CQE.
+    disk: DiskId,
     operation: Operation,
+}
+
+/// The disks of the requests in the kernel, each kept once with a count of its requests:
+/// a request touches no reference count, which every queue of a disk would share. A disk goes
+/// with its last request, so the engine never keeps a removed disk open.
+#[derive(Default)]
+struct HeldDisks(Vec<Option<(Arc<Disk>, usize)>>);
+
+/// A disk's entry in [`HeldDisks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskId(usize);
+
+impl HeldDisks {
+    /// Keeps `disk` for one more request, until `release`.
+    fn hold(&mut self, disk: &Arc<Disk>) -> DiskId {
+        let mut free = None;
+        for (at, entry) in self.0.iter_mut().enumerate() {
+            match entry {
+                Some((held, requests)) if Arc::ptr_eq(held, disk) => {
+                    *requests += 1;
+                    return DiskId(at);
+                }
+                None => {
+                    free.get_or_insert(at);
+                }
+                Some(_) => {}
+            }
+        }
+        let entry = Some((Arc::clone(disk), 1));
+        match free {
+            Some(at) => {
+                self.0[at] = entry;
+                DiskId(at)
+            }
+            None => {
+                self.0.push(entry);
+                DiskId(self.0.len() - 1)
+            }
+        }
+    }
+
+    fn get(&self, id: DiskId) -> Option<&Arc<Disk>> {
+        self.0.get(id.0)?.as_ref().map(|(disk, _)| disk)
+    }
+
+    /// A request holding `id` is done: the disk goes with its last request.
+    fn release(&mut self, id: DiskId) {
+        let Some(entry) = self.0.get_mut(id.0) else {
+            return;
+        };
+        if let Some((_, requests)) = entry {
+            *requests -= 1;
+            if *requests == 0 {
+                *entry = None;
+            }
+        }
+    }
 }
 
 enum Operation {
@@ -105,6 +164,7 @@ impl IoUringEngine {
             ready: Vec::new(),
             cqes: Vec::new(),
             unsubmitted: false,
+            disks: HeldDisks::default(),
         })
     }
 
@@ -148,7 +208,7 @@ impl IoUringEngine {
         };
         self.slots[slot] = Some(InFlight {
             user_data,
-            disk: Arc::clone(disk),
+            disk: self.disks.hold(disk),
             operation,
         });
         self.push(slot);
@@ -159,7 +219,8 @@ impl IoUringEngine {
         let Some(in_flight) = self.slots[slot].as_mut() else {
             return;
         };
-        let entry = match (&mut in_flight.operation, in_flight.disk.fd()) {
+        let fd = self.disks.get(in_flight.disk).and_then(|disk| disk.fd());
+        let entry = match (&mut in_flight.operation, fd) {
             (Operation::Delay(delay), _) => delay.entry(),
             (operation, Some(fd)) => operation.entry(types::Fd(fd)),
             // Null disks without latency complete in `start`; this only guards against a
@@ -186,6 +247,7 @@ impl IoUringEngine {
     fn complete_slot(&mut self, slot: usize, result: Result<u64, i32>) {
         if let Some(in_flight) = self.slots[slot].take() {
             self.free_slots.push(slot);
+            self.disks.release(in_flight.disk);
             self.finish(in_flight.user_data, result);
         }
     }
@@ -194,17 +256,19 @@ impl IoUringEngine {
         let Some(in_flight) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
+        let disk = self.disks.get(in_flight.disk);
         match in_flight.operation.advance(result) {
             Next::Resubmit => self.push(slot),
             Next::Done(result) => {
-                let result = match in_flight.operation {
-                    Operation::Flush => in_flight.disk.flush_state().record(result),
+                let result = match (&in_flight.operation, disk) {
+                    (Operation::Flush, Some(disk)) => disk.flush_state().record(result),
                     _ => result,
                 };
                 self.complete_slot(slot, result);
             }
             Next::Blocking(request) => {
-                let result = sync_engine::execute(&in_flight.disk, &request);
+                let result =
+                    disk.map_or(Err(libc::EIO), |disk| sync_engine::execute(disk, &request));
                 self.complete_slot(slot, result);
             }
         }
@@ -594,5 +658,42 @@ mod tests {
         drop(engine);
         assert!(released.load(Ordering::SeqCst));
         assert_eq!(Arc::strong_count(&disk), 1, "the engine let go of the disk");
+    }
+
+    /// Requests in the kernel keep their disk open with one reference for all of them, given
+    /// back with the last one.
+    #[test]
+    fn a_disk_is_held_once_for_its_requests_and_let_go_with_the_last() {
+        let open = || {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            file.as_file().set_len(1 << 20).unwrap();
+            let disk = Arc::new(Disk::open(&DiskOptions::new(file.path())).unwrap());
+            (file, disk)
+        };
+        let ((_file, disk), (_other_file, other)) = (open(), open());
+        let mut engine = IoUringEngine::new(8).unwrap();
+        let mut memory = TestMemory::new(1 << 16);
+        for (user_data, on) in [(1, &disk), (2, &disk), (3, &other), (4, &disk)] {
+            let offset = user_data * 4096;
+            let buffers = memory.buffers(&[(offset as usize, 4096)]);
+            engine
+                .submit(on, IoRequest::Read { offset, buffers }, user_data)
+                .unwrap();
+        }
+        assert_eq!(
+            Arc::strong_count(&disk),
+            2,
+            "one reference for three requests"
+        );
+        assert_eq!(Arc::strong_count(&other), 2);
+        engine.submit_pending();
+        let mut done = Vec::new();
+        while done.len() < 4 {
+            engine.reap(&mut done);
+        }
+        assert!(done.iter().all(|completion| completion.result == Ok(4096)));
+        assert_eq!(Arc::strong_count(&disk), 1, "let go with the last request");
+        assert_eq!(Arc::strong_count(&other), 1);
+        assert!(engine.disks.0.iter().all(Option::is_none));
     }
 }

@@ -15,7 +15,10 @@ impl Cdb<'_> {
     }
 
     fn be<const N: usize>(&self, index: usize) -> [u8; N] {
-        std::array::from_fn(|i| self.byte(index + i))
+        match self.0.get(index..).and_then(<[u8]>::first_chunk::<N>) {
+            Some(bytes) => *bytes,
+            None => std::array::from_fn(|i| self.byte(index + i)),
+        }
     }
 
     pub(crate) fn be16(&self, index: usize) -> u16 {

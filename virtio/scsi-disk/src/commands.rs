@@ -133,6 +133,9 @@ pub(crate) struct CommandSpec {
     pub service_action: Option<u8>,
     /// CDB usage data as REPORT SUPPORTED OPERATION CODES returns it; its length is the CDB's.
     pub usage: &'static [u8],
+    /// The bits the usage data leaves clear (the service action's allowed), byte `i` of the
+    /// CDB at bits `8 * i`: the reserved-bit check is one AND of the CDB's first 16 bytes.
+    stray_bits: u128,
     pub data_out: DataOut,
     /// Runs with a unit attention pending instead of reporting it (INQUIRY, REPORT LUNS,
     /// REQUEST SENSE: SAM-5 5.14, SPC-5 5.14).
@@ -150,24 +153,24 @@ impl CommandSpec {
         }
     }
 
-    /// Checks the CDB's length and that no bit is set outside the usage data.
+    /// Checks the CDB's length and that no bit is set outside the usage data; the sense
+    /// points at the first offending byte and its highest offending bit.
     pub(crate) fn check(&self, cdb: Cdb<'_>) -> Result<(), Sense> {
         if cdb.0.len() < self.usage.len() {
             return Err(Sense::INVALID_FIELD_IN_CDB);
         }
-        for (index, &usage) in self.usage.iter().enumerate().skip(1) {
-            let allowed = if index == 1 && self.service_action.is_some() {
-                usage | 0x1f
-            } else {
-                usage
-            };
-            let stray = cdb.byte(index) & !allowed;
-            if stray != 0 {
-                let bit = 7 - stray.leading_zeros() as u8;
-                return Err(Sense::invalid_field_in_cdb(index as u16, Some(bit)));
-            }
+        let head = match cdb.0.first_chunk::<CHECKED_BYTES>() {
+            Some(head) => *head,
+            None => std::array::from_fn(|index| cdb.byte(index)),
+        };
+        let stray = u128::from_le_bytes(head) & self.stray_bits;
+        if stray == 0 {
+            return Ok(());
         }
-        Ok(())
+        let index = stray.trailing_zeros() / 8;
+        let byte = (stray >> (8 * index)) as u8;
+        let bit = 7 - byte.leading_zeros() as u8;
+        Err(Sense::invalid_field_in_cdb(index as u16, Some(bit)))
     }
 
     fn data_out_use(&self, cdb: Cdb<'_>) -> DataOutUse {
@@ -187,6 +190,30 @@ impl CommandSpec {
     }
 }
 
+/// The longest CDB in the table, and so the bytes the reserved-bit check covers.
+const CHECKED_BYTES: usize = 16;
+
+/// The bits of the first [`CHECKED_BYTES`] bytes of a CDB that `usage` leaves clear, past the
+/// opcode; with `service_action`, byte 1's low five bits are allowed too.
+const fn stray_bits(usage: &[u8], service_action: bool) -> u128 {
+    assert!(
+        usage.len() <= CHECKED_BYTES,
+        "a CDB longer than the check covers"
+    );
+    let mut stray = 0;
+    let mut index = 1;
+    while index < usage.len() {
+        let allowed = if index == 1 && service_action {
+            usage[index] | 0x1f
+        } else {
+            usage[index]
+        };
+        stray |= (!allowed as u128) << (8 * index);
+        index += 1;
+    }
+    stray
+}
+
 /// A row with the facts most commands share: no data-out, reports a pending unit attention,
 /// unsupported on a missing LUN, available on every LUN.
 const fn spec(command: Command, name: &'static str, usage: &'static [u8]) -> CommandSpec {
@@ -196,6 +223,7 @@ const fn spec(command: Command, name: &'static str, usage: &'static [u8]) -> Com
         opcode: usage[0],
         service_action: None,
         usage,
+        stray_bits: stray_bits(usage, false),
         data_out: DataOut::None,
         ignores_unit_attention: false,
         missing_lun: MissingLun::Unsupported,
@@ -207,6 +235,7 @@ const fn spec(command: Command, name: &'static str, usage: &'static [u8]) -> Com
 const fn spec_sa(command: Command, name: &'static str, usage: &'static [u8]) -> CommandSpec {
     CommandSpec {
         service_action: Some(usage[1] & 0x1f),
+        stray_bits: stray_bits(usage, true),
         ..spec(command, name, usage)
     }
 }
@@ -306,28 +335,26 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
                   &[op::WRITE_12, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]), PAYLOAD),
 ];
 
-/// Where each opcode's first row is in [`COMMANDS`] (rows of one opcode are adjacent), so that
-/// finding a command costs one index, not a scan of the table.
-const FIRST_ROW: [u8; 256] = {
-    let mut first = [NO_ROW; 256];
+/// Where each opcode's rows are in [`COMMANDS`] (rows of one opcode are adjacent): the first
+/// and how many, so that finding a command costs one index, not a scan of the table.
+const ROWS: [(u8, u8); 256] = {
+    let mut rows = [(0, 0); 256];
     let mut row = COMMANDS.len();
     while row > 0 {
         row -= 1;
-        first[COMMANDS[row].opcode as usize] = row as u8;
+        let (_, count) = rows[COMMANDS[row].opcode as usize];
+        rows[COMMANDS[row].opcode as usize] = (row as u8, count + 1);
     }
-    first
+    rows
 };
-const NO_ROW: u8 = u8::MAX;
 
-/// The rows of `opcode`: one, or one per service action.
+/// The rows of `opcode`: none, one, or one per service action.
 fn rows(opcode: u8) -> &'static [CommandSpec] {
-    let first = FIRST_ROW[usize::from(opcode)];
-    if first == NO_ROW {
-        return &[];
-    }
-    let rows = &COMMANDS[usize::from(first)..];
-    let count = rows.iter().take_while(|spec| spec.opcode == opcode).count();
-    &rows[..count]
+    let (first, count) = ROWS[usize::from(opcode)];
+    let first = usize::from(first);
+    COMMANDS
+        .get(first..first + usize::from(count))
+        .unwrap_or(&[])
 }
 
 /// Whether `opcode` selects its command with a service action.
@@ -343,7 +370,11 @@ pub(crate) fn lookup(cdb: Cdb<'_>) -> Result<&'static CommandSpec, Sense> {
     let Some(&opcode) = cdb.0.first() else {
         return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
     };
-    let rows = rows(opcode);
+    find(rows(opcode), cdb)
+}
+
+/// The row among `rows`, those of the CDB's opcode, that its service action selects.
+fn find(rows: &'static [CommandSpec], cdb: Cdb<'_>) -> Result<&'static CommandSpec, Sense> {
     let service_action = cdb.byte(1) & 0x1f;
     let found = rows
         .iter()
@@ -414,12 +445,13 @@ pub(crate) fn execute(
     let Some(&opcode) = cdb.0.first() else {
         return Sense::INVALID_COMMAND_OPERATION_CODE.into();
     };
-    if !by_opcode(opcode).is_some_and(|spec| spec.ignores_unit_attention) {
+    let rows = rows(opcode);
+    if !rows.first().is_some_and(|spec| spec.ignores_unit_attention) {
         if let Some(sense) = unit.state.take_unit_attention() {
             return sense.into();
         }
     }
-    let spec = match lookup(cdb) {
+    let spec = match find(rows, cdb) {
         Ok(spec) if spec.available_on(unit.config) => spec,
         Ok(_) => return Sense::INVALID_COMMAND_OPERATION_CODE.into(),
         Err(sense) => return sense.into(),
@@ -625,11 +657,10 @@ mod tests {
                 group => panic!("opcode {:#x} in group {group}", spec.opcode),
             };
             assert_eq!(spec.usage.len(), expected, "opcode {:#x}", spec.opcode);
-            let first = usize::from(FIRST_ROW[usize::from(spec.opcode)]);
+            let rows = rows(spec.opcode);
             assert!(
-                COMMANDS[first..=i]
-                    .iter()
-                    .all(|row| row.opcode == spec.opcode),
+                rows.iter().any(|row| row.command == spec.command)
+                    && rows.iter().all(|row| row.opcode == spec.opcode),
                 "rows of {:#x} are not adjacent",
                 spec.opcode
             );
@@ -656,6 +687,55 @@ mod tests {
             decode(Cdb(&naca)).err(),
             Some(Sense::invalid_field_in_cdb(5, Some(2)))
         );
+    }
+
+    /// The reserved-bit check as the usage data states it, byte after byte.
+    fn stray_bit_by_bytes(spec: &CommandSpec, cdb: &[u8]) -> Result<(), Sense> {
+        if cdb.len() < spec.usage.len() {
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
+        for (index, &usage) in spec.usage.iter().enumerate().skip(1) {
+            let allowed = if index == 1 && spec.service_action.is_some() {
+                usage | 0x1f
+            } else {
+                usage
+            };
+            let stray = cdb[index] & !allowed;
+            if stray != 0 {
+                let bit = 7 - stray.leading_zeros() as u8;
+                return Err(Sense::invalid_field_in_cdb(index as u16, Some(bit)));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_stray_bit_mask_agrees_with_the_usage_data_byte_by_byte() {
+        for spec in COMMANDS {
+            let len = spec.usage.len();
+            for cdb_len in [len - 1, len, 32] {
+                for flipped in 0..cdb_len * 8 {
+                    for also in [None, Some(flipped / 2)] {
+                        let mut cdb = vec![0u8; cdb_len];
+                        cdb[0] = spec.opcode;
+                        if let (Some(sa), Some(byte)) = (spec.service_action, cdb.get_mut(1)) {
+                            *byte = sa;
+                        }
+                        for bit in std::iter::once(flipped).chain(also) {
+                            if bit >= 8 {
+                                cdb[bit / 8] ^= 1 << (bit % 8);
+                            }
+                        }
+                        assert_eq!(
+                            spec.check(Cdb(&cdb)),
+                            stray_bit_by_bytes(spec, &cdb),
+                            "{} {cdb:02x?}",
+                            spec.name
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //! same number starts from zero.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use super::queue_counters::{add, latency_bucket, LATENCY_BUCKETS, SENSE_KEYS};
+use super::queue_counters::{add, LatencyBucket, LATENCY_BUCKETS, SENSE_KEYS};
 
 /// One request queue's share of a LUN's counters, on cache lines of its own (two, as the
 /// adjacent-line prefetcher pairs them).
@@ -101,14 +100,14 @@ impl LunCounters {
 pub struct LunQueueCounters<'a>(Option<&'a QueueShare>);
 
 impl LunQueueCounters<'_> {
-    /// A command answered with `sense_key` (for CHECK CONDITION) after `latency`.
-    pub fn answered(self, sense_key: Option<u8>, latency: Duration) {
+    /// A command answered with `sense_key` (for CHECK CONDITION) after a latency in `latency`.
+    pub fn answered(self, sense_key: Option<u8>, latency: LatencyBucket) {
         if let Some(share) = self.0 {
             add(&share.requests, 1);
             if let Some(key) = sense_key {
                 add(&share.errors_by_sense_key[usize::from(key & 0x0f)], 1);
             }
-            add(&share.latency[latency_bucket(latency)], 1);
+            add(&share.latency[latency.index()], 1);
         }
     }
 
@@ -141,6 +140,8 @@ impl LunQueueCounters<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -152,15 +153,21 @@ mod tests {
     #[test]
     fn snapshot_sums_the_queues() {
         let counters = LunCounters::new(2);
-        counters.queue(0).answered(None, Duration::from_micros(3));
-        counters.queue(1).answered(Some(0x3), Duration::ZERO);
+        counters
+            .queue(0)
+            .answered(None, LatencyBucket::of(Duration::from_micros(3)));
+        counters
+            .queue(1)
+            .answered(Some(0x3), LatencyBucket::of(Duration::ZERO));
         counters.queue(0).read(4096);
         counters.queue(1).written(512);
         counters.queue(0).started();
         counters.queue(1).started();
         counters.queue(1).finished();
         // Out of range: ignored, not a panic.
-        counters.queue(7).answered(None, Duration::ZERO);
+        counters
+            .queue(7)
+            .answered(None, LatencyBucket::of(Duration::ZERO));
         let stats = counters.snapshot(5);
         assert_eq!(stats.lun, 5);
         assert_eq!(stats.requests, 2);

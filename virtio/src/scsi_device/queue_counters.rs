@@ -74,21 +74,40 @@ pub(super) fn add(counter: &AtomicU64, n: u64) {
     );
 }
 
-/// The bucket of a latency (see [`LATENCY_BUCKETS`]).
-pub fn latency_bucket(latency: Duration) -> usize {
-    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    let bucket = (u64::BITS - micros.leading_zeros()) as usize;
-    bucket.min(LATENCY_BUCKETS - 1)
+/// The latency histogram bucket of one request (see [`LATENCY_BUCKETS`]), found once for the
+/// queue's and the LUN's histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBucket(usize);
+
+impl LatencyBucket {
+    pub fn of(latency: Duration) -> LatencyBucket {
+        LatencyBucket::of_micros(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The bucket of a latency in nanoseconds: what the request path measures, without the
+    /// 128-bit arithmetic of `Duration`.
+    pub fn of_nanos(nanos: u64) -> LatencyBucket {
+        LatencyBucket::of_micros(nanos / 1000)
+    }
+
+    fn of_micros(micros: u64) -> LatencyBucket {
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        LatencyBucket(bucket.min(LATENCY_BUCKETS - 1))
+    }
+
+    pub(super) fn index(self) -> usize {
+        self.0
+    }
 }
 
 impl QueueCounters {
-    /// A request answered with `sense_key` (for CHECK CONDITION) after `latency`.
-    pub fn answered(&self, sense_key: Option<u8>, latency: Duration) {
+    /// A request answered with `sense_key` (for CHECK CONDITION) after a latency in `latency`.
+    pub fn answered(&self, sense_key: Option<u8>, latency: LatencyBucket) {
         add(&self.requests, 1);
         if let Some(key) = sense_key {
             add(&self.errors_by_sense_key[usize::from(key & 0x0f)], 1);
         }
-        add(&self.latency[latency_bucket(latency)], 1);
+        add(&self.latency[latency.index()], 1);
     }
 
     /// A request the virtio layer refused (its response is not OK).
@@ -145,21 +164,26 @@ mod tests {
 
     #[test]
     fn latencies_fall_in_power_of_two_microsecond_buckets() {
-        assert_eq!(latency_bucket(Duration::from_nanos(999)), 0);
-        assert_eq!(latency_bucket(Duration::from_micros(1)), 1);
-        assert_eq!(latency_bucket(Duration::from_micros(3)), 2);
-        assert_eq!(latency_bucket(Duration::from_micros(4)), 3);
-        assert_eq!(
-            latency_bucket(Duration::from_secs(3600)),
-            LATENCY_BUCKETS - 1
-        );
+        let bucket = |latency| LatencyBucket::of(latency).index();
+        assert_eq!(bucket(Duration::from_nanos(999)), 0);
+        assert_eq!(bucket(Duration::from_micros(1)), 1);
+        assert_eq!(bucket(Duration::from_micros(3)), 2);
+        assert_eq!(bucket(Duration::from_micros(4)), 3);
+        assert_eq!(bucket(Duration::from_secs(3600)), LATENCY_BUCKETS - 1);
+        for nanos in [0, 999, 1000, 3999, 4000, 1 << 40, u64::MAX] {
+            assert_eq!(
+                LatencyBucket::of_nanos(nanos),
+                LatencyBucket::of(Duration::from_nanos(nanos)),
+                "{nanos} ns"
+            );
+        }
     }
 
     #[test]
     fn snapshot_reports_what_was_counted() {
         let counters = QueueCounters::default();
-        counters.answered(None, Duration::from_micros(5));
-        counters.answered(Some(0x5), Duration::ZERO);
+        counters.answered(None, LatencyBucket::of(Duration::from_micros(5)));
+        counters.answered(Some(0x5), LatencyBucket::of(Duration::ZERO));
         counters.transport_failure();
         counters.read(4096);
         counters.written(512);

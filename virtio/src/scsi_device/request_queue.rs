@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
-use slog::{debug, trace, warn, Logger};
-use smallvec::smallvec;
+use slog::{debug, trace, warn, Drain, Logger};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
     VIRTIO_SCSI_S_OVERRUN,
@@ -31,6 +30,7 @@ use super::held_memory::{HeldMemory, MemoryHold};
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
+use super::queue_counters::LatencyBucket;
 use super::request::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -44,9 +44,18 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SEN
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
-/// A command whose disk work is with the engine.
+/// A command from the pop of its chain to its answer. It stays in the slot it got at the pop
+/// (the record is a few hundred bytes, and moving it showed in profiles): the worker reaches it
+/// by slot number, which is also its engine user_data and its place in the task set. A free
+/// slot keeps the last command's record, overwritten field by field by the next one.
+#[derive(Default)]
 struct InFlight {
     reply: Reply,
+    io: DiskWork,
+}
+
+/// A command's disk work, set afresh each time the command goes to the engine.
+struct DiskWork {
     /// The guest memory its iovecs point into, held by the worker.
     memory: Option<MemoryHold>,
     /// The disk, kept only by commands done in several steps (VERIFY, WRITE SAME with a
@@ -58,17 +67,64 @@ struct InFlight {
     transfer_len: u64,
     /// Whether the moved bytes are data-in (counted in the used length).
     data_in: bool,
-    pending: PendingIo,
+    /// What is left to submit of a command of several requests or steps; None for a command
+    /// of one request, handed to the engine at once.
+    pending: Option<PendingIo>,
     outstanding: usize,
     moved: u64,
     error: Option<i32>,
 }
 
-/// A command waiting for its stopped disk to resume; it keeps its slot, so that task
-/// management and shutdown see it.
+impl Default for DiskWork {
+    fn default() -> DiskWork {
+        DiskWork {
+            memory: None,
+            disk: None,
+            direction: Direction::FromDisk,
+            transfer_len: 0,
+            data_in: false,
+            pending: None,
+            outstanding: 0,
+            moved: 0,
+            error: None,
+        }
+    }
+}
+
+impl DiskWork {
+    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in`.
+    fn start(&mut self, direction: Direction, transfer_len: u64, data_in: bool) {
+        self.end();
+        self.memory = None;
+        self.direction = direction;
+        self.transfer_len = transfer_len;
+        self.data_in = data_in;
+        self.outstanding = 0;
+        self.moved = 0;
+        self.error = None;
+    }
+
+    /// Lets go of what the work kept (its disk, a pattern buffer) once the engine is done.
+    fn end(&mut self) {
+        self.disk = None;
+        self.pending = None;
+    }
+}
+
+/// What a command hands the engine.
+enum Submission {
+    /// One request (READ, WRITE, SYNCHRONIZE CACHE, WRITE SAME of zeroes), without a queue of
+    /// its own.
+    One(IoRequest),
+    /// Several requests at once (UNMAP) or one step after another (VERIFY, WRITE SAME with a
+    /// pattern).
+    Pending(PendingIo),
+}
+
+/// A command waiting, in its slot, for its stopped disk to resume; it keeps the slot, so that
+/// task management and shutdown see it.
 struct Held {
     slot: usize,
-    reply: Reply,
     disk: HeldOn,
 }
 
@@ -89,6 +145,7 @@ impl Drop for HeldOn {
 }
 
 /// Where and how a command's response goes.
+#[derive(Default)]
 struct Reply {
     head: u16,
     buffers: ChainBuffers,
@@ -102,8 +159,8 @@ struct Reply {
     lun: u16,
     tag: u64,
     opcode: u8,
-    /// When the pass that popped the chain began.
-    started: Instant,
+    /// When the pass that popped the chain began (the worker's clock).
+    started: u64,
 }
 
 /// What to write into a response.
@@ -149,10 +206,15 @@ pub struct RequestQueueWorker {
     /// Keeps the guest memory of the requests in flight mapped; declared after the engine,
     /// which is dropped first and waits for its requests.
     held_memory: HeldMemory,
-    /// Commands with the engine, by slot (their engine user_data); sized to the queue at
-    /// creation so that the steady state allocates nothing.
-    in_flight: Vec<Option<InFlight>>,
+    /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
+    /// so that the steady state allocates nothing.
+    in_flight: Vec<InFlight>,
+    /// Free slots, the spare not among them.
     free_slots: Vec<usize>,
+    /// The last slot: it takes a chain popped while every other slot is taken (only a driver
+    /// that made the same head available twice gets there). Its command may be answered at
+    /// once, but neither goes to the engine nor is held.
+    spare: usize,
     /// Where commands in flight are visible to task management: in table `task_queue`, slot
     /// for slot as in `in_flight`.
     tasks: Arc<TaskSet>,
@@ -162,9 +224,13 @@ pub struct RequestQueueWorker {
     popped: Vec<Chain>,
     /// Commands held for stopped disks, oldest first.
     held: VecDeque<Held>,
-    /// Read once per pass (and again when completions arrive), not per request: the clock of
-    /// the latency histogram.
-    clock: Instant,
+    /// The clock of the latency histogram, in nanoseconds since `epoch`: read once per pass
+    /// (and again when completions arrive), not per request.
+    clock: u64,
+    epoch: Instant,
+    /// Whether the logger takes trace records, asked once per pass (the level may change
+    /// while the server runs), so that a request pays one test, not a record, when it does not.
+    tracing: bool,
 }
 
 impl RequestQueueWorker {
@@ -183,20 +249,29 @@ impl RequestQueueWorker {
             sizes,
             engine,
             held_memory: HeldMemory::default(),
-            in_flight: (0..slots).map(|_| None).collect(),
+            in_flight: (0..=slots).map(|_| InFlight::default()).collect(),
             free_slots: (0..slots).rev().collect(),
+            spare: slots,
             tasks,
             task_queue,
             completions: Vec::with_capacity(slots),
             popped: Vec::with_capacity(slots),
             held: VecDeque::new(),
-            clock: Instant::now(),
+            clock: 0,
+            epoch: Instant::now(),
+            tracing: false,
         }
+    }
+
+    /// Reads the clock of the latency histogram, and whether requests are traced.
+    fn tick(&mut self) {
+        self.clock = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tracing = self.queue.logger().is_trace_enabled();
     }
 
     /// The driver kicked: serve every available chain, then interrupt once if needed.
     pub fn serve_available(&mut self) {
-        self.clock = Instant::now();
+        self.tick();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         self.serve_held(&mem, &snapshot);
@@ -229,9 +304,15 @@ impl RequestQueueWorker {
         self.queue.counters().set_in_flight(self.in_flight_count());
     }
 
-    /// Commands with the engine (held ones are not).
+    /// Commands with the engine (held ones are not); between passes, every other slot but the
+    /// spare is free.
     fn in_flight_count(&self) -> usize {
-        self.in_flight.len() - self.free_slots.len() - self.held.len()
+        self.spare - self.free_slots.len() - self.held.len()
+    }
+
+    /// The command in `slot`.
+    fn command(&self, slot: usize) -> Option<&InFlight> {
+        self.in_flight.get(slot)
     }
 
     /// Resubmits the held commands whose disk runs again, oldest first, and answers as
@@ -245,23 +326,23 @@ impl RequestQueueWorker {
         let mut luns = self.luns.load();
         // Rotates in place: a command held again while this runs goes behind the older ones.
         for _ in 0..self.held.len() {
-            let Some(held) = self.held.pop_front() else {
+            let Some(Held { slot, disk }) = self.held.pop_front() else {
                 break;
             };
-            let Held { slot, reply, disk } = held;
+            let Some((lun, tag)) = self.command(slot).map(|c| (c.reply.lun, c.reply.tag)) else {
+                continue;
+            };
             self.luns.refresh(&mut luns);
-            if removed_from(&luns, reply.lun, &disk.0) || self.tasks.aborting(reply.lun, reply.tag)
-            {
+            if removed_from(&luns, lun, &disk.0) || self.tasks.aborting(lun, tag) {
                 drop(disk);
-                self.abort_held(slot, reply, mem, &luns);
+                self.abort_held(slot, mem, &luns);
             } else if disk.0.io_status().is_stopped() {
-                self.held.push_back(Held { slot, reply, disk });
+                self.held.push_back(Held { slot, disk });
                 continue;
             } else {
                 drop(disk);
-                self.free_slots.push(slot);
                 self.tasks.finished(self.task_queue, slot);
-                self.run(reply, mem, snapshot, &luns);
+                self.run(slot, mem, snapshot, &luns);
             }
             served = true;
         }
@@ -271,78 +352,73 @@ impl RequestQueueWorker {
         served
     }
 
-    /// Answers a held command as aborted.
-    fn abort_held(&mut self, slot: usize, reply: Reply, mem: &CachedMemory<'_>, luns: &LunGuard) {
+    /// Answers the held command in `slot` as aborted.
+    fn abort_held(&mut self, slot: usize, mem: &CachedMemory<'_>, luns: &LunGuard) {
+        let Some(reply) = self.command(slot).map(|command| &command.reply) else {
+            return;
+        };
         debug!(self.queue.logger(), "held command aborted"; "lun" => reply.lun, "tag" => reply.tag);
-        self.free_slots.push(slot);
-        let resid = reply.data_len;
-        let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, resid);
+        let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, reply.data_len);
         let lun = luns.data(reply.lun);
-        self.finish(&reply, mem, answer, lun);
+        self.finish(slot, mem, answer, lun);
         self.tasks.finished(self.task_queue, slot);
     }
 
-    /// Holds `reply` in `slot` until its disk resumes; `errno` is the failure that stops the
-    /// disk, None for a command that came while it was stopped. A command that a waiting TMF
-    /// already names is answered as aborted instead.
-    fn hold(
-        &mut self,
-        slot: usize,
-        reply: Reply,
-        mem: &CachedMemory<'_>,
-        disk: Arc<Disk>,
-        errno: Option<i32>,
-    ) {
+    /// Holds the command in `slot` until its disk resumes; `errno` is the failure that stops
+    /// the disk, None for a command that came while it was stopped. A command that a waiting
+    /// TMF already names is answered as aborted instead.
+    fn hold(&mut self, slot: usize, mem: &CachedMemory<'_>, disk: Arc<Disk>, errno: Option<i32>) {
+        let Some((lun, tag, opcode)) = self
+            .command(slot)
+            .map(|command| (command.reply.lun, command.reply.tag, command.reply.opcode))
+        else {
+            return;
+        };
         if let Some(errno) = errno {
             let newly_stopped = disk.io_status().stop(errno);
             let error = std::io::Error::from_raw_os_error(errno);
             let policy = disk.error_policy();
             if newly_stopped {
                 warn!(self.queue.logger(), "lun stopped by its error policy";
-                    "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
+                    "lun" => lun, "tag" => tag, "opcode" => opcode,
                     "errno" => errno, "error" => %error,
                     "werror" => ?policy.write, "rerror" => ?policy.read,
                     "held" => disk.io_status().held() + 1);
             } else {
                 debug!(self.queue.logger(), "command failed on a stopped lun";
-                    "lun" => reply.lun, "tag" => reply.tag, "errno" => errno);
+                    "lun" => lun, "tag" => tag, "errno" => errno);
             }
         }
-        self.tasks
-            .started(self.task_queue, slot, reply.lun, reply.tag);
+        self.tasks.started(self.task_queue, slot, lun, tag);
         self.tasks.add_holder(self.queue.notifier());
         // Checked once this queue is a holder: a removal published before the load aborts the
         // command here, one published after it wakes this queue to abort it.
         let luns = self.luns.load();
-        if removed_from(&luns, reply.lun, &disk) || self.tasks.aborting(reply.lun, reply.tag) {
-            return self.abort_held(slot, reply, mem, &luns);
+        if removed_from(&luns, lun, &disk) || self.tasks.aborting(lun, tag) {
+            return self.abort_held(slot, mem, &luns);
         }
         drop(luns);
         self.held.push_back(Held {
             slot,
-            reply,
             disk: HeldOn::new(disk),
         });
     }
 
-    /// The engine is done with `request` in `slot`: answers it, or holds it when its disk's
+    /// The engine is done with the command in `slot`: answers it, or holds it when its disk's
     /// error policy says stop.
-    fn settle(
-        &mut self,
-        slot: usize,
-        request: InFlight,
-        lun: Option<&LunData>,
-        mem: &CachedMemory<'_>,
-    ) {
-        if let (Some(errno), Some(lun)) = (request.error, lun) {
-            let write = request.direction == Direction::ToDisk;
+    fn settle(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
+        let Some(command) = self.in_flight.get_mut(slot) else {
+            return;
+        };
+        command.io.end();
+        if let (Some(errno), Some(lun)) = (command.io.error, lun) {
+            let write = command.io.direction == Direction::ToDisk;
             if lun.disk.error_policy().action(errno, write) == ErrorAction::Stop {
                 let disk = Arc::clone(&lun.disk);
-                return self.hold(slot, request.reply, mem, disk, Some(errno));
+                return self.hold(slot, mem, disk, Some(errno));
             }
         }
-        self.free_slots.push(slot);
-        self.finish_io(&request, lun, mem);
+        self.finish_io(slot, lun, mem);
         self.tasks.finished(self.task_queue, slot);
     }
 
@@ -358,11 +434,15 @@ impl RequestQueueWorker {
     /// Serves new chains and completions with notifications left suppressed; true when there
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
-        self.clock = Instant::now();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
+        // Most looks find nothing: the clock is read only for work (reap reads its own).
+        let available = self.queue.has_available(&mem);
+        if available || !self.held.is_empty() {
+            self.tick();
+        }
         let mut served = self.serve_held(&mem, &snapshot);
-        if self.queue.has_available(&mem) {
+        if available {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             served = true;
@@ -386,7 +466,7 @@ impl RequestQueueWorker {
                 return reaped;
             }
             reaped += completions.len();
-            self.clock = Instant::now();
+            self.tick();
             let luns = self.luns.load();
             for completion in completions.drain(..) {
                 self.complete(completion, &luns, mem);
@@ -396,6 +476,7 @@ impl RequestQueueWorker {
         }
     }
 
+    /// Collects the chain's buffers into a slot and runs its command.
     fn start(
         &mut self,
         chain: Chain,
@@ -404,55 +485,55 @@ impl RequestQueueWorker {
         luns: &LunGuard,
     ) {
         let head = chain.head_index();
+        let slot = self.free_slots.pop().unwrap_or(self.spare);
         let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
-        let reply = Reply {
-            head,
-            buffers,
-            resp_size: CMD_RESP_HEADER_SIZE as u64 + sense_size,
-            sense_size,
-            data_len: 0,
-            parameters_len: 0,
-            lun: 0,
-            tag: 0,
-            opcode: 0,
-            started: self.clock,
+        let Some(reply) = reply_in(&mut self.in_flight, slot) else {
+            return;
         };
+        reply.head = head;
+        reply.buffers = buffers;
+        reply.resp_size = CMD_RESP_HEADER_SIZE as u64 + sense_size;
+        reply.sense_size = sense_size;
+        reply.data_len = 0;
+        reply.parameters_len = 0;
+        reply.lun = 0;
+        reply.tag = 0;
+        reply.opcode = 0;
+        reply.started = self.clock;
         if let Some(defect) = defect {
             debug!(self.queue.logger(), "bad chain"; "head" => head, "defect" => defect.name());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
-            return self.finish(&reply, mem, answer, None);
+            return self.finish(slot, mem, answer, None);
         }
-        self.run(reply, mem, snapshot, luns);
+        self.run(slot, mem, snapshot, luns);
     }
 
-    /// Parses and executes the command whose buffers `reply` holds (again, for a command that
-    /// was held).
+    /// Parses and executes the command in `slot` (again, for a command that was held).
     fn run(
         &mut self,
-        mut reply: Reply,
+        slot: usize,
         mem: &CachedMemory<'_>,
         snapshot: &MemorySnapshot,
         luns: &LunGuard,
     ) {
-        let head = reply.head;
         let cdb_size = u64::from(self.sizes.cdb_size());
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
         let mut header = [0u8; CMD_REQ_HEADER_SIZE];
         let mut cdb_bytes = [0u8; MAX_CDB_KEPT];
         let cdb = &mut cdb_bytes[..cdb_size.min(MAX_CDB_KEPT as u64) as usize];
-        let header_read = reply.buffers.readable.len() >= header_len
-            && reply.buffers.readable.read(mem, 0, &mut header).is_ok()
-            && reply
-                .buffers
-                .readable
-                .read(mem, CMD_REQ_HEADER_SIZE as u64, cdb)
-                .is_ok();
+        let Some(reply) = reply_in(&mut self.in_flight, slot) else {
+            return;
+        };
+        let readable = &reply.buffers.readable;
+        let header_read = readable.len() >= header_len
+            && readable.read(mem, 0, &mut header).is_ok()
+            && readable.read(mem, CMD_REQ_HEADER_SIZE as u64, cdb).is_ok();
         if !header_read {
             debug!(self.queue.logger(), "request header too short";
-                "head" => head, "readable" => reply.buffers.readable.len());
+                "head" => reply.head, "readable" => readable.len());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
-            return self.finish(&reply, mem, answer, None);
+            return self.finish(slot, mem, answer, None);
         }
         let header = CmdRequestHeader::parse(&header);
         reply.tag = header.tag;
@@ -460,15 +541,15 @@ impl RequestQueueWorker {
         let data_out_len = reply.buffers.readable.len() - header_len;
         let data_in_len = reply.buffers.writable.len().saturating_sub(reply.resp_size);
         reply.data_len = data_out_len.max(data_in_len);
+        let resid = reply.data_len;
 
         let lun = match lun_address::parse(&header.lun) {
             Ok(lun) => lun,
             Err(error) => {
                 debug!(self.queue.logger(), "bad lun address";
                     "tag" => header.tag, "error" => %error);
-                let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_BAD_TARGET, resid);
-                return self.finish(&reply, mem, answer, None);
+                return self.finish(slot, mem, answer, None);
             }
         };
         reply.lun = lun;
@@ -477,9 +558,8 @@ impl RequestQueueWorker {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
                 "lun" => lun, "tag" => header.tag);
-            let resid = reply.data_len;
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(&reply, mem, answer, unit);
+            return self.finish(slot, mem, answer, unit);
         }
 
         let mut parameters = Vec::new();
@@ -491,51 +571,46 @@ impl RequestQueueWorker {
                 .read(mem, header_len, &mut parameters)
                 .is_err()
             {
-                let resid = reply.data_len;
                 let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-                return self.finish(&reply, mem, answer, unit);
+                return self.finish(slot, mem, answer, unit);
             }
             reply.parameters_len = parameters.len() as u64;
         }
+        let parameters_len = reply.parameters_len;
         match luns.execute(lun, cdb, &parameters, data_out_len) {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
-                    let resid = reply.data_len;
                     let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-                    return self.finish(&reply, mem, answer, unit);
+                    return self.finish(slot, mem, answer, unit);
                 }
-                let resid = reply
-                    .data_len
-                    .saturating_sub(reply.parameters_len + data_in.len() as u64);
                 let answer = Answer {
                     response: VIRTIO_SCSI_S_OK,
                     status: STATUS_GOOD,
                     sense: None,
-                    resid,
+                    resid: resid.saturating_sub(parameters_len + data_in.len() as u64),
                     data_in: &data_in,
                     data_in_moved: 0,
                 };
-                self.finish(&reply, mem, answer, unit)
+                self.finish(slot, mem, answer, unit)
             }
             Outcome::CheckCondition(sense) => {
-                let resid = reply.data_len;
-                self.finish(&reply, mem, Answer::check_condition(sense, resid), unit)
+                self.finish(slot, mem, Answer::check_condition(sense, resid), unit)
             }
             Outcome::Io(io) => {
                 let Some(unit) = unit else {
-                    let resid = reply.data_len;
                     let answer = Answer::check_condition(Sense::LOGICAL_UNIT_NOT_SUPPORTED, resid);
-                    return self.finish(&reply, mem, answer, None);
+                    return self.finish(slot, mem, answer, None);
                 };
                 let lengths = (header_len, data_out_len, data_in_len);
-                self.start_io(reply, mem, snapshot, io, unit, lengths)
+                self.start_io(slot, mem, snapshot, io, unit, lengths)
             }
         }
     }
 
+    /// Hands the disk work of the command in `slot` to the engine.
     fn start_io(
         &mut self,
-        reply: Reply,
+        slot: usize,
         mem: &CachedMemory<'_>,
         snapshot: &MemorySnapshot,
         io: DiskIo,
@@ -543,28 +618,24 @@ impl RequestQueueWorker {
         (header_len, data_out_len, data_in_len): (u64, u64, u64),
     ) {
         let disk = &lun.disk;
-        if disk.io_status().is_stopped() {
-            if let Some(slot) = self.free_slots.pop() {
-                return self.hold(slot, reply, mem, Arc::clone(disk), None);
-            }
+        if disk.io_status().is_stopped() && slot != self.spare {
+            return self.hold(slot, mem, Arc::clone(disk), None);
         }
-        let overrun = |reply: Reply, this: &mut Self| {
-            let resid = reply.data_len;
-            let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
-            this.finish(&reply, mem, answer, Some(lun))
+        let Some(command) = self.in_flight.get_mut(slot) else {
+            return;
         };
-        let failure = |reply: Reply, this: &mut Self| {
-            let resid = reply.data_len;
-            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            this.finish(&reply, mem, answer, Some(lun))
+        let reply = &command.reply;
+        let resid = reply.data_len;
+        let answer_with = |response: u32, this: &mut Self| {
+            this.finish(slot, mem, Answer::transport(response, resid), Some(lun));
         };
-        let (pending, direction, transfer_len, data_in) = match io {
+        let (submission, (direction, transfer_len, data_in)) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
-                    return overrun(reply, self);
+                    return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
                 let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
-                    return failure(reply, self);
+                    return answer_with(VIRTIO_SCSI_S_FAILURE, self);
                 };
                 // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
                 // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
@@ -572,20 +643,17 @@ impl RequestQueueWorker {
                 // chain belongs to the device until we return it, which happens only after the
                 // completion.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
-                let request = IoRequest::Read { offset, buffers };
                 (
-                    PendingIo::Batch(smallvec![request]),
-                    Direction::FromDisk,
-                    len,
-                    true,
+                    Submission::One(IoRequest::Read { offset, buffers }),
+                    (Direction::FromDisk, len, true),
                 )
             }
             DiskIo::Write { offset, len, fua } => {
                 if len > data_out_len || data_in_len > 0 {
-                    return overrun(reply, self);
+                    return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
                 let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
-                    return failure(reply, self);
+                    return answer_with(VIRTIO_SCSI_S_FAILURE, self);
                 };
                 // SAFETY: as for reads: checked, kept mapped by the pass and held_memory, owned
                 // by the device until the chain is returned after the completion.
@@ -595,34 +663,28 @@ impl RequestQueueWorker {
                     buffers,
                     fua,
                 };
-                (
-                    PendingIo::Batch(smallvec![request]),
-                    Direction::ToDisk,
-                    len,
-                    false,
-                )
+                (Submission::One(request), (Direction::ToDisk, len, false))
             }
             DiskIo::Flush => (
-                PendingIo::Batch(smallvec![IoRequest::Flush]),
-                Direction::ToDisk,
-                0,
-                false,
+                Submission::One(IoRequest::Flush),
+                (Direction::ToDisk, 0, false),
             ),
             DiskIo::Verify { offset, len } => (
-                PendingIo::Verify {
+                Submission::Pending(PendingIo::Verify {
                     next: offset,
                     end: offset.saturating_add(len),
-                },
-                Direction::FromDisk,
-                0,
-                false,
+                }),
+                (Direction::FromDisk, 0, false),
             ),
             DiskIo::Discard { ranges } => {
                 let requests = ranges
                     .into_iter()
                     .map(|(offset, len)| IoRequest::Discard { offset, len })
                     .collect();
-                (PendingIo::Batch(requests), Direction::ToDisk, 0, false)
+                (
+                    Submission::Pending(PendingIo::Batch(requests)),
+                    (Direction::ToDisk, 0, false),
+                )
             }
             DiskIo::WriteZeroes {
                 offset,
@@ -634,12 +696,7 @@ impl RequestQueueWorker {
                     len,
                     may_unmap,
                 };
-                (
-                    PendingIo::Batch(smallvec![request]),
-                    Direction::ToDisk,
-                    0,
-                    false,
-                )
+                (Submission::One(request), (Direction::ToDisk, 0, false))
             }
             DiskIo::WriteSame {
                 offset,
@@ -647,105 +704,89 @@ impl RequestQueueWorker {
                 block,
                 fua,
             } => (
-                PendingIo::pattern(offset, len, &block, fua),
-                Direction::ToDisk,
-                0,
-                false,
+                Submission::Pending(PendingIo::pattern(offset, len, &block, fua)),
+                (Direction::ToDisk, 0, false),
             ),
-        };
-        let disk_kept = (!matches!(pending, PendingIo::Batch(_))).then(|| Arc::clone(disk));
-        let mut request = InFlight {
-            reply,
-            memory: None,
-            disk: disk_kept,
-            direction,
-            transfer_len,
-            data_in,
-            pending,
-            outstanding: 0,
-            moved: 0,
-            error: None,
         };
         // More commands than descriptors in flight only comes from a driver that made the same
         // head available twice.
-        let Some(slot) = self.free_slots.pop() else {
+        if slot == self.spare {
             debug!(self.queue.logger(), "more commands than descriptors";
-                "head" => request.reply.head, "tag" => request.reply.tag);
-            let resid = request.reply.data_len;
-            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, resid);
-            return self.finish(&request.reply, mem, answer, Some(lun));
-        };
-        let logger = self.queue.logger();
-        submit_ready(&mut *self.engine, logger, slot as u64, &mut request, disk);
-        if request.outstanding == 0 {
-            self.settle(slot, request, Some(lun), mem);
-        } else {
-            self.lun_counters(lun).started();
-            let (lun, tag) = (request.reply.lun, request.reply.tag);
-            self.tasks.started(self.task_queue, slot, lun, tag);
-            request.memory = Some(self.held_memory.hold(snapshot));
-            self.in_flight[slot] = Some(request);
+                "head" => reply.head, "tag" => reply.tag);
+            return answer_with(VIRTIO_SCSI_S_FAILURE, self);
         }
+        let task = (reply.lun, reply.tag);
+        let work = &mut command.io;
+        work.start(direction, transfer_len, data_in);
+        let logger = self.queue.logger();
+        let engine = &mut *self.engine;
+        match submission {
+            Submission::One(request) => submit(engine, logger, slot, work, task, disk, request),
+            Submission::Pending(pending) => {
+                if !matches!(pending, PendingIo::Batch(_)) {
+                    work.disk = Some(Arc::clone(disk));
+                }
+                work.pending = Some(pending);
+                submit_ready(engine, logger, slot, work, task, disk);
+            }
+        }
+        if work.outstanding == 0 {
+            return self.settle(slot, Some(lun), mem);
+        }
+        work.memory = Some(self.held_memory.hold(snapshot));
+        self.lun_counters(lun).started();
+        self.tasks.started(self.task_queue, slot, task.0, task.1);
     }
 
-    /// Counts a completion of the request in `slot` (updated in place: in-flight records are
-    /// big, and moving them showed in profiles), submits its next chunk, and answers it when
-    /// nothing is left.
+    /// Counts a completion of the command in its slot, submits its next chunk, and answers it
+    /// when nothing is left.
     fn complete(&mut self, completion: Completion, luns: &LunGuard, mem: &CachedMemory<'_>) {
         let slot = usize::try_from(completion.user_data).unwrap_or(usize::MAX);
-        let Some(request) = self.in_flight.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(command) = self
+            .in_flight
+            .get_mut(slot)
+            .filter(|command| command.io.outstanding > 0)
+        else {
             debug!(self.queue.logger(), "completion without request"; "user_data" => completion.user_data);
             return;
         };
-        request.outstanding = request.outstanding.saturating_sub(1);
+        let task = (command.reply.lun, command.reply.tag);
+        let work = &mut command.io;
+        work.outstanding -= 1;
         match completion.result {
-            Ok(bytes) => request.moved += bytes,
+            Ok(bytes) => work.moved += bytes,
             Err(errno) => {
-                request.error.get_or_insert(errno);
+                work.error.get_or_insert(errno);
             }
         }
-        if request.error.is_none() {
-            if let Some(disk) = request.disk.take() {
+        if work.error.is_none() {
+            if let Some(disk) = work.disk.take() {
                 let logger = self.queue.logger();
-                submit_ready(
-                    &mut *self.engine,
-                    logger,
-                    completion.user_data,
-                    request,
-                    &disk,
-                );
-                request.disk = Some(disk);
+                submit_ready(&mut *self.engine, logger, slot, work, task, &disk);
+                work.disk = Some(disk);
             }
         }
-        if request.outstanding > 0 {
+        if work.outstanding > 0 {
             return;
         }
-        let Some(mut request) = self.in_flight[slot].take() else {
-            return;
-        };
-        if let Some(hold) = request.memory.take() {
+        if let Some(hold) = work.memory.take() {
             self.held_memory.release(hold);
         }
         // A command in flight keeps its LUN in the snapshots, removed or not (see
         // `lun_data`), until the counters below say it is done.
-        let lun = luns.data(request.reply.lun);
+        let lun = luns.data(task.0);
         if let Some(lun) = lun {
             self.lun_counters(lun).finished();
         }
-        self.settle(slot, request, lun, mem);
+        self.settle(slot, lun, mem);
     }
 
-    fn finish_io(&mut self, request: &InFlight, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
-        let InFlight {
-            ref reply,
-            direction,
-            transfer_len,
-            data_in,
-            moved,
-            error,
-            ..
-        } = *request;
-        let answer = match error {
+    /// Answers the command in `slot` from what its disk work did.
+    fn finish_io(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
+        let Some(InFlight { reply, io }) = self.command(slot) else {
+            return;
+        };
+        let answer = match io.error {
             Some(errno) => {
                 if let Some(lun) = lun {
                     backend_errors::report(
@@ -755,15 +796,15 @@ impl RequestQueueWorker {
                         reply.tag,
                         reply.opcode,
                         errno,
-                        direction,
+                        io.direction,
                     );
                 }
-                Answer::check_condition(error_sense(errno, direction), reply.data_len)
+                Answer::check_condition(error_sense(errno, io.direction), reply.data_len)
             }
             None => {
-                let moved = moved.min(transfer_len);
+                let moved = io.moved.min(io.transfer_len);
                 let lun_counters = lun.map(|lun| self.lun_counters(lun));
-                if data_in {
+                if io.data_in {
                     self.queue.counters().read(moved);
                     lun_counters.inspect(|counters| counters.read(moved));
                 } else {
@@ -776,11 +817,11 @@ impl RequestQueueWorker {
                     sense: None,
                     resid: reply.data_len.saturating_sub(reply.parameters_len + moved),
                     data_in: &[],
-                    data_in_moved: if data_in { moved } else { 0 },
+                    data_in_moved: if io.data_in { moved } else { 0 },
                 }
             }
         };
-        self.finish(reply, mem, answer, lun);
+        self.finish(slot, mem, answer, lun);
     }
 
     /// This queue's share of a LUN's counters.
@@ -788,34 +829,44 @@ impl RequestQueueWorker {
         lun.counters.queue(self.task_queue)
     }
 
-    /// Writes the response (when the buffers can hold its header), returns the chain, and
-    /// counts the command for the queue and for `lun`, the LUN that answered it, if one did.
+    /// Writes the response of the command in `slot` (when the buffers can hold its header),
+    /// returns the chain, counts the command for the queue and for `lun`, the LUN that
+    /// answered it, if one did, and frees the slot.
     fn finish(
         &mut self,
-        reply: &Reply,
+        slot: usize,
         mem: &CachedMemory<'_>,
         answer: Answer<'_>,
         lun: Option<&LunData>,
     ) {
+        let Some(reply) = self.command(slot).map(|command| &command.reply) else {
+            return;
+        };
         let used = write_response(reply, mem, &answer);
         if used.is_none() {
             debug!(self.queue.logger(), "response not writable";
                 "head" => reply.head, "writable" => reply.buffers.writable.len());
         }
-        trace!(self.queue.logger(), "request";
-            "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
-            "response" => answer.response, "status" => answer.status);
+        if self.tracing {
+            trace!(self.queue.logger(), "request";
+                "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode,
+                "response" => answer.response, "status" => answer.status);
+        }
         let counters = self.queue.counters();
         if answer.response != VIRTIO_SCSI_S_OK {
             counters.transport_failure();
         }
         let sense_key = answer.sense.map(|sense| sense.key);
-        let latency = self.clock.saturating_duration_since(reply.started);
+        let latency = LatencyBucket::of_nanos(self.clock.saturating_sub(reply.started));
         counters.answered(sense_key, latency);
         if let Some(lun) = lun {
             self.lun_counters(lun).answered(sense_key, latency);
         }
-        self.queue.add_used(mem, reply.head, used.unwrap_or(0));
+        let head = reply.head;
+        self.queue.add_used(mem, head, used.unwrap_or(0));
+        if slot != self.spare {
+            self.free_slots.push(slot);
+        }
     }
 }
 
@@ -824,8 +875,11 @@ impl Drop for RequestQueueWorker {
     /// driver was told about is lost, but an operator should know which ones went.
     fn drop(&mut self) {
         for held in &self.held {
+            let Some(reply) = self.command(held.slot).map(|command| &command.reply) else {
+                continue;
+            };
             warn!(self.queue.logger(), "held request dropped";
-                "lun" => held.reply.lun, "tag" => held.reply.tag, "opcode" => held.reply.opcode);
+                "lun" => reply.lun, "tag" => reply.tag, "opcode" => reply.opcode);
         }
     }
 }
@@ -874,24 +928,46 @@ impl QueueWorker for RequestQueueWorker {
     }
 }
 
-/// Submits what `request` has ready; a refused submission counts as an I/O error.
+/// Hands one request of the command in `slot` (its LUN and tag in `task`) to the engine; a
+/// refused submission counts as an I/O error.
+fn submit(
+    engine: &mut dyn Engine,
+    logger: &Logger,
+    slot: usize,
+    work: &mut DiskWork,
+    (lun, tag): (u16, u64),
+    disk: &Arc<Disk>,
+    request: IoRequest,
+) {
+    match engine.submit(disk, request, slot as u64) {
+        Ok(()) => work.outstanding += 1,
+        Err(error) => {
+            debug!(logger, "submit refused"; "lun" => lun, "tag" => tag, "error" => %error);
+            work.error.get_or_insert(libc::EIO);
+        }
+    }
+}
+
+/// Submits what the pending requests of `work` have ready.
 fn submit_ready(
     engine: &mut dyn Engine,
     logger: &Logger,
-    id: u64,
-    request: &mut InFlight,
+    slot: usize,
+    work: &mut DiskWork,
+    task: (u16, u64),
     disk: &Arc<Disk>,
 ) {
-    for io in request.pending.take_ready() {
-        match engine.submit(disk, io, id) {
-            Ok(()) => request.outstanding += 1,
-            Err(error) => {
-                debug!(logger, "submit refused";
-                    "lun" => request.reply.lun, "tag" => request.reply.tag, "error" => %error);
-                request.error.get_or_insert(libc::EIO);
-            }
-        }
+    let Some(pending) = work.pending.as_mut() else {
+        return;
+    };
+    for request in pending.take_ready() {
+        submit(engine, logger, slot, work, task, disk, request);
     }
+}
+
+/// The reply of the command in `slot`, borrowing only the records.
+fn reply_in(in_flight: &mut [InFlight], slot: usize) -> Option<&mut Reply> {
+    in_flight.get_mut(slot).map(|command| &mut command.reply)
 }
 
 /// Whether `lun` no longer serves `disk`: it was removed (and maybe added again).
