@@ -398,7 +398,9 @@ fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
         let stats = ctl_ok(control, &["stats"]);
-        if stats["result"]["luns"][1]["in_flight"] == 1 || Instant::now() > deadline {
+        let seen = stats["result"]["luns"][1]["in_flight"] == 1
+            && stats["result"]["queues"][0]["in_flight"] == 1;
+        if seen || Instant::now() > deadline {
             break stats;
         }
         std::thread::sleep(Duration::from_millis(5));
