@@ -3,7 +3,7 @@
 //! pauses it, takes its queues back and stops it.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,7 +14,7 @@ use slog::{debug, error, Logger};
 use virtio::QueueWorker;
 
 use crate::poll_window::PollWindow;
-use crate::queue_set::{thread_name, QueueSet, OWNER_TOKEN};
+use crate::queue_set::{thread_name, Polled, QueueSet, OWNER_TOKEN};
 
 enum Command {
     Adopt(Box<dyn QueueWorker>),
@@ -65,6 +65,8 @@ pub struct Iothread {
     name: String,
     time: Arc<TimeCounters>,
     commands: Sender<Command>,
+    /// Set after each command sent, before the waker fires.
+    pending: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
 }
@@ -79,17 +81,23 @@ impl Iothread {
         let thread_log = log.clone();
         let time = Arc::new(TimeCounters::default());
         let thread_time = Arc::clone(&time);
+        let pending = Arc::new(AtomicBool::new(false));
+        let thread_commands = Commands {
+            receiver,
+            pending: Arc::clone(&pending),
+        };
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 let window = PollWindow::new(poll_max_ns);
-                run(set, receiver, window, &thread_time, &thread_log)
+                run(set, &thread_commands, window, &thread_time, &thread_log)
             })?;
         debug!(log, "iothread started"; "iothread" => name);
         Ok(Iothread {
             name: name.to_string(),
             time,
             commands,
+            pending,
             waker,
             thread: Some(thread),
         })
@@ -111,7 +119,11 @@ impl Iothread {
 
     /// Sends a command; false when the thread is gone.
     fn send(&self, command: Command) -> bool {
-        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+        if self.commands.send(command).is_err() {
+            return false;
+        }
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake().is_ok()
     }
 
     pub fn adopt(&self, worker: Box<dyn QueueWorker>) {
@@ -168,50 +180,50 @@ impl Drop for Iothread {
 
 fn run(
     mut set: QueueSet,
-    commands: Receiver<Command>,
+    commands: &Commands,
     mut window: PollWindow,
     time: &TimeCounters,
     log: &Logger,
 ) {
-    let mut looked = Instant::now();
-    // Polling that found work leaves notifications off; a pass that then took longer than the
-    // window's maximum turns polling off, and the thread must not sleep before turning them on.
-    let mut notifications_off = false;
+    // The one clock read of a pass that finds work: the end of a pass is the start of the next.
+    let mut pass_start = Instant::now();
+    let mut looked = pass_start;
     loop {
-        let started = Instant::now();
         let polling = window.current();
-        let found_work = if polling.is_zero() || set.is_empty() {
-            if std::mem::take(&mut notifications_off) {
-                set.stop_polling();
-            }
-            false
+        let found = if polling.is_zero() || set.is_empty() {
+            set.stop_polling();
+            Polled::GaveUp
         } else {
             set.poll_queues(polling)
         };
-        notifications_off = found_work;
-        let polled = started.elapsed();
         // Notifications stay off while polling finds work, and the queues' kicks and
         // completions were served by polling: poll again without a system call. The `Poll`
         // (queues that are not polled, the owner's waker) is still looked at now and then.
-        let result = if !found_work {
-            looked = started;
-            set.poll(None)
-        } else if started.duration_since(looked) >= EVENT_LOOK_INTERVAL {
-            looked = started;
-            set.poll(Some(Duration::ZERO))
-        } else {
-            Ok(false)
+        let (result, waited) = match found {
+            Polled::Found { waited } => {
+                let result = if pass_start.duration_since(looked) >= EVENT_LOOK_INTERVAL {
+                    looked = pass_start;
+                    set.poll(Some(Duration::ZERO))
+                } else {
+                    Ok(false)
+                };
+                (result, waited)
+            }
+            Polled::GaveUp => {
+                let result = set.poll(None);
+                looked = pass_start;
+                // The window polled in vain, then the sleep: not the serving that followed.
+                (result, polling + set.slept())
+            }
         };
-        let pass = started.elapsed();
-        window.adjust(pass);
+        window.adjust(waited);
+        let pass_end = Instant::now();
         let slept = set.take_slept();
-        if found_work {
-            add(&time.busy_ns, pass.saturating_sub(slept));
-        } else {
-            add(&time.poll_ns, polled);
-            add(&time.busy_ns, pass.saturating_sub(polled + slept));
-        }
+        let pass = pass_end.duration_since(pass_start);
         add(&time.sleep_ns, slept);
+        add(&time.poll_ns, waited.saturating_sub(slept));
+        add(&time.busy_ns, pass.saturating_sub(waited));
+        pass_start = pass_end;
         match result {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -220,16 +232,40 @@ fn run(
                 return;
             }
         }
-        // The waker may have fired during a drain and been consumed: always look.
+        if commands.take_pending() {
+            if !commands.execute(&mut set, log) {
+                return;
+            }
+            pass_start = Instant::now();
+        }
+    }
+}
+
+/// The receiving end of the control channel, with a flag that says a command waits, so that a
+/// pass looks at the channel only when the main loop sent something.
+struct Commands {
+    receiver: Receiver<Command>,
+    pending: Arc<AtomicBool>,
+}
+
+impl Commands {
+    /// Whether a command was sent since the last look (a relaxed load first: the flag is only
+    /// written when a command is sent).
+    fn take_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) && self.pending.swap(false, Ordering::Acquire)
+    }
+
+    /// Carries out the commands waiting; false when the thread must stop.
+    fn execute(&self, set: &mut QueueSet, log: &Logger) -> bool {
         loop {
-            match commands.try_recv() {
+            match self.receiver.try_recv() {
                 Ok(command) => {
-                    if !execute(&mut set, command, &commands, log) {
-                        return;
+                    if !execute(set, command, &self.receiver, log) {
+                        return false;
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
             }
         }
     }
@@ -325,10 +361,11 @@ mod tests {
         notifications_off: AtomicBool,
         kicks: AtomicU64,
         slow_poll_started: AtomicBool,
+        polls_after_the_slow_one: AtomicU64,
     }
 
-    /// A queue whose first poll finds work only after a pass longer than the polling window's
-    /// maximum (a preempted or long serving pass), which turns polling off.
+    /// A queue whose first poll serves a batch that takes longer than the polling window's
+    /// maximum (a preempted or long serving pass), then never finds work again.
     struct SlowPollWorker {
         notifier: Arc<EventFd>,
         observed: Arc<Observed>,
@@ -362,6 +399,9 @@ mod tests {
         }
         fn poll(&mut self) -> bool {
             if self.observed.slow_poll_started.swap(true, Ordering::SeqCst) {
+                self.observed
+                    .polls_after_the_slow_one
+                    .fetch_add(1, Ordering::SeqCst);
                 return false;
             }
             std::thread::sleep(POLL_MAX * 2);
@@ -386,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn polling_turned_off_by_a_long_pass_turns_notifications_back_on_before_sleeping() {
+    fn a_slow_batch_keeps_polling_on_and_notifications_are_back_on_before_sleeping() {
         let log = Logger::root(slog::Discard, slog::o!());
         let max_ns = u64::try_from(POLL_MAX.as_nanos()).unwrap();
         let iothread = Iothread::spawn("io-slow-poll", max_ns, &log).unwrap();
@@ -411,8 +451,13 @@ mod tests {
             }
         }
         assert!(started, "the iothread polled the queue");
-        // The slow pass ends, polling is off, and the thread goes to sleep.
+        // The slow pass ends; the time spent serving says nothing about how soon work comes, so
+        // the thread polls on for its window, then turns notifications on and sleeps.
         std::thread::sleep(POLL_MAX * 6);
+        assert!(
+            observed.polls_after_the_slow_one.load(Ordering::SeqCst) > 0,
+            "the slow batch turned polling off"
+        );
         assert!(
             !observed.notifications_off.load(Ordering::SeqCst),
             "the iothread sleeps with the driver's notifications off: a kick would be lost"

@@ -159,14 +159,15 @@ impl<D: Drain> Drain for LevelFilter<D> {
     type Err = D::Err;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<Self::Ok, Self::Err> {
-        if record.level().as_usize() <= self.level.load(Ordering::Relaxed) {
+        if self.is_enabled(record.level()) {
             self.drain.log(record, values).map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// Lets a hot path ask once whether a level is logged instead of building its records.
+    /// Lets a hot path (a queue's pass, the vfio-user loop's per-message debug record) ask
+    /// once whether a level is logged instead of building its records.
     fn is_enabled(&self, level: slog::Level) -> bool {
         level.as_usize() <= self.level.load(Ordering::Relaxed) && self.drain.is_enabled(level)
     }
@@ -308,8 +309,10 @@ mod tests {
         let path = dir.path().join("log");
         let (log, control, guard) = build(LogFormat::Term, LogLevel::Warn, Some(&path)).unwrap();
         slog::debug!(log, "hidden");
+        assert!(!log.is_debug_enabled());
         control.set_level(LogLevel::Debug);
         assert_eq!(control.level(), LogLevel::Debug);
+        assert!(log.is_debug_enabled());
         slog::debug!(log, "shown");
         drop(log);
         drop(guard);

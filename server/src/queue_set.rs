@@ -25,7 +25,18 @@ pub struct QueueSet {
     ready: Vec<Token>,
     /// Time blocked waiting for events since `take_slept`.
     slept: Duration,
+    /// Polling asked the drivers not to notify, and no `stop_polling` has asked them again.
+    notifications_suppressed: bool,
     log: Logger,
+}
+
+/// What `QueueSet::poll_queues` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// A queue had work, found after polling `waited` (zero: at the first look).
+    Found { waited: Duration },
+    /// The window ran out: notifications are back on.
+    GaveUp,
 }
 
 /// What woke a queue's thread.
@@ -69,6 +80,7 @@ impl QueueSet {
             workers: Vec::new(),
             ready: Vec::with_capacity(64),
             slept: Duration::ZERO,
+            notifications_suppressed: false,
             log: log.clone(),
         })
     }
@@ -149,6 +161,11 @@ impl QueueSet {
         Ok(owner)
     }
 
+    /// The time spent blocked in `poll` since the last `take_slept`.
+    pub fn slept(&self) -> Duration {
+        self.slept
+    }
+
     /// The time spent blocked in `poll` since the last call.
     pub fn take_slept(&mut self) -> Duration {
         std::mem::take(&mut self.slept)
@@ -186,39 +203,62 @@ impl QueueSet {
             "in_flight" => worker.in_flight());
     }
 
-    /// Polls every queue for up to `window` with driver notifications suppressed; true when
-    /// one had work (notifications stay suppressed: poll again). False when the window ran out:
-    /// notifications are back on and whatever raced in has been served.
-    pub fn poll_queues(&mut self, window: Duration) -> bool {
-        let start = Instant::now();
-        for worker in self.workers.iter_mut().flatten() {
-            worker.start_polling();
-        }
-        loop {
-            let mut served = false;
+    /// Polls every queue for up to `window` with driver notifications suppressed. `Found`
+    /// when one had work (notifications stay suppressed: poll again), with the time polling
+    /// waited for it; `GaveUp` when the window ran out: notifications are back on and whatever
+    /// raced in has been served.
+    ///
+    /// Work found by the first look costs no clock read, and notifications already suppressed
+    /// by the previous call are not suppressed again: under load a pass is the queues' own work.
+    pub fn poll_queues(&mut self, window: Duration) -> Polled {
+        if !self.notifications_suppressed {
             for worker in self.workers.iter_mut().flatten() {
-                if worker.poll() {
-                    served = true;
-                    trace!(self.log, "queue served";
-                        "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
-                        "wakeup" => "poll", "in_flight" => worker.in_flight());
-                }
+                worker.start_polling();
             }
-            if served {
-                return true;
+            self.notifications_suppressed = true;
+        }
+        let mut first_miss: Option<Instant> = None;
+        let mut last_miss: Option<Instant> = None;
+        loop {
+            if self.poll_once() {
+                let waited = match (first_miss, last_miss) {
+                    (Some(first), Some(last)) => last.duration_since(first),
+                    _ => Duration::ZERO,
+                };
+                return Polled::Found { waited };
             }
-            if start.elapsed() >= window {
+            let now = Instant::now();
+            let first = *first_miss.get_or_insert(now);
+            if now.duration_since(first) >= window {
                 break;
             }
+            last_miss = Some(now);
             std::hint::spin_loop();
         }
         self.stop_polling();
-        false
+        Polled::GaveUp
     }
 
-    /// Turns driver notifications back on after polling and serves what raced in: due before
-    /// any sleep that follows a `poll_queues` that found work.
+    /// One look at every queue; true when one had work.
+    fn poll_once(&mut self) -> bool {
+        let mut served = false;
+        for worker in self.workers.iter_mut().flatten() {
+            if worker.poll() {
+                served = true;
+                trace!(self.log, "queue served";
+                    "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
+                    "wakeup" => "poll", "in_flight" => worker.in_flight());
+            }
+        }
+        served
+    }
+
+    /// Turns driver notifications back on after polling, if polling had turned them off, and
+    /// serves what raced in: due before any sleep.
     pub fn stop_polling(&mut self) {
+        if !std::mem::take(&mut self.notifications_suppressed) {
+            return;
+        }
         for worker in self.workers.iter_mut().flatten() {
             worker.stop_polling();
         }
@@ -349,17 +389,39 @@ mod tests {
     #[test]
     fn polling_that_finds_work_keeps_notifications_off() {
         let (mut set, calls) = set_with(3);
-        assert!(set.poll_queues(Duration::from_secs(5)));
+        assert!(matches!(
+            set.poll_queues(Duration::from_secs(5)),
+            Polled::Found { waited } if waited > Duration::ZERO
+        ));
         assert_eq!(calls[STARTED].load(Ordering::SeqCst), 1);
         assert_eq!(calls[POLLED].load(Ordering::SeqCst), 3);
         assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 0);
     }
 
     #[test]
+    fn notifications_suppressed_by_polling_are_not_suppressed_again_until_turned_on() {
+        let (mut set, calls) = set_with(1);
+        assert_eq!(
+            set.poll_queues(Duration::from_secs(5)),
+            Polled::Found {
+                waited: Duration::ZERO
+            },
+            "found at the first look"
+        );
+        assert_eq!(set.poll_queues(Duration::from_millis(1)), Polled::GaveUp);
+        assert_eq!(calls[STARTED].load(Ordering::SeqCst), 1);
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1);
+        set.stop_polling();
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1, "already on");
+        assert_eq!(set.poll_queues(Duration::from_millis(1)), Polled::GaveUp);
+        assert_eq!(calls[STARTED].load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn polling_gives_up_after_the_window_and_turns_notifications_on() {
         let (mut set, calls) = set_with(usize::MAX);
         let start = Instant::now();
-        assert!(!set.poll_queues(Duration::from_millis(2)));
+        assert_eq!(set.poll_queues(Duration::from_millis(2)), Polled::GaveUp);
         assert!(start.elapsed() >= Duration::from_millis(2));
         assert!(
             calls[POLLED].load(Ordering::SeqCst) > 1,

@@ -1,15 +1,21 @@
 //! One client's socket: cutting the byte stream into messages, receiving and sending fds with
 //! SCM_RIGHTS, and queueing replies the socket cannot take yet.
 //!
-//! Messages are read one at a time (header, then exactly its body), so the fds a recvmsg returns
-//! always belong to the message being read: the kernel attaches them to the first bytes of the
-//! sendmsg that carried them.
+//! Reads are buffered: one recvmsg takes whatever the socket holds (a burst of posted notify
+//! writes is many messages) into a buffer kept for the connection's life, and a read that
+//! returned less than it had room for, and no fds, showed the socket empty: the next read waits
+//! for the next readiness event instead of asking for EAGAIN. Fds still reach the message they
+//! came with. A client sends each message with one sendmsg, fds attached to its first byte, and
+//! the kernel ends a read of a unix stream socket right after the bytes that carried fds; so the
+//! fds a recvmsg returns belong to the message that holds the last byte it returned.
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::net::UnixStream;
+use zerocopy::FromBytes;
 
 use crate::message::{body_len, check_header, FramingError};
 use crate::protocol::{Header, HEADER_SIZE, MAX_BODY_SIZE, MAX_MSG_FDS};
@@ -17,15 +23,20 @@ use crate::protocol::{Header, HEADER_SIZE, MAX_BODY_SIZE, MAX_MSG_FDS};
 /// Room for more fds than we accept, so that an excess is seen (and refused) rather than
 /// silently truncated by the kernel.
 pub const MAX_RECV_FDS: usize = 4 * MAX_MSG_FDS;
-/// Chunk used to skip the body of an oversized message.
-const DISCARD_CHUNK: usize = 64 * 1024;
+/// The receive buffer, and the reply buffer kept between bursts: far more than a burst of
+/// notify writes (32 bytes each) or a VERSION; a larger message grows the buffer while it is
+/// read.
+const BUFFER_SIZE: usize = 64 * 1024;
+/// A control message of `MAX_RECV_FDS` descriptors, in 8-byte words (cmsghdr alignment).
+const CONTROL_WORDS: usize =
+    (size_of::<libc::cmsghdr>() + MAX_RECV_FDS * size_of::<RawFd>()).div_ceil(size_of::<u64>());
 
-/// A complete message read from the socket.
+/// A complete message read from the socket; its body is borrowed from the receive buffer.
 #[derive(Debug)]
-pub enum Incoming {
+pub enum Incoming<'a> {
     Message {
         header: Header,
-        body: Vec<u8>,
+        body: &'a [u8],
         fds: Vec<OwnedFd>,
         fds_truncated: bool,
     },
@@ -34,8 +45,8 @@ pub enum Incoming {
 }
 
 #[derive(Debug)]
-pub enum ReadOutcome {
-    Incoming(Incoming),
+pub enum ReadOutcome<'a> {
+    Incoming(Incoming<'a>),
     /// Nothing more to read for now.
     WouldBlock,
     /// The peer closed the socket; `partial` if it did so in the middle of a message.
@@ -45,63 +56,60 @@ pub enum ReadOutcome {
     Framing(FramingError),
 }
 
-enum ReadState {
-    Header {
-        bytes: [u8; HEADER_SIZE],
-        filled: usize,
-    },
-    Body {
-        header: Header,
-        body: Vec<u8>,
-        filled: usize,
-    },
-    Discard {
-        header: Header,
-        body_len: usize,
-        left: usize,
-    },
-}
-
-impl ReadState {
-    fn start() -> ReadState {
-        ReadState::Header {
-            bytes: [0; HEADER_SIZE],
-            filled: 0,
-        }
-    }
-
-    fn in_message(&self) -> bool {
-        !matches!(self, ReadState::Header { filled: 0, .. })
-    }
-}
-
-struct Outgoing {
-    bytes: Vec<u8>,
-    sent: usize,
-    /// Sent with the first byte of `bytes`, then closed.
+/// The fds of one recvmsg, waiting for the message that holds `last_byte`.
+struct FdBatch {
+    /// Stream offset of the last byte the recvmsg returned.
+    last_byte: u64,
     fds: Vec<OwnedFd>,
+    /// The kernel dropped fds that did not fit.
+    truncated: bool,
+}
+
+/// The rest of an oversized body, skipped as it arrives.
+struct Discard {
+    header: Header,
+    body_len: usize,
+    left: usize,
 }
 
 pub struct Connection {
     stream: UnixStream,
-    state: ReadState,
-    fds: Vec<OwnedFd>,
-    fds_truncated: bool,
-    out: VecDeque<Outgoing>,
-    /// Where the bytes of an oversized body go; made on first use, as such bodies are rare
-    /// (zeroing it on every read showed in profiles: a read per guest notify).
-    discard: Vec<u8>,
+    /// Received bytes not yet taken as messages: `inbox[start..end]`.
+    inbox: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes received since the connection began: the stream offset of `inbox[end]`.
+    received: u64,
+    /// Whether the socket may hold bytes not yet read: false once a read came back short
+    /// without fds, until `readable`.
+    may_have_data: bool,
+    /// Read until EAGAIN or the end of the stream, not just until a short read.
+    read_to_end: bool,
+    fd_batches: VecDeque<FdBatch>,
+    discard: Option<Discard>,
+    /// Replies waiting for room on the socket: `outbox[sent..]`.
+    outbox: Vec<u8>,
+    sent: usize,
+    /// The fds of a queued reply and the offset in `outbox` of its first byte, which carries
+    /// them.
+    outbox_fds: VecDeque<(usize, Vec<OwnedFd>)>,
 }
 
 impl Connection {
     pub fn new(stream: UnixStream) -> Connection {
         Connection {
             stream,
-            state: ReadState::start(),
-            fds: Vec::new(),
-            fds_truncated: false,
-            out: VecDeque::new(),
-            discard: Vec::new(),
+            inbox: vec![0; BUFFER_SIZE],
+            start: 0,
+            end: 0,
+            received: 0,
+            may_have_data: true,
+            read_to_end: false,
+            fd_batches: VecDeque::new(),
+            discard: None,
+            outbox: Vec::new(),
+            sent: 0,
+            outbox_fds: VecDeque::new(),
         }
     }
 
@@ -109,133 +117,190 @@ impl Connection {
         &mut self.stream
     }
 
-    /// Reads until one message is complete, the socket has no more data, or the stream ends.
-    pub fn read_message(&mut self) -> io::Result<ReadOutcome> {
-        loop {
-            let buf: &mut [u8] = match &mut self.state {
-                ReadState::Header { bytes, filled } => &mut bytes[*filled..],
-                ReadState::Body { body, filled, .. } => &mut body[*filled..],
-                ReadState::Discard { left, .. } => {
-                    self.discard.resize(DISCARD_CHUNK, 0);
-                    &mut self.discard[..(*left).min(DISCARD_CHUNK)]
-                }
-            };
-            let n = if buf.is_empty() {
-                0
-            } else {
-                match recv_with_fds(self.stream.as_fd(), buf, &mut self.fds) {
-                    Ok((0, _)) => {
-                        return Ok(ReadOutcome::Closed {
-                            partial: self.state.in_message(),
-                        })
-                    }
-                    Ok((n, truncated)) => {
-                        self.fds_truncated |= truncated;
-                        n
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(ReadOutcome::WouldBlock)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            if let Some(outcome) = self.advance(n) {
-                return Ok(outcome);
-            }
-        }
+    /// The socket reported readiness (or may have): the next read asks it again. `peer_closed`
+    /// when the peer shut its end down too: no event will follow the bytes before the end, so
+    /// reads go on until they reach it.
+    pub fn readable(&mut self, peer_closed: bool) {
+        self.may_have_data = true;
+        self.read_to_end = peer_closed;
     }
 
-    /// Accounts for `n` more bytes of the current state; returns a finished outcome, if any.
-    fn advance(&mut self, n: usize) -> Option<ReadOutcome> {
-        match &mut self.state {
-            ReadState::Header { bytes, filled } => {
-                *filled += n;
-                if *filled < HEADER_SIZE {
-                    return None;
+    /// Returns the next complete message, reading the socket only when the buffer holds none.
+    pub fn read_message(&mut self) -> io::Result<ReadOutcome<'_>> {
+        let (header, size) = loop {
+            if let Some(discard) = &mut self.discard {
+                let skipped = discard.left.min(self.end - self.start);
+                self.start += skipped;
+                discard.left -= skipped;
+                if discard.left == 0 {
+                    let (header, body_len) = (discard.header, discard.body_len);
+                    self.discard = None;
+                    drop(self.take_fds(self.offset_of(self.start)));
+                    return Ok(ReadOutcome::Incoming(Incoming::Oversized {
+                        header,
+                        body_len,
+                    }));
                 }
-                let header: Header = zerocopy::transmute!(*bytes);
+            } else if let Ok((header, _)) = Header::read_from_prefix(self.buffered()) {
                 if let Err(e) = check_header(&header) {
-                    return Some(ReadOutcome::Framing(e));
+                    return Ok(ReadOutcome::Framing(e));
                 }
                 let len = body_len(&header);
-                self.state = if len > MAX_BODY_SIZE {
-                    ReadState::Discard {
+                if len > MAX_BODY_SIZE {
+                    self.start += HEADER_SIZE;
+                    self.discard = Some(Discard {
                         header,
                         body_len: len,
                         left: len,
-                    }
-                } else {
-                    ReadState::Body {
-                        header,
-                        body: vec![0; len],
-                        filled: 0,
-                    }
-                };
-                // A header-only message is complete right away.
-                self.finish_if_complete()
+                    });
+                    continue;
+                }
+                if self.buffered().len() >= HEADER_SIZE + len {
+                    break (header, HEADER_SIZE + len);
+                }
+                self.make_room(HEADER_SIZE + len);
             }
-            ReadState::Body { filled, .. } => {
-                *filled += n;
-                self.finish_if_complete()
+            if !self.may_have_data {
+                return Ok(ReadOutcome::WouldBlock);
             }
-            ReadState::Discard { left, .. } => {
-                *left -= n;
-                self.finish_if_complete()
+            if let Some(closed) = self.receive()? {
+                return Ok(closed);
             }
-        }
-    }
-
-    fn finish_if_complete(&mut self) -> Option<ReadOutcome> {
-        let complete = match &self.state {
-            ReadState::Header { .. } => false,
-            ReadState::Body { body, filled, .. } => *filled == body.len(),
-            ReadState::Discard { left, .. } => *left == 0,
         };
-        if !complete {
-            return None;
-        }
-        let fds = std::mem::take(&mut self.fds);
-        let fds_truncated = std::mem::replace(&mut self.fds_truncated, false);
-        Some(ReadOutcome::Incoming(
-            match std::mem::replace(&mut self.state, ReadState::start()) {
-                ReadState::Body { header, body, .. } => Incoming::Message {
-                    header,
-                    body,
-                    fds,
-                    fds_truncated,
-                },
-                ReadState::Discard {
-                    header, body_len, ..
-                } => Incoming::Oversized { header, body_len },
-                ReadState::Header { .. } => return None,
-            },
-        ))
+        let body = self.start + HEADER_SIZE..self.start + size;
+        self.start += size;
+        let (fds, fds_truncated) = self.take_fds(self.offset_of(self.start));
+        let body = &self.inbox[body];
+        Ok(ReadOutcome::Incoming(Incoming::Message {
+            header,
+            body,
+            fds,
+            fds_truncated,
+        }))
     }
 
-    /// Queues a message; `flush` sends it.
-    pub fn queue(&mut self, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
-        self.out.push_back(Outgoing {
-            bytes,
-            sent: 0,
-            fds,
-        });
+    fn buffered(&self) -> &[u8] {
+        &self.inbox[self.start..self.end]
+    }
+
+    /// The stream offset of `inbox[index]`.
+    fn offset_of(&self, index: usize) -> u64 {
+        self.received - (self.end - index) as u64
+    }
+
+    /// Moves the buffered bytes to the front and grows the buffer to hold `size` of them.
+    fn make_room(&mut self, size: usize) {
+        self.inbox.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.inbox.len() < size {
+            self.inbox.resize(size, 0);
+        }
+    }
+
+    /// One recvmsg into the free end of the buffer; `Some` when the stream ended or the socket
+    /// had nothing.
+    fn receive(&mut self) -> io::Result<Option<ReadOutcome<'static>>> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.inbox.len() > BUFFER_SIZE {
+                // A large message has been taken: give its room back.
+                self.inbox.truncate(BUFFER_SIZE);
+                self.inbox.shrink_to_fit();
+            }
+        } else if self.start > 0 {
+            self.make_room(0);
+        }
+        let mut fds = Vec::new();
+        let room = &mut self.inbox[self.end..];
+        let room_len = room.len();
+        match recv_with_fds(self.stream.as_fd(), room, &mut fds) {
+            Ok((0, _)) => Ok(Some(ReadOutcome::Closed {
+                partial: self.discard.is_some() || self.start != self.end,
+            })),
+            Ok((n, truncated)) => {
+                self.end += n;
+                self.received += n as u64;
+                let fds_came = !fds.is_empty() || truncated;
+                if fds_came {
+                    self.fd_batches.push_back(FdBatch {
+                        last_byte: self.received - 1,
+                        fds,
+                        truncated,
+                    });
+                }
+                // The kernel ends a read early after bytes that carried fds; only then, or
+                // when the buffer filled, may more be waiting.
+                self.may_have_data = self.read_to_end || fds_came || n == room_len;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.may_have_data = false;
+                Ok(Some(ReadOutcome::WouldBlock))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The fds that came with bytes before stream offset `end`: those of the message that ends
+    /// there, as every earlier message took its own.
+    fn take_fds(&mut self, end: u64) -> (Vec<OwnedFd>, bool) {
+        let mut fds = Vec::new();
+        let mut truncated = false;
+        while self
+            .fd_batches
+            .front()
+            .is_some_and(|batch| batch.last_byte < end)
+        {
+            let Some(batch) = self.fd_batches.pop_front() else {
+                break;
+            };
+            if fds.is_empty() {
+                fds = batch.fds;
+            } else {
+                fds.extend(batch.fds);
+            }
+            truncated |= batch.truncated;
+        }
+        (fds, truncated)
+    }
+
+    /// Queues a reply (header, body, and fds to send with its first byte); `flush` sends it.
+    pub fn queue(&mut self, header: &[u8], body: &[u8], fds: Vec<OwnedFd>) {
+        if !fds.is_empty() {
+            self.outbox_fds.push_back((self.outbox.len(), fds));
+        }
+        self.outbox.extend_from_slice(header);
+        self.outbox.extend_from_slice(body);
     }
 
     pub fn has_pending_output(&self) -> bool {
-        !self.out.is_empty()
+        self.sent < self.outbox.len()
     }
 
-    /// Sends queued messages until the queue is empty or the socket is full.
+    /// Sends queued replies until none is left or the socket is full. Replies without fds go
+    /// out together; a reply with fds starts a sendmsg of its own, so that the client receives
+    /// them with its first byte.
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some(message) = self.out.front_mut() {
-            let socket = self.stream.as_fd();
-            match send_with_fds(socket, &message.bytes[message.sent..], &message.fds) {
+        while self.sent < self.outbox.len() {
+            let (until, fds): (usize, &[OwnedFd]) = match self.outbox_fds.front() {
+                Some((at, fds)) if *at == self.sent => (
+                    self.outbox_fds
+                        .get(1)
+                        .map_or(self.outbox.len(), |(next, _)| *next),
+                    fds,
+                ),
+                Some((at, _)) => (*at, &[]),
+                None => (self.outbox.len(), &[]),
+            };
+            let carries_fds = !fds.is_empty();
+            match send_with_fds(self.stream.as_fd(), &self.outbox[self.sent..until], fds) {
                 Ok(n) => {
-                    message.sent += n;
-                    message.fds.clear();
-                    if message.sent == message.bytes.len() {
-                        self.out.pop_front();
+                    self.sent += n;
+                    if carries_fds {
+                        self.outbox_fds.pop_front();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -243,6 +308,9 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        self.outbox.clear();
+        self.outbox.shrink_to(BUFFER_SIZE);
+        self.sent = 0;
         Ok(())
     }
 }
@@ -260,7 +328,7 @@ fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<(usize, bool)> {
-    let mut control = vec![0u64; cmsg_space(MAX_RECV_FDS).div_ceil(8)];
+    let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -270,7 +338,8 @@ fn recv_with_fds(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() * 8;
+    // Room for exactly MAX_RECV_FDS, so that more is seen as truncation.
+    msg.msg_controllen = cmsg_space(MAX_RECV_FDS).min(size_of_val(&control));
     // SAFETY: msg points at one iovec over `buf` and at `control`, both live and of the lengths
     // given; the kernel writes at most that much.
     let n = unsafe {
@@ -310,7 +379,10 @@ fn recv_with_fds(
 /// One non-blocking sendmsg of `bytes`, with `fds` attached if there are any; returns how many
 /// bytes went out.
 pub fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
-    let mut control = vec![0u64; cmsg_space(fds.len()).div_ceil(8)];
+    let mut control = [0u64; CONTROL_WORDS];
+    if cmsg_space(fds.len()) > size_of_val(&control) {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
@@ -384,6 +456,7 @@ mod tests {
             ReadOutcome::WouldBlock
         ));
         peer.write_all(&bytes[10..]).unwrap();
+        conn.readable(false);
         match conn.read_message().unwrap() {
             ReadOutcome::Incoming(Incoming::Message { header, body, .. }) => {
                 assert_eq!(header.command, 9);
@@ -424,14 +497,98 @@ mod tests {
         let mut outcomes = vec![];
         while outcomes.len() < 2 {
             match conn.read_message().unwrap() {
-                ReadOutcome::WouldBlock => std::thread::yield_now(),
-                ReadOutcome::Incoming(i) => outcomes.push(i),
+                ReadOutcome::WouldBlock => {
+                    std::thread::yield_now();
+                    conn.readable(false);
+                }
+                ReadOutcome::Incoming(Incoming::Oversized { body_len, .. }) => {
+                    outcomes.push((None, body_len))
+                }
+                ReadOutcome::Incoming(Incoming::Message { header, body, .. }) => {
+                    outcomes.push((Some(header.command.get()), body.len()))
+                }
                 other => panic!("{other:?}"),
             }
         }
         writer.join().unwrap();
-        assert!(matches!(outcomes[0], Incoming::Oversized { body_len, .. } if body_len == len));
-        assert!(matches!(&outcomes[1], Incoming::Message { header, .. } if header.command == 13));
+        assert_eq!(outcomes, [(None, len), (Some(13), 0)]);
+    }
+
+    /// Reads `count` messages, waiting for the socket as the server's loop would.
+    fn read_all(conn: &mut Connection, count: usize) -> Vec<(u16, Vec<u8>, usize)> {
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            match conn.read_message().unwrap() {
+                ReadOutcome::WouldBlock => {
+                    std::thread::yield_now();
+                    conn.readable(false);
+                }
+                ReadOutcome::Incoming(Incoming::Message {
+                    header, body, fds, ..
+                }) => messages.push((header.command.get(), body.to_vec(), fds.len())),
+                other => panic!("{other:?}"),
+            }
+        }
+        messages
+    }
+
+    #[test]
+    fn a_burst_is_served_from_one_read_and_a_short_read_means_the_socket_is_empty() {
+        let (mut conn, mut peer) = pair();
+        let mut burst = Vec::new();
+        for command in [10u16, 11, 12] {
+            burst.extend_from_slice(&header(command, 20));
+            burst.extend_from_slice(&[command as u8; 4]);
+        }
+        peer.write_all(&burst).unwrap();
+        let messages = read_all(&mut conn, 3);
+        assert_eq!(messages[2], (12, vec![12; 4], 0));
+        // The read that took the burst was short: without a readiness event the socket is not
+        // asked again, so a message sent since waits for the next one.
+        peer.write_all(&header(13, 16)).unwrap();
+        assert!(matches!(
+            conn.read_message().unwrap(),
+            ReadOutcome::WouldBlock
+        ));
+        conn.readable(false);
+        assert_eq!(read_all(&mut conn, 1), [(13, vec![], 0)]);
+    }
+
+    #[test]
+    fn fds_in_a_burst_go_to_the_message_that_carried_them() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&header(10, 16)).unwrap();
+        let fds = [
+            OwnedFd::from(std::fs::File::open("/dev/null").unwrap()),
+            OwnedFd::from(std::fs::File::open("/dev/null").unwrap()),
+        ];
+        let mut with_fds = header(11, 20);
+        with_fds.extend_from_slice(&[1, 2, 3, 4]);
+        send_with_fds(peer.as_fd(), &with_fds, &fds).unwrap();
+        peer.write_all(&header(12, 16)).unwrap();
+        send_with_fds(peer.as_fd(), &header(13, 16), &fds[..1]).unwrap();
+        let fds_of: Vec<_> = read_all(&mut conn, 4)
+            .into_iter()
+            .map(|(command, _, fds)| (command, fds))
+            .collect();
+        assert_eq!(fds_of, [(10, 0), (11, 2), (12, 0), (13, 1)]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_buffer_is_read_whole() {
+        let (mut conn, mut peer) = pair();
+        let len = 3 * BUFFER_SIZE + 5;
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&header(10, (HEADER_SIZE + len) as u32))
+                .unwrap();
+            peer.write_all(&vec![7u8; len]).unwrap();
+            peer.write_all(&header(11, 16)).unwrap();
+            peer
+        });
+        let messages = read_all(&mut conn, 2);
+        writer.join().unwrap();
+        assert_eq!(messages[0].1, vec![7u8; len]);
+        assert_eq!(messages[1], (11, vec![], 0));
     }
 
     #[test]
@@ -439,6 +596,7 @@ mod tests {
         let (mut conn, mut peer) = pair();
         peer.write_all(&[1, 2, 3]).unwrap();
         drop(peer);
+        conn.readable(true);
         assert!(matches!(
             conn.read_message().unwrap(),
             ReadOutcome::Closed { partial: true }

@@ -33,7 +33,7 @@ impl Default for ClientCaps {
 }
 
 #[derive(Debug)]
-pub enum Request {
+pub enum Request<'a> {
     Version {
         major: u16,
         minor: u16,
@@ -66,7 +66,7 @@ pub enum Request {
     RegionRead(RegionAccess),
     RegionWrite {
         access: RegionAccess,
-        data: Vec<u8>,
+        data: &'a [u8],
     },
     DeviceReset,
 }
@@ -165,7 +165,10 @@ pub enum MessageError {
 }
 
 /// Decodes one complete message from `bytes` (header and body, nothing after).
-pub fn decode_message(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(Header, Request), MessageError> {
+pub fn decode_message(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(Header, Request<'_>), MessageError> {
     let (header, body) = Header::read_from_prefix(bytes).map_err(|_| MessageError::ShortHeader)?;
     check_header(&header)?;
     if body.len() != body_len(&header) {
@@ -210,11 +213,11 @@ fn argsz_at_least<T>(argsz: U32) -> Result<u32, DecodeError> {
 
 /// Decodes the body of a message whose header passed `check_header`. Fds not kept by the request
 /// are closed when this returns.
-pub fn decode_request(
+pub fn decode_request<'a>(
     header: &Header,
-    body: &[u8],
+    body: &'a [u8],
     fds: Vec<OwnedFd>,
-) -> Result<Request, DecodeError> {
+) -> Result<Request<'a>, DecodeError> {
     let command = header.command.get();
     let command = VfioUserCommand::from_u16(command).ok_or(DecodeError::UnknownCommand(command))?;
     if body.len() > MAX_BODY_SIZE {
@@ -305,10 +308,7 @@ pub fn decode_request(
                     need: size_of::<RegionAccess>() + count as usize,
                 });
             }
-            Ok(Request::RegionWrite {
-                access,
-                data: data.to_vec(),
-            })
+            Ok(Request::RegionWrite { access, data })
         }
         VfioUserCommand::DeviceReset => {
             no_fds(&fds)?;
@@ -317,7 +317,7 @@ pub fn decode_request(
     }
 }
 
-fn decode_version(body: &[u8]) -> Result<Request, DecodeError> {
+fn decode_version(body: &[u8]) -> Result<Request<'static>, DecodeError> {
     let (version, json) = Version::read_from_prefix(body).map_err(|_| DecodeError::BadLength {
         command: VfioUserCommand::Version,
         got: body.len(),
@@ -396,7 +396,8 @@ mod tests {
         let mut body = vec![0, 0, 0, 0];
         body.extend_from_slice(br#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096,"max_bitmap_size":1048576},"write_multiple":true}}"#);
         body.push(0);
-        let (header, request) = decode_message(&message(1, 0, &body), vec![]).unwrap();
+        let bytes = message(1, 0, &body);
+        let (header, request) = decode_message(&bytes, vec![]).unwrap();
         assert_eq!(header.message_id.get(), 7);
         assert!(matches!(
             request,
@@ -499,8 +500,9 @@ mod tests {
             DecodeError::BadLength { .. }
         ));
         body.push(4);
-        let (_, request) = decode_message(&message(10, 0, &body), vec![]).unwrap();
-        assert!(matches!(request, Request::RegionWrite { ref data, .. } if data == &[1, 2, 3, 4]));
+        let bytes = message(10, 0, &body);
+        let (_, request) = decode_message(&bytes, vec![]).unwrap();
+        assert!(matches!(request, Request::RegionWrite { data, .. } if data == [1, 2, 3, 4]));
     }
 
     #[test]

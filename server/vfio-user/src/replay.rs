@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::device::{Device, DmaMemory};
+use crate::device::{Device, DmaMemory, RegionInfo};
 use crate::dma::DmaTable;
 use crate::message::decode_message;
 use crate::protocol::HEADER_SIZE;
@@ -13,6 +13,7 @@ use crate::server::{handle, Session};
 /// One client's connection state over `device`.
 pub struct Replay<D: Device> {
     device: D,
+    regions: Vec<RegionInfo>,
     dma: DmaTable,
     session: Session,
 }
@@ -21,6 +22,7 @@ impl<D: Device> Replay<D> {
     /// A fresh connection (before VERSION) to `device`, whose DMA view is `memory`.
     pub fn new(device: D, memory: DmaMemory) -> Self {
         Replay {
+            regions: device.regions(),
             device,
             dma: DmaTable::new(memory),
             session: Session::default(),
@@ -37,6 +39,7 @@ impl<D: Device> Replay<D> {
         let body_len = bytes.len().saturating_sub(HEADER_SIZE);
         let _ = handle(
             &mut self.device,
+            &self.regions,
             &mut self.dma,
             &mut self.session,
             request,

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use slog::{debug, info, warn, Logger};
+use slog::{debug, info, warn, Drain, Logger};
+use smallvec::{smallvec, SmallVec};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
@@ -149,6 +150,8 @@ pub struct Server<D: Device> {
     poll: Poll,
     waker: Arc<Waker>,
     device: D,
+    /// The device's regions, read once: they do not change during its life.
+    regions: Vec<RegionInfo>,
     dma: DmaTable,
     client: Option<Client>,
     /// Connections wait in the listen backlog while the client has not completed VERSION: it
@@ -202,6 +205,7 @@ impl<D: Device> Server<D> {
             listener,
             poll,
             waker,
+            regions: device.regions(),
             device,
             dma: DmaTable::new(memory),
             client: None,
@@ -246,7 +250,7 @@ impl<D: Device> Server<D> {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    CLIENT => self.serve_client(),
+                    CLIENT => self.serve_client(event.is_read_closed()),
                     HOOK => {
                         let status = ServerStatus {
                             client_connected: self.client.is_some(),
@@ -282,7 +286,7 @@ impl<D: Device> Server<D> {
         loop {
             if self.client.is_some() {
                 // A client that has already hung up (not yet handled) is no obstacle.
-                if let Err(reason) = self.serve_messages() {
+                if let Err(reason) = self.serve_messages(true) {
                     self.release_client(reason);
                 }
             }
@@ -328,8 +332,8 @@ impl<D: Device> Server<D> {
     }
 
     /// Handles what the client sent until the socket is drained or a reply has to wait.
-    fn serve_client(&mut self) {
-        if let Err(reason) = self.serve_messages() {
+    fn serve_client(&mut self, peer_closed: bool) {
+        if let Err(reason) = self.serve_messages(peer_closed) {
             return self.disconnect(reason);
         }
         let attached = self
@@ -342,7 +346,15 @@ impl<D: Device> Server<D> {
         }
     }
 
-    fn serve_messages(&mut self) -> Result<(), Disconnect> {
+    /// `peer_closed`: the readiness event said the client shut its end down, or the caller
+    /// needs to know whether it did (reads go on until EAGAIN or the end of the stream).
+    fn serve_messages(&mut self, peer_closed: bool) -> Result<(), Disconnect> {
+        // The level cannot change while this thread serves messages: the control socket that
+        // changes it is served on this thread too.
+        let log_messages = self.log.is_debug_enabled();
+        if let Some(client) = self.client.as_mut() {
+            client.connection.readable(peer_closed);
+        }
         loop {
             let Some(client) = self.client.as_mut() else {
                 return Ok(());
@@ -352,63 +364,106 @@ impl<D: Device> Server<D> {
                 // Read no more until the client takes its replies.
                 return Ok(());
             }
-            match client.connection.read_message().map_err(Disconnect::Io)? {
-                ReadOutcome::WouldBlock => return Ok(()),
-                ReadOutcome::Closed { partial: false } => return Err(Disconnect::Closed),
-                ReadOutcome::Closed { partial: true } => return Err(Disconnect::ClosedMidMessage),
-                ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e)),
-                ReadOutcome::Incoming(Incoming::Oversized { header, body_len }) => {
-                    self.finish(
-                        &header,
+            let (header, body_len, result) =
+                match client.connection.read_message().map_err(Disconnect::Io)? {
+                    ReadOutcome::WouldBlock => return Ok(()),
+                    ReadOutcome::Closed { partial: false } => return Err(Disconnect::Closed),
+                    ReadOutcome::Closed { partial: true } => {
+                        return Err(Disconnect::ClosedMidMessage)
+                    }
+                    ReadOutcome::Framing(e) => return Err(Disconnect::Garbled(e)),
+                    ReadOutcome::Incoming(Incoming::Oversized { header, body_len }) => (
+                        header,
                         body_len,
                         Err(DecodeError::TooLarge(body_len).into()),
-                    );
-                }
-                ReadOutcome::Incoming(Incoming::Message {
-                    header,
-                    body,
-                    fds,
-                    fds_truncated,
-                }) => {
-                    let result = if fds_truncated && fds.len() < MAX_RECV_FDS {
-                        // There was room for more fds than came: the kernel could not install
-                        // them, the process is out of descriptors.
-                        Err(RequestError::FdsExhausted {
-                            received: fds.len(),
-                        })
-                    } else if fds_truncated {
-                        Err(DecodeError::TooManyFds {
-                            got: fds.len(),
-                            allowed: MAX_MSG_FDS,
-                        }
-                        .into())
-                    } else {
-                        decode_request(&header, &body, fds)
-                            .map_err(RequestError::from)
-                            .and_then(|request| {
-                                handle(
-                                    &mut self.device,
-                                    &mut self.dma,
-                                    &mut client.session,
-                                    request,
-                                    body.len(),
-                                )
+                    ),
+                    ReadOutcome::Incoming(Incoming::Message {
+                        header,
+                        body,
+                        fds,
+                        fds_truncated,
+                    }) => {
+                        let result = if fds_truncated && fds.len() < MAX_RECV_FDS {
+                            // There was room for more fds than came: the kernel could not
+                            // install them, the process is out of descriptors.
+                            Err(RequestError::FdsExhausted {
+                                received: fds.len(),
                             })
-                    };
-                    self.finish(&header, body.len(), result);
-                }
-            }
+                        } else if fds_truncated {
+                            Err(DecodeError::TooManyFds {
+                                got: fds.len(),
+                                allowed: MAX_MSG_FDS,
+                            }
+                            .into())
+                        } else {
+                            decode_request(&header, body, fds)
+                                .map_err(RequestError::from)
+                                .and_then(|request| {
+                                    handle(
+                                        &mut self.device,
+                                        &self.regions,
+                                        &mut self.dma,
+                                        &mut client.session,
+                                        request,
+                                        body.len(),
+                                    )
+                                })
+                        };
+                        (header, body.len(), result)
+                    }
+                };
+            self.finish(&header, body_len, result, log_messages);
         }
     }
 
-    /// Logs the outcome of one message and queues its reply, unless the client asked for none.
-    fn finish(&mut self, header: &Header, body_len: usize, result: Result<Reply, RequestError>) {
+    /// Logs the outcome of one message (`log_messages`: at debug level too) and queues its
+    /// reply, unless the client asked for none.
+    fn finish(
+        &mut self,
+        header: &Header,
+        body_len: usize,
+        result: Result<Reply, RequestError>,
+        log_messages: bool,
+    ) {
+        let no_reply = header.no_reply();
+        let error = result.as_ref().err().map_or(0, RequestError::errno);
+        if log_messages || result.is_err() {
+            self.log_message(header, body_len, &result, error);
+        }
+        if header.command.get() == VfioUserCommand::DeviceReset as u16 && result.is_ok() {
+            info!(self.log, "device reset"; "by" => "client");
+        }
+        if no_reply {
+            return;
+        }
+        let (flags, body, fds) = match result {
+            Ok(reply) => (FLAG_TYPE_REPLY, reply.body, reply.fds),
+            Err(_) => (FLAG_TYPE_REPLY | FLAG_ERROR, ReplyBody::new(), Vec::new()),
+        };
+        let reply_header = Header {
+            message_id: header.message_id,
+            command: header.command,
+            message_size: ((HEADER_SIZE + body.len()) as u32).into(),
+            flags: flags.into(),
+            error: (error as u32).into(),
+        };
+        if let Some(client) = self.client.as_mut() {
+            client.connection.queue(reply_header.as_bytes(), &body, fds);
+        }
+    }
+
+    fn log_message(
+        &self,
+        header: &Header,
+        body_len: usize,
+        result: &Result<Reply, RequestError>,
+        error: i32,
+    ) {
         let command = VfioUserCommand::from_u16(header.command.get())
             .map_or("unknown", VfioUserCommand::name);
         let id = header.message_id.get();
         let no_reply = header.no_reply();
-        let error = result.as_ref().err().map_or(0, RequestError::errno);
-        match &result {
+        match result {
             Ok(reply) => debug!(self.log, "message";
                 "command" => command, "id" => id, "size" => body_len,
                 "reply_size" => reply.body.len(), "reply_fds" => reply.fds.len(), "no_reply" => no_reply, "result" => "ok"),
@@ -419,28 +474,6 @@ impl<D: Device> Server<D> {
             Err(e) => debug!(self.log, "message";
                 "command" => command, "id" => id, "size" => body_len, "no_reply" => no_reply,
                 "result" => "error", "errno" => error, "error" => %e),
-        }
-        if header.command.get() == VfioUserCommand::DeviceReset as u16 && result.is_ok() {
-            info!(self.log, "device reset"; "by" => "client");
-        }
-        if no_reply {
-            return;
-        }
-        let (flags, body, fds) = match result {
-            Ok(reply) => (FLAG_TYPE_REPLY, reply.body, reply.fds),
-            Err(_) => (FLAG_TYPE_REPLY | FLAG_ERROR, Vec::new(), Vec::new()),
-        };
-        let reply_header = Header {
-            message_id: header.message_id,
-            command: header.command,
-            message_size: ((HEADER_SIZE + body.len()) as u32).into(),
-            flags: flags.into(),
-            error: (error as u32).into(),
-        };
-        if let Some(client) = self.client.as_mut() {
-            client
-                .connection
-                .queue([reply_header.as_bytes(), &body].concat(), fds);
         }
     }
 
@@ -556,10 +589,14 @@ impl RequestError {
     }
 }
 
+/// A reply body: inline up to the largest fixed reply (REGION_INFO) and a 64-bit REGION_READ,
+/// so that a region access, posted or not, allocates nothing.
+pub type ReplyBody = SmallVec<[u8; 32]>;
+
 /// A reply body and the fds that go with it.
 #[derive(Debug, Default)]
 pub struct Reply {
-    pub body: Vec<u8>,
+    pub body: ReplyBody,
     pub fds: Vec<OwnedFd>,
 }
 
@@ -567,7 +604,7 @@ impl Reply {
     /// A reply of one wire struct and no fds.
     fn of<T: IntoBytes + Immutable>(fixed: &T) -> Reply {
         Reply {
-            body: fixed.as_bytes().to_vec(),
+            body: ReplyBody::from_slice(fixed.as_bytes()),
             fds: Vec::new(),
         }
     }
@@ -605,10 +642,9 @@ pub fn version_reply(request_len: usize) -> Vec<u8> {
     Version::default().as_bytes().to_vec()
 }
 
-fn region<D: Device>(device: &D, index: u32) -> Result<RegionInfo, RequestError> {
-    device
-        .regions()
-        .into_iter()
+fn region(regions: &[RegionInfo], index: u32) -> Result<&RegionInfo, RequestError> {
+    regions
+        .iter()
         .find(|r| r.index == index)
         .ok_or(RequestError::NoSuchRegion(index))
 }
@@ -688,7 +724,7 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
         size: info.size.into(),
         offset: file_offset.into(),
     };
-    let mut body = head.as_bytes().to_vec();
+    let mut body = ReplyBody::from_slice(head.as_bytes());
     if fits {
         body.extend_from_slice(&caps);
     }
@@ -701,11 +737,12 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
 /// the client goes on writing those through REGION_WRITE, which serves them just the same.
 fn io_fds_reply<D: Device>(
     device: &D,
+    regions: &[RegionInfo],
     index: u32,
     argsz: u32,
     max_fds: usize,
 ) -> Result<Reply, RequestError> {
-    region(device, index)?;
+    region(regions, index)?;
     let io_fds = device.region_io_fds(index)?;
     let mut distinct: Vec<RawFd> = Vec::new();
     let mut sub_regions = Vec::new();
@@ -747,7 +784,7 @@ fn io_fds_reply<D: Device>(
     if (argsz as usize) < needed {
         return Ok(Reply::of(&head));
     }
-    let mut body = head.as_bytes().to_vec();
+    let mut body = ReplyBody::from_slice(head.as_bytes());
     let mut fds = Vec::with_capacity(distinct.len());
     for (io_fd, sub_region) in &sub_regions {
         body.extend_from_slice(sub_region.as_bytes());
@@ -796,19 +833,21 @@ pub fn notify_device<D: Device>(device: &mut D, change: DmaChange) {
     }
 }
 
-/// Carries out `request`; `request_len` is the size of its body on the wire.
+/// Carries out `request` on `device`, whose regions are `regions`; `request_len` is the size of
+/// its body on the wire.
 pub fn handle<D: Device>(
     device: &mut D,
+    regions: &[RegionInfo],
     dma: &mut DmaTable,
     session: &mut Session,
-    request: Request,
+    request: Request<'_>,
     request_len: usize,
 ) -> Result<Reply, RequestError> {
     let caps = match (&request, session.caps) {
         (Request::Version { caps, .. }, None) => {
             session.caps = Some(*caps);
             return Ok(Reply {
-                body: version_reply(request_len),
+                body: ReplyBody::from_vec(version_reply(request_len)),
                 fds: Vec::new(),
             });
         }
@@ -837,15 +876,16 @@ pub fn handle<D: Device>(
             Ok(Reply::of(&InfoHead {
                 argsz: (size_of::<InfoHead>() as u32).into(),
                 flags: flags.into(),
-                index: (device.regions().len() as u32).into(),
+                index: (regions.len() as u32).into(),
                 count: (device.irqs().len() as u32).into(),
             }))
         }
         Request::DeviceGetRegionInfo { argsz, index } => {
-            region_info_reply(&region(device, index)?, argsz)
+            region_info_reply(region(regions, index)?, argsz)
         }
         Request::DeviceGetRegionIoFds { argsz, index } => io_fds_reply(
             device,
+            regions,
             index,
             argsz,
             (caps.max_msg_fds as usize).min(MAX_MSG_FDS),
@@ -878,9 +918,9 @@ pub fn handle<D: Device>(
             Ok(Reply::default())
         }
         Request::RegionRead(access) => {
-            let info = region(device, access.region.get())?;
-            check_access(&info, &access, info.readable)?;
-            let mut body = vec![0u8; size_of::<RegionAccess>() + access.count.get() as usize];
+            let info = region(regions, access.region.get())?;
+            check_access(info, &access, info.readable)?;
+            let mut body = smallvec![0u8; size_of::<RegionAccess>() + access.count.get() as usize];
             let (head, data) = body.split_at_mut(size_of::<RegionAccess>());
             device.region_read(access.region.get(), access.offset.get(), data)?;
             head.copy_from_slice(access.as_bytes());
@@ -890,9 +930,9 @@ pub fn handle<D: Device>(
             })
         }
         Request::RegionWrite { access, data } => {
-            let info = region(device, access.region.get())?;
-            check_access(&info, &access, info.writable)?;
-            device.region_write(access.region.get(), access.offset.get(), &data)?;
+            let info = region(regions, access.region.get())?;
+            check_access(info, &access, info.writable)?;
+            device.region_write(access.region.get(), access.offset.get(), data)?;
             Ok(Reply::of(&access))
         }
         Request::DeviceReset => {
@@ -990,7 +1030,7 @@ mod tests {
     /// (sub-regions listed, fds sent, fd index of each sub-region)
     fn io_fds(queues: usize, max_fds: usize) -> (u32, usize, Vec<u32>) {
         let device = Doorbells::new(queues);
-        let reply = io_fds_reply(&device, 0, u32::MAX, max_fds).unwrap();
+        let reply = io_fds_reply(&device, &device.regions(), 0, u32::MAX, max_fds).unwrap();
         let count = le32(&reply.body, 12);
         let entry = size_of::<IoFdSubRegion>();
         assert_eq!(le32(&reply.body, 0) as usize, reply.body.len(), "argsz");
@@ -1021,7 +1061,7 @@ mod tests {
     #[test]
     fn a_short_io_fds_request_learns_the_size_of_what_fits() {
         let device = Doorbells::new(18);
-        let reply = io_fds_reply(&device, 0, 16, 16).unwrap();
+        let reply = io_fds_reply(&device, &device.regions(), 0, 16, 16).unwrap();
         assert_eq!(reply.body.len(), 16);
         assert_eq!(
             le32(&reply.body, 0) as usize,

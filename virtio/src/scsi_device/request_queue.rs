@@ -438,11 +438,15 @@ impl RequestQueueWorker {
     /// Serves new chains and completions with notifications left suppressed; true when there
     /// was something to serve.
     pub fn poll(&mut self) -> bool {
-        self.tick();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
+        // Most looks find nothing: the clock is read only for work (reap reads its own).
+        let available = self.queue.has_available(&mem);
+        if available || !self.held.is_empty() {
+            self.tick();
+        }
         let mut served = self.serve_held(&mem, &snapshot);
-        if self.queue.has_available(&mem) {
+        if available {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             served = true;
@@ -912,8 +916,9 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn start_polling(&mut self) {
-        let mem = self.queue.snapshot();
-        self.queue.suppress_notifications(&mem);
+        let snapshot = self.queue.snapshot();
+        self.queue
+            .suppress_notifications(&CachedMemory::new(&snapshot));
     }
 
     fn poll(&mut self) -> bool {
@@ -921,8 +926,8 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn stop_polling(&mut self) {
-        let mem = self.queue.snapshot();
-        if self.queue.more_available(&mem) {
+        let snapshot = self.queue.snapshot();
+        if self.queue.more_available(&CachedMemory::new(&snapshot)) {
             self.serve_available();
         }
     }

@@ -1,29 +1,34 @@
-//! One virtqueue as a device worker serves it: popping chains, walking their descriptors into
-//! driver-readable and device-writable segments of guest memory, reading, writing and handing
-//! those to the kernel as iovecs, returning chains and raising the queue's interrupt once per
-//! batch when the driver wants one.
+//! One virtqueue as a device worker serves it (virtio 1.2 §2.7, split rings): popping chains,
+//! walking their descriptors into driver-readable and device-writable segments of guest memory,
+//! reading, writing and handing those to the kernel as iovecs, returning chains and raising the
+//! queue's interrupt once per batch when the driver wants one.
 //!
-//! Guest addresses are translated through [`CachedMemory`]: the region the previous access hit
-//! is tried first, so that a pass over a queue whose rings and buffers lie in one region (as
-//! they do in practice) makes one region lookup, and each access is a bounds check against that
-//! region. Only a buffer that spans two regions, which drivers hardly ever make, takes
-//! vm-memory's general path.
+//! Every access goes through a pass's [`CachedMemory`]: the pass's guest memory snapshot with
+//! the region the previous access hit kept as a plain host range, so that a pass over a queue
+//! whose rings and buffers lie in one region (as they do in practice) makes one region lookup,
+//! and each access is a bounds check and a host pointer. Ring fields are little-endian atomics
+//! read and written in place, with the orderings and fences of §2.7. A descriptor is translated
+//! once, when its chain is collected: its segments keep their host addresses along with the
+//! generation of the snapshot they belong to, and reads, writes and iovecs in that snapshot use
+//! them as they are. Only buffers of an older snapshot (the client remapped memory meanwhile)
+//! and buffers that span two regions take vm-memory's general path.
 
 use std::cell::Cell;
 use std::mem::size_of;
+use std::num::Wrapping;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use block::IoVecs;
 use slog::{debug, warn, Logger};
 use smallvec::SmallVec;
+use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryError,
-    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
-    VolatileSlice,
+    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryError,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,6 +37,24 @@ use crate::virtio_device::{ActiveQueue, GuestMemory, Interrupt};
 
 /// A snapshot of guest memory, kept by a request until it completes.
 pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// Snapshot generations, unique in the process so that host addresses translated in one
+/// snapshot are never taken for another's; 0 is none.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The guest memory snapshot of one pass over a queue, with its generation.
+pub struct PassMemory {
+    snapshot: MemorySnapshot,
+    generation: u64,
+}
+
+impl Deref for PassMemory {
+    type Target = MemorySnapshot;
+
+    fn deref(&self) -> &MemorySnapshot {
+        &self.snapshot
+    }
+}
 
 /// A chain popped from a queue: where its descriptors are, not yet read
 /// (`ChainBuffers::collect` walks it).
@@ -73,12 +96,84 @@ impl NeedsReset {
     }
 }
 
+/// Why a ring could not be used.
+#[derive(Debug, thiserror::Error)]
+enum RingError {
+    #[error("ring field at {addr:#x} is outside guest memory or misaligned")]
+    Unreachable { addr: u64 },
+    #[error("avail idx {avail} is more than the queue size ahead of the next chain {next}")]
+    AvailIndex { avail: u16, next: u16 },
+    #[error("used head {head} is outside the queue of {size}")]
+    Head { head: u16, size: u16 },
+}
+
+/// Byte offsets in the rings (virtio 1.2 §2.7.6, §2.7.8).
+const RING_HEADER: u64 = 4;
+const AVAIL_ENTRY: u64 = 2;
+const USED_ENTRY: u64 = 8;
+const DESCRIPTOR: u64 = size_of::<Descriptor>() as u64;
+
+/// Where a split queue's rings are, and how far the device got in them.
+struct SplitRing {
+    /// A power of two (virtio-queue checks it when the driver sets it), so that ring slots are
+    /// indices masked, not divided.
+    size: u16,
+    desc_table: u64,
+    avail: u64,
+    used: u64,
+    next_avail: Wrapping<u16>,
+    next_used: Wrapping<u16>,
+    event_idx: bool,
+    /// `next_used` when the driver's wish for an interrupt was last looked at (EVENT_IDX).
+    signalled_used: Wrapping<u16>,
+}
+
+impl SplitRing {
+    fn avail_idx(&self) -> u64 {
+        self.avail + 2
+    }
+
+    fn avail_entry(&self, at: Wrapping<u16>) -> u64 {
+        self.avail + RING_HEADER + AVAIL_ENTRY * u64::from(at.0 & (self.size - 1))
+    }
+
+    fn used_event(&self) -> u64 {
+        self.avail + RING_HEADER + AVAIL_ENTRY * u64::from(self.size)
+    }
+
+    fn used_idx(&self) -> u64 {
+        self.used + 2
+    }
+
+    fn used_entry(&self, at: Wrapping<u16>) -> u64 {
+        self.used + RING_HEADER + USED_ENTRY * u64::from(at.0 & (self.size - 1))
+    }
+
+    fn avail_event(&self) -> u64 {
+        self.used + RING_HEADER + USED_ENTRY * u64::from(self.size)
+    }
+
+    /// The guest areas of the descriptor table and the rings (with their event fields).
+    fn areas(&self) -> [(u64, u64); 3] {
+        let size = u64::from(self.size);
+        [
+            (self.desc_table, DESCRIPTOR * size),
+            (self.avail, RING_HEADER + AVAIL_ENTRY * size + 2),
+            (self.used, RING_HEADER + USED_ENTRY * size + 2),
+        ]
+    }
+}
+
 /// A queue with everything needed to serve it from any thread.
 pub struct Virtqueue {
     index: u16,
-    queue: Queue,
+    ring: SplitRing,
     notifier: Arc<EventFd>,
     memory: GuestMemory,
+    /// The snapshot the last pass used, kept so that no other snapshot can take its address
+    /// while `generation` names it.
+    current: Option<Arc<GuestMemoryMmap>>,
+    generation: u64,
     interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
     /// Set once the rings proved unusable: the queue is left alone until reset.
@@ -100,16 +195,27 @@ impl Virtqueue {
     ) -> Virtqueue {
         let ActiveQueue {
             index,
-            mut queue,
+            queue,
             notifier,
             interrupt,
         } = active;
-        queue.set_event_idx(event_idx);
+        let next_used = Wrapping(queue.next_used());
         Virtqueue {
             index,
-            queue,
+            ring: SplitRing {
+                size: queue.size(),
+                desc_table: queue.desc_table(),
+                avail: queue.avail_ring(),
+                used: queue.used_ring(),
+                next_avail: Wrapping(queue.next_avail()),
+                next_used,
+                event_idx,
+                signalled_used: next_used,
+            },
             notifier,
             memory,
+            current: None,
+            generation: 0,
             interrupt,
             needs_reset,
             broken: false,
@@ -143,8 +249,22 @@ impl Virtqueue {
         }
     }
 
-    pub fn snapshot(&self) -> MemorySnapshot {
-        self.memory.memory()
+    /// The guest memory for a pass, with a new generation when the client remapped memory
+    /// since the last pass.
+    pub fn snapshot(&mut self) -> PassMemory {
+        let snapshot = self.memory.memory();
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), &*snapshot));
+        if !same {
+            self.current = Some(snapshot.clone().into_inner());
+            self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        PassMemory {
+            snapshot,
+            generation: self.generation,
+        }
     }
 
     fn fail(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
@@ -158,22 +278,53 @@ impl Virtqueue {
     /// SeaBIOS's rings in them, and SeaBIOS goes on using the queue without a reset. Ring
     /// addresses are resolved again at every use, so such a queue works once its memory is back;
     /// only rings that are mapped but wrong make it unusable.
-    fn ring_unreadable(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        what: &'static str,
-        error: &dyn std::fmt::Display,
-    ) {
-        if self.queue.is_valid(mem) {
+    fn ring_unreadable(&mut self, mem: &CachedMemory<'_>, what: &'static str, error: &RingError) {
+        let mapped = self.ring.areas().iter().all(|&(addr, len)| {
+            usize::try_from(len)
+                .is_ok_and(|len| GuestMemoryBackend::check_range(mem.mem, GuestAddress(addr), len))
+        });
+        if mapped {
             self.fail(what, error);
         } else {
             debug!(self.logger, "rings not mapped"; "what" => what, "error" => %error);
         }
     }
 
+    fn avail_idx(
+        &self,
+        mem: &CachedMemory<'_>,
+        order: Ordering,
+    ) -> Result<Wrapping<u16>, RingError> {
+        let idx = mem.field16(self.ring.avail_idx())?;
+        Ok(Wrapping(u16::from_le(idx.load(order))))
+    }
+
+    /// Asks the driver for notifications (true) or tells it they are not needed (virtio 1.2
+    /// §2.7.10). With EVENT_IDX the driver stops by itself once `avail_event` is passed, so
+    /// stopping writes nothing.
+    fn set_notification(&self, mem: &CachedMemory<'_>, enable: bool) -> Result<(), RingError> {
+        let ring = &self.ring;
+        match (ring.event_idx, enable) {
+            (true, true) => mem
+                .field16(ring.avail_event())?
+                .store(ring.next_avail.0.to_le(), Ordering::Relaxed),
+            (true, false) => {}
+            (false, enable) => {
+                let flags = if enable {
+                    0
+                } else {
+                    VRING_USED_F_NO_NOTIFY as u16
+                };
+                mem.field16(ring.used)?
+                    .store(flags.to_le(), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// Every chain the driver made available, with notifications suppressed while the caller
     /// works on them. Empty when there is none or the queue is broken.
-    pub fn pop_all(&mut self, mem: &GuestMemoryMmap) -> Vec<Chain> {
+    pub fn pop_all(&mut self, mem: &CachedMemory<'_>) -> Vec<Chain> {
         let mut chains = Vec::new();
         self.pop_all_into(mem, &mut chains);
         chains
@@ -181,47 +332,60 @@ impl Virtqueue {
 
     /// `pop_all` into the caller's vector, whose capacity the request path keeps from one pass
     /// to the next.
-    pub fn pop_all_into(&mut self, mem: &GuestMemoryMmap, chains: &mut Vec<Chain>) {
+    pub fn pop_all_into(&mut self, mem: &CachedMemory<'_>, chains: &mut Vec<Chain>) {
         if self.broken {
             return;
         }
-        if let Err(error) = self.queue.disable_notification(mem) {
-            self.ring_unreadable(mem, "disable_notification", &error);
-            return;
+        if let Err(error) = self.set_notification(mem, false) {
+            return self.ring_unreadable(mem, "disable_notification", &error);
         }
-        let table = GuestAddress(self.queue.desc_table());
-        let queue_size = self.queue.size();
-        match self.queue.iter(mem) {
-            Ok(iter) => chains.extend(iter.map(|chain| Chain {
-                head: chain.head_index(),
+        // Acquire: the ring entries and descriptors behind the index are read after it.
+        let avail = match self.avail_idx(mem, Ordering::Acquire) {
+            Ok(avail) => avail,
+            Err(error) => return self.ring_unreadable(mem, "avail_ring", &error),
+        };
+        let next = self.ring.next_avail;
+        if (avail - next).0 > self.ring.size {
+            let error = RingError::AvailIndex {
+                avail: avail.0,
+                next: next.0,
+            };
+            return self.ring_unreadable(mem, "avail_ring", &error);
+        }
+        let table = GuestAddress(self.ring.desc_table);
+        let queue_size = self.ring.size;
+        while self.ring.next_avail != avail {
+            let Ok(entry) = mem.field16(self.ring.avail_entry(self.ring.next_avail)) else {
+                break;
+            };
+            let head = u16::from_le(entry.load(Ordering::Relaxed));
+            self.ring.next_avail += Wrapping(1);
+            chains.push(Chain {
+                head,
                 table,
                 queue_size,
-            })),
-            Err(error) => self.ring_unreadable(mem, "avail_ring", &error),
+            });
         }
     }
 
     /// Stops driver notifications while the caller polls the avail ring.
-    pub fn suppress_notifications(&mut self, mem: &GuestMemoryMmap) {
+    pub fn suppress_notifications(&mut self, mem: &CachedMemory<'_>) {
         if self.broken {
             return;
         }
-        if let Err(error) = self.queue.disable_notification(mem) {
+        if let Err(error) = self.set_notification(mem, false) {
             self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
 
     /// Whether the driver made chains available that are not popped yet; notifications are
     /// left as they are.
-    pub fn has_available(&mut self, mem: &GuestMemoryMmap) -> bool {
+    pub fn has_available(&mut self, mem: &CachedMemory<'_>) -> bool {
         if self.broken {
             return false;
         }
-        match self
-            .queue
-            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        {
-            Ok(index) => index.0 != self.queue.next_avail(),
+        match self.avail_idx(mem, Ordering::Acquire) {
+            Ok(index) => index != self.ring.next_avail,
             Err(error) => {
                 self.ring_unreadable(mem, "avail_idx", &error);
                 false
@@ -230,12 +394,19 @@ impl Virtqueue {
     }
 
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
-    pub fn more_available(&mut self, mem: &GuestMemoryMmap) -> bool {
+    pub fn more_available(&mut self, mem: &CachedMemory<'_>) -> bool {
         if self.broken {
             return false;
         }
-        match self.queue.enable_notification(mem) {
-            Ok(more) => more,
+        let more = self.set_notification(mem, true).and_then(|()| {
+            // The driver reads our notification setting after publishing its avail idx; we
+            // read its idx after publishing the setting, or a chain made available in between
+            // would get neither a notification nor a look.
+            fence(Ordering::SeqCst);
+            self.avail_idx(mem, Ordering::Relaxed)
+        });
+        match more {
+            Ok(avail) => avail != self.ring.next_avail,
             Err(error) => {
                 self.ring_unreadable(mem, "enable_notification", &error);
                 false
@@ -244,22 +415,42 @@ impl Virtqueue {
     }
 
     /// Returns a chain to the driver with `len` bytes written.
-    pub fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
+    pub fn add_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) {
         if self.broken {
             return;
         }
-        match self.queue.add_used(mem, head, len) {
+        match self.put_used(mem, head, len) {
             Ok(()) => self.returned = true,
             Err(error) => self.fail("add_used", &error),
         }
     }
 
+    fn put_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) -> Result<(), RingError> {
+        let ring = &self.ring;
+        if head >= ring.size {
+            return Err(RingError::Head {
+                head,
+                size: ring.size,
+            });
+        }
+        let entry = ring.used_entry(ring.next_used);
+        let id = mem.field32(entry)?;
+        let written = mem.field32(entry + 4)?;
+        let used_idx = mem.field16(ring.used_idx())?;
+        id.store(u32::from(head).to_le(), Ordering::Relaxed);
+        written.store(len.to_le(), Ordering::Relaxed);
+        self.ring.next_used += Wrapping(1);
+        // Release: the driver that sees the new idx sees the entry and the data before it.
+        used_idx.store(self.ring.next_used.0.to_le(), Ordering::Release);
+        Ok(())
+    }
+
     /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
-    pub fn notify(&mut self, mem: &GuestMemoryMmap) {
+    pub fn notify(&mut self, mem: &CachedMemory<'_>) {
         if self.broken || !std::mem::take(&mut self.returned) {
             return;
         }
-        match self.queue.needs_notification(mem) {
+        match self.interrupt_wanted(mem) {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => debug!(self.logger, "used_event unreadable"; "error" => %error),
@@ -267,57 +458,148 @@ impl Virtqueue {
         self.interrupt.trigger();
         self.counters.interrupted();
     }
+
+    /// Whether the driver wants an interrupt for the chains returned since the last decision:
+    /// with EVENT_IDX when `used_event` lies among them, otherwise unless it set NO_INTERRUPT.
+    fn interrupt_wanted(&mut self, mem: &CachedMemory<'_>) -> Result<bool, RingError> {
+        // The used idx is published before the driver's wish is read, and the driver publishes
+        // its wish before reading the used idx: without this fence both could miss the other.
+        fence(Ordering::SeqCst);
+        let ring = &self.ring;
+        if !ring.event_idx {
+            let flags = u16::from_le(mem.field16(ring.avail)?.load(Ordering::Relaxed));
+            return Ok(flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0);
+        }
+        let used_event = Wrapping(u16::from_le(
+            mem.field16(ring.used_event())?.load(Ordering::Relaxed),
+        ));
+        let (new, old) = (ring.next_used, ring.signalled_used);
+        self.ring.signalled_used = new;
+        Ok(new - used_event - Wrapping(1) < new - old)
+    }
+}
+
+/// A guest memory region as a plain host range.
+#[derive(Debug, Clone, Copy)]
+struct HostRegion {
+    start: u64,
+    len: u64,
+    base: *mut u8,
+}
+
+impl HostRegion {
+    fn of(region: &GuestRegionMmap) -> Option<HostRegion> {
+        let slice = region.as_volatile_slice().ok()?;
+        Some(HostRegion {
+            start: region.start_addr().0,
+            len: slice.len() as u64,
+            base: slice.ptr_guard_mut().as_ptr(),
+        })
+    }
+
+    /// The host address of the `len` bytes at guest `addr`, when they lie in this region.
+    fn host(self, addr: u64, len: usize) -> Option<*mut u8> {
+        let offset = addr.checked_sub(self.start)?;
+        if offset.checked_add(len as u64)? > self.len {
+            return None;
+        }
+        // In bounds of the mapping, checked just above.
+        Some(self.base.wrapping_add(offset as usize))
+    }
 }
 
 /// Guest memory as one pass over a queue sees it, remembering the last region an access hit.
 pub struct CachedMemory<'a> {
     mem: &'a GuestMemoryMmap,
-    region: Cell<Option<&'a GuestRegionMmap>>,
+    generation: u64,
+    region: Cell<Option<HostRegion>>,
 }
 
 impl<'a> CachedMemory<'a> {
-    pub fn new(mem: &'a GuestMemoryMmap) -> CachedMemory<'a> {
+    pub fn new(memory: &'a PassMemory) -> CachedMemory<'a> {
         CachedMemory {
-            mem,
+            mem: &memory.snapshot,
+            generation: memory.generation,
             region: Cell::new(None),
         }
     }
 
-    /// The `len` bytes at `addr` as one bounds-checked host slice; None when they do not lie
-    /// within one region.
-    fn slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'a>> {
-        if let Some(slice) = self.region.get().and_then(|r| slice_of(r, addr, len)) {
-            return Some(slice);
+    /// The host address of the `len` bytes at `addr`, valid while the snapshot is borrowed;
+    /// None when they do not lie within one region.
+    fn host(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        if let Some(host) = self.region.get().and_then(|region| region.host(addr, len)) {
+            return Some(host);
         }
-        let region = self.mem.find_region(addr)?;
+        let region = HostRegion::of(self.mem.find_region(GuestAddress(addr))?)?;
         self.region.set(Some(region));
-        slice_of(region, addr, len)
+        region.host(addr, len)
+    }
+
+    /// The ring field at `addr` as the atomic `A` (`AtomicU16` or `AtomicU32`), or None when
+    /// it is outside memory or misaligned.
+    fn atomic<A: RingField>(&self, addr: u64) -> Option<&'a A> {
+        let host = self.host(addr, size_of::<A>())?;
+        if host.align_offset(std::mem::align_of::<A>()) != 0 {
+            return None;
+        }
+        // SAFETY: `host` is the address of size_of::<A>() bytes, aligned for A, inside a
+        // mapping of the snapshot this memory borrows for 'a. The driver reads and writes ring
+        // fields concurrently, which is why they are accessed only as atomics.
+        Some(unsafe { A::from_host(host) })
+    }
+
+    fn field16(&self, addr: u64) -> Result<&'a AtomicU16, RingError> {
+        self.atomic(addr).ok_or(RingError::Unreachable { addr })
+    }
+
+    fn field32(&self, addr: u64) -> Result<&'a AtomicU32, RingError> {
+        self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
 
     /// The descriptor at `addr`, or None when it cannot be read.
-    fn descriptor(&self, addr: GuestAddress) -> Option<Descriptor> {
-        match self.slice(addr, size_of::<Descriptor>()) {
-            Some(slice) => slice.read_obj(0).ok(),
-            None => self.mem.read_obj(addr).ok(),
+    fn descriptor(&self, addr: u64) -> Option<Descriptor> {
+        match self.host(addr, size_of::<Descriptor>()) {
+            // SAFETY: `host` is the address of a whole descriptor in the snapshot borrowed for
+            // 'a (checked by `host`).
+            Some(host) => Some(unsafe { read_descriptor(host) }),
+            None => self.mem.read_obj(GuestAddress(addr)).ok(),
         }
     }
 }
 
-impl Deref for CachedMemory<'_> {
-    type Target = GuestMemoryMmap;
+/// The atomics ring fields are accessed as.
+trait RingField {
+    /// # Safety
+    /// `host` is aligned for Self, valid for its size and lives for 'a.
+    unsafe fn from_host<'a>(host: *mut u8) -> &'a Self;
+}
 
-    fn deref(&self) -> &GuestMemoryMmap {
-        self.mem
+impl RingField for AtomicU16 {
+    unsafe fn from_host<'a>(host: *mut u8) -> &'a AtomicU16 {
+        // SAFETY: as the caller promised.
+        unsafe { AtomicU16::from_ptr(host.cast()) }
     }
 }
 
-fn slice_of<'a>(
-    region: &'a GuestRegionMmap,
-    addr: GuestAddress,
-    len: usize,
-) -> Option<VolatileSlice<'a>> {
-    let offset = addr.checked_offset_from(region.start_addr())?;
-    region.get_slice(MemoryRegionAddress(offset), len).ok()
+impl RingField for AtomicU32 {
+    unsafe fn from_host<'a>(host: *mut u8) -> &'a AtomicU32 {
+        // SAFETY: as the caller promised.
+        unsafe { AtomicU32::from_ptr(host.cast()) }
+    }
+}
+
+/// Copies the descriptor at `host` out of guest memory (a descriptor is 16 bytes of plain data,
+/// indirect tables need not be aligned).
+///
+/// # Safety
+/// `host` is valid for reads of a descriptor.
+unsafe fn read_descriptor(host: *const u8) -> Descriptor {
+    let mut descriptor = Descriptor::default();
+    let bytes = descriptor.as_mut_slice();
+    // SAFETY: `host` is valid for the descriptor's size (the caller's promise), `bytes` is
+    // exactly that size and a local, so they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(host, bytes.as_mut_ptr(), bytes.len()) };
+    descriptor
 }
 
 /// What makes a chain malformed.
@@ -346,9 +628,12 @@ impl ChainDefect {
     }
 }
 
+/// One descriptor's buffer, or the part of it in one region: its host address in the
+/// snapshot of its generation, and its guest address for any other snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
-    addr: GuestAddress,
+    host: *mut u8,
+    addr: u64,
     len: u32,
 }
 
@@ -358,14 +643,55 @@ pub struct Segments {
     /// Inline for the usual chains (header, data, response), so collecting allocates nothing.
     list: SmallVec<[Segment; 4]>,
     len: u64,
+    /// The snapshot generation the host addresses belong to.
+    generation: u64,
+}
+
+// SAFETY: the host addresses are plain values here; they are dereferenced only through a
+// `CachedMemory` of the generation they were translated in, which borrows the snapshot that
+// maps them, on whichever thread that is.
+unsafe impl Send for Segments {}
+
+/// A piece of guest memory to copy from or to: where it is in the segments' generation, and in
+/// guest memory for any other.
+struct Piece {
+    host: *mut u8,
+    addr: u64,
+    len: usize,
 }
 
 impl Segments {
-    fn push(&mut self, addr: GuestAddress, len: u32) {
-        if len > 0 {
-            self.list.push(Segment { addr, len });
-            self.len += u64::from(len);
+    /// Adds the `len` bytes at `addr`, split where regions end; false when they are not all in
+    /// guest memory.
+    fn push(&mut self, mem: &CachedMemory<'_>, addr: u64, len: u32) -> bool {
+        if len == 0 {
+            return true;
         }
+        if let Some(host) = mem.host(addr, len as usize) {
+            self.list.push(Segment { host, addr, len });
+        } else {
+            let guest = GuestAddress(addr);
+            if !GuestMemoryBackend::check_range(mem.mem, guest, len as usize) {
+                return false;
+            }
+            let mut at = addr;
+            for slice in GuestMemoryBackend::get_slices(mem.mem, guest, len as usize) {
+                let Ok(slice) = slice else {
+                    return false;
+                };
+                // A slice of this descriptor, so shorter than its u32 length.
+                let piece = slice.len() as u32;
+                let host = slice.ptr_guard_mut().as_ptr();
+                self.list.push(Segment {
+                    host,
+                    addr: at,
+                    len: piece,
+                });
+                at += u64::from(piece);
+            }
+        }
+        self.len += u64::from(len);
+        true
     }
 
     /// Total bytes.
@@ -377,9 +703,9 @@ impl Segments {
         self.len == 0
     }
 
-    /// The (address, length) pieces covering `len` bytes after the first `skip`, stopping at
-    /// the end of the segments.
-    fn pieces(&self, skip: u64, len: u64) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
+    /// The pieces covering `len` bytes after the first `skip`, stopping at the end of the
+    /// segments.
+    fn pieces(&self, skip: u64, len: u64) -> impl Iterator<Item = Piece> + '_ {
         let mut skip = skip;
         let mut left = len;
         self.list.iter().filter_map(move |segment| {
@@ -392,12 +718,27 @@ impl Segments {
                 return None;
             }
             let take = (segment_len - skip).min(left);
-            let addr = GuestAddress(segment.addr.0.wrapping_add(skip));
+            // skip < segment_len <= u32::MAX, and so is take: both fit usize.
+            let piece = Piece {
+                host: segment.host.wrapping_add(skip as usize),
+                addr: segment.addr.wrapping_add(skip),
+                len: take as usize,
+            };
             skip = 0;
             left -= take;
-            // take <= u32::MAX (a segment length), so it fits usize.
-            Some((addr, take as usize))
+            Some(piece)
         })
+    }
+
+    /// The host address of `piece` in `mem`: as translated when the chain was collected if
+    /// `mem` is of the same snapshot, else translated again; None when the piece does not lie
+    /// within one region of `mem`.
+    fn host(&self, mem: &CachedMemory<'_>, piece: &Piece) -> Option<*mut u8> {
+        if self.generation == mem.generation {
+            Some(piece.host)
+        } else {
+            mem.host(piece.addr, piece.len)
+        }
     }
 
     /// Fills `out` from the bytes after the first `skip`; returns how many were available.
@@ -408,15 +749,18 @@ impl Segments {
         out: &mut [u8],
     ) -> Result<usize, GuestMemoryError> {
         let mut done = 0;
-        for (addr, len) in self.pieces(skip, out.len() as u64) {
-            let out = &mut out[done..done + len];
-            match mem.slice(addr, len) {
-                Some(slice) => {
-                    slice.copy_to(out);
-                }
-                None => mem.read_slice(out, addr)?,
+        for piece in self.pieces(skip, out.len() as u64) {
+            let out = &mut out[done..done + piece.len];
+            match self.host(mem, &piece) {
+                // SAFETY: `host` addresses `piece.len` bytes of a region of the snapshot `mem`
+                // borrows (same generation, or translated just now); `out` is a local buffer
+                // of that length, not guest memory, so they do not overlap.
+                Some(host) => unsafe {
+                    std::ptr::copy_nonoverlapping(host.cast_const(), out.as_mut_ptr(), out.len())
+                },
+                None => mem.mem.read_slice(out, GuestAddress(piece.addr))?,
             }
-            done += len;
+            done += piece.len;
         }
         Ok(done)
     }
@@ -429,13 +773,16 @@ impl Segments {
         data: &[u8],
     ) -> Result<usize, GuestMemoryError> {
         let mut done = 0;
-        for (addr, len) in self.pieces(skip, data.len() as u64) {
-            let data = &data[done..done + len];
-            match mem.slice(addr, len) {
-                Some(slice) => slice.copy_from(data),
-                None => mem.write_slice(data, addr)?,
+        for piece in self.pieces(skip, data.len() as u64) {
+            let data = &data[done..done + piece.len];
+            match self.host(mem, &piece) {
+                // SAFETY: as in `read`, with the copy going the other way.
+                Some(host) => unsafe {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), host, data.len())
+                },
+                None => mem.mem.write_slice(data, GuestAddress(piece.addr))?,
             }
-            done += len;
+            done += piece.len;
         }
         Ok(done)
     }
@@ -449,15 +796,17 @@ impl Segments {
         len: u64,
     ) -> Result<IoVecs, GuestMemoryError> {
         let mut iovecs = IoVecs::new();
-        for (addr, piece_len) in self.pieces(skip, len) {
-            if let Some(slice) = mem.slice(addr, piece_len) {
+        for piece in self.pieces(skip, len) {
+            if let Some(host) = self.host(mem, &piece) {
                 iovecs.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: slice.len(),
+                    iov_base: host.cast(),
+                    iov_len: piece.len,
                 });
                 continue;
             }
-            for slice in GuestMemoryBackend::get_slices(mem.mem, addr, piece_len) {
+            for slice in
+                GuestMemoryBackend::get_slices(mem.mem, GuestAddress(piece.addr), piece.len)
+            {
                 let slice = slice?;
                 iovecs.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
@@ -481,25 +830,23 @@ impl ChainBuffers {
     /// what could be collected along with it, so that a response can still be attempted.
     pub fn collect(chain: Chain, mem: &CachedMemory<'_>) -> (ChainBuffers, Option<ChainDefect>) {
         let mut buffers = ChainBuffers::default();
+        buffers.readable.generation = mem.generation;
+        buffers.writable.generation = mem.generation;
         let mut defect = None;
         let mut last_has_next = None;
         for descriptor in Descriptors::new(chain, mem) {
             last_has_next = Some(descriptor.has_next());
-            let (addr, len) = (descriptor.addr(), descriptor.len());
-            let inside = len == 0
-                || mem.slice(addr, len as usize).is_some()
-                || GuestMemoryBackend::check_range(mem.mem, addr, len as usize);
-            if !inside {
-                defect.get_or_insert(ChainDefect::OutsideMemory { addr: addr.0, len });
-                continue;
-            }
-            if descriptor.is_write_only() {
-                buffers.writable.push(addr, len);
+            let (addr, len) = (descriptor.addr().0, descriptor.len());
+            let write_only = descriptor.is_write_only();
+            let segments = if write_only {
+                &mut buffers.writable
             } else {
-                if !buffers.writable.list.is_empty() {
-                    defect.get_or_insert(ChainDefect::ReadableAfterWritable);
-                }
-                buffers.readable.push(addr, len);
+                &mut buffers.readable
+            };
+            if !segments.push(mem, addr, len) {
+                defect.get_or_insert(ChainDefect::OutsideMemory { addr, len });
+            } else if !write_only && !buffers.writable.list.is_empty() {
+                defect.get_or_insert(ChainDefect::ReadableAfterWritable);
             }
         }
         match last_has_next {
@@ -518,7 +865,9 @@ impl ChainBuffers {
 /// cannot be read.
 struct Descriptors<'m, 'a> {
     mem: &'m CachedMemory<'a>,
-    table: GuestAddress,
+    table: u64,
+    /// The table's host address when it lies in one region.
+    table_host: Option<*mut u8>,
     table_len: u16,
     next: u16,
     /// Descriptors the current table may still yield: ends loops.
@@ -529,32 +878,51 @@ struct Descriptors<'m, 'a> {
 
 impl<'m, 'a> Descriptors<'m, 'a> {
     fn new(chain: Chain, mem: &'m CachedMemory<'a>) -> Descriptors<'m, 'a> {
-        Descriptors {
+        let mut descriptors = Descriptors {
             mem,
-            table: chain.table,
-            table_len: chain.queue_size,
+            table: 0,
+            table_host: None,
+            table_len: 0,
             next: chain.head,
-            ttl: chain.queue_size,
+            ttl: 0,
             indirect: false,
             yielded_bytes: 0,
-        }
+        };
+        descriptors.enter(chain.table.0, chain.queue_size);
+        descriptors
+    }
+
+    fn enter(&mut self, table: u64, len: u16) {
+        self.table = table;
+        self.table_host = self
+            .mem
+            .host(table, usize::from(len) * size_of::<Descriptor>());
+        self.table_len = len;
+        self.ttl = len;
     }
 
     /// Moves to the indirect table `descriptor` points to; false when it is not usable.
     fn enter_indirect(&mut self, descriptor: &Descriptor) -> bool {
-        let entry = size_of::<Descriptor>() as u32;
-        if self.indirect || descriptor.len() % entry != 0 {
+        if self.indirect || u64::from(descriptor.len()) % DESCRIPTOR != 0 {
             return false;
         }
-        let Ok(len) = u16::try_from(descriptor.len() / entry) else {
+        let Ok(len) = u16::try_from(u64::from(descriptor.len()) / DESCRIPTOR) else {
             return false;
         };
-        self.table = descriptor.addr();
-        self.table_len = len;
+        self.enter(descriptor.addr().0, len);
         self.next = 0;
-        self.ttl = len;
         self.indirect = true;
         true
+    }
+
+    fn read(&self, index: u16) -> Option<Descriptor> {
+        let offset = u64::from(index) * DESCRIPTOR;
+        match self.table_host {
+            // SAFETY: index < table_len, so the descriptor lies in the table, which `enter`
+            // found whole in a region of the snapshot `mem` borrows.
+            Some(host) => Some(unsafe { read_descriptor(host.wrapping_add(offset as usize)) }),
+            None => self.mem.descriptor(self.table.checked_add(offset)?),
+        }
     }
 }
 
@@ -566,8 +934,7 @@ impl Iterator for Descriptors<'_, '_> {
             if self.ttl == 0 || self.next >= self.table_len {
                 return None;
             }
-            let offset = u64::from(self.next) * size_of::<Descriptor>() as u64;
-            let descriptor = self.mem.descriptor(self.table.checked_add(offset)?)?;
+            let descriptor = self.read(self.next)?;
             if descriptor.refers_to_indirect_table() {
                 if !self.enter_indirect(&descriptor) {
                     return None;
@@ -583,5 +950,347 @@ impl Iterator for Descriptors<'_, '_> {
             }
             return Some(descriptor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::Queue;
+    use vm_memory::GuestMemoryAtomic;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+    use crate::scsi_device::test_driver::CountingInterrupt;
+
+    const SIZE: u16 = 8;
+    const DESC: u64 = 0;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+    const USED_EVENT: u64 = AVAIL + 4 + 2 * SIZE as u64;
+    const AVAIL_EVENT: u64 = USED + 4 + 8 * SIZE as u64;
+
+    struct Rings {
+        memory: GuestMemory,
+        queue: Virtqueue,
+        interrupt: Arc<CountingInterrupt>,
+        needs_reset: Arc<AtomicBool>,
+    }
+
+    fn memory(ranges: &[(u64, usize)]) -> GuestMemoryMmap {
+        let ranges: Vec<_> = ranges
+            .iter()
+            .map(|&(start, len)| (GuestAddress(start), len))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    /// A queue of SIZE whose driver and device indices both start at `start`.
+    fn rings(event_idx: bool, start: u16, mem: GuestMemoryMmap) -> Rings {
+        let mut queue = Queue::new(SIZE).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(DESC))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(AVAIL))
+            .unwrap();
+        queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        queue.set_next_avail(start);
+        queue.set_next_used(start);
+        mem.write_obj(start.to_le(), GuestAddress(AVAIL + 2))
+            .unwrap();
+        mem.write_obj(start.to_le(), GuestAddress(USED + 2))
+            .unwrap();
+        let memory = GuestMemoryAtomic::new(mem);
+        let interrupt = Arc::new(CountingInterrupt::default());
+        let needs_reset = Arc::new(AtomicBool::new(false));
+        let active = ActiveQueue {
+            index: 2,
+            queue,
+            notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            interrupt: interrupt.clone(),
+        };
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let reset = NeedsReset::new(needs_reset.clone(), Arc::new(CountingInterrupt::default()));
+        let queue = Virtqueue::new(
+            active,
+            memory.clone(),
+            event_idx,
+            reset,
+            Arc::default(),
+            &logger,
+        );
+        Rings {
+            memory,
+            queue,
+            interrupt,
+            needs_reset,
+        }
+    }
+
+    impl Rings {
+        fn u16_at(&self, addr: u64) -> u16 {
+            u16::from_le(self.memory.memory().read_obj(GuestAddress(addr)).unwrap())
+        }
+
+        fn u32_at(&self, addr: u64) -> u32 {
+            u32::from_le(self.memory.memory().read_obj(GuestAddress(addr)).unwrap())
+        }
+
+        fn set_u16(&self, addr: u64, value: u16) {
+            let mem = self.memory.memory();
+            mem.write_obj(value.to_le(), GuestAddress(addr)).unwrap();
+        }
+
+        /// Makes `heads` available, as a driver does.
+        fn publish(&self, heads: &[u16]) {
+            let mut idx = self.u16_at(AVAIL + 2);
+            for &head in heads {
+                self.set_u16(AVAIL + 4 + 2 * u64::from(idx % SIZE), head);
+                idx = idx.wrapping_add(1);
+            }
+            self.set_u16(AVAIL + 2, idx);
+        }
+
+        fn descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let descriptor = Descriptor::new(addr, len, flags, next);
+            let at = GuestAddress(DESC + DESCRIPTOR * u64::from(index));
+            self.memory.memory().write_obj(descriptor, at).unwrap();
+        }
+
+        /// Runs `f` as one pass over the queue.
+        fn pass<R>(&mut self, f: impl FnOnce(&mut Virtqueue, &CachedMemory<'_>) -> R) -> R {
+            let snapshot = self.queue.snapshot();
+            let mem = CachedMemory::new(&snapshot);
+            f(&mut self.queue, &mem)
+        }
+
+        fn pop(&mut self) -> Vec<u16> {
+            self.pass(|queue, mem| queue.pop_all(mem).iter().map(Chain::head_index).collect())
+        }
+
+        fn return_chain(&mut self, head: u16, len: u32) {
+            self.pass(|queue, mem| queue.add_used(mem, head, len));
+        }
+
+        fn notify(&mut self) {
+            self.pass(|queue, mem| queue.notify(mem));
+        }
+
+        /// The used ring entry in `slot`: (id, len).
+        fn used(&self, slot: u16) -> (u32, u32) {
+            let at = USED + 4 + 8 * u64::from(slot);
+            (self.u32_at(at), self.u32_at(at + 4))
+        }
+    }
+
+    #[test]
+    fn ring_indices_wrap_around_at_16_bits() {
+        let mut rings = rings(false, 0xfffe, memory(&[(0, 0x10000)]));
+        rings.publish(&[3, 1, 4, 5]);
+        assert_eq!(rings.u16_at(AVAIL + 2), 2);
+        assert_eq!(rings.pop(), [3, 1, 4, 5]);
+        for (n, head) in [3, 1, 4, 5].into_iter().enumerate() {
+            rings.return_chain(head, 10 * n as u32);
+        }
+        assert_eq!(rings.u16_at(USED + 2), 2);
+        // 0xfffe % 8 = 6: the entries go to slots 6, 7, 0, 1.
+        assert_eq!(rings.used(6), (3, 0));
+        assert_eq!(rings.used(7), (1, 10));
+        assert_eq!(rings.used(0), (4, 20));
+        assert_eq!(rings.used(1), (5, 30));
+        assert!(!rings.pass(|queue, mem| queue.more_available(mem)));
+        rings.publish(&[2]);
+        assert!(rings.pass(|queue, mem| queue.has_available(mem)));
+        assert_eq!(rings.pop(), [2]);
+        assert!(!rings.needs_reset.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_once_used_event_is_passed() {
+        let mut rings = rings(true, 0xfffe, memory(&[(0, 0x10000)]));
+        // An interrupt once the entry at index 0xffff is used, i.e. after the second chain.
+        rings.set_u16(USED_EVENT, 0xffff);
+        rings.return_chain(0, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 0);
+        rings.return_chain(1, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 1, "used idx went from 0xffff to 0");
+        rings.return_chain(2, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 1, "used_event already passed");
+        // Both chains of one batch: used_event in the middle of it still counts.
+        rings.set_u16(USED_EVENT, 1);
+        rings.return_chain(3, 0);
+        rings.return_chain(4, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 2);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 2, "nothing returned since");
+    }
+
+    #[test]
+    fn event_idx_avail_event_asks_for_the_next_chain() {
+        let mut rings = rings(true, 0xfffe, memory(&[(0, 0x10000)]));
+        rings.publish(&[0, 1, 2]);
+        rings.pass(|queue, mem| queue.suppress_notifications(mem));
+        assert_eq!(rings.u16_at(USED), 0, "EVENT_IDX leaves used.flags alone");
+        assert_eq!(rings.pop(), [0, 1, 2]);
+        assert!(!rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(
+            rings.u16_at(AVAIL_EVENT),
+            1,
+            "the next chain the device will pop"
+        );
+        rings.publish(&[3]);
+        assert!(rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(rings.pop(), [3]);
+        assert!(!rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(rings.u16_at(AVAIL_EVENT), 2);
+    }
+
+    #[test]
+    fn without_event_idx_the_ring_flags_suppress_notifications_and_interrupts() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.pass(|queue, mem| queue.suppress_notifications(mem));
+        assert_eq!(rings.u16_at(USED), VRING_USED_F_NO_NOTIFY as u16);
+        assert!(!rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(rings.u16_at(USED), 0);
+
+        rings.set_u16(AVAIL, VRING_AVAIL_F_NO_INTERRUPT as u16);
+        rings.return_chain(0, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 0, "the driver set NO_INTERRUPT");
+        rings.set_u16(AVAIL, 0);
+        rings.return_chain(1, 0);
+        rings.notify();
+        assert_eq!(rings.interrupt.count(), 1);
+    }
+
+    #[test]
+    fn an_avail_idx_more_than_the_queue_size_ahead_needs_reset() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.set_u16(AVAIL + 2, SIZE + 1);
+        assert!(rings.pop().is_empty());
+        assert!(rings.needs_reset.load(Ordering::SeqCst));
+        rings.set_u16(AVAIL + 2, 1);
+        assert!(
+            rings.pop().is_empty(),
+            "a broken queue stays broken until reset"
+        );
+    }
+
+    #[test]
+    fn returning_a_head_outside_the_queue_needs_reset() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.return_chain(SIZE, 0);
+        assert!(rings.needs_reset.load(Ordering::SeqCst));
+        assert_eq!(rings.u16_at(USED + 2), 0);
+    }
+
+    #[test]
+    fn rings_outside_mapped_memory_wait_for_it_to_come_back() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.publish(&[5]);
+        let saved = rings.memory.memory().clone().into_inner();
+        rings
+            .memory
+            .lock()
+            .unwrap()
+            .replace(memory(&[(0x8000, 0x8000)]));
+        assert!(rings.pop().is_empty());
+        assert!(!rings.needs_reset.load(Ordering::SeqCst));
+        rings.memory.lock().unwrap().replace((*saved).clone());
+        assert_eq!(rings.pop(), [5]);
+    }
+
+    /// Collects the chain at `head` in one pass.
+    fn collect(rings: &mut Rings, head: u16) -> (ChainBuffers, Option<ChainDefect>) {
+        let chain = Chain {
+            head,
+            table: GuestAddress(DESC),
+            queue_size: SIZE,
+        };
+        rings.pass(|_, mem| ChainBuffers::collect(chain, mem))
+    }
+
+    #[test]
+    fn segments_of_an_older_snapshot_are_translated_again() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.descriptor(0, 0x4000, 8, VRING_DESC_F_NEXT as u16, 1);
+        rings.descriptor(1, 0x5000, 8, VRING_DESC_F_WRITE as u16, 0);
+        let old = rings.memory.memory().clone().into_inner();
+        old.write_slice(b"old data", GuestAddress(0x4000)).unwrap();
+        let (buffers, defect) = collect(&mut rings, 0);
+        assert_eq!(defect, None);
+
+        let mut out = [0u8; 8];
+        rings.pass(|_, mem| buffers.readable.read(mem, 0, &mut out).unwrap());
+        assert_eq!(&out, b"old data");
+
+        // The client remaps: a copy of memory with other contents at the same addresses.
+        let new = memory(&[(0, 0x10000)]);
+        new.write_slice(b"new data", GuestAddress(0x4000)).unwrap();
+        rings.memory.lock().unwrap().replace(new);
+        rings.pass(|_, mem| {
+            assert_eq!(buffers.readable.read(mem, 0, &mut out).unwrap(), 8);
+            assert_eq!(buffers.writable.write(mem, 0, b"answered").unwrap(), 8);
+        });
+        assert_eq!(&out, b"new data");
+        assert_eq!(
+            rings
+                .memory
+                .memory()
+                .read_obj::<[u8; 8]>(GuestAddress(0x5000))
+                .unwrap(),
+            *b"answered"
+        );
+        assert_eq!(
+            old.read_obj::<[u8; 8]>(GuestAddress(0x5000)).unwrap(),
+            [0; 8]
+        );
+    }
+
+    #[test]
+    fn a_buffer_across_two_regions_is_split_where_they_meet() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x8000), (0x8000, 0x8000)]));
+        rings.descriptor(0, 0x7ff8, 16, VRING_DESC_F_NEXT as u16, 1);
+        rings.descriptor(
+            1,
+            0x9000,
+            0,
+            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+            2,
+        );
+        rings.descriptor(2, 0x20000, 4, VRING_DESC_F_WRITE as u16, 0);
+        let data: Vec<u8> = (0..16).collect();
+        rings
+            .memory
+            .memory()
+            .write_slice(&data, GuestAddress(0x7ff8))
+            .unwrap();
+        let (buffers, defect) = collect(&mut rings, 0);
+        assert_eq!(
+            defect,
+            Some(ChainDefect::OutsideMemory {
+                addr: 0x20000,
+                len: 4
+            })
+        );
+        assert_eq!(buffers.readable.list.len(), 2);
+        assert_eq!(buffers.readable.len(), 16);
+        assert!(
+            buffers.writable.is_empty(),
+            "zero-length and outside buffers are left out"
+        );
+        rings.pass(|_, mem| {
+            let mut out = [0u8; 12];
+            assert_eq!(buffers.readable.read(mem, 4, &mut out).unwrap(), 12);
+            assert_eq!(out[..], data[4..]);
+            let iovecs = buffers.readable.iovecs(mem, 0, 16).unwrap();
+            let lens: Vec<usize> = iovecs.iter().map(|iovec| iovec.iov_len).collect();
+            assert_eq!(lens, [8, 8]);
+        });
     }
 }
