@@ -21,6 +21,9 @@
 #                       qemu-storage-daemon's vhost-user-blk export takes one iothread at most.
 #   --polling on|off    adaptive polling of the iothreads (default on; off: poll-max-ns=0 and
 #                       our --poll-max-ns 0)
+#   --poll-max-ns NS    with --polling on, the longest polling window of every target's
+#                       iothreads (QEMU's and qemu-storage-daemon's poll-max-ns, our
+#                       --poll-max-ns); default: each program's own, 32768 for all three
 #   --server-args ARGS  extra arguments for our server, e.g. '--aio threads' (the script sets
 #                       --log-format json itself: it reads the server's per-queue counters)
 #   --file PATH         the file backend's image (default: a 1 GiB file written in full once, in
@@ -61,6 +64,7 @@ numjobs=
 queues=
 iothreads=1
 polling=on
+poll_max_ns=
 server_args=
 image=
 sweep=32,128,512
@@ -80,6 +84,7 @@ while [ "$#" -gt 0 ]; do
         --queues) need_value "$@"; queues=$2; shift ;;
         --iothreads) need_value "$@"; iothreads=$2; shift ;;
         --polling) need_value "$@"; polling=$2; shift ;;
+        --poll-max-ns) need_value "$@"; poll_max_ns=$2; shift ;;
         --server-args) need_value "$@"; server_args=$2; shift ;;
         --file) need_value "$@"; image=$2; shift ;;
         --sweep) need_value "$@"; sweep=$2; shift ;;
@@ -109,6 +114,10 @@ if [ "$rounds" -lt 1 ] || [ "$runtime" -lt 1 ] || [ "$smp" -lt 1 ]; then
 fi
 [ "$iothreads" -le 2 ] || die "--iothreads takes 0, 1 or 2, got '$iothreads'"
 case $polling in on | off) ;; *) die "--polling takes on or off, got '$polling'" ;; esac
+if [ -n "$poll_max_ns" ]; then
+    check_number --poll-max-ns "$poll_max_ns"
+    [ "$polling" = on ] || die "--poll-max-ns goes with --polling on"
+fi
 numjobs=${numjobs:-$smp}
 queues=${queues:-$smp}
 IFS=, read -r -a target_list <<<"$targets"
@@ -255,6 +264,7 @@ run_guest() {
     esac
     args+=(--smp "$smp" --queues "$queues" --iothreads "$iothreads" --disk "$disk")
     [ "$polling" = on ] || args+=(--no-poll)
+    [ -z "$poll_max_ns" ] || args+=(--poll-max-ns "$poll_max_ns")
     if [ "$kind" = sweep ]; then
         args+=(--queue-size 1024 --null-latency-us "$sweep_latency_us")
     fi
@@ -364,7 +374,7 @@ mkdir -p "$(dirname "$json_out")"
 jq -n --slurpfile runs "$results" --slurpfile boots "$boots" \
     --argjson smp "$smp" --argjson queues "$queues" --argjson iothreads "$iothreads" \
     --argjson numjobs "$numjobs" --argjson runtime "$runtime" --argjson ramp "$ramp" \
-    --argjson rounds "$rounds" --arg polling "$polling" --arg server_args "$server_args" \
+    --argjson rounds "$rounds" --arg polling "$polling" --arg poll_max_ns "$poll_max_ns" --arg server_args "$server_args" \
     --argjson sweep_latency_us "$sweep_latency_us" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
     --arg cpus "$(nproc)" --arg file "${image:-}" '
     def median: sort | if length == 0 then null
@@ -381,7 +391,7 @@ jq -n --slurpfile runs "$results" --slurpfile boots "$boots" \
     def median_of($b; $j; $t; f):
         [$summary[] | select(.backend == $b and .job == $j and .target == $t) | f][0];
     {config: {smp: $smp, queues: $queues, iothreads: $iothreads, numjobs: $numjobs,
-              rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, polling: $polling,
+              rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, polling: $polling, poll_max_ns: $poll_max_ns,
               server_args: $server_args, accel: "tcg", sweep_latency_us: $sweep_latency_us,
               host_cpus: ($cpus | tonumber), load_average_at_end: $load, file_disk: $file},
      summary: $summary,
@@ -407,7 +417,7 @@ jq -n --slurpfile runs "$results" --slurpfile boots "$boots" \
 
 # The tables, from the JSON.
 echo
-echo "Guest fio, median of $rounds rounds (spread = (max - min) / median), $smp vCPUs, numjobs $numjobs, $queues queues, $iothreads iothreads, polling $polling:"
+echo "Guest fio, median of $rounds rounds (spread = (max - min) / median), $smp vCPUs, numjobs $numjobs, $queues queues, $iothreads iothreads, polling $polling${poll_max_ns:+ (poll-max-ns $poll_max_ns)}:"
 jq -r '
     def n(x): if x == null then "-" else (x | floor | tostring) end;
     def f1(x): if x == null then "-" else ((x * 10 | round) / 10 | tostring) end;

@@ -23,7 +23,10 @@
 #   --queue-size N     virtqueue size (builtin: virtqueue_size; --server: --queue-size;
 #                      --vhost-user-blk: the device's queue-size); default: each device's own
 #   --no-poll          iothreads do not poll (builtin and qemu-storage-daemon: poll-max-ns=0;
-#                      --server: --poll-max-ns 0)
+#                      --server: --poll-max-ns 0); the same as --poll-max-ns 0
+#   --poll-max-ns NS   the longest adaptive polling window of every iothread (QEMU's
+#                      iothread poll-max-ns=NS, and our --poll-max-ns NS); default: each
+#                      program's own (32768 for QEMU, qemu-storage-daemon and our server)
 #   --null-latency-us U  with --disk null: every request completes after U microseconds
 #                      (null-co latency-ns for QEMU's devices, latency-us for our server)
 #   --disk SPEC        FILE (a raw image or block device; both devices serve it with O_DIRECT and
@@ -68,7 +71,7 @@ queues=
 iothreads=
 disk=
 queue_size=
-poll=on
+poll_max_ns=
 null_latency_us=0
 accel=tcg
 timeout_s=300
@@ -92,7 +95,8 @@ while [ "$#" -gt 0 ]; do
         --iothreads) need_value "$@"; is_count "$1" "$2"; iothreads=$2; shift ;;
         --disk) need_value "$@"; disk=$2; shift ;;
         --queue-size) need_value "$@"; is_count "$1" "$2"; queue_size=$2; shift ;;
-        --no-poll) poll=off ;;
+        --no-poll) poll_max_ns=0 ;;
+        --poll-max-ns) need_value "$@"; is_count "$1" "$2"; poll_max_ns=$2; shift ;;
         --null-latency-us) need_value "$@"; is_count "$1" "$2"; null_latency_us=$2; shift ;;
         --accel) need_value "$@"; accel=$2; shift ;;
         --timeout) need_value "$@"; is_count "$1" "$2"; timeout_s=$2; shift ;;
@@ -147,7 +151,7 @@ if [ "$null_latency_us" != 0 ] && [ "$disk_kind" != null ]; then
 fi
 # QEMU's iothread object: poll-max-ns=0 turns its adaptive polling off.
 iothread_poll=
-[ "$poll" = on ] || iothread_poll=,poll-max-ns=0
+[ -z "$poll_max_ns" ] || iothread_poll=,poll-max-ns=$poll_max_ns
 # QEMU's null-co block driver, with the same latency our server's null disk would have.
 null_co() {
     printf '{"driver":"null-co","node-name":"d0","size":%s,"read-zeroes":false,"latency-ns":%s}' \
@@ -280,7 +284,7 @@ start_server() {
     esac
     [ -z "$queues" ] || args+=(--num-queues "$queues")
     [ -z "$queue_size" ] || args+=(--queue-size "$queue_size")
-    [ "$poll" = on ] || args+=(--poll-max-ns 0)
+    [ -z "$poll_max_ns" ] || args+=(--poll-max-ns "$poll_max_ns")
     for ((i = 0; i < ${iothreads:-0}; i++)); do
         args+=(--iothread "io$i")
     done

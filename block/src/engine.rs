@@ -28,9 +28,10 @@ pub struct Completion {
 /// Every request accepted by `submit` produces exactly one [`Completion`], collected by `reap`.
 /// Requests the engine finishes inside `submit` are signalled by nothing (no eventfd write per
 /// request): the caller reaps after each batch of submissions. Those that finish later make
-/// `completion_fd` readable. The request (and its buffers) is kept until it is reaped, and so
-/// is a clone of its `disk`: a device knows a removed disk is drained once it holds the last
-/// reference.
+/// `completion_fd` readable. The request (and its buffers) is kept until it is reaped, and its
+/// `disk` stays open until then: the engine keeps a reference to it, which it may share among
+/// that disk's requests (a reference count per request would be touched by every queue of
+/// the disk), and drops with the last one.
 ///
 /// `reap` makes no system call of its own (besides submitting what a completion made ready),
 /// so that a polling caller makes none per request; a caller woken by `completion_fd` clears it

@@ -98,8 +98,8 @@ pub enum ControlError {
         command: &'static str,
         source: PoolError,
     },
-    #[error("set-log-level: '{0}' is not one of error, warn, info, debug, trace")]
-    LogLevel(String),
+    #[error("set-log-level: '{given}' is not one of error, warn, info, debug, trace")]
+    LogLevel { given: String },
     #[error("remove-disk: LUN {lun} still has {in_flight} request(s) in flight after {seconds} s (tags: {tags}); it takes no new ones, and remove-disk {lun} again finishes the removal")]
     DrainTimeout {
         lun: u16,
@@ -308,8 +308,10 @@ impl ControlCommands {
                 json!({"iothread": name})
             }
             Request::SetLogLevel { level } => {
-                let level = LogLevel::from_str(&level, true)
-                    .map_err(|_| ControlError::LogLevel(level.clone()))?;
+                let level =
+                    LogLevel::from_str(&level, true).map_err(|_| ControlError::LogLevel {
+                        given: level.clone(),
+                    })?;
                 self.log_control.set_level(level);
                 info!(self.log, "log level set"; "level" => level.name());
                 json!({"level": level.name()})

@@ -46,7 +46,55 @@ pub struct DiskSpec {
 #[error("--disk '{spec}': {problem}")]
 pub struct DiskSpecError {
     spec: String,
-    problem: String,
+    problem: DiskSpecProblem,
+}
+
+/// What is wrong in a `--disk` spec; each names the option and the value as given.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiskSpecProblem {
+    #[error("'{option}' is not KEY=VALUE")]
+    NotKeyValue { option: String },
+    #[error("{key} is given twice")]
+    GivenTwice { key: String },
+    #[error("path is empty")]
+    EmptyPath,
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error(
+        "latency-us '{value}' is not a number of microseconds from 0 to {MAX_NULL_LATENCY_US}"
+    )]
+    LatencyUs { value: String },
+    #[error("lun '{value}' is not a number from 0 to {MAX_LUN}")]
+    Lun { value: String },
+    #[error("serial '{value}' must be at most 36 printable ASCII characters without spaces")]
+    Serial { value: String },
+    #[error("{key} '{value}' is not {accepted}")]
+    NotOneOf {
+        key: &'static str,
+        value: String,
+        accepted: &'static str,
+    },
+    #[error("unknown option '{key}' for a null disk")]
+    UnknownNullOption { key: String },
+    #[error("unknown option '{key}'")]
+    UnknownOption { key: String },
+    #[error("a null disk needs size=BYTES")]
+    NullWithoutSize,
+    #[error("path=FILE is missing (or use 'null,size=BYTES')")]
+    NoPath,
+    #[error(
+        "size {size} is not a positive multiple of the logical block size {logical_block_size}"
+    )]
+    SizeNotMultiple { size: u64, logical_block_size: u32 },
+}
+
+/// `key`'s `value` is none of the `accepted` ones.
+fn not_one_of(key: &'static str, value: &str, accepted: &'static str) -> DiskSpecProblem {
+    DiskSpecProblem::NotOneOf {
+        key,
+        value: value.to_string(),
+        accepted,
+    }
 }
 
 impl FromStr for DiskSpec {
@@ -79,7 +127,7 @@ fn split_options(spec: &str) -> Vec<String> {
     parts
 }
 
-fn parse(spec: &str) -> Result<DiskSpec, String> {
+fn parse(spec: &str) -> Result<DiskSpec, DiskSpecProblem> {
     let parts = split_options(spec);
     let is_null = parts.first().is_some_and(|first| first == "null");
     let options = if is_null { &parts[1..] } else { &parts[..] };
@@ -101,33 +149,39 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
     for option in options {
         let (key, value) = option
             .split_once('=')
-            .ok_or_else(|| format!("'{option}' is not KEY=VALUE"))?;
+            .ok_or_else(|| DiskSpecProblem::NotKeyValue {
+                option: option.clone(),
+            })?;
         if seen.contains(&key) {
-            return Err(format!("{key} is given twice"));
+            return Err(DiskSpecProblem::GivenTwice {
+                key: key.to_string(),
+            });
         }
         match key {
             "path" if !is_null => {
                 if value.is_empty() {
-                    return Err("path is empty".into());
+                    return Err(DiskSpecProblem::EmptyPath);
                 }
                 path = Some(PathBuf::from(value));
             }
-            "size" if is_null => size = Some(parse_size(value).map_err(|e| e.to_string())?),
+            "size" if is_null => size = Some(parse_size(value)?),
             "latency-us" if is_null => latency_us = parse_latency_us(value)?,
             "lun" => {
                 let n: u16 = value
                     .parse()
                     .ok()
                     .filter(|n| *n <= MAX_LUN)
-                    .ok_or_else(|| format!("lun '{value}' is not a number from 0 to {MAX_LUN}"))?;
+                    .ok_or_else(|| DiskSpecProblem::Lun {
+                        value: value.to_string(),
+                    })?;
                 lun = Some(n);
             }
-            "readonly" => read_only = parse_switch(key, value)?,
+            "readonly" => read_only = parse_switch("readonly", value)?,
             "serial" => {
                 if value.len() > 36 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(format!(
-                        "serial '{value}' must be at most 36 printable ASCII characters without spaces"
-                    ));
+                    return Err(DiskSpecProblem::Serial {
+                        value: value.to_string(),
+                    });
                 }
                 serial = Some(value.to_string());
             }
@@ -135,50 +189,58 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
                 cache = match value {
                     "none" => CacheMode::None,
                     "writeback" => CacheMode::Writeback,
-                    _ => return Err(format!("cache '{value}' is not none or writeback")),
+                    _ => return Err(not_one_of("cache", value, "none or writeback")),
                 }
             }
             "discard" if !is_null => {
                 discard = match value {
                     "unmap" => DiscardMode::Unmap,
                     "ignore" => DiscardMode::Ignore,
-                    _ => return Err(format!("discard '{value}' is not unmap or ignore")),
+                    _ => return Err(not_one_of("discard", value, "unmap or ignore")),
                 }
             }
-            "locking" if !is_null => locking = parse_switch(key, value)?,
+            "locking" if !is_null => locking = parse_switch("locking", value)?,
             "werror" => {
                 error_policy.write = match value {
                     "report" => OnWriteError::Report,
                     "enospc" => OnWriteError::Enospc,
                     "stop" => OnWriteError::Stop,
-                    _ => return Err(format!("werror '{value}' is not report, enospc or stop")),
+                    _ => return Err(not_one_of("werror", value, "report, enospc or stop")),
                 }
             }
             "rerror" => {
                 error_policy.read = match value {
                     "report" => OnReadError::Report,
                     "stop" => OnReadError::Stop,
-                    _ => return Err(format!("rerror '{value}' is not report or stop")),
+                    _ => return Err(not_one_of("rerror", value, "report or stop")),
                 }
             }
             "logical-block-size" => {
                 logical_block_size = match value {
                     "512" => 512,
                     "4096" => 4096,
-                    _ => return Err(format!("logical-block-size '{value}' is not 512 or 4096")),
+                    _ => return Err(not_one_of("logical-block-size", value, "512 or 4096")),
                 }
             }
-            _ if is_null => return Err(format!("unknown option '{key}' for a null disk")),
-            _ => return Err(format!("unknown option '{key}'")),
+            _ if is_null => {
+                return Err(DiskSpecProblem::UnknownNullOption {
+                    key: key.to_string(),
+                })
+            }
+            _ => {
+                return Err(DiskSpecProblem::UnknownOption {
+                    key: key.to_string(),
+                })
+            }
         }
         seen.push(key);
     }
 
     let backing = if is_null {
-        let size = size.ok_or("a null disk needs size=BYTES")?;
+        let size = size.ok_or(DiskSpecProblem::NullWithoutSize)?;
         Backing::Null { size, latency_us }
     } else {
-        let path = path.ok_or("path=FILE is missing (or use 'null,size=BYTES')")?;
+        let path = path.ok_or(DiskSpecProblem::NoPath)?;
         Backing::File {
             path,
             cache,
@@ -188,9 +250,10 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
     };
     if let Backing::Null { size, .. } = backing {
         if size == 0 || size % u64::from(logical_block_size) != 0 {
-            return Err(format!(
-                "size {size} is not a positive multiple of the logical block size {logical_block_size}"
-            ));
+            return Err(DiskSpecProblem::SizeNotMultiple {
+                size,
+                logical_block_size,
+            });
         }
     }
     Ok(DiskSpec {
@@ -203,19 +266,21 @@ fn parse(spec: &str) -> Result<DiskSpec, String> {
     })
 }
 
-fn parse_switch(key: &str, value: &str) -> Result<bool, String> {
+fn parse_switch(key: &'static str, value: &str) -> Result<bool, DiskSpecProblem> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("{key} '{value}' is not on or off")),
+        _ => Err(not_one_of(key, value, "on or off")),
     }
 }
 
 /// Bytes, with an optional binary suffix K, M, G or T.
 /// A size that is not a number of bytes (the value as given).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("size '{0}' is not a number of bytes (suffixes K, M, G, T)")]
-pub struct SizeError(String);
+#[error("size '{value}' is not a number of bytes (suffixes K, M, G, T)")]
+pub struct SizeError {
+    value: String,
+}
 
 pub fn parse_size(value: &str) -> Result<u64, SizeError> {
     let (digits, shift) = match value.char_indices().last() {
@@ -229,19 +294,21 @@ pub fn parse_size(value: &str) -> Result<u64, SizeError> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| SizeError(value.to_string()))
+        .ok_or_else(|| SizeError {
+            value: value.to_string(),
+        })
 }
 
 /// Longest null-disk latency accepted: a request slower than this is a hung disk to a guest.
 const MAX_NULL_LATENCY_US: u64 = 10_000_000;
 
-fn parse_latency_us(value: &str) -> Result<u64, String> {
+fn parse_latency_us(value: &str) -> Result<u64, DiskSpecProblem> {
     value
         .parse::<u64>()
         .ok()
         .filter(|us| *us <= MAX_NULL_LATENCY_US)
-        .ok_or_else(|| {
-            format!("latency-us '{value}' is not a number of microseconds from 0 to {MAX_NULL_LATENCY_US}")
+        .ok_or_else(|| DiskSpecProblem::LatencyUs {
+            value: value.to_string(),
         })
 }
 

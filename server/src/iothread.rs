@@ -463,4 +463,63 @@ mod tests {
             "the iothread sleeps with the driver's notifications off: a kick would be lost"
         );
     }
+
+    /// A queue that always has work: the iothread polls it without ever sleeping.
+    struct BusyWorker {
+        notifier: Arc<EventFd>,
+        polls: Arc<AtomicU64>,
+    }
+
+    impl QueueWorker for BusyWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
+        }
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn poll(&mut self) -> bool {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+    }
+
+    #[test]
+    fn commands_reach_an_iothread_whose_polling_always_finds_work() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let iothread = Iothread::spawn("io-busy", 1_000_000, &log).unwrap();
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let polls = Arc::new(AtomicU64::new(0));
+        iothread.adopt(Box::new(BusyWorker {
+            notifier: Arc::clone(&notifier),
+            polls: Arc::clone(&polls),
+        }));
+        // Kicks soon after one another open the window; from then on every look finds work and
+        // the thread never sleeps.
+        let polling = || polls.load(Ordering::SeqCst) > 1000;
+        for _ in 0..1000 {
+            if polling() {
+                break;
+            }
+            notifier.write(1).unwrap();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        assert!(polling(), "the iothread polls the busy queue");
+        iothread.pause().wait();
+        iothread.resume();
+        let worker = iothread
+            .surrender(2)
+            .expect("the busy queue is handed back");
+        assert_eq!(worker.queue_index(), 2);
+        assert!(iothread.surrender(2).is_none());
+    }
 }

@@ -16,8 +16,8 @@ use crate::queue_set::QueueSet;
 /// Why the pool refused a change.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("iothread '{0}' does not exist")]
-    NoSuchIothread(String),
+    #[error("iothread '{name}' does not exist")]
+    NoSuchIothread { name: String },
     #[error("iothread '{name}' still serves {queues}; move them away with set-mapping first")]
     IothreadInUse { name: String, queues: String },
     #[error(transparent)]
@@ -176,7 +176,9 @@ impl IothreadPool {
             .threads()
             .iter()
             .position(|t| t.name() == name)
-            .ok_or_else(|| PoolError::NoSuchIothread(name.to_string()))?;
+            .ok_or_else(|| PoolError::NoSuchIothread {
+                name: name.to_string(),
+            })?;
         let mut mapping = self.current_mapping();
         let owners = [mapping.ctrl, mapping.event]
             .into_iter()
@@ -522,7 +524,7 @@ mod tests {
         assert!(error.to_string().contains("queues 0"), "{error}");
         assert!(matches!(
             pool.remove_iothread("io7"),
-            Err(PoolError::NoSuchIothread(_))
+            Err(PoolError::NoSuchIothread { .. })
         ));
         pool.set_mapping(
             r#"[{"iothread":"io2","vqs":[0]},{"iothread":"io0","vqs":["ctrl"]}]"#,

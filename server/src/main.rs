@@ -37,8 +37,11 @@ enum MainError {
     Mapping(#[from] MappingError),
     #[error(transparent)]
     Operator(#[from] OperatorError),
-    #[error("--socket-owner '{0}': no such user or group")]
-    SocketOwner(String),
+    #[error("--socket-owner '{spec}': {problem}")]
+    SocketOwner {
+        spec: String,
+        problem: SocketOwnerProblem,
+    },
     #[error("cannot start the iothreads: {0}")]
     Iothreads(std::io::Error),
     #[error("cannot start the shutdown watchdog: {0}")]
@@ -50,7 +53,7 @@ impl MainError {
     fn exit_code(&self) -> u8 {
         match self {
             MainError::Mapping(_)
-            | MainError::SocketOwner(_)
+            | MainError::SocketOwner { .. }
             | MainError::Controller(ControllerError::Luns(_)) => 2,
             _ => 1,
         }
@@ -116,32 +119,56 @@ fn raise_open_file_limit(log: &Logger) {
     debug!(log, "open file limit raised"; "from" => limit.rlim_cur, "to" => raised.rlim_cur);
 }
 
+/// Why `--socket-owner` names no owner.
+#[derive(Debug, thiserror::Error)]
+enum SocketOwnerProblem {
+    #[error("no user '{user}' (a name, or a number)")]
+    UnknownUser { user: String },
+    #[error("no group '{group}' (a name, or a number)")]
+    UnknownGroup { group: String },
+    #[error("user {uid} has no passwd entry to take a group from (give USER:GROUP)")]
+    UserWithoutGroup { uid: libc::uid_t },
+}
+
 /// `USER[:GROUP]`, by name or number; without a group, the user's own.
 fn socket_owner(spec: &str) -> Result<(libc::uid_t, libc::gid_t), MainError> {
-    let error = || MainError::SocketOwner(spec.to_string());
+    let error = |problem| MainError::SocketOwner {
+        spec: spec.to_string(),
+        problem,
+    };
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (spec, None),
     };
-    let name = CString::new(user).map_err(|_| error())?;
+    let no_user = || {
+        error(SocketOwnerProblem::UnknownUser {
+            user: user.to_string(),
+        })
+    };
+    let name = CString::new(user).map_err(|_| no_user())?;
     // SAFETY: getpwnam reads a NUL-terminated name; the result is read before any other
     // passwd lookup could reuse its storage (start-up is single-threaded here).
     let passwd = unsafe { libc::getpwnam(name.as_ptr()) };
     let (uid, user_gid) = if passwd.is_null() {
-        let uid = user.parse().map_err(|_| error())?;
+        let uid = user.parse().map_err(|_| no_user())?;
         (uid, None)
     } else {
         // SAFETY: non-null, points to the static passwd entry just returned.
         unsafe { ((*passwd).pw_uid, Some((*passwd).pw_gid)) }
     };
     let gid = match group {
-        None => user_gid.ok_or_else(error)?,
+        None => user_gid.ok_or_else(|| error(SocketOwnerProblem::UserWithoutGroup { uid }))?,
         Some(group) => {
-            let name = CString::new(group).map_err(|_| error())?;
+            let no_group = || {
+                error(SocketOwnerProblem::UnknownGroup {
+                    group: group.to_string(),
+                })
+            };
+            let name = CString::new(group).map_err(|_| no_group())?;
             // SAFETY: as for getpwnam.
             let entry = unsafe { libc::getgrnam(name.as_ptr()) };
             if entry.is_null() {
-                group.parse().map_err(|_| error())?
+                group.parse().map_err(|_| no_group())?
             } else {
                 // SAFETY: non-null, points to the static group entry just returned.
                 unsafe { (*entry).gr_gid }

@@ -37,8 +37,8 @@ impl QueueMapping {
 pub enum MappingError {
     #[error("--iothread: the name is empty")]
     EmptyIothreadName,
-    #[error("--iothread '{0}' is given twice")]
-    DuplicateIothread(String),
+    #[error("--iothread '{name}' is given twice")]
+    DuplicateIothread { name: String },
     #[error("--iothread-vq-mapping needs at least one --iothread")]
     NoIothreads,
     #[error("--iothread-vq-mapping: malformed JSON: {0}")]
@@ -60,22 +60,22 @@ pub enum MappingError {
 pub enum EntryProblem {
     #[error("{0} is not an object")]
     NotAnObject(Value),
-    #[error("unknown key \"{0}\"")]
-    UnknownKey(String),
+    #[error("unknown key \"{key}\"")]
+    UnknownKey { key: String },
     #[error("iothread {0} is not a string")]
     IothreadNotAString(Value),
     #[error("\"iothread\" is missing")]
     IothreadMissing,
-    #[error("iothread \"{0}\" is not defined by --iothread")]
-    UndefinedIothread(String),
+    #[error("iothread \"{name}\" is not defined by --iothread")]
+    UndefinedIothread { name: String },
     #[error("iothread \"{name}\" is already listed in entry {earlier}")]
     IothreadListedTwice { name: String, earlier: usize },
     #[error("vqs {0} is not a list")]
     VqsNotAList(Value),
     #[error(
-        "unknown queue name \"{0}\" (names are \"ctrl\" and \"event\"; request queues are numbers)"
+        "unknown queue name \"{name}\" (names are \"ctrl\" and \"event\"; request queues are numbers)"
     )]
-    UnknownQueueName(String),
+    UnknownQueueName { name: String },
     #[error("request queue {queue} is out of range (num-queues is {num_queues}, so 0 to {})", num_queues.saturating_sub(1))]
     RequestQueueOutOfRange {
         queue: serde_json::Number,
@@ -94,7 +94,7 @@ pub fn check_iothread_names(names: &[String]) -> Result<(), MappingError> {
             return Err(MappingError::EmptyIothreadName);
         }
         if names[..i].contains(name) {
-            return Err(MappingError::DuplicateIothread(name.clone()));
+            return Err(MappingError::DuplicateIothread { name: name.clone() });
         }
     }
     Ok(())
@@ -172,7 +172,7 @@ fn parse_entries(
             .as_object()
             .ok_or_else(|| problem(EntryProblem::NotAnObject(item.clone())))?;
         if let Some(key) = object.keys().find(|k| *k != "iothread" && *k != "vqs") {
-            return Err(problem(EntryProblem::UnknownKey(key.clone())));
+            return Err(problem(EntryProblem::UnknownKey { key: key.clone() }));
         }
         let name = match object.get("iothread") {
             Some(Value::String(name)) => name,
@@ -182,7 +182,7 @@ fn parse_entries(
         let iothread = iothreads
             .iter()
             .position(|n| n == name)
-            .ok_or_else(|| problem(EntryProblem::UndefinedIothread(name.clone())))?;
+            .ok_or_else(|| problem(EntryProblem::UndefinedIothread { name: name.clone() }))?;
         if let Some(earlier) = entries.iter().position(|e| e.iothread == iothread) {
             return Err(problem(EntryProblem::IothreadListedTwice {
                 name: name.clone(),
@@ -207,7 +207,7 @@ fn parse_vq(vq: &Value, num_queues: usize) -> Result<Vq, EntryProblem> {
     match vq {
         Value::String(name) if name == "ctrl" => Ok(Vq::Ctrl),
         Value::String(name) if name == "event" => Ok(Vq::Event),
-        Value::String(name) => Err(EntryProblem::UnknownQueueName(name.clone())),
+        Value::String(name) => Err(EntryProblem::UnknownQueueName { name: name.clone() }),
         Value::Number(n) => match n.as_u64() {
             Some(n) if n < num_queues as u64 => Ok(Vq::Request(n as usize)),
             _ => Err(EntryProblem::RequestQueueOutOfRange {
@@ -408,7 +408,7 @@ mod tests {
     fn iothread_names_are_checked() {
         assert!(matches!(
             build_mapping(&names(&["a", "a"]), None, 1).unwrap_err(),
-            MappingError::DuplicateIothread(name) if name == "a"
+            MappingError::DuplicateIothread { name } if name == "a"
         ));
         assert!(matches!(
             build_mapping(&names(&[""]), None, 1).unwrap_err(),

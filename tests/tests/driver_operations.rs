@@ -394,7 +394,17 @@ fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
         .tag(0x51);
     let head = driver.submit(queue, &held).unwrap();
     let submitted = Instant::now();
-    let stats = ctl_ok(control, &["stats"]);
+    // The iothread takes the request on its own time: wait until the stats see it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let stats = ctl_ok(control, &["stats"]);
+        let seen = stats["result"]["luns"][1]["in_flight"] == 1
+            && stats["result"]["queues"][0]["in_flight"] == 1;
+        if seen || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(stats["result"]["luns"][1]["in_flight"], 1, "{stats}");
     assert_eq!(stats["result"]["luns"][0]["in_flight"], 0, "{stats}");
     assert_eq!(stats["result"]["queues"][0]["in_flight"], 1, "{stats}");

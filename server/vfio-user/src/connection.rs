@@ -23,10 +23,10 @@ use crate::protocol::{Header, HEADER_SIZE, MAX_BODY_SIZE, MAX_MSG_FDS};
 /// Room for more fds than we accept, so that an excess is seen (and refused) rather than
 /// silently truncated by the kernel.
 pub const MAX_RECV_FDS: usize = 4 * MAX_MSG_FDS;
-/// The receive buffer, and the reply buffer kept between bursts: far more than a burst of
-/// notify writes (32 bytes each) or a VERSION; a larger message grows the buffer while it is
-/// read.
-const BUFFER_SIZE: usize = 64 * 1024;
+/// The receive buffer, and the reply buffer kept between bursts: 512 posted notify writes
+/// (32 bytes each), far more than the vCPUs of a guest queue at once, and more than any
+/// message QEMU sends but a large REGION_WRITE, which grows the buffer while it is read.
+const BUFFER_SIZE: usize = 16 * 1024;
 /// A control message of `MAX_RECV_FDS` descriptors, in 8-byte words (cmsghdr alignment).
 const CONTROL_WORDS: usize =
     (size_of::<libc::cmsghdr>() + MAX_RECV_FDS * size_of::<RawFd>()).div_ceil(size_of::<u64>());

@@ -17,8 +17,8 @@ pub enum SocketPathError {
     NotASocket(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("socket activation: LISTEN_FDS={0:?}, expected exactly one socket")]
-    ActivationFdCount(String),
+    #[error("socket activation: LISTEN_FDS={listen_fds:?}, expected exactly one socket")]
+    ActivationFdCount { listen_fds: String },
     #[error("socket activation: file descriptor 3 is not a stream socket (ListenStream= in the .socket unit)")]
     ActivationNotStream,
     #[error("socket activation: {0}")]
@@ -146,7 +146,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, SocketPathError> {
     std::env::remove_var("LISTEN_FDNAMES");
     match count.parse::<i32>() {
         Ok(1) => {}
-        _ => return Err(SocketPathError::ActivationFdCount(count)),
+        _ => return Err(SocketPathError::ActivationFdCount { listen_fds: count }),
     }
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

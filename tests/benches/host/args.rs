@@ -144,7 +144,7 @@ impl Args {
     pub fn measured(&self) -> Result<Duration, BenchError> {
         seconds("--seconds", self.seconds).and_then(|d| {
             if d.is_zero() {
-                Err(BenchError::Args("--seconds must be above 0".into()))
+                Err(BenchError::NoSeconds)
             } else {
                 Ok(d)
             }
@@ -158,9 +158,7 @@ impl Args {
     /// Every combination of the listed dimensions, each defaulting to the standard matrix.
     pub fn configurations(&self) -> Result<Vec<Config>, BenchError> {
         if self.depth.contains(&0) || self.bs == 0 || self.queues.contains(&0) || self.luns == 0 {
-            return Err(BenchError::Args(
-                "--depth, --bs, --queues and --luns must be above 0".into(),
-            ));
+            return Err(BenchError::ZeroSize);
         }
         let disks = or_default(&self.disk, &[DiskKind::Null, DiskKind::File]);
         let kicks = or_default(&self.kick, &[Kick::Socket, Kick::Iofd]);
@@ -195,9 +193,7 @@ impl Args {
             }
         }
         if configs.is_empty() {
-            return Err(BenchError::Args(
-                "every --iothreads count is above every --queues count: nothing to run".into(),
-            ));
+            return Err(BenchError::NothingToRun);
         }
         Ok(configs)
     }
@@ -211,9 +207,8 @@ fn or_default<T: Clone>(given: &[T], default: &[T]) -> Vec<T> {
     }
 }
 
-fn seconds(option: &str, value: f64) -> Result<Duration, BenchError> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| BenchError::Args(format!("{option} {value}: not a number of seconds")))
+fn seconds(option: &'static str, value: f64) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(value).map_err(|_| BenchError::Seconds { option, value })
 }
 
 /// The name clap would print for a value, for tables and JSON.

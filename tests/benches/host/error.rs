@@ -11,14 +11,23 @@ use tests::DriverError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{0}")]
-    Args(String),
+    #[error("{option} {value}: not a number of seconds")]
+    Seconds { option: &'static str, value: f64 },
+    #[error("--seconds must be above 0")]
+    NoSeconds,
+    #[error("--depth, --bs, --queues and --luns must be above 0")]
+    ZeroSize,
+    #[error("every --iothreads count is above every --queues count: nothing to run")]
+    NothingToRun,
     #[error("{0}")]
     Server(#[from] ServerError),
     #[error("the driver could not bring the device up: {source}\nserver stderr:\n{stderr}")]
     Connect { source: DriverError, stderr: String },
     #[error("the server exited during the run ({cause}); its stderr:\n{stderr}")]
-    ServerExited { cause: String, stderr: String },
+    ServerExited {
+        cause: Box<BenchError>,
+        stderr: String,
+    },
     #[error("driver: {0}")]
     Driver(#[from] DriverError),
     #[error("guest memory: {0}")]
@@ -29,12 +38,25 @@ pub enum BenchError {
     Scsi(#[from] ScsiError),
     #[error("the device did not negotiate VIRTIO_F_INDIRECT_DESC, which the benchmark uses")]
     NoIndirect,
-    #[error("LUN 0 is not ready: {0}")]
-    NotReady(String),
-    #[error("READ CAPACITY 16 failed: {0}")]
-    Capacity(String),
-    #[error("{0}")]
-    Geometry(String),
+    #[error("LUN 0 is not ready: TEST UNIT READY: status {status:#04x} sense {sense:?}")]
+    NotReady {
+        status: u8,
+        sense: Option<(u8, u8, u8)>,
+    },
+    #[error("READ CAPACITY 16 failed: not GOOD or shorter than 12 bytes")]
+    Capacity,
+    #[error("--depth {depth} does not fit virtqueues of {size} entries (raise --queue-size)")]
+    DepthAboveQueueSize { depth: u16, size: u16 },
+    #[error("--bs {bs} is not a multiple of the disk's {block_size}-byte blocks")]
+    BsNotBlocks { bs: u64, block_size: u32 },
+    #[error("--bs {bs} exceeds the device's largest transfer of {max_transfer} bytes")]
+    BsAboveMaxTransfer { bs: u64, max_transfer: u64 },
+    #[error("--bs {bs} is larger than the disk ({blocks} blocks of {block_size})")]
+    BsAboveDisk {
+        bs: u64,
+        blocks: u64,
+        block_size: u32,
+    },
     #[error("creating the disk file in {dir}: {source}")]
     DiskFile { dir: PathBuf, source: io::Error },
     #[error("reading {path}: {source}")]

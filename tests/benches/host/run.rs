@@ -165,10 +165,10 @@ pub fn run_config(
         let size = queue.ring().size();
         // Each request takes one descriptor: its chain sits in an indirect table.
         if config.depth > size {
-            return Err(BenchError::Geometry(format!(
-                "--depth {} does not fit virtqueues of {size} entries (raise --queue-size)",
-                config.depth
-            )));
+            return Err(BenchError::DepthAboveQueueSize {
+                depth: config.depth,
+                size,
+            });
         }
         jobs.push(QueueJob::new(
             queue,
@@ -235,7 +235,7 @@ pub fn run_config(
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) if !server.is_running() => {
                 return Err(BenchError::ServerExited {
-                    cause: e.to_string(),
+                    cause: Box::new(e),
                     stderr: server.stderr(),
                 })
             }
@@ -389,34 +389,29 @@ fn prepare_lun(driver: &mut VirtioScsiDriver, config: Config) -> Result<Workload
         last = Some(result);
     }
     if let Some(result) = last {
-        return Err(BenchError::NotReady(format!(
-            "TEST UNIT READY: status {:#04x} sense {:?}",
-            result.status,
-            result.sense_key()
-        )));
+        return Err(BenchError::NotReady {
+            status: result.status,
+            sense: result.sense_key(),
+        });
     }
-    let (blocks, block_size) = driver
-        .capacity(0)?
-        .ok_or_else(|| BenchError::Capacity("not GOOD or shorter than 12 bytes".to_string()))?;
+    let (blocks, block_size) = driver.capacity(0)?.ok_or(BenchError::Capacity)?;
     let bs = u64::from(config.bs);
     if block_size == 0 || bs % u64::from(block_size) != 0 {
-        return Err(BenchError::Geometry(format!(
-            "--bs {bs} is not a multiple of the disk's {block_size}-byte blocks"
-        )));
+        return Err(BenchError::BsNotBlocks { bs, block_size });
     }
     let max_transfer = u64::from(driver.config().max_sectors) * SECTOR;
     if bs > max_transfer {
-        return Err(BenchError::Geometry(format!(
-            "--bs {bs} exceeds the device's largest transfer of {max_transfer} bytes"
-        )));
+        return Err(BenchError::BsAboveMaxTransfer { bs, max_transfer });
     }
     let slots = blocks.saturating_mul(u64::from(block_size)) / bs;
     if slots == 0 {
-        return Err(BenchError::Geometry(format!(
-            "--bs {bs} is larger than the disk ({blocks} blocks of {block_size})"
-        )));
+        return Err(BenchError::BsAboveDisk {
+            bs,
+            blocks,
+            block_size,
+        });
     }
-    let lun = encode_lun(0, 0).map_err(|e| BenchError::Geometry(e.to_string()))?;
+    let lun = encode_lun(0, 0)?;
     let device = driver.config();
     Ok(Workload {
         lun,

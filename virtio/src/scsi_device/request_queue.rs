@@ -228,6 +228,9 @@ pub struct RequestQueueWorker {
     /// (and again when completions arrive), not per request.
     clock: u64,
     epoch: Instant,
+    /// The request header and CDB of the command being parsed, read in one piece (kept here,
+    /// not zeroed on the stack per command).
+    request_bytes: [u8; CMD_REQ_HEADER_SIZE + MAX_CDB_KEPT],
     /// Whether the logger takes trace records, asked once per pass (the level may change
     /// while the server runs), so that a request pays one test, not a record, when it does not.
     tracing: bool,
@@ -259,6 +262,7 @@ impl RequestQueueWorker {
             held: VecDeque::new(),
             clock: 0,
             epoch: Instant::now(),
+            request_bytes: [0; CMD_REQ_HEADER_SIZE + MAX_CDB_KEPT],
             tracing: false,
         }
     }
@@ -519,23 +523,24 @@ impl RequestQueueWorker {
     ) {
         let cdb_size = u64::from(self.sizes.cdb_size());
         let header_len = CMD_REQ_HEADER_SIZE as u64 + cdb_size;
-        let mut header = [0u8; CMD_REQ_HEADER_SIZE];
-        let mut cdb_bytes = [0u8; MAX_CDB_KEPT];
-        let cdb = &mut cdb_bytes[..cdb_size.min(MAX_CDB_KEPT as u64) as usize];
+        let kept = CMD_REQ_HEADER_SIZE + cdb_size.min(MAX_CDB_KEPT as u64) as usize;
         let Some(reply) = reply_in(&mut self.in_flight, slot) else {
             return;
         };
         let readable = &reply.buffers.readable;
-        let header_read = readable.len() >= header_len
-            && readable.read(mem, 0, &mut header).is_ok()
-            && readable.read(mem, CMD_REQ_HEADER_SIZE as u64, cdb).is_ok();
-        if !header_read {
+        let request = &mut self.request_bytes[..kept];
+        // The length check makes every kept byte available: none is left from the last command.
+        let read = readable.len() >= header_len
+            && readable
+                .read(mem, 0, request)
+                .is_ok_and(|read| read == kept);
+        let (Some((header, cdb)), true) = (request.split_first_chunk(), read) else {
             debug!(self.queue.logger(), "request header too short";
                 "head" => reply.head, "readable" => readable.len());
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, 0);
             return self.finish(slot, mem, answer, None);
-        }
-        let header = CmdRequestHeader::parse(&header);
+        };
+        let header = CmdRequestHeader::parse(header);
         reply.tag = header.tag;
         reply.opcode = cdb.first().copied().unwrap_or(0);
         let data_out_len = reply.buffers.readable.len() - header_len;
@@ -1002,9 +1007,11 @@ fn write_response(reply: &Reply, mem: &CachedMemory<'_>, answer: &Answer<'_>) ->
         response: answer.response as u8,
     };
     writable.write(mem, 0, &header.to_bytes()).ok()?;
-    writable
-        .write(mem, CMD_RESP_HEADER_SIZE as u64, &sense[..sense_len])
-        .ok()?;
+    if sense_len > 0 {
+        writable
+            .write(mem, CMD_RESP_HEADER_SIZE as u64, &sense[..sense_len])
+            .ok()?;
+    }
     let data_in = if answer.data_in.is_empty() {
         answer.data_in_moved
     } else {

@@ -498,6 +498,7 @@ impl HostRegion {
     }
 
     /// The host address of the `len` bytes at guest `addr`, when they lie in this region.
+    #[inline]
     fn host(self, addr: u64, len: usize) -> Option<*mut u8> {
         let offset = addr.checked_sub(self.start)?;
         if offset.checked_add(len as u64)? > self.len {
@@ -526,6 +527,7 @@ impl<'a> CachedMemory<'a> {
 
     /// The host address of the `len` bytes at `addr`, valid while the snapshot is borrowed;
     /// None when they do not lie within one region.
+    #[inline]
     fn host(&self, addr: u64, len: usize) -> Option<*mut u8> {
         if let Some(host) = self.region.get().and_then(|region| region.host(addr, len)) {
             return Some(host);
@@ -537,6 +539,7 @@ impl<'a> CachedMemory<'a> {
 
     /// The ring field at `addr` as the atomic `A` (`AtomicU16` or `AtomicU32`), or None when
     /// it is outside memory or misaligned.
+    #[inline]
     fn atomic<A: RingField>(&self, addr: u64) -> Option<&'a A> {
         let host = self.host(addr, size_of::<A>())?;
         if host.align_offset(std::mem::align_of::<A>()) != 0 {
@@ -548,10 +551,12 @@ impl<'a> CachedMemory<'a> {
         Some(unsafe { A::from_host(host) })
     }
 
+    #[inline]
     fn field16(&self, addr: u64) -> Result<&'a AtomicU16, RingError> {
         self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
 
+    #[inline]
     fn field32(&self, addr: u64) -> Result<&'a AtomicU32, RingError> {
         self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
@@ -628,11 +633,8 @@ impl ChainDefect {
     }
 }
 
-/// One descriptor's buffer, or the part of it in one region: its host address in the
-/// snapshot of its generation, and its guest address for any other snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
-    host: *mut u8,
     addr: u64,
     len: u32,
 }
@@ -643,53 +645,43 @@ pub struct Segments {
     /// Inline for the usual chains (header, data, response), so collecting allocates nothing.
     list: SmallVec<[Segment; 4]>,
     len: u64,
-    /// The snapshot generation the host addresses belong to.
+    /// The snapshot generation in which every segment was found within one region at
+    /// `host_offset` from its guest address; 0 when a segment spans regions.
     generation: u64,
+    /// Host address minus guest address (wrapping) of the segments in `generation`: in the
+    /// usual chain, whose buffers lie in one region, that is one number for all of them.
+    host_offset: usize,
 }
 
-// SAFETY: the host addresses are plain values here; they are dereferenced only through a
-// `CachedMemory` of the generation they were translated in, which borrows the snapshot that
-// maps them, on whichever thread that is.
-unsafe impl Send for Segments {}
-
-/// A piece of guest memory to copy from or to: where it is in the segments' generation, and in
-/// guest memory for any other.
+/// A piece of the segments to copy from or to.
 struct Piece {
-    host: *mut u8,
     addr: u64,
     len: usize,
 }
 
 impl Segments {
-    /// Adds the `len` bytes at `addr`, split where regions end; false when they are not all in
-    /// guest memory.
+    /// Adds the `len` bytes at `addr`; false when they are not all in guest memory.
     fn push(&mut self, mem: &CachedMemory<'_>, addr: u64, len: u32) -> bool {
         if len == 0 {
             return true;
         }
-        if let Some(host) = mem.host(addr, len as usize) {
-            self.list.push(Segment { host, addr, len });
-        } else {
-            let guest = GuestAddress(addr);
-            if !GuestMemoryBackend::check_range(mem.mem, guest, len as usize) {
-                return false;
+        match mem.host(addr, len as usize) {
+            Some(host) => {
+                let host_offset = (host as usize).wrapping_sub(addr as usize);
+                if self.list.is_empty() {
+                    self.host_offset = host_offset;
+                } else if host_offset != self.host_offset {
+                    self.generation = 0;
+                }
             }
-            let mut at = addr;
-            for slice in GuestMemoryBackend::get_slices(mem.mem, guest, len as usize) {
-                let Ok(slice) = slice else {
+            None => {
+                if !GuestMemoryBackend::check_range(mem.mem, GuestAddress(addr), len as usize) {
                     return false;
-                };
-                // A slice of this descriptor, so shorter than its u32 length.
-                let piece = slice.len() as u32;
-                let host = slice.ptr_guard_mut().as_ptr();
-                self.list.push(Segment {
-                    host,
-                    addr: at,
-                    len: piece,
-                });
-                at += u64::from(piece);
+                }
+                self.generation = 0;
             }
         }
+        self.list.push(Segment { addr, len });
         self.len += u64::from(len);
         true
     }
@@ -718,9 +710,8 @@ impl Segments {
                 return None;
             }
             let take = (segment_len - skip).min(left);
-            // skip < segment_len <= u32::MAX, and so is take: both fit usize.
+            // take <= u32::MAX (a segment length), so it fits usize.
             let piece = Piece {
-                host: segment.host.wrapping_add(skip as usize),
                 addr: segment.addr.wrapping_add(skip),
                 len: take as usize,
             };
@@ -730,12 +721,13 @@ impl Segments {
         })
     }
 
-    /// The host address of `piece` in `mem`: as translated when the chain was collected if
-    /// `mem` is of the same snapshot, else translated again; None when the piece does not lie
+    /// The host address of `piece` in `mem`: at the offset found when the chain was collected
+    /// if `mem` is of that snapshot, else translated again; None when the piece does not lie
     /// within one region of `mem`.
+    #[inline]
     fn host(&self, mem: &CachedMemory<'_>, piece: &Piece) -> Option<*mut u8> {
         if self.generation == mem.generation {
-            Some(piece.host)
+            Some((piece.addr as usize).wrapping_add(self.host_offset) as *mut u8)
         } else {
             mem.host(piece.addr, piece.len)
         }
@@ -753,8 +745,9 @@ impl Segments {
             let out = &mut out[done..done + piece.len];
             match self.host(mem, &piece) {
                 // SAFETY: `host` addresses `piece.len` bytes of a region of the snapshot `mem`
-                // borrows (same generation, or translated just now); `out` is a local buffer
-                // of that length, not guest memory, so they do not overlap.
+                // borrows: translated just now, or of the same generation, where `push`
+                // checked each segment against a region at this offset; `out` is a local
+                // buffer of that length, not guest memory, so they do not overlap.
                 Some(host) => unsafe {
                     std::ptr::copy_nonoverlapping(host.cast_const(), out.as_mut_ptr(), out.len())
                 },
@@ -929,6 +922,7 @@ impl<'m, 'a> Descriptors<'m, 'a> {
 impl Iterator for Descriptors<'_, '_> {
     type Item = Descriptor;
 
+    #[inline]
     fn next(&mut self) -> Option<Descriptor> {
         loop {
             if self.ttl == 0 || self.next >= self.table_len {
@@ -1253,7 +1247,7 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_across_two_regions_is_split_where_they_meet() {
+    fn a_buffer_across_two_regions_is_read_through_both() {
         let mut rings = rings(false, 0, memory(&[(0, 0x8000), (0x8000, 0x8000)]));
         rings.descriptor(0, 0x7ff8, 16, VRING_DESC_F_NEXT as u16, 1);
         rings.descriptor(
@@ -1278,8 +1272,11 @@ mod tests {
                 len: 4
             })
         );
-        assert_eq!(buffers.readable.list.len(), 2);
         assert_eq!(buffers.readable.len(), 16);
+        assert_eq!(
+            buffers.readable.generation, 0,
+            "no one host offset for all of it"
+        );
         assert!(
             buffers.writable.is_empty(),
             "zero-length and outside buffers are left out"
@@ -1291,6 +1288,44 @@ mod tests {
             let iovecs = buffers.readable.iovecs(mem, 0, 16).unwrap();
             let lens: Vec<usize> = iovecs.iter().map(|iovec| iovec.iov_len).collect();
             assert_eq!(lens, [8, 8]);
+        });
+    }
+
+    #[test]
+    fn buffers_in_one_region_keep_one_host_offset_and_others_do_not() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x8000), (0x8000, 0x8000)]));
+        rings.descriptor(0, 0x4000, 8, VRING_DESC_F_NEXT as u16, 1);
+        rings.descriptor(1, 0x5000, 8, VRING_DESC_F_NEXT as u16, 2);
+        rings.descriptor(2, 0x9000, 8, VRING_DESC_F_WRITE as u16, 0);
+        let mem = rings.memory.memory();
+        mem.write_slice(b"01234567", GuestAddress(0x4000)).unwrap();
+        mem.write_slice(b"89abcdef", GuestAddress(0x5000)).unwrap();
+        let (buffers, defect) = collect(&mut rings, 0);
+        assert_eq!(defect, None);
+        let generation = rings.queue.generation;
+        assert_eq!(buffers.readable.generation, generation);
+        assert_eq!(buffers.writable.generation, generation);
+        rings.pass(|_, mem| {
+            let mut out = [0u8; 12];
+            assert_eq!(buffers.readable.read(mem, 2, &mut out).unwrap(), 12);
+            assert_eq!(&out, b"23456789abcd");
+            assert_eq!(buffers.writable.write(mem, 0, b"response").unwrap(), 8);
+        });
+        assert_eq!(
+            mem.read_obj::<[u8; 8]>(GuestAddress(0x9000)).unwrap(),
+            *b"response"
+        );
+
+        // A readable part in both regions: two host offsets, so no fast path, same bytes.
+        rings.descriptor(1, 0xa000, 8, VRING_DESC_F_NEXT as u16, 2);
+        mem.write_slice(b"ABCDEFGH", GuestAddress(0xa000)).unwrap();
+        let (buffers, defect) = collect(&mut rings, 0);
+        assert_eq!(defect, None);
+        assert_eq!(buffers.readable.generation, 0);
+        rings.pass(|_, mem| {
+            let mut out = [0u8; 16];
+            assert_eq!(buffers.readable.read(mem, 0, &mut out).unwrap(), 16);
+            assert_eq!(&out, b"01234567ABCDEFGH");
         });
     }
 }
