@@ -67,8 +67,8 @@ pub enum BenchError {
     Stats { path: PathBuf, reply: String },
     #[error("creating a directory for the control socket: {0}")]
     ControlDir(io::Error),
-    #[error("the device completed head {head} on virtqueue {queue}, which was not in flight")]
-    UnknownHead { queue: u16, head: u16 },
+    #[error("the device completed head {id} on virtqueue {queue}, which was not in flight")]
+    UnknownHead { queue: u16, id: u32 },
     #[error("the thread driving virtqueue {0} panicked")]
     WorkerPanicked(u16),
     #[error("writing {path}: {source}")]

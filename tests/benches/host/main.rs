@@ -17,6 +17,7 @@ mod report;
 mod run;
 mod self_check;
 mod server_counters;
+mod syscalls;
 
 use std::process::ExitCode;
 use std::time::Duration;

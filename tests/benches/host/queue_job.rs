@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tests::guest_memory::GuestMemory;
 use tests::scsi::{self, cdb};
 use tests::split_queue::{
-    Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Descriptor, UsedElement, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
-use tests::{Completion, DriverQueue};
+use tests::DriverQueue;
 
 use crate::args::Pattern;
 use crate::cpu_time::thread_cpu_time;
@@ -61,6 +61,8 @@ pub struct QueueOutcome {
     /// Reaps that returned completions.
     pub wakeups: u64,
     pub driver_cpu: Duration,
+    /// Inside the window, the time not spent waiting for completions: the driver's own work.
+    pub driver_busy: Duration,
 }
 
 /// The guest buffers of one in-flight position.
@@ -86,9 +88,18 @@ pub struct QueueJob {
     cursor: u64,
     next_tag: u64,
     response_len: usize,
-    /// Where each response is read back.
-    response: Vec<u8>,
+    /// Heads of the batch being submitted, and the used elements being reaped.
+    heads: Vec<u16>,
+    used: Vec<UsedElement>,
 }
+
+/// Where a request's tag and its CDB's LBA sit in `virtio_scsi_cmd_req`: the only bytes that
+/// change from one request of a slot to the next.
+const TAG_OFFSET: u64 = 8;
+const LBA_OFFSET: u64 = scsi::CMD_REQ_HEADER_SIZE as u64 + 2;
+/// Written over a response before its request goes out, so that a response the device did not
+/// write can never pass for GOOD: 0xff is neither a virtio-scsi response nor a SCSI status.
+const UNANSWERED: [u8; scsi::CMD_RESP_HEADER_SIZE] = [0xff; scsi::CMD_RESP_HEADER_SIZE];
 
 impl QueueJob {
     /// `ordinal` is the queue's position among the benchmark's queues: it seeds the random
@@ -102,20 +113,22 @@ impl QueueJob {
         let mem = queue.memory().clone();
         let ring_size = usize::from(queue.ring().size());
         let response_len = scsi::CMD_RESP_HEADER_SIZE + workload.sense_size as usize;
+        let depth = usize::from(workload.depth);
         let mut job = QueueJob {
             queue,
             mem,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Vec::with_capacity(depth),
+            free_slots: Vec::with_capacity(depth),
             issued: vec![None; ring_size],
             rng: XorShift::new(u64::from(ordinal) + 1),
             cursor: workload.slots / u64::from(queues.max(1)) * u64::from(ordinal),
             next_tag: 1,
             response_len,
-            response: vec![0; response_len],
+            heads: Vec::with_capacity(ring_size),
+            used: Vec::with_capacity(ring_size),
             workload,
         };
-        for index in 0..usize::from(job.workload.depth) {
+        for index in 0..depth {
             let slot = job.allocate_slot()?;
             job.slots.push(slot);
             job.free_slots.push(index);
@@ -128,6 +141,8 @@ impl QueueJob {
         self.queue.index()
     }
 
+    /// Lays out a slot's buffers and writes everything in them that stays the same from one
+    /// request to the next: the indirect table, and the request header but its tag and LBA.
     fn allocate_slot(&self) -> Result<Slot, BenchError> {
         let w = &self.workload;
         let request_len = (scsi::CMD_REQ_HEADER_SIZE + w.cdb_size as usize) as u64;
@@ -162,6 +177,14 @@ impl QueueJob {
         };
         let table: Vec<u8> = descriptors.iter().flat_map(|d| d.to_bytes()).collect();
         self.mem.write(control, &table)?;
+        let opcode = if w.pattern.is_write() {
+            cdb::WRITE_16
+        } else {
+            cdb::READ_16
+        };
+        let command = cdb::lba16(opcode, 0, 0, w.bs / w.block_size);
+        let header = scsi::encode_cmd_req(w.lun, 0, &command, w.cdb_size as usize)?;
+        self.mem.write(request, &header)?;
         Ok(Slot {
             table: control,
             data,
@@ -174,33 +197,55 @@ impl QueueJob {
     pub fn run(mut self, window: Window) -> Result<QueueOutcome, BenchError> {
         let mut counters = Counters::new(window.end.saturating_duration_since(window.start));
         self.submit_free_slots()?;
-        let mut cpu_at_start = None;
+        // The first pass inside the window: its clock and the thread's CPU time.
+        let mut measured_from = None;
+        let mut measured_to = window.start;
         loop {
-            let completions = self.queue.reap()?;
+            let waited = self.queue.reap_raw(&mut self.used, usize::MAX)?;
             let now = Instant::now();
             let measuring = now >= window.start && now < window.end;
-            if measuring && cpu_at_start.is_none() {
-                cpu_at_start = Some(thread_cpu_time());
-            }
-            for (head, completion) in completions {
-                let issued = self.complete(head, &completion, &mut counters)?;
-                if measuring {
-                    counters.completed += 1;
-                    counters.latencies.record(now - issued);
-                }
-            }
             if measuring {
+                match measured_from {
+                    None => measured_from = Some((now, thread_cpu_time())),
+                    Some(_) => counters.waited += waited,
+                }
+                measured_to = now;
                 counters.wakeups += 1;
+            }
+            // Requests submitted in one batch share their submission time, and so their latency.
+            let mut last_latency: Option<(Instant, Duration)> = None;
+            for index in 0..self.used.len() {
+                let head = self.used[index].id;
+                let issued = self.complete(head, &mut counters)?;
+                if measuring {
+                    let latency = match last_latency {
+                        Some((at, latency)) if at == issued => latency,
+                        _ => now.saturating_duration_since(issued),
+                    };
+                    last_latency = Some((issued, latency));
+                    counters.completed += 1;
+                    counters.latencies.record(latency);
+                }
             }
             if now >= window.end {
                 break;
             }
             self.submit_free_slots()?;
         }
-        let driver_cpu = cpu_at_start.map_or(Duration::ZERO, |at| thread_cpu_time() - at);
+        let (driver_cpu, driver_busy) = match measured_from {
+            Some((at, cpu)) => (
+                thread_cpu_time().saturating_sub(cpu),
+                measured_to
+                    .saturating_duration_since(at)
+                    .saturating_sub(counters.waited),
+            ),
+            None => (Duration::ZERO, Duration::ZERO),
+        };
         while self.free_slots.len() < self.slots.len() {
-            for (head, completion) in self.queue.reap()? {
-                self.complete(head, &completion, &mut counters)?;
+            self.queue.reap_raw(&mut self.used, usize::MAX)?;
+            for index in 0..self.used.len() {
+                let head = self.used[index].id;
+                self.complete(head, &mut counters)?;
             }
         }
         for slot in &self.slots {
@@ -215,70 +260,66 @@ impl QueueJob {
             first_error: counters.first_error,
             wakeups: counters.wakeups,
             driver_cpu,
+            driver_busy,
         })
     }
 
-    /// Checks a completion and frees its slot; returns when the request was submitted.
-    fn complete(
-        &mut self,
-        head: u16,
-        completion: &Completion,
-        counters: &mut Counters,
-    ) -> Result<Instant, BenchError> {
-        let (slot, issued) = self
-            .issued
-            .get_mut(usize::from(head))
+    /// Checks a completion's response and frees its slot; returns when the request was
+    /// submitted. Only the response header is read unless it reports a failure.
+    fn complete(&mut self, id: u32, counters: &mut Counters) -> Result<Instant, BenchError> {
+        let unknown = || BenchError::UnknownHead {
+            queue: self.queue.index(),
+            id,
+        };
+        let (slot, issued) = usize::try_from(id)
+            .ok()
+            .and_then(|head| self.issued.get_mut(head))
             .and_then(Option::take)
-            .ok_or(BenchError::UnknownHead {
-                queue: self.queue.index(),
-                head,
-            })?;
+            .ok_or_else(unknown)?;
         self.free_slots.push(slot);
-        if let Completion::Scsi(result) = completion {
-            // Only our own raw chains are in flight on this queue.
-            counters.fail(format!("a driver-built command completed: {result:?}"));
-            return Ok(issued);
-        }
-        self.mem
-            .read(self.slots[slot].response, &mut self.response)?;
-        let r = scsi::decode_cmd_resp(&self.response)?;
-        if r.response != scsi::VIRTIO_SCSI_S_OK || r.status != scsi::SAM_STAT_GOOD {
+        let mut header = [0u8; scsi::CMD_RESP_HEADER_SIZE];
+        self.mem.read(self.slots[slot].response, &mut header)?;
+        // virtio_scsi_cmd_resp: sense_len, resid, status_qualifier, status, response.
+        let resid = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let (status, response) = (header[10], header[11]);
+        if response != scsi::VIRTIO_SCSI_S_OK || status != scsi::SAM_STAT_GOOD {
+            let whole = self
+                .mem
+                .read_vec(self.slots[slot].response, self.response_len)?;
+            let r = scsi::decode_cmd_resp(&whole)?;
             counters.fail(format!(
-                "response {} status {:#04x} sense {:?}",
+                "response {:#04x} status {:#04x} sense {:?}",
                 r.response,
                 r.status,
                 scsi::sense_key_asc_ascq(&r.sense)
             ));
-        } else if r.resid != 0 {
+        } else if resid != 0 {
             counters.fail(format!(
-                "GOOD but residual {} of {} bytes",
-                r.resid, self.workload.bs
+                "GOOD but residual {resid} of {} bytes",
+                self.workload.bs
             ));
         }
         Ok(issued)
     }
 
     /// Puts every free slot back in flight with one avail-index update and at most one kick.
+    /// Per request: the tag, the LBA, the poisoned response header and one ring descriptor.
     fn submit_free_slots(&mut self) -> Result<(), BenchError> {
         if self.free_slots.is_empty() {
             return Ok(());
         }
-        let mut heads = Vec::with_capacity(self.free_slots.len());
+        self.heads.clear();
         let issued = Instant::now();
         while let Some(slot) = self.free_slots.pop() {
-            let command = self.next_cdb();
+            let lba = self.next_lba();
             let tag = self.next_tag;
             self.next_tag += 1;
-            let header = scsi::encode_cmd_req(
-                self.workload.lun,
-                tag,
-                &command,
-                self.workload.cdb_size as usize,
-            )?;
             let s = &self.slots[slot];
-            self.mem.write(s.request, &header)?;
+            self.mem.write(s.request + TAG_OFFSET, &tag.to_le_bytes())?;
+            self.mem.write(s.request + LBA_OFFSET, &lba.to_be_bytes())?;
+            self.mem.write(s.response, &UNANSWERED)?;
             let ring = self.queue.ring();
-            let head = ring.reserve(1)?[0];
+            let head = ring.reserve_head()?;
             ring.write_descriptor(
                 head,
                 Descriptor {
@@ -293,18 +334,19 @@ impl QueueJob {
                 .get_mut(usize::from(head))
                 .ok_or(BenchError::UnknownHead {
                     queue: self.queue.index(),
-                    head,
+                    id: u32::from(head),
                 })?;
             *entry = Some((slot, issued));
-            heads.push(head);
+            self.heads.push(head);
         }
-        if self.queue.ring().publish_many(&heads)? {
+        if self.queue.ring().publish_many(&self.heads)? {
             self.queue.kick()?;
         }
         Ok(())
     }
 
-    fn next_cdb(&mut self) -> Vec<u8> {
+    /// The first block of the next request.
+    fn next_lba(&mut self) -> u64 {
         let w = &self.workload;
         let position = if w.pattern.is_random() {
             self.rng.next() % w.slots
@@ -313,13 +355,7 @@ impl QueueJob {
             self.cursor = self.cursor.wrapping_add(1);
             position
         };
-        let blocks = w.bs / w.block_size;
-        let opcode = if w.pattern.is_write() {
-            cdb::WRITE_16
-        } else {
-            cdb::READ_16
-        };
-        cdb::lba16(opcode, 0, position * u64::from(blocks), blocks)
+        position * u64::from(w.bs / w.block_size)
     }
 }
 
@@ -335,6 +371,8 @@ fn descriptor(addr: u64, len: u32, flags: u16, next: Option<u16>) -> Descriptor 
 
 struct Counters {
     completed: u64,
+    /// Time spent looking at an empty used ring (or asleep on the interrupt) inside the window.
+    waited: Duration,
     latencies: Latencies,
     errors: u64,
     first_error: Option<String>,
@@ -347,6 +385,7 @@ impl Counters {
         let expected = (window.as_secs_f64() * 500_000.0) as usize;
         Counters {
             completed: 0,
+            waited: Duration::ZERO,
             latencies: Latencies::with_capacity(expected.min(16 << 20)),
             errors: 0,
             first_error: None,

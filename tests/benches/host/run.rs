@@ -18,6 +18,7 @@ use crate::error::BenchError;
 use crate::latency::{Latencies, Summary};
 use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
 use crate::server_counters::ServerCounters;
+use crate::syscalls::{SyscallCounter, SyscallCounts};
 
 /// Virtio-scsi's max_sectors counts 512-byte units whatever the block size.
 const SECTOR: u64 = 512;
@@ -47,6 +48,10 @@ pub struct RunResult {
     pub rss_loaded: Resident,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
+    /// The part of the window the driver's queue threads did not spend waiting for
+    /// completions, summed: what the driver itself costs, which a polling driver's CPU time
+    /// (a whole core) does not tell.
+    pub driver_busy: Duration,
     pub wakeups: u64,
     /// Load averages when the window closed: other work on the machine skews the figures.
     pub load_average: String,
@@ -54,6 +59,8 @@ pub struct RunResult {
     pub server_counters: Option<ServerCounters>,
     /// What the server counted inside the window (`ctl stats`), when it reports it.
     pub window_counters: Option<ServerCounters>,
+    /// System calls per server thread around the window (perf), or why not counted.
+    pub syscalls: SyscallCounts,
 }
 
 impl RunResult {
@@ -65,8 +72,12 @@ impl RunResult {
         self.iops() * f64::from(self.config.bs) / f64::from(1u32 << 20)
     }
 
-    pub fn per_request(&self, nanos: u64) -> f64 {
-        nanos as f64 / self.completed.max(1) as f64
+    pub fn per_request(&self, count: u64) -> f64 {
+        self.per_request_f(count as f64)
+    }
+
+    pub fn per_request_f(&self, count: f64) -> f64 {
+        count / self.completed.max(1) as f64
     }
 
     pub fn server_ns_per_request(&self) -> f64 {
@@ -75,6 +86,10 @@ impl RunResult {
 
     pub fn driver_ns_per_request(&self) -> f64 {
         self.per_request(self.driver_cpu.as_nanos() as u64)
+    }
+
+    pub fn driver_busy_ns_per_request(&self) -> f64 {
+        self.per_request(self.driver_busy.as_nanos() as u64)
     }
 
     /// Share of one core each driver thread was busy.
@@ -92,6 +107,7 @@ impl RunResult {
         self.errors += outcome.errors;
         self.wakeups += outcome.wakeups;
         self.driver_cpu += outcome.driver_cpu;
+        self.driver_busy += outcome.driver_busy;
         if self.first_error.is_none() {
             self.first_error = outcome.first_error;
         }
@@ -188,6 +204,8 @@ pub fn run_config(
         .into_iter()
         .map(|job| (job.index(), std::thread::spawn(move || job.run(window))))
         .collect();
+    // perf attaches during the warm-up; its counts are scaled to the window.
+    let syscall_counter = SyscallCounter::start(server.pid());
     std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
     let before = sample_process(server.pid())?;
     let sampled_from = Instant::now();
@@ -196,6 +214,10 @@ pub fn run_config(
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let syscalls = match syscall_counter {
+        Ok(counter) => counter.stop(),
+        Err(why) => SyscallCounts::Unavailable(why),
+    };
     let stats_end = server_stats(&control)?;
     let rss_loaded = resident(server.pid())?;
 
@@ -212,6 +234,7 @@ pub fn run_config(
         rss_idle,
         rss_loaded,
         driver_cpu: Duration::ZERO,
+        driver_busy: Duration::ZERO,
         wakeups: 0,
         load_average: load_average(),
         server_counters: None,
@@ -220,6 +243,7 @@ pub fn run_config(
             &stats_probe,
             &stats_end,
         )),
+        syscalls,
     };
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
