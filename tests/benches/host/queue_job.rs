@@ -25,8 +25,13 @@ use crate::latency::Latencies;
 
 /// Bytes reserved for a slot's indirect table (four descriptors at most).
 const TABLE_BYTES: u64 = 64;
-/// Alignment of the request header and the response inside a slot's control block.
+/// Alignment of a slot's control block: the request header and the response, back to back as
+/// in Linux's `struct virtio_scsi_cmd`, so that with a 32-byte CDB the bytes the driver writes
+/// per request (tag, LBA, poisoned response header) and the response header the device writes
+/// share one cache line; the indirect table, written once, follows.
 const CONTROL_ALIGN: u64 = 64;
+/// The response's fields are 32-bit.
+const RESPONSE_ALIGN: u64 = 4;
 const DATA_ALIGN: u64 = 4096;
 
 /// When load starts being measured and when it stops.
@@ -67,7 +72,8 @@ pub struct QueueOutcome {
 
 /// The guest buffers of one in-flight position.
 struct Slot {
-    /// Start of the control block: the indirect table, then the header and the response.
+    /// Start of the control block: the request header, the response, then the indirect table.
+    control: u64,
     table: u64,
     data: u64,
     table_len: u32,
@@ -83,6 +89,10 @@ pub struct QueueJob {
     free_slots: Vec<usize>,
     /// Slot and submission time of each head in flight.
     issued: Vec<Option<(usize, Instant)>>,
+    /// The slot whose table each ring descriptor points to now. Free lists of slots and of
+    /// descriptors are both last-in first-out, so a slot mostly gets the same descriptor back
+    /// and the descriptor need not be written again (nor its cache line taken from the device).
+    descriptor_slot: Vec<Option<usize>>,
     rng: XorShift,
     /// Next position of a sequential pattern.
     cursor: u64,
@@ -120,6 +130,7 @@ impl QueueJob {
             slots: Vec::with_capacity(depth),
             free_slots: Vec::with_capacity(depth),
             issued: vec![None; ring_size],
+            descriptor_slot: vec![None; ring_size],
             rng: XorShift::new(u64::from(ordinal) + 1),
             cursor: workload.slots / u64::from(queues.max(1)) * u64::from(ordinal),
             next_tag: 1,
@@ -146,12 +157,11 @@ impl QueueJob {
     fn allocate_slot(&self) -> Result<Slot, BenchError> {
         let w = &self.workload;
         let request_len = (scsi::CMD_REQ_HEADER_SIZE + w.cdb_size as usize) as u64;
-        let request_offset = TABLE_BYTES;
-        let response_offset = request_offset + request_len.next_multiple_of(CONTROL_ALIGN);
-        let control_len = response_offset + self.response_len as u64;
-        let control = self.mem.alloc(control_len, CONTROL_ALIGN)?;
+        let response_offset = request_len.next_multiple_of(RESPONSE_ALIGN);
+        let table_offset = (response_offset + self.response_len as u64).next_multiple_of(16);
+        let control = self.mem.alloc(table_offset + TABLE_BYTES, CONTROL_ALIGN)?;
         let data = self.mem.alloc(u64::from(w.bs), DATA_ALIGN)?;
-        let (request, response) = (control + request_offset, control + response_offset);
+        let (request, response) = (control, control + response_offset);
         // virtio 1.2 §5.6.6: device-readable parts first, then the device-writable ones; the
         // three descriptors of the table link 0 -> 1 -> 2.
         let header = descriptor(request, request_len as u32, 0, Some(1));
@@ -176,7 +186,7 @@ impl QueueJob {
             ]
         };
         let table: Vec<u8> = descriptors.iter().flat_map(|d| d.to_bytes()).collect();
-        self.mem.write(control, &table)?;
+        self.mem.write(control + table_offset, &table)?;
         let opcode = if w.pattern.is_write() {
             cdb::WRITE_16
         } else {
@@ -186,7 +196,8 @@ impl QueueJob {
         let header = scsi::encode_cmd_req(w.lun, 0, &command, w.cdb_size as usize)?;
         self.mem.write(request, &header)?;
         Ok(Slot {
-            table: control,
+            control,
+            table: control + table_offset,
             data,
             table_len: table.len() as u32,
             request,
@@ -249,7 +260,7 @@ impl QueueJob {
             }
         }
         for slot in &self.slots {
-            self.mem.free(slot.table)?;
+            self.mem.free(slot.control)?;
             self.mem.free(slot.data)?;
         }
         Ok(QueueOutcome {
@@ -320,22 +331,27 @@ impl QueueJob {
             self.mem.write(s.response, &UNANSWERED)?;
             let ring = self.queue.ring();
             let head = ring.reserve_head()?;
-            ring.write_descriptor(
-                head,
-                Descriptor {
-                    addr: s.table,
-                    len: s.table_len,
-                    flags: VIRTQ_DESC_F_INDIRECT,
-                    next: 0,
-                },
-            )?;
-            let entry = self
-                .issued
-                .get_mut(usize::from(head))
-                .ok_or(BenchError::UnknownHead {
+            let (Some(entry), Some(pointed)) = (
+                self.issued.get_mut(usize::from(head)),
+                self.descriptor_slot.get_mut(usize::from(head)),
+            ) else {
+                return Err(BenchError::UnknownHead {
                     queue: self.queue.index(),
                     id: u32::from(head),
-                })?;
+                });
+            };
+            if *pointed != Some(slot) {
+                ring.write_descriptor(
+                    head,
+                    Descriptor {
+                        addr: s.table,
+                        len: s.table_len,
+                        flags: VIRTQ_DESC_F_INDIRECT,
+                        next: 0,
+                    },
+                )?;
+                *pointed = Some(slot);
+            }
             *entry = Some((slot, issued));
             self.heads.push(head);
         }

@@ -73,7 +73,8 @@ pub fn print_details(results: &[RunResult]) {
     for r in results {
         let c = &r.config;
         println!(
-            "{} {} q{}{} d{} {} (load average {}): started in {:.1} ms, RSS {} KiB idle ({} KiB own), {} KiB loaded ({} KiB own)",
+            "{}{} {} q{}{} d{} {} (load average {}): started in {:.1} ms, RSS {} KiB idle ({} KiB own), {} KiB loaded ({} KiB own)",
+            if r.round > 0 { format!("round {} ", r.round + 1) } else { String::new() },
             name(c.disk),
             name(c.kick),
             c.queues,
@@ -92,8 +93,19 @@ pub fn print_details(results: &[RunResult]) {
                 .syscalls
                 .in_window(thread.tid, r.window)
                 .map_or("n/a".to_string(), |n| format!("{:.4}", r.per_request_f(n)));
+            let instructions = r
+                .instructions
+                .as_ref()
+                .and_then(|(threads, requests)| {
+                    let t = threads.iter().find(|t| t.tid == thread.tid)?;
+                    Some(format!(
+                        ", {:.0} instructions",
+                        t.instructions as f64 / (*requests).max(1) as f64
+                    ))
+                })
+                .unwrap_or_default();
             println!(
-                "  {:<28} {:>8.0} ns ({:>6.0} + {:>6.0})  {:>6.3} vol {:>6.3} invol  {syscalls} syscalls{}",
+                "  {:<28} {:>8.0} ns ({:>6.0} + {:>6.0})  {:>6.3} vol {:>6.3} invol  {syscalls} syscalls{}{instructions}",
                 r.thread_label(thread),
                 r.per_request(thread.run_ns),
                 r.per_request(thread.user_ns),
@@ -159,7 +171,9 @@ fn iothread_time(r: &RunResult, comm: &str) -> String {
 }
 
 /// Server CPU per request with 2 iothreads against 1, for every configuration run with both:
-/// the issue's scaling figure (at most 1.05).
+/// the issue's scaling figure (at most 1.05). Each round's pair is printed, then the median of
+/// the rounds' ratios; with `--callgrind`, the same for instructions per request, which do not
+/// depend on the machine's load.
 pub fn print_scaling(results: &[RunResult]) {
     let pairs: Vec<(&RunResult, &RunResult)> = results
         .iter()
@@ -171,7 +185,7 @@ pub fn print_scaling(results: &[RunResult]) {
             };
             results
                 .iter()
-                .find(|r| r.config == one)
+                .find(|r| r.config == one && r.round == two.round)
                 .map(|one| (one, two))
         })
         .collect();
@@ -179,21 +193,81 @@ pub fn print_scaling(results: &[RunResult]) {
         return;
     }
     println!();
-    println!("iothreads, 2 vs 1: server CPU ns per request (all threads; per iothread)");
-    for (one, two) in pairs {
+    println!(
+        "iothreads, 2 vs 1: server CPU ns per request (all threads; per iothread), then \
+         instructions per request (all threads) with --callgrind"
+    );
+    let mut described: Vec<Config> = Vec::new();
+    for (one, _) in &pairs {
         let c = Config {
             iothreads: None,
             ..one.config
         };
-        println!(
-            "{}: 1 iothread {:.0} ns ({}), 2 iothreads {:.0} ns ({}): 2 vs 1 ratio {:.2}",
-            describe(&c),
-            one.server_ns_per_request(),
-            per_iothread(one),
-            two.server_ns_per_request(),
-            per_iothread(two),
-            two.server_ns_per_request() / one.server_ns_per_request().max(1.0),
-        );
+        if described.contains(&c) {
+            continue;
+        }
+        described.push(c);
+        println!("{}:", describe(&c));
+        let rounds: Vec<&(&RunResult, &RunResult)> = pairs
+            .iter()
+            .filter(|(one, _)| {
+                Config {
+                    iothreads: None,
+                    ..one.config
+                } == c
+            })
+            .collect();
+        let mut cpu_ratios = Vec::new();
+        let mut instruction_ratios = Vec::new();
+        for (one, two) in &rounds {
+            let cpu_ratio = two.server_ns_per_request() / one.server_ns_per_request().max(1.0);
+            cpu_ratios.push(cpu_ratio);
+            let instructions = match (instructions_per_request(one), instructions_per_request(two))
+            {
+                (Some(a), Some(b)) => {
+                    instruction_ratios.push(b / a.max(1.0));
+                    format!(
+                        "; {a:.0} vs {b:.0} instructions, ratio {:.3}",
+                        b / a.max(1.0)
+                    )
+                }
+                _ => String::new(),
+            };
+            println!(
+                "  round {}: 1 iothread {:.0} ns ({}), 2 iothreads {:.0} ns ({}): ratio {:.2}{instructions}",
+                one.round + 1,
+                one.server_ns_per_request(),
+                per_iothread(one),
+                two.server_ns_per_request(),
+                per_iothread(two),
+                cpu_ratio,
+            );
+        }
+        let instructions = median(&mut instruction_ratios)
+            .map_or(String::new(), |m| format!(", instructions {m:.3}"));
+        if let Some(cpu) = median(&mut cpu_ratios) {
+            println!(
+                "  median 2 vs 1 ratio over {} rounds: CPU {cpu:.2}{instructions}",
+                rounds.len()
+            );
+        }
+    }
+}
+
+/// Server instructions per request, all threads, from `--callgrind`.
+fn instructions_per_request(r: &RunResult) -> Option<f64> {
+    let (threads, requests) = r.instructions.as_ref()?;
+    let total: u64 = threads.iter().map(|t| t.instructions).sum();
+    Some(total as f64 / (*requests).max(1) as f64)
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
     }
 }
 
@@ -236,6 +310,9 @@ fn run_json(r: &RunResult) -> Value {
                 "voluntary_switches_per_request": r.per_request(t.voluntary_switches),
                 "involuntary_switches_per_request": r.per_request(t.involuntary_switches),
                 "syscalls_per_request": r.syscalls.in_window(t.tid, r.window).map(|n| r.per_request_f(n)),
+                "instructions_per_request": r.instructions.as_ref().and_then(|(threads, requests)| {
+                    threads.iter().find(|i| i.tid == t.tid).map(|i| i.instructions as f64 / (*requests).max(1) as f64)
+                }),
             })
         })
         .collect();
@@ -247,6 +324,7 @@ fn run_json(r: &RunResult) -> Value {
         "depth": c.depth,
         "rw": name(c.rw),
         "bs": c.bs,
+        "round": r.round,
         "seconds": r.window.as_secs_f64(),
         "completed": r.completed,
         "errors": r.errors,
@@ -268,6 +346,7 @@ fn run_json(r: &RunResult) -> Value {
             "rss_anon_idle_kib": r.rss_idle.anon_kib,
             "rss_anon_loaded_kib": r.rss_loaded.anon_kib,
             "cpu_ns_per_request": r.server_ns_per_request(),
+            "instructions_per_request": instructions_per_request(r),
             "threads": threads,
             "kicks_per_request": r.server_counters.as_ref().map(|c| c.kicks_per_request()),
             "interrupts_per_request": r.server_counters.as_ref().map(|c| c.interrupts_per_request()),

@@ -13,6 +13,7 @@ use tests::virtio_pci::VIRTIO_F_INDIRECT_DESC;
 use tests::{DriverOptions, DriverQueue, KickMode, ServerProcess, VirtioScsiDriver, WaitMode};
 
 use crate::args::{Args, Config, DiskKind, Kick, Wait};
+use crate::callgrind::{Callgrind, ThreadInstructions};
 use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
 use crate::error::BenchError;
 use crate::latency::{Latencies, Summary};
@@ -20,6 +21,8 @@ use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
 use crate::server_counters::ServerCounters;
 use crate::syscalls::{SyscallCounter, SyscallCounts};
 
+/// Under callgrind the server starts some 50 times slower.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Virtio-scsi's max_sectors counts 512-byte units whatever the block size.
 const SECTOR: u64 = 512;
 /// Guest memory for rings and small buffers, besides the data buffers.
@@ -61,6 +64,11 @@ pub struct RunResult {
     pub window_counters: Option<ServerCounters>,
     /// System calls per server thread around the window (perf), or why not counted.
     pub syscalls: SyscallCounts,
+    /// With `--callgrind`: instructions per server thread inside the window, and the requests
+    /// answered in that window.
+    pub instructions: Option<(Vec<ThreadInstructions>, u64)>,
+    /// Which round of `--rounds` this was (0-based).
+    pub round: u16,
 }
 
 impl RunResult {
@@ -129,6 +137,7 @@ impl RunResult {
 pub fn run_config(
     args: &Args,
     config: Config,
+    round: u16,
     warmup: Duration,
     measured: Duration,
     file_disk: &Path,
@@ -163,8 +172,14 @@ pub fn run_config(
     }
     server_args.extend(args.server_args.split_whitespace().map(str::to_string));
     let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let callgrind = args.callgrind.then(Callgrind::new).transpose()?;
+    let wrapper = callgrind
+        .as_ref()
+        .map(Callgrind::wrapper)
+        .unwrap_or_default();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let spawned = Instant::now();
-    let mut server = ServerProcess::start(&server_args)?;
+    let mut server = ServerProcess::start_under(&wrapper, &server_args, SERVER_START_TIMEOUT)?;
     let startup = spawned.elapsed();
     let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
         .map_err(|source| BenchError::Connect {
@@ -209,11 +224,35 @@ pub fn run_config(
     std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
     let before = sample_process(server.pid())?;
     let sampled_from = Instant::now();
+    // callgrind_control takes a good part of a second to reach the server, and the zero (or
+    // dump) falls somewhere inside: the requests of the window are counted from the middle
+    // of the stats taken around each.
+    let zeroed = match &callgrind {
+        Some(callgrind) => {
+            let before_zero = server_stats(&control)?;
+            callgrind.zero(server.pid())?;
+            Some(before_zero)
+        }
+        None => None,
+    };
     let stats_start = server_stats(&control)?;
     let stats_probe = server_stats(&control)?;
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let instructions = match (&callgrind, zeroed) {
+        (Some(callgrind), Some(before_zero)) => {
+            let before_dump = server_stats(&control)?;
+            let tids: Vec<u32> = after.iter().map(|t| t.tid).collect();
+            let threads = callgrind.dump(server.pid(), &tids)?;
+            let after_dump = server_stats(&control)?;
+            let requests = (before_dump.requests + after_dump.requests)
+                .saturating_sub(before_zero.requests + stats_start.requests)
+                / 2;
+            Some((threads, requests))
+        }
+        _ => None,
+    };
     let syscalls = match syscall_counter {
         Ok(counter) => counter.stop(),
         Err(why) => SyscallCounts::Unavailable(why),
@@ -244,6 +283,8 @@ pub fn run_config(
             &stats_end,
         )),
         syscalls,
+        instructions,
+        round,
     };
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
