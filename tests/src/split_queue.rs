@@ -577,6 +577,53 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_reaped_with_one_look_and_every_chain_goes_back_to_the_free_list() {
+        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
+        q.set_interrupts_wanted(false).unwrap();
+        let single = q.reserve_head().unwrap();
+        let chain = q
+            .add_chain(&[Buffer::readable(0x1000, 4), Buffer::writable(0x2000, 8)])
+            .unwrap();
+        let indirect = q
+            .add_indirect_chain(&[Buffer::readable(0x3000, 4), Buffer::writable(0x4000, 8)])
+            .unwrap();
+        q.write_descriptor(single, Descriptor::default()).unwrap();
+        q.publish_many(&[single, chain, indirect]).unwrap();
+        assert_eq!((q.in_flight(), q.free_descriptors()), (3, 4));
+        let (mut last_avail, mut used) = (0, 0);
+        device_consume(&q, &mem, &mut last_avail, &mut used);
+        let mut reaped = Vec::new();
+        assert_eq!(q.pop_used_batch(2, |e| reaped.push(e.id)).unwrap(), 2);
+        assert_eq!(reaped, [u32::from(single), u32::from(chain)]);
+        let used_event = q.addresses().driver + 4 + 2 * 8;
+        assert_eq!(
+            mem.load_u16(used_event).unwrap(),
+            0x8002,
+            "one used_event update for the batch, kept out of reach while polling"
+        );
+        assert_eq!(
+            q.pop_used_batch(usize::MAX, |e| reaped.push(e.id)).unwrap(),
+            1
+        );
+        assert_eq!(q.pop_used_batch(usize::MAX, |_| {}).unwrap(), 0);
+        assert_eq!((q.in_flight(), q.free_descriptors()), (0, 8));
+        // The indirect table was freed, and a head cannot be returned twice.
+        assert_eq!(
+            mem.alloc(32, 16).unwrap(),
+            q.read_descriptor(indirect).unwrap().addr
+        );
+        let slot = q.addresses().device + 4 + 8 * u64::from(used % 8);
+        mem.store_u32(slot, u32::from(single)).unwrap();
+        mem.store_u16(q.addresses().device + 2, used.wrapping_add(1))
+            .unwrap();
+        assert!(matches!(
+            q.pop_used_batch(1, |_| {}),
+            Err(QueueError::UnknownHead { .. })
+        ));
+    }
+
+    #[test]
     fn chain_layout_marks_direction_and_links() {
         let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem, 4, false).unwrap();
