@@ -21,7 +21,7 @@ use tests::DriverQueue;
 use crate::args::Pattern;
 use crate::cpu_time::thread_cpu_time;
 use crate::error::BenchError;
-use crate::latency::Latencies;
+use crate::latency::{Latencies, PassTimes};
 
 /// Bytes reserved for a slot's indirect table (four descriptors at most).
 const TABLE_BYTES: u64 = 64;
@@ -66,8 +66,11 @@ pub struct QueueOutcome {
     /// Reaps that returned completions.
     pub wakeups: u64,
     pub driver_cpu: Duration,
-    /// Inside the window, the time not spent waiting for completions: the driver's own work.
+    /// Inside the window, the driver's own work: its time less its waits for completions and
+    /// its kicks (see `QueueJob::busy`).
     pub driver_busy: Duration,
+    /// The driver's work per request, pass by pass.
+    pub passes: PassTimes,
 }
 
 /// The guest buffers of one in-flight position.
@@ -211,6 +214,8 @@ impl QueueJob {
         // The first pass inside the window: its clock and the thread's CPU time.
         let mut measured_from = None;
         let mut measured_to = window.start;
+        // The previous pass: when it had its completions, how many, and how long it kicked.
+        let mut previous: Option<(Instant, usize, Duration)> = None;
         loop {
             let waited = self.queue.reap_raw(&mut self.used, usize::MAX)?;
             let now = Instant::now();
@@ -219,6 +224,13 @@ impl QueueJob {
                 match measured_from {
                     None => measured_from = Some((now, thread_cpu_time())),
                     Some(_) => counters.waited += waited,
+                }
+                if let Some((then, requests, kicking)) = previous {
+                    let work = now
+                        .saturating_duration_since(then)
+                        .saturating_sub(waited)
+                        .saturating_sub(kicking);
+                    counters.passes.record(work, requests);
                 }
                 measured_to = now;
                 counters.wakeups += 1;
@@ -241,15 +253,18 @@ impl QueueJob {
             if now >= window.end {
                 break;
             }
-            self.submit_free_slots()?;
+            let kicking = self.submit_free_slots()?;
+            if measuring {
+                counters.kicking += kicking;
+            }
+            previous = Some((now, self.used.len(), kicking));
         }
         let (driver_cpu, driver_busy) = match measured_from {
-            Some((at, cpu)) => (
-                thread_cpu_time().saturating_sub(cpu),
-                measured_to
-                    .saturating_duration_since(at)
-                    .saturating_sub(counters.waited),
-            ),
+            Some((at, cpu)) => {
+                let cpu = thread_cpu_time().saturating_sub(cpu);
+                let span = measured_to.saturating_duration_since(at);
+                (cpu, Self::busy(span, &counters))
+            }
             None => (Duration::ZERO, Duration::ZERO),
         };
         while self.free_slots.len() < self.slots.len() {
@@ -272,7 +287,17 @@ impl QueueJob {
             wakeups: counters.wakeups,
             driver_cpu,
             driver_busy,
+            passes: counters.passes,
         })
+    }
+
+    /// The driver's own work over a `span` of wall time: the span less its waits for
+    /// completions and its kicks (a kick wakes the server's thread, which may take the driver's
+    /// core at once). Preemption stretches it on a busy machine, which the median pass does not
+    /// see (`PassTimes`).
+    fn busy(span: Duration, counters: &Counters) -> Duration {
+        span.saturating_sub(counters.waited)
+            .saturating_sub(counters.kicking)
     }
 
     /// Checks a completion's response and frees its slot; returns when the request was
@@ -315,9 +340,10 @@ impl QueueJob {
 
     /// Puts every free slot back in flight with one avail-index update and at most one kick.
     /// Per request: the tag, the LBA, the poisoned response header and one ring descriptor.
-    fn submit_free_slots(&mut self) -> Result<(), BenchError> {
+    /// Returns how long the kick took (the clock is read only around a kick).
+    fn submit_free_slots(&mut self) -> Result<Duration, BenchError> {
         if self.free_slots.is_empty() {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         self.heads.clear();
         let issued = Instant::now();
@@ -355,10 +381,12 @@ impl QueueJob {
             *entry = Some((slot, issued));
             self.heads.push(head);
         }
-        if self.queue.ring().publish_many(&self.heads)? {
-            self.queue.kick()?;
+        if !self.queue.ring().publish_many(&self.heads)? {
+            return Ok(Duration::ZERO);
         }
-        Ok(())
+        let kicked = Instant::now();
+        self.queue.kick()?;
+        Ok(kicked.elapsed())
     }
 
     /// The first block of the next request.
@@ -389,6 +417,9 @@ struct Counters {
     completed: u64,
     /// Time spent looking at an empty used ring (or asleep on the interrupt) inside the window.
     waited: Duration,
+    /// Time spent kicking inside the window.
+    kicking: Duration,
+    passes: PassTimes,
     latencies: Latencies,
     errors: u64,
     first_error: Option<String>,
@@ -402,6 +433,8 @@ impl Counters {
         Counters {
             completed: 0,
             waited: Duration::ZERO,
+            kicking: Duration::ZERO,
+            passes: PassTimes::with_capacity(expected.min(16 << 20) / 4),
             latencies: Latencies::with_capacity(expected.min(16 << 20)),
             errors: 0,
             first_error: None,

@@ -68,7 +68,7 @@ pub fn print_details(results: &[RunResult]) {
          driver slower than the server, so it measures the driver's pace, not the server's cost"
     );
     println!(
-        "driver: busy and CPU time per request, share of a core per queue thread, completions per wake-up"
+        "driver: its work per request (median pass, and average), CPU time per request, share of a core per queue thread, completions per wake-up"
     );
     for r in results {
         let c = &r.config;
@@ -141,7 +141,8 @@ pub fn print_details(results: &[RunResult]) {
             );
         }
         println!(
-            "  driver: {:.0} ns/request busy (its own work, waits for completions left out), {:.0} ns/request CPU, {:.0}% of a core per queue thread, {:.1} completions per wake-up",
+            "  driver: {} ns/request work in the median pass ({:.0} on average, preemption included; waits for completions and kicks left out), {:.0} ns/request CPU, {:.0}% of a core per queue thread, {:.1} completions per wake-up",
+            r.driver_pass_median_ns.map_or("n/a".to_string(), |ns| ns.to_string()),
             r.driver_busy_ns_per_request(),
             r.driver_ns_per_request(),
             r.driver_core_share() * 100.0,
@@ -366,6 +367,7 @@ fn run_json(r: &RunResult) -> Value {
         "driver": {
             "cpu_ns_per_request": r.driver_ns_per_request(),
             "busy_ns_per_request": r.driver_busy_ns_per_request(),
+            "median_pass_ns_per_request": r.driver_pass_median_ns,
             "core_share_per_queue_thread": r.driver_core_share(),
             "completions_per_wakeup": r.completions_per_wakeup(),
         },

@@ -16,7 +16,7 @@ use crate::args::{Args, Config, DiskKind, Kick, Wait};
 use crate::callgrind::{Callgrind, ThreadInstructions};
 use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
 use crate::error::BenchError;
-use crate::latency::{Latencies, Summary};
+use crate::latency::{Latencies, PassTimes, Summary};
 use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
 use crate::server_counters::ServerCounters;
 use crate::syscalls::{SyscallCounter, SyscallCounts};
@@ -51,10 +51,12 @@ pub struct RunResult {
     pub rss_loaded: Resident,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
-    /// The part of the window the driver's queue threads did not spend waiting for
-    /// completions, summed: what the driver itself costs, which a polling driver's CPU time
-    /// (a whole core) does not tell.
+    /// The driver's queue threads' own work inside the window, waits for completions and kicks
+    /// apart, summed: what the driver itself costs, which a polling driver's CPU time (a whole
+    /// core) does not tell.
     pub driver_busy: Duration,
+    /// The median over requests of the driver's work per request in a pass.
+    pub driver_pass_median_ns: Option<u32>,
     pub wakeups: u64,
     /// Load averages when the window closed: other work on the machine skews the figures.
     pub load_average: String,
@@ -109,8 +111,15 @@ impl RunResult {
         self.completed as f64 / self.wakeups.max(1) as f64
     }
 
-    /// Adds one queue's counts; its latencies go to `latencies`. Returns the queue.
-    fn add(&mut self, outcome: QueueOutcome, latencies: &mut Latencies) -> DriverQueue {
+    /// Adds one queue's counts; its latencies and pass times go to `latencies` and `passes`.
+    /// Returns the queue.
+    fn add(
+        &mut self,
+        outcome: QueueOutcome,
+        latencies: &mut Latencies,
+        passes: &mut PassTimes,
+    ) -> DriverQueue {
+        passes.merge(outcome.passes);
         self.completed += outcome.completed;
         self.errors += outcome.errors;
         self.wakeups += outcome.wakeups;
@@ -274,6 +283,7 @@ pub fn run_config(
         rss_loaded,
         driver_cpu: Duration::ZERO,
         driver_busy: Duration::ZERO,
+        driver_pass_median_ns: None,
         wakeups: 0,
         load_average: load_average(),
         server_counters: None,
@@ -295,6 +305,7 @@ pub fn run_config(
         thread.system_ns = (thread.system_ns as f64 * scale) as u64;
     }
     let mut latencies = Latencies::default();
+    let mut passes = PassTimes::default();
     for (index, worker) in workers {
         let outcome = match worker.join() {
             Ok(Ok(outcome)) => outcome,
@@ -307,9 +318,10 @@ pub fn run_config(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(BenchError::WorkerPanicked(index)),
         };
-        driver.return_queue(result.add(outcome, &mut latencies));
+        driver.return_queue(result.add(outcome, &mut latencies, &mut passes));
     }
     result.latency = latencies.summary();
+    result.driver_pass_median_ns = passes.median_ns_per_request();
     drop(driver);
     server.terminate(Duration::from_secs(5))?;
     result.server_counters = ServerCounters::parse(&server.stderr());

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
-use crate::latency::Latencies;
+use crate::latency::{Latencies, PassTimes};
 use crate::run::{parse_resident, Resident};
 use crate::server_counters::ServerCounters;
 use crate::syscalls::{parse_per_thread, SyscallCounts, ThreadSyscalls};
@@ -22,6 +22,19 @@ pub fn run() {
     server_counters_sum_the_request_queues();
     window_counters_leave_out_the_stats_requests();
     perf_per_thread_counts_parse();
+    the_median_pass_leaves_out_a_preempted_one();
+}
+
+fn the_median_pass_leaves_out_a_preempted_one() {
+    let mut passes = PassTimes::default();
+    for _ in 0..9 {
+        passes.record(Duration::from_nanos(32 * 100), 32);
+    }
+    // Preempted for 4 ms in the middle of one pass of 32 requests.
+    passes.record(Duration::from_millis(4), 32);
+    passes.record(Duration::from_nanos(500), 0);
+    assert_eq!(passes.median_ns_per_request(), Some(100));
+    assert_eq!(PassTimes::default().median_ns_per_request(), None);
 }
 
 fn perf_per_thread_counts_parse() {
