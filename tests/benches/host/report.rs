@@ -118,6 +118,9 @@ pub fn print_details(results: &[RunResult]) {
         if let SyscallCounts::Unavailable(why) = &r.syscalls {
             println!("  system calls per thread: not counted ({why})");
         }
+        if let Some(check) = polling_check(r) {
+            println!("  {check}");
+        }
         if let Some(counters) = &r.server_counters {
             let allocations = counters.allocations_per_request().map_or(
                 "n/a (server built without count-allocations)".to_string(),
@@ -149,6 +152,38 @@ pub fn print_details(results: &[RunResult]) {
             r.completions_per_wakeup(),
         );
     }
+}
+
+/// For a run whose iothreads polled: the polling aim's two figures side by side, busy ns per
+/// request (under 300) and system calls per request (none per request) on the iothreads.
+fn polling_check(r: &RunResult) -> Option<String> {
+    let counters = r.window_counters.as_ref()?;
+    if counters.iothreads.iter().all(|t| t.poll_ns == 0) {
+        return None;
+    }
+    let busy: u64 = counters.iothreads.iter().map(|t| t.busy_ns).sum();
+    let iothreads: Vec<u32> = r
+        .server_threads
+        .iter()
+        .filter(|t| {
+            counters
+                .iothreads
+                .iter()
+                .any(|i| i.name.starts_with(t.comm.as_str()))
+        })
+        .map(|t| t.tid)
+        .collect();
+    let syscalls = iothreads
+        .iter()
+        .map(|&tid| r.syscalls.in_window(tid, r.window))
+        .sum::<Option<f64>>()
+        .map_or("system calls not counted".to_string(), |n| {
+            format!("{:.4} system calls per request on them", r.per_request_f(n))
+        });
+    Some(format!(
+        "polling check: iothreads busy {:.0} ns per request (aim: under 300), {syscalls} (aim: none per request)",
+        counters.per_request(busy)
+    ))
 }
 
 /// ", busy N ns (empty polls P, asleep S)" per request for the iothread named `comm`, from the
