@@ -52,12 +52,20 @@ impl RecheckTimer {
             self.deadlines[slot] = None;
             return Ok(());
         };
-        let deadline = Instant::now() + delay;
+        let now = Instant::now();
+        let deadline = now + delay;
         self.deadlines[slot] = Some(deadline);
-        if self.armed.is_none_or(|armed| deadline < armed) {
-            self.arm(deadline, delay)?;
+        match self.armed {
+            // The expiry went by without `take_due` (a host that drains completions takes
+            // every event off its epoll): arm again for the earliest re-check owed.
+            Some(armed) if armed <= now => {
+                let earliest = self.deadlines.iter().flatten().min().copied();
+                let at = earliest.unwrap_or(deadline);
+                self.arm(at, at.saturating_duration_since(now))
+            }
+            Some(armed) if armed <= deadline => Ok(()),
+            _ => self.arm(deadline, delay),
         }
-        Ok(())
     }
 
     /// Forgets `slot`'s re-check (its worker left the host).
@@ -134,6 +142,17 @@ mod tests {
         AsksFor(delay, Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()))
     }
 
+    /// Whether the timerfd becomes readable within `ms` milliseconds.
+    fn fires_within(timer: &RecheckTimer, ms: i32) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: timer.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor `timer` keeps open.
+        unsafe { libc::poll(&mut pollfd, 1, ms) == 1 }
+    }
+
     fn due(timer: &mut RecheckTimer) -> Vec<usize> {
         let mut due = Vec::new();
         timer.take_due(&mut due).unwrap();
@@ -158,6 +177,22 @@ mod tests {
         timer.forget(3);
         assert!(due(&mut timer).is_empty());
         assert!(timer.armed.is_none(), "nothing left to arm for");
+    }
+
+    #[test]
+    fn an_expiry_that_went_by_unserved_is_armed_again_by_the_next_booking() {
+        let mut timer = RecheckTimer::new().unwrap();
+        let ms = Duration::from_millis;
+        timer.book(0, &asking(Some(ms(1)))).unwrap();
+        std::thread::sleep(ms(3));
+        // The expiry was taken off the epoll (a drain) without `take_due`.
+        timer.timer.clear().unwrap();
+        timer.book(1, &asking(Some(ms(100)))).unwrap();
+        assert!(
+            fires_within(&timer, 50),
+            "armed for slot 0's re-check, already due"
+        );
+        assert_eq!(due(&mut timer), [0]);
     }
 
     #[test]
