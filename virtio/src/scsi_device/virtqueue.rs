@@ -691,9 +691,15 @@ struct Piece {
 }
 
 impl Segments {
-    /// Empties the segments for a chain collected in `mem`.
+    /// Empties the segments for a chain collected in `mem`. A list that a long chain spilled
+    /// to the heap is let go rather than kept, so that a slot holds no more than a usual
+    /// chain needs between commands.
     fn restart(&mut self, mem: &CachedMemory<'_>) {
-        self.list.clear();
+        if self.list.spilled() {
+            self.list = SmallVec::new();
+        } else {
+            self.list.clear();
+        }
         self.len = 0;
         self.generation = mem.generation;
         self.host_offset = 0;
@@ -1427,6 +1433,25 @@ mod tests {
             mem.read_obj::<[u8; 4]>(GuestAddress(0x6004)).unwrap(),
             *b"too "
         );
+
+        // A chain longer than the inline list spills it; the next chain lets the heap go.
+        for index in 0..6 {
+            let flags = if index < 5 {
+                VRING_DESC_F_NEXT as u16
+            } else {
+                0
+            };
+            rings.descriptor(index, 0x4000 + u64::from(index) * 8, 8, flags, index + 1);
+        }
+        let chain = Chain { head: 0, ..chain };
+        assert_eq!(rings.pass(|_, mem| buffers.collect_again(chain, mem)), None);
+        assert_eq!(buffers.readable.len(), 48);
+        assert!(buffers.readable.list.spilled());
+        let chain = Chain { head: 3, ..chain };
+        rings.descriptor(3, 0x7000, 16, VRING_DESC_F_WRITE as u16, 0);
+        assert_eq!(rings.pass(|_, mem| buffers.collect_again(chain, mem)), None);
+        assert!(!buffers.readable.list.spilled());
+        assert_eq!(buffers.writable.len(), 16);
     }
 
     #[test]
