@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::notifications::NO_VECTOR;
+use crate::pci_function::NO_VECTOR;
 use crate::status::DRIVER_OK;
 use crate::status::FEATURES_OK;
 

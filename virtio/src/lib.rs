@@ -6,19 +6,22 @@ pub mod common_cfg;
 pub mod features;
 mod inline_queue_host;
 pub mod memory_fault;
-mod notifications;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
+mod recheck_timer;
 pub mod scsi_device;
 pub mod status;
 pub mod transport_error;
 pub mod virtio_device;
 
 pub use inline_queue_host::InlineQueueHost;
-pub use notifications::{ConfigNotifier, MsixInterrupt, NO_VECTOR};
-pub use pci_function::{QueueNotifyAddress, VirtioPciFunction, VIRTIO_VENDOR_ID};
+pub use pci_function::{
+    ConfigNotifier, MsixInterrupt, QueueNotifyAddress, VirtioPciFunction, NO_VECTOR,
+    VIRTIO_VENDOR_ID,
+};
 pub use queue_worker::{QueueHost, QueueWorker};
+pub use recheck_timer::RecheckTimer;
 pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, LunStats, QueueCounters, QueueStats, RemovedLun,
     ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,

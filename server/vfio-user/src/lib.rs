@@ -11,16 +11,15 @@ mod connection;
 mod device;
 mod dma;
 mod irq;
-mod message;
 mod protocol;
 mod replay;
 mod server;
 mod socket_path;
 
+pub use connection::{decode_message, MessageError};
 pub use device::{
     Device, DeviceError, DmaMemory, IoFd, IrqAction, IrqInfo, MmapArea, RegionInfo, RegionMmap,
 };
-pub use message::{decode_message, MessageError};
 pub use replay::Replay;
 pub use server::{Flow, Listener, MainLoopHook, Server, ServerError, ServerStatus, ShutdownHandle};
 pub use socket_path::{activated_listener, BoundSocket, SocketAccess, SocketPathError};

@@ -4,9 +4,9 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::connection::decode_message;
 use crate::device::{Device, DmaMemory, RegionInfo};
 use crate::dma::DmaTable;
-use crate::message::decode_message;
 use crate::protocol::HEADER_SIZE;
 use crate::server::{handle, Session};
 

@@ -5,7 +5,7 @@
 //! VERSION within `HANDSHAKE_TIMEOUT` is sent away, so that a connection that never speaks
 //! cannot keep every later client, QEMU included, out.
 //!
-//! Each message is decoded (`message.rs`) and routed here to the device or the DMA table; the
+//! Each message is decoded (`connection.rs`) and routed here to the device or the DMA table; the
 //! reply body is built here too, and queued on the client's `Connection`.
 
 use std::io;
@@ -22,10 +22,12 @@ use slog::{debug, info, warn, Drain, Logger};
 use smallvec::{smallvec, SmallVec};
 use zerocopy::{Immutable, IntoBytes};
 
-use crate::connection::{Connection, Incoming, ReadOutcome, MAX_RECV_FDS};
+use crate::connection::{
+    decode_request, ClientCaps, Connection, DecodeError, FramingError, Incoming, ReadOutcome,
+    Request, MAX_RECV_FDS,
+};
 use crate::device::{Device, DeviceError, DmaMemory, IrqAction, RegionInfo};
 use crate::dma::{DmaChange, DmaError, DmaTable};
-use crate::message::{decode_request, ClientCaps, DecodeError, FramingError, Request};
 use crate::protocol::{
     DmaUnmap, Header, InfoHead, IoFdSubRegion, RegionAccess, RegionInfoHead, SparseMmapArea,
     SparseMmapCap, Version, VfioUserCommand, FLAG_ERROR, FLAG_TYPE_REPLY, HEADER_SIZE,

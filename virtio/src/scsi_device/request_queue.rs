@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
 use slog::{debug, trace, warn, Drain, Logger};
@@ -27,6 +27,7 @@ use super::backend_errors;
 use super::config::HeaderSizes;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
+use super::kick_batching::KickBatching;
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
@@ -236,6 +237,8 @@ pub struct RequestQueueWorker {
     /// Whether the logger takes trace records, asked once per pass (the level may change
     /// while the server runs), so that a request pays one test, not a record, when it does not.
     tracing: bool,
+    /// How far ahead the driver's next kick is asked for.
+    batching: KickBatching,
 }
 
 impl RequestQueueWorker {
@@ -248,6 +251,7 @@ impl RequestQueueWorker {
     ) -> RequestQueueWorker {
         let task_queue = usize::from(queue.index() - FIRST_REQUEST_QUEUE);
         let slots = tasks.capacity(task_queue);
+        let batching = KickBatching::new(queue.size());
         RequestQueueWorker {
             queue,
             luns,
@@ -267,6 +271,7 @@ impl RequestQueueWorker {
             epoch: Instant::now(),
             request_bytes: [0; CMD_REQ_HEADER_SIZE + MAX_CDB_KEPT],
             tracing: false,
+            batching,
         }
     }
 
@@ -286,7 +291,8 @@ impl RequestQueueWorker {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            if !self.queue.more_available(&mem) {
+            let ahead = self.batching.rearm(self.clock);
+            if !self.queue.kick_at_batch(&mem, ahead) {
                 break;
             }
         }
@@ -297,6 +303,7 @@ impl RequestQueueWorker {
     fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
+        self.batching.popped(chains.len());
         let mut luns = self.luns.load();
         for chain in chains.drain(..) {
             self.luns.refresh(&mut luns);
@@ -948,6 +955,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn start_polling(&mut self) {
+        self.batching.start_polling();
         let snapshot = self.queue.snapshot();
         self.queue
             .suppress_notifications(&CachedMemory::new(&snapshot));
@@ -959,7 +967,23 @@ impl QueueWorker for RequestQueueWorker {
 
     fn stop_polling(&mut self) {
         let snapshot = self.queue.snapshot();
-        if self.queue.more_available(&CachedMemory::new(&snapshot)) {
+        let ahead = self.batching.rearm(self.clock);
+        if self
+            .queue
+            .kick_at_batch(&CachedMemory::new(&snapshot), ahead)
+        {
+            self.serve_available();
+        }
+    }
+
+    fn recheck_in(&self) -> Option<Duration> {
+        self.batching.recheck_in()
+    }
+
+    /// Serves what a batch shorter than the driver was told left (or, while polling, nothing:
+    /// the poller looks by itself).
+    fn recheck(&mut self) {
+        if !self.batching.polling() {
             self.serve_available();
         }
     }

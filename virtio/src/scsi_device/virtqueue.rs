@@ -233,6 +233,10 @@ impl Virtqueue {
         &self.notifier
     }
 
+    pub fn size(&self) -> u16 {
+        self.ring.size
+    }
+
     pub fn logger(&self) -> &Logger {
         &self.logger
     }
@@ -299,18 +303,23 @@ impl Virtqueue {
         Ok(Wrapping(u16::from_le(idx.load(order))))
     }
 
-    /// Asks the driver for notifications (true) or tells it they are not needed (virtio 1.2
-    /// §2.7.10). With EVENT_IDX the driver stops by itself once `avail_event` is passed, so
-    /// stopping writes nothing.
-    fn set_notification(&self, mem: &CachedMemory<'_>, enable: bool) -> Result<(), RingError> {
+    /// Tells the driver when to kick (virtio 1.2 §2.7.10): once `ahead` chains beyond those
+    /// popped are available (1: at the next one), or not at all (0). With EVENT_IDX that is
+    /// `avail_event`, which Linux's `virtqueue_kick_prepare` looks for among the chains it
+    /// added since its last kick; not at all writes nothing, as the driver stops by itself once
+    /// `avail_event` is passed. Without EVENT_IDX the flag can only say "kick" or "do not", so
+    /// any batch longer than one chain is NO_NOTIFY and the caller looks again by itself.
+    fn kick_after(&self, mem: &CachedMemory<'_>, ahead: u16) -> Result<(), RingError> {
         let ring = &self.ring;
-        match (ring.event_idx, enable) {
-            (true, true) => mem
-                .field16(ring.avail_event())?
-                .store(ring.next_avail.0.to_le(), Ordering::Relaxed),
-            (true, false) => {}
-            (false, enable) => {
-                let flags = if enable {
+        match (ring.event_idx, ahead) {
+            (true, 0) => {}
+            (true, ahead) => {
+                let at = ring.next_avail + Wrapping(ahead - 1);
+                mem.field16(ring.avail_event())?
+                    .store(at.0.to_le(), Ordering::Relaxed);
+            }
+            (false, ahead) => {
+                let flags = if ahead == 1 {
                     0
                 } else {
                     VRING_USED_F_NO_NOTIFY as u16
@@ -336,7 +345,7 @@ impl Virtqueue {
         if self.broken {
             return;
         }
-        if let Err(error) = self.set_notification(mem, false) {
+        if let Err(error) = self.kick_after(mem, 0) {
             return self.ring_unreadable(mem, "disable_notification", &error);
         }
         // Acquire: the ring entries and descriptors behind the index are read after it.
@@ -373,7 +382,7 @@ impl Virtqueue {
         if self.broken {
             return;
         }
-        if let Err(error) = self.set_notification(mem, false) {
+        if let Err(error) = self.kick_after(mem, 0) {
             self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
@@ -395,10 +404,18 @@ impl Virtqueue {
 
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
     pub fn more_available(&mut self, mem: &CachedMemory<'_>) -> bool {
+        self.kick_at_batch(mem, 1)
+    }
+
+    /// Asks the driver to kick once `ahead` chains (at least one, at most the queue size)
+    /// beyond those popped are available; true when that many already are, which no kick will
+    /// announce (the caller pops again). Fewer are left for the caller to look at by itself.
+    pub fn kick_at_batch(&mut self, mem: &CachedMemory<'_>, ahead: u16) -> bool {
         if self.broken {
             return false;
         }
-        let more = self.set_notification(mem, true).and_then(|()| {
+        let ahead = ahead.clamp(1, self.ring.size);
+        let more = self.kick_after(mem, ahead).and_then(|()| {
             // The driver reads our notification setting after publishing its avail idx; we
             // read its idx after publishing the setting, or a chain made available in between
             // would get neither a notification nor a look.
@@ -406,7 +423,7 @@ impl Virtqueue {
             self.avail_idx(mem, Ordering::Relaxed)
         });
         match more {
-            Ok(avail) => avail != self.ring.next_avail,
+            Ok(avail) => (avail - self.ring.next_avail).0 >= ahead,
             Err(error) => {
                 self.ring_unreadable(mem, "enable_notification", &error);
                 false
@@ -1278,6 +1295,61 @@ mod tests {
         assert_eq!(rings.pop(), [3]);
         assert!(!rings.pass(|queue, mem| queue.more_available(mem)));
         assert_eq!(rings.u16_at(AVAIL_EVENT), 2);
+    }
+
+    /// Linux's `vring_need_event`: whether a driver that moved its avail idx from `old` to
+    /// `new` since its last kick kicks now.
+    fn driver_kicks(avail_event: u16, new: u16, old: u16) -> bool {
+        new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn a_kick_asked_a_batch_ahead_comes_with_the_last_chain_of_the_batch() {
+        let mut rings = rings(true, 0xfffe, memory(&[(0, 0x10000)]));
+        rings.publish(&[0, 1]);
+        assert_eq!(rings.pop(), [0, 1]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 3)));
+        let avail_event = rings.u16_at(AVAIL_EVENT);
+        assert_eq!(avail_event, 2, "the third chain from 0 (after the wrap)");
+        // A driver that kicks after every chain it adds: quiet for two, kicks on the third.
+        assert!(!driver_kicks(avail_event, 1, 0));
+        assert!(!driver_kicks(avail_event, 2, 1));
+        assert!(driver_kicks(avail_event, 3, 2));
+        // One that adds all three before it looks kicks too.
+        assert!(driver_kicks(avail_event, 3, 0));
+    }
+
+    #[test]
+    fn chains_no_kick_will_announce_are_reported_and_fewer_are_left_to_the_caller() {
+        let mut rings = rings(true, 0, memory(&[(0, 0x10000)]));
+        rings.publish(&[0, 1]);
+        assert!(
+            !rings.pass(|queue, mem| queue.kick_at_batch(mem, 3)),
+            "two of three: the kick will come with the third"
+        );
+        assert!(
+            rings.pass(|queue, mem| queue.kick_at_batch(mem, 2)),
+            "the driver passed avail_event before it was written: no kick will come"
+        );
+        assert!(rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(rings.pop(), [0, 1]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 1000)));
+        assert_eq!(
+            rings.u16_at(AVAIL_EVENT),
+            SIZE + 1,
+            "at most the queue size ahead"
+        );
+    }
+
+    #[test]
+    fn without_event_idx_a_batch_turns_kicks_off_and_the_next_chain_turns_them_on() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 4)));
+        assert_eq!(rings.u16_at(USED), VRING_USED_F_NO_NOTIFY as u16);
+        rings.publish(&[0]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 4)));
+        assert!(rings.pass(|queue, mem| queue.kick_at_batch(mem, 1)));
+        assert_eq!(rings.u16_at(USED), 0);
     }
 
     #[test]
