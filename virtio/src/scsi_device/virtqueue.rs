@@ -715,7 +715,9 @@ impl Segments {
         if self.list.spilled() {
             self.list = SmallVec::new();
         } else {
-            self.list.clear();
+            // SAFETY: no element is read past the new length, and a `Segment` is `Copy`, so
+            // forgetting the old ones leaks nothing (`clear` would visit each to drop it).
+            unsafe { self.list.set_len(0) };
         }
         self.len = 0;
         self.generation = mem.generation;
@@ -731,7 +733,9 @@ impl Segments {
         match mem.host(addr, len as usize) {
             Some(host) => {
                 let host_offset = (host as usize).wrapping_sub(addr as usize);
-                if self.list.is_empty() {
+                // No segment has length 0, so no bytes means no segment (and asks the list
+                // nothing).
+                if self.len == 0 {
                     self.host_offset = host_offset;
                 } else if host_offset != self.host_offset {
                     self.generation = 0;
@@ -991,7 +995,7 @@ impl ChainBuffers {
             };
             if !segments.push(mem, addr, len) {
                 defect.get_or_insert(ChainDefect::OutsideMemory { addr, len });
-            } else if !write_only && !self.writable.list.is_empty() {
+            } else if !write_only && !self.writable.is_empty() {
                 defect.get_or_insert(ChainDefect::ReadableAfterWritable);
             }
         }
