@@ -565,7 +565,8 @@ impl<'a> CachedMemory<'a> {
     #[inline]
     fn atomic<A: RingField>(&self, addr: u64) -> Option<&'a A> {
         let host = self.host(addr, size_of::<A>())?;
-        if host.align_offset(std::mem::align_of::<A>()) != 0 {
+        // A mask, not `align_offset`, which costs several times as much per ring access.
+        if host as usize & (std::mem::align_of::<A>() - 1) != 0 {
             return None;
         }
         // SAFETY: `host` is the address of size_of::<A>() bytes, aligned for A, inside a
@@ -585,7 +586,7 @@ impl<'a> CachedMemory<'a> {
         let unreachable = RingError::Unreachable { addr };
         let host = self
             .host(addr, USED_ENTRY as usize)
-            .filter(|host| host.align_offset(std::mem::align_of::<AtomicU32>()) == 0)
+            .filter(|&host| host as usize & (std::mem::align_of::<AtomicU32>() - 1) == 0)
             .ok_or(unreachable)?;
         // SAFETY: `host` addresses a whole, aligned used element of a region of the snapshot
         // borrowed for 'a; its two u32 fields are at offsets 0 and 4. The driver reads them
