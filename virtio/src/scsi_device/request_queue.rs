@@ -567,7 +567,8 @@ impl RequestQueueWorker {
             }
         };
         reply.lun = lun;
-        let unit = luns.lun(lun).map(Lun::data);
+        let found = luns.lun(lun);
+        let unit = found.map(Lun::data);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
@@ -596,7 +597,7 @@ impl RequestQueueWorker {
             reply.parameters_len = parameters.len() as u64;
         }
         let parameters_len = reply.parameters_len;
-        match luns.execute(lun, cdb, &parameters, data_out_len) {
+        match luns.execute_on(lun, found, cdb, &parameters, data_out_len) {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
