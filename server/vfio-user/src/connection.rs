@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::net::UnixStream;
@@ -132,6 +132,14 @@ impl Connection {
     pub fn readable(&mut self, peer_closed: bool) {
         self.may_have_data = true;
         self.read_to_end = peer_closed;
+    }
+
+    /// Whether `read_message` would find nothing without asking the socket: no header buffered,
+    /// and the last read showed the socket empty. Inlined into the serve loop, which asks at the
+    /// end of every burst.
+    #[inline]
+    pub fn is_drained(&self) -> bool {
+        !self.may_have_data && self.discard.is_none() && self.end - self.start < HEADER_SIZE
     }
 
     /// Returns the next complete message, reading the socket only when the buffer holds none.
@@ -255,7 +263,11 @@ impl Connection {
 
     /// The fds that came with bytes before stream offset `end`: those of the message that ends
     /// there, as every earlier message took its own.
+    #[inline]
     fn take_fds(&mut self, end: u64) -> (Vec<OwnedFd>, bool) {
+        if self.fd_batches.is_empty() {
+            return (Vec::new(), false);
+        }
         let mut fds = Vec::new();
         let mut truncated = false;
         while self
@@ -285,6 +297,7 @@ impl Connection {
         self.outbox.extend_from_slice(body);
     }
 
+    #[inline]
     pub fn has_pending_output(&self) -> bool {
         self.sent < self.outbox.len()
     }
@@ -337,7 +350,9 @@ fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<(usize, bool)> {
-    let mut control = [0u64; CONTROL_WORDS];
+    // Left uninitialised: only the kernel writes it, and only the `msg_controllen` bytes it
+    // reports are read back. Zeroing it would cost more than the rest of a notify's decoding.
+    let mut control = MaybeUninit::<[u64; CONTROL_WORDS]>::uninit();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -348,11 +363,14 @@ fn recv_with_fds(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     // Room for exactly MAX_RECV_FDS, so that more is seen as truncation.
-    msg.msg_controllen = cmsg_space(MAX_RECV_FDS).min(size_of_val(&control));
+    msg.msg_controllen = cmsg_space(MAX_RECV_FDS).min(size_of::<[u64; CONTROL_WORDS]>());
+    // Called through `syscall`, which is no cancellation point: glibc's `recvmsg` wrapper would
+    // cost a socket kick a tenth of its instructions on the main loop.
     // SAFETY: msg points at one iovec over `buf` and at `control`, both live and of the lengths
     // given; the kernel writes at most that much.
     let n = unsafe {
-        libc::recvmsg(
+        libc::syscall(
+            libc::SYS_recvmsg,
             socket.as_raw_fd(),
             &mut msg,
             libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,

@@ -361,9 +361,14 @@ impl<D: Device> Server<D> {
             let Some(client) = self.client.as_mut() else {
                 return Ok(());
             };
-            client.connection.flush().map_err(Disconnect::Io)?;
             if client.connection.has_pending_output() {
-                // Read no more until the client takes its replies.
+                client.connection.flush().map_err(Disconnect::Io)?;
+                if client.connection.has_pending_output() {
+                    // Read no more until the client takes its replies.
+                    return Ok(());
+                }
+            }
+            if client.connection.is_drained() {
                 return Ok(());
             }
             let (header, body_len, result) =
@@ -645,9 +650,12 @@ pub fn version_reply(request_len: usize) -> Vec<u8> {
 }
 
 fn region(regions: &[RegionInfo], index: u32) -> Result<&RegionInfo, RequestError> {
+    // Devices list their regions in index order, as vfio numbers them: every region access
+    // looks its region up, so the slot of that index is tried first.
     regions
-        .iter()
-        .find(|r| r.index == index)
+        .get(index as usize)
+        .filter(|r| r.index == index)
+        .or_else(|| regions.iter().find(|r| r.index == index))
         .ok_or(RequestError::NoSuchRegion(index))
 }
 
