@@ -1,5 +1,6 @@
 //! The queues one thread serves (an iothread, or the main loop): their notifier and completion
-//! eventfds in one mio `Poll`, and the workers behind them.
+//! eventfds in one mio `Poll`, with the timer of the re-checks they asked for, and the workers
+//! behind them.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -7,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use slog::{debug, trace, warn, FnValue, Logger};
-use virtio::QueueWorker;
+use slog::{debug, error, trace, warn, FnValue, Logger};
+use virtio::{QueueWorker, RecheckTimer};
 
 /// Reserved for the owner of the set (an iothread's waker).
 pub const OWNER_TOKEN: Token = Token(0);
+/// The re-check timer's (queue tokens are far below it).
+const RECHECK_TOKEN: Token = Token(usize::MAX);
 /// Each worker slot takes two tokens from here: its notifier, then its completions.
 const FIRST_QUEUE_TOKEN: usize = 1;
 /// How long `drain` waits for completions before it checks the workers again.
@@ -27,6 +30,9 @@ pub struct QueueSet {
     slept: Duration,
     /// Polling asked the drivers not to notify, and no `stop_polling` has asked them again.
     notifications_suppressed: bool,
+    rechecks: RecheckTimer,
+    /// The slots of one expiry of `rechecks`, kept for the vector's capacity.
+    due: Vec<usize>,
     log: Logger,
 }
 
@@ -44,11 +50,13 @@ pub enum Polled {
 enum Wakeup {
     Notifier,
     Completions,
+    /// The re-check the worker asked for is due.
+    Recheck,
 }
 
 fn token(slot: usize, wakeup: Wakeup) -> Token {
     let offset = match wakeup {
-        Wakeup::Notifier => 0,
+        Wakeup::Notifier | Wakeup::Recheck => 0,
         Wakeup::Completions => 1,
     };
     Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
@@ -64,6 +72,15 @@ fn slot_of(token: Token) -> Option<(usize, Wakeup)> {
     Some((n / 2, wakeup))
 }
 
+/// Books the re-check `worker` asks for after a call into it. Arming a timerfd with a valid
+/// duration cannot fail; if it did, a batch shorter than the driver was told would wait for
+/// the queue's next kick, so it is an error record.
+fn book(rechecks: &mut RecheckTimer, log: &Logger, slot: usize, worker: &dyn QueueWorker) {
+    if let Err(e) = rechecks.book(slot, worker) {
+        error!(log, "cannot arm the re-check timer"; "iothread" => thread_name(), "vq" => worker.queue_index(), "error" => %e);
+    }
+}
+
 /// The name the current thread was given (iothread names; "main" for the main loop).
 pub(crate) fn thread_name() -> String {
     std::thread::current()
@@ -74,13 +91,22 @@ pub(crate) fn thread_name() -> String {
 
 impl QueueSet {
     pub fn new(log: &Logger) -> io::Result<QueueSet> {
+        let poll = Poll::new()?;
+        let rechecks = RecheckTimer::new()?;
+        poll.registry().register(
+            &mut SourceFd(&rechecks.fd().as_raw_fd()),
+            RECHECK_TOKEN,
+            Interest::READABLE,
+        )?;
         Ok(QueueSet {
-            poll: Poll::new()?,
+            poll,
             events: Events::with_capacity(64),
             workers: Vec::new(),
             ready: Vec::with_capacity(64),
             slept: Duration::ZERO,
             notifications_suppressed: false,
+            rechecks,
+            due: Vec::new(),
             log: log.clone(),
         })
     }
@@ -129,6 +155,7 @@ impl QueueSet {
         }
         debug!(self.log, "queue adopted"; "iothread" => thread_name(), "vq" => worker.queue_index());
         worker.notifier_ready();
+        book(&mut self.rechecks, &self.log, slot, &*worker);
         if slot == self.workers.len() {
             self.workers.push(Some(worker));
         } else {
@@ -153,6 +180,8 @@ impl QueueSet {
         for token in ready.drain(..) {
             if token == OWNER_TOKEN {
                 owner = true;
+            } else if token == RECHECK_TOKEN {
+                self.recheck_due();
             } else if let Some((slot, wakeup)) = slot_of(token) {
                 self.serve(slot, wakeup);
             }
@@ -189,6 +218,18 @@ impl QueueSet {
         }
     }
 
+    /// Serves the re-checks that are due.
+    fn recheck_due(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        if let Err(e) = self.rechecks.take_due(&mut due) {
+            error!(self.log, "cannot arm the re-check timer"; "iothread" => thread_name(), "error" => %e);
+        }
+        for slot in due.drain(..) {
+            self.serve(slot, Wakeup::Recheck);
+        }
+        self.due = due;
+    }
+
     fn serve(&mut self, slot: usize, wakeup: Wakeup) {
         let Some(worker) = self.workers.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -196,11 +237,17 @@ impl QueueSet {
         match wakeup {
             Wakeup::Notifier => worker.notifier_ready(),
             Wakeup::Completions => worker.completions_ready(),
+            Wakeup::Recheck => worker.recheck(),
         }
         trace!(self.log, "queue served";
             "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
-            "wakeup" => match wakeup { Wakeup::Notifier => "notifier", Wakeup::Completions => "completions" },
+            "wakeup" => match wakeup {
+                Wakeup::Notifier => "notifier",
+                Wakeup::Completions => "completions",
+                Wakeup::Recheck => "recheck",
+            },
             "in_flight" => worker.in_flight());
+        book(&mut self.rechecks, &self.log, slot, &**worker);
     }
 
     /// Polls every queue for up to `window` with driver notifications suppressed. `Found`
@@ -259,8 +306,11 @@ impl QueueSet {
         if !std::mem::take(&mut self.notifications_suppressed) {
             return;
         }
-        for worker in self.workers.iter_mut().flatten() {
-            worker.stop_polling();
+        for (slot, worker) in self.workers.iter_mut().enumerate() {
+            if let Some(worker) = worker {
+                worker.stop_polling();
+                book(&mut self.rechecks, &self.log, slot, &**worker);
+            }
         }
     }
 
@@ -299,6 +349,7 @@ impl QueueSet {
             .position(|worker| worker.as_ref().is_some_and(|w| w.queue_index() == queue))?;
         self.drain();
         let worker = self.workers[slot].take()?;
+        self.rechecks.forget(slot);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
         if let Some(fd) = worker.completion_fd() {
@@ -311,6 +362,9 @@ impl QueueSet {
     /// Completes what is in flight, stops watching every queue and drops the workers.
     pub fn release(&mut self) {
         self.drain();
+        for slot in 0..self.workers.len() {
+            self.rechecks.forget(slot);
+        }
         let registry = self.poll.registry();
         for worker in self.workers.drain(..).flatten() {
             let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
@@ -384,6 +438,65 @@ mod tests {
         };
         set.adopt(Box::new(worker)).unwrap();
         (set, calls)
+    }
+
+    /// Asks for a re-check after each kick, and for none after the re-check.
+    struct RecheckingWorker {
+        notifier: Arc<EventFd>,
+        asks: bool,
+        rechecks: Arc<AtomicUsize>,
+    }
+
+    impl QueueWorker for RecheckingWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
+        }
+        fn notifier_ready(&mut self) {
+            let _ = self.notifier.read();
+            self.asks = true;
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn recheck_in(&self) -> Option<Duration> {
+            self.asks.then_some(Duration::from_millis(2))
+        }
+        fn recheck(&mut self) {
+            self.asks = false;
+            self.rechecks.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_sleeping_set_wakes_for_the_recheck_a_worker_asked_for_and_only_once() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut set = QueueSet::new(&log).unwrap();
+        let rechecks = Arc::new(AtomicUsize::new(0));
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        set.adopt(Box::new(RecheckingWorker {
+            notifier: notifier.clone(),
+            asks: false,
+            rechecks: rechecks.clone(),
+        }))
+        .unwrap();
+        notifier.write(1).unwrap();
+        set.poll(Some(Duration::ZERO)).unwrap();
+        assert_eq!(rechecks.load(Ordering::SeqCst), 0, "not due yet");
+        let start = Instant::now();
+        while rechecks.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            set.poll(None).unwrap();
+        }
+        assert_eq!(rechecks.load(Ordering::SeqCst), 1);
+        assert!(start.elapsed() >= Duration::from_millis(1));
+        set.poll(Some(Duration::from_millis(20))).unwrap();
+        assert_eq!(rechecks.load(Ordering::SeqCst), 1, "not asked for again");
     }
 
     #[test]

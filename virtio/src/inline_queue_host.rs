@@ -2,9 +2,10 @@
 //! [`InlineQueueHost::serve_ready`].
 //!
 //! It watches the same eventfds an iothread does (each worker's notifier and completion eventfds,
-//! edge-triggered in one epoll) and calls the same [`QueueWorker`] methods, so a test that
-//! drives a device through it runs the code production runs: a driver's notify write becomes a
-//! notifier write, which wakes only the worker of that queue.
+//! and the [`RecheckTimer`], edge-triggered in one epoll) and calls the same [`QueueWorker`]
+//! methods, so a test that drives a device through it runs the code production runs: a driver's
+//! notify write becomes a notifier write, which wakes only the worker of that queue, and a
+//! re-check a worker asked for is served by the first `serve_ready` after it is due.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -13,9 +14,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::recheck_timer::RecheckTimer;
 
 /// How long `release_all` waits for completions before it looks at the workers again (ms).
 const DRAIN_WAIT_MS: i32 = 10;
+/// The epoll token of the re-check timer (worker tokens are far below it).
+const RECHECK_TOKEN: u64 = u64::MAX;
 
 /// What woke a worker, encoded in the low bit of its epoll token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +45,12 @@ struct Workers {
     epoll: Epoll,
     /// Indexed by slot; a slot is never reused, so a stale token finds `None`.
     slots: Vec<Option<Box<dyn QueueWorker>>>,
-    /// Why a worker could not be watched (`adopt` cannot fail); `serve_ready` reports it.
+    /// Why a worker could not be watched or its re-check booked (`adopt` cannot fail);
+    /// `serve_ready` reports it.
     adopt_error: Option<io::Error>,
+    rechecks: RecheckTimer,
+    /// The slots of one expiry of `rechecks`, kept for the vector's capacity.
+    due: Vec<usize>,
 }
 
 /// Serves adopted queues on the caller's thread; see the module documentation.
@@ -52,12 +60,16 @@ pub struct InlineQueueHost {
 
 impl InlineQueueHost {
     pub fn new() -> io::Result<InlineQueueHost> {
+        let workers = Workers {
+            epoll: Epoll::new()?,
+            slots: Vec::new(),
+            adopt_error: None,
+            rechecks: RecheckTimer::new()?,
+            due: Vec::new(),
+        };
+        workers.watch(workers.rechecks.fd().as_raw_fd(), RECHECK_TOKEN)?;
         Ok(InlineQueueHost {
-            workers: Mutex::new(Workers {
-                epoll: Epoll::new()?,
-                slots: Vec::new(),
-                adopt_error: None,
-            }),
+            workers: Mutex::new(workers),
         })
     }
 
@@ -65,8 +77,9 @@ impl InlineQueueHost {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Serves every queue whose notifier or completion eventfd fired, until none has; returns the
-    /// wake-ups served as (virtqueue, true for a kick, false for completions).
+    /// Serves every queue whose notifier or completion eventfd fired, and every re-check that is
+    /// due, until none is left; returns the wake-ups served as (virtqueue, true for a kick, false
+    /// for completions). Re-checks are not listed: the rings show what they served.
     pub fn serve_ready(&self) -> io::Result<Vec<(u16, bool)>> {
         let mut workers = self.workers();
         if let Some(error) = workers.adopt_error.take() {
@@ -80,6 +93,10 @@ impl InlineQueueHost {
                 return Ok(served);
             }
             for event in &events[..count] {
+                if event.data() == RECHECK_TOKEN {
+                    workers.recheck_due()?;
+                    continue;
+                }
                 let (slot, wakeup) = slot_of(event.data());
                 let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) else {
                     continue;
@@ -89,6 +106,7 @@ impl InlineQueueHost {
                     Wakeup::Completions => worker.completions_ready(),
                 }
                 served.push((worker.queue_index(), wakeup == Wakeup::Notifier));
+                workers.book(slot)?;
             }
         }
     }
@@ -115,6 +133,28 @@ impl InlineQueueHost {
 }
 
 impl Workers {
+    /// Books the re-check the worker in `slot` asks for after a call into it.
+    fn book(&mut self, slot: usize) -> io::Result<()> {
+        match self.slots.get(slot).and_then(Option::as_ref) {
+            Some(worker) => self.rechecks.book(slot, &**worker),
+            None => Ok(()),
+        }
+    }
+
+    /// Serves the re-checks that are due.
+    fn recheck_due(&mut self) -> io::Result<()> {
+        let mut due = std::mem::take(&mut self.due);
+        let result = self.rechecks.take_due(&mut due);
+        for slot in due.drain(..) {
+            if let Some(worker) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                worker.recheck();
+                self.book(slot)?;
+            }
+        }
+        self.due = due;
+        result
+    }
+
     fn watch(&self, fd: i32, token: u64) -> io::Result<()> {
         let event = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token);
         self.epoll.ctl(ControlOperation::Add, fd, event)
@@ -157,6 +197,9 @@ impl QueueHost for InlineQueueHost {
         }
         worker.notifier_ready();
         workers.slots.push(Some(worker));
+        if let Err(error) = workers.book(slot) {
+            workers.adopt_error = Some(error);
+        }
     }
 
     /// Completes what is in flight (serving completions only, as an iothread does on reset),
@@ -179,6 +222,9 @@ impl QueueHost for InlineQueueHost {
         let released: Vec<_> = workers.slots.iter_mut().filter_map(Option::take).collect();
         for worker in released {
             workers.unwatch(&*worker);
+        }
+        for slot in 0..workers.slots.len() {
+            workers.rechecks.forget(slot);
         }
     }
 }

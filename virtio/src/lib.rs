@@ -9,6 +9,7 @@ pub mod memory_fault;
 pub mod pci_caps;
 pub mod pci_function;
 pub mod queue_worker;
+mod recheck_timer;
 pub mod scsi_device;
 pub mod status;
 pub mod transport_error;
@@ -20,6 +21,7 @@ pub use pci_function::{
     VIRTIO_VENDOR_ID,
 };
 pub use queue_worker::{QueueHost, QueueWorker};
+pub use recheck_timer::RecheckTimer;
 pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, LunStats, QueueCounters, QueueStats, RemovedLun,
     ScsiDevice, ScsiDeviceConfig, ScsiDeviceError, ScsiEvent, LATENCY_BUCKETS, SENSE_KEYS,

@@ -259,6 +259,17 @@ impl QueueWorker for GuardedWorker {
     fn stop_polling(&mut self) {
         self.serving((), |worker| worker.stop_polling());
     }
+
+    fn recheck_in(&self) -> Option<std::time::Duration> {
+        if self.faulted {
+            return None;
+        }
+        self.inner.recheck_in()
+    }
+
+    fn recheck(&mut self) {
+        self.serving((), |worker| worker.recheck());
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -42,6 +43,16 @@ pub trait QueueWorker: Send {
     }
     /// Leaves polling: notifications back on, and what arrived in between served.
     fn stop_polling(&mut self) {}
+
+    /// How soon the host must call `recheck` if nothing else woke the queue first: `Some` while
+    /// the driver was told it need not kick for every chain, so that a batch shorter than it
+    /// was told is never stranded. The host asks after every call it makes into the worker
+    /// (`poll` aside: polling looks by itself and ends with `stop_polling`).
+    fn recheck_in(&self) -> Option<Duration> {
+        None
+    }
+    /// The time `recheck_in` asked for is up: serve what the driver made available meanwhile.
+    fn recheck(&mut self) {}
 }
 
 /// Whoever serves a device's queues.

@@ -28,17 +28,39 @@ fn address(mem: &GuestMemoryMmap) -> usize {
 
 impl HeldMemory {
     /// Keeps `snapshot` mapped for one more request, until `release`.
+    #[inline]
     pub fn hold(&mut self, snapshot: &MemorySnapshot) -> MemoryHold {
         let id = address(snapshot);
         match self.snapshots.last_mut() {
             Some((held, requests)) if address(held) == id => *requests += 1,
-            _ => self.snapshots.push((snapshot.clone().into_inner(), 1)),
+            _ => self.hold_another(snapshot),
         }
         MemoryHold(id)
     }
 
+    /// `hold` of a snapshot other than the newest held: the first request after a remap.
+    #[cold]
+    #[inline(never)]
+    fn hold_another(&mut self, snapshot: &MemorySnapshot) {
+        self.snapshots.push((snapshot.clone().into_inner(), 1));
+    }
+
     /// A request holding `hold` is done: its snapshot is dropped with its last request.
+    #[inline]
     pub fn release(&mut self, hold: MemoryHold) {
+        // Usually the newest snapshot, still held by other requests.
+        if let Some((held, requests)) = self.snapshots.last_mut() {
+            if address(held) == hold.0 && *requests > 1 {
+                *requests -= 1;
+                return;
+            }
+        }
+        self.release_last_or_older(hold);
+    }
+
+    /// `release` of a snapshot's last request, or of one from before a remap.
+    #[inline(never)]
+    fn release_last_or_older(&mut self, hold: MemoryHold) {
         let Some(at) = self
             .snapshots
             .iter()

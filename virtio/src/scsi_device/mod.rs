@@ -10,6 +10,7 @@ mod control_queue;
 mod disk_io;
 mod event_queue;
 mod held_memory;
+mod kick_batching;
 mod lun_address;
 mod lun_counters;
 mod lun_data;

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
 use slog::{debug, trace, warn, Drain, Logger};
@@ -27,6 +27,7 @@ use super::backend_errors;
 use super::config::HeaderSizes;
 use super::disk_io::{error_sense, Direction, PendingIo};
 use super::held_memory::{HeldMemory, MemoryHold};
+use super::kick_batching::KickBatching;
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
@@ -219,6 +220,8 @@ pub struct RequestQueueWorker {
     /// for slot as in `in_flight`.
     tasks: Arc<TaskSet>,
     task_queue: usize,
+    /// Whether commands left the task set in this pass.
+    tasks_left: bool,
     completions: Vec<Completion>,
     /// Chains popped in the current pass (kept for its capacity).
     popped: Vec<Chain>,
@@ -234,6 +237,8 @@ pub struct RequestQueueWorker {
     /// Whether the logger takes trace records, asked once per pass (the level may change
     /// while the server runs), so that a request pays one test, not a record, when it does not.
     tracing: bool,
+    /// How far ahead the driver's next kick is asked for.
+    batching: KickBatching,
 }
 
 impl RequestQueueWorker {
@@ -246,6 +251,7 @@ impl RequestQueueWorker {
     ) -> RequestQueueWorker {
         let task_queue = usize::from(queue.index() - FIRST_REQUEST_QUEUE);
         let slots = tasks.capacity(task_queue);
+        let batching = KickBatching::new(queue.size());
         RequestQueueWorker {
             queue,
             luns,
@@ -257,6 +263,7 @@ impl RequestQueueWorker {
             spare: slots,
             tasks,
             task_queue,
+            tasks_left: false,
             completions: Vec::with_capacity(slots),
             popped: Vec::with_capacity(slots),
             held: VecDeque::new(),
@@ -264,6 +271,7 @@ impl RequestQueueWorker {
             epoch: Instant::now(),
             request_bytes: [0; CMD_REQ_HEADER_SIZE + MAX_CDB_KEPT],
             tracing: false,
+            batching,
         }
     }
 
@@ -283,7 +291,8 @@ impl RequestQueueWorker {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            if !self.queue.more_available(&mem) {
+            let ahead = self.batching.rearm(self.clock);
+            if !self.queue.kick_at_batch(&mem, ahead) {
                 break;
             }
         }
@@ -294,6 +303,7 @@ impl RequestQueueWorker {
     fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
+        self.batching.popped(chains.len());
         let mut luns = self.luns.load();
         for chain in chains.drain(..) {
             self.luns.refresh(&mut luns);
@@ -302,9 +312,13 @@ impl RequestQueueWorker {
         self.popped = chains;
     }
 
-    /// One interrupt for the pass, if the driver wants it.
+    /// One interrupt for the pass, if the driver wants it, and one word to a TMF waiting for
+    /// commands that left.
     fn end_pass(&mut self, mem: &CachedMemory<'_>) {
         self.queue.notify(mem);
+        if std::mem::take(&mut self.tasks_left) {
+            self.tasks.tell_waiters();
+        }
         self.queue.counters().set_in_flight(self.in_flight_count());
     }
 
@@ -312,6 +326,12 @@ impl RequestQueueWorker {
     /// spare is free.
     fn in_flight_count(&self) -> usize {
         self.spare - self.free_slots.len() - self.held.len()
+    }
+
+    /// The command in `slot` left the task set (its TMF waiters hear at the end of the pass).
+    fn task_left(&mut self, slot: usize) {
+        self.tasks.finished(self.task_queue, slot);
+        self.tasks_left = true;
     }
 
     /// The command in `slot`.
@@ -345,7 +365,7 @@ impl RequestQueueWorker {
                 continue;
             } else {
                 drop(disk);
-                self.tasks.finished(self.task_queue, slot);
+                self.task_left(slot);
                 self.run(slot, mem, snapshot, &luns);
             }
             served = true;
@@ -365,7 +385,7 @@ impl RequestQueueWorker {
         let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, reply.data_len);
         let lun = luns.data(reply.lun);
         self.finish(slot, mem, answer, lun);
-        self.tasks.finished(self.task_queue, slot);
+        self.task_left(slot);
     }
 
     /// Holds the command in `slot` until its disk resumes; `errno` is the failure that stops
@@ -423,7 +443,7 @@ impl RequestQueueWorker {
             }
         }
         self.finish_io(slot, lun, mem);
-        self.tasks.finished(self.task_queue, slot);
+        self.task_left(slot);
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
@@ -490,13 +510,12 @@ impl RequestQueueWorker {
     ) {
         let head = chain.head_index();
         let slot = self.free_slots.pop().unwrap_or(self.spare);
-        let (buffers, defect) = ChainBuffers::collect(chain, mem);
         let sense_size = u64::from(self.sizes.sense_size());
         let Some(reply) = reply_in(&mut self.in_flight, slot) else {
             return;
         };
+        let defect = reply.buffers.collect_again(chain, mem);
         reply.head = head;
-        reply.buffers = buffers;
         reply.resp_size = CMD_RESP_HEADER_SIZE as u64 + sense_size;
         reply.sense_size = sense_size;
         reply.data_len = 0;
@@ -568,7 +587,12 @@ impl RequestQueueWorker {
         }
 
         let mut parameters = Vec::new();
-        if let DataOutUse::Parameters { max } = data_out_use(cdb) {
+        // Without data-out bytes there are no parameters to copy, whatever the command.
+        let data_out_use = match data_out_len {
+            0 => DataOutUse::None,
+            _ => data_out_use(cdb),
+        };
+        if let DataOutUse::Parameters { max } = data_out_use {
             parameters.resize(data_out_len.min(max as u64) as usize, 0);
             if reply
                 .buffers
@@ -626,15 +650,14 @@ impl RequestQueueWorker {
         if disk.io_status().is_stopped() && slot != self.spare {
             return self.hold(slot, mem, Arc::clone(disk), None);
         }
-        let Some(command) = self.in_flight.get_mut(slot) else {
+        let Some(reply) = self.command(slot).map(|command| &command.reply) else {
             return;
         };
-        let reply = &command.reply;
         let resid = reply.data_len;
         let answer_with = |response: u32, this: &mut Self| {
             this.finish(slot, mem, Answer::transport(response, resid), Some(lun));
         };
-        let (submission, (direction, transfer_len, data_in)) = match io {
+        let (request, work) = match io {
             DiskIo::Read { offset, len } => {
                 if len > data_in_len || data_out_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
@@ -648,10 +671,8 @@ impl RequestQueueWorker {
                 // chain belongs to the device until we return it, which happens only after the
                 // completion.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
-                (
-                    Submission::One(IoRequest::Read { offset, buffers }),
-                    (Direction::FromDisk, len, true),
-                )
+                let request = IoRequest::Read { offset, buffers };
+                (request, (Direction::FromDisk, len, true))
             }
             DiskIo::Write { offset, len, fua } => {
                 if len > data_out_len || data_in_len > 0 {
@@ -668,29 +689,9 @@ impl RequestQueueWorker {
                     buffers,
                     fua,
                 };
-                (Submission::One(request), (Direction::ToDisk, len, false))
+                (request, (Direction::ToDisk, len, false))
             }
-            DiskIo::Flush => (
-                Submission::One(IoRequest::Flush),
-                (Direction::ToDisk, 0, false),
-            ),
-            DiskIo::Verify { offset, len } => (
-                Submission::Pending(PendingIo::Verify {
-                    next: offset,
-                    end: offset.saturating_add(len),
-                }),
-                (Direction::FromDisk, 0, false),
-            ),
-            DiskIo::Discard { ranges } => {
-                let requests = ranges
-                    .into_iter()
-                    .map(|(offset, len)| IoRequest::Discard { offset, len })
-                    .collect();
-                (
-                    Submission::Pending(PendingIo::Batch(requests)),
-                    (Direction::ToDisk, 0, false),
-                )
-            }
+            DiskIo::Flush => (IoRequest::Flush, (Direction::ToDisk, 0, false)),
             DiskIo::WriteZeroes {
                 offset,
                 len,
@@ -701,26 +702,64 @@ impl RequestQueueWorker {
                     len,
                     may_unmap,
                 };
-                (Submission::One(request), (Direction::ToDisk, 0, false))
+                (request, (Direction::ToDisk, 0, false))
+            }
+            DiskIo::Verify { offset, len } => {
+                let pending = PendingIo::Verify {
+                    next: offset,
+                    end: offset.saturating_add(len),
+                };
+                let work = (Direction::FromDisk, 0, false);
+                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
+            }
+            DiskIo::Discard { ranges } => {
+                let requests = ranges
+                    .into_iter()
+                    .map(|(offset, len)| IoRequest::Discard { offset, len })
+                    .collect();
+                let pending = PendingIo::Batch(requests);
+                let work = (Direction::ToDisk, 0, false);
+                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
             }
             DiskIo::WriteSame {
                 offset,
                 len,
                 block,
                 fua,
-            } => (
-                Submission::Pending(PendingIo::pattern(offset, len, &block, fua)),
-                (Direction::ToDisk, 0, false),
-            ),
+            } => {
+                let pending = PendingIo::pattern(offset, len, &block, fua);
+                let work = (Direction::ToDisk, 0, false);
+                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
+            }
         };
+        self.launch(slot, mem, snapshot, lun, work, Submission::One(request))
+    }
+
+    /// Gives the engine the `submission` of the command in `slot`, whose disk work moves
+    /// `transfer_len` bytes in `direction` (data-in if `data_in`).
+    fn launch(
+        &mut self,
+        slot: usize,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
+        lun: &LunData,
+        (direction, transfer_len, data_in): (Direction, u64, bool),
+        submission: Submission,
+    ) {
+        let Some(command) = self.in_flight.get_mut(slot) else {
+            return;
+        };
+        let reply = &command.reply;
         // More commands than descriptors in flight only comes from a driver that made the same
         // head available twice.
         if slot == self.spare {
             debug!(self.queue.logger(), "more commands than descriptors";
                 "head" => reply.head, "tag" => reply.tag);
-            return answer_with(VIRTIO_SCSI_S_FAILURE, self);
+            let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, reply.data_len);
+            return self.finish(slot, mem, answer, Some(lun));
         }
         let task = (reply.lun, reply.tag);
+        let disk = &lun.disk;
         let work = &mut command.io;
         work.start(direction, transfer_len, data_in);
         let logger = self.queue.logger();
@@ -916,6 +955,7 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn start_polling(&mut self) {
+        self.batching.start_polling();
         let snapshot = self.queue.snapshot();
         self.queue
             .suppress_notifications(&CachedMemory::new(&snapshot));
@@ -927,7 +967,23 @@ impl QueueWorker for RequestQueueWorker {
 
     fn stop_polling(&mut self) {
         let snapshot = self.queue.snapshot();
-        if self.queue.more_available(&CachedMemory::new(&snapshot)) {
+        let ahead = self.batching.rearm(self.clock);
+        if self
+            .queue
+            .kick_at_batch(&CachedMemory::new(&snapshot), ahead)
+        {
+            self.serve_available();
+        }
+    }
+
+    fn recheck_in(&self) -> Option<Duration> {
+        self.batching.recheck_in()
+    }
+
+    /// Serves what a batch shorter than the driver was told left (or, while polling, nothing:
+    /// the poller looks by itself).
+    fn recheck(&mut self) {
+        if !self.batching.polling() {
             self.serve_available();
         }
     }

@@ -113,16 +113,24 @@ impl TaskSet {
             .store(sequence.wrapping_add(1) | 1, Ordering::Release);
     }
 
-    /// The command in `slot` of request queue `queue` completed (called only by its thread).
+    /// The command in `slot` of request queue `queue` completed (called only by its thread,
+    /// which calls `tell_waiters` once it is done with the commands of its pass).
     pub fn finished(&self, queue: usize, slot: usize) {
         let Some(slot) = self.slot(queue, slot) else {
             return;
         };
         let sequence = slot.sequence.load(Ordering::Relaxed);
-        // SeqCst pairs with `wait`: either the waiter sees the slot free, or we see the waiter.
         slot.sequence
-            .store(sequence.wrapping_add(1) & !1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+            .store(sequence.wrapping_add(1) & !1, Ordering::Release);
+    }
+
+    /// Tells a waiting TMF that commands finished: called once per pass of a queue that
+    /// finished any, rather than with a full barrier per command.
+    pub fn tell_waiters(&self) {
+        // Pairs with the fence in `wait`: either the waiter sees the slots free, or this sees
+        // the waiter.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
             let _ = self.left.write(1);
         }
     }
@@ -153,6 +161,8 @@ impl TaskSet {
     /// Queues holding commands hear of it, so that they abort those in `scope`.
     pub fn wait(&self, scope: TaskScope) -> bool {
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `tell_waiters`.
+        fence(Ordering::SeqCst);
         if self.any(scope) {
             lock(&self.aborting).push(scope);
             self.wake_holders();
@@ -248,15 +258,19 @@ mod tests {
         assert!(!tasks.wait(TaskScope::All), "nothing to wait for");
         tasks.started(0, 1, 0, 1);
         tasks.finished(0, 1);
+        tasks.tell_waiters();
         assert!(tasks.left.read().is_err(), "nobody waited: no wakeup");
         tasks.started(0, 1, 0, 1);
         assert!(tasks.wait(TaskScope::Lun(0)));
         tasks.finished(0, 1);
+        assert!(tasks.left.read().is_err(), "told once the pass is done");
+        tasks.tell_waiters();
         assert_eq!(tasks.left.read().unwrap(), 1);
         assert!(!tasks.any(TaskScope::Lun(0)));
         tasks.done_waiting(TaskScope::Lun(0));
         tasks.started(0, 0, 0, 2);
         tasks.finished(0, 0);
+        tasks.tell_waiters();
         assert!(tasks.left.read().is_err(), "no waiter left");
     }
 

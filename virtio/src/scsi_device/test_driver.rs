@@ -153,6 +153,22 @@ impl TestQueue {
         self.mem.write_obj(value.to_le(), GuestAddress(at)).unwrap();
     }
 
+    /// The avail idx the driver published last.
+    pub fn avail_idx(&self) -> u16 {
+        self.mock.avail().idx().load()
+    }
+
+    /// The EVENT_IDX field after the used ring: where the device wants the next kick.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.mock.used_addr().0 + 4 + 8 * u64::from(self.size);
+        u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
+    }
+
+    /// The used ring's flags (NO_NOTIFY without EVENT_IDX).
+    pub fn used_flags(&self) -> u16 {
+        u16::from_le(self.mem.read_obj(self.mock.used_addr()).unwrap())
+    }
+
     /// The rings as a driver initialises them before DRIVER_OK.
     fn reset_rings(&mut self) {
         self.mock.avail().idx().store(0);

@@ -233,6 +233,10 @@ impl Virtqueue {
         &self.notifier
     }
 
+    pub fn size(&self) -> u16 {
+        self.ring.size
+    }
+
     pub fn logger(&self) -> &Logger {
         &self.logger
     }
@@ -299,18 +303,23 @@ impl Virtqueue {
         Ok(Wrapping(u16::from_le(idx.load(order))))
     }
 
-    /// Asks the driver for notifications (true) or tells it they are not needed (virtio 1.2
-    /// §2.7.10). With EVENT_IDX the driver stops by itself once `avail_event` is passed, so
-    /// stopping writes nothing.
-    fn set_notification(&self, mem: &CachedMemory<'_>, enable: bool) -> Result<(), RingError> {
+    /// Tells the driver when to kick (virtio 1.2 §2.7.10): once `ahead` chains beyond those
+    /// popped are available (1: at the next one), or not at all (0). With EVENT_IDX that is
+    /// `avail_event`, which Linux's `virtqueue_kick_prepare` looks for among the chains it
+    /// added since its last kick; not at all writes nothing, as the driver stops by itself once
+    /// `avail_event` is passed. Without EVENT_IDX the flag can only say "kick" or "do not", so
+    /// any batch longer than one chain is NO_NOTIFY and the caller looks again by itself.
+    fn kick_after(&self, mem: &CachedMemory<'_>, ahead: u16) -> Result<(), RingError> {
         let ring = &self.ring;
-        match (ring.event_idx, enable) {
-            (true, true) => mem
-                .field16(ring.avail_event())?
-                .store(ring.next_avail.0.to_le(), Ordering::Relaxed),
-            (true, false) => {}
-            (false, enable) => {
-                let flags = if enable {
+        match (ring.event_idx, ahead) {
+            (true, 0) => {}
+            (true, ahead) => {
+                let at = ring.next_avail + Wrapping(ahead - 1);
+                mem.field16(ring.avail_event())?
+                    .store(at.0.to_le(), Ordering::Relaxed);
+            }
+            (false, ahead) => {
+                let flags = if ahead == 1 {
                     0
                 } else {
                     VRING_USED_F_NO_NOTIFY as u16
@@ -336,7 +345,7 @@ impl Virtqueue {
         if self.broken {
             return;
         }
-        if let Err(error) = self.set_notification(mem, false) {
+        if let Err(error) = self.kick_after(mem, 0) {
             return self.ring_unreadable(mem, "disable_notification", &error);
         }
         // Acquire: the ring entries and descriptors behind the index are read after it.
@@ -373,7 +382,7 @@ impl Virtqueue {
         if self.broken {
             return;
         }
-        if let Err(error) = self.set_notification(mem, false) {
+        if let Err(error) = self.kick_after(mem, 0) {
             self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
@@ -395,10 +404,18 @@ impl Virtqueue {
 
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
     pub fn more_available(&mut self, mem: &CachedMemory<'_>) -> bool {
+        self.kick_at_batch(mem, 1)
+    }
+
+    /// Asks the driver to kick once `ahead` chains (at least one, at most the queue size)
+    /// beyond those popped are available; true when that many already are, which no kick will
+    /// announce (the caller pops again). Fewer are left for the caller to look at by itself.
+    pub fn kick_at_batch(&mut self, mem: &CachedMemory<'_>, ahead: u16) -> bool {
         if self.broken {
             return false;
         }
-        let more = self.set_notification(mem, true).and_then(|()| {
+        let ahead = ahead.clamp(1, self.ring.size);
+        let more = self.kick_after(mem, ahead).and_then(|()| {
             // The driver reads our notification setting after publishing its avail idx; we
             // read its idx after publishing the setting, or a chain made available in between
             // would get neither a notification nor a look.
@@ -406,7 +423,7 @@ impl Virtqueue {
             self.avail_idx(mem, Ordering::Relaxed)
         });
         match more {
-            Ok(avail) => avail != self.ring.next_avail,
+            Ok(avail) => (avail - self.ring.next_avail).0 >= ahead,
             Err(error) => {
                 self.ring_unreadable(mem, "enable_notification", &error);
                 false
@@ -433,9 +450,7 @@ impl Virtqueue {
                 size: ring.size,
             });
         }
-        let entry = ring.used_entry(ring.next_used);
-        let id = mem.field32(entry)?;
-        let written = mem.field32(entry + 4)?;
+        let (id, written) = mem.used_element(ring.used_entry(ring.next_used))?;
         let used_idx = mem.field16(ring.used_idx())?;
         id.store(u32::from(head).to_le(), Ordering::Relaxed);
         written.store(len.to_le(), Ordering::Relaxed);
@@ -498,7 +513,7 @@ impl HostRegion {
     }
 
     /// The host address of the `len` bytes at guest `addr`, when they lie in this region.
-    #[inline]
+    #[inline(always)]
     fn host(self, addr: u64, len: usize) -> Option<*mut u8> {
         let offset = addr.checked_sub(self.start)?;
         if offset.checked_add(len as u64)? > self.len {
@@ -527,11 +542,19 @@ impl<'a> CachedMemory<'a> {
 
     /// The host address of the `len` bytes at `addr`, valid while the snapshot is borrowed;
     /// None when they do not lie within one region.
-    #[inline]
+    #[inline(always)]
     fn host(&self, addr: u64, len: usize) -> Option<*mut u8> {
         if let Some(host) = self.region.get().and_then(|region| region.host(addr, len)) {
             return Some(host);
         }
+        self.host_in_another_region(addr, len)
+    }
+
+    /// `host` past the region the last access hit: the lookup, kept out of line so that the
+    /// usual hit stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn host_in_another_region(&self, addr: u64, len: usize) -> Option<*mut u8> {
         let region = HostRegion::of(self.mem.find_region(GuestAddress(addr))?)?;
         self.region.set(Some(region));
         region.host(addr, len)
@@ -556,12 +579,29 @@ impl<'a> CachedMemory<'a> {
         self.atomic(addr).ok_or(RingError::Unreachable { addr })
     }
 
+    /// The id and len fields of the used element at `addr`, with one lookup.
     #[inline]
-    fn field32(&self, addr: u64) -> Result<&'a AtomicU32, RingError> {
-        self.atomic(addr).ok_or(RingError::Unreachable { addr })
+    fn used_element(&self, addr: u64) -> Result<(&'a AtomicU32, &'a AtomicU32), RingError> {
+        let unreachable = RingError::Unreachable { addr };
+        let host = self
+            .host(addr, USED_ENTRY as usize)
+            .filter(|host| host.align_offset(std::mem::align_of::<AtomicU32>()) == 0)
+            .ok_or(unreachable)?;
+        // SAFETY: `host` addresses a whole, aligned used element of a region of the snapshot
+        // borrowed for 'a; its two u32 fields are at offsets 0 and 4. The driver reads them
+        // concurrently, which is why they are accessed only as atomics.
+        Ok(unsafe {
+            (
+                AtomicU32::from_host(host),
+                AtomicU32::from_host(host.wrapping_add(4)),
+            )
+        })
     }
 
-    /// The descriptor at `addr`, or None when it cannot be read.
+    /// The descriptor at `addr`, or None when it cannot be read (a table that is not in one
+    /// region).
+    #[cold]
+    #[inline(never)]
     fn descriptor(&self, addr: u64) -> Option<Descriptor> {
         match self.host(addr, size_of::<Descriptor>()) {
             // SAFETY: `host` is the address of a whole descriptor in the snapshot borrowed for
@@ -598,6 +638,7 @@ impl RingField for AtomicU32 {
 ///
 /// # Safety
 /// `host` is valid for reads of a descriptor.
+#[inline(always)]
 unsafe fn read_descriptor(host: *const u8) -> Descriptor {
     let mut descriptor = Descriptor::default();
     let bytes = descriptor.as_mut_slice();
@@ -653,6 +694,13 @@ pub struct Segments {
     host_offset: usize,
 }
 
+/// Whether the `len` bytes at `addr`, which lie in no one region, are all in guest memory.
+#[cold]
+#[inline(never)]
+fn spans_regions(mem: &CachedMemory<'_>, addr: u64, len: u32) -> bool {
+    GuestMemoryBackend::check_range(mem.mem, GuestAddress(addr), len as usize)
+}
+
 /// A piece of the segments to copy from or to.
 struct Piece {
     addr: u64,
@@ -660,7 +708,16 @@ struct Piece {
 }
 
 impl Segments {
+    /// Empties the segments for a chain collected in `mem`.
+    fn restart(&mut self, mem: &CachedMemory<'_>) {
+        self.list.clear();
+        self.len = 0;
+        self.generation = mem.generation;
+        self.host_offset = 0;
+    }
+
     /// Adds the `len` bytes at `addr`; false when they are not all in guest memory.
+    #[inline(always)]
     fn push(&mut self, mem: &CachedMemory<'_>, addr: u64, len: u32) -> bool {
         if len == 0 {
             return true;
@@ -675,7 +732,7 @@ impl Segments {
                 }
             }
             None => {
-                if !GuestMemoryBackend::check_range(mem.mem, GuestAddress(addr), len as usize) {
+                if !spans_regions(mem, addr, len) {
                     return false;
                 }
                 self.generation = 0;
@@ -733,8 +790,52 @@ impl Segments {
         }
     }
 
+    /// The host address of the `len` bytes after the first `skip` when they lie within one
+    /// segment translated in `mem`'s snapshot: what the request path touches (a header, a
+    /// response, a data buffer) usually does, and then takes neither pieces nor translation.
+    #[inline(always)]
+    fn within_one(&self, mem: &CachedMemory<'_>, skip: u64, len: u64) -> Option<*mut u8> {
+        if self.generation != mem.generation {
+            return None;
+        }
+        let mut skip = skip;
+        for segment in &self.list {
+            let segment_len = u64::from(segment.len);
+            if skip < segment_len {
+                if len > segment_len - skip {
+                    return None;
+                }
+                let addr = segment.addr.wrapping_add(skip) as usize;
+                return Some(addr.wrapping_add(self.host_offset) as *mut u8);
+            }
+            skip -= segment_len;
+        }
+        None
+    }
+
     /// Fills `out` from the bytes after the first `skip`; returns how many were available.
+    #[inline]
     pub fn read(
+        &self,
+        mem: &CachedMemory<'_>,
+        skip: u64,
+        out: &mut [u8],
+    ) -> Result<usize, GuestMemoryError> {
+        if let Some(host) = self.within_one(mem, skip, out.len() as u64) {
+            // SAFETY: `within_one` found the bytes inside one segment that `push` checked
+            // against a region of the snapshot `mem` borrows, at this offset; `out` is a
+            // local buffer, not guest memory, so they do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(host.cast_const(), out.as_mut_ptr(), out.len())
+            };
+            return Ok(out.len());
+        }
+        self.read_pieces(mem, skip, out)
+    }
+
+    /// `read` of bytes that are not within one segment of `mem`'s snapshot.
+    #[inline(never)]
+    fn read_pieces(
         &self,
         mem: &CachedMemory<'_>,
         skip: u64,
@@ -759,7 +860,24 @@ impl Segments {
     }
 
     /// Writes `data` after the first `skip` bytes; returns how many bytes fitted.
+    #[inline]
     pub fn write(
+        &self,
+        mem: &CachedMemory<'_>,
+        skip: u64,
+        data: &[u8],
+    ) -> Result<usize, GuestMemoryError> {
+        if let Some(host) = self.within_one(mem, skip, data.len() as u64) {
+            // SAFETY: as in `read`, with the copy going the other way.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host, data.len()) };
+            return Ok(data.len());
+        }
+        self.write_pieces(mem, skip, data)
+    }
+
+    /// `write` of bytes that are not within one segment of `mem`'s snapshot.
+    #[inline(never)]
+    fn write_pieces(
         &self,
         mem: &CachedMemory<'_>,
         skip: u64,
@@ -782,7 +900,28 @@ impl Segments {
 
     /// Host iovecs for `len` bytes after the first `skip`, split where guest memory regions end.
     /// The iovecs stay valid as long as the snapshot behind `mem` is alive.
+    #[inline]
     pub fn iovecs(
+        &self,
+        mem: &CachedMemory<'_>,
+        skip: u64,
+        len: u64,
+    ) -> Result<IoVecs, GuestMemoryError> {
+        if let Some(host) = self.within_one(mem, skip, len) {
+            let mut iovecs = IoVecs::new();
+            // len lies within one segment, whose length is a u32.
+            iovecs.push(libc::iovec {
+                iov_base: host.cast(),
+                iov_len: len as usize,
+            });
+            return Ok(iovecs);
+        }
+        self.iovecs_of_pieces(mem, skip, len)
+    }
+
+    /// `iovecs` of bytes that are not within one segment of `mem`'s snapshot.
+    #[inline(never)]
+    fn iovecs_of_pieces(
         &self,
         mem: &CachedMemory<'_>,
         skip: u64,
@@ -823,8 +962,16 @@ impl ChainBuffers {
     /// what could be collected along with it, so that a response can still be attempted.
     pub fn collect(chain: Chain, mem: &CachedMemory<'_>) -> (ChainBuffers, Option<ChainDefect>) {
         let mut buffers = ChainBuffers::default();
-        buffers.readable.generation = mem.generation;
-        buffers.writable.generation = mem.generation;
+        let defect = buffers.collect_again(chain, mem);
+        (buffers, defect)
+    }
+
+    /// `collect` into these buffers, which forget the chain they held: the request path
+    /// collects in place, into the slot that keeps the command, rather than moving the
+    /// buffers there.
+    pub fn collect_again(&mut self, chain: Chain, mem: &CachedMemory<'_>) -> Option<ChainDefect> {
+        self.readable.restart(mem);
+        self.writable.restart(mem);
         let mut defect = None;
         let mut last_has_next = None;
         for descriptor in Descriptors::new(chain, mem) {
@@ -832,22 +979,21 @@ impl ChainBuffers {
             let (addr, len) = (descriptor.addr().0, descriptor.len());
             let write_only = descriptor.is_write_only();
             let segments = if write_only {
-                &mut buffers.writable
+                &mut self.writable
             } else {
-                &mut buffers.readable
+                &mut self.readable
             };
             if !segments.push(mem, addr, len) {
                 defect.get_or_insert(ChainDefect::OutsideMemory { addr, len });
-            } else if !write_only && !buffers.writable.list.is_empty() {
+            } else if !write_only && !self.writable.list.is_empty() {
                 defect.get_or_insert(ChainDefect::ReadableAfterWritable);
             }
         }
         match last_has_next {
-            None => defect = Some(ChainDefect::Empty),
-            Some(true) => defect = Some(ChainDefect::Truncated),
-            Some(false) => {}
+            None => Some(ChainDefect::Empty),
+            Some(true) => Some(ChainDefect::Truncated),
+            Some(false) => defect,
         }
-        (buffers, defect)
     }
 }
 
@@ -908,6 +1054,7 @@ impl<'m, 'a> Descriptors<'m, 'a> {
         true
     }
 
+    #[inline(always)]
     fn read(&self, index: u16) -> Option<Descriptor> {
         let offset = u64::from(index) * DESCRIPTOR;
         match self.table_host {
@@ -922,7 +1069,7 @@ impl<'m, 'a> Descriptors<'m, 'a> {
 impl Iterator for Descriptors<'_, '_> {
     type Item = Descriptor;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Descriptor> {
         loop {
             if self.ttl == 0 || self.next >= self.table_len {
@@ -1144,6 +1291,61 @@ mod tests {
         assert_eq!(rings.u16_at(AVAIL_EVENT), 2);
     }
 
+    /// Linux's `vring_need_event`: whether a driver that moved its avail idx from `old` to
+    /// `new` since its last kick kicks now.
+    fn driver_kicks(avail_event: u16, new: u16, old: u16) -> bool {
+        new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn a_kick_asked_a_batch_ahead_comes_with_the_last_chain_of_the_batch() {
+        let mut rings = rings(true, 0xfffe, memory(&[(0, 0x10000)]));
+        rings.publish(&[0, 1]);
+        assert_eq!(rings.pop(), [0, 1]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 3)));
+        let avail_event = rings.u16_at(AVAIL_EVENT);
+        assert_eq!(avail_event, 2, "the third chain from 0 (after the wrap)");
+        // A driver that kicks after every chain it adds: quiet for two, kicks on the third.
+        assert!(!driver_kicks(avail_event, 1, 0));
+        assert!(!driver_kicks(avail_event, 2, 1));
+        assert!(driver_kicks(avail_event, 3, 2));
+        // One that adds all three before it looks kicks too.
+        assert!(driver_kicks(avail_event, 3, 0));
+    }
+
+    #[test]
+    fn chains_no_kick_will_announce_are_reported_and_fewer_are_left_to_the_caller() {
+        let mut rings = rings(true, 0, memory(&[(0, 0x10000)]));
+        rings.publish(&[0, 1]);
+        assert!(
+            !rings.pass(|queue, mem| queue.kick_at_batch(mem, 3)),
+            "two of three: the kick will come with the third"
+        );
+        assert!(
+            rings.pass(|queue, mem| queue.kick_at_batch(mem, 2)),
+            "the driver passed avail_event before it was written: no kick will come"
+        );
+        assert!(rings.pass(|queue, mem| queue.more_available(mem)));
+        assert_eq!(rings.pop(), [0, 1]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 1000)));
+        assert_eq!(
+            rings.u16_at(AVAIL_EVENT),
+            SIZE + 1,
+            "at most the queue size ahead"
+        );
+    }
+
+    #[test]
+    fn without_event_idx_a_batch_turns_kicks_off_and_the_next_chain_turns_them_on() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 4)));
+        assert_eq!(rings.u16_at(USED), VRING_USED_F_NO_NOTIFY as u16);
+        rings.publish(&[0]);
+        assert!(!rings.pass(|queue, mem| queue.kick_at_batch(mem, 4)));
+        assert!(rings.pass(|queue, mem| queue.kick_at_batch(mem, 1)));
+        assert_eq!(rings.u16_at(USED), 0);
+    }
+
     #[test]
     fn without_event_idx_the_ring_flags_suppress_notifications_and_interrupts() {
         let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
@@ -1243,6 +1445,59 @@ mod tests {
         assert_eq!(
             old.read_obj::<[u8; 8]>(GuestAddress(0x5000)).unwrap(),
             [0; 8]
+        );
+    }
+
+    #[test]
+    fn collecting_again_forgets_the_last_chain() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        let mem = rings.memory.memory();
+        mem.write_slice(b"headdata", GuestAddress(0x4000)).unwrap();
+        mem.write_slice(b"0123456789", GuestAddress(0x5000))
+            .unwrap();
+        rings.descriptor(0, 0x4000, 4, VRING_DESC_F_NEXT as u16, 1);
+        rings.descriptor(1, 0x5000, 10, VRING_DESC_F_NEXT as u16, 2);
+        rings.descriptor(2, 0x6000, 8, VRING_DESC_F_WRITE as u16, 0);
+        let (mut buffers, defect) = collect(&mut rings, 0);
+        assert_eq!(defect, None);
+        assert_eq!((buffers.readable.len(), buffers.writable.len()), (14, 8));
+        rings.pass(|_, mem| {
+            // Within the second segment: one piece at its host address.
+            let mut out = [0u8; 3];
+            assert_eq!(buffers.readable.read(mem, 6, &mut out).unwrap(), 3);
+            assert_eq!(&out, b"234");
+            let iovecs = buffers.readable.iovecs(mem, 4, 10).unwrap();
+            assert_eq!(iovecs.len(), 1);
+            assert_eq!(iovecs[0].iov_len, 10);
+            // Across both, and past the end: pieces, cut at the end.
+            let mut out = [0u8; 16];
+            assert_eq!(buffers.readable.read(mem, 2, &mut out).unwrap(), 12);
+            assert_eq!(&out[..12], b"ad0123456789");
+            assert_eq!(buffers.writable.write(mem, 4, b"too long").unwrap(), 4);
+        });
+
+        // A chain of one writable descriptor into the same buffers.
+        rings.descriptor(3, 0x7000, 16, VRING_DESC_F_WRITE as u16, 0);
+        let chain = Chain {
+            head: 3,
+            table: GuestAddress(DESC),
+            queue_size: SIZE,
+        };
+        let defect = rings.pass(|_, mem| buffers.collect_again(chain, mem));
+        assert_eq!(defect, None);
+        assert_eq!((buffers.readable.len(), buffers.writable.len()), (0, 16));
+        assert_eq!(buffers.readable.list.len(), 0);
+        rings.pass(|_, mem| {
+            assert_eq!(buffers.readable.read(mem, 0, &mut [0u8; 4]).unwrap(), 0);
+            assert_eq!(buffers.writable.write(mem, 0, b"answer").unwrap(), 6);
+        });
+        assert_eq!(
+            mem.read_obj::<[u8; 6]>(GuestAddress(0x7000)).unwrap(),
+            *b"answer"
+        );
+        assert_eq!(
+            mem.read_obj::<[u8; 4]>(GuestAddress(0x6004)).unwrap(),
+            *b"too "
         );
     }
 

@@ -1,0 +1,173 @@
+//! The re-checks a queue host owes its workers: a worker that let its driver batch kicks asks
+//! to be looked at again after a while (`QueueWorker::recheck_in`), and the host keeps one
+//! timerfd, in the same epoll as the queues' eventfds, armed for the earliest of those.
+//!
+//! Arming is one `timerfd_settime` and only when the new deadline comes before the armed one;
+//! expiry needs no read (re-arming resets the timerfd's count, and the hosts watch it
+//! edge-triggered). A deadline that is no longer wanted is forgotten, not disarmed: the
+//! expiry then finds nothing due and arms the timer for what is left.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::queue_worker::QueueWorker;
+
+pub struct RecheckTimer {
+    timer: TimerFd,
+    /// By the host's worker slot.
+    deadlines: Vec<Option<Instant>>,
+    /// What the timerfd is armed for, if anything.
+    armed: Option<Instant>,
+}
+
+impl RecheckTimer {
+    pub fn new() -> io::Result<RecheckTimer> {
+        Ok(RecheckTimer {
+            timer: TimerFd::new().map_err(io::Error::from)?,
+            deadlines: Vec::new(),
+            armed: None,
+        })
+    }
+
+    /// Readable when a re-check may be due (watch it edge-triggered).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the timerfd stays open as long as `self`, which the borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.timer.as_raw_fd()) }
+    }
+
+    /// After the host called into `worker` (in `slot`): books the re-check it asks for, or
+    /// forgets the one it no longer needs.
+    pub fn book(&mut self, slot: usize, worker: &dyn QueueWorker) -> io::Result<()> {
+        let due = worker.recheck_in();
+        if self.deadlines.len() <= slot {
+            if due.is_none() {
+                return Ok(());
+            }
+            self.deadlines.resize(slot + 1, None);
+        }
+        let Some(delay) = due else {
+            self.deadlines[slot] = None;
+            return Ok(());
+        };
+        let deadline = Instant::now() + delay;
+        self.deadlines[slot] = Some(deadline);
+        if self.armed.is_none_or(|armed| deadline < armed) {
+            self.arm(deadline, delay)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets `slot`'s re-check (its worker left the host).
+    pub fn forget(&mut self, slot: usize) {
+        if let Some(deadline) = self.deadlines.get_mut(slot) {
+            *deadline = None;
+        }
+    }
+
+    /// After the timerfd fired: the slots whose re-check is due, which are forgotten (the host
+    /// books them again after calling `recheck`), and the timer armed for the others.
+    pub fn take_due(&mut self, due: &mut Vec<usize>) -> io::Result<()> {
+        let now = Instant::now();
+        self.armed = None;
+        let mut next: Option<Instant> = None;
+        for (slot, deadline) in self.deadlines.iter_mut().enumerate() {
+            match *deadline {
+                Some(at) if at <= now => {
+                    *deadline = None;
+                    due.push(slot);
+                }
+                Some(at) => next = Some(next.map_or(at, |next| next.min(at))),
+                None => {}
+            }
+        }
+        match next {
+            Some(at) => self.arm(at, at - now),
+            None => Ok(()),
+        }
+    }
+
+    fn arm(&mut self, deadline: Instant, delay: Duration) -> io::Result<()> {
+        // A zero duration would disarm the timerfd.
+        self.timer
+            .reset(delay.max(Duration::from_nanos(1)), None)
+            .map_err(io::Error::from)?;
+        self.armed = Some(deadline);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+
+    struct AsksFor(Option<Duration>, Arc<EventFd>);
+
+    impl QueueWorker for AsksFor {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.1
+        }
+        fn notifier_ready(&mut self) {}
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn recheck_in(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
+    fn asking(delay: Option<Duration>) -> AsksFor {
+        AsksFor(delay, Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()))
+    }
+
+    fn due(timer: &mut RecheckTimer) -> Vec<usize> {
+        let mut due = Vec::new();
+        timer.take_due(&mut due).unwrap();
+        due
+    }
+
+    #[test]
+    fn the_timer_is_armed_for_the_earliest_recheck_and_then_for_the_rest() {
+        let mut timer = RecheckTimer::new().unwrap();
+        let ms = Duration::from_millis;
+        timer.book(3, &asking(Some(ms(200)))).unwrap();
+        timer.book(1, &asking(Some(ms(5)))).unwrap();
+        timer.book(0, &asking(None)).unwrap();
+        assert!(timer.armed.is_some_and(|at| at < Instant::now() + ms(6)));
+        std::thread::sleep(ms(10));
+        assert_eq!(due(&mut timer), [1]);
+        assert!(timer.timer.is_armed().unwrap(), "armed for slot 3");
+        assert!(
+            due(&mut timer).is_empty(),
+            "slot 1 was taken, slot 3 is not due"
+        );
+        timer.forget(3);
+        assert!(due(&mut timer).is_empty());
+        assert!(timer.armed.is_none(), "nothing left to arm for");
+    }
+
+    #[test]
+    fn a_worker_that_no_longer_asks_is_not_rechecked() {
+        let mut timer = RecheckTimer::new().unwrap();
+        timer
+            .book(0, &asking(Some(Duration::from_millis(1))))
+            .unwrap();
+        timer.book(0, &asking(None)).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(due(&mut timer).is_empty());
+    }
+}
