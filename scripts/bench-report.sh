@@ -83,7 +83,10 @@ depths=32,64,128,256,512,1024
 [ "$quick" = 0 ] || depths=32,512
 memory_queues=1,4,16
 [ "$quick" = 0 ] || memory_queues=1,4
-host_results=("$out/host.json" "$out/depth.json" "$out/memory.json" "$out/profile.txt")
+scaling_rounds=3
+[ "$quick" = 0 ] || scaling_rounds=1
+host_results=("$out/host.json" "$out/depth.json" "$out/memory.json" "$out/profile.txt"
+    "$out/polling.txt" "$out/scaling.txt")
 if [ "$reuse_host" = 1 ]; then
     for file in "${host_results[@]}"; do
         [ -r "$file" ] || die "--reuse-host: $file is missing"
@@ -100,6 +103,18 @@ else
     stage "memory: 1, 4 and 16 queues of 1024 entries, 16 LUNs, every queue full"
     "$script_dir/bench-host.sh" --disk null --kick socket --queues "$memory_queues" --queue-size 1024 \
         --depth 1024 --luns 16 "${host_options[@]}" --json "$out/memory.json" >"$out/memory.txt"
+    stage "polling: the server's iothread polls, the driver spins on its used ring"
+    "$script_dir/bench-host.sh" --disk null --kick iofd --queues 1 --wait poll \
+        --server-args '--iothread io0' "${host_options[@]}" --json "$out/polling.json" >"$out/polling.txt"
+    stage "scaling: 1 vs 2 iothreads, $scaling_rounds alternating rounds, polling off"
+    "$script_dir/bench-host.sh" --disk null --kick iofd --queues 2 --iothreads 1,2 \
+        --rounds "$scaling_rounds" --server-args '--poll-max-ns 0' "${host_options[@]}" \
+        --json "$out/scaling.json" >"$out/scaling.txt"
+    if [ "$quick" = 0 ]; then
+        stage "scaling under callgrind: instructions per request, 1 vs 2 iothreads"
+        "$script_dir/bench-host.sh" --disk null --kick iofd --queues 2 --iothreads 1,2 --callgrind \
+            --server-args '--poll-max-ns 0' "${host_options[@]}" >>"$out/scaling.txt"
+    fi
     stage "profile: perf record -g of the server, null disk, socket kicks, 1 queue on its main loop"
     if ! command -v perf >/dev/null; then
         echo "bench-report: installing linux-perf" >&2
@@ -165,6 +180,23 @@ $(cat "$out/host.txt")
 \`\`\`
 
 ![host IOPS and CPU](bench/host-cpu.png)
+
+### Polling: the server's iothread polls, the driver spins on its used ring
+
+\`scripts/bench-host.sh --disk null --kick iofd --queues 1 --wait poll --server-args '--iothread io0' ${host_options[*]}\`
+
+\`\`\`
+$(sed -n '/^disk /,/^  driver:/p' "$out/polling.txt")
+\`\`\`
+
+### 1 vs 2 iothreads
+
+\`scripts/bench-host.sh --disk null --kick iofd --queues 2 --iothreads 1,2 --rounds $scaling_rounds --server-args '--poll-max-ns 0' ${host_options[*]}\`,
+then the same once with \`--callgrind\`:
+
+\`\`\`
+$(grep -A12 '^iothreads, 2 vs 1' "$out/scaling.txt")
+\`\`\`
 
 ### Depth sweep: null disk with 2 ms latency
 

@@ -72,6 +72,8 @@ pub enum DriverError {
     NoIoEventFd(u16),
     #[error("virtqueue {0} kicks with waited writes, which only the driver can send")]
     KickNeedsDriver(u16),
+    #[error("virtqueue {0} has driver-built commands in flight, which a raw reap would lose")]
+    RawReapWithCommands(u16),
 }
 
 impl From<BuildError> for DriverError {

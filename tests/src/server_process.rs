@@ -171,12 +171,22 @@ impl ServerProcess {
     }
 
     pub fn start_with_timeout(args: &[&str], timeout: Duration) -> Result<Self, ServerError> {
+        Self::start_under(&[], args, timeout)
+    }
+
+    /// The same, run by `wrapper` (a command and its arguments, such as a profiler, that
+    /// executes the server in its own process), or directly when it is empty.
+    pub fn start_under(
+        wrapper: &[&str],
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new()
             .prefix("vus-test-")
             .tempdir()
             .map_err(ServerError::TempDir)?;
         let socket = dir.path().join("vus.sock");
-        let mut process = Self::spawn(dir, &socket, args)?;
+        let mut process = Self::spawn(dir, &socket, wrapper, args)?;
         let started = Instant::now();
         loop {
             if let Some(status) = process.child.try_wait().map_err(ServerError::Wait)? {
@@ -212,7 +222,7 @@ impl ServerProcess {
             .prefix("vus-test-")
             .tempdir()
             .map_err(ServerError::TempDir)?;
-        let mut process = Self::spawn_raw(dir, PathBuf::new(), args)?;
+        let mut process = Self::spawn_raw(dir, PathBuf::new(), &[], args)?;
         let started = Instant::now();
         loop {
             if let Some(status) = process.child.try_wait().map_err(ServerError::Wait)? {
@@ -225,15 +235,25 @@ impl ServerProcess {
         }
     }
 
-    fn spawn(dir: TempDir, socket: &Path, args: &[&str]) -> Result<Self, ServerError> {
+    fn spawn(
+        dir: TempDir,
+        socket: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Result<Self, ServerError> {
         let mut full: Vec<&str> = vec!["--socket"];
         let socket_str = socket.to_string_lossy().into_owned();
         full.push(&socket_str);
         full.extend_from_slice(args);
-        Self::spawn_raw(dir, socket.to_path_buf(), &full)
+        Self::spawn_raw(dir, socket.to_path_buf(), wrapper, &full)
     }
 
-    fn spawn_raw(dir: TempDir, socket: PathBuf, args: &[&str]) -> Result<Self, ServerError> {
+    fn spawn_raw(
+        dir: TempDir,
+        socket: PathBuf,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Result<Self, ServerError> {
         let binary = server_binary()?;
         let stderr_path = dir.path().join("server.stderr");
         let spawn_error = |source| ServerError::Spawn {
@@ -241,7 +261,15 @@ impl ServerProcess {
             source,
         };
         let stderr = File::create(&stderr_path).map_err(spawn_error)?;
-        let child = Command::new(&binary)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

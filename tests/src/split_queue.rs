@@ -3,7 +3,6 @@
 //! Besides well-formed chains it can write arbitrary descriptors, so that tests can hand the device
 //! loops, out-of-table links, bad addresses and indirect tables.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::guest_memory::{GuestMemory, MemoryError};
@@ -106,10 +105,16 @@ pub struct QueueAddresses {
     pub device: u64,
 }
 
-/// What a chain owns besides its descriptors, released when the device returns it.
-#[derive(Debug, Default)]
-struct Outstanding {
-    descriptors: Vec<u16>,
+/// What the driver remembers of each descriptor index. A chain's descriptors are linked here
+/// (not read back from the table, which hostile tests may have written anything into), so that
+/// returning a chain to the free list needs no allocation.
+#[derive(Clone, Copy, Debug, Default)]
+struct DescriptorState {
+    /// Set on the head of a chain in flight.
+    head_in_flight: bool,
+    /// The chain's next descriptor after this one, if any.
+    next: Option<u16>,
+    /// An indirect table the chain headed here owns.
     indirect_table: Option<u64>,
 }
 
@@ -119,7 +124,9 @@ pub struct SplitQueue {
     size: u16,
     addresses: QueueAddresses,
     free: Vec<u16>,
-    outstanding: HashMap<u16, Outstanding>,
+    descriptors: Vec<DescriptorState>,
+    /// Chains in flight.
+    outstanding: usize,
     next_avail: u16,
     last_used: u16,
     event_idx: bool,
@@ -146,7 +153,8 @@ impl SplitQueue {
                 device,
             },
             free: (0..size).rev().collect(),
-            outstanding: HashMap::new(),
+            descriptors: vec![DescriptorState::default(); usize::from(size)],
+            outstanding: 0,
             next_avail: 0,
             last_used: 0,
             event_idx,
@@ -171,12 +179,32 @@ impl SplitQueue {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.outstanding.len()
+        self.outstanding
     }
 
     /// Takes `count` descriptors off the free list; the first is the head. They are returned to
     /// the free list when the device uses that head. Write them with `write_descriptor`.
     pub fn reserve(&mut self, count: usize) -> Result<Vec<u16>> {
+        self.check_free(count)?;
+        let taken: Vec<u16> = self.free.iter().rev().take(count).copied().collect();
+        self.free.truncate(self.free.len() - count);
+        for pair in taken.windows(2) {
+            self.descriptors[usize::from(pair[0])].next = Some(pair[1]);
+        }
+        self.start_chain(taken[0], taken[count - 1]);
+        Ok(taken)
+    }
+
+    /// Takes one descriptor off the free list as a chain of its own (one INDIRECT descriptor, as
+    /// a batching driver sends most requests), without allocating.
+    pub fn reserve_head(&mut self) -> Result<u16> {
+        self.check_free(1)?;
+        let head = self.free.pop().ok_or(QueueError::EmptyChain)?;
+        self.start_chain(head, head);
+        Ok(head)
+    }
+
+    fn check_free(&self, count: usize) -> Result<()> {
         if count == 0 {
             return Err(QueueError::EmptyChain);
         }
@@ -186,17 +214,15 @@ impl SplitQueue {
                 free: self.free.len(),
             });
         }
-        let at = self.free.len() - count;
-        let mut taken = self.free.split_off(at);
-        taken.reverse();
-        self.outstanding.insert(
-            taken[0],
-            Outstanding {
-                descriptors: taken.clone(),
-                indirect_table: None,
-            },
-        );
-        Ok(taken)
+        Ok(())
+    }
+
+    fn start_chain(&mut self, head: u16, last: u16) {
+        self.descriptors[usize::from(last)].next = None;
+        let state = &mut self.descriptors[usize::from(head)];
+        state.head_in_flight = true;
+        state.indirect_table = None;
+        self.outstanding += 1;
     }
 
     /// Writes descriptor `index` of the table verbatim.
@@ -283,9 +309,7 @@ impl SplitQueue {
                 return Err(e);
             }
         };
-        if let Some(outstanding) = self.outstanding.get_mut(&head) {
-            outstanding.indirect_table = Some(gpa);
-        }
+        self.descriptors[usize::from(head)].indirect_table = Some(gpa);
         self.write_descriptor(
             head,
             Descriptor {
@@ -348,14 +372,30 @@ impl SplitQueue {
 
     /// Takes the next used element, if any, and returns its descriptors to the free list.
     pub fn pop_used(&mut self) -> Result<Option<UsedElement>> {
-        if self.used_idx()? == self.last_used {
-            return Ok(None);
+        let mut popped = None;
+        self.pop_used_batch(1, |used| popped = Some(used))?;
+        Ok(popped)
+    }
+
+    /// Takes up to `max` used elements, handing each to `take` and returning its descriptors to
+    /// the free list, with one look at the used index and one used_event update for the whole
+    /// batch, as Linux's `virtqueue_get_buf` loop does between two `virtqueue_enable_cb`s.
+    /// Returns how many.
+    pub fn pop_used_batch(
+        &mut self,
+        max: usize,
+        mut take: impl FnMut(UsedElement),
+    ) -> Result<usize> {
+        let ready = usize::from(self.used_idx()?.wrapping_sub(self.last_used)).min(max);
+        for _ in 0..ready {
+            let slot = self.addresses.device + 4 + 8 * u64::from(self.last_used % self.size);
+            let id = self.mem.load_u32(slot)?;
+            let len = self.mem.load_u32(slot + 4)?;
+            self.last_used = self.last_used.wrapping_add(1);
+            self.release_chain(id)?;
+            take(UsedElement { id, len });
         }
-        let slot = self.addresses.device + 4 + 8 * u64::from(self.last_used % self.size);
-        let id = self.mem.load_u32(slot)?;
-        let len = self.mem.load_u32(slot + 4)?;
-        self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx {
+        if ready > 0 && self.event_idx {
             // Ask for an interrupt as soon as anything beyond what was consumed is used, or,
             // polling, only once the device's used index gets half the index space ahead.
             let event = if self.interrupts_wanted {
@@ -370,16 +410,34 @@ impl SplitQueue {
             // (as Linux orders its virtqueue_enable_cb_prepare and virtqueue_poll).
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         }
-        let head = u16::try_from(id).map_err(|_| QueueError::UnknownHead { id })?;
-        let outstanding = self
-            .outstanding
-            .remove(&head)
+        Ok(ready)
+    }
+
+    /// Returns the chain headed by `id` to the free list and frees its indirect table.
+    fn release_chain(&mut self, id: u32) -> Result<()> {
+        let head = u16::try_from(id)
+            .ok()
+            .filter(|&head| head < self.size)
             .ok_or(QueueError::UnknownHead { id })?;
-        self.free.extend(outstanding.descriptors.iter().rev());
-        if let Some(table) = outstanding.indirect_table {
+        let state = &mut self.descriptors[usize::from(head)];
+        if !state.head_in_flight {
+            return Err(QueueError::UnknownHead { id });
+        }
+        state.head_in_flight = false;
+        let table = state.indirect_table.take();
+        self.outstanding -= 1;
+        // The head ends on top of the free list, to be taken again first.
+        let start = self.free.len();
+        let mut next = Some(head);
+        while let Some(index) = next {
+            self.free.push(index);
+            next = self.descriptors[usize::from(index)].next.take();
+        }
+        self.free[start..].reverse();
+        if let Some(table) = table {
             self.mem.free(table)?;
         }
-        Ok(Some(UsedElement { id, len }))
+        Ok(())
     }
 
     /// Whether the device should interrupt when it returns buffers: a driver that polls the
@@ -425,9 +483,10 @@ impl SplitQueue {
 impl Drop for SplitQueue {
     fn drop(&mut self) {
         let tables: Vec<u64> = self
-            .outstanding
-            .values()
-            .filter_map(|o| o.indirect_table)
+            .descriptors
+            .iter()
+            .filter(|d| d.head_in_flight)
+            .filter_map(|d| d.indirect_table)
             .collect();
         // Freeing can only fail for addresses this queue never allocated, which cannot happen.
         for gpa in tables.into_iter().chain([
@@ -515,6 +574,53 @@ mod tests {
             assert_eq!(q.pop_used().unwrap(), None);
             assert_eq!(q.free_descriptors(), 8);
         }
+    }
+
+    #[test]
+    fn a_batch_is_reaped_with_one_look_and_every_chain_goes_back_to_the_free_list() {
+        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
+        q.set_interrupts_wanted(false).unwrap();
+        let single = q.reserve_head().unwrap();
+        let chain = q
+            .add_chain(&[Buffer::readable(0x1000, 4), Buffer::writable(0x2000, 8)])
+            .unwrap();
+        let indirect = q
+            .add_indirect_chain(&[Buffer::readable(0x3000, 4), Buffer::writable(0x4000, 8)])
+            .unwrap();
+        q.write_descriptor(single, Descriptor::default()).unwrap();
+        q.publish_many(&[single, chain, indirect]).unwrap();
+        assert_eq!((q.in_flight(), q.free_descriptors()), (3, 4));
+        let (mut last_avail, mut used) = (0, 0);
+        device_consume(&q, &mem, &mut last_avail, &mut used);
+        let mut reaped = Vec::new();
+        assert_eq!(q.pop_used_batch(2, |e| reaped.push(e.id)).unwrap(), 2);
+        assert_eq!(reaped, [u32::from(single), u32::from(chain)]);
+        let used_event = q.addresses().driver + 4 + 2 * 8;
+        assert_eq!(
+            mem.load_u16(used_event).unwrap(),
+            0x8002,
+            "one used_event update for the batch, kept out of reach while polling"
+        );
+        assert_eq!(
+            q.pop_used_batch(usize::MAX, |e| reaped.push(e.id)).unwrap(),
+            1
+        );
+        assert_eq!(q.pop_used_batch(usize::MAX, |_| {}).unwrap(), 0);
+        assert_eq!((q.in_flight(), q.free_descriptors()), (0, 8));
+        // The indirect table was freed, and a head cannot be returned twice.
+        assert_eq!(
+            mem.alloc(32, 16).unwrap(),
+            q.read_descriptor(indirect).unwrap().addr
+        );
+        let slot = q.addresses().device + 4 + 8 * u64::from(used % 8);
+        mem.store_u32(slot, u32::from(single)).unwrap();
+        mem.store_u16(q.addresses().device + 2, used.wrapping_add(1))
+            .unwrap();
+        assert!(matches!(
+            q.pop_used_batch(1, |_| {}),
+            Err(QueueError::UnknownHead { .. })
+        ));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use tests::split_queue::{
     Buffer, Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use tests::virtio_pci::{self, common};
-use tests::{Completion, DriverError, DriverOptions, KickMode, ServerProcess, VirtioScsiDriver};
+use tests::{
+    Completion, DriverError, DriverOptions, KickMode, ServerProcess, VirtioScsiDriver, WaitMode,
+};
 
 const BLOCK: u32 = 512;
 
@@ -619,6 +621,80 @@ fn queues_taken_out_of_the_driver_run_on_their_own_threads() {
     let server = start(&["--num-queues", "2", "--queue-size", "64"]);
     for kick in [KickMode::PostedWrite, KickMode::IoEventFd] {
         run_queues_on_threads(&server, kick);
+    }
+}
+
+#[test]
+fn raw_chains_are_reaped_in_batches_polling_and_on_interrupts() {
+    let server = start(&["--queue-size", "64", "--iothread", "io0"]);
+    for wait in [WaitMode::Interrupt, WaitMode::Poll] {
+        let mut driver = connect(&server, DriverOptions { wait, ..quick() });
+        settle(&mut driver, 0);
+        let mut queue = driver.take_queue(FIRST_REQUEST_QUEUE).unwrap();
+        let mem = queue.memory().clone();
+        let config = driver.config();
+        let lun = scsi::encode_lun(0, 0).unwrap();
+        let response_len = scsi::CMD_RESP_HEADER_SIZE + config.sense_size as usize;
+        let mut heads = Vec::new();
+        let mut responses = Vec::new();
+        for block in 0..8u32 {
+            let request = scsi::encode_cmd_req(
+                lun,
+                u64::from(block) + 1,
+                &cdb::lba10(cdb::READ_10, 0, block, 1),
+                config.cdb_size as usize,
+            )
+            .unwrap();
+            let request_gpa = mem.alloc(request.len() as u64, 8).unwrap();
+            mem.write(request_gpa, &request).unwrap();
+            let response = mem.alloc(response_len as u64, 8).unwrap();
+            let data = mem.alloc(u64::from(BLOCK), 512).unwrap();
+            heads.push(
+                queue
+                    .ring()
+                    .add_indirect_chain(&[
+                        Buffer::readable(request_gpa, request.len() as u32),
+                        Buffer::writable(response, response_len as u32),
+                        Buffer::writable(data, BLOCK),
+                    ])
+                    .unwrap(),
+            );
+            responses.push(response);
+        }
+        if queue.ring().publish_many(&heads).unwrap() {
+            queue.kick().unwrap();
+        }
+        let mut used = Vec::new();
+        let mut reaped = Vec::new();
+        while reaped.len() < heads.len() {
+            queue.reap_raw(&mut used, 3).unwrap();
+            assert!((1..=3).contains(&used.len()), "{wait:?}: {used:?}");
+            reaped.extend(used.iter().map(|u| u.id as u16));
+        }
+        reaped.sort_unstable();
+        let mut expected = heads.clone();
+        expected.sort_unstable();
+        assert_eq!(reaped, expected, "{wait:?}");
+        for response in responses {
+            let answer = scsi::decode_cmd_resp(&mem.read_vec(response, response_len).unwrap());
+            let answer = answer.unwrap();
+            assert_eq!(
+                (answer.response, answer.status),
+                (scsi::VIRTIO_SCSI_S_OK, scsi::SAM_STAT_GOOD),
+                "{wait:?}"
+            );
+        }
+        assert_eq!(queue.ring().in_flight(), 0);
+        // A raw reap would lose the completion of a command the queue built itself.
+        queue
+            .submit(&tests::ScsiRequest::new(lun, &cdb::test_unit_ready()))
+            .unwrap();
+        assert!(matches!(
+            queue.reap_raw(&mut used, 1),
+            Err(DriverError::RawReapWithCommands(_))
+        ));
+        queue.reap().unwrap();
+        driver.return_queue(queue);
     }
 }
 

@@ -119,6 +119,16 @@ pub struct Args {
     /// '--iothread io0 --iothread-vq-mapping [{"iothread":"io0"}]'.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub server_args: String,
+    /// Runs the whole matrix this many times, one configuration after the other in each round,
+    /// so that a change in the machine's load falls on every configuration alike; the 2-vs-1
+    /// iothreads figure is then the median of the rounds' ratios.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u16,
+    /// Runs the server under valgrind's callgrind and prints instructions per request per server
+    /// thread over the window: a count that does not depend on the machine's load (the server
+    /// runs some 50 times slower; use `--poll-max-ns 0` in --server-args, or empty polls count).
+    #[arg(long)]
+    pub callgrind: bool,
     /// Also write every result to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -157,7 +167,12 @@ impl Args {
 
     /// Every combination of the listed dimensions, each defaulting to the standard matrix.
     pub fn configurations(&self) -> Result<Vec<Config>, BenchError> {
-        if self.depth.contains(&0) || self.bs == 0 || self.queues.contains(&0) || self.luns == 0 {
+        if self.depth.contains(&0)
+            || self.bs == 0
+            || self.queues.contains(&0)
+            || self.luns == 0
+            || self.rounds == 0
+        {
             return Err(BenchError::ZeroSize);
         }
         let disks = or_default(&self.disk, &[DiskKind::Null, DiskKind::File]);

@@ -15,7 +15,7 @@ pub enum BenchError {
     Seconds { option: &'static str, value: f64 },
     #[error("--seconds must be above 0")]
     NoSeconds,
-    #[error("--depth, --bs, --queues and --luns must be above 0")]
+    #[error("--depth, --bs, --queues, --luns and --rounds must be above 0")]
     ZeroSize,
     #[error("every --iothreads count is above every --queues count: nothing to run")]
     NothingToRun,
@@ -67,8 +67,20 @@ pub enum BenchError {
     Stats { path: PathBuf, reply: String },
     #[error("creating a directory for the control socket: {0}")]
     ControlDir(io::Error),
-    #[error("the device completed head {head} on virtqueue {queue}, which was not in flight")]
-    UnknownHead { queue: u16, head: u16 },
+    #[error("the device completed head {id} on virtqueue {queue}, which was not in flight")]
+    UnknownHead { queue: u16, id: u32 },
+    #[error("a directory for callgrind's dumps: {0}")]
+    CallgrindDir(io::Error),
+    #[error("callgrind_control (Debian valgrind) cannot run: {0}")]
+    CallgrindControlSpawn(io::Error),
+    #[error("callgrind_control {option} {pid} failed: {stderr}")]
+    CallgrindControl {
+        option: &'static str,
+        pid: u32,
+        stderr: String,
+    },
+    #[error("callgrind wrote no totals line to {path}")]
+    CallgrindDump { path: PathBuf },
     #[error("the thread driving virtqueue {0} panicked")]
     WorkerPanicked(u16),
     #[error("writing {path}: {source}")]

@@ -9,6 +9,7 @@
 //! `--bench`, it only runs its self-checks.
 
 mod args;
+mod callgrind;
 mod cpu_time;
 mod error;
 mod latency;
@@ -17,6 +18,7 @@ mod report;
 mod run;
 mod self_check;
 mod server_counters;
+mod syscalls;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{json, Value};
 
-use crate::args::Args;
+use crate::args::{Args, Config};
 use crate::error::BenchError;
 use crate::run::{file_disk_location, prepare_file_disk, run_config, RunResult};
 
@@ -62,16 +64,21 @@ fn run(args: &Args) -> Result<(), BenchError> {
     let mut results: Vec<RunResult> = Vec::new();
     // Start-up, connection and teardown of each run, besides warm-up and measurement.
     let per_run = warmup + measured + Duration::from_millis(500);
-    for (index, config) in configs.iter().enumerate() {
-        let left = per_run * (configs.len() - index) as u32;
+    let runs: Vec<(u16, &Config)> = (0..args.rounds)
+        .flat_map(|round| configs.iter().map(move |config| (round, config)))
+        .collect();
+    for (index, &(round, config)) in runs.iter().enumerate() {
+        let left = per_run * (runs.len() - index) as u32;
         eprintln!(
-            "bench-host: [{}/{}] {}, about {} s left",
+            "bench-host: [{}/{}] round {} of {}: {}, about {} s left",
             index + 1,
-            configs.len(),
+            runs.len(),
+            round + 1,
+            args.rounds,
             report::describe(config),
             left.as_secs()
         );
-        let result = run_config(args, *config, warmup, measured, &file_path)?;
+        let result = run_config(args, *config, round, warmup, measured, &file_path)?;
         report::print_row(&result);
         results.push(result);
     }
@@ -110,5 +117,7 @@ fn host_header(args: &Args) -> Result<Value, BenchError> {
         "wait": args::name(args.wait),
         "warmup_seconds": args.warmup,
         "measured_seconds": args.seconds,
+        "rounds": args.rounds,
+        "callgrind": args.callgrind,
     }))
 }

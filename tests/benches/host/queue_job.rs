@@ -14,19 +14,24 @@ use std::time::{Duration, Instant};
 use tests::guest_memory::GuestMemory;
 use tests::scsi::{self, cdb};
 use tests::split_queue::{
-    Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Descriptor, UsedElement, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
-use tests::{Completion, DriverQueue};
+use tests::DriverQueue;
 
 use crate::args::Pattern;
 use crate::cpu_time::thread_cpu_time;
 use crate::error::BenchError;
-use crate::latency::Latencies;
+use crate::latency::{Latencies, PassTimes};
 
 /// Bytes reserved for a slot's indirect table (four descriptors at most).
 const TABLE_BYTES: u64 = 64;
-/// Alignment of the request header and the response inside a slot's control block.
+/// Alignment of a slot's control block: the request header and the response, back to back as
+/// in Linux's `struct virtio_scsi_cmd`, so that with a 32-byte CDB the bytes the driver writes
+/// per request (tag, LBA, poisoned response header) and the response header the device writes
+/// share one cache line; the indirect table, written once, follows.
 const CONTROL_ALIGN: u64 = 64;
+/// The response's fields are 32-bit.
+const RESPONSE_ALIGN: u64 = 4;
 const DATA_ALIGN: u64 = 4096;
 
 /// When load starts being measured and when it stops.
@@ -61,11 +66,17 @@ pub struct QueueOutcome {
     /// Reaps that returned completions.
     pub wakeups: u64,
     pub driver_cpu: Duration,
+    /// Inside the window, the driver's own work: its time less its waits for completions and
+    /// its kicks (see `QueueJob::busy`).
+    pub driver_busy: Duration,
+    /// The driver's work per request, pass by pass.
+    pub passes: PassTimes,
 }
 
 /// The guest buffers of one in-flight position.
 struct Slot {
-    /// Start of the control block: the indirect table, then the header and the response.
+    /// Start of the control block: the request header, the response, then the indirect table.
+    control: u64,
     table: u64,
     data: u64,
     table_len: u32,
@@ -81,14 +92,27 @@ pub struct QueueJob {
     free_slots: Vec<usize>,
     /// Slot and submission time of each head in flight.
     issued: Vec<Option<(usize, Instant)>>,
+    /// The slot whose table each ring descriptor points to now. Free lists of slots and of
+    /// descriptors are both last-in first-out, so a slot mostly gets the same descriptor back
+    /// and the descriptor need not be written again (nor its cache line taken from the device).
+    descriptor_slot: Vec<Option<usize>>,
     rng: XorShift,
     /// Next position of a sequential pattern.
     cursor: u64,
     next_tag: u64,
     response_len: usize,
-    /// Where each response is read back.
-    response: Vec<u8>,
+    /// Heads of the batch being submitted, and the used elements being reaped.
+    heads: Vec<u16>,
+    used: Vec<UsedElement>,
 }
+
+/// Where a request's tag and its CDB's LBA sit in `virtio_scsi_cmd_req`: the only bytes that
+/// change from one request of a slot to the next.
+const TAG_OFFSET: u64 = 8;
+const LBA_OFFSET: u64 = scsi::CMD_REQ_HEADER_SIZE as u64 + 2;
+/// Written over a response before its request goes out, so that a response the device did not
+/// write can never pass for GOOD: 0xff is neither a virtio-scsi response nor a SCSI status.
+const UNANSWERED: [u8; scsi::CMD_RESP_HEADER_SIZE] = [0xff; scsi::CMD_RESP_HEADER_SIZE];
 
 impl QueueJob {
     /// `ordinal` is the queue's position among the benchmark's queues: it seeds the random
@@ -102,20 +126,23 @@ impl QueueJob {
         let mem = queue.memory().clone();
         let ring_size = usize::from(queue.ring().size());
         let response_len = scsi::CMD_RESP_HEADER_SIZE + workload.sense_size as usize;
+        let depth = usize::from(workload.depth);
         let mut job = QueueJob {
             queue,
             mem,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Vec::with_capacity(depth),
+            free_slots: Vec::with_capacity(depth),
             issued: vec![None; ring_size],
+            descriptor_slot: vec![None; ring_size],
             rng: XorShift::new(u64::from(ordinal) + 1),
             cursor: workload.slots / u64::from(queues.max(1)) * u64::from(ordinal),
             next_tag: 1,
             response_len,
-            response: vec![0; response_len],
+            heads: Vec::with_capacity(ring_size),
+            used: Vec::with_capacity(ring_size),
             workload,
         };
-        for index in 0..usize::from(job.workload.depth) {
+        for index in 0..depth {
             let slot = job.allocate_slot()?;
             job.slots.push(slot);
             job.free_slots.push(index);
@@ -128,15 +155,16 @@ impl QueueJob {
         self.queue.index()
     }
 
+    /// Lays out a slot's buffers and writes everything in them that stays the same from one
+    /// request to the next: the indirect table, and the request header but its tag and LBA.
     fn allocate_slot(&self) -> Result<Slot, BenchError> {
         let w = &self.workload;
         let request_len = (scsi::CMD_REQ_HEADER_SIZE + w.cdb_size as usize) as u64;
-        let request_offset = TABLE_BYTES;
-        let response_offset = request_offset + request_len.next_multiple_of(CONTROL_ALIGN);
-        let control_len = response_offset + self.response_len as u64;
-        let control = self.mem.alloc(control_len, CONTROL_ALIGN)?;
+        let response_offset = request_len.next_multiple_of(RESPONSE_ALIGN);
+        let table_offset = (response_offset + self.response_len as u64).next_multiple_of(16);
+        let control = self.mem.alloc(table_offset + TABLE_BYTES, CONTROL_ALIGN)?;
         let data = self.mem.alloc(u64::from(w.bs), DATA_ALIGN)?;
-        let (request, response) = (control + request_offset, control + response_offset);
+        let (request, response) = (control, control + response_offset);
         // virtio 1.2 §5.6.6: device-readable parts first, then the device-writable ones; the
         // three descriptors of the table link 0 -> 1 -> 2.
         let header = descriptor(request, request_len as u32, 0, Some(1));
@@ -161,9 +189,18 @@ impl QueueJob {
             ]
         };
         let table: Vec<u8> = descriptors.iter().flat_map(|d| d.to_bytes()).collect();
-        self.mem.write(control, &table)?;
+        self.mem.write(control + table_offset, &table)?;
+        let opcode = if w.pattern.is_write() {
+            cdb::WRITE_16
+        } else {
+            cdb::READ_16
+        };
+        let command = cdb::lba16(opcode, 0, 0, w.bs / w.block_size);
+        let header = scsi::encode_cmd_req(w.lun, 0, &command, w.cdb_size as usize)?;
+        self.mem.write(request, &header)?;
         Ok(Slot {
-            table: control,
+            control,
+            table: control + table_offset,
             data,
             table_len: table.len() as u32,
             request,
@@ -174,37 +211,71 @@ impl QueueJob {
     pub fn run(mut self, window: Window) -> Result<QueueOutcome, BenchError> {
         let mut counters = Counters::new(window.end.saturating_duration_since(window.start));
         self.submit_free_slots()?;
-        let mut cpu_at_start = None;
+        // The first pass inside the window: its clock and the thread's CPU time.
+        let mut measured_from = None;
+        let mut measured_to = window.start;
+        // The previous pass: when it had its completions, how many, and how long it kicked.
+        let mut previous: Option<(Instant, usize, Duration)> = None;
         loop {
-            let completions = self.queue.reap()?;
+            let waited = self.queue.reap_raw(&mut self.used, usize::MAX)?;
             let now = Instant::now();
             let measuring = now >= window.start && now < window.end;
-            if measuring && cpu_at_start.is_none() {
-                cpu_at_start = Some(thread_cpu_time());
-            }
-            for (head, completion) in completions {
-                let issued = self.complete(head, &completion, &mut counters)?;
-                if measuring {
-                    counters.completed += 1;
-                    counters.latencies.record(now - issued);
-                }
-            }
             if measuring {
+                match measured_from {
+                    None => measured_from = Some((now, thread_cpu_time())),
+                    Some(_) => counters.waited += waited,
+                }
+                if let Some((then, requests, kicking)) = previous {
+                    let work = now
+                        .saturating_duration_since(then)
+                        .saturating_sub(waited)
+                        .saturating_sub(kicking);
+                    counters.passes.record(work, requests);
+                }
+                measured_to = now;
                 counters.wakeups += 1;
+            }
+            // Requests submitted in one batch share their submission time, and so their latency.
+            let mut last_latency: Option<(Instant, Duration)> = None;
+            for index in 0..self.used.len() {
+                let head = self.used[index].id;
+                let issued = self.complete(head, &mut counters)?;
+                if measuring {
+                    let latency = match last_latency {
+                        Some((at, latency)) if at == issued => latency,
+                        _ => now.saturating_duration_since(issued),
+                    };
+                    last_latency = Some((issued, latency));
+                    counters.completed += 1;
+                    counters.latencies.record(latency);
+                }
             }
             if now >= window.end {
                 break;
             }
-            self.submit_free_slots()?;
+            let kicking = self.submit_free_slots()?;
+            if measuring {
+                counters.kicking += kicking;
+            }
+            previous = Some((now, self.used.len(), kicking));
         }
-        let driver_cpu = cpu_at_start.map_or(Duration::ZERO, |at| thread_cpu_time() - at);
+        let (driver_cpu, driver_busy) = match measured_from {
+            Some((at, cpu)) => {
+                let cpu = thread_cpu_time().saturating_sub(cpu);
+                let span = measured_to.saturating_duration_since(at);
+                (cpu, Self::busy(span, &counters))
+            }
+            None => (Duration::ZERO, Duration::ZERO),
+        };
         while self.free_slots.len() < self.slots.len() {
-            for (head, completion) in self.queue.reap()? {
-                self.complete(head, &completion, &mut counters)?;
+            self.queue.reap_raw(&mut self.used, usize::MAX)?;
+            for index in 0..self.used.len() {
+                let head = self.used[index].id;
+                self.complete(head, &mut counters)?;
             }
         }
         for slot in &self.slots {
-            self.mem.free(slot.table)?;
+            self.mem.free(slot.control)?;
             self.mem.free(slot.data)?;
         }
         Ok(QueueOutcome {
@@ -215,96 +286,111 @@ impl QueueJob {
             first_error: counters.first_error,
             wakeups: counters.wakeups,
             driver_cpu,
+            driver_busy,
+            passes: counters.passes,
         })
     }
 
-    /// Checks a completion and frees its slot; returns when the request was submitted.
-    fn complete(
-        &mut self,
-        head: u16,
-        completion: &Completion,
-        counters: &mut Counters,
-    ) -> Result<Instant, BenchError> {
-        let (slot, issued) = self
-            .issued
-            .get_mut(usize::from(head))
+    /// The driver's own work over a `span` of wall time: the span less its waits for
+    /// completions and its kicks (a kick wakes the server's thread, which may take the driver's
+    /// core at once). Preemption stretches it on a busy machine, which the median pass does not
+    /// see (`PassTimes`).
+    fn busy(span: Duration, counters: &Counters) -> Duration {
+        span.saturating_sub(counters.waited)
+            .saturating_sub(counters.kicking)
+    }
+
+    /// Checks a completion's response and frees its slot; returns when the request was
+    /// submitted. Only the response header is read unless it reports a failure.
+    fn complete(&mut self, id: u32, counters: &mut Counters) -> Result<Instant, BenchError> {
+        let unknown = || BenchError::UnknownHead {
+            queue: self.queue.index(),
+            id,
+        };
+        let (slot, issued) = usize::try_from(id)
+            .ok()
+            .and_then(|head| self.issued.get_mut(head))
             .and_then(Option::take)
-            .ok_or(BenchError::UnknownHead {
-                queue: self.queue.index(),
-                head,
-            })?;
+            .ok_or_else(unknown)?;
         self.free_slots.push(slot);
-        if let Completion::Scsi(result) = completion {
-            // Only our own raw chains are in flight on this queue.
-            counters.fail(format!("a driver-built command completed: {result:?}"));
-            return Ok(issued);
-        }
-        self.mem
-            .read(self.slots[slot].response, &mut self.response)?;
-        let r = scsi::decode_cmd_resp(&self.response)?;
-        if r.response != scsi::VIRTIO_SCSI_S_OK || r.status != scsi::SAM_STAT_GOOD {
+        let mut header = [0u8; scsi::CMD_RESP_HEADER_SIZE];
+        self.mem.read(self.slots[slot].response, &mut header)?;
+        // virtio_scsi_cmd_resp: sense_len, resid, status_qualifier, status, response.
+        let resid = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let (status, response) = (header[10], header[11]);
+        if response != scsi::VIRTIO_SCSI_S_OK || status != scsi::SAM_STAT_GOOD {
+            let whole = self
+                .mem
+                .read_vec(self.slots[slot].response, self.response_len)?;
+            let r = scsi::decode_cmd_resp(&whole)?;
             counters.fail(format!(
-                "response {} status {:#04x} sense {:?}",
+                "response {:#04x} status {:#04x} sense {:?}",
                 r.response,
                 r.status,
                 scsi::sense_key_asc_ascq(&r.sense)
             ));
-        } else if r.resid != 0 {
+        } else if resid != 0 {
             counters.fail(format!(
-                "GOOD but residual {} of {} bytes",
-                r.resid, self.workload.bs
+                "GOOD but residual {resid} of {} bytes",
+                self.workload.bs
             ));
         }
         Ok(issued)
     }
 
     /// Puts every free slot back in flight with one avail-index update and at most one kick.
-    fn submit_free_slots(&mut self) -> Result<(), BenchError> {
+    /// Per request: the tag, the LBA, the poisoned response header and one ring descriptor.
+    /// Returns how long the kick took (the clock is read only around a kick).
+    fn submit_free_slots(&mut self) -> Result<Duration, BenchError> {
         if self.free_slots.is_empty() {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
-        let mut heads = Vec::with_capacity(self.free_slots.len());
+        self.heads.clear();
         let issued = Instant::now();
         while let Some(slot) = self.free_slots.pop() {
-            let command = self.next_cdb();
+            let lba = self.next_lba();
             let tag = self.next_tag;
             self.next_tag += 1;
-            let header = scsi::encode_cmd_req(
-                self.workload.lun,
-                tag,
-                &command,
-                self.workload.cdb_size as usize,
-            )?;
             let s = &self.slots[slot];
-            self.mem.write(s.request, &header)?;
+            self.mem.write(s.request + TAG_OFFSET, &tag.to_le_bytes())?;
+            self.mem.write(s.request + LBA_OFFSET, &lba.to_be_bytes())?;
+            self.mem.write(s.response, &UNANSWERED)?;
             let ring = self.queue.ring();
-            let head = ring.reserve(1)?[0];
-            ring.write_descriptor(
-                head,
-                Descriptor {
-                    addr: s.table,
-                    len: s.table_len,
-                    flags: VIRTQ_DESC_F_INDIRECT,
-                    next: 0,
-                },
-            )?;
-            let entry = self
-                .issued
-                .get_mut(usize::from(head))
-                .ok_or(BenchError::UnknownHead {
+            let head = ring.reserve_head()?;
+            let (Some(entry), Some(pointed)) = (
+                self.issued.get_mut(usize::from(head)),
+                self.descriptor_slot.get_mut(usize::from(head)),
+            ) else {
+                return Err(BenchError::UnknownHead {
                     queue: self.queue.index(),
+                    id: u32::from(head),
+                });
+            };
+            if *pointed != Some(slot) {
+                ring.write_descriptor(
                     head,
-                })?;
+                    Descriptor {
+                        addr: s.table,
+                        len: s.table_len,
+                        flags: VIRTQ_DESC_F_INDIRECT,
+                        next: 0,
+                    },
+                )?;
+                *pointed = Some(slot);
+            }
             *entry = Some((slot, issued));
-            heads.push(head);
+            self.heads.push(head);
         }
-        if self.queue.ring().publish_many(&heads)? {
-            self.queue.kick()?;
+        if !self.queue.ring().publish_many(&self.heads)? {
+            return Ok(Duration::ZERO);
         }
-        Ok(())
+        let kicked = Instant::now();
+        self.queue.kick()?;
+        Ok(kicked.elapsed())
     }
 
-    fn next_cdb(&mut self) -> Vec<u8> {
+    /// The first block of the next request.
+    fn next_lba(&mut self) -> u64 {
         let w = &self.workload;
         let position = if w.pattern.is_random() {
             self.rng.next() % w.slots
@@ -313,13 +399,7 @@ impl QueueJob {
             self.cursor = self.cursor.wrapping_add(1);
             position
         };
-        let blocks = w.bs / w.block_size;
-        let opcode = if w.pattern.is_write() {
-            cdb::WRITE_16
-        } else {
-            cdb::READ_16
-        };
-        cdb::lba16(opcode, 0, position * u64::from(blocks), blocks)
+        position * u64::from(w.bs / w.block_size)
     }
 }
 
@@ -335,6 +415,11 @@ fn descriptor(addr: u64, len: u32, flags: u16, next: Option<u16>) -> Descriptor 
 
 struct Counters {
     completed: u64,
+    /// Time spent looking at an empty used ring (or asleep on the interrupt) inside the window.
+    waited: Duration,
+    /// Time spent kicking inside the window.
+    kicking: Duration,
+    passes: PassTimes,
     latencies: Latencies,
     errors: u64,
     first_error: Option<String>,
@@ -347,6 +432,9 @@ impl Counters {
         let expected = (window.as_secs_f64() * 500_000.0) as usize;
         Counters {
             completed: 0,
+            waited: Duration::ZERO,
+            kicking: Duration::ZERO,
+            passes: PassTimes::with_capacity(expected.min(16 << 20) / 4),
             latencies: Latencies::with_capacity(expected.min(16 << 20)),
             errors: 0,
             first_error: None,

@@ -13,12 +13,16 @@ use tests::virtio_pci::VIRTIO_F_INDIRECT_DESC;
 use tests::{DriverOptions, DriverQueue, KickMode, ServerProcess, VirtioScsiDriver, WaitMode};
 
 use crate::args::{Args, Config, DiskKind, Kick, Wait};
+use crate::callgrind::{Callgrind, ThreadInstructions};
 use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
 use crate::error::BenchError;
-use crate::latency::{Latencies, Summary};
+use crate::latency::{Latencies, PassTimes, Summary};
 use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
 use crate::server_counters::ServerCounters;
+use crate::syscalls::{SyscallCounter, SyscallCounts};
 
+/// Under callgrind the server starts some 50 times slower.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Virtio-scsi's max_sectors counts 512-byte units whatever the block size.
 const SECTOR: u64 = 512;
 /// Guest memory for rings and small buffers, besides the data buffers.
@@ -47,6 +51,12 @@ pub struct RunResult {
     pub rss_loaded: Resident,
     /// CPU time of the driver's queue threads inside the window, summed.
     pub driver_cpu: Duration,
+    /// The driver's queue threads' own work inside the window, waits for completions and kicks
+    /// apart, summed: what the driver itself costs, which a polling driver's CPU time (a whole
+    /// core) does not tell.
+    pub driver_busy: Duration,
+    /// The median over requests of the driver's work per request in a pass.
+    pub driver_pass_median_ns: Option<u32>,
     pub wakeups: u64,
     /// Load averages when the window closed: other work on the machine skews the figures.
     pub load_average: String,
@@ -54,6 +64,13 @@ pub struct RunResult {
     pub server_counters: Option<ServerCounters>,
     /// What the server counted inside the window (`ctl stats`), when it reports it.
     pub window_counters: Option<ServerCounters>,
+    /// System calls per server thread around the window (perf), or why not counted.
+    pub syscalls: SyscallCounts,
+    /// With `--callgrind`: instructions per server thread inside the window, and the requests
+    /// answered in that window.
+    pub instructions: Option<(Vec<ThreadInstructions>, u64)>,
+    /// Which round of `--rounds` this was (0-based).
+    pub round: u16,
 }
 
 impl RunResult {
@@ -65,8 +82,12 @@ impl RunResult {
         self.iops() * f64::from(self.config.bs) / f64::from(1u32 << 20)
     }
 
-    pub fn per_request(&self, nanos: u64) -> f64 {
-        nanos as f64 / self.completed.max(1) as f64
+    pub fn per_request(&self, count: u64) -> f64 {
+        self.per_request_f(count as f64)
+    }
+
+    pub fn per_request_f(&self, count: f64) -> f64 {
+        count / self.completed.max(1) as f64
     }
 
     pub fn server_ns_per_request(&self) -> f64 {
@@ -75,6 +96,10 @@ impl RunResult {
 
     pub fn driver_ns_per_request(&self) -> f64 {
         self.per_request(self.driver_cpu.as_nanos() as u64)
+    }
+
+    pub fn driver_busy_ns_per_request(&self) -> f64 {
+        self.per_request(self.driver_busy.as_nanos() as u64)
     }
 
     /// Share of one core each driver thread was busy.
@@ -86,12 +111,20 @@ impl RunResult {
         self.completed as f64 / self.wakeups.max(1) as f64
     }
 
-    /// Adds one queue's counts; its latencies go to `latencies`. Returns the queue.
-    fn add(&mut self, outcome: QueueOutcome, latencies: &mut Latencies) -> DriverQueue {
+    /// Adds one queue's counts; its latencies and pass times go to `latencies` and `passes`.
+    /// Returns the queue.
+    fn add(
+        &mut self,
+        outcome: QueueOutcome,
+        latencies: &mut Latencies,
+        passes: &mut PassTimes,
+    ) -> DriverQueue {
+        passes.merge(outcome.passes);
         self.completed += outcome.completed;
         self.errors += outcome.errors;
         self.wakeups += outcome.wakeups;
         self.driver_cpu += outcome.driver_cpu;
+        self.driver_busy += outcome.driver_busy;
         if self.first_error.is_none() {
             self.first_error = outcome.first_error;
         }
@@ -113,6 +146,7 @@ impl RunResult {
 pub fn run_config(
     args: &Args,
     config: Config,
+    round: u16,
     warmup: Duration,
     measured: Duration,
     file_disk: &Path,
@@ -147,8 +181,14 @@ pub fn run_config(
     }
     server_args.extend(args.server_args.split_whitespace().map(str::to_string));
     let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let callgrind = args.callgrind.then(Callgrind::new).transpose()?;
+    let wrapper = callgrind
+        .as_ref()
+        .map(Callgrind::wrapper)
+        .unwrap_or_default();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let spawned = Instant::now();
-    let mut server = ServerProcess::start(&server_args)?;
+    let mut server = ServerProcess::start_under(&wrapper, &server_args, SERVER_START_TIMEOUT)?;
     let startup = spawned.elapsed();
     let mut driver = VirtioScsiDriver::connect(server.socket(), driver_options(args, config))
         .map_err(|source| BenchError::Connect {
@@ -188,14 +228,44 @@ pub fn run_config(
         .into_iter()
         .map(|job| (job.index(), std::thread::spawn(move || job.run(window))))
         .collect();
+    // perf attaches during the warm-up; its counts are scaled to the window.
+    let syscall_counter = SyscallCounter::start(server.pid());
     std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
     let before = sample_process(server.pid())?;
     let sampled_from = Instant::now();
+    // callgrind_control takes a good part of a second to reach the server, and the zero (or
+    // dump) falls somewhere inside: the requests of the window are counted from the middle
+    // of the stats taken around each.
+    let zeroed = match &callgrind {
+        Some(callgrind) => {
+            let before_zero = server_stats(&control)?;
+            callgrind.zero(server.pid())?;
+            Some(before_zero)
+        }
+        None => None,
+    };
     let stats_start = server_stats(&control)?;
     let stats_probe = server_stats(&control)?;
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let sampled_for = sampled_from.elapsed();
+    let instructions = match (&callgrind, zeroed) {
+        (Some(callgrind), Some(before_zero)) => {
+            let before_dump = server_stats(&control)?;
+            let tids: Vec<u32> = after.iter().map(|t| t.tid).collect();
+            let threads = callgrind.dump(server.pid(), &tids)?;
+            let after_dump = server_stats(&control)?;
+            let requests = (before_dump.requests + after_dump.requests)
+                .saturating_sub(before_zero.requests + stats_start.requests)
+                / 2;
+            Some((threads, requests))
+        }
+        _ => None,
+    };
+    let syscalls = match syscall_counter {
+        Ok(counter) => counter.stop(),
+        Err(why) => SyscallCounts::Unavailable(why),
+    };
     let stats_end = server_stats(&control)?;
     let rss_loaded = resident(server.pid())?;
 
@@ -212,6 +282,8 @@ pub fn run_config(
         rss_idle,
         rss_loaded,
         driver_cpu: Duration::ZERO,
+        driver_busy: Duration::ZERO,
+        driver_pass_median_ns: None,
         wakeups: 0,
         load_average: load_average(),
         server_counters: None,
@@ -220,6 +292,9 @@ pub fn run_config(
             &stats_probe,
             &stats_end,
         )),
+        syscalls,
+        instructions,
+        round,
     };
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
@@ -230,6 +305,7 @@ pub fn run_config(
         thread.system_ns = (thread.system_ns as f64 * scale) as u64;
     }
     let mut latencies = Latencies::default();
+    let mut passes = PassTimes::default();
     for (index, worker) in workers {
         let outcome = match worker.join() {
             Ok(Ok(outcome)) => outcome,
@@ -242,9 +318,10 @@ pub fn run_config(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(BenchError::WorkerPanicked(index)),
         };
-        driver.return_queue(result.add(outcome, &mut latencies));
+        driver.return_queue(result.add(outcome, &mut latencies, &mut passes));
     }
     result.latency = latencies.summary();
+    result.driver_pass_median_ns = passes.median_ns_per_request();
     drop(driver);
     server.terminate(Duration::from_secs(5))?;
     result.server_counters = ServerCounters::parse(&server.stderr());

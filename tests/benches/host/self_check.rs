@@ -7,9 +7,10 @@ use clap::Parser;
 
 use crate::args::{Args, DiskKind, Kick, Pattern};
 use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
-use crate::latency::Latencies;
+use crate::latency::{Latencies, PassTimes};
 use crate::run::{parse_resident, Resident};
 use crate::server_counters::ServerCounters;
+use crate::syscalls::{parse_per_thread, SyscallCounts, ThreadSyscalls};
 
 pub fn run() {
     stat_fields_are_counted_from_the_last_parenthesis();
@@ -20,14 +21,65 @@ pub fn run() {
     the_default_matrix_and_narrowed_ones();
     server_counters_sum_the_request_queues();
     window_counters_leave_out_the_stats_requests();
+    perf_per_thread_counts_parse();
+    the_median_pass_leaves_out_a_preempted_one();
+}
+
+fn the_median_pass_leaves_out_a_preempted_one() {
+    let mut passes = PassTimes::default();
+    for _ in 0..9 {
+        passes.record(Duration::from_nanos(32 * 100), 32);
+    }
+    // Preempted for 4 ms in the middle of one pass of 32 requests.
+    passes.record(Duration::from_millis(4), 32);
+    passes.record(Duration::from_nanos(500), 0);
+    assert_eq!(passes.median_ns_per_request(), Some(100));
+    assert_eq!(PassTimes::default().median_ns_per_request(), None);
+}
+
+fn perf_per_thread_counts_parse() {
+    let text = "# started on Wed Dec  2 06:31:40 2026\n\n\
+                vfio-user-scsi-4242,37,,raw_syscalls:sys_enter,1000,100.00,,\n\
+                io-0-4243,<not counted>,,raw_syscalls:sys_enter,0,100.00,,\n";
+    let threads = parse_per_thread(text).unwrap();
+    assert_eq!(
+        threads,
+        [
+            ThreadSyscalls {
+                tid: 4242,
+                count: 37
+            },
+            ThreadSyscalls {
+                tid: 4243,
+                count: 0
+            }
+        ]
+    );
+    let counts = SyscallCounts::Counted {
+        threads,
+        span: Duration::from_secs(2),
+    };
+    assert_eq!(counts.in_window(4242, Duration::from_secs(1)), Some(18.5));
+    assert_eq!(counts.in_window(7, Duration::from_secs(1)), Some(0.0));
+    assert_eq!(
+        parse_per_thread("x-1,<not supported>,,raw_syscalls:sys_enter,0,0,,\n"),
+        None,
+        "an event perf cannot count is no count at all"
+    );
+    assert_eq!(
+        SyscallCounts::Unavailable("no perf".into()).in_window(1, Duration::from_secs(1)),
+        None
+    );
 }
 
 fn window_counters_leave_out_the_stats_requests() {
     let stats = |requests: u64, allocations: u64| {
         let reply = format!(
-            r#"{{"ok":true,"result":{{"allocations":{allocations},"total":{{"requests":{requests},"kicks":{},"interrupts":{}}}}}}}"#,
+            r#"{{"ok":true,"result":{{"allocations":{allocations},"total":{{"requests":{requests},"kicks":{},"interrupts":{}}},"iothreads":[{{"name":"io0","busy_ns":{},"poll_ns":{},"sleep_ns":0}}]}}}}"#,
             requests / 32,
-            requests / 16
+            requests / 16,
+            requests,
+            requests / 10
         );
         ServerCounters::from_stats(&reply).unwrap()
     };
@@ -36,6 +88,11 @@ fn window_counters_leave_out_the_stats_requests() {
     assert_eq!(window.requests, 6400);
     assert_eq!(window.kicks_per_request(), 0.03125);
     assert_eq!(window.allocations_per_request(), Some(0.0));
+    assert_eq!(
+        window.iothreads[0].busy_ns, 6400,
+        "the probe is where the window opens"
+    );
+    assert_eq!(window.iothreads[0].poll_ns, 640);
     let without = ServerCounters::from_stats(
         r#"{"ok":true,"result":{"allocations":null,"total":{"requests":1,"kicks":0,"interrupts":0}}}"#,
     )

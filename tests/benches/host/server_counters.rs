@@ -1,4 +1,5 @@
-//! The server's own counters: driver notifications, interrupts and heap allocations. Over the
+//! The server's own counters: driver notifications, interrupts, heap allocations and where each
+//! iothread's time went (busy serving, polling in vain, asleep). Over the
 //! measured window they come from `ctl stats` at both of its ends; over the whole connection
 //! (warm-up and set-up included) from the records the server logs (as JSON) when the driver
 //! disconnects. A server without them (an older build, or one built without the
@@ -6,13 +7,25 @@
 
 use serde_json::Value;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ServerCounters {
     /// Requests the server answered, summed over its request queues.
     pub requests: u64,
     pub kicks: u64,
     pub interrupts: u64,
     pub allocations: Option<u64>,
+    /// Only from `ctl stats`: the log records do not carry them.
+    pub iothreads: Vec<IothreadTime>,
+}
+
+/// An iothread's own clock (server/src/iothread.rs `TimeCounters`): busy is serving queues and
+/// commands; polling queues that had no work and sleeping are apart.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IothreadTime {
+    pub name: String,
+    pub busy_ns: u64,
+    pub poll_ns: u64,
+    pub sleep_ns: u64,
 }
 
 impl ServerCounters {
@@ -44,11 +57,25 @@ impl ServerCounters {
         let reply: Value = serde_json::from_str(reply).ok()?;
         let result = &reply["result"];
         let total = &result["total"];
+        let iothreads = result["iothreads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|thread| {
+                Some(IothreadTime {
+                    name: thread["name"].as_str()?.to_string(),
+                    busy_ns: thread["busy_ns"].as_u64()?,
+                    poll_ns: thread["poll_ns"].as_u64()?,
+                    sleep_ns: thread["sleep_ns"].as_u64()?,
+                })
+            })
+            .collect();
         Some(ServerCounters {
             requests: total["requests"].as_u64()?,
             kicks: total["kicks"].as_u64()?,
             interrupts: total["interrupts"].as_u64()?,
             allocations: result["allocations"].as_u64(),
+            iothreads,
         })
     }
 
@@ -66,10 +93,23 @@ impl ServerCounters {
                 .zip(probe.allocations)
                 .zip(stats_request)
                 .map(|((e, p), cost)| e.saturating_sub(p).saturating_sub(cost)),
+            iothreads: end
+                .iothreads
+                .iter()
+                .filter_map(|e| {
+                    let p = probe.iothreads.iter().find(|p| p.name == e.name)?;
+                    Some(IothreadTime {
+                        name: e.name.clone(),
+                        busy_ns: e.busy_ns.saturating_sub(p.busy_ns),
+                        poll_ns: e.poll_ns.saturating_sub(p.poll_ns),
+                        sleep_ns: e.sleep_ns.saturating_sub(p.sleep_ns),
+                    })
+                })
+                .collect(),
         }
     }
 
-    fn per_request(&self, count: u64) -> f64 {
+    pub fn per_request(&self, count: u64) -> f64 {
         count as f64 / self.requests.max(1) as f64
     }
 
