@@ -5,27 +5,38 @@
 //! only when the chains it added since its last kick include `avail_event` (virtio 1.2 §2.7.10,
 //! `vring_need_event`), so a device that asks for the kick a batch ahead gets one kick per
 //! batch instead of one per chain, as long as it looks at the ring by itself for a batch that
-//! stays shorter.
+//! stays shorter: its host re-checks it on a timer (`QueueWorker::recheck_in`).
 //!
-//! The rule, applied whenever notifications go back on:
-//! - a queue that got fewer than two chains since the last time is not busy: the driver kicks
-//!   for the next chain, as without batching, so a lone request (queue depth 1) gets no delay;
-//! - a busy queue asks for the kick once as many chains as it just got are available (a guest
-//!   resubmits about as many requests as were completed together), up to half the queue, and
-//!   asks its host for a re-check after about the time those chains took to come. The re-check
-//!   serves whatever a shorter batch left; one that finds nothing puts the queue back to "kick
-//!   for the next chain", then looks at the ring once more before sleeping.
+//! Holding a chain until a re-check costs nothing while the driver has other requests in
+//! flight, and costs a whole round trip at queue depth 1, where the driver waits for each
+//! answer before it sends the next. The two are told apart by how many chains a look at the
+//! ring finds: a driver that waits for each answer gives one per look, whatever the timing
+//! (and whether the look is a pass or a poll). So:
+//! - a queue whose looks found more than two chains each of late (a decaying average) is
+//!   *busy*;
+//!   any other queue asks for the kick of the next chain, as without batching;
+//! - a busy queue asks for the kick once twice as many chains as its last pass got, plus two,
+//!   are available (a burst comes at once), and for a re-check after three times the time
+//!   those chains took (20 µs to 1 ms): under load most batches end at the re-check, with no
+//!   kick at all;
+//! - a re-check that finds nothing looks again after twice as long, until the queue has been
+//!   quiet for 2 ms; then it asks for the kick of the next chain and for no more re-checks,
+//!   and its pass looks at the ring once more before the thread sleeps.
 //!
 //! Polling looks at the ring by itself, so no re-check is asked for while it runs.
 
 use std::time::Duration;
 
-/// A queue that got fewer chains than this since notifications last went on is not busy.
-const MIN_BATCH: usize = 2;
 /// Bounds of the re-check delay: soon enough that a short batch waits little, long enough that
-/// a re-check is not a spinning poll.
+/// re-checks are not a spinning poll.
 const MIN_RECHECK: Duration = Duration::from_micros(20);
 const MAX_RECHECK: Duration = Duration::from_micros(1_000);
+/// How long a busy queue may stay quiet before it asks for the next kick again.
+const QUIET_LIMIT: Duration = Duration::from_micros(2_000);
+/// The re-check comes after this many times the time the last batch took to arrive.
+const RECHECK_FACTOR: u32 = 3;
+/// Weight of one pass in the decaying averages (fixed point: a pass adds 16 and loses 1/8).
+const ONE: u64 = 16;
 
 #[derive(Debug)]
 pub(crate) struct KickBatching {
@@ -34,7 +45,14 @@ pub(crate) struct KickBatching {
     popped: usize,
     /// The clock (ns) when they last went back on.
     rearmed_at: u64,
+    /// How many chains ahead the next kick was asked for (1: the next chain).
+    ahead: u16,
     recheck: Option<Duration>,
+    /// How long a busy queue has found nothing.
+    quiet_for: u64,
+    /// Decaying averages over the looks that found chains: chains, and looks.
+    chains: u64,
+    passes: u64,
     polling: bool,
 }
 
@@ -44,13 +62,23 @@ impl KickBatching {
             max_ahead: (queue_size / 2).max(1),
             popped: 0,
             rearmed_at: 0,
+            ahead: 1,
             recheck: None,
+            quiet_for: 0,
+            chains: 0,
+            passes: 0,
             polling: false,
         }
     }
 
+    /// A look at the ring (a pass, or a poll) found `chains`.
     pub fn popped(&mut self, chains: usize) {
+        if chains == 0 {
+            return;
+        }
         self.popped += chains;
+        self.chains = self.chains - self.chains / 8 + chains as u64 * ONE;
+        self.passes = self.passes - self.passes / 8 + ONE;
     }
 
     /// Notifications go back on at `now` (ns): how many chains ahead the driver's next kick
@@ -59,15 +87,27 @@ impl KickBatching {
         self.polling = false;
         let popped = std::mem::take(&mut self.popped);
         let elapsed = now.saturating_sub(std::mem::replace(&mut self.rearmed_at, now));
-        if popped < MIN_BATCH {
+        let busy = self.passes * 2 < self.chains;
+        if popped == 0 {
+            let quiet = self.quiet_for.saturating_add(elapsed);
+            if busy && self.ahead > 1 && quiet < QUIET_LIMIT.as_nanos() as u64 {
+                self.quiet_for = quiet;
+                let wait = self.recheck.unwrap_or(MIN_RECHECK) * 2;
+                self.recheck = Some(wait.clamp(MIN_RECHECK, MAX_RECHECK));
+                return self.ahead;
+            }
+        }
+        self.quiet_for = 0;
+        if popped == 0 || !busy {
+            self.ahead = 1;
             self.recheck = None;
             return 1;
         }
-        let ahead = u16::try_from(popped)
-            .unwrap_or(u16::MAX)
-            .min(self.max_ahead);
-        self.recheck = Some(Duration::from_nanos(elapsed).clamp(MIN_RECHECK, MAX_RECHECK));
-        ahead
+        let ahead = popped.saturating_mul(2).saturating_add(2);
+        self.ahead = u16::try_from(ahead).unwrap_or(u16::MAX).min(self.max_ahead);
+        let wait = Duration::from_nanos(elapsed).saturating_mul(RECHECK_FACTOR);
+        self.recheck = Some(wait.clamp(MIN_RECHECK, MAX_RECHECK));
+        self.ahead
     }
 
     /// Polling starts: it looks at the ring by itself until `rearm`.
@@ -91,51 +131,92 @@ mod tests {
 
     const US: u64 = 1_000;
 
+    /// A queue whose passes each got `chains`, one every 100 µs from `start`.
+    fn passes(batching: &mut KickBatching, start: u64, chains: &[usize]) -> u64 {
+        let mut now = start;
+        for &count in chains {
+            now += 100 * US;
+            batching.popped(count);
+            batching.rearm(now);
+        }
+        now
+    }
+
     #[test]
-    fn a_lone_chain_asks_for_the_next_kick_and_no_recheck() {
+    fn a_driver_that_waits_for_each_answer_is_asked_for_every_kick() {
         let mut batching = KickBatching::new(128);
-        batching.popped(1);
-        assert_eq!(batching.rearm(500 * US), 1);
-        assert_eq!(batching.recheck_in(), None);
-        assert_eq!(batching.rearm(900 * US), 1, "nothing came");
+        for at in 1..100 {
+            batching.popped(1);
+            assert_eq!(batching.rearm(at * 100 * US), 1);
+            assert_eq!(batching.recheck_in(), None);
+        }
+        // Two depth-1 drivers on one queue now and then are no load.
+        batching.popped(2);
+        assert_eq!(batching.rearm(10_000 * US), 1);
         assert_eq!(batching.recheck_in(), None);
     }
 
     #[test]
-    fn a_batch_asks_for_the_kick_as_many_chains_ahead_with_a_recheck() {
+    fn polls_that_find_one_chain_each_are_no_load() {
         let mut batching = KickBatching::new(128);
-        batching.rearm(0);
-        batching.popped(3);
-        batching.popped(2);
-        assert_eq!(batching.rearm(300 * US), 5);
-        assert_eq!(batching.recheck_in(), Some(Duration::from_micros(300)));
+        batching.start_polling();
+        for _ in 0..50 {
+            batching.popped(1);
+        }
+        assert_eq!(batching.rearm(5_000 * US), 1, "fifty chains, one per look");
+        assert_eq!(batching.recheck_in(), None);
+    }
+
+    #[test]
+    fn a_busy_queue_asks_for_the_kick_a_batch_ahead_with_a_recheck() {
+        let mut batching = KickBatching::new(128);
+        let now = passes(&mut batching, 0, &[4, 4, 4]);
+        batching.popped(5);
+        assert_eq!(batching.rearm(now + 200 * US), 12);
+        assert_eq!(batching.recheck_in(), Some(Duration::from_micros(600)));
+        // A single chain keeps a busy queue batching: the driver has more in flight.
+        batching.popped(1);
+        assert_eq!(batching.rearm(now + 210 * US), 4);
+        assert_eq!(batching.recheck_in(), Some(Duration::from_micros(30)));
         batching.popped(200);
-        assert_eq!(batching.rearm(310 * US), 64, "half the queue at most");
-        assert_eq!(batching.recheck_in(), Some(MIN_RECHECK));
-        batching.popped(2);
-        assert_eq!(batching.rearm(60_000 * US), 2);
+        assert_eq!(
+            batching.rearm(now + 5_000 * US),
+            64,
+            "half the queue at most"
+        );
         assert_eq!(batching.recheck_in(), Some(MAX_RECHECK));
     }
 
     #[test]
-    fn a_recheck_that_finds_nothing_ends_the_batching() {
+    fn a_busy_queue_looks_again_while_quiet_then_asks_for_the_next_kick() {
         let mut batching = KickBatching::new(128);
-        batching.popped(4);
-        assert_eq!(batching.rearm(100 * US), 4);
-        assert_eq!(batching.rearm(200 * US), 1);
-        assert_eq!(batching.recheck_in(), None);
+        let mut now = passes(&mut batching, 0, &[4, 4, 4]);
+        let ahead = batching.rearm(now);
+        assert!(ahead > 1);
+        let mut waits = Vec::new();
+        while batching.recheck_in().is_some() {
+            let wait = batching.recheck_in().unwrap();
+            waits.push(wait);
+            now += u64::try_from(wait.as_nanos()).unwrap();
+            assert!(batching.rearm(now) == ahead || batching.recheck_in().is_none());
+            assert!(waits.len() < 20, "gives up once quiet for long enough");
+        }
+        assert!(
+            waits.windows(2).all(|w| w[1] >= w[0]),
+            "backs off: {waits:?}"
+        );
+        assert_eq!(batching.rearm(now + US), 1);
     }
 
     #[test]
     fn polling_drops_the_recheck_until_notifications_go_back_on() {
         let mut batching = KickBatching::new(128);
-        batching.popped(4);
-        batching.rearm(100 * US);
+        let now = passes(&mut batching, 0, &[4, 4, 4]);
         batching.start_polling();
         assert!(batching.polling());
         assert_eq!(batching.recheck_in(), None);
         batching.popped(6);
-        assert_eq!(batching.rearm(150 * US), 6);
+        assert_eq!(batching.rearm(now + 100 * US), 14);
         assert!(!batching.polling());
         assert!(batching.recheck_in().is_some());
     }
@@ -197,11 +278,24 @@ mod through_the_inline_host {
     }
 
     #[test]
-    fn a_lone_command_asks_for_the_kick_of_the_next_chain() {
+    fn lone_commands_never_wait_for_a_recheck() {
         let mut harness = ready_harness(|features| features);
+        for _ in 0..20 {
+            assert_eq!(publish(&mut harness, 1), 1, "the driver kicks for each");
+            harness.notify(VQ);
+            assert_eq!(harness.queues[VQ].used().len(), 1);
+        }
+        // Two at once now and then (two depth-1 drivers on one queue) are no load either.
+        publish(&mut harness, 2);
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 2);
         let queue = &harness.queues[VQ];
-        assert_eq!(queue.avail_event(), queue.avail_idx());
-        assert_eq!(publish(&mut harness, 1), 1, "the driver kicks at once");
+        assert_eq!(
+            queue.avail_event(),
+            queue.avail_idx(),
+            "the next chain is kicked for"
+        );
+        assert_eq!(publish(&mut harness, 1), 1);
         assert_eq!(
             after_a_recheck(&mut harness),
             0,
@@ -218,25 +312,30 @@ mod through_the_inline_host {
         harness.notify(VQ);
         assert_eq!(harness.queues[VQ].used().len(), 4);
         let queue = &harness.queues[VQ];
-        assert_eq!(queue.avail_event(), queue.avail_idx().wrapping_add(3));
-
-        assert_eq!(publish(&mut harness, 2), 0, "two of four: no kick");
-        assert_eq!(after_a_recheck(&mut harness), 2, "served without a kick");
         assert_eq!(
-            publish(&mut harness, 2),
+            queue.avail_event(),
+            queue.avail_idx().wrapping_add(9),
+            "2 x 4 + 2"
+        );
+
+        assert_eq!(publish(&mut harness, 3), 0, "three of ten: no kick");
+        assert_eq!(after_a_recheck(&mut harness), 3, "served without a kick");
+        assert_eq!(
+            publish(&mut harness, 8),
             1,
-            "two ahead now: kicked at the second"
+            "2 x 3 + 2 ahead now: kicked at the eighth"
         );
         harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 2);
+        assert_eq!(harness.queues[VQ].used().len(), 8);
     }
 
     #[test]
-    fn a_recheck_that_finds_nothing_asks_for_the_next_kick_and_asks_for_no_more_rechecks() {
+    fn a_quiet_queue_asks_for_the_next_kick_and_for_no_more_rechecks() {
         let mut harness = ready_harness(|features| features);
-        publish(&mut harness, 3);
+        publish(&mut harness, 4);
         harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 3);
+        assert_eq!(harness.queues[VQ].used().len(), 4);
+        // Re-checks that find nothing, for longer than the quiet limit.
         assert_eq!(after_a_recheck(&mut harness), 0);
         let queue = &harness.queues[VQ];
         assert_eq!(
@@ -252,22 +351,19 @@ mod through_the_inline_host {
     }
 
     #[test]
-    fn without_event_idx_a_batch_turns_kicks_off_until_a_recheck_finds_the_queue_quiet() {
+    fn without_event_idx_a_batch_turns_kicks_off_until_the_queue_is_quiet() {
         let mut harness = ready_harness(|features| features & !RING_EVENT_IDX);
         assert_eq!(harness.queues[VQ].used_flags(), 0);
-        publish(&mut harness, 3);
+        publish(&mut harness, 4);
         harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 3);
+        assert_eq!(harness.queues[VQ].used().len(), 4);
         assert_eq!(
             harness.queues[VQ].used_flags(),
             VRING_USED_F_NO_NOTIFY as u16
         );
-        publish(&mut harness, 1);
-        assert_eq!(after_a_recheck(&mut harness), 1, "served without a kick");
-        assert_eq!(
-            harness.queues[VQ].used_flags(),
-            0,
-            "a lone chain: kicks back on"
-        );
+        publish(&mut harness, 3);
+        assert_eq!(after_a_recheck(&mut harness), 3, "served without a kick");
+        assert_eq!(after_a_recheck(&mut harness), 0);
+        assert_eq!(harness.queues[VQ].used_flags(), 0, "quiet: kicks back on");
     }
 }
