@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets without running them (scripts/fuzz.sh runs them): the vfio-user
-# library's (server/vfio-user/fuzz: the message decoder) and the application's (server/fuzz: a
-# whole connection against the real device, descriptor chains over hostile guest memory,
-# control-queue TMFs and AN, config space/BARs/MSI-X and the common-config state machine, the
-# SCSI emulation, the --disk spec, the mapping).
+# library's (server/vfio-user/fuzz: the message decoder, the connection's buffered reads) and the
+# application's (server/fuzz: a whole connection against the real device, descriptor chains over
+# hostile guest memory, control-queue TMFs and AN, config space/BARs/MSI-X and the common-config
+# state machine, the SCSI emulation, the --disk spec, the mapping).
 # Installs cargo-fuzz if it is missing. Uses a nightly toolchain when rustup has one, otherwise
 # lets the stable compiler accept cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP=1). No sanitizer: the
 # parsers are safe Rust, and libFuzzer's coverage and crash detection is what we want here.

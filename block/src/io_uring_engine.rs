@@ -175,22 +175,31 @@ impl IoUringEngine {
             return self.finish(user_data, Err(errno));
         }
         let len = request.byte_len();
-        let delayed = disk.is_null() && !disk.null_latency().is_zero();
-        let nothing_to_do = match &request {
-            _ if disk.is_null() => !delayed,
-            IoRequest::Flush => false,
-            IoRequest::Discard { .. } if !disk.discard_supported() => true,
-            _ => len == 0,
-        };
-        if nothing_to_do {
-            return self.finish(user_data, Ok(len));
-        }
-        if let IoRequest::Discard { .. } = request {
-            if disk.is_block_device() {
-                // io_uring has no plain discard: BLKDISCARD is an ioctl.
-                return self.finish(user_data, sync_engine::execute(disk, &request));
+        // A null disk's request does nothing but, with a latency, wait it out; a file's does
+        // the I/O. Each kind of disk takes only its own checks.
+        let null_latency = if disk.is_null() {
+            let latency = disk.null_latency();
+            if latency.is_zero() {
+                return self.finish(user_data, Ok(len));
             }
-        }
+            Some(latency)
+        } else {
+            let nothing_to_do = match &request {
+                IoRequest::Flush => false,
+                IoRequest::Discard { .. } if !disk.discard_supported() => true,
+                _ => len == 0,
+            };
+            if nothing_to_do {
+                return self.finish(user_data, Ok(len));
+            }
+            if let IoRequest::Discard { .. } = request {
+                if disk.is_block_device() {
+                    // io_uring has no plain discard: BLKDISCARD is an ioctl.
+                    return self.finish(user_data, sync_engine::execute(disk, &request));
+                }
+            }
+            None
+        };
         let Some(slot) = self.free_slots.pop() else {
             let disk = Arc::clone(disk);
             return self.waiting.push_back(Waiting {
@@ -199,7 +208,11 @@ impl IoUringEngine {
                 user_data,
             });
         };
-        let operation = match Operation::new(disk, request, delayed) {
+        let operation = match null_latency {
+            Some(latency) => Ok(Operation::Delay(Delay::new(latency, len))),
+            None => Operation::new(disk, request),
+        };
+        let operation = match operation {
             Ok(operation) => operation,
             Err(errno) => {
                 self.free_slots.push(slot);
@@ -376,14 +389,8 @@ impl Drop for IoUringEngine {
 }
 
 impl Operation {
-    /// `delayed`: the request only waits out the null disk's latency.
-    fn new(disk: &Disk, request: IoRequest, delayed: bool) -> Result<Operation, i32> {
-        if delayed {
-            return Ok(Operation::Delay(Delay::new(
-                disk.null_latency(),
-                request.byte_len(),
-            )));
-        }
+    /// The I/O of `request` on the file behind `disk`.
+    fn new(disk: &Disk, request: IoRequest) -> Result<Operation, i32> {
         Ok(match request {
             IoRequest::Read { offset, buffers } => {
                 Operation::Transfer(Transfer::new(disk, offset, buffers, None)?)

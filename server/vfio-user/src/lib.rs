@@ -4,8 +4,9 @@
 //! how the device uses threads.
 //!
 //! `Server` binds the socket and runs the mio loop; `DmaMemory` is the guest memory view that
-//! DMA_MAP and DMA_UNMAP edit; `decode_message` is the decoder on its own and `Replay` a whole
-//! connection without a socket, for fuzzing.
+//! DMA_MAP and DMA_UNMAP edit. For fuzzing: `Connection` is one client's socket cut into
+//! messages, `decode_message` the decoder on its own, and `Replay` a whole connection without a
+//! socket.
 
 mod connection;
 mod device;
@@ -16,10 +17,13 @@ mod replay;
 mod server;
 mod socket_path;
 
-pub use connection::{decode_message, MessageError};
+pub use connection::{
+    decode_message, send_with_fds, Connection, Incoming, MessageError, ReadOutcome,
+};
 pub use device::{
     Device, DeviceError, DmaMemory, IoFd, IrqAction, IrqInfo, MmapArea, RegionInfo, RegionMmap,
 };
+pub use protocol::{Header, HEADER_SIZE, MAX_BODY_SIZE};
 pub use replay::Replay;
 pub use server::{Flow, Listener, MainLoopHook, Server, ServerError, ServerStatus, ShutdownHandle};
 pub use socket_path::{activated_listener, BoundSocket, SocketAccess, SocketPathError};

@@ -23,8 +23,8 @@ use smallvec::{smallvec, SmallVec};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::connection::{
-    decode_request, ClientCaps, Connection, DecodeError, FramingError, Incoming, ReadOutcome,
-    Request, MAX_RECV_FDS,
+    decode_request, ClientCaps, ClientRequest, Connection, DecodeError, FramingError, Incoming,
+    ReadOutcome, MAX_RECV_FDS,
 };
 use crate::device::{Device, DeviceError, DmaMemory, IrqAction, RegionInfo};
 use crate::dma::{DmaChange, DmaError, DmaTable};
@@ -361,9 +361,14 @@ impl<D: Device> Server<D> {
             let Some(client) = self.client.as_mut() else {
                 return Ok(());
             };
-            client.connection.flush().map_err(Disconnect::Io)?;
             if client.connection.has_pending_output() {
-                // Read no more until the client takes its replies.
+                client.connection.flush().map_err(Disconnect::Io)?;
+                if client.connection.has_pending_output() {
+                    // Read no more until the client takes its replies.
+                    return Ok(());
+                }
+            }
+            if client.connection.is_drained() {
                 return Ok(());
             }
             let (header, body_len, result) =
@@ -424,7 +429,7 @@ impl<D: Device> Server<D> {
         &mut self,
         header: &Header,
         body_len: usize,
-        result: Result<Reply, RequestError>,
+        result: Result<ServerReply, RequestError>,
         log_messages: bool,
     ) {
         let no_reply = header.no_reply();
@@ -458,7 +463,7 @@ impl<D: Device> Server<D> {
         &self,
         header: &Header,
         body_len: usize,
-        result: &Result<Reply, RequestError>,
+        result: &Result<ServerReply, RequestError>,
         error: i32,
     ) {
         let command = VfioUserCommand::from_u16(header.command.get())
@@ -597,15 +602,15 @@ pub type ReplyBody = SmallVec<[u8; 32]>;
 
 /// A reply body and the fds that go with it.
 #[derive(Debug, Default)]
-pub struct Reply {
+pub struct ServerReply {
     pub body: ReplyBody,
     pub fds: Vec<OwnedFd>,
 }
 
-impl Reply {
+impl ServerReply {
     /// A reply of one wire struct and no fds.
-    fn of<T: IntoBytes + Immutable>(fixed: &T) -> Reply {
-        Reply {
+    fn of<T: IntoBytes + Immutable>(fixed: &T) -> ServerReply {
+        ServerReply {
             body: ReplyBody::from_slice(fixed.as_bytes()),
             fds: Vec::new(),
         }
@@ -645,9 +650,12 @@ pub fn version_reply(request_len: usize) -> Vec<u8> {
 }
 
 fn region(regions: &[RegionInfo], index: u32) -> Result<&RegionInfo, RequestError> {
+    // Devices list their regions in index order, as vfio numbers them: every region access
+    // looks its region up, so the slot of that index is tried first.
     regions
-        .iter()
-        .find(|r| r.index == index)
+        .get(index as usize)
+        .filter(|r| r.index == index)
+        .or_else(|| regions.iter().find(|r| r.index == index))
         .ok_or(RequestError::NoSuchRegion(index))
 }
 
@@ -672,7 +680,7 @@ fn check_access(
     Ok(())
 }
 
-fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestError> {
+fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<ServerReply, RequestError> {
     let mut flags = 0;
     if info.readable {
         flags |= VFIO_REGION_INFO_FLAG_READ;
@@ -730,7 +738,7 @@ fn region_info_reply(info: &RegionInfo, argsz: u32) -> Result<Reply, RequestErro
     if fits {
         body.extend_from_slice(&caps);
     }
-    Ok(Reply { body, fds })
+    Ok(ServerReply { body, fds })
 }
 
 /// The GET_REGION_IO_FDS reply: the device's sub-regions in its order of preference, as many as
@@ -743,7 +751,7 @@ fn io_fds_reply<D: Device>(
     index: u32,
     argsz: u32,
     max_fds: usize,
-) -> Result<Reply, RequestError> {
+) -> Result<ServerReply, RequestError> {
     region(regions, index)?;
     let io_fds = device.region_io_fds(index)?;
     let mut distinct: Vec<RawFd> = Vec::new();
@@ -784,7 +792,7 @@ fn io_fds_reply<D: Device>(
         count: (sub_regions.len() as u32).into(),
     };
     if (argsz as usize) < needed {
-        return Ok(Reply::of(&head));
+        return Ok(ServerReply::of(&head));
     }
     let mut body = ReplyBody::from_slice(head.as_bytes());
     let mut fds = Vec::with_capacity(distinct.len());
@@ -794,7 +802,7 @@ fn io_fds_reply<D: Device>(
             fds.push(io_fd.fd.try_clone_to_owned().map_err(RequestError::Dup)?);
         }
     }
-    Ok(Reply { body, fds })
+    Ok(ServerReply { body, fds })
 }
 
 fn check_irq_range<D: Device>(
@@ -842,57 +850,59 @@ pub fn handle<D: Device>(
     regions: &[RegionInfo],
     dma: &mut DmaTable,
     session: &mut Session,
-    request: Request<'_>,
+    request: ClientRequest<'_>,
     request_len: usize,
-) -> Result<Reply, RequestError> {
+) -> Result<ServerReply, RequestError> {
     let caps = match (&request, session.caps) {
-        (Request::Version { caps, .. }, None) => {
+        (ClientRequest::Version { caps, .. }, None) => {
             session.caps = Some(*caps);
-            return Ok(Reply {
+            return Ok(ServerReply {
                 body: ReplyBody::from_vec(version_reply(request_len)),
                 fds: Vec::new(),
             });
         }
-        (Request::Version { .. }, Some(_)) | (_, None) => return Err(RequestError::VersionOrder),
+        (ClientRequest::Version { .. }, Some(_)) | (_, None) => {
+            return Err(RequestError::VersionOrder)
+        }
         (_, Some(caps)) => caps,
     };
     match request {
-        Request::Version { .. } => Err(RequestError::VersionOrder),
-        Request::DmaMap { map, fd } => {
+        ClientRequest::Version { .. } => Err(RequestError::VersionOrder),
+        ClientRequest::DmaMap { map, fd } => {
             if dma.map(&map, fd, |change| notify_device(device, change))? {
                 device.dma_mapped(map.address.get(), map.size.get());
             }
-            Ok(Reply::default())
+            Ok(ServerReply::default())
         }
-        Request::DmaUnmap(unmap) => {
+        ClientRequest::DmaUnmap(unmap) => {
             let unmapped = dma.unmap(&unmap, |change| notify_device(device, change));
             device.dma_unmapped();
             unmapped?;
-            Ok(Reply::of(&DmaUnmap {
+            Ok(ServerReply::of(&DmaUnmap {
                 argsz: (size_of::<DmaUnmap>() as u32).into(),
                 ..unmap
             }))
         }
-        Request::DeviceGetInfo { .. } => {
+        ClientRequest::DeviceGetInfo { .. } => {
             let flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
-            Ok(Reply::of(&InfoHead {
+            Ok(ServerReply::of(&InfoHead {
                 argsz: (size_of::<InfoHead>() as u32).into(),
                 flags: flags.into(),
                 index: (regions.len() as u32).into(),
                 count: (device.irqs().len() as u32).into(),
             }))
         }
-        Request::DeviceGetRegionInfo { argsz, index } => {
+        ClientRequest::DeviceGetRegionInfo { argsz, index } => {
             region_info_reply(region(regions, index)?, argsz)
         }
-        Request::DeviceGetRegionIoFds { argsz, index } => io_fds_reply(
+        ClientRequest::DeviceGetRegionIoFds { argsz, index } => io_fds_reply(
             device,
             regions,
             index,
             argsz,
             (caps.max_msg_fds as usize).min(MAX_MSG_FDS),
         ),
-        Request::DeviceGetIrqInfo { index, .. } => {
+        ClientRequest::DeviceGetIrqInfo { index, .. } => {
             let info = device
                 .irqs()
                 .into_iter()
@@ -907,39 +917,39 @@ pub fn handle<D: Device>(
             .iter()
             .filter(|(set, _)| *set)
             .fold(0, |flags, (_, bit)| flags | bit);
-            Ok(Reply::of(&InfoHead {
+            Ok(ServerReply::of(&InfoHead {
                 argsz: (size_of::<InfoHead>() as u32).into(),
                 flags: flags.into(),
                 index: index.into(),
                 count: info.count.into(),
             }))
         }
-        Request::DeviceSetIrqs { index, action } => {
+        ClientRequest::DeviceSetIrqs { index, action } => {
             check_irq_range(device, index, &action)?;
             device.set_irqs(index, action)?;
-            Ok(Reply::default())
+            Ok(ServerReply::default())
         }
-        Request::RegionRead(access) => {
+        ClientRequest::RegionRead(access) => {
             let info = region(regions, access.region.get())?;
             check_access(info, &access, info.readable)?;
             let mut body = smallvec![0u8; size_of::<RegionAccess>() + access.count.get() as usize];
             let (head, data) = body.split_at_mut(size_of::<RegionAccess>());
             device.region_read(access.region.get(), access.offset.get(), data)?;
             head.copy_from_slice(access.as_bytes());
-            Ok(Reply {
+            Ok(ServerReply {
                 body,
                 fds: Vec::new(),
             })
         }
-        Request::RegionWrite { access, data } => {
+        ClientRequest::RegionWrite { access, data } => {
             let info = region(regions, access.region.get())?;
             check_access(info, &access, info.writable)?;
             device.region_write(access.region.get(), access.offset.get(), data)?;
-            Ok(Reply::of(&access))
+            Ok(ServerReply::of(&access))
         }
-        Request::DeviceReset => {
+        ClientRequest::DeviceReset => {
             device.reset();
-            Ok(Reply::default())
+            Ok(ServerReply::default())
         }
     }
 }

@@ -220,7 +220,20 @@ impl<D> Target<D> {
     /// LUN 0 also answers REPORT LUNS and TEST UNIT READY, and anything else is CHECK
     /// CONDITION, LOGICAL UNIT NOT SUPPORTED.
     pub fn execute(&self, lun: u16, cdb: &[u8], data_out: &[u8], data_out_len: u64) -> Outcome {
-        let unit = self.lun(lun).map(|unit| Unit {
+        self.execute_on(lun, self.lun(lun), cdb, data_out, data_out_len)
+    }
+
+    /// `execute` for a caller that looked `lun` up already: `unit` is `self.lun(lun)`, so the
+    /// request path finds a LUN once per command.
+    pub fn execute_on(
+        &self,
+        lun: u16,
+        unit: Option<&Lun<D>>,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_out_len: u64,
+    ) -> Outcome {
+        let unit = unit.map(|unit| Unit {
             config: &unit.config,
             state: &unit.state,
         });

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use vm_memory::GuestMemoryMmap;
 
 use super::virtqueue::MemorySnapshot;
@@ -18,8 +17,10 @@ pub struct MemoryHold(usize);
 
 #[derive(Default)]
 pub struct HeldMemory {
-    /// Newest last; there is more than one only while requests from before a remap are out.
-    snapshots: SmallVec<[(Arc<GuestMemoryMmap>, usize); 2]>,
+    /// The snapshot of the latest `hold`, with its requests.
+    newest: Option<(Arc<GuestMemoryMmap>, usize)>,
+    /// Snapshots from before a remap that requests still hold (rarely any).
+    older: Vec<(Arc<GuestMemoryMmap>, usize)>,
 }
 
 fn address(mem: &GuestMemoryMmap) -> usize {
@@ -31,53 +32,57 @@ impl HeldMemory {
     #[inline]
     pub fn hold(&mut self, snapshot: &MemorySnapshot) -> MemoryHold {
         let id = address(snapshot);
-        match self.snapshots.last_mut() {
+        match &mut self.newest {
             Some((held, requests)) if address(held) == id => *requests += 1,
             _ => self.hold_another(snapshot),
         }
         MemoryHold(id)
     }
 
-    /// `hold` of a snapshot other than the newest held: the first request after a remap.
-    #[cold]
+    /// `hold` of a snapshot other than the newest held: the first request of a pass after
+    /// the last one let go, or after a remap.
     #[inline(never)]
     fn hold_another(&mut self, snapshot: &MemorySnapshot) {
-        self.snapshots.push((snapshot.clone().into_inner(), 1));
+        let newest = Some((snapshot.clone().into_inner(), 1));
+        if let Some(older) = std::mem::replace(&mut self.newest, newest) {
+            self.older.push(older);
+        }
     }
 
     /// A request holding `hold` is done: its snapshot is dropped with its last request.
     #[inline]
     pub fn release(&mut self, hold: MemoryHold) {
-        // Usually the newest snapshot, still held by other requests.
-        if let Some((held, requests)) = self.snapshots.last_mut() {
-            if address(held) == hold.0 && *requests > 1 {
+        match &mut self.newest {
+            Some((held, requests)) if address(held) == hold.0 => {
                 *requests -= 1;
-                return;
+                if *requests == 0 {
+                    self.newest = None;
+                }
             }
+            _ => self.release_older(hold),
         }
-        self.release_last_or_older(hold);
     }
 
-    /// `release` of a snapshot's last request, or of one from before a remap.
+    /// `release` of a request from before a remap.
     #[inline(never)]
-    fn release_last_or_older(&mut self, hold: MemoryHold) {
+    fn release_older(&mut self, hold: MemoryHold) {
         let Some(at) = self
-            .snapshots
+            .older
             .iter()
             .position(|(held, _)| address(held) == hold.0)
         else {
             return;
         };
-        self.snapshots[at].1 -= 1;
-        if self.snapshots[at].1 == 0 {
-            self.snapshots.remove(at);
+        self.older[at].1 -= 1;
+        if self.older[at].1 == 0 {
+            self.older.swap_remove(at);
         }
     }
 
     /// Snapshots held (for tests).
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.snapshots.len()
+        usize::from(self.newest.is_some()) + self.older.len()
     }
 }
 

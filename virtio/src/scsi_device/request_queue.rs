@@ -112,16 +112,6 @@ impl DiskWork {
     }
 }
 
-/// What a command hands the engine.
-enum Submission {
-    /// One request (READ, WRITE, SYNCHRONIZE CACHE, WRITE SAME of zeroes), without a queue of
-    /// its own.
-    One(IoRequest),
-    /// Several requests at once (UNMAP) or one step after another (VERIFY, WRITE SAME with a
-    /// pattern).
-    Pending(PendingIo),
-}
-
 /// A command waiting, in its slot, for its stopped disk to resume; it keeps the slot, so that
 /// task management and shutdown see it.
 struct Held {
@@ -577,7 +567,8 @@ impl RequestQueueWorker {
             }
         };
         reply.lun = lun;
-        let unit = luns.lun(lun).map(Lun::data);
+        let found = luns.lun(lun);
+        let unit = found.map(Lun::data);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which we do not offer.
             debug!(self.queue.logger(), "bidirectional request";
@@ -606,7 +597,7 @@ impl RequestQueueWorker {
             reply.parameters_len = parameters.len() as u64;
         }
         let parameters_len = reply.parameters_len;
-        match luns.execute(lun, cdb, &parameters, data_out_len) {
+        match luns.execute_on(lun, found, cdb, &parameters, data_out_len) {
             Outcome::Good { data_in } => {
                 if data_in.len() as u64 > data_in_len {
                     let answer = Answer::transport(VIRTIO_SCSI_S_OVERRUN, resid);
@@ -710,7 +701,7 @@ impl RequestQueueWorker {
                     end: offset.saturating_add(len),
                 };
                 let work = (Direction::FromDisk, 0, false);
-                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
+                return self.start_steps(slot, mem, snapshot, lun, work, pending);
             }
             DiskIo::Discard { ranges } => {
                 let requests = ranges
@@ -719,7 +710,7 @@ impl RequestQueueWorker {
                     .collect();
                 let pending = PendingIo::Batch(requests);
                 let work = (Direction::ToDisk, 0, false);
-                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
+                return self.start_steps(slot, mem, snapshot, lun, work, pending);
             }
             DiskIo::WriteSame {
                 offset,
@@ -729,26 +720,67 @@ impl RequestQueueWorker {
             } => {
                 let pending = PendingIo::pattern(offset, len, &block, fua);
                 let work = (Direction::ToDisk, 0, false);
-                return self.launch(slot, mem, snapshot, lun, work, Submission::Pending(pending));
+                return self.start_steps(slot, mem, snapshot, lun, work, pending);
             }
         };
-        self.launch(slot, mem, snapshot, lun, work, Submission::One(request))
+        let Some(task) = self.begin_work(slot, mem, lun, work) else {
+            return;
+        };
+        let Some(command) = self.in_flight.get_mut(slot) else {
+            return;
+        };
+        let (engine, logger) = (&mut *self.engine, self.queue.logger());
+        submit(
+            engine,
+            logger,
+            slot,
+            &mut command.io,
+            task,
+            &lun.disk,
+            request,
+        );
+        self.submitted(slot, mem, snapshot, lun, task);
     }
 
-    /// Gives the engine the `submission` of the command in `slot`, whose disk work moves
-    /// `transfer_len` bytes in `direction` (data-in if `data_in`).
-    fn launch(
+    /// Hands the engine the first requests of a command done in several requests or steps
+    /// (`pending`).
+    fn start_steps(
         &mut self,
         slot: usize,
         mem: &CachedMemory<'_>,
         snapshot: &MemorySnapshot,
         lun: &LunData,
-        (direction, transfer_len, data_in): (Direction, u64, bool),
-        submission: Submission,
+        work: (Direction, u64, bool),
+        pending: PendingIo,
     ) {
+        let Some(task) = self.begin_work(slot, mem, lun, work) else {
+            return;
+        };
         let Some(command) = self.in_flight.get_mut(slot) else {
             return;
         };
+        let work = &mut command.io;
+        if !matches!(pending, PendingIo::Batch(_)) {
+            work.disk = Some(Arc::clone(&lun.disk));
+        }
+        work.pending = Some(pending);
+        let (engine, logger) = (&mut *self.engine, self.queue.logger());
+        submit_ready(engine, logger, slot, work, task, &lun.disk);
+        self.submitted(slot, mem, snapshot, lun, task);
+    }
+
+    /// Readies the disk work of the command in `slot`, which moves `transfer_len` bytes in
+    /// `direction` (data-in if `data_in`); returns its (lun, tag), or None when it was
+    /// answered instead.
+    #[inline(always)]
+    fn begin_work(
+        &mut self,
+        slot: usize,
+        mem: &CachedMemory<'_>,
+        lun: &LunData,
+        (direction, transfer_len, data_in): (Direction, u64, bool),
+    ) -> Option<(u16, u64)> {
+        let command = self.in_flight.get_mut(slot)?;
         let reply = &command.reply;
         // More commands than descriptors in flight only comes from a driver that made the same
         // head available twice.
@@ -756,30 +788,34 @@ impl RequestQueueWorker {
             debug!(self.queue.logger(), "more commands than descriptors";
                 "head" => reply.head, "tag" => reply.tag);
             let answer = Answer::transport(VIRTIO_SCSI_S_FAILURE, reply.data_len);
-            return self.finish(slot, mem, answer, Some(lun));
+            self.finish(slot, mem, answer, Some(lun));
+            return None;
         }
         let task = (reply.lun, reply.tag);
-        let disk = &lun.disk;
-        let work = &mut command.io;
-        work.start(direction, transfer_len, data_in);
-        let logger = self.queue.logger();
-        let engine = &mut *self.engine;
-        match submission {
-            Submission::One(request) => submit(engine, logger, slot, work, task, disk, request),
-            Submission::Pending(pending) => {
-                if !matches!(pending, PendingIo::Batch(_)) {
-                    work.disk = Some(Arc::clone(disk));
-                }
-                work.pending = Some(pending);
-                submit_ready(engine, logger, slot, work, task, disk);
-            }
-        }
+        command.io.start(direction, transfer_len, data_in);
+        Some(task)
+    }
+
+    /// The engine has the command in `slot`: answers it when the engine took nothing, else
+    /// keeps its memory mapped and shows it to task management as `task`.
+    #[inline(always)]
+    fn submitted(
+        &mut self,
+        slot: usize,
+        mem: &CachedMemory<'_>,
+        snapshot: &MemorySnapshot,
+        lun: &LunData,
+        (lun_number, tag): (u16, u64),
+    ) {
+        let Some(work) = self.in_flight.get_mut(slot).map(|command| &mut command.io) else {
+            return;
+        };
         if work.outstanding == 0 {
             return self.settle(slot, Some(lun), mem);
         }
         work.memory = Some(self.held_memory.hold(snapshot));
         self.lun_counters(lun).started();
-        self.tasks.started(self.task_queue, slot, task.0, task.1);
+        self.tasks.started(self.task_queue, slot, lun_number, tag);
     }
 
     /// Counts a completion of the command in its slot, submits its next chunk, and answers it

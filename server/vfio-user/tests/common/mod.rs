@@ -31,7 +31,7 @@ pub const MSIX_VECTORS: u32 = 4;
 
 /// What the device was asked to do; shared with the test.
 #[derive(Debug, Default)]
-pub struct Record {
+pub struct DeviceRecord {
     pub resets: usize,
     pub mapped: Vec<(u64, u64)>,
     pub unmapping: Vec<(u64, u64)>,
@@ -46,7 +46,7 @@ pub struct TestDevice {
     bar1: Arc<OwnedFd>,
     msix: Vec<Option<OwnedFd>>,
     kick: OwnedFd,
-    pub record: Arc<Mutex<Record>>,
+    pub record: Arc<Mutex<DeviceRecord>>,
 }
 
 pub fn memfd(size: u64) -> OwnedFd {
@@ -282,7 +282,7 @@ impl Device for TestDevice {
 /// A server with a `TestDevice`, running in its own thread until dropped.
 pub struct Running {
     pub path: PathBuf,
-    pub record: Arc<Mutex<Record>>,
+    pub record: Arc<Mutex<DeviceRecord>>,
     shutdown: ShutdownHandle,
     thread: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -309,7 +309,7 @@ impl Running {
     }
 
     /// Waits (up to 5 s) until `done` holds for the record.
-    pub fn wait_for(&self, done: impl Fn(&Record) -> bool) {
+    pub fn wait_for(&self, done: impl Fn(&DeviceRecord) -> bool) {
         for _ in 0..500 {
             if done(&self.record.lock().unwrap()) {
                 return;

@@ -14,7 +14,7 @@ pub const NO_REPLY: u32 = 1 << 4;
 pub const ERROR: u32 = 1 << 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub struct RawHeader {
     pub id: u16,
     pub command: u16,
     pub size: u32,
@@ -23,8 +23,8 @@ pub struct Header {
 }
 
 #[derive(Debug)]
-pub struct Reply {
-    pub header: Header,
+pub struct RawReply {
+    pub header: RawHeader,
     pub body: Vec<u8>,
     pub fds: Vec<OwnedFd>,
 }
@@ -88,7 +88,7 @@ impl RawClient {
     }
 
     /// Reads one whole reply with its fds.
-    pub fn receive(&mut self) -> Reply {
+    pub fn receive(&mut self) -> RawReply {
         let mut head = [0u8; 16];
         let mut control = [0u64; 16];
         let mut iov = libc::iovec {
@@ -129,7 +129,7 @@ impl RawClient {
         }
         let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap());
-        let header = Header {
+        let header = RawHeader {
             id: u16_at(0),
             command: u16_at(2),
             size: u32_at(4),
@@ -138,10 +138,10 @@ impl RawClient {
         };
         let mut body = vec![0u8; header.size as usize - 16];
         self.stream.read_exact(&mut body).unwrap();
-        Reply { header, body, fds }
+        RawReply { header, body, fds }
     }
 
-    pub fn request(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> Reply {
+    pub fn request(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> RawReply {
         let id = self.send(command, 0, body, fds);
         let reply = self.receive();
         assert_eq!(reply.header.id, id);
