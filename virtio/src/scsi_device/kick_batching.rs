@@ -19,6 +19,12 @@
 //!   are available (a burst comes at once), and for a re-check after three times the time
 //!   those chains took (20 µs to 1 ms): under load most batches end at the re-check, with no
 //!   kick at all;
+//! - but never for more chains than the driver can send without an answer: the most it has
+//!   had with the device at once (chains found plus those in flight, a decaying maximum),
+//!   less what is still in flight. A driver at depth 32 that answers at once is asked for the
+//!   kick at its 32nd chain, not made to wait for the re-check;
+//! - the re-check delay follows the time batches take when a kick ends them; a pass the
+//!   re-check itself started keeps the delay, which would otherwise feed on its own wait;
 //! - a re-check that finds nothing looks again after twice as long, until the queue has been
 //!   quiet for 2 ms; then it asks for the kick of the next chain and for no more re-checks,
 //!   and its pass looks at the ring once more before the thread sleeps.
@@ -53,6 +59,9 @@ pub(crate) struct KickBatching {
     /// Decaying averages over the looks that found chains: chains, and looks.
     chains: u64,
     passes: u64,
+    /// The most chains the driver has had with the device at once, decaying by 1/8 a look
+    /// (fixed point, `ONE` a chain).
+    depth: u64,
     polling: bool,
 }
 
@@ -67,23 +76,28 @@ impl KickBatching {
             quiet_for: 0,
             chains: 0,
             passes: 0,
+            depth: 0,
             polling: false,
         }
     }
 
-    /// A look at the ring (a pass, or a poll) found `chains`.
-    pub fn popped(&mut self, chains: usize) {
+    /// A look at the ring (a pass, or a poll) found `chains`, with `in_flight` chains of the
+    /// driver's already with the device.
+    pub fn popped(&mut self, chains: usize, in_flight: usize) {
         if chains == 0 {
             return;
         }
         self.popped += chains;
         self.chains = self.chains - self.chains / 8 + chains as u64 * ONE;
         self.passes = self.passes - self.passes / 8 + ONE;
+        let outstanding = (chains + in_flight) as u64 * ONE;
+        self.depth = outstanding.max(self.depth - self.depth / 8);
     }
 
-    /// Notifications go back on at `now` (ns): how many chains ahead the driver's next kick
-    /// should come (1: at the next chain), with the re-check that goes with it.
-    pub fn rearm(&mut self, now: u64) -> u16 {
+    /// Notifications go back on at `now` (ns), with `in_flight` chains still with the device:
+    /// how many chains ahead the driver's next kick should come (1: at the next chain), with
+    /// the re-check that goes with it.
+    pub fn rearm(&mut self, now: u64, in_flight: usize) -> u16 {
         self.polling = false;
         let popped = std::mem::take(&mut self.popped);
         let elapsed = now.saturating_sub(std::mem::replace(&mut self.rearmed_at, now));
@@ -103,9 +117,21 @@ impl KickBatching {
             self.recheck = None;
             return 1;
         }
-        let ahead = popped.saturating_mul(2).saturating_add(2);
+        let reachable = usize::try_from(self.depth / ONE)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(in_flight);
+        let ahead = popped.saturating_mul(2).saturating_add(2).min(reachable);
+        if ahead <= 1 {
+            self.ahead = 1;
+            self.recheck = None;
+            return 1;
+        }
         self.ahead = u16::try_from(ahead).unwrap_or(u16::MAX).min(self.max_ahead);
-        let wait = Duration::from_nanos(elapsed).saturating_mul(RECHECK_FACTOR);
+        let elapsed = Duration::from_nanos(elapsed);
+        let wait = match self.recheck {
+            Some(previous) if elapsed >= previous => previous,
+            _ => elapsed.saturating_mul(RECHECK_FACTOR),
+        };
         self.recheck = Some(wait.clamp(MIN_RECHECK, MAX_RECHECK));
         self.ahead
     }
@@ -131,13 +157,14 @@ mod tests {
 
     const US: u64 = 1_000;
 
-    /// A queue whose passes each got `chains`, one every 100 µs from `start`.
+    /// A queue whose passes each got `chains`, one every 100 µs from `start`, from a driver
+    /// with 60 more with the device (a deep queue on a slow disk).
     fn passes(batching: &mut KickBatching, start: u64, chains: &[usize]) -> u64 {
         let mut now = start;
         for &count in chains {
             now += 100 * US;
-            batching.popped(count);
-            batching.rearm(now);
+            batching.popped(count, 60);
+            batching.rearm(now, 0);
         }
         now
     }
@@ -146,13 +173,13 @@ mod tests {
     fn a_driver_that_waits_for_each_answer_is_asked_for_every_kick() {
         let mut batching = KickBatching::new(128);
         for at in 1..100 {
-            batching.popped(1);
-            assert_eq!(batching.rearm(at * 100 * US), 1);
+            batching.popped(1, 0);
+            assert_eq!(batching.rearm(at * 100 * US, 0), 1);
             assert_eq!(batching.recheck_in(), None);
         }
         // Two depth-1 drivers on one queue now and then are no load.
-        batching.popped(2);
-        assert_eq!(batching.rearm(10_000 * US), 1);
+        batching.popped(2, 0);
+        assert_eq!(batching.rearm(10_000 * US, 0), 1);
         assert_eq!(batching.recheck_in(), None);
     }
 
@@ -161,9 +188,13 @@ mod tests {
         let mut batching = KickBatching::new(128);
         batching.start_polling();
         for _ in 0..50 {
-            batching.popped(1);
+            batching.popped(1, 0);
         }
-        assert_eq!(batching.rearm(5_000 * US), 1, "fifty chains, one per look");
+        assert_eq!(
+            batching.rearm(5_000 * US, 0),
+            1,
+            "fifty chains, one per look"
+        );
         assert_eq!(batching.recheck_in(), None);
     }
 
@@ -171,41 +202,86 @@ mod tests {
     fn a_busy_queue_asks_for_the_kick_a_batch_ahead_with_a_recheck() {
         let mut batching = KickBatching::new(128);
         let now = passes(&mut batching, 0, &[4, 4, 4]);
-        batching.popped(5);
-        assert_eq!(batching.rearm(now + 200 * US), 12);
+        batching.popped(5, 0);
+        assert_eq!(batching.rearm(now + 200 * US, 0), 12);
         assert_eq!(batching.recheck_in(), Some(Duration::from_micros(600)));
         // A single chain keeps a busy queue batching: the driver has more in flight.
-        batching.popped(1);
-        assert_eq!(batching.rearm(now + 210 * US), 4);
+        batching.popped(1, 0);
+        assert_eq!(batching.rearm(now + 210 * US, 0), 4);
         assert_eq!(batching.recheck_in(), Some(Duration::from_micros(30)));
-        batching.popped(200);
+        batching.popped(200, 0);
         assert_eq!(
-            batching.rearm(now + 5_000 * US),
+            batching.rearm(now + 5_000 * US, 0),
             64,
             "half the queue at most"
         );
-        assert_eq!(batching.recheck_in(), Some(MAX_RECHECK));
+        assert_eq!(
+            batching.recheck_in(),
+            Some(Duration::from_micros(30)),
+            "a pass after the re-check was due keeps its delay"
+        );
     }
 
     #[test]
     fn a_busy_queue_looks_again_while_quiet_then_asks_for_the_next_kick() {
         let mut batching = KickBatching::new(128);
         let mut now = passes(&mut batching, 0, &[4, 4, 4]);
-        let ahead = batching.rearm(now);
+        let ahead = batching.rearm(now, 0);
         assert!(ahead > 1);
         let mut waits = Vec::new();
         while batching.recheck_in().is_some() {
             let wait = batching.recheck_in().unwrap();
             waits.push(wait);
             now += u64::try_from(wait.as_nanos()).unwrap();
-            assert!(batching.rearm(now) == ahead || batching.recheck_in().is_none());
+            assert!(batching.rearm(now, 0) == ahead || batching.recheck_in().is_none());
             assert!(waits.len() < 20, "gives up once quiet for long enough");
         }
         assert!(
             waits.windows(2).all(|w| w[1] >= w[0]),
             "backs off: {waits:?}"
         );
-        assert_eq!(batching.rearm(now + US), 1);
+        assert_eq!(batching.rearm(now + US, 0), 1);
+    }
+
+    #[test]
+    fn the_kick_is_never_asked_for_more_chains_than_the_driver_can_send_unanswered() {
+        let mut batching = KickBatching::new(256);
+        // A driver at depth 32 whose every batch is answered at once.
+        let mut now = 0;
+        for _ in 0..10 {
+            now += 10 * US;
+            batching.popped(32, 0);
+            assert_eq!(batching.rearm(now, 0), 32, "kicked at its 32nd chain");
+        }
+        // With 20 of them still in flight, it can send 12 more.
+        batching.popped(32, 0);
+        assert_eq!(batching.rearm(now + 10 * US, 20), 12);
+        // All in flight: the next chain is kicked for, and no re-check is needed.
+        batching.popped(32, 0);
+        assert_eq!(batching.rearm(now + 20 * US, 32), 1);
+        assert_eq!(batching.recheck_in(), None);
+    }
+
+    #[test]
+    fn a_pass_the_recheck_started_keeps_the_delay() {
+        let mut batching = KickBatching::new(128);
+        let now = passes(&mut batching, 0, &[4, 4, 4]);
+        batching.popped(4, 60);
+        batching.rearm(now + 10 * US, 0);
+        let delay = batching.recheck_in().unwrap();
+        assert_eq!(delay, MIN_RECHECK.max(Duration::from_micros(30)));
+        // Each batch now ends at the re-check: the delay does not grow with its own wait.
+        let mut at = now + 10 * US;
+        for _ in 0..10 {
+            at += u64::try_from(delay.as_nanos()).unwrap();
+            batching.popped(4, 60);
+            batching.rearm(at, 0);
+            assert_eq!(batching.recheck_in(), Some(delay));
+        }
+        // A kick that ends a batch sooner sets it again.
+        batching.popped(4, 60);
+        batching.rearm(at + 10 * US, 0);
+        assert_eq!(batching.recheck_in(), Some(Duration::from_micros(30)));
     }
 
     #[test]
@@ -215,8 +291,8 @@ mod tests {
         batching.start_polling();
         assert!(batching.polling());
         assert_eq!(batching.recheck_in(), None);
-        batching.popped(6);
-        assert_eq!(batching.rearm(now + 100 * US), 14);
+        batching.popped(6, 0);
+        assert_eq!(batching.rearm(now + 100 * US, 0), 14);
         assert!(!batching.polling());
         assert!(batching.recheck_in().is_some());
     }
@@ -314,16 +390,16 @@ mod through_the_inline_host {
         let queue = &harness.queues[VQ];
         assert_eq!(
             queue.avail_event(),
-            queue.avail_idx().wrapping_add(9),
-            "2 x 4 + 2"
+            queue.avail_idx().wrapping_add(3),
+            "2 x 4 + 2, but the driver has had no more than 4 with the device: the fourth"
         );
 
-        assert_eq!(publish(&mut harness, 3), 0, "three of ten: no kick");
+        assert_eq!(publish(&mut harness, 3), 0, "three of four: no kick");
         assert_eq!(after_a_recheck(&mut harness), 3, "served without a kick");
         assert_eq!(
             publish(&mut harness, 8),
             1,
-            "2 x 3 + 2 ahead now: kicked at the eighth"
+            "three ahead now (the most, decayed): kicked at the third, once"
         );
         harness.notify(VQ);
         assert_eq!(harness.queues[VQ].used().len(), 8);

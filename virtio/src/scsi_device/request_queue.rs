@@ -281,7 +281,7 @@ impl RequestQueueWorker {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            let ahead = self.batching.rearm(self.clock);
+            let ahead = self.batching.rearm(self.clock, self.in_flight_count());
             if !self.queue.kick_at_batch(&mem, ahead) {
                 break;
             }
@@ -293,7 +293,7 @@ impl RequestQueueWorker {
     fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
-        self.batching.popped(chains.len());
+        self.batching.popped(chains.len(), self.in_flight_count());
         let mut luns = self.luns.load();
         for chain in chains.drain(..) {
             self.luns.refresh(&mut luns);
@@ -1003,7 +1003,7 @@ impl QueueWorker for RequestQueueWorker {
 
     fn stop_polling(&mut self) {
         let snapshot = self.queue.snapshot();
-        let ahead = self.batching.rearm(self.clock);
+        let ahead = self.batching.rearm(self.clock, self.in_flight_count());
         if self
             .queue
             .kick_at_batch(&CachedMemory::new(&snapshot), ahead)
