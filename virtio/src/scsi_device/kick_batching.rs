@@ -406,6 +406,20 @@ mod through_the_inline_host {
     }
 
     #[test]
+    fn a_driver_that_resends_its_whole_depth_at_once_kicks_once_per_batch() {
+        let mut harness = ready_harness(|features| features);
+        for round in 0..10 {
+            assert_eq!(
+                publish(&mut harness, 8),
+                1,
+                "round {round}: kicked at the eighth, not left for a re-check"
+            );
+            harness.notify(VQ);
+            assert_eq!(harness.queues[VQ].used().len(), 8);
+        }
+    }
+
+    #[test]
     fn a_quiet_queue_asks_for_the_next_kick_and_for_no_more_rechecks() {
         let mut harness = ready_harness(|features| features);
         publish(&mut harness, 4);
