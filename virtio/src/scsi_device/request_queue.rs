@@ -277,11 +277,17 @@ impl RequestQueueWorker {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         self.serve_held(&mem, &snapshot);
+        // Asked once a pass: chains that came while it ran belong to the driver's next batch,
+        // and the time they took says nothing of how long a batch takes to come.
+        let mut asked = None;
         loop {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            let ahead = self.batching.rearm(self.clock, self.in_flight_count());
+            let ahead = match asked {
+                Some(ahead) => ahead,
+                None => *asked.insert(self.batching.rearm(self.clock, self.in_flight_count())),
+            };
             if !self.queue.kick_at_batch(&mem, ahead) {
                 break;
             }
