@@ -112,21 +112,11 @@ impl KickBatching {
             }
         }
         self.quiet_for = 0;
-        if popped == 0 || !busy {
-            self.ahead = 1;
+        self.ahead = self.ahead_for(popped, in_flight, busy);
+        if self.ahead == 1 {
             self.recheck = None;
             return 1;
         }
-        let reachable = usize::try_from(self.depth / ONE)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(in_flight);
-        let ahead = popped.saturating_mul(2).saturating_add(2).min(reachable);
-        if ahead <= 1 {
-            self.ahead = 1;
-            self.recheck = None;
-            return 1;
-        }
-        self.ahead = u16::try_from(ahead).unwrap_or(u16::MAX).min(self.max_ahead);
         let elapsed = Duration::from_nanos(elapsed);
         let wait = match self.recheck {
             Some(previous) if elapsed >= previous => previous,
@@ -134,6 +124,41 @@ impl KickBatching {
         };
         self.recheck = Some(wait.clamp(MIN_RECHECK, MAX_RECHECK));
         self.ahead
+    }
+
+    /// The pass that called `rearm` found more chains after it, as many as the kick was asked
+    /// for or more, and served them: how many chains ahead the next kick should come now. The
+    /// re-check delay stays: those chains came while the pass ran, and the microseconds they
+    /// took say nothing of how long a batch takes to come.
+    pub fn rearm_within_pass(&mut self, in_flight: usize) -> u16 {
+        if self.ahead > 1 {
+            self.ahead = self.ahead.min(self.reachable(in_flight)).max(1);
+        }
+        if self.ahead == 1 {
+            self.recheck = None;
+        }
+        self.ahead
+    }
+
+    /// Twice the batch plus two, but no more than the driver can send unanswered; 1 (the next
+    /// chain) for a queue that is not busy.
+    fn ahead_for(&self, popped: usize, in_flight: usize, busy: bool) -> u16 {
+        if popped == 0 || !busy {
+            return 1;
+        }
+        let ahead = popped.saturating_mul(2).saturating_add(2);
+        u16::try_from(ahead)
+            .unwrap_or(u16::MAX)
+            .min(self.reachable(in_flight))
+            .min(self.max_ahead)
+            .max(1)
+    }
+
+    /// How many chains the driver can send without an answer: the most it has had with the
+    /// device at once, less what is in flight.
+    fn reachable(&self, in_flight: usize) -> u16 {
+        let most = usize::try_from(self.depth / ONE).unwrap_or(usize::MAX);
+        u16::try_from(most.saturating_sub(in_flight)).unwrap_or(u16::MAX)
     }
 
     /// Polling starts: it looks at the ring by itself until `rearm`.

@@ -277,16 +277,16 @@ impl RequestQueueWorker {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         self.serve_held(&mem, &snapshot);
-        // Asked once a pass: chains that came while it ran belong to the driver's next batch,
-        // and the time they took says nothing of how long a batch takes to come.
-        let mut asked = None;
+        let mut first = true;
         loop {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            let ahead = match asked {
-                Some(ahead) => ahead,
-                None => *asked.insert(self.batching.rearm(self.clock, self.in_flight_count())),
+            let in_flight = self.in_flight_count();
+            let ahead = if std::mem::take(&mut first) {
+                self.batching.rearm(self.clock, in_flight)
+            } else {
+                self.batching.rearm_within_pass(in_flight)
             };
             if !self.queue.kick_at_batch(&mem, ahead) {
                 break;
