@@ -288,7 +288,9 @@ impl RequestQueueWorker {
             } else {
                 self.batching.rearm_within_pass(in_flight)
             };
-            if !self.queue.kick_at_batch(&mem, ahead) {
+            // Chains already there are served now, even short of the batch the kick was asked
+            // for: only those still to come are left to the kick or the re-check.
+            if !self.queue.kick_at_batch(&mem, ahead) && !self.queue.has_available(&mem) {
                 break;
             }
         }
@@ -1010,10 +1012,8 @@ impl QueueWorker for RequestQueueWorker {
     fn stop_polling(&mut self) {
         let snapshot = self.queue.snapshot();
         let ahead = self.batching.rearm(self.clock, self.in_flight_count());
-        if self
-            .queue
-            .kick_at_batch(&CachedMemory::new(&snapshot), ahead)
-        {
+        let mem = CachedMemory::new(&snapshot);
+        if self.queue.kick_at_batch(&mem, ahead) || self.queue.has_available(&mem) {
             self.serve_available();
         }
     }
