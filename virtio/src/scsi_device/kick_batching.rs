@@ -136,10 +136,10 @@ impl KickBatching {
         self.ahead
     }
 
-    /// The pass that called `rearm` found more chains after it, as many as the kick was asked
-    /// for or more, and served them: how many chains ahead the next kick should come now. The
-    /// re-check delay stays: those chains came while the pass ran, and the microseconds they
-    /// took say nothing of how long a batch takes to come.
+    /// The pass that called `rearm` found more chains after it and served them: how many
+    /// chains ahead the next kick should come now. The re-check delay stays: those chains came
+    /// while the pass ran, and the microseconds they took say nothing of how long a batch takes
+    /// to come.
     pub fn rearm_within_pass(&mut self, in_flight: usize) -> u16 {
         if self.ahead > 1 {
             self.ahead = self.ahead.min(self.reachable(in_flight)).max(1);
