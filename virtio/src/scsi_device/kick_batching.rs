@@ -17,8 +17,7 @@
 //!   any other queue asks for the kick of the next chain, as without batching;
 //! - a busy queue asks for the kick once twice as many chains as its last pass got, plus two,
 //!   are available (a burst comes at once), and for a re-check after three times the time
-//!   those chains took (20 µs to 1 ms): under load most batches end at the re-check, with no
-//!   kick at all;
+//!   those chains took (20 µs to 1 ms), which ends a batch that stays shorter;
 //! - but never for more chains than the driver can send without an answer: the most it has
 //!   had with the device at once (chains found plus those in flight, a decaying maximum),
 //!   less what is still in flight. A driver at depth 32 that answers at once is asked for the
@@ -29,9 +28,12 @@
 //!   quiet for 2 ms; then it asks for the kick of the next chain and for no more re-checks,
 //!   and its pass looks at the ring once more before the thread sleeps.
 //!
+//! Chains a pass finds are served at once, short of the batch or not: only chains still to come
+//! wait for the kick or the re-check.
+//!
 //! A queue whose host polls is not batched: polling keeps kicks off while the queue is busy,
-//! and batching on top of it cost a TCG guest at depth 64 more interrupts, more device CPU and
-//! a third of its IOPS (the host's re-checks and polls took turns with the vCPUs' cores).
+//! and batching on top of it gave a TCG guest at depth 64 more interrupts, more device CPU and
+//! fewer IOPS in our runs (the host's re-checks and polls took turns with the vCPUs' cores).
 
 use std::time::Duration;
 
