@@ -390,6 +390,7 @@ impl ControlCommands {
             total.in_flight += queue.in_flight;
             total.kicks += queue.kicks;
             total.interrupts += queue.interrupts;
+            total.rechecks += queue.rechecks;
             for (sum, n) in total
                 .errors_by_sense_key
                 .iter_mut()
@@ -667,6 +668,7 @@ fn queue_json(stats: &QueueStats) -> Value {
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,
+        "rechecks": stats.rechecks,
         "latency_us": latency_json(&stats.latency),
     })
 }

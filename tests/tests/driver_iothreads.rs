@@ -350,6 +350,8 @@ fn a_disconnect_logs_each_request_queues_counters() {
         let answered = record["requests"].as_u64().unwrap();
         assert!((1..=answered).contains(&kicks), "{record}");
         assert!((1..=answered).contains(&interrupts), "{record}");
+        // One command at a time: every chain is kicked for, none left for a re-check.
+        assert_eq!(record["rechecks"], 0, "{record}");
     }
     let stderr = server.stderr();
     assert!(

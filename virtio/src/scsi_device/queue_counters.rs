@@ -33,6 +33,9 @@ pub struct QueueCounters {
     kicks: AtomicU64,
     /// Interrupts raised (MSI-X eventfd writes).
     interrupts: AtomicU64,
+    /// Looks at the queue that its host's re-check timer made, standing in for kicks the
+    /// driver was told it need not send.
+    rechecks: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -54,6 +57,7 @@ pub struct QueueStats {
     pub in_flight: u64,
     pub kicks: u64,
     pub interrupts: u64,
+    pub rechecks: u64,
     /// Request latency from the pass that popped the chain to the pass that returned it, in
     /// the buckets of [`LATENCY_BUCKETS`].
     pub latency: [u64; LATENCY_BUCKETS],
@@ -135,6 +139,10 @@ impl QueueCounters {
         add(&self.interrupts, 1);
     }
 
+    pub fn rechecked(&self) {
+        add(&self.rechecks, 1);
+    }
+
     pub fn snapshot(&self, vq: u16) -> QueueStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         QueueStats {
@@ -147,6 +155,7 @@ impl QueueCounters {
             in_flight: load(&self.in_flight),
             kicks: load(&self.kicks),
             interrupts: load(&self.interrupts),
+            rechecks: load(&self.rechecks),
             latency: std::array::from_fn(|i| load(&self.latency[i])),
         }
     }
@@ -189,6 +198,8 @@ mod tests {
         counters.written(512);
         counters.count_kicks(3);
         counters.interrupted();
+        counters.rechecked();
+        counters.rechecked();
         counters.set_in_flight(7);
         let stats = counters.snapshot(2);
         assert_eq!(stats.vq, 2);
@@ -198,6 +209,7 @@ mod tests {
         assert_eq!(stats.transport_failures, 1);
         assert_eq!((stats.bytes_read, stats.bytes_written), (4096, 512));
         assert_eq!((stats.kicks, stats.interrupts, stats.in_flight), (3, 1, 7));
+        assert_eq!(stats.rechecks, 2);
         assert_eq!(stats.latency[0], 1);
         assert_eq!(stats.latency[3], 1);
     }

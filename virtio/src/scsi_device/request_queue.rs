@@ -1025,6 +1025,7 @@ impl QueueWorker for RequestQueueWorker {
     /// Serves what a batch shorter than the driver was told left (or, while polling, nothing:
     /// the poller looks by itself).
     fn recheck(&mut self) {
+        self.queue.counters().rechecked();
         if !self.batching.polling() {
             self.serve_available();
         }
