@@ -209,11 +209,16 @@ fn run(
                 };
                 (result, waited)
             }
-            Polled::GaveUp => {
+            Polled::GaveUp | Polled::Rechecked => {
                 let result = set.poll(None);
                 looked = pass_start;
                 // The window polled in vain, then the sleep: not the serving that followed.
-                (result, polling + set.slept())
+                let polled = if found == Polled::GaveUp {
+                    polling
+                } else {
+                    Duration::ZERO
+                };
+                (result, polled + set.slept())
             }
         };
         window.adjust(waited);

@@ -111,6 +111,36 @@ impl InlineQueueHost {
         }
     }
 
+    /// Starts a stretch of polling, as a polling iothread does: every queue asks its driver not
+    /// to kick and is looked at by `poll` instead.
+    pub fn start_polling(&self) {
+        for worker in self.workers().slots.iter_mut().flatten() {
+            worker.start_polling();
+        }
+    }
+
+    /// One look at every queue while polling; true when one had work.
+    pub fn poll(&self) -> bool {
+        let mut served = false;
+        for worker in self.workers().slots.iter_mut().flatten() {
+            served |= worker.poll();
+        }
+        served
+    }
+
+    /// Ends the stretch of polling: notifications back on (as far as each queue asks) and the
+    /// re-checks they want booked.
+    pub fn stop_polling(&self) -> io::Result<()> {
+        let mut workers = self.workers();
+        for slot in 0..workers.slots.len() {
+            if let Some(worker) = workers.slots[slot].as_mut() {
+                worker.stop_polling();
+                workers.book(slot)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The virtqueues being served, in adoption order.
     pub fn queues(&self) -> Vec<u16> {
         self.workers()

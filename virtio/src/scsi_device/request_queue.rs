@@ -301,7 +301,11 @@ impl RequestQueueWorker {
     fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
-        self.batching.popped(chains.len(), self.in_flight_count());
+        if !chains.is_empty() {
+            let with_device = chains.len() + self.in_flight_count();
+            let held = self.queue.driver_holds(mem).map_or(0, usize::from);
+            self.batching.popped(chains.len(), with_device.max(held));
+        }
         let mut luns = self.luns.load();
         for chain in chains.drain(..) {
             self.luns.refresh(&mut luns);

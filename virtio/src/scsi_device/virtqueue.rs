@@ -402,6 +402,22 @@ impl Virtqueue {
         }
     }
 
+    /// How many of the chains popped so far the driver has not taken back yet, as far as it
+    /// says: with EVENT_IDX, Linux moves `used_event` to the used entries it has consumed while
+    /// it wants interrupts, so this counts the chains in flight and the answers it has still to
+    /// read, which are what keeps it from sending more. None without EVENT_IDX, or when the
+    /// field is more than a queue away (a hostile driver, or one that parked it with
+    /// interrupts off).
+    pub fn driver_holds(&self, mem: &CachedMemory<'_>) -> Option<u16> {
+        let ring = &self.ring;
+        if self.broken || !ring.event_idx {
+            return None;
+        }
+        let used_event = mem.field16(ring.used_event()).ok()?.load(Ordering::Relaxed);
+        let holds = ring.next_avail - Wrapping(u16::from_le(used_event));
+        (holds.0 <= ring.size).then_some(holds.0)
+    }
+
     /// Re-enables notifications; true when chains arrived meanwhile (the caller pops again).
     pub fn more_available(&mut self, mem: &CachedMemory<'_>) -> bool {
         self.kick_at_batch(mem, 1)
@@ -1256,6 +1272,25 @@ mod tests {
         assert!(rings.pass(|queue, mem| queue.has_available(mem)));
         assert_eq!(rings.pop(), [2]);
         assert!(!rings.needs_reset.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_driver_holds_what_it_popped_less_what_used_event_says_it_consumed() {
+        let mut with = rings(true, 0xfffe, memory(&[(0, 0x10000)]));
+        with.set_u16(USED_EVENT, 0xfffe);
+        with.publish(&[3, 1, 4]);
+        assert_eq!(with.pop(), [3, 1, 4]);
+        let holds = |rings: &mut Rings| rings.pass(|queue, mem| queue.driver_holds(mem));
+        assert_eq!(holds(&mut with), Some(3), "across the 16-bit wrap");
+        with.return_chain(3, 0);
+        with.set_u16(USED_EVENT, 0xffff);
+        assert_eq!(holds(&mut with), Some(2));
+        with.set_u16(USED_EVENT, 0x100);
+        assert_eq!(holds(&mut with), None, "more than a queue away");
+        let mut without = rings(false, 0, memory(&[(0, 0x10000)]));
+        without.publish(&[3]);
+        assert_eq!(without.pop(), [3]);
+        assert_eq!(holds(&mut without), None, "without EVENT_IDX");
     }
 
     #[test]
