@@ -11,7 +11,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
@@ -60,14 +60,19 @@ pub struct TestQueue {
     next_data: u64,
     data_end: u64,
     used_seen: u16,
+    /// The used ring, placed after the whole avail ring: the mock puts it `size` bytes after
+    /// the avail ring's entries, over the avail ring's tail and its `used_event`.
+    used_addr: GuestAddress,
 }
 
 impl TestQueue {
     fn new(mem: &'static GuestMemoryMmap, index: u16, size: u16) -> TestQueue {
         let data = DATA_START + u64::from(index) * DATA_AREA;
+        let mock = MockSplitQueue::create(mem, GuestAddress(u64::from(index) * QUEUE_AREA), size);
+        let avail_end = mock.avail_addr().0 + 4 + 2 * u64::from(size) + 2;
         TestQueue {
             mem,
-            mock: MockSplitQueue::create(mem, GuestAddress(u64::from(index) * QUEUE_AREA), size),
+            mock,
             notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             interrupt: Arc::new(CountingInterrupt::default()),
             size,
@@ -75,6 +80,7 @@ impl TestQueue {
             next_data: data,
             data_end: data + DATA_AREA,
             used_seen: 0,
+            used_addr: GuestAddress(avail_end.next_multiple_of(4)),
         }
     }
 
@@ -129,17 +135,13 @@ impl TestQueue {
 
     /// Used entries added since the last call, as (head, len).
     pub fn used(&mut self) -> Vec<(u32, u32)> {
-        let idx = self.mock.used().idx().load();
+        let idx = u16::from_le(self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap());
         let mut entries = Vec::new();
         while self.used_seen != idx {
-            let elem = self
-                .mock
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % self.size))
-                .unwrap()
-                .load();
-            entries.push((elem.id(), elem.len()));
+            let at = self.used_addr.0 + 4 + 8 * u64::from(self.used_seen % self.size);
+            let id = u32::from_le(self.mem.read_obj(GuestAddress(at)).unwrap());
+            let len = u32::from_le(self.mem.read_obj(GuestAddress(at + 4)).unwrap());
+            entries.push((id, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         // Like Linux with callbacks enabled: interrupt me for the next used entry.
@@ -160,26 +162,30 @@ impl TestQueue {
 
     /// The EVENT_IDX field after the used ring: where the device wants the next kick.
     pub fn avail_event(&self) -> u16 {
-        let at = self.mock.used_addr().0 + 4 + 8 * u64::from(self.size);
+        let at = self.used_addr.0 + 4 + 8 * u64::from(self.size);
         u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
     }
 
     /// The used ring's flags (NO_NOTIFY without EVENT_IDX).
     pub fn used_flags(&self) -> u16 {
-        u16::from_le(self.mem.read_obj(self.mock.used_addr()).unwrap())
+        u16::from_le(self.mem.read_obj(self.used_addr).unwrap())
     }
 
     /// The rings as a driver initialises them before DRIVER_OK.
     fn reset_rings(&mut self) {
         self.mock.avail().idx().store(0);
-        self.mock.used().idx().store(0);
+        self.mem
+            .write_obj(0u16, self.used_addr.unchecked_add(2))
+            .unwrap();
         self.used_seen = 0;
         self.next_desc = 0;
         self.set_used_event(0);
     }
 
     fn queue(&self) -> Queue {
-        self.mock.create_queue().unwrap()
+        let mut queue: Queue = self.mock.create_queue().unwrap();
+        queue.try_set_used_ring_address(self.used_addr).unwrap();
+        queue
     }
 }
 
