@@ -37,9 +37,9 @@
 # guest prints around each fio run, over the requests the guest's /sys/block/*/stat counted in
 # between. Device side: ours, the whole server process; builtin, QEMU's iothreads (its main
 # thread with --iothreads 0); vhost-user-blk, the whole qemu-storage-daemon process.
-# Kicks, interrupts and re-checks per request (ours only): from the "queue stats" records our
-# server logs per request queue when QEMU disconnects, over the whole boot (every job of that
-# guest).
+# Kicks, interrupts, deferred interrupts and re-checks per request (ours only): from the "queue
+# stats" records our server logs per request queue when QEMU disconnects, over the whole boot
+# (every job of that guest).
 # Progress (target, round, job, time left) goes to stderr; the tables to stdout.
 # Environment: VUS_SERVER_BIN (else the server is built), VUS_TMPDIR, VUS_CACHE.
 set -euo pipefail
@@ -303,7 +303,8 @@ run_guest() {
     if [ "$target" = ours ]; then
         counters=$(jq -R -s -c '[split("\n")[] | fromjson? | select(.msg == "queue stats")]
             | {requests: (map(.requests) | add // 0), kicks: (map(.kicks) | add // 0),
-               interrupts: (map(.interrupts) | add // 0), rechecks: (map(.rechecks // 0) | add // 0)}' "$server_log")
+               interrupts: (map(.interrupts) | add // 0), rechecks: (map(.rechecks // 0) | add // 0),
+               deferred: (map(.interrupts_deferred // 0) | add // 0)}' "$server_log")
     fi
     jq -n -c --arg target "$target" --arg backend "$backend" --arg kind "$kind" \
         --argjson round "$round" --argjson attach "$(awk -v a="$qemu_started" -v b="$first_read" 'BEGIN { printf "%.3f", b - a }')" \
@@ -313,7 +314,8 @@ run_guest() {
           attach_s: $attach, guest_s: $boot, queue_depth: $queue_depth,
           kicks_per_request: (if ($counters.requests // 0) > 0 then $counters.kicks / $counters.requests else null end),
           interrupts_per_request: (if ($counters.requests // 0) > 0 then $counters.interrupts / $counters.requests else null end),
-          rechecks_per_request: (if ($counters.requests // 0) > 0 then $counters.rechecks / $counters.requests else null end)}' >>"$boots"
+          rechecks_per_request: (if ($counters.requests // 0) > 0 then $counters.rechecks / $counters.requests else null end),
+          deferred_per_request: (if ($counters.requests // 0) > 0 then $counters.deferred / $counters.requests else null end)}' >>"$boots"
     local name begin_req begin_cpu end_req end_cpu direction
     while read -r name begin_req begin_cpu end_req end_cpu; do
         direction="read"
@@ -412,7 +414,8 @@ jq -n --slurpfile runs "$results" --slurpfile boots "$boots" \
      signalling: ($boots | map(select(.kind == "main" and .target == "ours")) | group_by(.backend)
         | map({backend: .[0].backend, kicks_per_request: stats(.kicks_per_request),
                interrupts_per_request: stats(.interrupts_per_request),
-               rechecks_per_request: stats(.rechecks_per_request)})),
+               rechecks_per_request: stats(.rechecks_per_request),
+               deferred_per_request: stats(.deferred_per_request)})),
      sweep: ($runs | map(select(.kind == "sweep"))
         | map(. + {requested_depth: (.job | ltrimstr("depth-") | tonumber)})),
      sweep_queue_depth: ($boots | map(select(.kind == "sweep") | {target, queue_depth})),
@@ -441,9 +444,9 @@ echo "QEMU start to the guest's first read of the disk (median, min-max, seconds
 jq -r 'def s(x): x * 100 | round / 100 | tostring;
     .attach[] | "  \(.target): \(s(.attach_s.median)) (\(s(.attach_s.min))-\(s(.attach_s.max)))"' "$json_out"
 echo
-echo "Our server's kicks, interrupts and re-checks per request (median over rounds, whole boots, from its queue stats):"
+echo "Our server's kicks, interrupts, deferred interrupts and re-checks per request (median over rounds, whole boots, from its queue stats):"
 jq -r 'def c(x): x.median // "-" | tostring | .[0:5];
-    .signalling[] | "  \(.backend): \(c(.kicks_per_request)) kicks, \(c(.interrupts_per_request)) interrupts, \(c(.rechecks_per_request)) re-checks per request"' "$json_out"
+    .signalling[] | "  \(.backend): \(c(.kicks_per_request)) kicks, \(c(.interrupts_per_request)) interrupts, \(c(.deferred_per_request)) deferred, \(c(.rechecks_per_request)) re-checks per request"' "$json_out"
 if [ "${#sweep_list[@]}" != 0 ]; then
     echo
     echo "Depth sweep: randread 4k, 1 job, null disk with $sweep_latency_us us latency, 1024-entry queues:"

@@ -390,6 +390,7 @@ impl ControlCommands {
             total.in_flight += queue.in_flight;
             total.kicks += queue.kicks;
             total.interrupts += queue.interrupts;
+            total.interrupts_deferred += queue.interrupts_deferred;
             total.rechecks += queue.rechecks;
             for (sum, n) in total
                 .errors_by_sense_key
@@ -668,6 +669,7 @@ fn queue_json(stats: &QueueStats) -> Value {
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,
+        "interrupts_deferred": stats.interrupts_deferred,
         "rechecks": stats.rechecks,
         "latency_us": latency_json(&stats.latency),
     })

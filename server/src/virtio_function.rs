@@ -256,6 +256,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         for queue in self.function.device().queue_stats() {
             info!(self.log, "queue stats"; "vq" => queue.vq, "requests" => queue.requests,
                 "kicks" => queue.kicks, "interrupts" => queue.interrupts,
+                "interrupts_deferred" => queue.interrupts_deferred,
                 "rechecks" => queue.rechecks, "bytes_read" => queue.bytes_read, "bytes_written" => queue.bytes_written,
                 "errors" => queue.errors(), "transport_failures" => queue.transport_failures,
                 "in_flight" => queue.in_flight);

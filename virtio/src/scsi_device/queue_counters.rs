@@ -33,6 +33,8 @@ pub struct QueueCounters {
     kicks: AtomicU64,
     /// Interrupts raised (MSI-X eventfd writes).
     interrupts: AtomicU64,
+    /// Passes that left their interrupt to the queue's next look.
+    interrupts_deferred: AtomicU64,
     /// Looks at the queue that its host's re-check timer made, standing in for kicks the
     /// driver was told it need not send.
     rechecks: AtomicU64,
@@ -57,6 +59,7 @@ pub struct QueueStats {
     pub in_flight: u64,
     pub kicks: u64,
     pub interrupts: u64,
+    pub interrupts_deferred: u64,
     pub rechecks: u64,
     /// Request latency from the pass that popped the chain to the pass that returned it, in
     /// the buckets of [`LATENCY_BUCKETS`].
@@ -139,6 +142,10 @@ impl QueueCounters {
         add(&self.interrupts, 1);
     }
 
+    pub fn interrupt_deferred(&self) {
+        add(&self.interrupts_deferred, 1);
+    }
+
     pub fn rechecked(&self) {
         add(&self.rechecks, 1);
     }
@@ -155,6 +162,7 @@ impl QueueCounters {
             in_flight: load(&self.in_flight),
             kicks: load(&self.kicks),
             interrupts: load(&self.interrupts),
+            interrupts_deferred: load(&self.interrupts_deferred),
             rechecks: load(&self.rechecks),
             latency: std::array::from_fn(|i| load(&self.latency[i])),
         }
@@ -200,6 +208,7 @@ mod tests {
         counters.interrupted();
         counters.rechecked();
         counters.rechecked();
+        counters.interrupt_deferred();
         counters.set_in_flight(7);
         let stats = counters.snapshot(2);
         assert_eq!(stats.vq, 2);
@@ -209,7 +218,7 @@ mod tests {
         assert_eq!(stats.transport_failures, 1);
         assert_eq!((stats.bytes_read, stats.bytes_written), (4096, 512));
         assert_eq!((stats.kicks, stats.interrupts, stats.in_flight), (3, 1, 7));
-        assert_eq!(stats.rechecks, 2);
+        assert_eq!((stats.rechecks, stats.interrupts_deferred), (2, 1));
         assert_eq!(stats.latency[0], 1);
         assert_eq!(stats.latency[3], 1);
     }

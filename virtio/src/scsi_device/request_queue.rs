@@ -44,6 +44,9 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SEN
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
+/// The longest a pass's interrupt waits for later looks (ns): the bound on what deferring
+/// adds to a request's latency.
+const MAX_INTERRUPT_DELAY_NS: u64 = 500_000;
 
 /// A command from the pop of its chain to its answer. It stays in the slot it got at the pop
 /// (the record is a few hundred bytes, and moving it showed in profiles): the worker reaches it
@@ -229,6 +232,10 @@ pub struct RequestQueueWorker {
     tracing: bool,
     /// How far ahead the driver's next kick is asked for.
     batching: KickBatching,
+    /// Whether the current pass popped chains.
+    found_chains: bool,
+    /// The clock when the first pass that left its interrupt to a later look ended.
+    interrupt_owed_since: Option<u64>,
 }
 
 impl RequestQueueWorker {
@@ -262,6 +269,8 @@ impl RequestQueueWorker {
             request_bytes: [0; CMD_REQ_HEADER_SIZE + MAX_CDB_KEPT],
             tracing: false,
             batching,
+            found_chains: false,
+            interrupt_owed_since: None,
         }
     }
 
@@ -302,6 +311,7 @@ impl RequestQueueWorker {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
         if !chains.is_empty() {
+            self.found_chains = true;
             let with_device = chains.len() + self.in_flight_count();
             let held = self.queue.driver_holds(mem).map_or(0, usize::from);
             self.batching.popped(chains.len(), with_device.max(held));
@@ -317,11 +327,37 @@ impl RequestQueueWorker {
     /// One interrupt for the pass, if the driver wants it, and one word to a TMF waiting for
     /// commands that left.
     fn end_pass(&mut self, mem: &CachedMemory<'_>) {
-        self.queue.notify(mem);
+        let found = std::mem::take(&mut self.found_chains);
+        if !self.defers_interrupt(mem, found) {
+            self.interrupt_owed_since = None;
+            self.queue.notify(mem);
+        }
         if std::mem::take(&mut self.tasks_left) {
             self.tasks.tell_waiters();
         }
         self.queue.counters().set_in_flight(self.in_flight_count());
+    }
+
+    /// Whether a pass that returned chains leaves its interrupt to the queue's next look: under
+    /// TCG the guest pays for each interrupt, and a busy driver that can still send as many
+    /// again reads more answers per interrupt. Only a pass that found new chains defers (the
+    /// driver is still sending, not waiting for us), and not for longer than
+    /// `MAX_INTERRUPT_DELAY_NS` in all.
+    fn defers_interrupt(&mut self, mem: &CachedMemory<'_>, found: bool) -> bool {
+        if !found || !self.queue.returned() {
+            return false;
+        }
+        let Some(holds) = self.queue.driver_holds(mem) else {
+            return false;
+        };
+        let since = *self.interrupt_owed_since.get_or_insert(self.clock);
+        if self.clock.saturating_sub(since) >= MAX_INTERRUPT_DELAY_NS
+            || !self.batching.may_defer_interrupt(usize::from(holds))
+        {
+            return false;
+        }
+        self.queue.counters().interrupt_deferred();
+        true
     }
 
     /// Commands with the engine (held ones are not); between passes, every other slot but the

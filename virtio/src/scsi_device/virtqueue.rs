@@ -476,6 +476,11 @@ impl Virtqueue {
         Ok(())
     }
 
+    /// Whether chains were returned since the last interrupt decision (`notify`).
+    pub fn returned(&self) -> bool {
+        self.returned && !self.broken
+    }
+
     /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
     pub fn notify(&mut self, mem: &CachedMemory<'_>) {
         if self.broken || !std::mem::take(&mut self.returned) {
