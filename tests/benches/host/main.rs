@@ -8,6 +8,9 @@
 //! (or `scripts/bench-host.sh`). Under `cargo test --benches`, where cargo does not pass
 //! `--bench`, it only runs its self-checks.
 
+// The results record is one `json!` literal, deeper than the default macro recursion limit.
+#![recursion_limit = "256"]
+
 mod args;
 mod callgrind;
 mod cpu_time;

@@ -127,17 +127,15 @@ pub fn print_details(results: &[RunResult]) {
                 |a| format!("{a:.4}"),
             );
             println!(
-                "  server counters (whole connection): {:.4} kicks, {:.4} interrupts, {} allocations per request",
-                counters.kicks_per_request(),
-                counters.interrupts_per_request(),
+                "  server counters (whole connection): {}, {} allocations per request",
+                counters.signalling(),
                 allocations,
             );
         }
         if let Some(counters) = &r.window_counters {
             println!(
-                "  server counters (measured window, steady state): {:.4} kicks, {:.4} interrupts, {} allocations per request",
-                counters.kicks_per_request(),
-                counters.interrupts_per_request(),
+                "  server counters (measured window, steady state): {}, {} allocations per request",
+                counters.signalling(),
                 counters
                     .allocations_per_request()
                     .map_or("n/a".to_string(), |a| format!("{a:.4}")),
@@ -386,10 +384,14 @@ fn run_json(r: &RunResult) -> Value {
             "threads": threads,
             "kicks_per_request": r.server_counters.as_ref().map(|c| c.kicks_per_request()),
             "interrupts_per_request": r.server_counters.as_ref().map(|c| c.interrupts_per_request()),
+            "interrupts_deferred_per_request": r.server_counters.as_ref().map(|c| c.per_request(c.interrupts_deferred)),
+            "rechecks_per_request": r.server_counters.as_ref().map(|c| c.per_request(c.rechecks)),
             "allocations_per_request": r.server_counters.as_ref().and_then(|c| c.allocations_per_request()),
             "window": r.window_counters.as_ref().map(|c| json!({
                 "kicks_per_request": c.kicks_per_request(),
                 "interrupts_per_request": c.interrupts_per_request(),
+                "interrupts_deferred_per_request": c.per_request(c.interrupts_deferred),
+                "rechecks_per_request": c.per_request(c.rechecks),
                 "allocations_per_request": c.allocations_per_request(),
                 "iothreads": c.iothreads.iter().map(|t| json!({
                     "name": t.name,

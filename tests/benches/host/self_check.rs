@@ -104,13 +104,17 @@ fn window_counters_leave_out_the_stats_requests() {
 fn server_counters_sum_the_request_queues() {
     let log = r#"{"msg":"client disconnected","level":"INFO"}
 {"msg":"allocations","count":500}
-{"msg":"queue stats","vq":2,"requests":600,"kicks":6,"interrupts":60}
+{"msg":"queue stats","vq":2,"requests":600,"kicks":6,"interrupts":60,"interrupts_deferred":3,"rechecks":12}
 {"msg":"queue stats","vq":3,"requests":400,"kicks":4,"interrupts":40}
 not json"#;
     let counters = ServerCounters::parse(log).unwrap();
     assert_eq!(counters.requests, 1000);
     assert_eq!(counters.kicks_per_request(), 0.01);
     assert_eq!(counters.interrupts_per_request(), 0.1);
+    assert_eq!(
+        counters.signalling(),
+        "0.0100 kicks, 0.1000 interrupts, 0.0030 deferred, 0.0120 re-checks"
+    );
     assert_eq!(counters.allocations_per_request(), Some(0.5));
     assert_eq!(ServerCounters::parse("{\"msg\":\"x\"}"), None);
 }

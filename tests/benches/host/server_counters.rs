@@ -13,6 +13,10 @@ pub struct ServerCounters {
     pub requests: u64,
     pub kicks: u64,
     pub interrupts: u64,
+    /// Passes that left their interrupt to a later look (0 from a server without the counter).
+    pub interrupts_deferred: u64,
+    /// Looks the re-check timer made in place of kicks (0 from a server without the counter).
+    pub rechecks: u64,
     pub allocations: Option<u64>,
     /// Only from `ctl stats`: the log records do not carry them.
     pub iothreads: Vec<IothreadTime>,
@@ -44,6 +48,8 @@ impl ServerCounters {
                     counters.requests += field("requests");
                     counters.kicks += field("kicks");
                     counters.interrupts += field("interrupts");
+                    counters.interrupts_deferred += field("interrupts_deferred");
+                    counters.rechecks += field("rechecks");
                 }
                 Some("allocations") => counters.allocations = record["count"].as_u64(),
                 _ => {}
@@ -74,6 +80,8 @@ impl ServerCounters {
             requests: total["requests"].as_u64()?,
             kicks: total["kicks"].as_u64()?,
             interrupts: total["interrupts"].as_u64()?,
+            interrupts_deferred: total["interrupts_deferred"].as_u64().unwrap_or(0),
+            rechecks: total["rechecks"].as_u64().unwrap_or(0),
             allocations: result["allocations"].as_u64(),
             iothreads,
         })
@@ -88,6 +96,10 @@ impl ServerCounters {
             requests: end.requests.saturating_sub(probe.requests),
             kicks: end.kicks.saturating_sub(probe.kicks),
             interrupts: end.interrupts.saturating_sub(probe.interrupts),
+            interrupts_deferred: end
+                .interrupts_deferred
+                .saturating_sub(probe.interrupts_deferred),
+            rechecks: end.rechecks.saturating_sub(probe.rechecks),
             allocations: end
                 .allocations
                 .zip(probe.allocations)
@@ -119,6 +131,16 @@ impl ServerCounters {
 
     pub fn interrupts_per_request(&self) -> f64 {
         self.per_request(self.interrupts)
+    }
+
+    pub fn signalling(&self) -> String {
+        format!(
+            "{:.4} kicks, {:.4} interrupts, {:.4} deferred, {:.4} re-checks",
+            self.per_request(self.kicks),
+            self.per_request(self.interrupts),
+            self.per_request(self.interrupts_deferred),
+            self.per_request(self.rechecks),
+        )
     }
 
     pub fn allocations_per_request(&self) -> Option<f64> {
