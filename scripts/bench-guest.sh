@@ -37,9 +37,10 @@
 # guest prints around each fio run, over the requests the guest's /sys/block/*/stat counted in
 # between. Device side: ours, the whole server process; builtin, QEMU's iothreads (its main
 # thread with --iothreads 0); vhost-user-blk, the whole qemu-storage-daemon process.
-# Kicks, interrupts, deferred interrupts and re-checks per request (ours only): from the "queue
-# stats" records our server logs per request queue when QEMU disconnects, over the whole boot
-# (every job of that guest).
+# Kicks, interrupts, deferred interrupts and re-checks per request (ours only): under load, from
+# its `ctl stats` totals at the same markers, over the requests it answered in between; and over
+# the whole boot (every job of that guest, and the boot's own I/O) from the "queue stats"
+# records it logs per request queue when QEMU disconnects.
 # Progress (target, round, job, time left) goes to stderr; the tables to stdout.
 # Environment: VUS_SERVER_BIN (else the server is built), VUS_TMPDIR, VUS_CACHE.
 set -euo pipefail
@@ -246,6 +247,17 @@ device_pid() {
     done <"$pids"
 }
 
+# Our server's request-queue totals, from its control socket, as one word
+# requests,kicks,interrupts,deferred,rechecks ("-" for the other targets, or when it does not
+# answer).
+signals() {
+    local target=$1 control=$2
+    [ "$target" = ours ] || { echo -; return; }
+    "$VUS_SERVER_BIN" ctl "$control" stats 2>/dev/null |
+        jq -r '.result.total | [.requests, .kicks, .interrupts, .interrupts_deferred // 0,
+            .rechecks // 0] | map(tostring) | join(",")' 2>/dev/null || echo -
+}
+
 # Boots one guest and records, per job, fio's figures and the device's CPU between markers.
 # $1 target, $2 backend, $3 round, $4 kind (main|sweep), $5 guest script.
 results=$work/results.jsonl
@@ -256,10 +268,11 @@ run_guest() {
     local target=$1 backend=$2 round=$3 kind=$4 script=$5
     local tag=$kind-$target-$backend-$round status=0 args=() disk=null
     local console=$work/$tag.console pids=$work/$tag.pids markers=$work/$tag.markers
+    local control=$work/$tag.ctl
     [ "$backend" = file ] && disk=$image
     local server_log=$work/$tag.server.log
     case $target in
-        ours) args=(--server "--log-format json $server_args") ;;
+        ours) args=(--server "--log-format json --control-socket $control $server_args") ;;
         builtin) args=(--builtin) ;;
         vhost-user-blk) args=(--vhost-user-blk) ;;
     esac
@@ -283,7 +296,7 @@ run_guest() {
                 VUS-BENCH-BEGIN* | VUS-BENCH-END*)
                     pid=$(device_pid "$target" "$pids")
                     read -r marker name requests <<<"$line"
-                    echo "$marker $name $requests $(device_cpu_ns "$target" "$pid")" >>"$markers"
+                    echo "$marker $name $requests $(device_cpu_ns "$target" "$pid") $(signals "$target" "$control")" >>"$markers"
                     echo "bench-guest:   $name: ${marker#VUS-BENCH-}" >&2
                     ;;
             esac
@@ -316,25 +329,34 @@ run_guest() {
           interrupts_per_request: (if ($counters.requests // 0) > 0 then $counters.interrupts / $counters.requests else null end),
           rechecks_per_request: (if ($counters.requests // 0) > 0 then $counters.rechecks / $counters.requests else null end),
           deferred_per_request: (if ($counters.requests // 0) > 0 then $counters.deferred / $counters.requests else null end)}' >>"$boots"
-    local name begin_req begin_cpu end_req end_cpu direction
-    while read -r name begin_req begin_cpu end_req end_cpu; do
+    local name begin_req begin_cpu begin_sig end_req end_cpu end_sig direction
+    while read -r name begin_req begin_cpu begin_sig end_req end_cpu end_sig; do
         direction="read"
         [[ $name == *write* ]] && direction="write"
         sed -n "/^VUS-FIO-BEGIN $name\$/,/^VUS-FIO-END $name\$/p" "$console" | sed '1d;$d' |
             jq -c --arg job "$name" --arg target "$target" --arg backend "$backend" \
                 --arg kind "$kind" --arg dir "$direction" --argjson round "$round" \
                 --argjson requests "$((end_req - begin_req))" --argjson cpu "$((end_cpu - begin_cpu))" \
-                '.jobs[0][$dir] as $d |
+                --arg begin_sig "$begin_sig" --arg end_sig "$end_sig" \
+                'def signals_per_request($b; $e):
+                    if $b == "-" or $e == "-" then null else
+                    ($b | split(",") | map(tonumber)) as $x | ($e | split(",") | map(tonumber)) as $y
+                    | ($y[0] - $x[0]) as $n
+                    | if $n > 0 then {kicks: (($y[1] - $x[1]) / $n), interrupts: (($y[2] - $x[2]) / $n),
+                        deferred: (($y[3] - $x[3]) / $n), rechecks: (($y[4] - $x[4]) / $n)}
+                      else null end end;
+                 .jobs[0][$dir] as $d |
                  {kind: $kind, job: $job, backend: $backend, target: $target, round: $round,
                   iodepth: (.jobs[0]["job options"].iodepth // "" | tonumber? // null),
                   iops: $d.iops, bw_kib: $d.bw,
                   p50_us: ($d.clat_ns.percentile["50.000000"] / 1000),
                   p99_us: ($d.clat_ns.percentile["99.000000"] / 1000),
                   requests: $requests,
-                  cpu_ns_per_request: (if $requests > 0 then $cpu / $requests else null end)}' \
+                  cpu_ns_per_request: (if $requests > 0 then $cpu / $requests else null end),
+                  signals_per_request: signals_per_request($begin_sig; $end_sig)}' \
                 >>"$results" || die "no fio result for $name in the $target guest's output ($console)"
-    done < <(awk '$1 == "VUS-BENCH-BEGIN" { b[$2] = $3 " " $4 }
-                  $1 == "VUS-BENCH-END" { print $2, b[$2], $3, $4 }' "$markers")
+    done < <(awk '$1 == "VUS-BENCH-BEGIN" { b[$2] = $3 " " $4 " " $5 }
+                  $1 == "VUS-BENCH-END" { print $2, b[$2], $3, $4, $5 }' "$markers")
 }
 
 per_job=$((runtime + ramp + 2))
@@ -391,7 +413,11 @@ jq -n --slurpfile runs "$results" --slurpfile boots "$boots" \
     ($main | group_by([.backend, .job, .target]) | map({
         backend: .[0].backend, job: .[0].job, target: .[0].target, rounds: length,
         iops: stats(.iops), p50_us: stats(.p50_us), p99_us: stats(.p99_us),
-        cpu_ns_per_request: stats(.cpu_ns_per_request)})) as $summary |
+        cpu_ns_per_request: stats(.cpu_ns_per_request),
+        signals_per_request: (if .[0].target == "ours" then
+            {kicks: stats(.signals_per_request.kicks), interrupts: stats(.signals_per_request.interrupts),
+             deferred: stats(.signals_per_request.deferred), rechecks: stats(.signals_per_request.rechecks)}
+            else null end)})) as $summary |
     def median_of($b; $j; $t; f):
         [$summary[] | select(.backend == $b and .job == $j and .target == $t) | f][0];
     {config: {smp: $smp, queues: $queues, iothreads: $iothreads, numjobs: $numjobs,
@@ -444,9 +470,12 @@ echo "QEMU start to the guest's first read of the disk (median, min-max, seconds
 jq -r 'def s(x): x * 100 | round / 100 | tostring;
     .attach[] | "  \(.target): \(s(.attach_s.median)) (\(s(.attach_s.min))-\(s(.attach_s.max)))"' "$json_out"
 echo
-echo "Our server's kicks, interrupts, deferred interrupts and re-checks per request (median over rounds, whole boots, from its queue stats):"
+echo "Our server's kicks, interrupts, deferred interrupts and re-checks per request (median over rounds):"
 jq -r 'def c(x): x.median // "-" | tostring | .[0:5];
-    .signalling[] | "  \(.backend): \(c(.kicks_per_request)) kicks, \(c(.interrupts_per_request)) interrupts, \(c(.deferred_per_request)) deferred, \(c(.rechecks_per_request)) re-checks per request"' "$json_out"
+    .summary[] | select(.target == "ours" and .signals_per_request != null) | .signals_per_request as $s
+    | "  \(.backend) \(.job), under load (ctl stats around the fio job): \(c($s.kicks)) kicks, \(c($s.interrupts)) interrupts, \(c($s.deferred)) deferred, \(c($s.rechecks)) re-checks"' "$json_out"
+jq -r 'def c(x): x.median // "-" | tostring | .[0:5];
+    .signalling[] | "  \(.backend), whole boots (queue stats at disconnect): \(c(.kicks_per_request)) kicks, \(c(.interrupts_per_request)) interrupts, \(c(.deferred_per_request)) deferred, \(c(.rechecks_per_request)) re-checks per request"' "$json_out"
 if [ "${#sweep_list[@]}" != 0 ]; then
     echo
     echo "Depth sweep: randread 4k, 1 job, null disk with $sweep_latency_us us latency, 1024-entry queues:"
