@@ -29,7 +29,8 @@ pub enum Kicker {
 }
 
 #[derive(Debug)]
-enum InFlight {
+/// What the driver made available at a chain head, until the device uses the chain.
+enum PendingChain {
     Command(InFlightCommand),
     /// An event-queue buffer at this guest address.
     Event(u64),
@@ -48,7 +49,7 @@ pub struct DriverQueue {
     irq: Option<EventFd>,
     kicker: Kicker,
     kick_owed: bool,
-    in_flight: HashMap<u16, InFlight>,
+    in_flight: HashMap<u16, PendingChain>,
     done: VecDeque<(u16, Completion)>,
     events: VecDeque<Event>,
     next_tag: u64,
@@ -162,7 +163,7 @@ impl DriverQueue {
     /// Adds a chain of caller-owned buffers, publishes and kicks; returns its head.
     pub fn submit_chain(&mut self, buffers: &[Buffer]) -> Result<u16> {
         let head = self.ring.add_chain(buffers)?;
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])?;
         Ok(head)
     }
@@ -170,14 +171,14 @@ impl DriverQueue {
     /// The same through an indirect table.
     pub fn submit_indirect_chain(&mut self, buffers: &[Buffer]) -> Result<u16> {
         let head = self.ring.add_indirect_chain(buffers)?;
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])?;
         Ok(head)
     }
 
     /// Publishes `head`, whose descriptors the caller wrote through `ring()`, and kicks.
     pub fn publish_raw(&mut self, head: u16) -> Result<()> {
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])
     }
 
@@ -196,7 +197,7 @@ impl DriverQueue {
         };
         match added {
             Ok(head) => {
-                self.in_flight.insert(head, InFlight::Command(command));
+                self.in_flight.insert(head, PendingChain::Command(command));
                 Ok(head)
             }
             Err(e) => {
@@ -235,7 +236,7 @@ impl DriverQueue {
                     return Err(e.into());
                 }
             };
-            self.in_flight.insert(head, InFlight::Event(gpa));
+            self.in_flight.insert(head, PendingChain::Event(gpa));
             heads.push(head);
         }
         self.publish(&heads)?;
@@ -248,19 +249,19 @@ impl DriverQueue {
         while let Some(used) = self.ring.pop_used()? {
             let head = used.id as u16;
             let completion = match self.in_flight.remove(&head) {
-                Some(InFlight::Command(command)) => {
+                Some(PendingChain::Command(command)) => {
                     let result = command.finish(&self.mem, used);
                     command.release(&self.mem)?;
                     Completion::Scsi(result?)
                 }
-                Some(InFlight::Event(gpa)) => {
+                Some(PendingChain::Event(gpa)) => {
                     let bytes = self.mem.read_vec(gpa, scsi::EVENT_SIZE)?;
                     self.mem.free(gpa)?;
                     self.events.push_back(scsi::decode_event(&bytes)?);
                     count += 1;
                     continue;
                 }
-                Some(InFlight::Raw) | None => Completion::Raw(used),
+                Some(PendingChain::Raw) | None => Completion::Raw(used),
             };
             self.done.push_back((head, completion));
             count += 1;
@@ -400,9 +401,9 @@ impl DriverQueue {
     pub fn release_all(&mut self) -> Result<()> {
         for (_, in_flight) in self.in_flight.drain() {
             match in_flight {
-                InFlight::Command(command) => command.release(&self.mem)?,
-                InFlight::Event(gpa) => self.mem.free(gpa)?,
-                InFlight::Raw => {}
+                PendingChain::Command(command) => command.release(&self.mem)?,
+                PendingChain::Event(gpa) => self.mem.free(gpa)?,
+                PendingChain::Raw => {}
             }
         }
         Ok(())
