@@ -12,7 +12,7 @@ use crate::null_latency::Delay;
 use crate::sync_engine::{self, IOV_MAX};
 use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 
-/// Submits requests to an io_uring; the ring signals the completion eventfd for each CQE.
+/// Submits requests to an io_uring; the ring writes the completion eventfd for each CQE.
 ///
 /// At most as many requests as the ring has submission entries are in the kernel at once;
 /// further ones wait inside the engine and start as others complete.

@@ -77,7 +77,7 @@ impl ControlQueue {
                 break;
             }
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     /// Commands completed while TMFs waited: answer those whose tasks are all gone.
@@ -94,7 +94,7 @@ impl ControlQueue {
             let used = self.answer_tmf(&tmf.buffers, &mem, &tmf.request);
             self.queue.add_used(&mem, tmf.head, used);
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     /// Answers one request; returns the used length, or None when a TMF has to wait.

@@ -124,14 +124,14 @@ impl EventQueue {
             };
             self.deliver(&mem, record);
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     pub fn post(&mut self, event: ScsiEvent) -> EventDelivery {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         let delivery = self.deliver(&mem, event.record());
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
         debug!(self.queue.logger(), "event"; "event" => ?event, "delivery" => ?delivery);
         delivery
     }

@@ -313,7 +313,7 @@ impl RequestQueueWorker {
     /// One interrupt for the pass, if the driver wants it, and one word to a TMF waiting for
     /// commands that left.
     fn end_pass(&mut self, mem: &CachedMemory<'_>) {
-        self.queue.notify(mem);
+        self.queue.interrupt_if_wanted(mem);
         if std::mem::take(&mut self.tasks_left) {
             self.tasks.tell_waiters();
         }
