@@ -13,8 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::driver::{DriverError, Result, WaitMode};
 use crate::guest_memory::GuestMemory;
-use crate::request::{Completion, InFlightCommand, ScsiRequest, ScsiResult};
 use crate::scsi::{self, Event};
+use crate::scsi_request::{Completion, InFlightCommand, ScsiRequest, ScsiResult};
 use crate::split_queue::{Buffer, QueueError, SplitQueue, UsedElement};
 use crate::vfio_client::PostedWriter;
 

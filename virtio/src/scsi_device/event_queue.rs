@@ -14,8 +14,8 @@ use virtio_bindings::virtio_scsi::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::lun_address;
-use super::request::{EventRecord, EVENT_SIZE};
 use super::virtqueue::{CachedMemory, ChainBuffers, Segments, Virtqueue};
+use super::wire_format::{EventRecord, EVENT_SIZE};
 use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.

@@ -32,11 +32,11 @@ use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
 use super::queue_counters::LatencyBucket;
-use super::request::{
-    CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
-};
 use super::task_set::TaskSet;
 use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
+use super::wire_format::{
+    CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
+};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
