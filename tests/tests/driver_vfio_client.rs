@@ -20,7 +20,7 @@ use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, Serv
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use tests::guest_memory::GuestMemory;
-use tests::vfio_client::{ClientError, Command, VfioUserClient};
+use tests::vfio_client::{ClientError, CommandNumber, VfioUserClient};
 use tests::VirtioScsiDriver;
 
 const MSIX_VECTORS: u32 = 5;
@@ -248,7 +248,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
     // An error reply comes back as an error, and the conversation goes on.
     match client.region_info(99) {
         Err(ClientError::Server {
-            command: Command::DeviceGetRegionInfo,
+            command: CommandNumber::DeviceGetRegionInfo,
             errno,
         }) => {
             assert_eq!(errno, libc::EINVAL as u32)
