@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::driver::{DriverError, Result, WaitMode};
-use crate::guest_memory::GuestMemory;
+use crate::guest_memory::DriverMemory;
 use crate::scsi::{self, Event};
-use crate::scsi_request::{Completion, InFlightCommand, ScsiRequest, ScsiResult};
+use crate::scsi_request::{InFlightCommand, ScsiRequest, ScsiResult, UsedChain};
 use crate::split_queue::{Buffer, QueueError, SplitQueue, UsedElement};
 use crate::vfio_client::PostedWriter;
 
@@ -43,14 +43,14 @@ const RAW_SPINS_PER_CLOCK_READ: u32 = 64;
 pub struct DriverQueue {
     index: u16,
     ring: SplitQueue,
-    mem: Arc<GuestMemory>,
+    mem: Arc<DriverMemory>,
     notify: (u32, u64),
     vector: u16,
     irq: Option<EventFd>,
     kicker: Kicker,
     kick_owed: bool,
     in_flight: HashMap<u16, PendingChain>,
-    done: VecDeque<(u16, Completion)>,
+    done: VecDeque<(u16, UsedChain)>,
     events: VecDeque<Event>,
     next_tag: u64,
     cdb_size: u32,
@@ -120,7 +120,7 @@ impl DriverQueue {
         &mut self.ring
     }
 
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<DriverMemory> {
         &self.mem
     }
 
@@ -252,7 +252,7 @@ impl DriverQueue {
                 Some(PendingChain::Command(command)) => {
                     let result = command.finish(&self.mem, used);
                     command.release(&self.mem)?;
-                    Completion::Scsi(result?)
+                    UsedChain::Scsi(result?)
                 }
                 Some(PendingChain::Event(gpa)) => {
                     let bytes = self.mem.read_vec(gpa, scsi::EVENT_SIZE)?;
@@ -261,7 +261,7 @@ impl DriverQueue {
                     count += 1;
                     continue;
                 }
-                Some(PendingChain::Raw) | None => Completion::Raw(used),
+                Some(PendingChain::Raw) | None => UsedChain::Raw(used),
             };
             self.done.push_back((head, completion));
             count += 1;
@@ -294,7 +294,7 @@ impl DriverQueue {
     }
 
     /// Completions available now or within the timeout (at least one, or a timeout error).
-    pub fn reap(&mut self) -> Result<Vec<(u16, Completion)>> {
+    pub fn reap(&mut self) -> Result<Vec<(u16, UsedChain)>> {
         let deadline = Instant::now() + self.timeout;
         loop {
             self.collect()?;
@@ -341,13 +341,13 @@ impl DriverQueue {
     }
 
     /// Completions already in the used ring, without waiting.
-    pub fn poll_completions(&mut self) -> Result<Vec<(u16, Completion)>> {
+    pub fn poll_completions(&mut self) -> Result<Vec<(u16, UsedChain)>> {
         self.collect()?;
         Ok(self.done.drain(..).collect())
     }
 
     /// Waits for the completion of `head`; other completions stay queued for `reap`.
-    pub fn wait_for(&mut self, head: u16) -> Result<Completion> {
+    pub fn wait_for(&mut self, head: u16) -> Result<UsedChain> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(at) = self.done.iter().position(|(h, _)| *h == head) {
@@ -366,8 +366,8 @@ impl DriverQueue {
         let head = self.submit(request)?;
         self.owed_kick_unsupported()?;
         match self.wait_for(head)? {
-            Completion::Scsi(result) => Ok(result),
-            Completion::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
+            UsedChain::Scsi(result) => Ok(result),
+            UsedChain::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
         }
     }
 

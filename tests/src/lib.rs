@@ -24,6 +24,6 @@ pub mod virtio_pci;
 
 pub use driver::{DriverError, DriverOptions, KickMode, VirtioScsiDriver, WaitMode};
 pub use driver_queue::DriverQueue;
-pub use scsi::VirtioScsiConfig;
-pub use scsi_request::{Completion, ScsiRequest, ScsiResult};
+pub use scsi::ParsedScsiConfig;
+pub use scsi_request::{ScsiRequest, ScsiResult, UsedChain};
 pub use server_process::ServerProcess;

@@ -19,7 +19,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use tests::guest_memory::GuestMemory;
+use tests::guest_memory::DriverMemory;
 use tests::vfio_client::{ClientError, CommandNumber, VfioUserClient};
 use tests::VirtioScsiDriver;
 
@@ -205,7 +205,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
     let mut client = VfioUserClient::connect(&path, Duration::from_secs(5)).unwrap();
     assert!(client.server_capabilities().contains("capabilities"));
 
-    let mem = GuestMemory::new(0x10000, 1 << 20).unwrap();
+    let mem = DriverMemory::new(0x10000, 1 << 20).unwrap();
     mem.write(0x10000, b"memfd-ok").unwrap();
     client
         .dma_map(0x10000, 1 << 20, mem.file().as_fd(), 0)
@@ -644,7 +644,7 @@ fn the_whole_driver_path_runs_against_a_fake_device() {
             tests::split_queue::Buffer::writable(buffer, 108),
         ])
         .unwrap();
-    assert!(matches!(queue.wait_for(head).unwrap(), tests::Completion::Raw(u) if u.len == 108));
+    assert!(matches!(queue.wait_for(head).unwrap(), tests::UsedChain::Raw(u) if u.len == 108));
     drop(driver);
     handle.join().unwrap();
 }
