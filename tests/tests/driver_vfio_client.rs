@@ -36,7 +36,7 @@ struct State {
     resets: u32,
 }
 
-struct Backend(Arc<Mutex<State>>);
+struct RecordingBackend(Arc<Mutex<State>>);
 
 fn region_mut(state: &mut State, region: u32) -> io::Result<&mut Vec<u8>> {
     match region {
@@ -46,7 +46,7 @@ fn region_mut(state: &mut State, region: u32) -> io::Result<&mut Vec<u8>> {
     }
 }
 
-impl ServerBackend for Backend {
+impl ServerBackend for RecordingBackend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
         let mut state = self.0.lock().unwrap();
         let bytes = region_mut(&mut state, region)?;
@@ -193,7 +193,7 @@ fn serve(path: &Path) -> (Arc<Mutex<State>>, JoinHandle<()>) {
         bar0: vec![0; 4096],
         ..State::default()
     }));
-    let handle = serve_backend(path, Backend(state.clone()));
+    let handle = serve_backend(path, RecordingBackend(state.clone()));
     (state, handle)
 }
 
@@ -344,7 +344,7 @@ struct FakeQueue {
 }
 
 /// A chain as the fake device sees it: the bytes it may read, the (address, length) it may write.
-type Chain = (Vec<u8>, Vec<(u64, u32)>);
+type FakeChain = (Vec<u8>, Vec<(u64, u32)>);
 
 const FAKE_FEATURES: u64 = 1 << 32 | 1 << 28;
 const FAKE_QUEUE_MAX: u16 = 32;
@@ -457,7 +457,7 @@ impl FakeScsi {
     }
 
     /// (readable bytes, writable buffers) of the chain at `head`, following one indirect table.
-    fn walk(&self, q: &FakeQueue, head: u16) -> io::Result<Chain> {
+    fn walk(&self, q: &FakeQueue, head: u16) -> io::Result<FakeChain> {
         let mut table = (q.desc, q.size);
         let mut index = head;
         let mut readable = Vec::new();
