@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use slog::{debug, error, trace, warn, FnValue, Logger};
-use virtio::{QueueWorker, RecheckTimer};
+use virtio::{QueueWorker, RecheckTimer, WorkerEvent};
 
 /// Reserved for the owner of the set (an iothread's waker).
 pub const OWNER_TOKEN: Token = Token(0);
@@ -45,29 +45,20 @@ pub enum Polled {
     GaveUp,
 }
 
-/// What woke a queue's thread.
-#[derive(Clone, Copy)]
-enum Wakeup {
-    Notifier,
-    Completions,
-    /// The re-check the worker asked for is due.
-    Recheck,
-}
-
-fn token(slot: usize, wakeup: Wakeup) -> Token {
+fn token(slot: usize, wakeup: WorkerEvent) -> Token {
     let offset = match wakeup {
-        Wakeup::Notifier | Wakeup::Recheck => 0,
-        Wakeup::Completions => 1,
+        WorkerEvent::Notifier | WorkerEvent::Recheck => 0,
+        WorkerEvent::Completions => 1,
     };
     Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
 }
 
-fn slot_of(token: Token) -> Option<(usize, Wakeup)> {
+fn slot_of(token: Token) -> Option<(usize, WorkerEvent)> {
     let n = token.0.checked_sub(FIRST_QUEUE_TOKEN)?;
     let wakeup = if n % 2 == 0 {
-        Wakeup::Notifier
+        WorkerEvent::Notifier
     } else {
-        Wakeup::Completions
+        WorkerEvent::Completions
     };
     Some((n / 2, wakeup))
 }
@@ -140,13 +131,13 @@ impl QueueSet {
         let notifier = worker.notifier().as_raw_fd();
         registry.register(
             &mut SourceFd(&notifier),
-            token(slot, Wakeup::Notifier),
+            token(slot, WorkerEvent::Notifier),
             Interest::READABLE,
         )?;
         if let Some(fd) = worker.completion_fd() {
             if let Err(e) = registry.register(
                 &mut SourceFd(&fd.as_raw_fd()),
-                token(slot, Wakeup::Completions),
+                token(slot, WorkerEvent::Completions),
                 Interest::READABLE,
             ) {
                 let _ = registry.deregister(&mut SourceFd(&notifier));
@@ -214,7 +205,7 @@ impl QueueSet {
     /// off the `Poll` without being served.
     pub fn serve_all(&mut self) {
         for slot in 0..self.workers.len() {
-            self.serve(slot, Wakeup::Notifier);
+            self.serve(slot, WorkerEvent::Notifier);
         }
     }
 
@@ -225,7 +216,7 @@ impl QueueSet {
             error!(self.log, "cannot arm the re-check timer"; "iothread" => thread_name(), "error" => %e);
         }
         for slot in due.drain(..) {
-            self.serve(slot, Wakeup::Recheck);
+            self.serve(slot, WorkerEvent::Recheck);
         }
         self.due = due;
     }
@@ -238,21 +229,17 @@ impl QueueSet {
         self.due.clear();
     }
 
-    fn serve(&mut self, slot: usize, wakeup: Wakeup) {
+    fn serve(&mut self, slot: usize, wakeup: WorkerEvent) {
         let Some(worker) = self.workers.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        match wakeup {
-            Wakeup::Notifier => worker.notifier_ready(),
-            Wakeup::Completions => worker.completions_ready(),
-            Wakeup::Recheck => worker.recheck(),
-        }
+        wakeup.serve(&mut **worker);
         trace!(self.log, "queue served";
             "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
             "wakeup" => match wakeup {
-                Wakeup::Notifier => "notifier",
-                Wakeup::Completions => "completions",
-                Wakeup::Recheck => "recheck",
+                WorkerEvent::Notifier => "notifier",
+                WorkerEvent::Completions => "completions",
+                WorkerEvent::Recheck => "recheck",
             },
             "in_flight" => worker.in_flight());
         book(&mut self.rechecks, &self.log, slot, &**worker);
@@ -343,8 +330,8 @@ impl QueueSet {
             for token in ready {
                 if token == RECHECK_TOKEN {
                     self.skip_due_rechecks();
-                } else if let Some((slot, Wakeup::Completions)) = slot_of(token) {
-                    self.serve(slot, Wakeup::Completions);
+                } else if let Some((slot, WorkerEvent::Completions)) = slot_of(token) {
+                    self.serve(slot, WorkerEvent::Completions);
                 }
             }
         }

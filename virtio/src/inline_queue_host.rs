@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::queue_worker::{QueueHost, QueueWorker, WorkerEvent};
 use crate::recheck_timer::RecheckTimer;
 
 /// How long `release_all` waits for completions before it looks at the workers again (ms).
@@ -21,22 +21,16 @@ const DRAIN_WAIT_MS: i32 = 10;
 /// The epoll token of the re-check timer (worker tokens are far below it).
 const RECHECK_TOKEN: u64 = u64::MAX;
 
-/// What woke a worker, encoded in the low bit of its epoll token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wakeup {
-    Notifier,
-    Completions,
+/// A worker's epoll token: its slot, and in the low bit which of its eventfds fired.
+fn token(slot: usize, wakeup: WorkerEvent) -> u64 {
+    (slot as u64) << 1 | u64::from(wakeup == WorkerEvent::Completions)
 }
 
-fn token(slot: usize, wakeup: Wakeup) -> u64 {
-    (slot as u64) << 1 | u64::from(wakeup == Wakeup::Completions)
-}
-
-fn slot_of(token: u64) -> (usize, Wakeup) {
+fn slot_of(token: u64) -> (usize, WorkerEvent) {
     let wakeup = if token & 1 == 0 {
-        Wakeup::Notifier
+        WorkerEvent::Notifier
     } else {
-        Wakeup::Completions
+        WorkerEvent::Completions
     };
     ((token >> 1) as usize, wakeup)
 }
@@ -101,11 +95,8 @@ impl InlineQueueHost {
                 let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) else {
                     continue;
                 };
-                match wakeup {
-                    Wakeup::Notifier => worker.notifier_ready(),
-                    Wakeup::Completions => worker.completions_ready(),
-                }
-                served.push((worker.queue_index(), wakeup == Wakeup::Notifier));
+                wakeup.serve(&mut **worker);
+                served.push((worker.queue_index(), wakeup == WorkerEvent::Notifier));
                 workers.book(slot)?;
             }
         }
@@ -185,9 +176,12 @@ impl QueueHost for InlineQueueHost {
         let mut workers = self.workers();
         let slot = workers.slots.len();
         let watched = workers
-            .watch(worker.notifier().as_raw_fd(), token(slot, Wakeup::Notifier))
+            .watch(
+                worker.notifier().as_raw_fd(),
+                token(slot, WorkerEvent::Notifier),
+            )
             .and_then(|()| match worker.completion_fd() {
-                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, Wakeup::Completions)),
+                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, WorkerEvent::Completions)),
                 None => Ok(()),
             });
         if let Err(error) = watched {
@@ -220,7 +214,7 @@ impl QueueHost for InlineQueueHost {
                     }
                     due.clear();
                     workers.due = due;
-                } else if let (slot, Wakeup::Completions) = slot_of(event.data()) {
+                } else if let (slot, WorkerEvent::Completions) = slot_of(event.data()) {
                     if let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) {
                         worker.completions_ready();
                     }
