@@ -236,7 +236,15 @@ impl QueueHost for InlineQueueHost {
                 break;
             };
             for event in &events[..count] {
-                if let (slot, WorkerEvent::Completions) = slot_of(event.data()) {
+                // The timer waits for its expiry to be taken before it arms again.
+                if event.data() == RECHECK_TOKEN {
+                    let mut due = std::mem::take(&mut workers.due);
+                    if let Err(error) = workers.rechecks.take_due(&mut due) {
+                        workers.adopt_error = Some(error);
+                    }
+                    due.clear();
+                    workers.due = due;
+                } else if let (slot, WorkerEvent::Completions) = slot_of(event.data()) {
                     if let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) {
                         worker.completions_ready();
                     }
@@ -256,7 +264,9 @@ impl QueueHost for InlineQueueHost {
 #[cfg(test)]
 mod tests {
     use std::os::fd::BorrowedFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -267,6 +277,8 @@ mod tests {
         notifier: Arc<EventFd>,
         completions: EventFd,
         in_flight: usize,
+        recheck_in: Option<Duration>,
+        rechecks: Arc<AtomicUsize>,
     }
 
     impl QueueWorker for Recorder {
@@ -290,6 +302,12 @@ mod tests {
         fn in_flight(&self) -> usize {
             self.in_flight
         }
+        fn recheck_in(&self) -> Option<Duration> {
+            self.recheck_in
+        }
+        fn recheck(&mut self) {
+            self.rechecks.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn recorder(queue: u16) -> (Box<Recorder>, Arc<EventFd>, EventFd) {
@@ -301,8 +319,35 @@ mod tests {
             notifier: notifier.clone(),
             completions,
             in_flight: 0,
+            recheck_in: None,
+            rechecks: Arc::new(AtomicUsize::new(0)),
         };
         (Box::new(worker), notifier, signal)
+    }
+
+    #[test]
+    fn a_recheck_booked_after_a_release_that_took_the_timers_expiry_is_served() {
+        let host = InlineQueueHost::new().unwrap();
+        let (mut first, _, completions) = recorder(2);
+        first.recheck_in = Some(Duration::from_millis(1));
+        host.adopt(first);
+        std::thread::sleep(Duration::from_millis(5));
+        // The release drains the completion and the timer's expiry together.
+        completions.write(1).unwrap();
+        host.release_all();
+        let (mut second, _, _) = recorder(2);
+        second.recheck_in = Some(Duration::from_millis(1));
+        let rechecks = Arc::clone(&second.rechecks);
+        host.adopt(second);
+        let start = Instant::now();
+        while rechecks.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            host.serve_ready().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            rechecks.load(Ordering::SeqCst) > 0,
+            "the timer was left waiting for an expiry that the release took"
+        );
     }
 
     #[test]
