@@ -88,6 +88,7 @@ impl TaskTable {
         }
     }
 
+    #[inline(always)]
     fn get(&self, slot: usize) -> Option<&TaskSlot> {
         if slot >= self.slots {
             return None;
@@ -140,6 +141,7 @@ impl TaskSet {
     }
 
     /// Request queue `queue` put a command in `slot` (called only by the queue's thread).
+    #[inline(always)]
     pub fn started(&self, queue: usize, slot: usize, lun: u16, tag: u64) {
         let Some(slot) = self.slot(queue, slot) else {
             return;
@@ -155,6 +157,7 @@ impl TaskSet {
 
     /// The command in `slot` of request queue `queue` completed (called only by its thread,
     /// which calls `tell_waiters` once it is done with the commands of its pass).
+    #[inline(always)]
     pub fn finished(&self, queue: usize, slot: usize) {
         let Some(slot) = self.slot(queue, slot) else {
             return;

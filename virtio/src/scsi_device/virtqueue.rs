@@ -375,18 +375,12 @@ impl Virtqueue {
         }
         let table = GuestAddress(self.ring.desc_table);
         let queue_size = self.ring.size;
-        let table_host = mem.host(table.0, usize::from(queue_size) * size_of::<Descriptor>());
         while self.ring.next_avail != avail {
             let Ok(entry) = mem.field16(self.ring.avail_entry(self.ring.next_avail)) else {
                 break;
             };
             let head = u16::from_le(entry.load(Ordering::Relaxed));
             self.ring.next_avail += Wrapping(1);
-            // The driver wrote the descriptor from another core: its line is on the way while
-            // the chains before it are served.
-            if let Some(host) = table_host.filter(|_| head < queue_size) {
-                prefetch(host.wrapping_add(usize::from(head) * size_of::<Descriptor>()));
-            }
             chains.push(Chain {
                 head,
                 table,
@@ -631,20 +625,6 @@ impl<'a> CachedMemory<'a> {
             None => self.mem.read_obj(GuestAddress(addr)).ok(),
         }
     }
-}
-
-/// Asks the CPU to start loading the cache line at `host` (a hint: it never faults, whatever
-/// the address).
-#[inline(always)]
-fn prefetch(host: *const u8) {
-    // SAFETY: SSE, which the intrinsic needs, is part of every x86_64 CPU; a prefetch reads
-    // nothing architecturally and never faults, so any address is sound.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(host.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = host;
 }
 
 /// The atomics ring fields are accessed as.
