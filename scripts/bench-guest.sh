@@ -157,13 +157,7 @@ if ! command -v jq >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq >/dev/null ||
         die "jq is needed to read fio's JSON output and could not be installed"
 fi
-if [ -z "${VUS_SERVER_BIN:-}" ]; then
-    target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
-    case $target_dir in /*) ;; *) target_dir=$repo_root/$target_dir ;; esac
-    echo "bench-guest: building the server (cargo build --release -p server)" >&2
-    (cd "$repo_root" && cargo build --release -q -p server) || die "the server does not build"
-    export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
-fi
+build_server
 "$script_dir/setup-guest.sh" --quiet >/dev/null || die "the guest environment could not be built"
 
 work=$(mktemp -d "${VUS_TMPDIR:-/var/tmp}/vus-bench.XXXXXX")

@@ -33,6 +33,13 @@ set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
+# shellcheck source=scripts/common.sh
+. "$repo_root/scripts/common.sh"
+
+die() {
+    echo "bench-host: $*" >&2
+    exit 1
+}
 
 for arg in "$@"; do
     if [ "$arg" = -h ] || [ "$arg" = --help ]; then
@@ -65,10 +72,5 @@ for arg in "$@"; do
     fi
 done
 
-if [ -z "${VUS_SERVER_BIN:-}" ]; then
-    target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
-    case $target_dir in /*) ;; *) target_dir=$repo_root/$target_dir ;; esac
-    cargo build --release -p server --features count-allocations
-    export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
-fi
+VUS_SERVER_FEATURES=count-allocations build_server
 exec cargo bench -p tests --bench host -- "$@"

@@ -65,12 +65,7 @@ trap 'rm -rf "$scratch"; [ "$quick" = 0 ] || rm -rf "$out"' EXIT
 cd "$repo_root"
 started=$SECONDS
 
-if [ -z "${VUS_SERVER_BIN:-}" ]; then
-    target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
-    case $target_dir in /*) ;; *) target_dir=$repo_root/$target_dir ;; esac
-    cargo build --release -q -p server || die "the server does not build"
-    export VUS_SERVER_BIN=$target_dir/release/vfio-user-scsi
-fi
+build_server
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 stage() {

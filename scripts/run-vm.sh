@@ -8,7 +8,7 @@
 #   --socket PATH      -device vfio-user-pci attached to a server already listening on PATH
 #   --server 'ARGS'    start vfio-user-scsi --socket <fresh socket> ARGS, attach, stop it afterwards
 #                      (ARGS are split as the shell would; the binary is $VUS_SERVER_BIN, or the
-#                      workspace's target/release/vfio-user-scsi, built with cargo if needed)
+#                      one cargo builds, under CARGO_TARGET_DIR when set)
 #   --vhost-user-blk   start qemu-storage-daemon exporting the disk as vhost-user-blk and attach
 #                      it with vhost-user-blk-pci (the out-of-process yardstick); the guest's disk
 #                      is /dev/vda instead of /dev/sda
@@ -267,13 +267,8 @@ esac
 
 server_log=
 start_server() {
-    local server_bin=${VUS_SERVER_BIN:-}
-    if [ -z "$server_bin" ]; then
-        server_bin=$repo_root/target/release/vfio-user-scsi
-        echo "run-vm: building the server (cargo build --release -p server)" >&2
-        (cd "$repo_root" && cargo build --release -q -p server) >&2 ||
-            die "cargo build --release -p server failed"
-    fi
+    build_server
+    local server_bin=$VUS_SERVER_BIN
     [ -x "$server_bin" ] || die "no server binary at $server_bin"
     local args=()
     eval "args=($server_args)" || die "--server: cannot split '$server_args' into arguments"

@@ -14,7 +14,7 @@
 # '"$VUS_SERVER_BIN" ctl "$VUS_SOAK_CONTROL" add-disk null,size=64M,lun=1' (the server is started
 # with --control-socket only when this is given).
 # Exit status: 0 when every round passed with no corrupt block, 1 otherwise.
-# Environment: VUS_SERVER_BIN (server binary; default target/release, built if missing),
+# Environment: VUS_SERVER_BIN (server binary; default: the one cargo builds),
 # VUS_TMPDIR (scratch space for the image, /var/tmp by default), and run-vm.sh's.
 set -euo pipefail
 
@@ -45,11 +45,8 @@ for value in "$minutes" "$queues" "$iothreads" "$smp" "$disk_mib" "$sample_s"; d
     case $value in '' | *[!0-9]*) die "'$value' is not a number" ;; esac
 done
 
-server_bin=${VUS_SERVER_BIN:-$repo_root/target/release/vfio-user-scsi}
-if [ ! -x "$server_bin" ]; then
-    echo "soak: building the server (cargo build --release -p server)"
-    (cd "$repo_root" && cargo build --release -q -p server)
-fi
+build_server
+server_bin=$VUS_SERVER_BIN
 work=$(mktemp -d "${VUS_TMPDIR:-/var/tmp}/vus-soak.XXXXXX")
 socket=$work/vus.sock
 image=$work/disk.img

@@ -12,7 +12,7 @@ use crate::null_latency::Delay;
 use crate::sync_engine::{self, IOV_MAX};
 use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 
-/// Submits requests to an io_uring; the ring signals the completion eventfd for each CQE.
+/// Submits requests to an io_uring; the ring writes the completion eventfd for each CQE.
 ///
 /// At most as many requests as the ring has submission entries are in the kernel at once;
 /// further ones wait inside the engine and start as others complete.
@@ -24,7 +24,7 @@ pub struct IoUringEngine {
     ring: IoUring,
     eventfd: EventFd,
     /// Requests in the kernel, indexed by their SQE's user_data.
-    slots: Vec<Option<InFlight>>,
+    slots: Vec<Option<Submitted>>,
     free_slots: Vec<usize>,
     waiting: VecDeque<Waiting>,
     ready: Vec<Completion>,
@@ -40,7 +40,8 @@ struct Waiting {
     user_data: u64,
 }
 
-struct InFlight {
+/// A request in the kernel, from its SQE to its CQE.
+struct Submitted {
     user_data: u64,
     /// Its entry in `disks`, which keeps the file descriptor open until the CQE.
     disk: DiskId,
@@ -223,7 +224,7 @@ impl IoUringEngine {
                 return self.finish(user_data, Err(errno));
             }
         };
-        self.slots[slot] = Some(InFlight {
+        self.slots[slot] = Some(Submitted {
             user_data,
             disk: self.disks.hold(disk),
             operation,
@@ -246,7 +247,7 @@ impl IoUringEngine {
         }
         .user_data(slot as u64);
         // SAFETY: everything the entry points to (iovecs, guest memory, bounce buffer, timespec) and the
-        // fd belong to the InFlight in slots[slot], which stays there until this SQE's CQE is
+        // fd belong to the Submitted in slots[slot], which stays there until this SQE's CQE is
         // reaped (or the engine's Drop has waited for it).
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {

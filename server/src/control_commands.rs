@@ -22,7 +22,7 @@ use virtio::{
 };
 
 use crate::cli::LogLevel;
-use crate::control_socket::{Answer, ConnectionId, LineError};
+use crate::control_socket::{ConnectionId, ControlReply, LineError};
 use crate::controller::{open_lun, ControllerError};
 use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, SizeError, MAX_LUN};
 use crate::iothread_pool::{IothreadPool, PoolError};
@@ -34,9 +34,10 @@ use vfio_user_server::ServerStatus;
 /// How long `remove-disk` waits for the LUN's requests in flight before it gives up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A control-socket request line, as JSON.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
-enum Request {
+enum ControlRequest {
     // Braces, so that deny_unknown_fields also holds for requests without arguments.
     Query {},
     Stats {},
@@ -190,7 +191,7 @@ impl ControlCommands {
         }
     }
 
-    /// Answers one request line from `connection`, now or (`Answer::Later`) through
+    /// Answers one request line from `connection`, now or (`ControlReply::Later`) through
     /// `pending_replies`.
     pub fn reply(
         &mut self,
@@ -198,15 +199,17 @@ impl ControlCommands {
         status: ServerStatus,
         connection: ConnectionId,
         line: Result<&str, LineError>,
-    ) -> Answer {
+    ) -> ControlReply {
         let result = line
             .map_err(ControlError::from)
-            .and_then(|line| serde_json::from_str::<Request>(line).map_err(ControlError::Request))
+            .and_then(|line| {
+                serde_json::from_str::<ControlRequest>(line).map_err(ControlError::Request)
+            })
             .and_then(|request| self.execute(device, status, connection, request));
         match result {
-            Ok(Progress::Done(result)) => Answer::Now(self.reply_line(Ok(result))),
-            Ok(Progress::Waiting) => Answer::Later,
-            Err(error) => Answer::Now(self.reply_line(Err(error))),
+            Ok(Progress::Done(result)) => ControlReply::Now(self.reply_line(Ok(result))),
+            Ok(Progress::Waiting) => ControlReply::Later,
+            Err(error) => ControlReply::Now(self.reply_line(Err(error))),
         }
     }
 
@@ -262,16 +265,16 @@ impl ControlCommands {
         device: &mut Function,
         status: ServerStatus,
         connection: ConnectionId,
-        request: Request,
+        request: ControlRequest,
     ) -> Result<Progress, ControlError> {
         let done = match request {
-            Request::RemoveDisk { lun } => return self.remove_disk(device, lun, connection),
-            Request::Query {} => self.query(device, status),
-            Request::Stats {} => self.stats(device),
-            Request::AddDisk { spec } => self.add_disk(device, &spec)?,
-            Request::Resize { lun, size } => self.resize(device, lun, size.as_deref())?,
-            Request::Cont { lun } => self.cont(device, lun)?,
-            Request::SetMapping { mapping } => {
+            ControlRequest::RemoveDisk { lun } => return self.remove_disk(device, lun, connection),
+            ControlRequest::Query {} => self.query(device, status),
+            ControlRequest::Stats {} => self.stats(device),
+            ControlRequest::AddDisk { spec } => self.add_disk(device, &spec)?,
+            ControlRequest::Resize { lun, size } => self.resize(device, lun, size.as_deref())?,
+            ControlRequest::Cont { lun } => self.cont(device, lun)?,
+            ControlRequest::SetMapping { mapping } => {
                 let json = match mapping {
                     Value::String(text) => text,
                     other => other.to_string(),
@@ -289,7 +292,7 @@ impl ControlCommands {
                     .collect();
                 json!({"moved": moved})
             }
-            Request::AddIothread { name } => {
+            ControlRequest::AddIothread { name } => {
                 self.pool
                     .add_iothread(&name)
                     .map_err(|source| ControlError::Pool {
@@ -298,7 +301,7 @@ impl ControlCommands {
                     })?;
                 json!({"iothread": name})
             }
-            Request::RemoveIothread { name } => {
+            ControlRequest::RemoveIothread { name } => {
                 self.pool
                     .remove_iothread(&name)
                     .map_err(|source| ControlError::Pool {
@@ -307,7 +310,7 @@ impl ControlCommands {
                     })?;
                 json!({"iothread": name})
             }
-            Request::SetLogLevel { level } => {
+            ControlRequest::SetLogLevel { level } => {
                 let level =
                     LogLevel::from_str(&level, true).map_err(|_| ControlError::LogLevel {
                         given: level.clone(),

@@ -2,7 +2,7 @@
 //! line-delimited requests and replies. What a request means is the caller's business.
 //!
 //! Everything is non-blocking and served from the main loop: a slow or silent client holds
-//! only its own connection. A request may be answered later (`Answer::Later`, then `deliver`):
+//! only its own connection. A request may be answered later (`ControlReply::Later`, then `deliver`):
 //! its connection waits for that reply before its next request is read, so replies keep the
 //! order of the requests, while other connections and the main loop go on.
 
@@ -28,7 +28,7 @@ pub enum LineError {
 
 /// What a request handler makes of a request line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum ControlReply {
     /// The reply line.
     Now(String),
     /// The reply comes through `ControlSocket::deliver`.
@@ -95,7 +95,7 @@ impl ControlSocket {
         &mut self,
         registry: &Registry,
         token: Token,
-        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) -> io::Result<()> {
         if token.0 == self.first_token {
             return self.accept(registry);
@@ -111,7 +111,7 @@ impl ControlSocket {
         registry: &Registry,
         connection: ConnectionId,
         reply: &str,
-        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        mut handle: impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) {
         let found = self
             .connections
@@ -134,7 +134,7 @@ impl ControlSocket {
         &mut self,
         registry: &Registry,
         index: usize,
-        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) {
         let Some(Some(connection)) = self.connections.get_mut(index) else {
             return;
@@ -184,7 +184,7 @@ impl ControlConnection {
     /// connection is finished.
     fn serve(
         &mut self,
-        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) -> bool {
         let mut chunk = [0u8; 4096];
         // Lines read while a reply was awaited.
@@ -204,7 +204,7 @@ impl ControlConnection {
             }
             self.answer_lines(handle);
             if !self.awaiting && self.input.len() > MAX_REQUEST {
-                if let Answer::Now(reply) = handle(self.id, Err(LineError::TooLong)) {
+                if let ControlReply::Now(reply) = handle(self.id, Err(LineError::TooLong)) {
                     self.output.extend_from_slice(reply.as_bytes());
                     self.output.push(b'\n');
                 }
@@ -229,7 +229,7 @@ impl ControlConnection {
     /// Answers the complete lines in the input, up to one whose reply comes later.
     fn answer_lines(
         &mut self,
-        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) {
         while !self.awaiting {
             let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
@@ -241,11 +241,11 @@ impl ControlConnection {
                 Err(_) => handle(self.id, Err(LineError::NotUtf8)),
             };
             match answer {
-                Answer::Now(reply) => {
+                ControlReply::Now(reply) => {
                     self.output.extend_from_slice(reply.as_bytes());
                     self.output.push(b'\n');
                 }
-                Answer::Later => self.awaiting = true,
+                ControlReply::Later => self.awaiting = true,
             }
         }
     }
@@ -265,7 +265,7 @@ mod tests {
     fn serve(
         poll: &mut Poll,
         socket: &mut ControlSocket,
-        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> Answer,
+        handle: &mut impl FnMut(ConnectionId, Result<&str, LineError>) -> ControlReply,
     ) {
         let mut events = Events::with_capacity(8);
         poll.poll(&mut events, Some(Duration::from_millis(200)))
@@ -288,10 +288,10 @@ mod tests {
         let mut handle = |id: ConnectionId, line: Result<&str, LineError>| match line {
             Ok("wait") => {
                 waiting.set(Some(id));
-                Answer::Later
+                ControlReply::Later
             }
-            Ok(line) => Answer::Now(format!("re {line}")),
-            Err(e) => Answer::Now(e.to_string()),
+            Ok(line) => ControlReply::Now(format!("re {line}")),
+            Err(e) => ControlReply::Now(e.to_string()),
         };
         let slow = StdStream::connect(&path).unwrap();
         let other = StdStream::connect(&path).unwrap();

@@ -16,7 +16,7 @@ use virtio::QueueWorker;
 use crate::poll_window::PollWindow;
 use crate::queue_set::{thread_name, Polled, QueueSet, OWNER_TOKEN};
 
-enum Command {
+enum IothreadMessage {
     Adopt(Box<dyn QueueWorker>),
     /// Complete the requests in flight, acknowledge, then touch no queue until `Resume`.
     Pause(Sender<()>),
@@ -33,7 +33,7 @@ enum Command {
 #[repr(align(128))]
 #[derive(Debug, Default)]
 struct TimeCounters {
-    /// Serving queues and commands.
+    /// Serving queues and messages.
     busy_ns: AtomicU64,
     /// Polling queues that had no work.
     poll_ns: AtomicU64,
@@ -64,8 +64,8 @@ pub struct IothreadStats {
 pub struct Iothread {
     name: String,
     time: Arc<TimeCounters>,
-    commands: Sender<Command>,
-    /// Set after each command sent, before the waker fires.
+    messages: Sender<IothreadMessage>,
+    /// Set after each message sent, before the waker fires.
     pending: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -77,12 +77,12 @@ impl Iothread {
     pub fn spawn(name: &str, poll_max_ns: u64, log: &Logger) -> io::Result<Iothread> {
         let set = QueueSet::new(log)?;
         let waker = Arc::new(Waker::new(set.registry(), OWNER_TOKEN)?);
-        let (commands, receiver) = channel();
+        let (messages, receiver) = channel();
         let thread_log = log.clone();
         let time = Arc::new(TimeCounters::default());
         let thread_time = Arc::clone(&time);
         let pending = Arc::new(AtomicBool::new(false));
-        let thread_commands = Commands {
+        let inbox = Inbox {
             receiver,
             pending: Arc::clone(&pending),
         };
@@ -90,13 +90,13 @@ impl Iothread {
             .name(name.to_string())
             .spawn(move || {
                 let window = PollWindow::new(poll_max_ns);
-                run(set, &thread_commands, window, &thread_time, &thread_log)
+                run(set, &inbox, window, &thread_time, &thread_log)
             })?;
         debug!(log, "iothread started"; "iothread" => name);
         Ok(Iothread {
             name: name.to_string(),
             time,
-            commands,
+            messages,
             pending,
             waker,
             thread: Some(thread),
@@ -117,9 +117,9 @@ impl Iothread {
         }
     }
 
-    /// Sends a command; false when the thread is gone.
-    fn send(&self, command: Command) -> bool {
-        if self.commands.send(command).is_err() {
+    /// Sends a message; false when the thread is gone.
+    fn send(&self, message: IothreadMessage) -> bool {
+        if self.messages.send(message).is_err() {
             return false;
         }
         self.pending.store(true, Ordering::Release);
@@ -127,24 +127,24 @@ impl Iothread {
     }
 
     pub fn adopt(&self, worker: Box<dyn QueueWorker>) {
-        self.send(Command::Adopt(worker));
+        self.send(IothreadMessage::Adopt(worker));
     }
 
     /// Asks for a pause; `wait` on the result returns once the thread has stopped.
     pub fn pause(&self) -> Acknowledgement {
         let (ack, done) = channel();
-        Acknowledgement(self.send(Command::Pause(ack)).then_some(done))
+        Acknowledgement(self.send(IothreadMessage::Pause(ack)).then_some(done))
     }
 
     pub fn resume(&self) {
-        self.send(Command::Resume);
+        self.send(IothreadMessage::Resume);
     }
 
     /// Takes virtqueue `queue` back, once the requests in flight here have completed; `None`
     /// when the thread does not serve it (or is gone).
     pub fn surrender(&self, queue: u16) -> Option<Box<dyn QueueWorker>> {
         let (reply, worker) = channel();
-        if !self.send(Command::Surrender(queue, reply)) {
+        if !self.send(IothreadMessage::Surrender(queue, reply)) {
             return None;
         }
         worker.recv().ok().flatten()
@@ -153,11 +153,11 @@ impl Iothread {
     /// Asks for the queues back; `wait` on the result returns once they are dropped.
     pub fn release(&self) -> Acknowledgement {
         let (ack, done) = channel();
-        Acknowledgement(self.send(Command::Release(ack)).then_some(done))
+        Acknowledgement(self.send(IothreadMessage::Release(ack)).then_some(done))
     }
 }
 
-/// The answer to a command that the main loop waits for.
+/// The answer to a message that the main loop waits for.
 pub struct Acknowledgement(Option<Receiver<()>>);
 
 impl Acknowledgement {
@@ -171,7 +171,7 @@ impl Acknowledgement {
 
 impl Drop for Iothread {
     fn drop(&mut self) {
-        self.send(Command::Shutdown);
+        self.send(IothreadMessage::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -180,7 +180,7 @@ impl Drop for Iothread {
 
 fn run(
     mut set: QueueSet,
-    commands: &Commands,
+    inbox: &Inbox,
     mut window: PollWindow,
     time: &TimeCounters,
     log: &Logger,
@@ -232,8 +232,8 @@ fn run(
                 return;
             }
         }
-        if commands.take_pending() {
-            if !commands.execute(&mut set, log) {
+        if inbox.take_pending() {
+            if !inbox.execute(&mut set, log) {
                 return;
             }
             pass_start = Instant::now();
@@ -241,26 +241,26 @@ fn run(
     }
 }
 
-/// The receiving end of the control channel, with a flag that says a command waits, so that a
+/// The receiving end of the control channel, with a flag that says a message waits, so that a
 /// pass looks at the channel only when the main loop sent something.
-struct Commands {
-    receiver: Receiver<Command>,
+struct Inbox {
+    receiver: Receiver<IothreadMessage>,
     pending: Arc<AtomicBool>,
 }
 
-impl Commands {
-    /// Whether a command was sent since the last look (a relaxed load first: the flag is only
-    /// written when a command is sent).
+impl Inbox {
+    /// Whether a message was sent since the last look (a relaxed load first: the flag is only
+    /// written when a message is sent).
     fn take_pending(&self) -> bool {
         self.pending.load(Ordering::Relaxed) && self.pending.swap(false, Ordering::Acquire)
     }
 
-    /// Carries out the commands waiting; false when the thread must stop.
+    /// Carries out the messages waiting; false when the thread must stop.
     fn execute(&self, set: &mut QueueSet, log: &Logger) -> bool {
         loop {
             match self.receiver.try_recv() {
-                Ok(command) => {
-                    if !execute(set, command, &self.receiver, log) {
+                Ok(message) => {
+                    if !execute(set, message, &self.receiver, log) {
                         return false;
                     }
                 }
@@ -271,36 +271,36 @@ impl Commands {
     }
 }
 
-/// Carries out one command; false when the thread must stop.
+/// Carries out one message; false when the thread must stop.
 fn execute(
     set: &mut QueueSet,
-    command: Command,
-    commands: &Receiver<Command>,
+    message: IothreadMessage,
+    messages: &Receiver<IothreadMessage>,
     log: &Logger,
 ) -> bool {
-    match command {
-        Command::Adopt(worker) => {
+    match message {
+        IothreadMessage::Adopt(worker) => {
             adopt(set, worker, log);
             true
         }
-        Command::Pause(ack) => {
+        IothreadMessage::Pause(ack) => {
             set.drain();
             let _ = ack.send(());
             debug!(log, "iothread paused"; "iothread" => thread_name(), "queues" => set.len());
-            paused(set, commands, log)
+            paused(set, messages, log)
         }
-        Command::Resume => true,
-        Command::Release(ack) => {
+        IothreadMessage::Resume => true,
+        IothreadMessage::Release(ack) => {
             set.release();
             let _ = ack.send(());
             true
         }
-        Command::Surrender(queue, reply) => {
+        IothreadMessage::Surrender(queue, reply) => {
             let _ = reply.send(set.surrender(queue));
             set.serve_all();
             true
         }
-        Command::Shutdown => {
+        IothreadMessage::Shutdown => {
             set.release();
             false
         }
@@ -315,29 +315,29 @@ fn adopt(set: &mut QueueSet, worker: Box<dyn QueueWorker>, log: &Logger) {
 }
 
 /// Waits for the end of a pause without touching the queues; false when the thread must stop.
-fn paused(set: &mut QueueSet, commands: &Receiver<Command>, log: &Logger) -> bool {
+fn paused(set: &mut QueueSet, messages: &Receiver<IothreadMessage>, log: &Logger) -> bool {
     loop {
-        match commands.recv() {
-            Ok(Command::Resume) => {
+        match messages.recv() {
+            Ok(IothreadMessage::Resume) => {
                 debug!(log, "iothread resumed"; "iothread" => thread_name());
                 set.serve_all();
                 return true;
             }
             // Already paused: nothing is in flight.
-            Ok(Command::Pause(ack)) => {
+            Ok(IothreadMessage::Pause(ack)) => {
                 let _ = ack.send(());
             }
-            Ok(Command::Adopt(worker)) => adopt(set, worker, log),
+            Ok(IothreadMessage::Adopt(worker)) => adopt(set, worker, log),
             // Nothing is in flight, so the hand-over touches no queue.
-            Ok(Command::Surrender(queue, reply)) => {
+            Ok(IothreadMessage::Surrender(queue, reply)) => {
                 let _ = reply.send(set.surrender(queue));
             }
-            Ok(Command::Release(ack)) => {
+            Ok(IothreadMessage::Release(ack)) => {
                 set.release();
                 let _ = ack.send(());
                 return true;
             }
-            Ok(Command::Shutdown) | Err(_) => {
+            Ok(IothreadMessage::Shutdown) | Err(_) => {
                 set.release();
                 return false;
             }
@@ -494,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn commands_reach_an_iothread_whose_polling_always_finds_work() {
+    fn messages_reach_an_iothread_whose_polling_always_finds_work() {
         let log = Logger::root(slog::Discard, slog::o!());
         let iothread = Iothread::spawn("io-busy", 1_000_000, &log).unwrap();
         let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());

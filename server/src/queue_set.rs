@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use slog::{debug, error, trace, warn, FnValue, Logger};
-use virtio::{QueueWorker, RecheckTimer};
+use virtio::{QueueWorker, RecheckTimer, WorkerEvent};
 
 /// Reserved for the owner of the set (an iothread's waker).
 pub const OWNER_TOKEN: Token = Token(0);
@@ -45,29 +45,20 @@ pub enum Polled {
     GaveUp,
 }
 
-/// What woke a queue's thread.
-#[derive(Clone, Copy)]
-enum Wakeup {
-    Notifier,
-    Completions,
-    /// The re-check the worker asked for is due.
-    Recheck,
-}
-
-fn token(slot: usize, wakeup: Wakeup) -> Token {
+fn token(slot: usize, wakeup: WorkerEvent) -> Token {
     let offset = match wakeup {
-        Wakeup::Notifier | Wakeup::Recheck => 0,
-        Wakeup::Completions => 1,
+        WorkerEvent::Notifier | WorkerEvent::Recheck => 0,
+        WorkerEvent::Completions => 1,
     };
     Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
 }
 
-fn slot_of(token: Token) -> Option<(usize, Wakeup)> {
+fn slot_of(token: Token) -> Option<(usize, WorkerEvent)> {
     let n = token.0.checked_sub(FIRST_QUEUE_TOKEN)?;
     let wakeup = if n % 2 == 0 {
-        Wakeup::Notifier
+        WorkerEvent::Notifier
     } else {
-        Wakeup::Completions
+        WorkerEvent::Completions
     };
     Some((n / 2, wakeup))
 }
@@ -140,13 +131,13 @@ impl QueueSet {
         let notifier = worker.notifier().as_raw_fd();
         registry.register(
             &mut SourceFd(&notifier),
-            token(slot, Wakeup::Notifier),
+            token(slot, WorkerEvent::Notifier),
             Interest::READABLE,
         )?;
         if let Some(fd) = worker.completion_fd() {
             if let Err(e) = registry.register(
                 &mut SourceFd(&fd.as_raw_fd()),
-                token(slot, Wakeup::Completions),
+                token(slot, WorkerEvent::Completions),
                 Interest::READABLE,
             ) {
                 let _ = registry.deregister(&mut SourceFd(&notifier));
@@ -214,7 +205,7 @@ impl QueueSet {
     /// off the `Poll` without being served.
     pub fn serve_all(&mut self) {
         for slot in 0..self.workers.len() {
-            self.serve(slot, Wakeup::Notifier);
+            self.serve(slot, WorkerEvent::Notifier);
         }
     }
 
@@ -225,26 +216,30 @@ impl QueueSet {
             error!(self.log, "cannot arm the re-check timer"; "iothread" => thread_name(), "error" => %e);
         }
         for slot in due.drain(..) {
-            self.serve(slot, Wakeup::Recheck);
+            self.serve(slot, WorkerEvent::Recheck);
         }
         self.due = due;
     }
 
-    fn serve(&mut self, slot: usize, wakeup: Wakeup) {
+    /// Takes the due re-checks without serving them (a drain: `serve_all` follows).
+    fn skip_due_rechecks(&mut self) {
+        if let Err(e) = self.rechecks.take_due(&mut self.due) {
+            error!(self.log, "cannot arm the re-check timer"; "iothread" => thread_name(), "error" => %e);
+        }
+        self.due.clear();
+    }
+
+    fn serve(&mut self, slot: usize, wakeup: WorkerEvent) {
         let Some(worker) = self.workers.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        match wakeup {
-            Wakeup::Notifier => worker.notifier_ready(),
-            Wakeup::Completions => worker.completions_ready(),
-            Wakeup::Recheck => worker.recheck(),
-        }
+        wakeup.serve(&mut **worker);
         trace!(self.log, "queue served";
             "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
             "wakeup" => match wakeup {
-                Wakeup::Notifier => "notifier",
-                Wakeup::Completions => "completions",
-                Wakeup::Recheck => "recheck",
+                WorkerEvent::Notifier => "notifier",
+                WorkerEvent::Completions => "completions",
+                WorkerEvent::Recheck => "recheck",
             },
             "in_flight" => worker.in_flight());
         book(&mut self.rechecks, &self.log, slot, &**worker);
@@ -318,8 +313,9 @@ impl QueueSet {
         self.workers.iter().flatten().map(|w| w.in_flight()).sum()
     }
 
-    /// Completes every request in flight, taking no new ones: kicks are taken off the `Poll`
-    /// but not served (`serve_all` serves them later).
+    /// Completes every request in flight, taking no new ones: kicks and due re-checks are taken
+    /// off the `Poll` but not served (`serve_all` serves every queue later). The re-check timer
+    /// is still told of its expiry, which it waits for before it arms again.
     pub fn drain(&mut self) {
         while self.in_flight() > 0 {
             match self.poll.poll(&mut self.events, Some(DRAIN_POLL)) {
@@ -332,8 +328,10 @@ impl QueueSet {
             }
             let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
             for token in ready {
-                if let Some((slot, Wakeup::Completions)) = slot_of(token) {
-                    self.serve(slot, Wakeup::Completions);
+                if token == RECHECK_TOKEN {
+                    self.skip_due_rechecks();
+                } else if let Some((slot, WorkerEvent::Completions)) = slot_of(token) {
+                    self.serve(slot, WorkerEvent::Completions);
                 }
             }
         }
@@ -440,11 +438,33 @@ mod tests {
         (set, calls)
     }
 
-    /// Asks for a re-check after each kick, and for none after the re-check.
+    /// Asks for a re-check after each kick, and for none after the re-check; a kick also
+    /// starts a request that completes when `completions` is written.
     struct RecheckingWorker {
         notifier: Arc<EventFd>,
+        completions: EventFd,
+        in_flight: usize,
         asks: bool,
         rechecks: Arc<AtomicUsize>,
+    }
+
+    /// A set serving one `RecheckingWorker`: its notifier, its completions eventfd and its
+    /// count of re-checks.
+    fn rechecking_set() -> (QueueSet, Arc<EventFd>, EventFd, Arc<AtomicUsize>) {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut set = QueueSet::new(&log).unwrap();
+        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let completions = EventFd::new(EFD_NONBLOCK).unwrap();
+        let rechecks = Arc::new(AtomicUsize::new(0));
+        let worker = RecheckingWorker {
+            notifier: Arc::clone(&notifier),
+            completions: completions.try_clone().unwrap(),
+            in_flight: 0,
+            asks: false,
+            rechecks: Arc::clone(&rechecks),
+        };
+        set.adopt(Box::new(worker)).unwrap();
+        (set, notifier, completions, rechecks)
     }
 
     impl QueueWorker for RecheckingWorker {
@@ -457,13 +477,17 @@ mod tests {
         fn notifier_ready(&mut self) {
             let _ = self.notifier.read();
             self.asks = true;
+            self.in_flight = 1;
         }
         fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
-            None
+            Some(block::borrow_eventfd(&self.completions))
         }
-        fn completions_ready(&mut self) {}
+        fn completions_ready(&mut self) {
+            let _ = self.completions.read();
+            self.in_flight = 0;
+        }
         fn in_flight(&self) -> usize {
-            0
+            self.in_flight
         }
         fn recheck_in(&self) -> Option<Duration> {
             self.asks.then_some(Duration::from_millis(2))
@@ -476,16 +500,7 @@ mod tests {
 
     #[test]
     fn a_sleeping_set_wakes_for_the_recheck_a_worker_asked_for_and_only_once() {
-        let log = Logger::root(slog::Discard, slog::o!());
-        let mut set = QueueSet::new(&log).unwrap();
-        let rechecks = Arc::new(AtomicUsize::new(0));
-        let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        set.adopt(Box::new(RecheckingWorker {
-            notifier: notifier.clone(),
-            asks: false,
-            rechecks: rechecks.clone(),
-        }))
-        .unwrap();
+        let (mut set, notifier, _, rechecks) = rechecking_set();
         notifier.write(1).unwrap();
         set.poll(Some(Duration::ZERO)).unwrap();
         assert_eq!(rechecks.load(Ordering::SeqCst), 0, "not due yet");
@@ -497,6 +512,29 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(1));
         set.poll(Some(Duration::from_millis(20))).unwrap();
         assert_eq!(rechecks.load(Ordering::SeqCst), 1, "not asked for again");
+    }
+
+    #[test]
+    fn a_recheck_owed_after_a_drain_took_the_timers_expiry_is_served() {
+        let (mut set, _, completions, rechecks) = rechecking_set();
+        // The re-check asked for at adoption falls due while the request is in flight; the
+        // drain (a pause) takes its expiry together with the completion.
+        std::thread::sleep(Duration::from_millis(5));
+        completions.write(1).unwrap();
+        set.drain();
+        assert_eq!(
+            rechecks.load(Ordering::SeqCst),
+            0,
+            "a drain serves no re-check"
+        );
+        // The resume serves every queue, which asks for a re-check again.
+        set.serve_all();
+        set.poll(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            rechecks.load(Ordering::SeqCst),
+            1,
+            "the timer was left waiting for an expiry that the drain took"
+        );
     }
 
     #[test]

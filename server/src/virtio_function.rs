@@ -2,7 +2,7 @@
 //! the transport of the `virtio` crate, its queues served by the iothread pool.
 //!
 //! A driver's notify write reaches the transport as a REGION_WRITE, and the transport writes
-//! that queue's notifier: the one signal that wakes the queue's owner, an iothread or the
+//! that queue's notifier: the one eventfd write that wakes the queue's owner, an iothread or the
 //! main loop's queue set (whose `Poll` is one of this device's event fds).
 
 use std::os::fd::BorrowedFd;
@@ -271,7 +271,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
         vec![self.pool.main_loop_fd()]
     }
 
-    /// The main loop's queue set has a kick or a completion to serve.
+    /// The main loop's queue set has a notifier, a completion eventfd or a re-check to serve.
     fn event_ready(&mut self, _index: usize) {
         if let Err(e) = self.pool.main_loop().serve_ready() {
             warn!(self.log, "serving main-loop queues failed"; "error" => %e);

@@ -13,10 +13,10 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::driver_queue::{DriverQueue, Kicker, QueueSettings};
-use crate::guest_memory::{GuestMemory, MemoryError, MemoryKind};
+use crate::guest_memory::{DriverMemory, MemoryError, MemoryKind};
 use crate::pci_probe::{PciProbe, ProbeError};
-use crate::request::{BuildError, Completion, ScsiRequest, ScsiResult};
-use crate::scsi::{self, ScsiError, VirtioScsiConfig};
+use crate::scsi::{self, ParsedScsiConfig, ScsiError};
+use crate::scsi_request::{BuildError, ScsiRequest, ScsiResult, UsedChain};
 use crate::split_queue::{Buffer, QueueError, SplitQueue};
 use crate::vfio_client::{ClientError, VfioUserClient};
 use crate::virtio_pci::{self, common, VirtioPci, CONFIG_REGION};
@@ -148,10 +148,10 @@ impl Default for DriverOptions {
 /// A virtio-scsi function driven over vfio-user.
 pub struct VirtioScsiDriver {
     pci: VirtioPci,
-    mem: Arc<GuestMemory>,
+    mem: Arc<DriverMemory>,
     options: DriverOptions,
     features: u64,
-    config: VirtioScsiConfig,
+    config: ParsedScsiConfig,
     irqs: Vec<EventFd>,
     queues: Vec<Option<DriverQueue>>,
 }
@@ -168,7 +168,7 @@ impl VirtioScsiDriver {
     /// device untouched, for tests of the initialisation sequence itself.
     pub fn attach(socket: &Path, options: DriverOptions) -> Result<Self> {
         let mut client = VfioUserClient::connect(socket, options.timeout)?;
-        let mem = Arc::new(GuestMemory::of_kind(
+        let mem = Arc::new(DriverMemory::of_kind(
             options.mem_base,
             options.mem_size,
             options.memory,
@@ -195,7 +195,7 @@ impl VirtioScsiDriver {
             mem,
             options,
             features: 0,
-            config: VirtioScsiConfig::default(),
+            config: ParsedScsiConfig::default(),
             irqs: Vec::new(),
             queues: Vec::new(),
         };
@@ -288,10 +288,10 @@ impl VirtioScsiDriver {
     }
 
     /// Reads `virtio_scsi_config`.
-    pub fn read_config(&mut self) -> Result<VirtioScsiConfig> {
-        let mut b = [0u8; VirtioScsiConfig::SIZE];
+    pub fn read_config(&mut self) -> Result<ParsedScsiConfig> {
+        let mut b = [0u8; ParsedScsiConfig::SIZE];
         self.pci.device_config_read(0, &mut b)?;
-        self.config = VirtioScsiConfig::parse(&b);
+        self.config = ParsedScsiConfig::parse(&b);
         Ok(self.config)
     }
 
@@ -299,11 +299,11 @@ impl VirtioScsiDriver {
     /// take the sizes current when they are created).
     pub fn set_sense_and_cdb_size(&mut self, sense_size: u32, cdb_size: u32) -> Result<()> {
         self.pci.device_config_write(
-            VirtioScsiConfig::SENSE_SIZE_OFFSET,
+            ParsedScsiConfig::SENSE_SIZE_OFFSET,
             &sense_size.to_le_bytes(),
         )?;
         self.pci
-            .device_config_write(VirtioScsiConfig::CDB_SIZE_OFFSET, &cdb_size.to_le_bytes())?;
+            .device_config_write(ParsedScsiConfig::CDB_SIZE_OFFSET, &cdb_size.to_le_bytes())?;
         self.read_config()?;
         Ok(())
     }
@@ -444,7 +444,7 @@ impl VirtioScsiDriver {
         self.features
     }
 
-    pub fn config(&self) -> VirtioScsiConfig {
+    pub fn config(&self) -> ParsedScsiConfig {
         self.config
     }
 
@@ -457,7 +457,7 @@ impl VirtioScsiDriver {
         &mut self.pci
     }
 
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<DriverMemory> {
         &self.mem
     }
 
@@ -555,17 +555,17 @@ impl VirtioScsiDriver {
     }
 
     /// Completions of `queue` available now or within the timeout (at least one).
-    pub fn reap(&mut self, queue: u16) -> Result<Vec<(u16, Completion)>> {
+    pub fn reap(&mut self, queue: u16) -> Result<Vec<(u16, UsedChain)>> {
         self.queue(queue)?.reap()
     }
 
     /// Completions already in the used ring, without waiting.
-    pub fn poll_completions(&mut self, queue: u16) -> Result<Vec<(u16, Completion)>> {
+    pub fn poll_completions(&mut self, queue: u16) -> Result<Vec<(u16, UsedChain)>> {
         self.queue(queue)?.poll_completions()
     }
 
     /// Waits for the completion of `head` on `queue`.
-    pub fn wait_for(&mut self, queue: u16, head: u16) -> Result<Completion> {
+    pub fn wait_for(&mut self, queue: u16, head: u16) -> Result<UsedChain> {
         self.queue(queue)?.wait_for(head)
     }
 
@@ -574,8 +574,8 @@ impl VirtioScsiDriver {
         let queue = FIRST_REQUEST_QUEUE + request_queue;
         let head = self.submit(queue, request)?;
         match self.wait_for(queue, head)? {
-            Completion::Scsi(result) => Ok(result),
-            Completion::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
+            UsedChain::Scsi(result) => Ok(result),
+            UsedChain::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
         }
     }
 

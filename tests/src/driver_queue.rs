@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::driver::{DriverError, Result, WaitMode};
-use crate::guest_memory::GuestMemory;
-use crate::request::{Completion, InFlightCommand, ScsiRequest, ScsiResult};
+use crate::guest_memory::DriverMemory;
 use crate::scsi::{self, Event};
+use crate::scsi_request::{InFlightCommand, ScsiRequest, ScsiResult, UsedChain};
 use crate::split_queue::{Buffer, QueueError, SplitQueue, UsedElement};
 use crate::vfio_client::PostedWriter;
 
@@ -29,7 +29,8 @@ pub enum Kicker {
 }
 
 #[derive(Debug)]
-enum InFlight {
+/// What the driver made available at a chain head, until the device uses the chain.
+enum PendingChain {
     Command(InFlightCommand),
     /// An event-queue buffer at this guest address.
     Event(u64),
@@ -42,14 +43,14 @@ const RAW_SPINS_PER_CLOCK_READ: u32 = 64;
 pub struct DriverQueue {
     index: u16,
     ring: SplitQueue,
-    mem: Arc<GuestMemory>,
+    mem: Arc<DriverMemory>,
     notify: (u32, u64),
     vector: u16,
     irq: Option<EventFd>,
     kicker: Kicker,
     kick_owed: bool,
-    in_flight: HashMap<u16, InFlight>,
-    done: VecDeque<(u16, Completion)>,
+    in_flight: HashMap<u16, PendingChain>,
+    done: VecDeque<(u16, UsedChain)>,
     events: VecDeque<Event>,
     next_tag: u64,
     cdb_size: u32,
@@ -119,7 +120,7 @@ impl DriverQueue {
         &mut self.ring
     }
 
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<DriverMemory> {
         &self.mem
     }
 
@@ -162,7 +163,7 @@ impl DriverQueue {
     /// Adds a chain of caller-owned buffers, publishes and kicks; returns its head.
     pub fn submit_chain(&mut self, buffers: &[Buffer]) -> Result<u16> {
         let head = self.ring.add_chain(buffers)?;
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])?;
         Ok(head)
     }
@@ -170,14 +171,14 @@ impl DriverQueue {
     /// The same through an indirect table.
     pub fn submit_indirect_chain(&mut self, buffers: &[Buffer]) -> Result<u16> {
         let head = self.ring.add_indirect_chain(buffers)?;
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])?;
         Ok(head)
     }
 
     /// Publishes `head`, whose descriptors the caller wrote through `ring()`, and kicks.
     pub fn publish_raw(&mut self, head: u16) -> Result<()> {
-        self.in_flight.insert(head, InFlight::Raw);
+        self.in_flight.insert(head, PendingChain::Raw);
         self.publish(&[head])
     }
 
@@ -196,7 +197,7 @@ impl DriverQueue {
         };
         match added {
             Ok(head) => {
-                self.in_flight.insert(head, InFlight::Command(command));
+                self.in_flight.insert(head, PendingChain::Command(command));
                 Ok(head)
             }
             Err(e) => {
@@ -235,7 +236,7 @@ impl DriverQueue {
                     return Err(e.into());
                 }
             };
-            self.in_flight.insert(head, InFlight::Event(gpa));
+            self.in_flight.insert(head, PendingChain::Event(gpa));
             heads.push(head);
         }
         self.publish(&heads)?;
@@ -248,19 +249,19 @@ impl DriverQueue {
         while let Some(used) = self.ring.pop_used()? {
             let head = used.id as u16;
             let completion = match self.in_flight.remove(&head) {
-                Some(InFlight::Command(command)) => {
+                Some(PendingChain::Command(command)) => {
                     let result = command.finish(&self.mem, used);
                     command.release(&self.mem)?;
-                    Completion::Scsi(result?)
+                    UsedChain::Scsi(result?)
                 }
-                Some(InFlight::Event(gpa)) => {
+                Some(PendingChain::Event(gpa)) => {
                     let bytes = self.mem.read_vec(gpa, scsi::EVENT_SIZE)?;
                     self.mem.free(gpa)?;
                     self.events.push_back(scsi::decode_event(&bytes)?);
                     count += 1;
                     continue;
                 }
-                Some(InFlight::Raw) | None => Completion::Raw(used),
+                Some(PendingChain::Raw) | None => UsedChain::Raw(used),
             };
             self.done.push_back((head, completion));
             count += 1;
@@ -293,7 +294,7 @@ impl DriverQueue {
     }
 
     /// Completions available now or within the timeout (at least one, or a timeout error).
-    pub fn reap(&mut self) -> Result<Vec<(u16, Completion)>> {
+    pub fn reap(&mut self) -> Result<Vec<(u16, UsedChain)>> {
         let deadline = Instant::now() + self.timeout;
         loop {
             self.collect()?;
@@ -340,13 +341,13 @@ impl DriverQueue {
     }
 
     /// Completions already in the used ring, without waiting.
-    pub fn poll_completions(&mut self) -> Result<Vec<(u16, Completion)>> {
+    pub fn poll_completions(&mut self) -> Result<Vec<(u16, UsedChain)>> {
         self.collect()?;
         Ok(self.done.drain(..).collect())
     }
 
     /// Waits for the completion of `head`; other completions stay queued for `reap`.
-    pub fn wait_for(&mut self, head: u16) -> Result<Completion> {
+    pub fn wait_for(&mut self, head: u16) -> Result<UsedChain> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(at) = self.done.iter().position(|(h, _)| *h == head) {
@@ -365,8 +366,8 @@ impl DriverQueue {
         let head = self.submit(request)?;
         self.owed_kick_unsupported()?;
         match self.wait_for(head)? {
-            Completion::Scsi(result) => Ok(result),
-            Completion::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
+            UsedChain::Scsi(result) => Ok(result),
+            UsedChain::Raw(used) => Err(QueueError::UnknownHead { id: used.id }.into()),
         }
     }
 
@@ -400,9 +401,9 @@ impl DriverQueue {
     pub fn release_all(&mut self) -> Result<()> {
         for (_, in_flight) in self.in_flight.drain() {
             match in_flight {
-                InFlight::Command(command) => command.release(&self.mem)?,
-                InFlight::Event(gpa) => self.mem.free(gpa)?,
-                InFlight::Raw => {}
+                PendingChain::Command(command) => command.release(&self.mem)?,
+                PendingChain::Event(gpa) => self.mem.free(gpa)?,
+                PendingChain::Raw => {}
             }
         }
         Ok(())

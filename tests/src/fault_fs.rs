@@ -204,7 +204,7 @@ struct FsServer {
 }
 
 /// A request as the kernel sent it: the header fields we use and the body.
-struct Request<'a> {
+struct FuseRequest<'a> {
     opcode: u32,
     unique: u64,
     node: u64,
@@ -279,7 +279,7 @@ impl FsServer {
             if bytes.len() < IN_HEADER_LEN {
                 continue;
             }
-            let request = Request {
+            let request = FuseRequest {
                 opcode: u32_at(bytes, 4),
                 unique: u64_at(bytes, 8),
                 node: u64_at(bytes, 16),
@@ -300,7 +300,7 @@ impl FsServer {
         }
     }
 
-    fn answer(&self, request: &Request) -> Result<Vec<u8>, i32> {
+    fn answer(&self, request: &FuseRequest) -> Result<Vec<u8>, i32> {
         match request.opcode {
             FUSE_INIT => Ok(Body::default()
                 .u32(7)

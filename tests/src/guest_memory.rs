@@ -115,7 +115,7 @@ impl Allocator {
 
 /// A shared memfd mapped at `base` in guest-physical (IOVA) space.
 #[derive(Debug)]
-pub struct GuestMemory {
+pub struct DriverMemory {
     file: File,
     host: *mut u8,
     base: u64,
@@ -125,11 +125,11 @@ pub struct GuestMemory {
 
 // SAFETY: the mapping is owned by this struct for its whole life; all accesses go through volatile
 // or atomic operations on raw pointers, which is sound for memory shared with another process.
-unsafe impl Send for GuestMemory {}
+unsafe impl Send for DriverMemory {}
 // SAFETY: as above; the allocator state is behind a mutex.
-unsafe impl Sync for GuestMemory {}
+unsafe impl Sync for DriverMemory {}
 
-impl GuestMemory {
+impl DriverMemory {
     /// Creates `size` bytes (a multiple of 4096) of guest memory seen by the device at `base`.
     pub fn new(base: u64, size: u64) -> Result<Self> {
         Self::of_kind(base, size, MemoryKind::Memfd)
@@ -176,7 +176,7 @@ impl GuestMemory {
         if host == libc::MAP_FAILED {
             return Err(create(io::Error::last_os_error()));
         }
-        Ok(GuestMemory {
+        Ok(DriverMemory {
             file,
             host: host.cast(),
             base,
@@ -314,7 +314,7 @@ impl GuestMemory {
     }
 }
 
-impl Drop for GuestMemory {
+impl Drop for DriverMemory {
     fn drop(&mut self) {
         // SAFETY: host/size describe the mapping created in new(), unmapped exactly once here.
         unsafe { libc::munmap(self.host.cast(), self.size as usize) };
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn allocations_are_aligned_disjoint_and_coalesce_when_freed() {
-        let mem = GuestMemory::new(0x10000, 0x4000).unwrap();
+        let mem = DriverMemory::new(0x10000, 0x4000).unwrap();
         let a = mem.alloc(100, 16).unwrap();
         let b = mem.alloc(100, 4096).unwrap();
         assert_eq!(a, 0x10000);
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn accesses_are_bounds_checked_and_little_endian() {
-        let mem = GuestMemory::new(0x1000, 0x1000).unwrap();
+        let mem = DriverMemory::new(0x1000, 0x1000).unwrap();
         mem.store_u16(0x1002, 0x1234).unwrap();
         assert_eq!(mem.read_vec(0x1002, 2).unwrap(), vec![0x34, 0x12]);
         mem.write(0x1ffc, &[1, 2, 3, 4]).unwrap();

@@ -3,7 +3,7 @@
 //! The driver is an independent peer of our server, written from the virtio 1.2 and vfio-user
 //! specifications: `vfio_client` speaks the protocol, `guest_memory` is the DMA-mapped memfd,
 //! `pci_probe` reads config space, `virtio_pci` the transport registers, `split_queue` the rings,
-//! `scsi` the virtio-scsi wire formats and CDBs, `request` a command in flight, `driver_queue` one
+//! `scsi` the virtio-scsi wire formats and CDBs, `scsi_request` a command in flight, `driver_queue` one
 //! virtqueue with its kick and interrupt, `driver` the device as a whole, and `server_process`
 //! starts the `vfio-user-scsi` binary for a test, and `fault_fs` is a FUSE file system whose disk
 //! image fails reads, writes and fsyncs on demand, `small_tmpfs` a tmpfs that really fills up. `guest` runs tests inside a QEMU guest.
@@ -14,8 +14,8 @@ pub mod fault_fs;
 pub mod guest;
 pub mod guest_memory;
 pub mod pci_probe;
-mod request;
 pub mod scsi;
+mod scsi_request;
 pub mod server_process;
 pub mod small_tmpfs;
 pub mod split_queue;
@@ -24,6 +24,6 @@ pub mod virtio_pci;
 
 pub use driver::{DriverError, DriverOptions, KickMode, VirtioScsiDriver, WaitMode};
 pub use driver_queue::DriverQueue;
-pub use request::{Completion, ScsiRequest, ScsiResult};
-pub use scsi::VirtioScsiConfig;
+pub use scsi::ParsedScsiConfig;
+pub use scsi_request::{ScsiRequest, ScsiResult, UsedChain};
 pub use server_process::ServerProcess;

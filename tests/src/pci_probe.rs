@@ -54,9 +54,9 @@ pub struct VirtioCap {
     pub length: u32,
 }
 
-/// The MSI-X capability (PCI 7.7.2).
+/// The MSI-X capability (PCI 7.7.2) as the driver found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsixCap {
+pub struct ProbedMsixCap {
     pub cap_offset: u8,
     /// Number of vectors (table size field + 1).
     pub table_size: u16,
@@ -93,7 +93,7 @@ pub struct PciProbe {
     pub isr: VirtioCap,
     pub device: VirtioCap,
     pub pci_cfg: VirtioCap,
-    pub msix: MsixCap,
+    pub msix: ProbedMsixCap,
 }
 
 impl PciProbe {
@@ -187,7 +187,7 @@ impl PciProbe {
         let control = msix_cap.read_le_u16(2)?;
         let table = msix_cap.read_le_u32(4)?;
         let pba = msix_cap.read_le_u32(8)?;
-        let msix = MsixCap {
+        let msix = ProbedMsixCap {
             cap_offset: msix_cap.as_subregion().offset_in_underlying_region() as u8,
             table_size: (control & 0x7ff) + 1,
             enabled: control & 0x8000 != 0,

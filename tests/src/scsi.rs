@@ -233,9 +233,9 @@ pub fn sense_key_asc_ascq(sense: &[u8]) -> Option<(u8, u8, u8)> {
     }
 }
 
-/// `virtio_scsi_config` (§5.6.4).
+/// `virtio_scsi_config` (§5.6.4) as the driver read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VirtioScsiConfig {
+pub struct ParsedScsiConfig {
     pub num_queues: u32,
     pub seg_max: u32,
     pub max_sectors: u32,
@@ -248,14 +248,14 @@ pub struct VirtioScsiConfig {
     pub max_lun: u32,
 }
 
-impl VirtioScsiConfig {
+impl ParsedScsiConfig {
     pub const SIZE: usize = 36;
     pub const SENSE_SIZE_OFFSET: u32 = 20;
     pub const CDB_SIZE_OFFSET: u32 = 24;
 
     pub fn parse(b: &[u8; Self::SIZE]) -> Self {
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        VirtioScsiConfig {
+        ParsedScsiConfig {
             num_queues: u32_at(0),
             seg_max: u32_at(4),
             max_sectors: u32_at(8),

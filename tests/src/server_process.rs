@@ -18,7 +18,7 @@ pub const SERVER_BIN_ENV: &str = "VUS_SERVER_BIN";
 const BINARY_NAME: &str = "vfio-user-scsi";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub enum ServerProcessError {
     #[error(
         "the vfio-user-scsi binary was not found (looked in: {searched}); build it first with \
          `cargo build -p server` (same CARGO_TARGET_DIR) or set {SERVER_BIN_ENV}"
@@ -94,13 +94,13 @@ pub fn sparse_image(size: u64) -> io::Result<(TempDir, PathBuf)> {
 }
 
 /// Finds the server binary, or says where it looked.
-pub fn server_binary() -> Result<PathBuf, ServerError> {
+pub fn server_binary() -> Result<PathBuf, ServerProcessError> {
     if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(ServerError::BinaryMissing {
+            Err(ServerProcessError::BinaryMissing {
                 searched: path.display().to_string(),
             })
         };
@@ -131,7 +131,7 @@ pub fn server_binary() -> Result<PathBuf, ServerError> {
         })
         .max_by_key(|(modified, _)| *modified)
         .map(|(_, path)| path.clone())
-        .ok_or_else(|| ServerError::BinaryMissing {
+        .ok_or_else(|| ServerProcessError::BinaryMissing {
             searched: candidates
                 .iter()
                 .map(|p| p.display().to_string())
@@ -141,14 +141,14 @@ pub fn server_binary() -> Result<PathBuf, ServerError> {
 }
 
 /// `vfio-user-scsi ctl SOCKET ARGS`: its exit status and its reply line.
-pub fn ctl(socket: &Path, args: &[&str]) -> Result<(Option<i32>, String), ServerError> {
+pub fn ctl(socket: &Path, args: &[&str]) -> Result<(Option<i32>, String), ServerProcessError> {
     let binary = server_binary()?;
     let output = Command::new(&binary)
         .arg("ctl")
         .arg(socket)
         .args(args)
         .output()
-        .map_err(|source| ServerError::Spawn { binary, source })?;
+        .map_err(|source| ServerProcessError::Spawn { binary, source })?;
     Ok((
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).trim().to_string(),
@@ -166,11 +166,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server with `--socket <tempdir>/vus.sock` followed by `args`, and waits until
     /// the socket exists.
-    pub fn start(args: &[&str]) -> Result<Self, ServerError> {
+    pub fn start(args: &[&str]) -> Result<Self, ServerProcessError> {
         Self::start_with_timeout(args, Duration::from_secs(20))
     }
 
-    pub fn start_with_timeout(args: &[&str], timeout: Duration) -> Result<Self, ServerError> {
+    pub fn start_with_timeout(
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Self, ServerProcessError> {
         Self::start_under(&[], args, timeout)
     }
 
@@ -180,17 +183,17 @@ impl ServerProcess {
         wrapper: &[&str],
         args: &[&str],
         timeout: Duration,
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, ServerProcessError> {
         let dir = tempfile::Builder::new()
             .prefix("vus-test-")
             .tempdir()
-            .map_err(ServerError::TempDir)?;
+            .map_err(ServerProcessError::TempDir)?;
         let socket = dir.path().join("vus.sock");
         let mut process = Self::spawn(dir, &socket, wrapper, args)?;
         let started = Instant::now();
         loop {
-            if let Some(status) = process.child.try_wait().map_err(ServerError::Wait)? {
-                return Err(ServerError::ExitedEarly {
+            if let Some(status) = process.child.try_wait().map_err(ServerProcessError::Wait)? {
+                return Err(ServerProcessError::ExitedEarly {
                     status,
                     stderr: process.stderr(),
                 });
@@ -201,7 +204,7 @@ impl ServerProcess {
                 return Ok(process);
             }
             if started.elapsed() > timeout {
-                return Err(ServerError::NotListening {
+                return Err(ServerProcessError::NotListening {
                     socket,
                     timeout,
                     stderr: process.stderr(),
@@ -217,19 +220,19 @@ impl ServerProcess {
     pub fn run_to_exit(
         args: &[&str],
         timeout: Duration,
-    ) -> Result<(ExitStatus, String), ServerError> {
+    ) -> Result<(ExitStatus, String), ServerProcessError> {
         let dir = tempfile::Builder::new()
             .prefix("vus-test-")
             .tempdir()
-            .map_err(ServerError::TempDir)?;
+            .map_err(ServerProcessError::TempDir)?;
         let mut process = Self::spawn_raw(dir, PathBuf::new(), &[], args)?;
         let started = Instant::now();
         loop {
-            if let Some(status) = process.child.try_wait().map_err(ServerError::Wait)? {
+            if let Some(status) = process.child.try_wait().map_err(ServerProcessError::Wait)? {
                 return Ok((status, process.stderr()));
             }
             if started.elapsed() > timeout {
-                return Err(ServerError::StillRunning(timeout));
+                return Err(ServerProcessError::StillRunning(timeout));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -240,7 +243,7 @@ impl ServerProcess {
         socket: &Path,
         wrapper: &[&str],
         args: &[&str],
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, ServerProcessError> {
         let mut full: Vec<&str> = vec!["--socket"];
         let socket_str = socket.to_string_lossy().into_owned();
         full.push(&socket_str);
@@ -253,10 +256,10 @@ impl ServerProcess {
         socket: PathBuf,
         wrapper: &[&str],
         args: &[&str],
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, ServerProcessError> {
         let binary = server_binary()?;
         let stderr_path = dir.path().join("server.stderr");
-        let spawn_error = |source| ServerError::Spawn {
+        let spawn_error = |source| ServerProcessError::Spawn {
             binary: binary.clone(),
             source,
         };
@@ -308,9 +311,9 @@ impl ServerProcess {
     }
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, ServerError> {
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, ServerProcessError> {
         let pid = libc::pid_t::try_from(self.child.id()).map_err(|_| {
-            ServerError::Wait(io::Error::new(
+            ServerProcessError::Wait(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "pid out of range",
             ))
@@ -319,11 +322,11 @@ impl ServerProcess {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().map_err(ServerError::Wait)? {
+            if let Some(status) = self.child.try_wait().map_err(ServerProcessError::Wait)? {
                 return Ok(status);
             }
             if started.elapsed() > timeout {
-                return Err(ServerError::StillRunning(timeout));
+                return Err(ServerProcessError::StillRunning(timeout));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::guest_memory::{GuestMemory, MemoryError};
+use crate::guest_memory::{DriverMemory, MemoryError};
 
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
@@ -120,7 +120,7 @@ struct DescriptorState {
 
 #[derive(Debug)]
 pub struct SplitQueue {
-    mem: Arc<GuestMemory>,
+    mem: Arc<DriverMemory>,
     size: u16,
     addresses: QueueAddresses,
     free: Vec<u16>,
@@ -136,7 +136,7 @@ pub struct SplitQueue {
 
 impl SplitQueue {
     /// Allocates the descriptor table and both rings (zeroed) in `mem`.
-    pub fn new(mem: Arc<GuestMemory>, size: u16, event_idx: bool) -> Result<Self> {
+    pub fn new(mem: Arc<DriverMemory>, size: u16, event_idx: bool) -> Result<Self> {
         if size == 0 || !size.is_power_of_two() || size > 32768 {
             return Err(QueueError::BadSize(size));
         }
@@ -170,7 +170,7 @@ impl SplitQueue {
         self.addresses
     }
 
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<DriverMemory> {
         &self.mem
     }
 
@@ -510,7 +510,7 @@ mod tests {
 
     /// A minimal device side: consumes every available chain and writes a used element whose
     /// length is the total length of the chain's writable descriptors.
-    fn device_consume(q: &SplitQueue, mem: &GuestMemory, last_avail: &mut u16, used: &mut u16) {
+    fn device_consume(q: &SplitQueue, mem: &DriverMemory, last_avail: &mut u16, used: &mut u16) {
         let a = q.addresses();
         let avail_idx = mem.load_u16(a.driver + 2).unwrap();
         while *last_avail != avail_idx {
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn chains_round_trip_through_a_simulated_device() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 8, false).unwrap();
         let (mut last_avail, mut used) = (0u16, 0u16);
         // Wrap the 16-bit indices' ring positions several times.
@@ -578,7 +578,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_reaped_with_one_look_and_every_chain_goes_back_to_the_free_list() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
         q.set_interrupts_wanted(false).unwrap();
         let single = q.reserve_head().unwrap();
@@ -625,7 +625,7 @@ mod tests {
 
     #[test]
     fn chain_layout_marks_direction_and_links() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem, 4, false).unwrap();
         let head = q
             .add_chain(&[Buffer::readable(0x1000, 10), Buffer::writable(0x2000, 20)])
@@ -654,7 +654,7 @@ mod tests {
 
     #[test]
     fn indirect_table_is_written_and_released() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 4, false).unwrap();
         let head = q
             .add_indirect_chain(&[Buffer::readable(0x1000, 10), Buffer::writable(0x2000, 20)])
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn event_idx_decides_kicks_and_sets_used_event() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
         let a = q.addresses();
         // avail_event = 0: the device wants a kick when entry 0 becomes available.
@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_polling_driver_asks_for_no_interrupt() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 8, true).unwrap();
         let used_event = q.addresses().driver + 4 + 2 * 8;
         q.set_interrupts_wanted(false).unwrap();
@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn no_notify_flag_suppresses_kicks_without_event_idx() {
-        let mem = Arc::new(GuestMemory::new(0, 1 << 20).unwrap());
+        let mem = Arc::new(DriverMemory::new(0, 1 << 20).unwrap());
         let mut q = SplitQueue::new(mem.clone(), 8, false).unwrap();
         mem.store_u16(q.addresses().device, VIRTQ_USED_F_NO_NOTIFY)
             .unwrap();

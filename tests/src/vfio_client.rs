@@ -34,7 +34,7 @@ const FLAG_ERROR: u32 = 1 << 5;
 /// vfio-user command numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
-pub enum Command {
+pub enum CommandNumber {
     Version = 1,
     DmaMap = 2,
     DmaUnmap = 3,
@@ -54,11 +54,17 @@ pub enum ClientError {
     #[error("cannot connect to {path}: {source}")]
     Connect { path: String, source: io::Error },
     #[error("socket I/O failed during {command:?}: {source}")]
-    Io { command: Command, source: io::Error },
+    Io {
+        command: CommandNumber,
+        source: io::Error,
+    },
     #[error("{command:?} failed on the server with errno {errno}")]
-    Server { command: Command, errno: u32 },
+    Server { command: CommandNumber, errno: u32 },
     #[error("malformed reply to {command:?}: {reason}")]
-    BadReply { command: Command, reason: String },
+    BadReply {
+        command: CommandNumber,
+        reason: String,
+    },
     #[error("request too large: {0} bytes")]
     RequestTooLarge(usize),
 }
@@ -67,7 +73,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// DEVICE_GET_INFO reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeviceInfo {
+pub struct DeviceInfoReply {
     pub flags: u32,
     pub num_regions: u32,
     pub num_irqs: u32,
@@ -75,7 +81,7 @@ pub struct DeviceInfo {
 
 /// DEVICE_GET_REGION_INFO reply (without its capability chain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegionInfo {
+pub struct RegionInfoReply {
     pub argsz: u32,
     pub flags: u32,
     pub index: u32,
@@ -86,7 +92,7 @@ pub struct RegionInfo {
 
 /// DEVICE_GET_IRQ_INFO reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IrqInfo {
+pub struct IrqInfoReply {
     pub flags: u32,
     pub index: u32,
     pub count: u32,
@@ -103,7 +109,7 @@ pub struct IoEventFd {
 }
 
 /// A reply as received: header fields, payload and any descriptors.
-struct Reply {
+struct ReplyMessage {
     flags: u32,
     error: u32,
     payload: Vec<u8>,
@@ -122,7 +128,7 @@ impl Sender {
     fn send(
         &self,
         mut stream: &UnixStream,
-        command: Command,
+        command: CommandNumber,
         flags: u32,
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
@@ -169,7 +175,7 @@ impl PostedWriter {
         self.sender
             .send(
                 &self.stream,
-                Command::RegionWrite,
+                CommandNumber::RegionWrite,
                 FLAG_NO_REPLY,
                 &payload,
                 &[],
@@ -211,7 +217,7 @@ impl VfioUserClient {
         stream
             .set_read_timeout(Some(timeout))
             .map_err(|source| ClientError::Io {
-                command: Command::Version,
+                command: CommandNumber::Version,
                 source,
             })?;
         let mut client = VfioUserClient {
@@ -235,9 +241,9 @@ impl VfioUserClient {
         payload.extend_from_slice(&0u16.to_le_bytes());
         payload.extend_from_slice(json.as_bytes());
         payload.push(0);
-        let reply = self.request(Command::Version, &payload, &[])?;
+        let reply = self.request(CommandNumber::Version, &payload, &[])?;
         let bad = |reason: &str| ClientError::BadReply {
-            command: Command::Version,
+            command: CommandNumber::Version,
             reason: reason.to_string(),
         };
         if reply.payload.len() < 4 {
@@ -267,7 +273,8 @@ impl VfioUserClient {
         payload.extend_from_slice(&fd_offset.to_le_bytes());
         payload.extend_from_slice(&iova.to_le_bytes());
         payload.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::DmaMap, &payload, &[fd]).map(drop)
+        self.request(CommandNumber::DmaMap, &payload, &[fd])
+            .map(drop)
     }
 
     /// DMA_UNMAP of the range `iova..iova+size`.
@@ -277,28 +284,29 @@ impl VfioUserClient {
         payload.extend_from_slice(&0u32.to_le_bytes());
         payload.extend_from_slice(&iova.to_le_bytes());
         payload.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::DmaUnmap, &payload, &[]).map(drop)
+        self.request(CommandNumber::DmaUnmap, &payload, &[])
+            .map(drop)
     }
 
-    pub fn device_info(&mut self) -> Result<DeviceInfo> {
+    pub fn device_info(&mut self) -> Result<DeviceInfoReply> {
         let mut payload = vec![0u8; 16];
         payload[0..4].copy_from_slice(&16u32.to_le_bytes());
-        let reply = self.request(Command::DeviceGetInfo, &payload, &[])?;
-        let p = expect_len(Command::DeviceGetInfo, &reply.payload, 16)?;
-        Ok(DeviceInfo {
+        let reply = self.request(CommandNumber::DeviceGetInfo, &payload, &[])?;
+        let p = expect_len(CommandNumber::DeviceGetInfo, &reply.payload, 16)?;
+        Ok(DeviceInfoReply {
             flags: le_u32(p, 4),
             num_regions: le_u32(p, 8),
             num_irqs: le_u32(p, 12),
         })
     }
 
-    pub fn region_info(&mut self, index: u32) -> Result<RegionInfo> {
+    pub fn region_info(&mut self, index: u32) -> Result<RegionInfoReply> {
         let mut payload = vec![0u8; 32];
         payload[0..4].copy_from_slice(&32u32.to_le_bytes());
         payload[8..12].copy_from_slice(&index.to_le_bytes());
-        let reply = self.request(Command::DeviceGetRegionInfo, &payload, &[])?;
-        let p = expect_len(Command::DeviceGetRegionInfo, &reply.payload, 32)?;
-        Ok(RegionInfo {
+        let reply = self.request(CommandNumber::DeviceGetRegionInfo, &payload, &[])?;
+        let p = expect_len(CommandNumber::DeviceGetRegionInfo, &reply.payload, 32)?;
+        Ok(RegionInfoReply {
             argsz: le_u32(p, 0),
             flags: le_u32(p, 4),
             index: le_u32(p, 8),
@@ -308,13 +316,13 @@ impl VfioUserClient {
         })
     }
 
-    pub fn irq_info(&mut self, index: u32) -> Result<IrqInfo> {
+    pub fn irq_info(&mut self, index: u32) -> Result<IrqInfoReply> {
         let mut payload = vec![0u8; 16];
         payload[0..4].copy_from_slice(&16u32.to_le_bytes());
         payload[8..12].copy_from_slice(&index.to_le_bytes());
-        let reply = self.request(Command::DeviceGetIrqInfo, &payload, &[])?;
-        let p = expect_len(Command::DeviceGetIrqInfo, &reply.payload, 16)?;
-        Ok(IrqInfo {
+        let reply = self.request(CommandNumber::DeviceGetIrqInfo, &payload, &[])?;
+        let p = expect_len(CommandNumber::DeviceGetIrqInfo, &reply.payload, 16)?;
+        Ok(IrqInfoReply {
             flags: le_u32(p, 4),
             index: le_u32(p, 8),
             count: le_u32(p, 12),
@@ -337,7 +345,7 @@ impl VfioUserClient {
         payload.extend_from_slice(&start.to_le_bytes());
         payload.extend_from_slice(&count.to_le_bytes());
         let fds: Vec<BorrowedFd<'_>> = eventfds.iter().map(|fd| borrow_eventfd(fd)).collect();
-        self.request(Command::DeviceSetIrqs, &payload, &fds)
+        self.request(CommandNumber::DeviceSetIrqs, &payload, &fds)
             .map(drop)
     }
 
@@ -346,11 +354,11 @@ impl VfioUserClient {
         let count =
             u32::try_from(data.len()).map_err(|_| ClientError::RequestTooLarge(data.len()))?;
         let payload = region_access(region, offset, count);
-        let reply = self.request(Command::RegionRead, &payload, &[])?;
-        let p = expect_len(Command::RegionRead, &reply.payload, 16 + data.len())?;
+        let reply = self.request(CommandNumber::RegionRead, &payload, &[])?;
+        let p = expect_len(CommandNumber::RegionRead, &reply.payload, 16 + data.len())?;
         if le_u32(p, 12) != count {
             return Err(ClientError::BadReply {
-                command: Command::RegionRead,
+                command: CommandNumber::RegionRead,
                 reason: format!("count {} instead of {count}", le_u32(p, 12)),
             });
         }
@@ -361,13 +369,14 @@ impl VfioUserClient {
     /// REGION_WRITE that waits for the server's reply (as QEMU does for config space).
     pub fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
         let payload = region_write_payload(region, offset, data)?;
-        self.request(Command::RegionWrite, &payload, &[]).map(drop)
+        self.request(CommandNumber::RegionWrite, &payload, &[])
+            .map(drop)
     }
 
     /// REGION_WRITE with NO_REPLY, as QEMU posts memory BAR writes.
     pub fn region_write_posted(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
         let payload = region_write_payload(region, offset, data)?;
-        self.send(Command::RegionWrite, FLAG_NO_REPLY, &payload, &[])
+        self.send(CommandNumber::RegionWrite, FLAG_NO_REPLY, &payload, &[])
             .map(drop)
     }
 
@@ -377,7 +386,7 @@ impl VfioUserClient {
         let argsz = 16 + 64 * IO_FD_ENTRY_SIZE as u32;
         payload[0..4].copy_from_slice(&argsz.to_le_bytes());
         payload[8..12].copy_from_slice(&region.to_le_bytes());
-        let command = Command::DeviceGetRegionIoFds;
+        let command = CommandNumber::DeviceGetRegionIoFds;
         let reply = self.request(command, &payload, &[])?;
         let p = expect_len(command, &reply.payload, 16)?;
         let count = le_u32(p, 12) as usize;
@@ -409,15 +418,15 @@ impl VfioUserClient {
     }
 
     pub fn device_reset(&mut self) -> Result<()> {
-        self.request(Command::DeviceReset, &[], &[]).map(drop)
+        self.request(CommandNumber::DeviceReset, &[], &[]).map(drop)
     }
 
     fn request(
         &mut self,
-        command: Command,
+        command: CommandNumber,
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Reply> {
+    ) -> Result<ReplyMessage> {
         let id = self.send(command, 0, payload, fds)?;
         let reply = self.receive(command, id)?;
         if reply.flags & FLAG_ERROR != 0 {
@@ -431,7 +440,7 @@ impl VfioUserClient {
 
     fn send(
         &mut self,
-        command: Command,
+        command: CommandNumber,
         flags: u32,
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
@@ -442,7 +451,7 @@ impl VfioUserClient {
     /// A writer for posted region writes that shares this client's socket and message ids.
     pub fn posted_writer(&self) -> Result<PostedWriter> {
         let stream = self.stream.try_clone().map_err(|source| ClientError::Io {
-            command: Command::RegionWrite,
+            command: CommandNumber::RegionWrite,
             source,
         })?;
         Ok(PostedWriter {
@@ -451,7 +460,7 @@ impl VfioUserClient {
         })
     }
 
-    fn receive(&mut self, command: Command, id: u16) -> Result<Reply> {
+    fn receive(&mut self, command: CommandNumber, id: u16) -> Result<ReplyMessage> {
         let io = |source| ClientError::Io { command, source };
         let mut header = [0u8; HEADER_SIZE];
         let mut raw_fds = [-1 as RawFd; MAX_REPLY_FDS];
@@ -494,7 +503,7 @@ impl VfioUserClient {
         if flags & FLAG_TYPE_MASK != FLAG_TYPE_REPLY {
             return Err(bad(format!("flags {flags:#x} do not mark a reply")));
         }
-        Ok(Reply {
+        Ok(ReplyMessage {
             flags,
             error,
             payload,
@@ -528,7 +537,7 @@ fn region_write_payload(region: u32, offset: u64, data: &[u8]) -> Result<Vec<u8>
     Ok(payload)
 }
 
-fn expect_len(command: Command, payload: &[u8], len: usize) -> Result<&[u8]> {
+fn expect_len(command: CommandNumber, payload: &[u8], len: usize) -> Result<&[u8]> {
     if payload.len() < len {
         return Err(ClientError::BadReply {
             command,

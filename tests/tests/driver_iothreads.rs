@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tests::driver::FIRST_REQUEST_QUEUE;
 use tests::scsi::cdb;
 use tests::split_queue::Buffer;
-use tests::{Completion, DriverOptions, ScsiRequest, ServerProcess, VirtioScsiDriver};
+use tests::{DriverOptions, ScsiRequest, ServerProcess, UsedChain, VirtioScsiDriver};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_T_TMF_ABORT_TASK,
     VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
@@ -468,7 +468,7 @@ fn luns_swapped_under_io_on_two_iothreads_are_never_seen_torn() {
                         next += 1;
                     }
                     for (_, completion) in queue.reap().unwrap() {
-                        let Completion::Scsi(result) = completion else {
+                        let UsedChain::Scsi(result) = completion else {
                             panic!("queue {rq}: {completion:?}");
                         };
                         let (lun, opcode) = sent.remove(&result.tag).unwrap();
@@ -562,7 +562,7 @@ fn tmf_while_read_in_flight(driver: &mut VirtioScsiDriver, subtype: u32, tag: u6
         let mut poll_read = |driver: &mut VirtioScsiDriver| {
             for (head, completion) in driver.poll_completions(REQUEST).unwrap() {
                 assert_eq!(head, read_head);
-                let Completion::Scsi(result) = completion else {
+                let UsedChain::Scsi(result) = completion else {
                     panic!("the READ came back raw");
                 };
                 read_done = Some((Instant::now(), result));

@@ -317,15 +317,15 @@ fn stats_count_each_luns_requests_bytes_and_errors() {
 }
 
 /// A line-delimited JSON exchange on the control socket, for requests whose reply comes later.
-struct ControlConnection {
+struct ControlClient {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
 }
 
-impl ControlConnection {
+impl ControlClient {
     fn open(control: &Path) -> Self {
         let stream = UnixStream::connect(control).unwrap();
-        ControlConnection {
+        ControlClient {
             writer: stream.try_clone().unwrap(),
             reader: BufReader::new(stream),
         }
@@ -409,10 +409,10 @@ fn remove_disk_waits_for_a_held_request_without_holding_the_main_loop() {
     assert_eq!(stats["result"]["luns"][0]["in_flight"], 0, "{stats}");
     assert_eq!(stats["result"]["queues"][0]["in_flight"], 1, "{stats}");
 
-    let mut removing = ControlConnection::open(control);
+    let mut removing = ControlClient::open(control);
     removing.send(r#"{"command":"remove-disk","lun":1}"#);
     // While it waits: the client's config accesses, I/O on LUN 0, other control requests.
-    let mut other = ControlConnection::open(control);
+    let mut other = ControlClient::open(control);
     for _ in 0..5 {
         config_answers_promptly(&mut driver);
         // The first one may report REPORTED LUNS DATA HAS CHANGED.

@@ -14,7 +14,7 @@ use tests::split_queue::{
 };
 use tests::virtio_pci::{self, common};
 use tests::{
-    Completion, DriverError, DriverOptions, KickMode, ServerProcess, VirtioScsiDriver, WaitMode,
+    DriverError, DriverOptions, KickMode, ServerProcess, UsedChain, VirtioScsiDriver, WaitMode,
 };
 
 const BLOCK: u32 = 512;
@@ -370,8 +370,8 @@ fn many_requests_in_flight_complete_on_every_queue() {
                 while left > 0 {
                     for (_, completion) in driver.reap(queue).unwrap() {
                         match completion {
-                            Completion::Scsi(r) => assert!(r.is_good(), "{r:?}"),
-                            Completion::Raw(u) => panic!("unexpected raw completion {u:?}"),
+                            UsedChain::Scsi(r) => assert!(r.is_good(), "{r:?}"),
+                            UsedChain::Raw(u) => panic!("unexpected raw completion {u:?}"),
                         }
                         left -= 1;
                     }
@@ -405,7 +405,7 @@ fn hostile(build: impl FnOnce(&mut VirtioScsiDriver, u64, u32) -> (u16, u32)) {
     loop {
         let done = driver.poll_completions(queue).unwrap();
         if let Some((_, completion)) = done.into_iter().find(|(h, _)| *h == head) {
-            if let Completion::Raw(used) = completion {
+            if let UsedChain::Raw(used) = completion {
                 assert!(
                     used.len <= max_written,
                     "used len {} > {max_written}",
@@ -719,7 +719,7 @@ fn run_queues_on_threads(server: &ServerProcess, kick: KickMode) {
                 while completed < 256 {
                     for (_, completion) in queue.reap().unwrap() {
                         assert!(
-                            matches!(&completion, Completion::Scsi(r) if r.is_good()),
+                            matches!(&completion, UsedChain::Scsi(r) if r.is_good()),
                             "{completion:?}"
                         );
                         completed += 1;

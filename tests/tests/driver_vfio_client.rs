@@ -19,8 +19,8 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use tests::guest_memory::GuestMemory;
-use tests::vfio_client::{ClientError, Command, VfioUserClient};
+use tests::guest_memory::DriverMemory;
+use tests::vfio_client::{ClientError, CommandNumber, VfioUserClient};
 use tests::VirtioScsiDriver;
 
 const MSIX_VECTORS: u32 = 5;
@@ -36,7 +36,7 @@ struct State {
     resets: u32,
 }
 
-struct Backend(Arc<Mutex<State>>);
+struct RecordingBackend(Arc<Mutex<State>>);
 
 fn region_mut(state: &mut State, region: u32) -> io::Result<&mut Vec<u8>> {
     match region {
@@ -46,7 +46,7 @@ fn region_mut(state: &mut State, region: u32) -> io::Result<&mut Vec<u8>> {
     }
 }
 
-impl ServerBackend for Backend {
+impl ServerBackend for RecordingBackend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
         let mut state = self.0.lock().unwrap();
         let bytes = region_mut(&mut state, region)?;
@@ -193,7 +193,7 @@ fn serve(path: &Path) -> (Arc<Mutex<State>>, JoinHandle<()>) {
         bar0: vec![0; 4096],
         ..State::default()
     }));
-    let handle = serve_backend(path, Backend(state.clone()));
+    let handle = serve_backend(path, RecordingBackend(state.clone()));
     (state, handle)
 }
 
@@ -205,7 +205,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
     let mut client = VfioUserClient::connect(&path, Duration::from_secs(5)).unwrap();
     assert!(client.server_capabilities().contains("capabilities"));
 
-    let mem = GuestMemory::new(0x10000, 1 << 20).unwrap();
+    let mem = DriverMemory::new(0x10000, 1 << 20).unwrap();
     mem.write(0x10000, b"memfd-ok").unwrap();
     client
         .dma_map(0x10000, 1 << 20, mem.file().as_fd(), 0)
@@ -248,7 +248,7 @@ fn client_messages_round_trip_with_fds_and_errors() {
     // An error reply comes back as an error, and the conversation goes on.
     match client.region_info(99) {
         Err(ClientError::Server {
-            command: Command::DeviceGetRegionInfo,
+            command: CommandNumber::DeviceGetRegionInfo,
             errno,
         }) => {
             assert_eq!(errno, libc::EINVAL as u32)
@@ -344,7 +344,7 @@ struct FakeQueue {
 }
 
 /// A chain as the fake device sees it: the bytes it may read, the (address, length) it may write.
-type Chain = (Vec<u8>, Vec<(u64, u32)>);
+type FakeChain = (Vec<u8>, Vec<(u64, u32)>);
 
 const FAKE_FEATURES: u64 = 1 << 32 | 1 << 28;
 const FAKE_QUEUE_MAX: u16 = 32;
@@ -457,7 +457,7 @@ impl FakeScsi {
     }
 
     /// (readable bytes, writable buffers) of the chain at `head`, following one indirect table.
-    fn walk(&self, q: &FakeQueue, head: u16) -> io::Result<Chain> {
+    fn walk(&self, q: &FakeQueue, head: u16) -> io::Result<FakeChain> {
         let mut table = (q.desc, q.size);
         let mut index = head;
         let mut readable = Vec::new();
@@ -644,7 +644,7 @@ fn the_whole_driver_path_runs_against_a_fake_device() {
             tests::split_queue::Buffer::writable(buffer, 108),
         ])
         .unwrap();
-    assert!(matches!(queue.wait_for(head).unwrap(), tests::Completion::Raw(u) if u.len == 108));
+    assert!(matches!(queue.wait_for(head).unwrap(), tests::UsedChain::Raw(u) if u.len == 108));
     drop(driver);
     handle.join().unwrap();
 }

@@ -363,9 +363,9 @@ fn write_request(lba: u32, data: &[u8], tag: u64) -> ScsiRequest {
     .tag(tag)
 }
 
-fn scsi_completion(completion: tests::Completion) -> ScsiResult {
+fn scsi_completion(completion: tests::UsedChain) -> ScsiResult {
     match completion {
-        tests::Completion::Scsi(result) => result,
+        tests::UsedChain::Scsi(result) => result,
         other => panic!("not a SCSI completion: {other:?}"),
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::queue_worker::{QueueHost, QueueWorker};
+use crate::queue_worker::{QueueHost, QueueWorker, WorkerEvent};
 use crate::recheck_timer::RecheckTimer;
 
 /// How long `release_all` waits for completions before it looks at the workers again (ms).
@@ -21,22 +21,16 @@ const DRAIN_WAIT_MS: i32 = 10;
 /// The epoll token of the re-check timer (worker tokens are far below it).
 const RECHECK_TOKEN: u64 = u64::MAX;
 
-/// What woke a worker, encoded in the low bit of its epoll token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wakeup {
-    Notifier,
-    Completions,
+/// A worker's epoll token: its slot, and in the low bit which of its eventfds fired.
+fn token(slot: usize, wakeup: WorkerEvent) -> u64 {
+    (slot as u64) << 1 | u64::from(wakeup == WorkerEvent::Completions)
 }
 
-fn token(slot: usize, wakeup: Wakeup) -> u64 {
-    (slot as u64) << 1 | u64::from(wakeup == Wakeup::Completions)
-}
-
-fn slot_of(token: u64) -> (usize, Wakeup) {
+fn slot_of(token: u64) -> (usize, WorkerEvent) {
     let wakeup = if token & 1 == 0 {
-        Wakeup::Notifier
+        WorkerEvent::Notifier
     } else {
-        Wakeup::Completions
+        WorkerEvent::Completions
     };
     ((token >> 1) as usize, wakeup)
 }
@@ -101,11 +95,8 @@ impl InlineQueueHost {
                 let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) else {
                     continue;
                 };
-                match wakeup {
-                    Wakeup::Notifier => worker.notifier_ready(),
-                    Wakeup::Completions => worker.completions_ready(),
-                }
-                served.push((worker.queue_index(), wakeup == Wakeup::Notifier));
+                wakeup.serve(&mut **worker);
+                served.push((worker.queue_index(), wakeup == WorkerEvent::Notifier));
                 workers.book(slot)?;
             }
         }
@@ -185,9 +176,12 @@ impl QueueHost for InlineQueueHost {
         let mut workers = self.workers();
         let slot = workers.slots.len();
         let watched = workers
-            .watch(worker.notifier().as_raw_fd(), token(slot, Wakeup::Notifier))
+            .watch(
+                worker.notifier().as_raw_fd(),
+                token(slot, WorkerEvent::Notifier),
+            )
             .and_then(|()| match worker.completion_fd() {
-                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, Wakeup::Completions)),
+                Some(fd) => workers.watch(fd.as_raw_fd(), token(slot, WorkerEvent::Completions)),
                 None => Ok(()),
             });
         if let Err(error) = watched {
@@ -212,7 +206,15 @@ impl QueueHost for InlineQueueHost {
                 break;
             };
             for event in &events[..count] {
-                if let (slot, Wakeup::Completions) = slot_of(event.data()) {
+                // The timer waits for its expiry to be taken before it arms again.
+                if event.data() == RECHECK_TOKEN {
+                    let mut due = std::mem::take(&mut workers.due);
+                    if let Err(error) = workers.rechecks.take_due(&mut due) {
+                        workers.adopt_error = Some(error);
+                    }
+                    due.clear();
+                    workers.due = due;
+                } else if let (slot, WorkerEvent::Completions) = slot_of(event.data()) {
                     if let Some(worker) = workers.slots.get_mut(slot).and_then(Option::as_mut) {
                         worker.completions_ready();
                     }
@@ -232,7 +234,9 @@ impl QueueHost for InlineQueueHost {
 #[cfg(test)]
 mod tests {
     use std::os::fd::BorrowedFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -243,6 +247,8 @@ mod tests {
         notifier: Arc<EventFd>,
         completions: EventFd,
         in_flight: usize,
+        recheck_in: Option<Duration>,
+        rechecks: Arc<AtomicUsize>,
     }
 
     impl QueueWorker for Recorder {
@@ -266,6 +272,12 @@ mod tests {
         fn in_flight(&self) -> usize {
             self.in_flight
         }
+        fn recheck_in(&self) -> Option<Duration> {
+            self.recheck_in
+        }
+        fn recheck(&mut self) {
+            self.rechecks.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn recorder(queue: u16) -> (Box<Recorder>, Arc<EventFd>, EventFd) {
@@ -277,8 +289,35 @@ mod tests {
             notifier: notifier.clone(),
             completions,
             in_flight: 0,
+            recheck_in: None,
+            rechecks: Arc::new(AtomicUsize::new(0)),
         };
         (Box::new(worker), notifier, signal)
+    }
+
+    #[test]
+    fn a_recheck_booked_after_a_release_that_took_the_timers_expiry_is_served() {
+        let host = InlineQueueHost::new().unwrap();
+        let (mut first, _, completions) = recorder(2);
+        first.recheck_in = Some(Duration::from_millis(1));
+        host.adopt(first);
+        std::thread::sleep(Duration::from_millis(5));
+        // The release drains the completion and the timer's expiry together.
+        completions.write(1).unwrap();
+        host.release_all();
+        let (mut second, _, _) = recorder(2);
+        second.recheck_in = Some(Duration::from_millis(1));
+        let rechecks = Arc::clone(&second.rechecks);
+        host.adopt(second);
+        let start = Instant::now();
+        while rechecks.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            host.serve_ready().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            rechecks.load(Ordering::SeqCst) > 0,
+            "the timer was left waiting for an expiry that the release took"
+        );
     }
 
     #[test]

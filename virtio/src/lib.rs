@@ -20,7 +20,7 @@ pub use pci_function::{
     ConfigNotifier, MsixInterrupt, QueueNotifyAddress, VirtioPciFunction, NO_VECTOR,
     VIRTIO_VENDOR_ID,
 };
-pub use queue_worker::{QueueHost, QueueWorker};
+pub use queue_worker::{QueueHost, QueueWorker, WorkerEvent};
 pub use recheck_timer::RecheckTimer;
 pub use scsi_device::{
     EngineFactory, EventDelivery, LunState, LunStats, QueueCounters, QueueStats, RemovedLun,

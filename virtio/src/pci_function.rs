@@ -46,7 +46,7 @@ const MODERN_SUBSYSTEM_ID: u16 = 0x1100;
 /// Largest queue size of split virtqueues.
 const MAX_QUEUE_SIZE: u16 = 32768;
 
-/// A queue's notifier and the BAR address whose writes signal it.
+/// A queue's notifier and the BAR address whose writes land in it.
 #[derive(Debug, Clone)]
 pub struct QueueNotifyAddress {
     pub queue: u16,
@@ -349,7 +349,7 @@ impl<D: VirtioDevice> VirtioPciFunction<D> {
         }
     }
 
-    /// A write to the notify area writes that queue's notifier, the one signal that wakes
+    /// A write to the notify area writes that queue's notifier, the one eventfd write that wakes
     /// the queue's owner (the same eventfd a GET_REGION_IO_FDS client writes itself).
     pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), TransportError> {
         let pci = |source| TransportError::Pci {

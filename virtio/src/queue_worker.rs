@@ -55,6 +55,27 @@ pub trait QueueWorker: Send {
     fn recheck(&mut self) {}
 }
 
+/// What a host calls a worker for: one of the eventfds it watches for the worker fired, or
+/// the re-check the worker asked for is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    Notifier,
+    Completions,
+    Recheck,
+}
+
+impl WorkerEvent {
+    /// Makes the worker's call for this event.
+    #[inline]
+    pub fn serve(self, worker: &mut dyn QueueWorker) {
+        match self {
+            WorkerEvent::Notifier => worker.notifier_ready(),
+            WorkerEvent::Completions => worker.completions_ready(),
+            WorkerEvent::Recheck => worker.recheck(),
+        }
+    }
+}
+
 /// Whoever serves a device's queues.
 pub trait QueueHost: Send + Sync {
     /// Takes a worker at activation and starts serving its queue.

@@ -25,7 +25,7 @@ pub struct ActiveQueue {
     /// Virtqueue index (for virtio-scsi: 0 control, 1 event, 2.. request queues).
     pub index: u16,
     pub queue: Queue,
-    /// Signalled on every driver notification for this queue.
+    /// Written on every driver notification for this queue.
     pub notifier: Arc<EventFd>,
     pub interrupt: Arc<dyn Interrupt>,
 }

@@ -195,13 +195,13 @@ impl DmaTable {
         Ok((file, shrinkable))
     }
 
-    /// Adds a mapping; returns whether the device can reach it through `DmaMemory`. `notify`
+    /// Adds a mapping; returns whether the device can reach it through `DmaMemory`. `on_change`
     /// hears of a shrinkable mapping before the device can reach it.
     pub fn map(
         &mut self,
         map: &DmaMap,
         fd: Option<OwnedFd>,
-        mut notify: impl FnMut(DmaChange),
+        mut on_change: impl FnMut(DmaChange),
     ) -> Result<bool, DmaError> {
         let (address, size, offset, flags) = (
             map.address.get(),
@@ -250,7 +250,7 @@ impl DmaTable {
             shrinkable,
         };
         if mapping.accessible() && mapping.shrinkable {
-            notify(DmaChange::Shrinkable {
+            on_change(DmaChange::Shrinkable {
                 iova: address,
                 size,
             });
@@ -321,18 +321,18 @@ impl DmaTable {
         Ok(())
     }
 
-    /// Removes what `unmap` covers, telling `notify` before an accessible mapping leaves
+    /// Removes what `unmap` covers, telling `on_change` before an accessible mapping leaves
     /// `DmaMemory` and after the remainder of a partly unmapped one returns to it.
     pub fn unmap(
         &mut self,
         unmap: &DmaUnmap,
-        mut notify: impl FnMut(DmaChange),
+        mut on_change: impl FnMut(DmaChange),
     ) -> Result<(), DmaError> {
         if unmap.flags.get() == VFIO_DMA_UNMAP_FLAG_ALL {
             if unmap.address.get() != 0 || unmap.size.get() != 0 {
                 return Err(DmaError::UnmapAllWithRange);
             }
-            return self.clear(notify);
+            return self.clear(on_change);
         }
         if unmap.flags.get() != 0 {
             return Err(DmaError::BadFlags(unmap.flags.get()));
@@ -360,7 +360,7 @@ impl DmaTable {
                 continue;
             };
             if mapping.accessible() {
-                notify(DmaChange::Unmapping {
+                on_change(DmaChange::Unmapping {
                     iova: start,
                     size: mapping.size,
                 });
@@ -391,7 +391,7 @@ impl DmaTable {
             for (piece_start, piece) in remainders {
                 self.insert_into_memory(piece_start, &piece)?;
                 if piece.accessible() {
-                    notify(DmaChange::Mapped {
+                    on_change(DmaChange::Mapped {
                         iova: piece_start,
                         size: piece.size,
                     });
@@ -403,10 +403,10 @@ impl DmaTable {
     }
 
     /// Removes every mapping (UNMAP_ALL, or the client went away) and closes their fds.
-    pub fn clear(&mut self, mut notify: impl FnMut(DmaChange)) -> Result<(), DmaError> {
+    pub fn clear(&mut self, mut on_change: impl FnMut(DmaChange)) -> Result<(), DmaError> {
         for (&start, mapping) in &self.maps {
             if mapping.accessible() {
-                notify(DmaChange::Unmapping {
+                on_change(DmaChange::Unmapping {
                     iova: start,
                     size: mapping.size,
                 });

@@ -518,7 +518,7 @@ impl<D: Device> Server<D> {
         }
         self.device.client_disconnected();
         let device = &mut self.device;
-        if let Err(e) = self.dma.clear(|change| notify_device(device, change)) {
+        if let Err(e) = self.dma.clear(|change| apply_dma_change(device, change)) {
             warn!(self.log, "unmapping DMA failed"; "error" => %e);
         }
         for irq in self.device.irqs() {
@@ -835,7 +835,7 @@ fn check_irq_range<D: Device>(
 }
 
 /// Applies a DMA change to the device.
-pub fn notify_device<D: Device>(device: &mut D, change: DmaChange) {
+pub fn apply_dma_change<D: Device>(device: &mut D, change: DmaChange) {
     match change {
         DmaChange::Unmapping { iova, size } => device.dma_unmapping(iova, size),
         DmaChange::Mapped { iova, size } => device.dma_mapped(iova, size),
@@ -869,13 +869,13 @@ pub fn handle<D: Device>(
     match request {
         ClientRequest::Version { .. } => Err(RequestError::VersionOrder),
         ClientRequest::DmaMap { map, fd } => {
-            if dma.map(&map, fd, |change| notify_device(device, change))? {
+            if dma.map(&map, fd, |change| apply_dma_change(device, change))? {
                 device.dma_mapped(map.address.get(), map.size.get());
             }
             Ok(ServerReply::default())
         }
         ClientRequest::DmaUnmap(unmap) => {
-            let unmapped = dma.unmap(&unmap, |change| notify_device(device, change));
+            let unmapped = dma.unmap(&unmap, |change| apply_dma_change(device, change));
             device.dma_unmapped();
             unmapped?;
             Ok(ServerReply::of(&DmaUnmap {

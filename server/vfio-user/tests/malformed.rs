@@ -264,7 +264,7 @@ fn region_io_fds_hand_out_the_kick_eventfd_the_loop_watches() {
         KICK_OFFSET
     );
     assert_eq!(reply.fds.len(), 1);
-    common::signal_eventfd(&reply.fds[0]);
+    common::write_eventfd(&reply.fds[0]);
     server.wait_for(|r| r.kicks == 1);
     assert_eq!(read_eventfd(&reply.fds[0]), None, "the device drained it");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{signal_eventfd, TestDevice};
+use common::{write_eventfd, TestDevice};
 use vfio_user_server::{Device, DmaMemory, Replay};
 use vm_memory::GuestMemoryMmap;
 
@@ -24,8 +24,8 @@ fn a_replayed_message_is_followed_by_the_device_events_it_left_ready() {
 
     replay.message(message, Vec::new());
     assert_eq!(record.lock().unwrap().kicks, 0, "nothing was ready");
-    signal_eventfd(&kick);
-    signal_eventfd(&kick);
+    write_eventfd(&kick);
+    write_eventfd(&kick);
     replay.message(message, Vec::new());
     assert_eq!(record.lock().unwrap().kicks, 2, "served after the message");
     replay.message(message, Vec::new());

@@ -150,6 +150,55 @@ pub fn parse_switches(text: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// The whole machine's CPU time, every process and the kernel's own work, from the `cpu` line
+/// of /proc/stat (clock ticks, as nanoseconds): over the window it tells whether the server and
+/// the driver had the cores to themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// user + nice + system + irq + softirq (guest time is inside user).
+    pub busy_ns: u64,
+    /// Time the hypervisor ran something else while this machine's vCPUs wanted to run.
+    pub steal_ns: u64,
+}
+
+impl MachineCpu {
+    pub fn since(&self, earlier: &MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_ns: self.busy_ns.saturating_sub(earlier.busy_ns),
+            steal_ns: self.steal_ns.saturating_sub(earlier.steal_ns),
+        }
+    }
+}
+
+pub fn sample_machine() -> Result<MachineCpu, BenchError> {
+    let path = PathBuf::from("/proc/stat");
+    let text = fs::read_to_string(&path).map_err(|source| BenchError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    parse_proc_stat(&text, 1_000_000_000 / ticks_per_second()).ok_or(BenchError::ProcFormat {
+        path,
+        what: "no aggregate cpu line",
+    })
+}
+
+/// The aggregate `cpu` line: user nice system idle iowait irq softirq steal ...
+pub fn parse_proc_stat(text: &str, tick_ns: u64) -> Option<MachineCpu> {
+    let line = text.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let field = |index: usize| ticks.get(index).copied();
+    let busy = field(0)? + field(1)? + field(2)? + field(5)? + field(6)?;
+    Some(MachineCpu {
+        busy_ns: busy * tick_ns,
+        steal_ns: field(7).unwrap_or(0) * tick_ns,
+    })
+}
+
 /// The 1, 5 and 15 minute load averages, to tell a reader how busy the machine was.
 pub fn load_average() -> String {
     let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tests::guest_memory::MemoryError;
 use tests::scsi::ScsiError;
-use tests::server_process::ServerError;
+use tests::server_process::ServerProcessError;
 use tests::split_queue::QueueError;
 use tests::DriverError;
 
@@ -20,7 +20,7 @@ pub enum BenchError {
     #[error("every --iothreads count is above every --queues count: nothing to run")]
     NothingToRun,
     #[error("{0}")]
-    Server(#[from] ServerError),
+    Server(#[from] ServerProcessError),
     #[error("the driver could not bring the device up: {source}\nserver stderr:\n{stderr}")]
     Connect { source: DriverError, stderr: String },
     #[error("the server exited during the run ({cause}); its stderr:\n{stderr}")]

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tests::guest_memory::GuestMemory;
+use tests::guest_memory::DriverMemory;
 use tests::scsi::{self, cdb};
 use tests::split_queue::{
     Descriptor, UsedElement, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -86,7 +86,7 @@ struct Slot {
 
 pub struct QueueJob {
     queue: DriverQueue,
-    mem: Arc<GuestMemory>,
+    mem: Arc<DriverMemory>,
     workload: Workload,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,

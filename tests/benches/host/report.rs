@@ -70,6 +70,13 @@ pub fn print_details(results: &[RunResult]) {
     println!(
         "driver: its work per request (median pass, and average), CPU time per request, share of a core per queue thread, completions per wake-up"
     );
+    println!(
+        "cores: how many cores the server, the driver's queue threads and the whole machine (every \
+         process, /proc/stat) kept busy on average over the window, of the machine's {}, and the \
+         time the hypervisor stole: with all cores busy the threads wait for one another, and \
+         their CPU per request grows with the preemptions",
+        cpus()
+    );
     for r in results {
         let c = &r.config;
         println!(
@@ -151,7 +158,25 @@ pub fn print_details(results: &[RunResult]) {
             r.driver_core_share() * 100.0,
             r.completions_per_wakeup(),
         );
+        println!("  cores: {}", cores(r));
     }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// The cores busy over `r`'s window, and who kept them busy.
+fn cores(r: &RunResult) -> String {
+    let (server, driver, machine) = r.busy_cores();
+    format!(
+        "server {server:.2} + driver {driver:.2} = {:.2} of {}; whole machine {machine:.2} \
+         (other processes {:.2}), stolen {:.2}",
+        server + driver,
+        cpus(),
+        (machine - server - driver).max(0.0),
+        r.cores(r.machine.steal_ns),
+    )
 }
 
 /// For a run whose iothreads polled: the polling aim's two figures side by side, busy ns per
@@ -278,6 +303,11 @@ pub fn print_scaling(results: &[RunResult]) {
                 per_iothread(two),
                 cpu_ratio,
             );
+            println!(
+                "    cores, 1 iothread: {}; 2 iothreads: {}",
+                cores(one),
+                cores(two)
+            );
         }
         let instructions = median(&mut instruction_ratios)
             .map_or(String::new(), |m| format!(", instructions {m:.3}"));
@@ -365,6 +395,12 @@ fn run_json(r: &RunResult) -> Value {
         "completed": r.completed,
         "errors": r.errors,
         "load_average": r.load_average,
+        "busy_cores": {
+            "server": r.busy_cores().0,
+            "driver": r.busy_cores().1,
+            "machine": r.busy_cores().2,
+            "stolen": r.cores(r.machine.steal_ns),
+        },
         "first_error": r.first_error,
         "iops": r.iops(),
         "mib_per_second": r.mib_per_second(),

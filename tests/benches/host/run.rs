@@ -14,7 +14,9 @@ use tests::{DriverOptions, DriverQueue, KickMode, ServerProcess, VirtioScsiDrive
 
 use crate::args::{Args, Config, DiskKind, Kick, Wait};
 use crate::callgrind::{Callgrind, ThreadInstructions};
-use crate::cpu_time::{load_average, sample_process, usage_between, ThreadCpu};
+use crate::cpu_time::{
+    load_average, sample_machine, sample_process, usage_between, MachineCpu, ThreadCpu,
+};
 use crate::error::BenchError;
 use crate::latency::{Latencies, PassTimes, Summary};
 use crate::queue_job::{QueueJob, QueueOutcome, Window, Workload};
@@ -60,6 +62,8 @@ pub struct RunResult {
     pub wakeups: u64,
     /// Load averages when the window closed: other work on the machine skews the figures.
     pub load_average: String,
+    /// The whole machine's CPU use inside the window.
+    pub machine: MachineCpu,
     /// What the server counted over the whole connection, when it logs its counters.
     pub server_counters: Option<ServerCounters>,
     /// What the server counted inside the window (`ctl stats`), when it reports it.
@@ -105,6 +109,22 @@ impl RunResult {
     /// Share of one core each driver thread was busy.
     pub fn driver_core_share(&self) -> f64 {
         self.driver_cpu.as_secs_f64() / (self.window.as_secs_f64() * f64::from(self.config.queues))
+    }
+
+    /// Cores kept busy on average over the window by `ns` of CPU time.
+    pub fn cores(&self, ns: u64) -> f64 {
+        ns as f64 / self.window.as_nanos().max(1) as f64
+    }
+
+    /// Cores busy inside the window: (server, driver queue threads, whole machine).
+    pub fn busy_cores(&self) -> (f64, f64, f64) {
+        let server = self.server_threads.iter().map(|t| t.run_ns).sum();
+        let driver = u64::try_from(self.driver_cpu.as_nanos()).unwrap_or(u64::MAX);
+        (
+            self.cores(server),
+            self.cores(driver),
+            self.cores(self.machine.busy_ns),
+        )
     }
 
     pub fn completions_per_wakeup(&self) -> f64 {
@@ -232,6 +252,7 @@ pub fn run_config(
     let syscall_counter = SyscallCounter::start(server.pid());
     std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
     let before = sample_process(server.pid())?;
+    let machine_before = sample_machine()?;
     let sampled_from = Instant::now();
     // callgrind_control takes a good part of a second to reach the server, and the zero (or
     // dump) falls somewhere inside: the requests of the window are counted from the middle
@@ -248,6 +269,7 @@ pub fn run_config(
     let stats_probe = server_stats(&control)?;
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
+    let machine = sample_machine()?.since(&machine_before);
     let sampled_for = sampled_from.elapsed();
     let instructions = match (&callgrind, zeroed) {
         (Some(callgrind), Some(before_zero)) => {
@@ -286,6 +308,7 @@ pub fn run_config(
         driver_pass_median_ns: None,
         wakeups: 0,
         load_average: load_average(),
+        machine,
         server_counters: None,
         window_counters: Some(ServerCounters::window(
             &stats_start,
@@ -299,6 +322,8 @@ pub fn run_config(
     // Server CPU is scaled to the window the requests were counted in, in case the samples
     // were taken late.
     let scale = measured.as_secs_f64() / sampled_for.as_secs_f64().max(1e-9);
+    result.machine.busy_ns = (result.machine.busy_ns as f64 * scale) as u64;
+    result.machine.steal_ns = (result.machine.steal_ns as f64 * scale) as u64;
     for thread in &mut result.server_threads {
         thread.run_ns = (thread.run_ns as f64 * scale) as u64;
         thread.user_ns = (thread.user_ns as f64 * scale) as u64;

@@ -6,7 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::args::{Args, DiskKind, Kick, Pattern};
-use crate::cpu_time::{parse_schedstat, parse_stat, parse_switches, usage_between, ThreadCpu};
+use crate::cpu_time::{
+    parse_proc_stat, parse_schedstat, parse_stat, parse_switches, usage_between, MachineCpu,
+    ThreadCpu,
+};
 use crate::latency::{Latencies, PassTimes};
 use crate::run::{parse_resident, Resident};
 use crate::server_counters::ServerCounters;
@@ -23,6 +26,19 @@ pub fn run() {
     window_counters_leave_out_the_stats_requests();
     perf_per_thread_counts_parse();
     the_median_pass_leaves_out_a_preempted_one();
+    machine_cpu_counts_busy_and_stolen_ticks();
+}
+
+fn machine_cpu_counts_busy_and_stolen_ticks() {
+    let text = "cpu  100 2 30 5000 7 4 6 9 0 0\ncpu0 50 1 15 2500 3 2 3 4 0 0\nintr 1\n";
+    assert_eq!(
+        parse_proc_stat(text, 10),
+        Some(MachineCpu {
+            busy_ns: (100 + 2 + 30 + 4 + 6) * 10,
+            steal_ns: 90,
+        })
+    );
+    assert_eq!(parse_proc_stat("cpu0 1 2 3\n", 10), None);
 }
 
 fn the_median_pass_leaves_out_a_preempted_one() {

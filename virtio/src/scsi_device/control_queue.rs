@@ -23,12 +23,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::lun_address;
 use super::lun_data::LunTable;
-use super::request::{
+use super::task_set::{TaskScope, TaskSet};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, Virtqueue};
+use super::wire_format::{
     an_response, ctrl_type, AnRequest, TmfRequest, AN_REQ_SIZE, CTRL_TYPE_SIZE, TMF_REQ_SIZE,
     TMF_RESP_SIZE,
 };
-use super::task_set::{TaskScope, TaskSet};
-use super::virtqueue::{CachedMemory, Chain, ChainBuffers, Virtqueue};
 use crate::queue_worker::QueueWorker;
 
 /// The spec's VIRTIO_SCSI_S_FUNCTION_COMPLETE, missing from the bindings (same value as OK).
@@ -77,7 +77,7 @@ impl ControlQueue {
                 break;
             }
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     /// Commands completed while TMFs waited: answer those whose tasks are all gone.
@@ -94,7 +94,7 @@ impl ControlQueue {
             let used = self.answer_tmf(&tmf.buffers, &mem, &tmf.request);
             self.queue.add_used(&mem, tmf.head, used);
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     /// Answers one request; returns the used length, or None when a TMF has to wait.

@@ -14,8 +14,8 @@ use virtio_bindings::virtio_scsi::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::lun_address;
-use super::request::{EventRecord, EVENT_SIZE};
 use super::virtqueue::{CachedMemory, ChainBuffers, Segments, Virtqueue};
+use super::wire_format::{EventRecord, EVENT_SIZE};
 use crate::queue_worker::QueueWorker;
 
 /// Something the device tells the driver about a logical unit.
@@ -124,14 +124,14 @@ impl EventQueue {
             };
             self.deliver(&mem, record);
         }
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
     }
 
     pub fn post(&mut self, event: ScsiEvent) -> EventDelivery {
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         let delivery = self.deliver(&mem, event.record());
-        self.queue.notify(&mem);
+        self.queue.interrupt_if_wanted(&mem);
         debug!(self.queue.logger(), "event"; "event" => ?event, "delivery" => ?delivery);
         delivery
     }

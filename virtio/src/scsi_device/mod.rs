@@ -15,12 +15,12 @@ mod lun_address;
 mod lun_counters;
 mod lun_data;
 mod queue_counters;
-mod request;
 mod request_queue;
 mod task_set;
 #[cfg(test)]
 mod test_driver;
 mod virtqueue;
+mod wire_format;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -32,11 +32,11 @@ use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
 use super::queue_counters::LatencyBucket;
-use super::request::{
-    CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
-};
 use super::task_set::TaskSet;
 use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
+use super::wire_format::{
+    CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
+};
 use super::FIRST_REQUEST_QUEUE;
 use crate::queue_worker::QueueWorker;
 use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SENSE_LEN};
@@ -54,7 +54,7 @@ const STATUS_CHECK_CONDITION: u8 = 0x02;
 /// another queue's.
 #[derive(Default)]
 #[repr(align(128))]
-struct InFlight {
+struct CommandSlot {
     reply: Reply,
     io: DiskWork,
 }
@@ -205,7 +205,7 @@ pub struct RequestQueueWorker {
     held_memory: HeldMemory,
     /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
     /// so that the steady state allocates nothing.
-    in_flight: Vec<InFlight>,
+    in_flight: Vec<CommandSlot>,
     /// Free slots, the spare not among them.
     free_slots: Vec<usize>,
     /// The last slot: it takes a chain popped while every other slot is taken (only a driver
@@ -254,7 +254,7 @@ impl RequestQueueWorker {
             sizes,
             engine,
             held_memory: HeldMemory::default(),
-            in_flight: (0..=slots).map(|_| InFlight::default()).collect(),
+            in_flight: (0..=slots).map(|_| CommandSlot::default()).collect(),
             free_slots: (0..slots).rev().collect(),
             spare: slots,
             tasks,
@@ -319,7 +319,7 @@ impl RequestQueueWorker {
     /// One interrupt for the pass, if the driver wants it, and one word to a TMF waiting for
     /// commands that left.
     fn end_pass(&mut self, mem: &CachedMemory<'_>) {
-        self.queue.notify(mem);
+        self.queue.interrupt_if_wanted(mem);
         if std::mem::take(&mut self.tasks_left) {
             self.tasks.tell_waiters();
         }
@@ -339,7 +339,7 @@ impl RequestQueueWorker {
     }
 
     /// The command in `slot`.
-    fn command(&self, slot: usize) -> Option<&InFlight> {
+    fn command(&self, slot: usize) -> Option<&CommandSlot> {
         self.in_flight.get(slot)
     }
 
@@ -877,7 +877,7 @@ impl RequestQueueWorker {
 
     /// Answers the command in `slot` from what its disk work did.
     fn finish_io(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
-        let Some(InFlight { reply, io }) = self.command(slot) else {
+        let Some(CommandSlot { reply, io }) = self.command(slot) else {
             return;
         };
         let answer = match io.error {
@@ -1075,7 +1075,7 @@ fn submit_ready(
 }
 
 /// The reply of the command in `slot`, borrowing only the records.
-fn reply_in(in_flight: &mut [InFlight], slot: usize) -> Option<&mut Reply> {
+fn reply_in(in_flight: &mut [CommandSlot], slot: usize) -> Option<&mut Reply> {
     in_flight.get_mut(slot).map(|command| &mut command.reply)
 }
 
@@ -1178,8 +1178,8 @@ mod tests {
     #[test]
     fn what_a_queue_writes_per_command_starts_its_own_cache_lines() {
         assert_eq!(std::mem::align_of::<RequestQueueWorker>(), 128);
-        assert_eq!(std::mem::align_of::<InFlight>(), 128);
-        let records: Vec<InFlight> = (0..3).map(|_| InFlight::default()).collect();
+        assert_eq!(std::mem::align_of::<CommandSlot>(), 128);
+        let records: Vec<CommandSlot> = (0..3).map(|_| CommandSlot::default()).collect();
         assert_eq!(records.as_ptr() as usize % 128, 0);
     }
 

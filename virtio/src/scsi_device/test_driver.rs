@@ -14,7 +14,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
+use super::wire_format::{CmdRequestHeader, CmdResponseHeader, CMD_RESP_HEADER_SIZE};
 use super::{EngineFactory, ScsiDevice, ScsiDeviceConfig};
 use crate::virtio_device::{Activation, ActiveQueue, Interrupt, VirtioDevice};
 use crate::InlineQueueHost;

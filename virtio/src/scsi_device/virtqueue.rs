@@ -473,7 +473,7 @@ impl Virtqueue {
     }
 
     /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
-    pub fn notify(&mut self, mem: &CachedMemory<'_>) {
+    pub fn interrupt_if_wanted(&mut self, mem: &CachedMemory<'_>) {
         if self.broken || !std::mem::take(&mut self.returned) {
             return;
         }
@@ -1239,8 +1239,8 @@ mod tests {
             self.pass(|queue, mem| queue.add_used(mem, head, len));
         }
 
-        fn notify(&mut self) {
-            self.pass(|queue, mem| queue.notify(mem));
+        fn interrupt_if_wanted(&mut self) {
+            self.pass(|queue, mem| queue.interrupt_if_wanted(mem));
         }
 
         /// The used ring entry in `slot`: (id, len).
@@ -1278,21 +1278,21 @@ mod tests {
         // An interrupt once the entry at index 0xffff is used, i.e. after the second chain.
         rings.set_u16(USED_EVENT, 0xffff);
         rings.return_chain(0, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 0);
         rings.return_chain(1, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 1, "used idx went from 0xffff to 0");
         rings.return_chain(2, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 1, "used_event already passed");
         // Both chains of one batch: used_event in the middle of it still counts.
         rings.set_u16(USED_EVENT, 1);
         rings.return_chain(3, 0);
         rings.return_chain(4, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 2);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 2, "nothing returned since");
     }
 
@@ -1381,11 +1381,11 @@ mod tests {
 
         rings.set_u16(AVAIL, VRING_AVAIL_F_NO_INTERRUPT as u16);
         rings.return_chain(0, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 0, "the driver set NO_INTERRUPT");
         rings.set_u16(AVAIL, 0);
         rings.return_chain(1, 0);
-        rings.notify();
+        rings.interrupt_if_wanted();
         assert_eq!(rings.interrupt.count(), 1);
     }
 

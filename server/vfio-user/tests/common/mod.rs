@@ -69,7 +69,8 @@ pub fn eventfd() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-pub fn signal_eventfd(fd: &OwnedFd) {
+/// Adds one to the eventfd's counter.
+pub fn write_eventfd(fd: &OwnedFd) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live buffer to a live fd.
     let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
@@ -101,7 +102,7 @@ impl TestDevice {
 
     fn fire(&self, vector: usize) {
         if let Some(Some(fd)) = self.msix.get(vector) {
-            signal_eventfd(fd);
+            write_eventfd(fd);
         }
     }
 

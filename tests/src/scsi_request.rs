@@ -1,7 +1,7 @@
 //! A SCSI command as the driver submits it, the guest buffers it occupies while in flight, and
 //! its result.
 
-use crate::guest_memory::{GuestMemory, MemoryError};
+use crate::guest_memory::{DriverMemory, MemoryError};
 use crate::scsi::{self, CmdResp, ScsiError};
 use crate::split_queue::{Buffer, UsedElement};
 
@@ -73,7 +73,7 @@ impl ScsiResult {
 
 /// What came back for a published chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Completion {
+pub enum UsedChain {
     Scsi(ScsiResult),
     /// A chain the caller built (or an event buffer): the used element only.
     Raw(UsedElement),
@@ -94,7 +94,7 @@ impl InFlightCommand {
     /// Allocates and fills the command's buffers; returns them with the chain to publish
     /// (request, data-out, response, data-in, in the order §5.6.6 requires).
     pub fn build(
-        mem: &GuestMemory,
+        mem: &DriverMemory,
         request: &ScsiRequest,
         tag: u64,
         cdb_size: u32,
@@ -146,7 +146,7 @@ impl InFlightCommand {
     }
 
     /// Reads the response and data-in buffers after the device used the chain.
-    pub fn finish(&self, mem: &GuestMemory, used: UsedElement) -> Result<ScsiResult, BuildError> {
+    pub fn finish(&self, mem: &DriverMemory, used: UsedElement) -> Result<ScsiResult, BuildError> {
         let resp_bytes = mem.read_vec(self.resp, self.resp_len as usize)?;
         let CmdResp {
             sense_len,
@@ -174,7 +174,7 @@ impl InFlightCommand {
     }
 
     /// Returns the command's buffers to the allocator.
-    pub fn release(&self, mem: &GuestMemory) -> Result<(), MemoryError> {
+    pub fn release(&self, mem: &DriverMemory) -> Result<(), MemoryError> {
         for gpa in [
             Some(self.req),
             self.data_out,
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn build_lays_out_the_chain_and_finish_reads_the_result() {
-        let mem = GuestMemory::new(0, 1 << 20).unwrap();
+        let mem = DriverMemory::new(0, 1 << 20).unwrap();
         let request =
             ScsiRequest::new([1, 0, 0, 0, 0, 0, 0, 0], &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0])
                 .data_out(&[7u8; 512])
