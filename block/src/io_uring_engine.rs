@@ -16,6 +16,10 @@ use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
 ///
 /// At most as many requests as the ring has submission entries are in the kernel at once;
 /// further ones wait inside the engine and start as others complete.
+///
+/// Its queue's thread writes it at every request: it sits on 128-byte blocks of its own (two
+/// cache lines, which the adjacent-line prefetcher pairs), apart from other queues' engines.
+#[repr(align(128))]
 pub struct IoUringEngine {
     ring: IoUring,
     eventfd: EventFd,

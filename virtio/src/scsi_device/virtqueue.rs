@@ -42,10 +42,12 @@ pub type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// snapshot are never taken for another's; 0 is none.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
-/// The guest memory snapshot of one pass over a queue, with its generation.
+/// The guest memory snapshot of one pass over a queue, with its generation and the region that
+/// holds the queue's used ring in it, if one does.
 pub struct PassMemory {
     snapshot: MemorySnapshot,
     generation: u64,
+    rings: Option<HostRegion>,
 }
 
 impl Deref for PassMemory {
@@ -174,6 +176,10 @@ pub struct Virtqueue {
     /// while `generation` names it.
     current: Option<Arc<GuestMemoryMmap>>,
     generation: u64,
+    /// The region of `current` that holds the used ring: where a pass starts looking, so that
+    /// a pass (a poll that finds a chain or two) makes no region lookup at all when the rings
+    /// and buffers lie in one region, as they do in practice.
+    rings: Option<HostRegion>,
     interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
     /// Set once the rings proved unusable: the queue is left alone until reset.
@@ -216,6 +222,7 @@ impl Virtqueue {
             memory,
             current: None,
             generation: 0,
+            rings: None,
             interrupt,
             needs_reset,
             broken: false,
@@ -264,10 +271,15 @@ impl Virtqueue {
         if !same {
             self.current = Some(snapshot.clone().into_inner());
             self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+            self.rings = snapshot
+                .find_region(GuestAddress(self.ring.used))
+                .and_then(HostRegion::of);
         }
         PassMemory {
             snapshot,
             generation: self.generation,
+            // Found in `current`, the very snapshot this pass holds (same generation).
+            rings: self.rings,
         }
     }
 
@@ -515,12 +527,14 @@ impl Virtqueue {
     }
 }
 
-/// A guest memory region as a plain host range.
+/// A guest memory region as a plain host range. The base is kept as a number, so that a queue
+/// can keep the range between passes and move to another thread with it; it is turned back into
+/// a pointer only under a [`CachedMemory`] borrowing the snapshot the range was found in.
 #[derive(Debug, Clone, Copy)]
 struct HostRegion {
     start: u64,
     len: u64,
-    base: *mut u8,
+    base: usize,
 }
 
 impl HostRegion {
@@ -529,7 +543,7 @@ impl HostRegion {
         Some(HostRegion {
             start: region.start_addr().0,
             len: slice.len() as u64,
-            base: slice.ptr_guard_mut().as_ptr(),
+            base: slice.ptr_guard_mut().as_ptr() as usize,
         })
     }
 
@@ -541,7 +555,7 @@ impl HostRegion {
             return None;
         }
         // In bounds of the mapping, checked just above.
-        Some(self.base.wrapping_add(offset as usize))
+        Some(self.base.wrapping_add(offset as usize) as *mut u8)
     }
 }
 
@@ -557,7 +571,7 @@ impl<'a> CachedMemory<'a> {
         CachedMemory {
             mem: &memory.snapshot,
             generation: memory.generation,
-            region: Cell::new(None),
+            region: Cell::new(memory.rings),
         }
     }
 
