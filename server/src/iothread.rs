@@ -203,14 +203,14 @@ fn run(
             Polled::Found { waited } => {
                 let result = if pass_start.duration_since(looked) >= EVENT_LOOK_INTERVAL {
                     looked = pass_start;
-                    set.poll(Some(Duration::ZERO))
+                    set.serve_events(Some(Duration::ZERO))
                 } else {
                     Ok(false)
                 };
                 (result, waited)
             }
             Polled::GaveUp | Polled::Rechecked => {
-                let result = set.poll(None);
+                let result = set.serve_events(None);
                 looked = pass_start;
                 // The window polled in vain, then the sleep: not the serving that followed.
                 let polled = if found == Polled::GaveUp {

@@ -24,13 +24,13 @@ pub struct QueueSet {
     poll: Poll,
     events: Events,
     workers: Vec<Option<Box<dyn QueueWorker>>>,
-    /// The tokens of one `poll`, kept for the vector's capacity.
+    /// The tokens of one `serve_events`, kept for the vector's capacity.
     ready: Vec<Token>,
     /// Time blocked waiting for events since `take_slept`.
     slept: Duration,
     /// Polling asked the drivers not to notify, and no `stop_polling` has asked them again.
     notifications_suppressed: bool,
-    /// The last `poll` woke for re-checks alone.
+    /// The last `serve_events` woke for re-checks alone.
     rechecked_only: bool,
     rechecks: RecheckTimer,
     /// The slots of one expiry of `rechecks`, kept for the vector's capacity.
@@ -162,7 +162,7 @@ impl QueueSet {
     }
 
     /// Waits up to `timeout` for events and serves them; true when the owner's token fired.
-    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+    pub fn serve_events(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         if timeout == Some(Duration::ZERO) {
             self.poll.poll(&mut self.events, timeout)?;
         } else {
@@ -192,12 +192,12 @@ impl QueueSet {
         Ok(owner)
     }
 
-    /// The time spent blocked in `poll` since the last `take_slept`.
+    /// The time spent blocked in `serve_events` since the last `take_slept`.
     pub fn slept(&self) -> Duration {
         self.slept
     }
 
-    /// The time spent blocked in `poll` since the last call.
+    /// The time spent blocked in `serve_events` since the last call.
     pub fn take_slept(&mut self) -> Duration {
         std::mem::take(&mut self.slept)
     }
@@ -205,7 +205,7 @@ impl QueueSet {
     /// Serves whatever is ready without waiting, until nothing is.
     pub fn serve_ready(&mut self) -> io::Result<()> {
         loop {
-            self.poll(Some(Duration::ZERO))?;
+            self.serve_events(Some(Duration::ZERO))?;
             if self.events.is_empty() {
                 return Ok(());
             }
@@ -521,7 +521,7 @@ mod tests {
     fn kicked_rechecking_set() -> (QueueSet, Arc<EventFd>, Arc<AtomicUsize>) {
         let (mut set, notifier, _, rechecks) = rechecking_set();
         notifier.write(1).unwrap();
-        set.poll(Some(Duration::ZERO)).unwrap();
+        set.serve_events(Some(Duration::ZERO)).unwrap();
         (set, notifier, rechecks)
     }
 
@@ -529,7 +529,7 @@ mod tests {
     fn sleep_until_rechecked(set: &mut QueueSet, rechecks: &AtomicUsize) -> Duration {
         let start = Instant::now();
         while rechecks.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
-            set.poll(None).unwrap();
+            set.serve_events(None).unwrap();
         }
         assert_eq!(rechecks.load(Ordering::SeqCst), 1);
         start.elapsed()
@@ -540,7 +540,7 @@ mod tests {
         let (mut set, _notifier, rechecks) = kicked_rechecking_set();
         assert_eq!(rechecks.load(Ordering::SeqCst), 0, "not due yet");
         assert!(sleep_until_rechecked(&mut set, &rechecks) >= Duration::from_millis(1));
-        set.poll(Some(Duration::from_millis(20))).unwrap();
+        set.serve_events(Some(Duration::from_millis(20))).unwrap();
         assert_eq!(rechecks.load(Ordering::SeqCst), 1, "not asked for again");
     }
 
@@ -552,7 +552,7 @@ mod tests {
         sleep_until_rechecked(&mut set, &rechecks);
         assert_eq!(set.poll_queues(window), Polled::Rechecked);
         notifier.write(1).unwrap();
-        set.poll(Some(Duration::ZERO)).unwrap();
+        set.serve_events(Some(Duration::ZERO)).unwrap();
         assert_eq!(
             set.poll_queues(window),
             Polled::GaveUp,
@@ -575,7 +575,7 @@ mod tests {
         );
         // The resume serves every queue, which asks for a re-check again.
         set.serve_all();
-        set.poll(Some(Duration::from_secs(5))).unwrap();
+        set.serve_events(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(
             rechecks.load(Ordering::SeqCst),
             1,
