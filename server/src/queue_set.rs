@@ -273,8 +273,12 @@ impl QueueSet {
             return Polled::Rechecked;
         }
         if !self.notifications_suppressed {
-            for worker in self.workers.iter_mut().flatten() {
-                worker.start_polling();
+            // Polling looks by itself: a re-check booked by the last pass is forgotten.
+            for (slot, worker) in self.workers.iter_mut().enumerate() {
+                if let Some(worker) = worker {
+                    worker.start_polling();
+                    book(&mut self.rechecks, &self.log, slot, &**worker);
+                }
             }
             self.notifications_suppressed = true;
         }

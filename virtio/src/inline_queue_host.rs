@@ -103,11 +103,10 @@ impl InlineQueueHost {
     }
 
     /// Starts a stretch of polling, as a polling iothread does: every queue asks its driver not
-    /// to kick and is looked at by `poll` instead.
-    pub fn start_polling(&self) {
-        for worker in self.workers().slots.iter_mut().flatten() {
-            worker.start_polling();
-        }
+    /// to kick and is looked at by `poll` instead, and the re-checks they asked for are
+    /// forgotten.
+    pub fn start_polling(&self) -> io::Result<()> {
+        self.workers().call_each(|worker| worker.start_polling())
     }
 
     /// One look at every queue while polling; true when one had work.
@@ -122,14 +121,7 @@ impl InlineQueueHost {
     /// Ends the stretch of polling: notifications back on (as far as each queue asks) and the
     /// re-checks they want booked.
     pub fn stop_polling(&self) -> io::Result<()> {
-        let mut workers = self.workers();
-        for slot in 0..workers.slots.len() {
-            if let Some(worker) = workers.slots[slot].as_mut() {
-                worker.stop_polling();
-                workers.book(slot)?;
-            }
-        }
-        Ok(())
+        self.workers().call_each(|worker| worker.stop_polling())
     }
 
     /// The virtqueues being served, in adoption order.
@@ -154,6 +146,17 @@ impl InlineQueueHost {
 }
 
 impl Workers {
+    /// Makes `call` into every worker, booking the re-check each asks for after it.
+    fn call_each(&mut self, mut call: impl FnMut(&mut dyn QueueWorker)) -> io::Result<()> {
+        for slot in 0..self.slots.len() {
+            if let Some(worker) = self.slots[slot].as_mut() {
+                call(&mut **worker);
+                self.book(slot)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Books the re-check the worker in `slot` asks for after a call into it.
     fn book(&mut self, slot: usize) -> io::Result<()> {
         match self.slots.get(slot).and_then(Option::as_ref) {

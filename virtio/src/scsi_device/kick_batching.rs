@@ -32,7 +32,11 @@
 //! Chains a pass finds are served at once, short of the batch or not: only chains still to come
 //! wait for the kick or the re-check.
 //!
-//! A host that polls keeps kicks off while its polls find work; when a stretch of polling ends
+//! A host that polls keeps kicks off while its polls find work: polling moves `avail_event`
+//! behind the driver (where the last pass put it, a batch ahead, the driver would kick once
+//! more), and a kick sent before that is served as one more poll, which leaves notifications
+//! off (a pass would ask for the next kick, and a driver that never stops would then kick for
+//! every batch while the host believed them off). When a stretch of polling ends
 //! in vain on a busy queue, the queue asks for the kick a batch ahead as above, but its
 //! re-check comes once about half that batch has come at the pace polling found it: the
 //! re-checks stand in for the polls, and the host does not poll after a wake-up that was a
@@ -519,7 +523,7 @@ mod through_the_inline_host {
     fn after_polling_a_busy_queue_keeps_kicks_off_a_batch_ahead_and_the_recheck_serves_less() {
         let mut harness = ready_harness(|features| features);
         let host = harness.host.clone();
-        host.start_polling();
+        host.start_polling().unwrap();
         // Polls find the chains one by one; the driver reads none of the answers yet.
         let mut kicks = 0;
         for _ in 0..8 {
@@ -540,11 +544,68 @@ mod through_the_inline_host {
         assert_eq!(harness.device.queue_stats()[0].rechecks, 1);
     }
 
+    /// A polling host and a driver that makes `count` chains available one by one, each
+    /// found by a poll, and reads its answers eight at a time; the host looks at its eventfds
+    /// after each eight, as an iothread whose polls find work does every 50 µs. Returns the
+    /// kicks the driver sent meanwhile.
+    fn trickle_while_polling(harness: &mut Harness, count: usize) -> usize {
+        let host = harness.host.clone();
+        let mut kicks = 0;
+        for chain in 1..=count {
+            let kicked = publish(harness, 1);
+            if kicked > 0 {
+                harness.kick(VQ);
+            }
+            kicks += kicked;
+            assert!(host.poll(), "polling finds each chain");
+            if chain % 8 == 0 {
+                harness.queues[VQ].used();
+                host.serve_ready().unwrap();
+            }
+        }
+        kicks
+    }
+
+    /// A batch served by its kick: the next kick is asked for a batch ahead.
+    fn kicked_batch_of_four() -> Harness {
+        let mut harness = ready_harness(|features| features);
+        publish(&mut harness, 4);
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 4);
+        let queue = &harness.queues[VQ];
+        assert_ne!(queue.avail_event(), queue.avail_idx(), "a batch ahead");
+        harness
+    }
+
+    #[test]
+    fn a_driver_that_keeps_chains_coming_while_the_host_polls_never_kicks() {
+        let mut harness = kicked_batch_of_four();
+        harness.host.start_polling().unwrap();
+        assert_eq!(trickle_while_polling(&mut harness, 200), 0);
+        assert_eq!(harness.device.queue_stats()[0].rechecks, 0);
+        // Polling ends in vain: notifications are back on.
+        harness.host.stop_polling().unwrap();
+        let queue = &harness.queues[VQ];
+        assert_ne!(queue.avail_event(), queue.avail_idx().wrapping_sub(1));
+    }
+
+    #[test]
+    fn a_kick_sent_before_polling_started_is_served_as_a_poll_and_turns_no_kick_on() {
+        let mut harness = kicked_batch_of_four();
+        // The driver sends that batch; its kick is still in the notifier when polling starts.
+        assert_eq!(publish(&mut harness, 4), 1);
+        let counted = harness.device.queue_stats()[0].kicks;
+        harness.kick(VQ);
+        harness.host.start_polling().unwrap();
+        assert_eq!(trickle_while_polling(&mut harness, 200), 0);
+        assert_eq!(harness.device.queue_stats()[0].kicks, counted + 1);
+    }
+
     #[test]
     fn after_polling_a_driver_that_waits_for_each_answer_kicks_for_every_chain() {
         let mut harness = ready_harness(|features| features);
         let host = harness.host.clone();
-        host.start_polling();
+        host.start_polling().unwrap();
         for _ in 0..20 {
             publish(&mut harness, 1);
             assert!(host.poll());

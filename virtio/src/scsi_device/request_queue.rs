@@ -297,6 +297,12 @@ impl RequestQueueWorker {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
+            // Notifications are asked for again only once the ring is empty, as QEMU's
+            // virtqueues do: a driver that keeps chains coming would otherwise pass each
+            // `avail_event` moved at every look, and kick for it.
+            if self.queue.has_available(&mem) {
+                continue;
+            }
             let in_flight = self.in_flight_count();
             let ahead = if std::mem::take(&mut first) {
                 self.batching.rearm(self.clock, in_flight)
@@ -1027,9 +1033,15 @@ impl QueueWorker for RequestQueueWorker {
         self.queue.notifier()
     }
 
+    /// A kick that came while the host polls (sent before polling suppressed notifications)
+    /// is served as a poll: a pass would turn notifications back on behind the host's back.
     fn notifier_ready(&mut self) {
         self.queue.clear_notifier();
-        RequestQueueWorker::serve_available(self);
+        if self.batching.polling() {
+            RequestQueueWorker::poll(self);
+        } else {
+            RequestQueueWorker::serve_available(self);
+        }
     }
 
     fn completion_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -380,8 +380,13 @@ impl Harness {
     /// What a driver's notify write does: the transport writes the queue's notifier and
     /// its owner (here the inline host, on this thread) serves what became ready.
     pub fn notify(&self, vq: usize) {
-        self.queues[vq].notifier.write(1).unwrap();
+        self.kick(vq);
         self.host.serve_ready().unwrap();
+    }
+
+    /// A driver's notify write that its queue's owner has not looked at yet.
+    pub fn kick(&self, vq: usize) {
+        self.queues[vq].notifier.write(1).unwrap();
     }
 
     /// Publishes a chain and notifies; returns the used entries of that notification.

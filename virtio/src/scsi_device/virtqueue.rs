@@ -389,12 +389,22 @@ impl Virtqueue {
         }
     }
 
-    /// Stops driver notifications while the caller polls the avail ring.
+    /// Stops driver notifications while the caller polls the avail ring. With EVENT_IDX,
+    /// `avail_event` goes back to the last chain popped, which the driver has passed: left
+    /// where the last pass asked for a kick, a batch ahead, it would bring one more kick
+    /// once the driver got there.
     pub fn suppress_notifications(&mut self, mem: &CachedMemory<'_>) {
         if self.broken {
             return;
         }
-        if let Err(error) = self.kick_after(mem, 0) {
+        let suppressed = if self.ring.event_idx {
+            let passed = self.ring.next_avail - Wrapping(1);
+            mem.field16(self.ring.avail_event())
+                .map(|event| event.store(passed.0.to_le(), Ordering::Relaxed))
+        } else {
+            self.kick_after(mem, 0)
+        };
+        if let Err(error) = suppressed {
             self.ring_unreadable(mem, "disable_notification", &error);
         }
     }
