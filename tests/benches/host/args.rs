@@ -125,8 +125,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub rounds: u16,
     /// Runs the server under valgrind's callgrind and prints instructions per request per server
-    /// thread over the window: a count that does not depend on the machine's load (the server
-    /// runs some 50 times slower; use `--poll-max-ns 0` in --server-args, or empty polls count).
+    /// thread over the window, whose requests callgrind counts too: a count that does not depend
+    /// on the machine's load (the server runs some 50 times slower; use `--poll-max-ns 0` in
+    /// --server-args, or empty polls count).
     #[arg(long)]
     pub callgrind: bool,
     /// Also write every result to this JSON file.

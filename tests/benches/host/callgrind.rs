@@ -4,7 +4,12 @@
 //! with fewer cores than the bench has threads. Valgrind runs one thread at a time and slows the
 //! server some 50 times: the counts say what the code does per request, not how fast it runs
 //! (run with `--poll-max-ns 0`, or empty polls are counted too).
+//!
+//! Requests are counted by callgrind itself, in the same dumps: every command of the bench (a
+//! READ or WRITE) makes one call of scsi-disk's `execute`, so the instructions of a window and
+//! its requests come from one zero and one dump, whatever the moment each reached the server.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -17,11 +22,16 @@ pub struct Callgrind {
     dir: TempDir,
 }
 
-/// Instructions one server thread executed inside the window.
+/// The function every command of the bench calls once (`--dump-instr=no` keeps calls
+/// by function).
+const PER_REQUEST_FUNCTION: &str = "scsi_disk::commands::execute";
+
+/// Instructions one server thread executed inside the window, and the requests it served there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInstructions {
     pub tid: u32,
     pub instructions: u64,
+    pub requests: u64,
 }
 
 impl Callgrind {
@@ -68,7 +78,11 @@ impl Callgrind {
                 continue;
             };
             let instructions = parse_totals(&text).ok_or(BenchError::CallgrindDump { path })?;
-            threads.push(ThreadInstructions { tid, instructions });
+            threads.push(ThreadInstructions {
+                tid,
+                instructions,
+                requests: count_calls(&text, PER_REQUEST_FUNCTION),
+            });
         }
         if threads.is_empty() {
             return Err(BenchError::CallgrindDump {
@@ -103,4 +117,49 @@ pub fn parse_totals(text: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix("totals:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+/// How many calls of `function` a callgrind profile records, from every caller. Names are
+/// compressed: the first `fn=`/`cfn=` line of a function gives its number and name, later ones
+/// the number alone; a `calls=COUNT ...` line follows each `cfn=` of a call.
+pub fn count_calls(text: &str, function: &str) -> u64 {
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    let mut callee_matches = false;
+    let mut calls = 0;
+    for line in text.lines() {
+        let (is_callee, spec) = if let Some(spec) = line.strip_prefix("cfn=") {
+            (true, spec)
+        } else if let Some(spec) = line.strip_prefix("fn=") {
+            (false, spec)
+        } else {
+            if let Some(rest) = line.strip_prefix("calls=") {
+                if std::mem::take(&mut callee_matches) {
+                    calls += rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+            continue;
+        };
+        let name = match spec.split_once(") ") {
+            Some((id, name)) if id.starts_with('(') => {
+                names.insert(id, name);
+                name
+            }
+            _ => match spec.strip_suffix(')') {
+                Some(id) => names.get(id).copied().unwrap_or(""),
+                None => spec,
+            },
+        };
+        callee_matches = is_callee && names_function(name, function);
+    }
+    calls
+}
+
+/// Whether a profile's function name is `function` (valgrind may keep a Rust symbol's hash).
+fn names_function(name: &str, function: &str) -> bool {
+    name.strip_prefix(function)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::h"))
 }

@@ -59,7 +59,9 @@ pub fn print_details(results: &[RunResult]) {
     println!();
     println!(
         "server threads, per request: on-CPU ns (user + system ns), context switches \
-         (voluntary: sleeps; involuntary: preemptions), system calls (perf, raw_syscalls:sys_enter)"
+         (voluntary: sleeps; involuntary: preemptions), system calls (perf, raw_syscalls:sys_enter); \
+         with --callgrind, instructions over the requests callgrind saw served in the same window \
+         (its count of scsi-disk's execute calls)"
     );
     println!(
         "iothreads, per request: busy ns from the iothread's own clock (ctl stats busy_ns: serving \

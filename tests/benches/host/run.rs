@@ -71,7 +71,7 @@ pub struct RunResult {
     /// System calls per server thread around the window (perf), or why not counted.
     pub syscalls: SyscallCounts,
     /// With `--callgrind`: instructions per server thread inside the window, and the requests
-    /// answered in that window.
+    /// served in that window (callgrind's count of them, from the same zero and dump).
     pub instructions: Option<(Vec<ThreadInstructions>, u64)>,
     /// Which round of `--rounds` this was (0-based).
     pub round: u16,
@@ -254,35 +254,25 @@ pub fn run_config(
     let before = sample_process(server.pid())?;
     let machine_before = sample_machine()?;
     let sampled_from = Instant::now();
-    // callgrind_control takes a good part of a second to reach the server, and the zero (or
-    // dump) falls somewhere inside: the requests of the window are counted from the middle
-    // of the stats taken around each.
-    let zeroed = match &callgrind {
-        Some(callgrind) => {
-            let before_zero = server_stats(&control)?;
-            callgrind.zero(server.pid())?;
-            Some(before_zero)
-        }
-        None => None,
-    };
+    // callgrind_control takes a good part of a second to reach the server: the requests of
+    // its window are those callgrind counted between its zero and its dump.
+    if let Some(callgrind) = &callgrind {
+        callgrind.zero(server.pid())?;
+    }
     let stats_start = server_stats(&control)?;
     let stats_probe = server_stats(&control)?;
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
     let after = sample_process(server.pid())?;
     let machine = sample_machine()?.since(&machine_before);
     let sampled_for = sampled_from.elapsed();
-    let instructions = match (&callgrind, zeroed) {
-        (Some(callgrind), Some(before_zero)) => {
-            let before_dump = server_stats(&control)?;
+    let instructions = match &callgrind {
+        Some(callgrind) => {
             let tids: Vec<u32> = after.iter().map(|t| t.tid).collect();
             let threads = callgrind.dump(server.pid(), &tids)?;
-            let after_dump = server_stats(&control)?;
-            let requests = (before_dump.requests + after_dump.requests)
-                .saturating_sub(before_zero.requests + stats_start.requests)
-                / 2;
+            let requests = threads.iter().map(|t| t.requests).sum();
             Some((threads, requests))
         }
-        _ => None,
+        None => None,
     };
     let syscalls = match syscall_counter {
         Ok(counter) => counter.stop(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::args::{Args, DiskKind, Kick, Pattern};
+use crate::callgrind::{count_calls, parse_totals};
 use crate::cpu_time::{
     parse_proc_stat, parse_schedstat, parse_stat, parse_switches, usage_between, MachineCpu,
     ThreadCpu,
@@ -27,6 +28,36 @@ pub fn run() {
     perf_per_thread_counts_parse();
     the_median_pass_leaves_out_a_preempted_one();
     machine_cpu_counts_busy_and_stolen_ticks();
+    callgrind_profiles_give_instructions_and_requests();
+}
+
+fn callgrind_profiles_give_instructions_and_requests() {
+    let text = "events: Ir\n\
+                fn=(1) server::queue_set::QueueSet::serve\n\
+                0 50\n\
+                cfn=(2) scsi_disk::commands::execute\n\
+                calls=700 0\n\
+                0 9000\n\
+                cfn=(3) scsi_disk::commands::execute_later\n\
+                calls=5 0\n\
+                0 10\n\
+                fn=(4) virtio::scsi_device::request_queue::RequestQueueWorker::poll\n\
+                cfn=(2)\n\
+                calls=300 0\n\
+                0 4000\n\
+                fn=(2)\n\
+                0 13000\n\
+                totals: 1234567\n";
+    assert_eq!(parse_totals(text), Some(1_234_567));
+    assert_eq!(count_calls(text, "scsi_disk::commands::execute"), 1000);
+    assert_eq!(
+        count_calls(
+            "cfn=scsi_disk::commands::execute::h0123456789abcdef\ncalls=7 0\n",
+            "scsi_disk::commands::execute"
+        ),
+        7,
+        "an uncompressed name that kept its hash"
+    );
 }
 
 fn machine_cpu_counts_busy_and_stolen_ticks() {
