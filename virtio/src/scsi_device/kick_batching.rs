@@ -380,12 +380,16 @@ mod tests {
 /// that kicks only when Linux's would.
 #[cfg(test)]
 mod through_the_inline_host {
-    use block::Disk;
+    use std::os::fd::BorrowedFd;
+    use std::sync::{Arc, Mutex};
+
+    use block::{BlockError, Completion, Disk, Engine, IoRequest, SyncEngine};
     use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::MAX_RECHECK;
     use crate::features::RING_EVENT_IDX;
-    use crate::scsi_device::test_driver::{lun_field, Harness};
+    use crate::scsi_device::test_driver::{lun_config, lun_field, Harness};
     use crate::virtio_device::VirtioDevice;
 
     const VQ: usize = 2;
@@ -599,6 +603,117 @@ mod through_the_inline_host {
         harness.host.start_polling().unwrap();
         assert_eq!(trickle_while_polling(&mut harness, 200), 0);
         assert_eq!(harness.device.queue_stats()[0].kicks, counted + 1);
+    }
+
+    /// A driver on another vCPU that sends the chains staged in the avail ring while a pass
+    /// runs, `per_batch` more for each batch of requests the pass hands its engine (at a
+    /// steady pace), and kicks as Linux's does.
+    struct DriverAlongside {
+        mem: &'static GuestMemoryMmap,
+        avail_idx: GuestAddress,
+        avail_event: GuestAddress,
+        staged_to: u16,
+        per_batch: u16,
+        kicks: usize,
+    }
+
+    impl DriverAlongside {
+        fn send(&mut self) {
+            let old: u16 = self.mem.read_obj(self.avail_idx).unwrap();
+            let left = self.staged_to.wrapping_sub(old);
+            let new = old.wrapping_add(self.per_batch.min(left));
+            self.mem.write_obj(new, self.avail_idx).unwrap();
+            let event: u16 = self.mem.read_obj(self.avail_event).unwrap();
+            self.kicks += usize::from(driver_kicks(event, new, old));
+        }
+    }
+
+    /// A synchronous engine whose every batch of requests lets the driver alongside send more.
+    struct EngineBesideADriver {
+        engine: SyncEngine,
+        driver: Arc<Mutex<Option<DriverAlongside>>>,
+        batch: bool,
+    }
+
+    /// What `Engine::submit` answers.
+    type Accepted = Result<(), BlockError>;
+
+    impl Engine for EngineBesideADriver {
+        fn submit(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Accepted {
+            self.batch = true;
+            self.engine.submit(disk, request, user_data)
+        }
+        fn submit_pending(&mut self) {
+            if std::mem::take(&mut self.batch) {
+                if let Some(driver) = self.driver.lock().unwrap().as_mut() {
+                    driver.send();
+                }
+            }
+            self.engine.submit_pending();
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            self.engine.completion_fd()
+        }
+        fn reap(&mut self, out: &mut Vec<Completion>) {
+            self.engine.reap(out);
+        }
+    }
+
+    #[test]
+    fn a_pass_asks_for_the_next_kick_once_the_ring_is_empty_not_while_the_driver_sends() {
+        const SYNCHRONIZE_CACHE: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let driver = Arc::new(Mutex::new(None));
+        let engines_driver = Arc::clone(&driver);
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        let mut harness = Harness::with_engines(
+            vec![(lun_config(0, &disk), Arc::new(disk))],
+            1,
+            0,
+            Arc::new(move || {
+                Ok(Box::new(EngineBesideADriver {
+                    engine: SyncEngine::new()?,
+                    driver: Arc::clone(&engines_driver),
+                    batch: false,
+                }))
+            }),
+        );
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+        // A busy queue: its driver sends eight at a time.
+        for _ in 0..4 {
+            publish(&mut harness, 8);
+            harness.notify(VQ);
+            assert_eq!(harness.queues[VQ].used().len(), 8);
+        }
+        // A batch of eight, kicked for, then twenty that the driver sends while the pass runs,
+        // four for each batch the pass starts.
+        for ahead in 0..28 {
+            let bufs = [
+                harness.request_buf(VQ, lun_field(0), 100, &SYNCHRONIZE_CACHE),
+                harness.response_buf(VQ, 108),
+            ];
+            let head = harness.queues[VQ].chain(&bufs);
+            harness.queues[VQ].stage(head, ahead);
+        }
+        let queue = &harness.queues[VQ];
+        let first = queue.avail_idx();
+        *driver.lock().unwrap() = Some(DriverAlongside {
+            mem: harness.mem,
+            avail_idx: GuestAddress(queue.mock.avail_addr().0 + 2),
+            avail_event: queue.avail_event_addr(),
+            staged_to: first.wrapping_add(28),
+            per_batch: 4,
+            kicks: 0,
+        });
+        let batch = first.wrapping_add(8);
+        assert!(driver_kicks(queue.avail_event(), batch, first));
+        harness
+            .mem
+            .write_obj(batch, GuestAddress(queue.mock.avail_addr().0 + 2))
+            .unwrap();
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 28, "one pass served all");
+        let kicks = driver.lock().unwrap().as_ref().map(|d| d.kicks);
+        assert_eq!(kicks, Some(0), "kicks while the pass ran");
     }
 
     #[test]

@@ -123,13 +123,8 @@ impl TestQueue {
 
     /// Makes `head` available to the device.
     pub fn publish(&mut self, head: u16) {
+        self.stage(head, 0);
         let idx = self.mock.avail().idx().load();
-        self.mock
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % self.size))
-            .unwrap()
-            .store(head);
         self.mock.avail().idx().store(idx.wrapping_add(1));
     }
 
@@ -162,8 +157,23 @@ impl TestQueue {
 
     /// The EVENT_IDX field after the used ring: where the device wants the next kick.
     pub fn avail_event(&self) -> u16 {
-        let at = self.used_addr.0 + 4 + 8 * u64::from(self.size);
-        u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
+        u16::from_le(self.mem.read_obj(self.avail_event_addr()).unwrap())
+    }
+
+    pub fn avail_event_addr(&self) -> GuestAddress {
+        GuestAddress(self.used_addr.0 + 4 + 8 * u64::from(self.size))
+    }
+
+    /// Writes `head` into the avail ring `ahead` entries after the published ones, leaving
+    /// the index alone: a driver on another vCPU publishes it later by moving the index.
+    pub fn stage(&mut self, head: u16, ahead: u16) {
+        let idx = self.mock.avail().idx().load().wrapping_add(ahead);
+        self.mock
+            .avail()
+            .ring()
+            .ref_at(usize::from(idx % self.size))
+            .unwrap()
+            .store(head);
     }
 
     /// The used ring's flags (NO_NOTIFY without EVENT_IDX).
