@@ -151,6 +151,9 @@ impl QueueSet {
             }
         }
         debug!(self.log, "queue adopted"; "iothread" => thread_name(), "vq" => worker.queue_index());
+        // Handed over in the middle of its old set's polling, it would keep notifications off
+        // here, where nothing polls it yet.
+        worker.stop_polling();
         worker.notifier_ready();
         book(&mut self.rechecks, &self.log, slot, &*worker);
         if slot == self.workers.len() {
@@ -407,11 +410,13 @@ mod tests {
 
     use super::*;
 
-    /// Counts the polling calls; `poll` finds work on its `work_on`-th call.
+    /// Counts the polling calls; `poll` finds work on its `work_on`-th call. Like a request
+    /// queue, it leaves polling only if it was polling.
     struct PollingWorker {
         notifier: Arc<EventFd>,
         work_on: usize,
         calls: Arc<[AtomicUsize; 3]>,
+        polling: bool,
     }
 
     const STARTED: usize = 0;
@@ -434,17 +439,25 @@ mod tests {
             0
         }
         fn start_polling(&mut self) {
+            self.polling = true;
             self.calls[STARTED].fetch_add(1, Ordering::SeqCst);
         }
         fn poll(&mut self) -> bool {
             self.calls[POLLED].fetch_add(1, Ordering::SeqCst) + 1 == self.work_on
         }
         fn stop_polling(&mut self) {
-            self.calls[STOPPED].fetch_add(1, Ordering::SeqCst);
+            if std::mem::take(&mut self.polling) {
+                self.calls[STOPPED].fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
     fn set_with(work_on: usize) -> (QueueSet, Arc<[AtomicUsize; 3]>) {
+        set_adopting(work_on, false)
+    }
+
+    /// A set that adopted a `PollingWorker` whose old set was polling it or not.
+    fn set_adopting(work_on: usize, polling: bool) -> (QueueSet, Arc<[AtomicUsize; 3]>) {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut set = QueueSet::new(&log).unwrap();
         let calls = Arc::new([
@@ -456,6 +469,7 @@ mod tests {
             notifier: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             work_on,
             calls: calls.clone(),
+            polling,
         };
         set.adopt(Box::new(worker)).unwrap();
         (set, calls)
@@ -616,6 +630,14 @@ mod tests {
         assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1, "already on");
         assert_eq!(set.poll_queues(Duration::from_millis(1)), Polled::GaveUp);
         assert_eq!(calls[STARTED].load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_queue_handed_over_in_the_middle_of_polling_turns_notifications_on_at_adoption() {
+        let (_, calls) = set_adopting(usize::MAX, true);
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 1);
+        let (_, calls) = set_adopting(usize::MAX, false);
+        assert_eq!(calls[STOPPED].load(Ordering::SeqCst), 0);
     }
 
     #[test]

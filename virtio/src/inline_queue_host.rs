@@ -222,6 +222,8 @@ impl QueueHost for InlineQueueHost {
             workers.adopt_error = Some(error);
             return;
         }
+        // As a queue set does: a worker handed over mid-polling stops polling.
+        worker.stop_polling();
         worker.notifier_ready();
         workers.slots.push(Some(worker));
         if let Err(error) = workers.book(slot) {

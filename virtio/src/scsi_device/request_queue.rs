@@ -1068,6 +1068,9 @@ impl QueueWorker for RequestQueueWorker {
     }
 
     fn stop_polling(&mut self) {
+        if !self.batching.polling() {
+            return;
+        }
         let snapshot = self.queue.snapshot();
         let ahead = self.batching.rearm(self.clock, self.in_flight_count());
         let mem = CachedMemory::new(&snapshot);
