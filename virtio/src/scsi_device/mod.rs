@@ -192,6 +192,19 @@ impl ScsiDevice {
         move || commands_in_flight(&tasks)
     }
 
+    /// Lists the disks of the LUNs served as (lun, disk), from any thread, for as long as it is
+    /// kept. It keeps the LUN table, and so the disks, open after the device is gone: the
+    /// application flushes and closes them as steps of its exit.
+    pub fn disks_probe(&self) -> impl Fn() -> Vec<(u16, Arc<Disk>)> + Send + 'static {
+        let luns = Arc::clone(&self.luns);
+        move || {
+            luns.load()
+                .luns()
+                .map(|unit| (unit.config().lun, Arc::clone(&unit.data().disk)))
+                .collect()
+        }
+    }
+
     /// The commands in flight now, as (lun, tag).
     pub fn commands_in_flight(&self) -> Vec<(u16, u64)> {
         commands_in_flight(&self.tasks)
