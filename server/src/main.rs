@@ -32,7 +32,9 @@ enum MainError {
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
-    Socket(#[from] SocketPathError),
+    SocketActivation(#[from] SocketPathError),
+    #[error("--socket {0}")]
+    Socket(SocketPathError),
     #[error(transparent)]
     Controller(#[from] ControllerError),
     #[error(transparent)]
@@ -207,7 +209,7 @@ fn run(
     let (listener, own_socket) = match activated_listener()? {
         Some(listener) => (Listener::inherited(listener), None),
         None => (
-            Listener::bind(&cli.socket, &access)?,
+            Listener::bind(&cli.socket, &access).map_err(MainError::Socket)?,
             Some(cli.socket.clone()),
         ),
     };
@@ -236,19 +238,20 @@ fn run(
         cli.queue_size,
         log.clone(),
     );
+    let progress = ShutdownProgress::default();
     let mut operator = Operator::new(
         signals,
         cli.control_socket.as_deref(),
         &access,
         commands,
         log_control,
+        progress.clone(),
         log.clone(),
     )?;
     let device = function.function().device();
     let in_flight = device.in_flight_probe();
     let disks = device.disks_probe();
     let server = Server::with_listener(listener, function, memory, log.clone())?;
-    let progress = ShutdownProgress::default();
     ShutdownDeadline {
         timeout: Duration::from_secs(cli.shutdown_timeout),
         socket: own_socket,

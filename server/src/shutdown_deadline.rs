@@ -63,9 +63,9 @@ impl ShutdownDeadline {
     fn expire(self) -> ! {
         let stuck = (self.in_flight)();
         let (step, in_step) = self.progress.current();
-        warn!(self.log, "shutdown timed out";
-            "timeout_s" => self.timeout.as_secs(), "step" => step.name(), "lun" => step.lun(),
-            "path" => step.path(), "step_ms" => in_step.as_millis(), "requests" => stuck.len());
+        warn!(self.log, "shutdown timed out"; &step,
+            "timeout_s" => self.timeout.as_secs(), "step_ms" => in_step.as_millis(),
+            "requests" => stuck.len());
         for (lun, tag) in stuck.iter().take(LISTED_REQUESTS) {
             warn!(self.log, "request still in flight at exit"; "lun" => lun, "tag" => tag);
         }

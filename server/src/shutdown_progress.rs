@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use slog::{debug, Logger};
+use slog::{debug, Logger, Record, Serializer, KV};
 
 /// A step of the exit, in the order the main thread takes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShutdownStep {
+    /// No stop yet: the main loop has not read the stop signal (if the watchdog finds the
+    /// process here, the main loop is stuck in something else).
+    Serving,
     /// The main loop releases the client: the device reset completes the requests in flight.
-    /// A stop signal finds the process here.
     ReleasingClient,
     /// The iothreads are told to stop and joined.
     StoppingIothreads,
@@ -28,27 +30,23 @@ pub enum ShutdownStep {
 impl ShutdownStep {
     pub fn name(&self) -> &'static str {
         match self {
+            ShutdownStep::Serving => "serving",
             ShutdownStep::ReleasingClient => "releasing the client",
             ShutdownStep::StoppingIothreads => "stopping the iothreads",
             ShutdownStep::FlushingDisk { .. } => "flushing a disk",
             ShutdownStep::ClosingDisks => "closing the disks",
         }
     }
+}
 
-    /// The LUN the step works on, if it works on one.
-    pub fn lun(&self) -> Option<u16> {
-        match self {
-            ShutdownStep::FlushingDisk { lun, .. } => Some(*lun),
-            _ => None,
+/// `step`, and the `lun` and `path` of the disk it works on, if it works on one.
+impl KV for ShutdownStep {
+    fn serialize(&self, _record: &Record, serializer: &mut dyn Serializer) -> slog::Result {
+        if let ShutdownStep::FlushingDisk { lun, path } = self {
+            serializer.emit_arguments("path", &format_args!("{}", path.display()))?;
+            serializer.emit_u16("lun", *lun)?;
         }
-    }
-
-    /// The file the step works on, if it works on one.
-    pub fn path(&self) -> Option<String> {
-        match self {
-            ShutdownStep::FlushingDisk { path, .. } => Some(path.display().to_string()),
-            _ => None,
-        }
+        serializer.emit_str("step", self.name())
     }
 }
 
@@ -60,7 +58,7 @@ pub struct ShutdownProgress(Arc<Mutex<(ShutdownStep, Instant)>>);
 impl Default for ShutdownProgress {
     fn default() -> ShutdownProgress {
         ShutdownProgress(Arc::new(Mutex::new((
-            ShutdownStep::ReleasingClient,
+            ShutdownStep::Serving,
             Instant::now(),
         ))))
     }
@@ -71,8 +69,7 @@ impl ShutdownProgress {
     pub fn enter(&self, step: ShutdownStep, log: &Logger) {
         let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let (left, began) = std::mem::replace(&mut *current, (step, Instant::now()));
-        debug!(log, "shutdown step";
-            "step" => current.0.name(), "lun" => current.0.lun(), "path" => current.0.path(),
+        debug!(log, "shutdown step"; &current.0,
             "after" => left.name(), "after_ms" => began.elapsed().as_millis());
     }
 
@@ -94,22 +91,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stop_starts_in_the_main_loop_and_each_step_replaces_the_last() {
+    fn each_step_replaces_the_last_and_names_its_disk() {
         let log = Logger::root(slog::Discard, slog::o!());
         let progress = ShutdownProgress::default();
+        assert_eq!(progress.current().0, ShutdownStep::Serving);
+        progress.clone().enter(ShutdownStep::ReleasingClient, &log);
         assert_eq!(progress.current().0, ShutdownStep::ReleasingClient);
         let flushing = ShutdownStep::FlushingDisk {
             lun: 3,
             path: PathBuf::from("/images/a.raw"),
         };
-        progress.clone().enter(flushing.clone(), &log);
-        let (step, _) = progress.current();
-        assert_eq!(step, flushing);
+        progress.enter(flushing.clone(), &log);
+        assert_eq!(progress.current().0, flushing);
         assert_eq!(
-            (step.name(), step.lun(), step.path().as_deref()),
-            ("flushing a disk", Some(3), Some("/images/a.raw"))
+            fields(&flushing),
+            "path=/images/a.raw lun=3 step=flushing a disk"
         );
-        progress.enter(ShutdownStep::ClosingDisks, &log);
-        assert_eq!(progress.current().0.lun(), None);
+        assert_eq!(
+            fields(&ShutdownStep::ClosingDisks),
+            "step=closing the disks"
+        );
+    }
+
+    /// The fields `step` adds to a record, as `key=value` in order.
+    fn fields(step: &ShutdownStep) -> String {
+        struct Collect(Vec<String>);
+        impl Serializer for Collect {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                value: &std::fmt::Arguments,
+            ) -> slog::Result {
+                self.0.push(format!("{key}={value}"));
+                Ok(())
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        let record = slog::record_static!(slog::Level::Debug, "");
+        let args = format_args!("");
+        step.serialize(&Record::new(&record, &args, slog::b!()), &mut collect)
+            .unwrap();
+        collect.0.join(" ")
     }
 }
