@@ -432,6 +432,7 @@ impl ControlCommands {
             total.bytes_read += queue.bytes_read;
             total.bytes_written += queue.bytes_written;
             total.transport_failures += queue.transport_failures;
+            total.bad_targets += queue.bad_targets;
             total.in_flight += queue.in_flight;
             total.kicks += queue.kicks;
             total.interrupts += queue.interrupts;
@@ -768,6 +769,7 @@ fn queue_json(stats: &QueueStats) -> Value {
         "errors": stats.errors(),
         "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
         "transport_failures": stats.transport_failures,
+        "bad_targets": stats.bad_targets,
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,
