@@ -490,7 +490,8 @@ impl ControlCommands {
                 .find(|lun| !used.contains(lun))
                 .ok_or(ControlError::NoFreeLun)?,
         };
-        let (config, disk) = open_lun(&spec, lun, &self.log)?;
+        let (config, disk) = open_lun(&spec, lun, &self.log)
+            .map_err(|source| ControlError::Open(ControllerError::Disk(source)))?;
         let state = LunState {
             config: config.clone(),
             disk: Arc::clone(&disk),
