@@ -85,6 +85,14 @@ fn assert_sense(result: &ScsiResult, key: u8, (asc, ascq): (u8, u8), what: &str)
     );
 }
 
+/// Writes 4 KiB of `fill` at the start of the failing LUN, which must succeed; returns them.
+fn write_first_blocks(driver: &mut VirtioScsiDriver, fill: u8) -> Vec<u8> {
+    let data = vec![fill; 4096];
+    let write = driver.write10(FAILING_LUN, 0, &data, BLOCK).unwrap();
+    assert!(write.is_good(), "{write:?}");
+    data
+}
+
 fn assert_healthy_lun_serves(driver: &mut VirtioScsiDriver) {
     let data = vec![0xa5u8; 4096];
     assert!(driver
@@ -123,12 +131,7 @@ fn records(server: &ServerProcess, level: &str, msg: &str) -> Vec<serde_json::Va
 
 fn failed_flush_stays_failed(cache: &str) {
     let mut rig = start(cache);
-    let data = vec![0x5au8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    let data = write_first_blocks(&mut rig.driver, 0x5a);
     assert!(rig.driver.sync_cache(FAILING_LUN).unwrap().is_good());
     let fsyncs = rig.fs.faults().fsyncs();
     assert!(fsyncs >= 1, "SYNCHRONIZE CACHE reached the backend");
@@ -361,12 +364,7 @@ fn sigterm_with_stuck_backend_io_on_an_iothread_names_the_release() {
 #[test]
 fn sigterm_flushes_each_writable_disk_before_exit() {
     let mut rig = start("none");
-    let data = vec![0x3cu8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    write_first_blocks(&mut rig.driver, 0x3c);
     let fsyncs = rig.fs.faults().fsyncs();
     let status = rig.server.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status:?}\n{}", rig.server.stderr());
@@ -586,12 +584,7 @@ fn werror_report_gives_the_sense_at_once() {
 #[test]
 fn rerror_stop_holds_failed_reads_abort_and_cont() {
     let (mut rig, _dir, control) = start_with_control("rerror=stop");
-    let data = vec![0x44u8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    let data = write_first_blocks(&mut rig.driver, 0x44);
     rig.fs.faults().fail_reads(libc::EIO);
     let read = |tag| {
         ScsiRequest::new(
@@ -759,12 +752,7 @@ fn sigterm_with_held_requests_lists_them_and_exits() {
 #[test]
 fn remove_disk_flushes_the_disk_after_it_drains() {
     let (mut rig, _dir, control) = start_with_control("");
-    let data = vec![0x5au8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    write_first_blocks(&mut rig.driver, 0x5a);
     let fsyncs = rig.fs.faults().fsyncs();
     let removed = ctl(&control, &["remove-disk", &FAILING_LUN.to_string()]);
     assert_eq!(removed["lun"], FAILING_LUN, "{removed}");
