@@ -37,6 +37,9 @@ enum Backend {
         file: File,
         path: PathBuf,
         block_device: bool,
+        /// Its file system may wait inside a request it was asked not to wait in (FUSE, NFS):
+        /// io_uring must hand its requests to a worker rather than issue them on the thread.
+        blocks_on_submit: bool,
     },
 }
 
@@ -109,6 +112,7 @@ impl Disk {
         } else {
             None
         };
+        let blocks_on_submit = !block_device && !on_nowait_file_system(&file);
         let unmap = options.discard == DiscardMode::Unmap;
         let can_punch_holes = !options.read_only
             && if block_device {
@@ -121,6 +125,7 @@ impl Disk {
                 file,
                 path: path.clone(),
                 block_device,
+                blocks_on_submit,
             },
             size: AtomicU64::new(size),
             logical_block_size,
@@ -201,6 +206,7 @@ impl Disk {
                     file,
                     path,
                     block_device,
+                    ..
                 },
                 None,
             ) => {
@@ -312,6 +318,17 @@ impl Disk {
         }
     }
 
+    /// Whether a request to this disk may wait on the submitting thread however it is issued.
+    pub(crate) fn blocks_on_submit(&self) -> bool {
+        matches!(
+            self.backend,
+            Backend::File {
+                blocks_on_submit: true,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn is_block_device(&self) -> bool {
         matches!(
             self.backend,
@@ -321,6 +338,26 @@ impl Disk {
             }
         )
     }
+}
+
+/// Whether `file` lives on a local file system that keeps io_uring's non-blocking attempt:
+/// ext4, XFS, btrfs and tmpfs answer it with EAGAIN rather than wait. Others may wait in it
+/// (a FUSE or NFS write waits for its server's answer, with the thread stuck in
+/// io_uring_enter), so only these known ones are issued on the thread.
+fn on_nowait_file_system(file: &File) -> bool {
+    // SAFETY: a zeroed statfs is a valid value of this plain C struct.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs only writes the statfs it is given, for a descriptor `file` keeps open.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return false;
+    }
+    matches!(
+        stat.f_type,
+        libc::EXT4_SUPER_MAGIC
+            | libc::XFS_SUPER_MAGIC
+            | libc::BTRFS_SUPER_MAGIC
+            | libc::TMPFS_MAGIC
+    )
 }
 
 /// The size of a regular file or block device, checked against the logical block size.

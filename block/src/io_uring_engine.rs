@@ -237,7 +237,9 @@ impl IoUringEngine {
         let Some(in_flight) = self.slots[slot].as_mut() else {
             return;
         };
-        let fd = self.disks.get(in_flight.disk).and_then(|disk| disk.fd());
+        let disk = self.disks.get(in_flight.disk);
+        let fd = disk.and_then(|disk| disk.fd());
+        let punt = disk.is_some_and(|disk| disk.blocks_on_submit());
         let entry = match (&mut in_flight.operation, fd) {
             (Operation::Delay(delay), _) => delay.entry(),
             (operation, Some(fd)) => operation.entry(types::Fd(fd)),
@@ -246,6 +248,13 @@ impl IoUringEngine {
             (_, None) => return self.complete_slot(slot, Err(libc::EIO)),
         }
         .user_data(slot as u64);
+        // Issued on this thread, such a request could hold it (and every queue and socket it
+        // serves) until a hung backend answers: a worker of the ring waits instead.
+        let entry = if punt {
+            entry.flags(squeue::Flags::ASYNC)
+        } else {
+            entry
+        };
         // SAFETY: everything the entry points to (iovecs, guest memory, bounce buffer, timespec) and the
         // fd belong to the Submitted in slots[slot], which stays there until this SQE's CQE is
         // reaped (or the engine's Drop has waited for it).

@@ -100,11 +100,12 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "SPEC")]
     pub disks: Vec<DiskSpec>,
     /// Number of request queues, 1..=1022 (one MSI-X vector each).
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_NUM_QUEUES)))]
     pub num_queues: u16,
     /// Size of each virtqueue: a power of two, 4..=32768.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_queue_size)]
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_queue_size,
+          allow_negative_numbers = true)]
     pub queue_size: u16,
     /// An iothread to create (repeatable): a thread of that name with its own event loop.
     #[arg(long = "iothread", value_name = "NAME")]
@@ -118,7 +119,12 @@ pub struct Cli {
     /// Longest time an iothread polls its busy queues before notifications are re-enabled and
     /// it sleeps (adaptive, like QEMU's poll-max-ns); 0 disables polling. The main loop never
     /// polls.
-    #[arg(long, value_name = "NS", default_value_t = 32768)]
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value_t = 32768,
+        allow_negative_numbers = true
+    )]
     pub poll_max_ns: u64,
     /// I/O engine of the request queues.
     #[arg(long, value_enum, default_value_t = Aio::IoUring)]
@@ -126,7 +132,12 @@ pub struct Cli {
     /// After SIGINT/SIGTERM, how long stopping may take (the requests in flight, then the disks'
     /// flushes) before the server logs the step it is in and the stuck requests, and exits anyway
     /// (status 1), removing its socket.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
     pub shutdown_timeout: u64,
     /// A UNIX socket for `vfio-user-scsi ctl` (line-delimited JSON requests and replies),
     /// created with --socket-mode.
@@ -218,6 +229,25 @@ mod tests {
         }
         assert_eq!(parse("--socket-mode", "660").unwrap().socket_mode, 0o660);
         assert!(parse("--socket-mode", "0999").is_err());
+    }
+
+    /// A negative number is a bad value of its option, not an unknown flag.
+    #[test]
+    fn negative_numbers_are_named_with_their_option() {
+        for option in [
+            "--num-queues",
+            "--queue-size",
+            "--poll-max-ns",
+            "--shutdown-timeout",
+        ] {
+            let error = Cli::try_parse_from(["vfio-user-scsi", "--socket", "s", option, "-5"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(option) && error.contains("'-5'"),
+                "{option}: {error}"
+            );
+        }
     }
 
     #[test]

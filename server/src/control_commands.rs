@@ -6,9 +6,10 @@
 //! `{"command":"set-log-level","level":LEVEL}`, `{"command":"set-mapping","mapping":JSON}`,
 //! `{"command":"add-iothread","name":NAME}`, `{"command":"remove-iothread","name":NAME}`. Replies: `{"ok":true,"result":...}` or
 //! `{"ok":false,"error":"what is wrong"}`; the daemon goes on either way. `remove-disk` replies
-//! once the LUN's requests in flight are done (or it gives up waiting); the main loop serves the
-//! device and other requests meanwhile (`pending_replies`).
+//! once the LUN's requests in flight are done and its disk is flushed (or it gives up waiting);
+//! the main loop serves the device and other requests meanwhile (`pending_replies`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use virtio::{
 use crate::cli::LogLevel;
 use crate::control_socket::{ConnectionId, ControlReply, LineError};
 use crate::controller::{open_lun, ControllerError};
+use crate::disk_flush::{self, BackgroundFlush, DiskFlushError};
 use crate::disk_spec::{parse_size, DiskSpec, DiskSpecError, SizeError, MAX_LUN};
 use crate::iothread_pool::{IothreadPool, PoolError};
 use crate::logging::LogControl;
@@ -33,6 +35,8 @@ use vfio_user_server::ServerStatus;
 
 /// How long `remove-disk` waits for the LUN's requests in flight before it gives up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `remove-disk` waits for the removed disk's flush before it gives up.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A control-socket request line, as JSON.
 #[derive(Debug, Deserialize)]
@@ -108,8 +112,20 @@ pub enum ControlError {
         in_flight: u64,
         tags: Tags,
     },
-    #[error("remove-disk: LUN {0} is being removed already (waiting for its requests in flight)")]
+    #[error("remove-disk: LUN {0} is being removed already (waiting for its requests in flight or its flush)")]
     BeingRemoved(u16),
+    #[error("remove-disk: LUN {lun} is removed, but the flush of {} failed, acknowledged writes may be lost: {source}", path.display())]
+    RemovedUnflushed {
+        lun: u16,
+        path: PathBuf,
+        source: DiskFlushError,
+    },
+    #[error("remove-disk: LUN {lun} is removed, but the flush of {} did not finish within {seconds} s", path.display())]
+    FlushTimeout {
+        lun: u16,
+        path: PathBuf,
+        seconds: u64,
+    },
 }
 
 /// The tags of commands in flight, listed in a message.
@@ -144,11 +160,24 @@ impl ControlError {
     }
 }
 
-/// A `remove-disk` waiting for the LUN's requests in flight.
+/// A `remove-disk` waiting for the LUN's requests in flight, then for its disk's flush.
 struct PendingRemoval {
-    removed: RemovedLun,
+    lun: u16,
     waiter: ConnectionId,
-    started: Instant,
+    stage: RemovalStage,
+}
+
+enum RemovalStage {
+    Draining {
+        removed: RemovedLun,
+        started: Instant,
+    },
+    /// Drained and the driver told (`event`): the disk at `path` is being flushed.
+    Flushing {
+        flush: BackgroundFlush,
+        path: PathBuf,
+        event: Value,
+    },
 }
 
 /// What became of a request: its result, or a wait whose reply `pending_replies` gives.
@@ -165,7 +194,7 @@ pub struct ControlCommands {
     queue_size: u16,
     /// LUNs whose removal timed out: gone from the target, waiting for their requests.
     draining: Vec<RemovedLun>,
-    /// LUNs whose `remove-disk` waits for their requests in flight.
+    /// LUNs whose `remove-disk` waits for their requests in flight or their flush.
     removing: Vec<PendingRemoval>,
     log: Logger,
 }
@@ -219,26 +248,39 @@ impl ControlCommands {
         !self.removing.is_empty()
     }
 
-    /// The replies whose wait is over: removals whose LUN drained or that gave up waiting.
+    /// The replies whose wait is over: removals whose LUN drained and whose disk was flushed,
+    /// and those that gave up waiting. A LUN that drained starts its flush here.
     pub fn pending_replies(&mut self, device: &mut Function) -> Vec<(ConnectionId, String)> {
         let mut replies = Vec::new();
         let mut index = 0;
         while index < self.removing.len() {
-            let pending = &self.removing[index];
-            let timed_out = pending.started.elapsed() > DRAIN_TIMEOUT;
-            if !pending.removed.drained() && !timed_out {
+            let ready = match &self.removing[index].stage {
+                RemovalStage::Draining { removed, started } => {
+                    removed.drained() || started.elapsed() > DRAIN_TIMEOUT
+                }
+                RemovalStage::Flushing { flush, .. } => {
+                    flush.finished() || flush.elapsed() > FLUSH_TIMEOUT
+                }
+            };
+            if !ready {
                 index += 1;
                 continue;
             }
-            let PendingRemoval {
-                removed,
-                waiter,
-                started,
-            } = self.removing.swap_remove(index);
-            let result = if removed.drained() {
-                Ok(self.lun_drained(device, &removed, started))
-            } else {
-                Err(self.drain_timed_out(device, removed))
+            let PendingRemoval { lun, waiter, stage } = self.removing.swap_remove(index);
+            let result = match stage {
+                RemovalStage::Draining { removed, started } if removed.drained() => {
+                    match self.after_drain(device, removed, started, waiter) {
+                        Ok(Progress::Waiting) => continue,
+                        Ok(Progress::Done(result)) => Ok(result),
+                        Err(error) => Err(error),
+                    }
+                }
+                RemovalStage::Draining { removed, .. } => {
+                    Err(self.drain_timed_out(device, removed))
+                }
+                RemovalStage::Flushing { flush, path, event } => {
+                    self.flush_done(lun, flush, path, event)
+                }
             };
             replies.push((waiter, self.reply_line(result)));
         }
@@ -390,6 +432,7 @@ impl ControlCommands {
             total.bytes_read += queue.bytes_read;
             total.bytes_written += queue.bytes_written;
             total.transport_failures += queue.transport_failures;
+            total.bad_targets += queue.bad_targets;
             total.in_flight += queue.in_flight;
             total.kicks += queue.kicks;
             total.interrupts += queue.interrupts;
@@ -438,7 +481,7 @@ impl ControlCommands {
             .iter()
             .map(|lun| lun.config.lun)
             .chain(self.draining.iter().map(RemovedLun::lun))
-            .chain(self.removing.iter().map(|pending| pending.removed.lun()))
+            .chain(self.removing.iter().map(|pending| pending.lun))
             .collect();
         let lun = match spec.lun {
             Some(lun) if used.contains(&lun) => return Err(ControlError::LunInUse(lun)),
@@ -447,7 +490,8 @@ impl ControlCommands {
                 .find(|lun| !used.contains(lun))
                 .ok_or(ControlError::NoFreeLun)?,
         };
-        let (config, disk) = open_lun(&spec, lun, &self.log)?;
+        let (config, disk) = open_lun(&spec, lun, &self.log)
+            .map_err(|source| ControlError::Open(ControllerError::Disk(source)))?;
         let state = LunState {
             config: config.clone(),
             disk: Arc::clone(&disk),
@@ -468,11 +512,7 @@ impl ControlCommands {
         lun: u16,
         waiter: ConnectionId,
     ) -> Result<Progress, ControlError> {
-        if self
-            .removing
-            .iter()
-            .any(|pending| pending.removed.lun() == lun)
-        {
+        if self.removing.iter().any(|pending| pending.lun == lun) {
             return Err(ControlError::BeingRemoved(lun));
         }
         let at = self
@@ -498,16 +538,77 @@ impl ControlCommands {
         };
         let started = Instant::now();
         if removed.drained() {
-            return Ok(Progress::Done(self.lun_drained(device, &removed, started)));
+            return self.after_drain(device, removed, started, waiter);
         }
         info!(self.log, "lun draining"; "lun" => lun, "in_flight" => removed.stats().in_flight,
               "held_aborted" => held);
         self.removing.push(PendingRemoval {
-            removed,
+            lun,
             waiter,
-            started,
+            stage: RemovalStage::Draining { removed, started },
         });
         Ok(Progress::Waiting)
+    }
+
+    /// The removed LUN drained: the driver is told, and a disk with writes to make durable
+    /// is flushed on a thread of its own (QEMU flushes a drive it removes); the reply waits
+    /// for the flush.
+    fn after_drain(
+        &mut self,
+        device: &mut Function,
+        removed: RemovedLun,
+        started: Instant,
+        waiter: ConnectionId,
+    ) -> Result<Progress, ControlError> {
+        let lun = removed.lun();
+        let event = self.lun_drained(device, &removed, started);
+        let disk = removed.disk();
+        let Some(path) = disk
+            .path()
+            .filter(|_| disk_flush::needs_flush(disk))
+            .map(PathBuf::from)
+        else {
+            return Ok(Progress::Done(event));
+        };
+        let flush = BackgroundFlush::start(Arc::clone(disk), lun).map_err(|source| {
+            ControlError::RemovedUnflushed {
+                lun,
+                path: path.clone(),
+                source,
+            }
+        })?;
+        self.removing.push(PendingRemoval {
+            lun,
+            waiter,
+            stage: RemovalStage::Flushing { flush, path, event },
+        });
+        Ok(Progress::Waiting)
+    }
+
+    /// The removed disk's flush finished or is given up on (a hung backend keeps its thread).
+    fn flush_done(
+        &self,
+        lun: u16,
+        flush: BackgroundFlush,
+        path: PathBuf,
+        mut event: Value,
+    ) -> Result<Value, ControlError> {
+        if !flush.finished() {
+            return Err(ControlError::FlushTimeout {
+                lun,
+                path,
+                seconds: FLUSH_TIMEOUT.as_secs(),
+            });
+        }
+        match flush.result() {
+            Ok(took) => {
+                info!(self.log, "disk flushed"; "lun" => lun, "path" => %path.display(),
+                      "ms" => took.as_millis() as u64);
+                event["flushed_in_ms"] = json!(took.as_millis() as u64);
+                Ok(event)
+            }
+            Err(source) => Err(ControlError::RemovedUnflushed { lun, path, source }),
+        }
     }
 
     /// No request holds the removed LUN any more: the driver is told it is gone.
@@ -669,6 +770,7 @@ fn queue_json(stats: &QueueStats) -> Value {
         "errors": stats.errors(),
         "errors_by_sense_key": errors_json(&stats.errors_by_sense_key),
         "transport_failures": stats.transport_failures,
+        "bad_targets": stats.bad_targets,
         "in_flight": stats.in_flight,
         "kicks": stats.kicks,
         "interrupts": stats.interrupts,

@@ -28,6 +28,11 @@ const MAX_TRANSFER_BYTES: u32 = 8 << 20;
 pub enum ControllerError {
     #[error(transparent)]
     Luns(#[from] crate::disk_spec::LunAssignError),
+    #[error("--disk '{given}': {source}")]
+    DiskOption {
+        given: String,
+        source: block::BlockError,
+    },
     #[error(transparent)]
     Disk(#[from] block::BlockError),
     #[error("cannot create the temporary disk in memory: {0}")]
@@ -99,7 +104,12 @@ pub fn build(
     } else {
         let numbers = assign_luns(config.disks)?;
         for (spec, lun) in config.disks.iter().zip(numbers) {
-            luns.push(open_lun(spec, lun, log)?);
+            let opened =
+                open_lun(spec, lun, log).map_err(|source| ControllerError::DiskOption {
+                    given: spec.given.clone(),
+                    source,
+                })?;
+            luns.push(opened);
         }
     }
     let pool = Arc::clone(&config.serving.pool);
@@ -123,7 +133,7 @@ pub fn open_lun(
     spec: &DiskSpec,
     lun: u16,
     log: &Logger,
-) -> Result<(LunConfig, Arc<Disk>), ControllerError> {
+) -> Result<(LunConfig, Arc<Disk>), block::BlockError> {
     let disk = Arc::new(open_disk(spec)?.with_error_policy(spec.error_policy));
     let serial = match (&spec.serial, &spec.backing) {
         (Some(serial), _) => serial.clone(),

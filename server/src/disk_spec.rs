@@ -32,6 +32,8 @@ pub enum Backing {
 /// One parsed `--disk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
+    /// The spec as the operator wrote it, for the messages about the disk it names.
+    pub given: String,
     pub backing: Backing,
     /// `None`: the next LUN after the disks listed before it.
     pub lun: Option<u16>,
@@ -257,6 +259,7 @@ fn parse(spec: &str) -> Result<DiskSpec, DiskSpecProblem> {
         }
     }
     Ok(DiskSpec {
+        given: spec.to_string(),
         backing,
         lun,
         read_only,
@@ -372,6 +375,7 @@ mod tests {
         assert_eq!(
             spec,
             DiskSpec {
+                given: "path=/d/x,,y.img,lun=3,readonly=on,serial=ABC-1,cache=none,discard=unmap,logical-block-size=4096,locking=off,werror=stop,rerror=stop".into(),
                 backing: Backing::File {
                     path: "/d/x,y.img".into(),
                     cache: CacheMode::None,

@@ -3,7 +3,8 @@
 //! iothread-vq-mapping, the glue that serves the virtio-scsi function over vfio-user
 //! (`controller`, `virtio_function`), and operations: the signal policy, the control socket and
 //! its client (`operator`, `control_socket`, `control_commands`, `ctl`), systemd readiness, and
-//! the steps of stopping (`shutdown_progress`) and their bound (`shutdown_deadline`).
+//! the steps of stopping (`shutdown_progress`) and their bound (`shutdown_deadline`), and the
+//! flush of a disk the server lets go (`disk_flush`).
 
 pub mod allocation_counter;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod control_commands;
 pub mod control_socket;
 pub mod controller;
 pub mod ctl;
+pub mod disk_flush;
 pub mod disk_spec;
 pub mod iothread;
 pub mod iothread_pool;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use block::{BlockError, Disk, Engine, IoRequest, IoUringEngine, SyncEngine, ThreadPoolEngine};
+use block::{Disk, IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
 use slog::{debug, error, info, warn, Logger};
 use virtio::EngineFactory;
@@ -22,7 +22,7 @@ use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
 use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
 use server::shutdown_progress::{ShutdownProgress, ShutdownStep};
-use server::{ctl, sd_notify, signals};
+use server::{ctl, disk_flush, sd_notify, signals};
 use vfio_user_server::{
     activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
 };
@@ -302,7 +302,7 @@ fn flush_disks_at_exit(
     for (lun, disk) in disks {
         let Some(path) = disk
             .path()
-            .filter(|path| !disk.read_only() && Some(*path) != memory_disk)
+            .filter(|path| disk_flush::needs_flush(&disk) && Some(*path) != memory_disk)
         else {
             continue;
         };
@@ -315,7 +315,7 @@ fn flush_disks_at_exit(
             },
             log,
         );
-        match flush_at_exit(&disk) {
+        match disk_flush::flush(&disk) {
             Ok(()) => info!(log, "disk flushed"; "lun" => lun, "path" => %path.display(),
                 "ms" => started.elapsed().as_millis()),
             Err(e) => {
@@ -326,31 +326,6 @@ fn flush_disks_at_exit(
         }
     }
     unflushed
-}
-
-/// Why a disk's flush at exit failed.
-#[derive(Debug, thiserror::Error)]
-enum ExitFlushError {
-    #[error(transparent)]
-    Engine(#[from] BlockError),
-    #[error(transparent)]
-    Flush(std::io::Error),
-}
-
-/// Makes the writes acknowledged to the guest durable before the process ends, through the
-/// flush a guest's SYNCHRONIZE CACHE takes (so a disk whose flush failed before fails this one
-/// too, without trying). The shutdown watchdog bounds it.
-fn flush_at_exit(disk: &Arc<Disk>) -> Result<(), ExitFlushError> {
-    let mut engine = SyncEngine::new()?;
-    engine.submit(disk, IoRequest::Flush, 0)?;
-    let mut done = Vec::with_capacity(1);
-    engine.reap(&mut done);
-    match done.iter().find_map(|completion| completion.result.err()) {
-        Some(errno) => Err(ExitFlushError::Flush(std::io::Error::from_raw_os_error(
-            errno,
-        ))),
-        None => Ok(()),
-    }
 }
 
 fn main() -> ExitCode {

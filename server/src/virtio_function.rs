@@ -259,6 +259,7 @@ impl<D: VirtioDevice> Device for VirtioFunction<D> {
                 "interrupts_deferred" => queue.interrupts_deferred,
                 "rechecks" => queue.rechecks, "bytes_read" => queue.bytes_read, "bytes_written" => queue.bytes_written,
                 "errors" => queue.errors(), "transport_failures" => queue.transport_failures,
+                "bad_targets" => queue.bad_targets,
                 "in_flight" => queue.in_flight);
         }
         for iothread in self.pool.iothread_stats() {

@@ -128,3 +128,30 @@ fn a_client_discovers_the_built_in_device_and_each_message_is_logged() {
         "{log}"
     );
 }
+
+/// A bad option value stops the server before it serves, with a message that names the option
+/// and the value as given.
+#[test]
+fn bad_option_values_are_named_with_their_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vus.sock");
+    let missing = dir.path().join("missing.img");
+    let disk = format!("path={}", missing.display());
+    let cases: [(&[&str], String); 2] = [
+        (&["--disk", &disk], format!("--disk '{disk}'")),
+        (&["--poll-max-ns", "-5"], "--poll-max-ns".to_string()),
+    ];
+    for (args, named) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_vfio-user-scsi"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(error.contains(&named), "{args:?}: {error}");
+        assert!(error.contains(args[1]), "{args:?}: {error}");
+        assert!(!socket.exists(), "{args:?}: no socket is left behind");
+    }
+}

@@ -316,6 +316,36 @@ fn stats_count_each_luns_requests_bytes_and_errors() {
     );
 }
 
+/// Requests for targets that do not exist (what a driver's target scan sends, 255 of them at
+/// every Linux boot) are counted as bad targets, not as transport failures.
+#[test]
+fn stats_count_bad_targets_apart_from_transport_failures() {
+    let served = start(&["--disk", "null,size=1M"]);
+    let control = &served.control;
+    let mut driver = connect(&served.server);
+    settle(&mut driver, 0);
+    let total = |stats: &Value, field: &str| counter(&stats["result"]["total"], field);
+    let before = ctl_ok(control, &["stats"]);
+    for target in [1, 2, 3] {
+        let lun = scsi::encode_lun(target, 0).unwrap();
+        let probe = ScsiRequest::new(lun, &scsi::cdb::test_unit_ready());
+        let answer = driver.command(0, &probe).unwrap();
+        assert_eq!(answer.response, scsi::VIRTIO_SCSI_S_BAD_TARGET);
+    }
+    let after = ctl_ok(control, &["stats"]);
+    assert_eq!(
+        total(&after, "bad_targets") - total(&before, "bad_targets"),
+        3,
+        "{after}"
+    );
+    assert_eq!(
+        total(&after, "transport_failures"),
+        total(&before, "transport_failures"),
+        "{after}"
+    );
+    assert_eq!(after["result"]["queues"][0]["bad_targets"], 3, "{after}");
+}
+
 /// A line-delimited JSON exchange on the control socket, for requests whose reply comes later.
 struct ControlClient {
     writer: UnixStream,

@@ -85,6 +85,14 @@ fn assert_sense(result: &ScsiResult, key: u8, (asc, ascq): (u8, u8), what: &str)
     );
 }
 
+/// Writes 4 KiB of `fill` at the start of the failing LUN, which must succeed; returns them.
+fn write_first_blocks(driver: &mut VirtioScsiDriver, fill: u8) -> Vec<u8> {
+    let data = vec![fill; 4096];
+    let write = driver.write10(FAILING_LUN, 0, &data, BLOCK).unwrap();
+    assert!(write.is_good(), "{write:?}");
+    data
+}
+
 fn assert_healthy_lun_serves(driver: &mut VirtioScsiDriver) {
     let data = vec![0xa5u8; 4096];
     assert!(driver
@@ -123,12 +131,7 @@ fn records(server: &ServerProcess, level: &str, msg: &str) -> Vec<serde_json::Va
 
 fn failed_flush_stays_failed(cache: &str) {
     let mut rig = start(cache);
-    let data = vec![0x5au8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    let data = write_first_blocks(&mut rig.driver, 0x5a);
     assert!(rig.driver.sync_cache(FAILING_LUN).unwrap().is_good());
     let fsyncs = rig.fs.faults().fsyncs();
     assert!(fsyncs >= 1, "SYNCHRONIZE CACHE reached the backend");
@@ -262,11 +265,19 @@ fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
-/// SIGTERM while the backend never answers a write: after --shutdown-timeout the server logs
-/// the stuck request, removes its socket and exits with status 1 instead of waiting forever.
-/// Returns the watchdog's "shutdown timed out" record.
+/// SIGTERM while the backend never answers a write: the control socket answers while the
+/// write is stuck, and after --shutdown-timeout the server logs the stuck request, removes its
+/// socket and exits with status 1 instead of waiting forever. Returns the watchdog's
+/// "shutdown timed out" record.
 fn stuck_write_at_sigterm(extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["--shutdown-timeout", "1"];
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("ctl.sock");
+    let mut args = vec![
+        "--shutdown-timeout",
+        "1",
+        "--control-socket",
+        control.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let mut rig = start_with("none", "", &args);
     rig.fs.faults().hold_writes();
@@ -282,6 +293,17 @@ fn stuck_write_at_sigterm(extra: &[&str]) -> serde_json::Value {
         eventually(Duration::from_secs(10), || rig.fs.faults().held() > 0),
         "the write never reached the file system"
     );
+    // The thread that submitted the write still serves its sockets: io_uring waits for the
+    // backend on a worker of its own.
+    let (status, reply) = tests::server_process::ctl(&control, &["stats"]).unwrap();
+    if status != Some(0) {
+        // The server exits only once the hung request is answered.
+        rig.fs.release_held();
+        panic!(
+            "ctl stats while a write is stuck: {status:?} {reply}\n{}",
+            rig.server.stderr()
+        );
+    }
 
     let started = Instant::now();
     // SAFETY: kill only sends a signal to the server process this test started.
@@ -320,12 +342,13 @@ fn stuck_write_at_sigterm(extra: &[&str]) -> serde_json::Value {
     summary[0].clone()
 }
 
-/// The queue on the main loop: whether the main loop itself is held by the write depends on
-/// the kernel (here io_uring issues a FUSE write inline and waits in it), so the step is not
-/// checked.
+/// The queue on the main loop: the stuck write holds no thread of the server, so the main loop
+/// reads the signal and waits for the request in the client's release, which the watchdog
+/// names.
 #[test]
-fn sigterm_with_stuck_backend_io_logs_the_requests_and_exits() {
-    stuck_write_at_sigterm(&[]);
+fn sigterm_with_stuck_backend_io_on_the_main_loop_names_the_release() {
+    let summary = stuck_write_at_sigterm(&[]);
+    assert_eq!(summary["step"], "releasing the client");
 }
 
 /// The queue on an iothread: the main loop reads the signal and waits for the stuck request
@@ -341,12 +364,7 @@ fn sigterm_with_stuck_backend_io_on_an_iothread_names_the_release() {
 #[test]
 fn sigterm_flushes_each_writable_disk_before_exit() {
     let mut rig = start("none");
-    let data = vec![0x3cu8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    write_first_blocks(&mut rig.driver, 0x3c);
     let fsyncs = rig.fs.faults().fsyncs();
     let status = rig.server.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status:?}\n{}", rig.server.stderr());
@@ -566,12 +584,7 @@ fn werror_report_gives_the_sense_at_once() {
 #[test]
 fn rerror_stop_holds_failed_reads_abort_and_cont() {
     let (mut rig, _dir, control) = start_with_control("rerror=stop");
-    let data = vec![0x44u8; 4096];
-    assert!(rig
-        .driver
-        .write10(FAILING_LUN, 0, &data, BLOCK)
-        .unwrap()
-        .is_good());
+    let data = write_first_blocks(&mut rig.driver, 0x44);
     rig.fs.faults().fail_reads(libc::EIO);
     let read = |tag| {
         ScsiRequest::new(
@@ -731,4 +744,55 @@ fn sigterm_with_held_requests_lists_them_and_exits() {
         (&serde_json::json!(FAILING_LUN), &serde_json::json!(0x4e1d))
     );
     assert!(!rig.server.socket().exists(), "the socket file is removed");
+}
+
+/// remove-disk flushes the disk once its requests are done, as QEMU flushes a drive it
+/// removes, so that the writes acknowledged to the guest are durable when the operator takes
+/// the image away; the flush is logged with the LUN, path and time, and the reply says so.
+#[test]
+fn remove_disk_flushes_the_disk_after_it_drains() {
+    let (mut rig, _dir, control) = start_with_control("");
+    write_first_blocks(&mut rig.driver, 0x5a);
+    let fsyncs = rig.fs.faults().fsyncs();
+    let removed = ctl(&control, &["remove-disk", &FAILING_LUN.to_string()]);
+    assert_eq!(removed["lun"], FAILING_LUN, "{removed}");
+    assert!(removed["flushed_in_ms"].is_u64(), "{removed}");
+    assert_eq!(rig.fs.faults().fsyncs(), fsyncs + 1, "one flush at removal");
+    let mut flushed = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        flushed = records(&rig.server, "INFO", "disk flushed");
+        !flushed.is_empty()
+    });
+    assert_eq!(flushed.len(), 1, "{}", rig.server.stderr());
+    assert_eq!(flushed[0]["lun"], FAILING_LUN);
+    assert_eq!(flushed[0]["path"], rig.fs.image().display().to_string());
+    assert!(flushed[0]["ms"].is_u64(), "{}", flushed[0]);
+}
+
+/// A removed disk whose flush fails: the LUN is gone all the same, and the reply is an error
+/// that names the LUN, the image and the flush, since acknowledged writes may be lost.
+#[test]
+fn remove_disk_reports_a_failed_flush_as_an_error() {
+    let (rig, _dir, control) = start_with_control("");
+    rig.fs.faults().fail_fsyncs(libc::EIO);
+    let (status, reply) =
+        tests::server_process::ctl(&control, &["remove-disk", &FAILING_LUN.to_string()]).unwrap();
+    assert_eq!(status, Some(1), "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["ok"], false, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("LUN 0"), "{error}");
+    assert!(error.contains("flush"), "{error}");
+    assert!(
+        error.contains(&rig.fs.image().display().to_string()),
+        "{error}"
+    );
+    let luns = ctl(&control, &["query"])["luns"].clone();
+    assert!(
+        luns.as_array()
+            .unwrap()
+            .iter()
+            .all(|lun| lun["lun"] != FAILING_LUN),
+        "the LUN is removed: {luns}"
+    );
 }

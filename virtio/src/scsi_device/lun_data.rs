@@ -49,6 +49,11 @@ impl RemovedLun {
         !self.0.reachable() && self.stats().in_flight == 0
     }
 
+    /// The disk that served it, for the flush that ends its removal.
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.0.data().disk
+    }
+
     /// Its counters, as they stand: `in_flight` says what has not come back.
     pub fn stats(&self) -> LunStats {
         self.0.data().counters.snapshot(self.lun())

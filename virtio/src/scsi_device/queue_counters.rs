@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_BAD_TARGET;
+
 /// Latency buckets: bucket 0 holds requests answered in under 1 µs, bucket `i` those that took
 /// [2^(i-1), 2^i) µs, and the last one everything from 2^(LATENCY_BUCKETS-2) µs (about 1 s) on.
 pub const LATENCY_BUCKETS: usize = 22;
@@ -25,9 +27,12 @@ pub struct QueueCounters {
     bytes_written: AtomicU64,
     /// Requests answered with CHECK CONDITION, by sense key.
     errors_by_sense_key: [AtomicU64; SENSE_KEYS],
-    /// Requests answered with a virtio response other than OK (bad chain, bad LUN address,
-    /// overrun): the command never reached the target.
+    /// Requests answered with a virtio response other than OK and BAD_TARGET (bad chain,
+    /// overrun, a failed transfer): the command never reached the target.
     transport_failures: AtomicU64,
+    /// Requests for a target that does not exist (BAD_TARGET): a driver's scan probing every
+    /// target finds them (Linux sends 255 at boot), so they are no failure.
+    bad_targets: AtomicU64,
     in_flight: AtomicU64,
     /// Driver notifications: the sum of the notifier's counter over its reads.
     kicks: AtomicU64,
@@ -55,6 +60,7 @@ pub struct QueueStats {
     /// CHECK CONDITION answers by sense key.
     pub errors_by_sense_key: [u64; SENSE_KEYS],
     pub transport_failures: u64,
+    pub bad_targets: u64,
     /// Requests with the I/O engine at the time of the snapshot.
     pub in_flight: u64,
     pub kicks: u64,
@@ -117,9 +123,13 @@ impl QueueCounters {
         add(&self.latency[latency.index()], 1);
     }
 
-    /// A request the virtio layer refused (its response is not OK).
-    pub fn transport_failure(&self) {
-        add(&self.transport_failures, 1);
+    /// A request the virtio layer answered with `response`, not OK.
+    pub fn refused(&self, response: u32) {
+        if response == VIRTIO_SCSI_S_BAD_TARGET {
+            add(&self.bad_targets, 1);
+        } else {
+            add(&self.transport_failures, 1);
+        }
     }
 
     pub fn read(&self, bytes: u64) {
@@ -159,6 +169,7 @@ impl QueueCounters {
             bytes_written: load(&self.bytes_written),
             errors_by_sense_key: std::array::from_fn(|i| load(&self.errors_by_sense_key[i])),
             transport_failures: load(&self.transport_failures),
+            bad_targets: load(&self.bad_targets),
             in_flight: load(&self.in_flight),
             kicks: load(&self.kicks),
             interrupts: load(&self.interrupts),
@@ -201,7 +212,9 @@ mod tests {
         let counters = QueueCounters::default();
         counters.answered(None, LatencyBucket::of(Duration::from_micros(5)));
         counters.answered(Some(0x5), LatencyBucket::of(Duration::ZERO));
-        counters.transport_failure();
+        counters.refused(virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_FAILURE);
+        counters.refused(VIRTIO_SCSI_S_BAD_TARGET);
+        counters.refused(VIRTIO_SCSI_S_BAD_TARGET);
         counters.read(4096);
         counters.written(512);
         counters.count_kicks(3);
@@ -216,6 +229,7 @@ mod tests {
         assert_eq!(stats.errors_by_sense_key[5], 1);
         assert_eq!(stats.errors(), 1);
         assert_eq!(stats.transport_failures, 1);
+        assert_eq!(stats.bad_targets, 2, "a target scan is no failure");
         assert_eq!((stats.bytes_read, stats.bytes_written), (4096, 512));
         assert_eq!((stats.kicks, stats.interrupts, stats.in_flight), (3, 1, 7));
         assert_eq!((stats.rechecks, stats.interrupts_deferred), (2, 1));

@@ -994,7 +994,7 @@ impl RequestQueueWorker {
         }
         let counters = self.queue.counters();
         if answer.response != VIRTIO_SCSI_S_OK {
-            counters.transport_failure();
+            counters.refused(answer.response);
         }
         let sense_key = answer.sense.map(|sense| sense.key);
         let latency = LatencyBucket::of_nanos(self.clock.saturating_sub(reply.started));
