@@ -100,9 +100,9 @@ impl Default for DiskWork {
 }
 
 impl DiskWork {
-    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in`.
+    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in` (the last
+    /// command's work ended when it was settled).
     fn start(&mut self, direction: Direction, transfer_len: u64, data_in: bool) {
-        self.end();
         self.memory = None;
         self.direction = direction;
         self.transfer_len = transfer_len;

@@ -378,9 +378,25 @@ impl Virtqueue {
         }
         let table = GuestAddress(self.ring.desc_table);
         let queue_size = self.ring.size;
+        // The ring's entries, found once for the pass's chains when they lie in one region.
+        let ring_len = AVAIL_ENTRY as usize * usize::from(queue_size);
+        let entries = mem
+            .host(self.ring.avail + RING_HEADER, ring_len)
+            .filter(|&host| host as usize % std::mem::align_of::<AtomicU16>() == 0);
         while self.ring.next_avail != avail {
-            let Ok(entry) = mem.field16(self.ring.avail_entry(self.ring.next_avail)) else {
-                break;
+            let at = self.ring.next_avail;
+            let entry = match entries {
+                // SAFETY: the index is masked below the queue size, so the entry lies in the
+                // ring, which `host` found whole, and aligned, in a region of the snapshot `mem`
+                // borrows. The driver writes ring fields concurrently: read as an atomic.
+                Some(host) => unsafe {
+                    let slot = usize::from(at.0 & (queue_size - 1));
+                    AtomicU16::from_host(host.wrapping_add(AVAIL_ENTRY as usize * slot))
+                },
+                None => match mem.field16(self.ring.avail_entry(at)) {
+                    Ok(entry) => entry,
+                    Err(_) => break,
+                },
             };
             let head = u16::from_le(entry.load(Ordering::Relaxed));
             self.ring.next_avail += Wrapping(1);
