@@ -474,6 +474,47 @@ fn null_disk_completes_everything_without_touching_buffers() {
     }
 }
 
+/// A null disk without latency, and the synchronous engine, finish a request inside `submit`
+/// and say so: nothing is left to reap and the completion eventfd stays quiet. The thread pool
+/// always finishes later.
+#[test]
+fn requests_finished_inside_submit_leave_nothing_to_reap() {
+    for (name, mut engine) in engines() {
+        let disk = Arc::new(Disk::null(1 << 20, 512).unwrap());
+        let mut memory = Memory::new(4096);
+        let read = IoRequest::Read {
+            offset: 4096,
+            buffers: memory.buffers(&[(0, 4096)]),
+        };
+        let submitted = engine.submit(&disk, read, 5).unwrap();
+        if name == "threads" {
+            assert_eq!(submitted, Submitted::Started);
+            assert_eq!(collect(&mut *engine, Vec::new(), 1)[0].result, Ok(4096));
+            continue;
+        }
+        assert_eq!(submitted, Submitted::Done(Ok(4096)), "{name}");
+        let past_end = IoRequest::Discard {
+            offset: 1 << 20,
+            len: 512,
+        };
+        let refused = engine.submit(&disk, past_end, 6).unwrap();
+        assert_eq!(refused, Submitted::Done(Err(libc::EINVAL)), "{name}");
+        engine.submit_pending();
+        let mut out = Vec::new();
+        engine.reap(&mut out);
+        assert!(out.is_empty(), "{name}: {out:?}");
+        if let Some(fd) = engine.completion_fd() {
+            let mut pollfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pollfd is a live, initialised struct and the count is 1.
+            assert_eq!(unsafe { libc::poll(&mut pollfd, 1, 0) }, 0, "{name}");
+        }
+    }
+}
+
 /// A null disk with a latency completes no request before it; io_uring waits on timers, so
 /// requests in flight overlap instead of taking the latency one after another.
 #[test]

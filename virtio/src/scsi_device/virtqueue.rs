@@ -1588,6 +1588,25 @@ mod tests {
         );
     }
 
+    /// Returned chains are written at once and shown to the driver together, by one used idx
+    /// store; the interrupt decision publishes what is left.
+    #[test]
+    fn the_used_idx_moves_once_for_a_batch() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.pass(|queue, mem| {
+            queue.add_used(mem, 3, 10);
+            queue.add_used(mem, 5, 20);
+        });
+        assert_eq!(rings.u16_at(USED + 2), 0, "not published yet");
+        assert_eq!((rings.used(0), rings.used(1)), ((3, 10), (5, 20)));
+        rings.pass(|queue, mem| queue.publish_used(mem));
+        assert_eq!(rings.u16_at(USED + 2), 2);
+        rings.pass(|queue, mem| queue.add_used(mem, 1, 0));
+        rings.interrupt_if_wanted();
+        assert_eq!(rings.u16_at(USED + 2), 3);
+        assert_eq!(rings.interrupt.count(), 1);
+    }
+
     #[test]
     fn returning_a_head_outside_the_queue_needs_reset() {
         let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
