@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::aligned_buffer::AlignedBuffer;
 use crate::null_latency::Delay;
 use crate::sync_engine::{self, IOV_MAX};
-use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
+use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest, Submitted};
 
 /// Submits requests to an io_uring; the ring writes the completion eventfd for each CQE.
 ///
@@ -24,7 +24,7 @@ pub struct IoUringEngine {
     ring: IoUring,
     eventfd: EventFd,
     /// Requests in the kernel, indexed by their SQE's user_data.
-    slots: Vec<Option<Submitted>>,
+    slots: Vec<Option<InKernel>>,
     free_slots: Vec<usize>,
     waiting: VecDeque<Waiting>,
     ready: Vec<Completion>,
@@ -41,7 +41,7 @@ struct Waiting {
 }
 
 /// A request in the kernel, from its SQE to its CQE.
-struct Submitted {
+struct InKernel {
     user_data: u64,
     /// Its entry in `disks`, which keeps the file descriptor open until the CQE.
     disk: DiskId,
@@ -173,11 +173,11 @@ impl IoUringEngine {
         })
     }
 
-    /// Starts a request that has a free slot or queues it; completes it at once when the kernel
+    /// Starts a request that has a free slot or queues it; finishes it at once when the kernel
     /// has nothing to do.
-    fn start(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) {
+    fn start(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Submitted {
         if let Err(errno) = request.check(disk) {
-            return self.finish(user_data, Err(errno));
+            return Submitted::Done(Err(errno));
         }
         let len = request.byte_len();
         // A null disk's request does nothing but, with a latency, wait it out; a file's does
@@ -185,7 +185,7 @@ impl IoUringEngine {
         let null_latency = if disk.is_null() {
             let latency = disk.null_latency();
             if latency.is_zero() {
-                return self.finish(user_data, Ok(len));
+                return Submitted::Done(Ok(len));
             }
             Some(latency)
         } else {
@@ -195,23 +195,24 @@ impl IoUringEngine {
                 _ => len == 0,
             };
             if nothing_to_do {
-                return self.finish(user_data, Ok(len));
+                return Submitted::Done(Ok(len));
             }
             if let IoRequest::Discard { .. } = request {
                 if disk.is_block_device() {
                     // io_uring has no plain discard: BLKDISCARD is an ioctl.
-                    return self.finish(user_data, sync_engine::execute(disk, &request));
+                    return Submitted::Done(sync_engine::execute(disk, &request));
                 }
             }
             None
         };
         let Some(slot) = self.free_slots.pop() else {
             let disk = Arc::clone(disk);
-            return self.waiting.push_back(Waiting {
+            self.waiting.push_back(Waiting {
                 disk,
                 request,
                 user_data,
             });
+            return Submitted::Started;
         };
         let operation = match null_latency {
             Some(latency) => Ok(Operation::Delay(Delay::new(latency, len))),
@@ -221,15 +222,16 @@ impl IoUringEngine {
             Ok(operation) => operation,
             Err(errno) => {
                 self.free_slots.push(slot);
-                return self.finish(user_data, Err(errno));
+                return Submitted::Done(Err(errno));
             }
         };
-        self.slots[slot] = Some(Submitted {
+        self.slots[slot] = Some(InKernel {
             user_data,
             disk: self.disks.hold(disk),
             operation,
         });
         self.push(slot);
+        Submitted::Started
     }
 
     /// Puts the current SQE of the request in `slot` on the submission queue.
@@ -256,7 +258,7 @@ impl IoUringEngine {
             entry
         };
         // SAFETY: everything the entry points to (iovecs, guest memory, bounce buffer, timespec) and the
-        // fd belong to the Submitted in slots[slot], which stays there until this SQE's CQE is
+        // fd belong to the InKernel in slots[slot], which stays there until this SQE's CQE is
         // reaped (or the engine's Drop has waited for it).
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
@@ -330,9 +332,8 @@ impl Engine for IoUringEngine {
         disk: &Arc<Disk>,
         request: IoRequest,
         user_data: u64,
-    ) -> Result<(), BlockError> {
-        self.start(disk, request, user_data);
-        Ok(())
+    ) -> Result<Submitted, BlockError> {
+        Ok(self.start(disk, request, user_data))
     }
 
     fn submit_pending(&mut self) {
@@ -370,7 +371,9 @@ impl Engine for IoUringEngine {
             else {
                 break;
             };
-            self.start(&disk, request, user_data);
+            if let Submitted::Done(result) = self.start(&disk, request, user_data) {
+                self.finish(user_data, result);
+            }
         }
         self.enter();
         out.append(&mut self.ready);
@@ -670,10 +673,10 @@ mod tests {
         let iovecs = memory.buffers(&[(0, 1 << 16)]).iovecs().into();
         // SAFETY: `memory` outlives the engine, which is dropped below.
         let buffers = unsafe { IoBuffers::new(iovecs, Arc::new(DropFlag(Arc::clone(&released)))) };
-        engine
-            .submit(&disk, IoRequest::Read { offset: 0, buffers }, 1)
-            .unwrap();
-        engine.submit(&disk, IoRequest::Flush, 2).unwrap();
+        let read = engine.submit(&disk, IoRequest::Read { offset: 0, buffers }, 1);
+        assert_eq!(read.unwrap(), Submitted::Started);
+        let flush = engine.submit(&disk, IoRequest::Flush, 2);
+        assert_eq!(flush.unwrap(), Submitted::Started);
         engine.submit_pending();
         assert!(!released.load(Ordering::SeqCst));
         drop(engine);
@@ -697,9 +700,8 @@ mod tests {
         for (user_data, on) in [(1, &disk), (2, &disk), (3, &other), (4, &disk)] {
             let offset = user_data * 4096;
             let buffers = memory.buffers(&[(offset as usize, 4096)]);
-            engine
-                .submit(on, IoRequest::Read { offset, buffers }, user_data)
-                .unwrap();
+            let read = engine.submit(on, IoRequest::Read { offset, buffers }, user_data);
+            assert_eq!(read.unwrap(), Submitted::Started);
         }
         assert_eq!(
             Arc::strong_count(&disk),

@@ -23,7 +23,7 @@ mod sync_engine;
 mod thread_pool_engine;
 
 pub use disk::{DirectIoAlignment, Disk};
-pub use engine::{borrow_eventfd, Completion, Engine};
+pub use engine::{borrow_eventfd, Completion, Engine, Submitted};
 pub use error::BlockError;
 pub use error_policy::{ErrorAction, ErrorPolicy, IoStatus, OnReadError, OnWriteError};
 pub use error_stats::{ErrorReport, SUMMARY_INTERVAL};

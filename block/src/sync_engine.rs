@@ -8,7 +8,7 @@ use vmm_sys_util::ioctl_io_nr;
 
 use crate::aligned_buffer::AlignedBuffer;
 use crate::null_latency;
-use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest};
+use crate::{BlockError, Completion, Disk, Engine, IoBuffers, IoRequest, Submitted};
 
 ioctl_io_nr!(BLKDISCARD, 0x12, 119);
 
@@ -17,17 +17,13 @@ pub(crate) const IOV_MAX: usize = 1024;
 /// The largest zero buffer written when the backend cannot zero a range by itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// Executes requests with blocking system calls at submit; completions wait in a queue for the
-/// next `reap`.
-pub struct SyncEngine {
-    completions: Vec<Completion>,
-}
+/// Executes requests with blocking system calls inside `submit`, which returns their result:
+/// nothing is left to reap.
+pub struct SyncEngine;
 
 impl SyncEngine {
     pub fn new() -> Result<SyncEngine, BlockError> {
-        Ok(SyncEngine {
-            completions: Vec::new(),
-        })
+        Ok(SyncEngine)
     }
 }
 
@@ -36,12 +32,9 @@ impl Engine for SyncEngine {
         &mut self,
         disk: &Arc<Disk>,
         request: IoRequest,
-        user_data: u64,
-    ) -> Result<(), BlockError> {
-        let result = execute(disk, &request);
-        drop(request);
-        self.completions.push(Completion { user_data, result });
-        Ok(())
+        _user_data: u64,
+    ) -> Result<Submitted, BlockError> {
+        Ok(Submitted::Done(execute(disk, &request)))
     }
 
     fn submit_pending(&mut self) {}
@@ -50,9 +43,7 @@ impl Engine for SyncEngine {
         None
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.completions);
-    }
+    fn reap(&mut self, _out: &mut Vec<Completion>) {}
 }
 
 /// Runs one request with blocking calls: bytes done, or the errno to complete with.

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::sync_engine::execute;
-use crate::{BlockError, Completion, Disk, Engine, IoRequest};
+use crate::{BlockError, Completion, Disk, Engine, IoRequest, Submitted};
 
 struct Job {
     disk: Arc<Disk>,
@@ -87,14 +87,14 @@ impl Engine for ThreadPoolEngine {
         disk: &Arc<Disk>,
         request: IoRequest,
         user_data: u64,
-    ) -> Result<(), BlockError> {
+    ) -> Result<Submitted, BlockError> {
         let job = Job {
             disk: Arc::clone(disk),
             request,
             user_data,
         };
         match &self.jobs {
-            Some(jobs) if jobs.send(job).is_ok() => Ok(()),
+            Some(jobs) if jobs.send(job).is_ok() => Ok(Submitted::Started),
             _ => Err(BlockError::ThreadsGone),
         }
     }

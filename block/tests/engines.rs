@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use block::{
     CacheMode, Completion, DiscardMode, Disk, DiskOptions, Engine, IoBuffers, IoRequest,
-    IoUringEngine, SyncEngine, ThreadPoolEngine,
+    IoUringEngine, Submitted, SyncEngine, ThreadPoolEngine,
 };
 
 fn engines() -> Vec<(&'static str, Box<dyn Engine>)> {
@@ -72,11 +72,26 @@ fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     unsafe { libc::poll(&mut pollfd, 1, 5000) == 1 }
 }
 
-/// Submits, reaps what completed at once, then waits on the completion eventfd and reaps until
-/// the completions of `count` requests are in.
-fn collect(engine: &mut dyn Engine, count: usize) -> Vec<Completion> {
+/// Submits a request; one that the engine finished inside `submit` comes back as its
+/// completion.
+fn submit(
+    engine: &mut dyn Engine,
+    disk: &Arc<Disk>,
+    request: IoRequest,
+    user_data: u64,
+) -> Option<Completion> {
+    match engine.submit(disk, request, user_data).unwrap() {
+        Submitted::Done(result) => Some(Completion { user_data, result }),
+        Submitted::Started => None,
+    }
+}
+
+/// Submits what the engine queued, reaps what completed at once, then waits on the completion
+/// eventfd and reaps until the completions of `count` requests are in, counting those `done`
+/// inside `submit`.
+fn collect(engine: &mut dyn Engine, done: Vec<Completion>, count: usize) -> Vec<Completion> {
     engine.submit_pending();
-    let mut out = Vec::new();
+    let mut out = done;
     engine.reap(&mut out);
     while out.len() < count {
         let fd = engine
@@ -95,8 +110,8 @@ fn collect(engine: &mut dyn Engine, count: usize) -> Vec<Completion> {
 }
 
 fn run(engine: &mut dyn Engine, disk: &Arc<Disk>, request: IoRequest) -> Result<u64, i32> {
-    engine.submit(disk, request, 77).unwrap();
-    let out = collect(engine, 1);
+    let done = submit(engine, disk, request, 77);
+    let out = collect(engine, done.into_iter().collect(), 1);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].user_data, 77);
     out[0].result
@@ -459,6 +474,47 @@ fn null_disk_completes_everything_without_touching_buffers() {
     }
 }
 
+/// A null disk without latency, and the synchronous engine, finish a request inside `submit`
+/// and say so: nothing is left to reap and the completion eventfd stays quiet. The thread pool
+/// always finishes later.
+#[test]
+fn requests_finished_inside_submit_leave_nothing_to_reap() {
+    for (name, mut engine) in engines() {
+        let disk = Arc::new(Disk::null(1 << 20, 512).unwrap());
+        let mut memory = Memory::new(4096);
+        let read = IoRequest::Read {
+            offset: 4096,
+            buffers: memory.buffers(&[(0, 4096)]),
+        };
+        let submitted = engine.submit(&disk, read, 5).unwrap();
+        if name == "threads" {
+            assert_eq!(submitted, Submitted::Started);
+            assert_eq!(collect(&mut *engine, Vec::new(), 1)[0].result, Ok(4096));
+            continue;
+        }
+        assert_eq!(submitted, Submitted::Done(Ok(4096)), "{name}");
+        let past_end = IoRequest::Discard {
+            offset: 1 << 20,
+            len: 512,
+        };
+        let refused = engine.submit(&disk, past_end, 6).unwrap();
+        assert_eq!(refused, Submitted::Done(Err(libc::EINVAL)), "{name}");
+        engine.submit_pending();
+        let mut out = Vec::new();
+        engine.reap(&mut out);
+        assert!(out.is_empty(), "{name}: {out:?}");
+        if let Some(fd) = engine.completion_fd() {
+            let mut pollfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pollfd is a live, initialised struct and the count is 1.
+            assert_eq!(unsafe { libc::poll(&mut pollfd, 1, 0) }, 0, "{name}");
+        }
+    }
+}
+
 /// A null disk with a latency completes no request before it; io_uring waits on timers, so
 /// requests in flight overlap instead of taking the latency one after another.
 #[test]
@@ -468,14 +524,15 @@ fn null_disk_latency_delays_completions() {
         let disk = Arc::new(Disk::null_with_latency(1 << 20, 512, latency).unwrap());
         let mut memory = Memory::new(8 * 4096);
         let started = Instant::now();
+        let mut done = Vec::new();
         for i in 0..8 {
             let read = IoRequest::Read {
                 offset: (i * 4096) as u64,
                 buffers: memory.buffers(&[(i * 4096, 4096)]),
             };
-            engine.submit(&disk, read, i as u64).unwrap();
+            done.extend(submit(&mut *engine, &disk, read, i as u64));
         }
-        let completions = collect(&mut *engine, 8);
+        let completions = collect(&mut *engine, done, 8);
         let elapsed = started.elapsed();
         assert!(elapsed >= latency, "{name}: done after {elapsed:?}");
         assert!(completions.iter().all(|c| c.result == Ok(4096)), "{name}");
@@ -496,6 +553,7 @@ fn many_requests_in_one_batch() {
         let disk = open(&file, CacheMode::None, DiscardMode::Ignore);
         let mut memory = Memory::new(64 * 4096);
         memory.bytes_mut().copy_from_slice(&pattern(64 * 4096, 3));
+        let mut done = Vec::new();
         for i in 0..64 {
             let buffers = memory.buffers(&[(i * 4096, 4096)]);
             let write = IoRequest::Write {
@@ -503,9 +561,9 @@ fn many_requests_in_one_batch() {
                 buffers,
                 fua: false,
             };
-            engine.submit(&disk, write, i as u64).unwrap();
+            done.extend(submit(&mut *engine, &disk, write, i as u64));
         }
-        let mut completions = collect(&mut *engine, 64);
+        let mut completions = collect(&mut *engine, done, 64);
         completions.sort_by_key(|c| c.user_data);
         assert_eq!(completions.len(), 64, "{name}");
         for (i, completion) in completions.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use block::{BlockError, Disk, Engine, IoRequest, SyncEngine};
+use block::{BlockError, Disk, Engine, IoRequest, Submitted, SyncEngine};
 
 /// Why a disk's flush failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +30,15 @@ pub fn needs_flush(disk: &Disk) -> bool {
 /// Flushes `disk` on the calling thread, for as long as the backend takes.
 pub fn flush(disk: &Arc<Disk>) -> Result<(), DiskFlushError> {
     let mut engine = SyncEngine::new()?;
-    engine.submit(disk, IoRequest::Flush, 0)?;
-    let mut done = Vec::with_capacity(1);
-    engine.reap(&mut done);
-    match done.iter().find_map(|completion| completion.result.err()) {
-        Some(errno) => Err(DiskFlushError::Flush(std::io::Error::from_raw_os_error(
-            errno,
-        ))),
-        None => Ok(()),
-    }
+    let result = match engine.submit(disk, IoRequest::Flush, 0)? {
+        Submitted::Done(result) => result,
+        // The synchronous engine finishes every request inside `submit`: a flush it did not
+        // finish is not known to be done.
+        Submitted::Started => Err(libc::EIO),
+    };
+    result
+        .map(|_| ())
+        .map_err(|errno| DiskFlushError::Flush(std::io::Error::from_raw_os_error(errno)))
 }
 
 /// A flush on a thread of its own, so that the main loop, which must never block, only checks

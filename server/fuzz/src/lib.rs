@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use block::{borrow_eventfd, BlockError, Completion, Disk, Engine, IoRequest, SyncEngine};
+use block::{
+    borrow_eventfd, BlockError, Completion, Disk, Engine, IoRequest, Submitted, SyncEngine,
+};
 use scsi_disk::LunConfig;
 use server::controller;
 use server::disk_spec::DiskSpec;
@@ -238,8 +240,12 @@ impl Engine for HeldEngine {
         disk: &Arc<Disk>,
         request: IoRequest,
         user_data: u64,
-    ) -> Result<(), BlockError> {
-        self.inner.submit(disk, request, user_data)
+    ) -> Result<Submitted, BlockError> {
+        // Held like the others: the fuzz input decides when it completes.
+        if let Submitted::Done(result) = self.inner.submit(disk, request, user_data)? {
+            self.done.push(Completion { user_data, result });
+        }
+        Ok(Submitted::Started)
     }
 
     fn submit_pending(&mut self) {
@@ -251,7 +257,6 @@ impl Engine for HeldEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        self.inner.reap(&mut self.done);
         let mut taken = 0;
         let _ = self
             .release

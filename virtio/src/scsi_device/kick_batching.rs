@@ -383,7 +383,7 @@ mod through_the_inline_host {
     use std::os::fd::BorrowedFd;
     use std::sync::{Arc, Mutex};
 
-    use block::{BlockError, Completion, Disk, Engine, IoRequest, SyncEngine};
+    use block::{BlockError, Completion, Disk, Engine, IoRequest, Submitted, SyncEngine};
     use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -636,7 +636,7 @@ mod through_the_inline_host {
     }
 
     /// What `Engine::submit` answers.
-    type Accepted = Result<(), BlockError>;
+    type Accepted = Result<Submitted, BlockError>;
 
     impl Engine for EngineBesideADriver {
         fn submit(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Accepted {

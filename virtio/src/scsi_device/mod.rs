@@ -620,13 +620,13 @@ mod tests {
             _disk: &Arc<Disk>,
             request: block::IoRequest,
             user_data: u64,
-        ) -> Result<(), BlockError> {
+        ) -> Result<block::Submitted, BlockError> {
             let len = match &request {
                 block::IoRequest::Read { buffers, .. } => buffers.len(),
                 _ => 0,
             };
             self.held.push((user_data, len));
-            Ok(())
+            Ok(block::Submitted::Started)
         }
         fn submit_pending(&mut self) {}
         fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {

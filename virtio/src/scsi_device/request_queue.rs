@@ -15,7 +15,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest};
+use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest, Submitted};
 use slog::{debug, trace, warn, Drain, Logger};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
@@ -100,9 +100,9 @@ impl Default for DiskWork {
 }
 
 impl DiskWork {
-    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in`.
+    /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in` (the last
+    /// command's work ended when it was settled).
     fn start(&mut self, direction: Direction, transfer_len: u64, data_in: bool) {
-        self.end();
         self.memory_lease = None;
         self.direction = direction;
         self.transfer_len = transfer_len;
@@ -110,6 +110,16 @@ impl DiskWork {
         self.outstanding = 0;
         self.moved = 0;
         self.error = None;
+    }
+
+    /// Counts the result of one of its requests.
+    fn record(&mut self, result: Result<u64, i32>) {
+        match result {
+            Ok(bytes) => self.moved += bytes,
+            Err(errno) => {
+                self.error.get_or_insert(errno);
+            }
+        }
     }
 
     /// Lets go of what the work kept (its disk, a pattern buffer) once the engine is done.
@@ -222,6 +232,10 @@ pub struct RequestQueueWorker {
     /// Whether commands left the task set in this pass.
     tasks_left: bool,
     completions: Vec<Completion>,
+    /// Requests that failed inside the engine's `submit`, reaped as its completions are.
+    failed_in_submit: Vec<Completion>,
+    /// Slots of the commands that completions answered, until the task set hears.
+    leaving: Vec<usize>,
     /// Chains popped in the current pass (kept for its capacity).
     popped: Vec<Chain>,
     /// Commands held for stopped disks, oldest first.
@@ -268,6 +282,8 @@ impl RequestQueueWorker {
             task_queue,
             tasks_left: false,
             completions: Vec::with_capacity(slots),
+            failed_in_submit: Vec::with_capacity(slots),
+            leaving: Vec::with_capacity(slots),
             popped: Vec::with_capacity(slots),
             held: VecDeque::new(),
             clock: 0,
@@ -297,6 +313,8 @@ impl RequestQueueWorker {
             self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
+            // A driver that keeps sending keeps the pass going: it sees each round's answers.
+            self.queue.publish_used(&mem);
             // Notifications are asked for again only once the ring is empty, as QEMU's
             // virtqueues do: a driver that keeps chains coming would otherwise pass each
             // `avail_event` moved at every look, and kick for it.
@@ -336,9 +354,10 @@ impl RequestQueueWorker {
         self.popped = chains;
     }
 
-    /// One interrupt for the pass, if the driver wants it, and one word to a TMF waiting for
-    /// commands that left.
+    /// Shows the driver the pass's answers, with one interrupt if it wants one, and has one
+    /// word to a TMF waiting for commands that left.
     fn end_pass(&mut self, mem: &CachedMemory<'_>) {
+        self.queue.publish_used(mem);
         let found = std::mem::take(&mut self.found_chains);
         if !self.defers_interrupt(mem, found) {
             self.interrupt_owed_since = None;
@@ -378,9 +397,25 @@ impl RequestQueueWorker {
         self.spare - self.free_slots.len() - self.held.len()
     }
 
-    /// The command in `slot` left the task set (its TMF waiters hear at the end of the pass).
-    fn task_left(&mut self, slot: usize) {
+    /// The command in `slot` left the task set (its TMF waiters hear at the end of the pass),
+    /// after the used idx shows the driver its answer, if it got one: a TMF that no longer
+    /// sees the command may answer at once.
+    fn task_left(&mut self, slot: usize, mem: &CachedMemory<'_>) {
+        self.queue.publish_used(mem);
         self.tasks.finished(self.task_queue, slot);
+        self.tasks_left = true;
+    }
+
+    /// `task_left` for the commands completions answered, after one publication of the used idx
+    /// for them all.
+    fn leave_task_set(&mut self, mem: &CachedMemory<'_>) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        self.queue.publish_used(mem);
+        for slot in self.leaving.drain(..) {
+            self.tasks.finished(self.task_queue, slot);
+        }
         self.tasks_left = true;
     }
 
@@ -415,7 +450,7 @@ impl RequestQueueWorker {
                 continue;
             } else {
                 drop(disk);
-                self.task_left(slot);
+                self.task_left(slot, mem);
                 self.run(slot, mem, snapshot, &luns);
             }
             served = true;
@@ -435,7 +470,7 @@ impl RequestQueueWorker {
         let answer = Answer::transport(VIRTIO_SCSI_S_ABORTED, reply.data_len);
         let lun = luns.data(reply.lun);
         self.finish(slot, mem, answer, lun);
-        self.task_left(slot);
+        self.task_left(slot, mem);
     }
 
     /// Holds the command in `slot` until its disk resumes; `errno` is the failure that stops
@@ -479,8 +514,10 @@ impl RequestQueueWorker {
     }
 
     /// The engine is done with the command in `slot`: answers it, or holds it when its disk's
-    /// error policy says stop.
-    fn settle(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>) {
+    /// error policy says stop. `listed` when the command is in the task set (its engine kept
+    /// it past `submit`); one the engine finished inside `submit` never was, and is answered in
+    /// the pass that started it, like a command that needs no disk.
+    fn settle(&mut self, slot: usize, lun: Option<&LunData>, mem: &CachedMemory<'_>, listed: bool) {
         let Some(command) = self.in_flight.get_mut(slot) else {
             return;
         };
@@ -493,7 +530,10 @@ impl RequestQueueWorker {
             }
         }
         self.finish_io(slot, lun, mem);
-        self.task_left(slot);
+        if listed {
+            // Its slot is free, but no command takes it before `reap` has the task set hear.
+            self.leaving.push(slot);
+        }
     }
 
     /// The engine's completion eventfd fired: answer what completed, interrupt once.
@@ -528,12 +568,13 @@ impl RequestQueueWorker {
         served
     }
 
-    /// Collects completions until the engine has none left (a synchronous engine completes the
-    /// next chunk of a sequential job while we reap); returns how many there were.
+    /// Collects completions, with the failures `submit` left, until none is left (a completion
+    /// may submit the next chunk of a sequential job); returns how many there were.
     fn reap(&mut self, mem: &CachedMemory<'_>) -> usize {
         let mut reaped = 0;
         loop {
             let mut completions = std::mem::take(&mut self.completions);
+            completions.append(&mut self.failed_in_submit);
             self.engine.reap(&mut completions);
             if completions.is_empty() {
                 self.completions = completions;
@@ -545,6 +586,7 @@ impl RequestQueueWorker {
             for completion in completions.drain(..) {
                 self.complete(completion, &luns, mem);
             }
+            self.leave_task_set(mem);
             self.completions = completions;
             self.engine.submit_pending();
         }
@@ -789,16 +831,12 @@ impl RequestQueueWorker {
         let Some(command) = self.in_flight.get_mut(slot) else {
             return;
         };
-        let (engine, logger) = (&mut *self.engine, self.queue.logger());
-        submit(
-            engine,
-            logger,
-            slot,
-            &mut command.io,
-            task,
-            &lun.disk,
-            request,
-        );
+        let mut submitter = Submitter {
+            engine: &mut *self.engine,
+            logger: self.queue.logger(),
+            failed: &mut self.failed_in_submit,
+        };
+        submitter.submit(slot, &mut command.io, task, &lun.disk, request);
         self.submitted(slot, mem, snapshot, lun, task);
     }
 
@@ -824,8 +862,12 @@ impl RequestQueueWorker {
             work.disk = Some(Arc::clone(&lun.disk));
         }
         work.pending = Some(pending);
-        let (engine, logger) = (&mut *self.engine, self.queue.logger());
-        submit_ready(engine, logger, slot, work, task, &lun.disk);
+        let mut submitter = Submitter {
+            engine: &mut *self.engine,
+            logger: self.queue.logger(),
+            failed: &mut self.failed_in_submit,
+        };
+        submitter.submit_ready(slot, work, task, &lun.disk);
         self.submitted(slot, mem, snapshot, lun, task);
     }
 
@@ -871,7 +913,7 @@ impl RequestQueueWorker {
             return;
         };
         if work.outstanding == 0 {
-            return self.settle(slot, Some(lun), mem);
+            return self.settle(slot, Some(lun), mem, false);
         }
         work.memory_lease = Some(self.memory_leases.lease(snapshot));
         self.lun_counters(lun).started();
@@ -893,16 +935,15 @@ impl RequestQueueWorker {
         let task = (command.reply.lun, command.reply.tag);
         let work = &mut command.io;
         work.outstanding -= 1;
-        match completion.result {
-            Ok(bytes) => work.moved += bytes,
-            Err(errno) => {
-                work.error.get_or_insert(errno);
-            }
-        }
+        work.record(completion.result);
         if work.error.is_none() {
             if let Some(disk) = work.disk.take() {
-                let logger = self.queue.logger();
-                submit_ready(&mut *self.engine, logger, slot, work, task, &disk);
+                let mut submitter = Submitter {
+                    engine: &mut *self.engine,
+                    logger: self.queue.logger(),
+                    failed: &mut self.failed_in_submit,
+                };
+                submitter.submit_ready(slot, work, task, &disk);
                 work.disk = Some(disk);
             }
         }
@@ -918,7 +959,7 @@ impl RequestQueueWorker {
         if let Some(lun) = lun {
             self.lun_counters(lun).finished();
         }
-        self.settle(slot, lun, mem);
+        self.settle(slot, lun, mem, true);
     }
 
     /// Answers the command in `slot` from what its disk work did.
@@ -1093,40 +1134,63 @@ impl QueueWorker for RequestQueueWorker {
     }
 }
 
-/// Hands one request of the command in `slot` (its LUN and tag in `task`) to the engine; a
-/// refused submission counts as an I/O error.
-fn submit(
-    engine: &mut dyn Engine,
-    logger: &Logger,
-    slot: usize,
-    work: &mut DiskWork,
-    (lun, tag): (u16, u64),
-    disk: &Arc<Disk>,
-    request: IoRequest,
-) {
-    match engine.submit(disk, request, slot as u64) {
-        Ok(()) => work.outstanding += 1,
-        Err(error) => {
-            debug!(logger, "submit refused"; "lun" => lun, "tag" => tag, "error" => %error);
-            work.error.get_or_insert(libc::EIO);
-        }
-    }
+/// The queue's engine as a command hands it requests.
+struct Submitter<'a> {
+    engine: &'a mut dyn Engine,
+    logger: &'a Logger,
+    /// Where requests that failed inside `submit` wait for the next reap.
+    failed: &'a mut Vec<Completion>,
 }
 
-/// Submits what the pending requests of `work` have ready.
-fn submit_ready(
-    engine: &mut dyn Engine,
-    logger: &Logger,
-    slot: usize,
-    work: &mut DiskWork,
-    task: (u16, u64),
-    disk: &Arc<Disk>,
-) {
-    let Some(pending) = work.pending.as_mut() else {
-        return;
-    };
-    for request in pending.take_ready() {
-        submit(engine, logger, slot, work, task, disk, request);
+impl Submitter<'_> {
+    /// Hands one request of the command in `slot` (its LUN and tag in `task`) to the engine; a
+    /// refused submission counts as an I/O error. One done inside `submit` counts at once if it
+    /// succeeded; one that failed stays outstanding and is reaped like a later completion, so
+    /// that what its failure decides (a disk its error policy stops) comes after the pass has
+    /// handed the disk its other commands, whichever way the engine reports.
+    fn submit(
+        &mut self,
+        slot: usize,
+        work: &mut DiskWork,
+        (lun, tag): (u16, u64),
+        disk: &Arc<Disk>,
+        request: IoRequest,
+    ) {
+        match self.engine.submit(disk, request, slot as u64) {
+            Ok(Submitted::Started) => work.outstanding += 1,
+            Ok(Submitted::Done(Ok(bytes))) => work.moved += bytes,
+            Ok(Submitted::Done(result)) => {
+                work.outstanding += 1;
+                let user_data = slot as u64;
+                self.failed.push(Completion { user_data, result });
+            }
+            Err(error) => {
+                debug!(self.logger, "submit refused"; "lun" => lun, "tag" => tag, "error" => %error);
+                work.error.get_or_insert(libc::EIO);
+            }
+        }
+    }
+
+    /// Submits what the pending requests of `work` have ready, and the next chunks of a
+    /// sequential job while the engine finishes them inside `submit`.
+    fn submit_ready(
+        &mut self,
+        slot: usize,
+        work: &mut DiskWork,
+        task: (u16, u64),
+        disk: &Arc<Disk>,
+    ) {
+        while work.outstanding == 0 && work.error.is_none() {
+            let Some(requests) = work.pending.as_mut().map(PendingIo::take_ready) else {
+                return;
+            };
+            if requests.is_empty() {
+                return;
+            }
+            for request in requests {
+                self.submit(slot, work, task, disk, request);
+            }
+        }
     }
 }
 

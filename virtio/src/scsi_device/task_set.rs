@@ -5,8 +5,10 @@
 //! only the queue's thread writes it, and nothing is locked: a slot's sequence number is odd
 //! while a command (its LUN and tag) occupies it and changes when the command leaves, so a
 //! reader on the control queue tells a stable entry from one that changed under it (a seqlock).
-//! A command enters when its disk work goes to an I/O engine and leaves once its response is in
-//! the used ring. Queries answer from the tables at once; aborts and resets wait until the tasks
+//! A command enters when an I/O engine keeps its disk work past `submit` and leaves once the
+//! used idx shows the driver its response; one the engine finishes inside `submit` (a null
+//! disk, the sync engine) is answered in the pass that popped it, as a command without disk
+//! work is, and never enters. Queries answer from the tables at once; aborts and resets wait until the tasks
 //! they name have left (commands are never cancelled, they complete), since the driver relies on
 //! every affected command being completed before the TMF response (virtio 1.2 §5.6.6.2).
 //!

@@ -125,6 +125,8 @@ struct SplitRing {
     used: u64,
     next_avail: Wrapping<u16>,
     next_used: Wrapping<u16>,
+    /// `next_used` as the driver last saw it in the used idx.
+    published_used: Wrapping<u16>,
     event_idx: bool,
     /// `next_used` when the driver's wish for an interrupt was last looked at (EVENT_IDX).
     signalled_used: Wrapping<u16>,
@@ -215,6 +217,7 @@ impl Virtqueue {
                 used: queue.used_ring(),
                 next_avail: Wrapping(queue.next_avail()),
                 next_used,
+                published_used: next_used,
                 event_idx,
                 signalled_used: next_used,
             },
@@ -375,9 +378,25 @@ impl Virtqueue {
         }
         let table = GuestAddress(self.ring.desc_table);
         let queue_size = self.ring.size;
+        // The ring's entries, found once for the pass's chains when they lie in one region.
+        let ring_len = AVAIL_ENTRY as usize * usize::from(queue_size);
+        let entries = mem
+            .host(self.ring.avail + RING_HEADER, ring_len)
+            .filter(|&host| host as usize % std::mem::align_of::<AtomicU16>() == 0);
         while self.ring.next_avail != avail {
-            let Ok(entry) = mem.field16(self.ring.avail_entry(self.ring.next_avail)) else {
-                break;
+            let at = self.ring.next_avail;
+            let entry = match entries {
+                // SAFETY: the index is masked below the queue size, so the entry lies in the
+                // ring, which `host` found whole, and aligned, in a region of the snapshot `mem`
+                // borrows. The driver writes ring fields concurrently: read as an atomic.
+                Some(host) => unsafe {
+                    let slot = usize::from(at.0 & (queue_size - 1));
+                    AtomicU16::from_host(host.wrapping_add(AVAIL_ENTRY as usize * slot))
+                },
+                None => match mem.field16(self.ring.avail_entry(at)) {
+                    Ok(entry) => entry,
+                    Err(_) => break,
+                },
             };
             let head = u16::from_le(entry.load(Ordering::Relaxed));
             self.ring.next_avail += Wrapping(1);
@@ -469,7 +488,9 @@ impl Virtqueue {
         }
     }
 
-    /// Returns a chain to the driver with `len` bytes written.
+    /// Returns a chain to the driver with `len` bytes written: its used element is written now,
+    /// and the driver sees it with the others of the batch once `publish_used` (or
+    /// `interrupt_if_wanted`) moves the used idx, one store for the batch.
     pub fn add_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) {
         if self.broken {
             return;
@@ -489,13 +510,27 @@ impl Virtqueue {
             });
         }
         let (id, written) = mem.used_element(ring.used_entry(ring.next_used))?;
-        let used_idx = mem.field16(ring.used_idx())?;
         id.store(u32::from(head).to_le(), Ordering::Relaxed);
         written.store(len.to_le(), Ordering::Relaxed);
         self.ring.next_used += Wrapping(1);
-        // Release: the driver that sees the new idx sees the entry and the data before it.
-        used_idx.store(self.ring.next_used.0.to_le(), Ordering::Release);
         Ok(())
+    }
+
+    /// Shows the driver the chains returned since the last call, with one store of the used idx.
+    pub fn publish_used(&mut self, mem: &CachedMemory<'_>) {
+        let ring = &self.ring;
+        if self.broken || ring.published_used == ring.next_used {
+            return;
+        }
+        match mem.field16(ring.used_idx()) {
+            Ok(used_idx) => {
+                // Release: the driver that sees the new idx sees the entries and the data
+                // before it.
+                used_idx.store(ring.next_used.0.to_le(), Ordering::Release);
+                self.ring.published_used = self.ring.next_used;
+            }
+            Err(error) => self.fail("add_used", &error),
+        }
     }
 
     /// Whether chains were returned since the last interrupt decision (`interrupt_if_wanted`).
@@ -503,8 +538,10 @@ impl Virtqueue {
         self.returned && !self.broken
     }
 
-    /// Ends a batch: one interrupt if anything was returned and the driver asked for it.
+    /// Ends a batch: publishes what was returned, and interrupts once if anything was and the
+    /// driver asked for it.
     pub fn interrupt_if_wanted(&mut self, mem: &CachedMemory<'_>) {
+        self.publish_used(mem);
         if self.broken || !std::mem::take(&mut self.returned) {
             return;
         }
@@ -1026,6 +1063,110 @@ impl ChainBuffers {
     /// collects in place, into the slot that keeps the command, rather than moving the
     /// buffers there.
     pub fn collect_again(&mut self, chain: Chain, mem: &CachedMemory<'_>) -> Option<ChainDefect> {
+        if self.collect_usual(chain, mem) {
+            return None;
+        }
+        self.walk(chain, mem)
+    }
+
+    /// Collects the chain Linux makes with indirect descriptors, when `chain` is that and
+    /// nothing in it is wrong: a head that points to an indirect table, whose descriptors
+    /// follow each other in table order (each but the last with NEXT to the next index), none
+    /// indirect, the driver-readable ones first, fewer than 4 GiB in all, and the table and
+    /// every buffer in the region the table is in. It reads each descriptor once and skips
+    /// the general walk's checks, which such a chain passes; false, with the buffers to be
+    /// collected again, for any other chain, which `walk` takes with every check. Both collect
+    /// the same buffers from such a chain.
+    #[inline(always)]
+    fn collect_usual(&mut self, chain: Chain, mem: &CachedMemory<'_>) -> bool {
+        if chain.head >= chain.queue_size
+            || self.readable.list.spilled()
+            || self.writable.list.spilled()
+        {
+            return false;
+        }
+        let head_at = chain
+            .table
+            .0
+            .checked_add(u64::from(chain.head) * DESCRIPTOR);
+        let Some(head) = head_at.and_then(|at| mem.host(at, size_of::<Descriptor>())) else {
+            return false;
+        };
+        // SAFETY: `host` found the whole descriptor in a region of the snapshot `mem` borrows.
+        let head = unsafe { read_descriptor(head) };
+        let table_len = head.len();
+        let count = u64::from(table_len) / DESCRIPTOR;
+        if !head.refers_to_indirect_table()
+            || count == 0
+            || u64::from(table_len) % DESCRIPTOR != 0
+            || count > u64::from(u16::MAX)
+        {
+            return false;
+        }
+        let Some(table) = mem.host(head.addr().0, table_len as usize) else {
+            return false;
+        };
+        // The region `host` found the table in.
+        let Some(region) = mem.region.get() else {
+            return false;
+        };
+        // SAFETY: neither list spilled, and a `Segment` is `Copy`: forgetting the elements
+        // leaks nothing.
+        unsafe {
+            self.readable.list.set_len(0);
+            self.writable.list.set_len(0);
+        }
+        let (mut readable, mut writable) = (0u64, 0u64);
+        let mut bytes = 0u32;
+        for index in 0..count as u16 {
+            // SAFETY: index < count, so the descriptor lies in the table, which `host` found
+            // whole in a region of the snapshot `mem` borrows.
+            let descriptor =
+                unsafe { read_descriptor(table.wrapping_add(usize::from(index) * 16)) };
+            let follows = if index + 1 == count as u16 {
+                !descriptor.has_next()
+            } else {
+                descriptor.has_next() && descriptor.next() == index + 1
+            };
+            let (addr, len) = (descriptor.addr().0, descriptor.len());
+            let Some(sum) = bytes.checked_add(len) else {
+                return false;
+            };
+            bytes = sum;
+            let write = descriptor.is_write_only();
+            if !follows
+                || descriptor.refers_to_indirect_table()
+                || (!write && writable != 0)
+                || region.host(addr, len as usize).is_none()
+            {
+                return false;
+            }
+            if len == 0 {
+                continue;
+            }
+            let segment = Segment { addr, len };
+            if write {
+                self.writable.list.push(segment);
+                writable += u64::from(len);
+            } else {
+                self.readable.list.push(segment);
+                readable += u64::from(len);
+            }
+        }
+        let host_offset = region.base.wrapping_sub(region.start as usize);
+        for (segments, len) in [
+            (&mut self.readable, readable),
+            (&mut self.writable, writable),
+        ] {
+            segments.len = len;
+            segments.generation = mem.generation;
+            segments.host_offset = if len == 0 { 0 } else { host_offset };
+        }
+        true
+    }
+
+    /// Walks `chain` descriptor by descriptor, with every check of virtio 1.2 §2.7.5.
+    fn walk(&mut self, chain: Chain, mem: &CachedMemory<'_>) -> Option<ChainDefect> {
         self.readable.restart(mem);
         self.writable.restart(mem);
         let mut defect = None;
@@ -1152,7 +1293,9 @@ impl Iterator for Descriptors<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::Queue;
     use vm_memory::GuestMemoryAtomic;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -1267,7 +1410,10 @@ mod tests {
         }
 
         fn return_chain(&mut self, head: u16, len: u32) {
-            self.pass(|queue, mem| queue.add_used(mem, head, len));
+            self.pass(|queue, mem| {
+                queue.add_used(mem, head, len);
+                queue.publish_used(mem);
+            });
         }
 
         fn interrupt_if_wanted(&mut self) {
@@ -1452,6 +1598,25 @@ mod tests {
         );
     }
 
+    /// Returned chains are written at once and shown to the driver together, by one used idx
+    /// store; the interrupt decision publishes what is left.
+    #[test]
+    fn the_used_idx_moves_once_for_a_batch() {
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
+        rings.pass(|queue, mem| {
+            queue.add_used(mem, 3, 10);
+            queue.add_used(mem, 5, 20);
+        });
+        assert_eq!(rings.u16_at(USED + 2), 0, "not published yet");
+        assert_eq!((rings.used(0), rings.used(1)), ((3, 10), (5, 20)));
+        rings.pass(|queue, mem| queue.publish_used(mem));
+        assert_eq!(rings.u16_at(USED + 2), 2);
+        rings.pass(|queue, mem| queue.add_used(mem, 1, 0));
+        rings.interrupt_if_wanted();
+        assert_eq!(rings.u16_at(USED + 2), 3);
+        assert_eq!(rings.interrupt.count(), 1);
+    }
+
     #[test]
     fn returning_a_head_outside_the_queue_needs_reset() {
         let mut rings = rings(false, 0, memory(&[(0, 0x10000)]));
@@ -1484,6 +1649,150 @@ mod tests {
             queue_size: SIZE,
         };
         rings.pass(|_, mem| ChainBuffers::collect(chain, mem))
+    }
+
+    /// Indirect tables of the shape Linux makes, and ways to get them wrong or unusual: the fast
+    /// collection takes only the good ones in one region, and collects from them exactly what
+    /// the general walk does; whatever it leaves, the walk collects as before.
+    #[test]
+    fn the_usual_indirect_chain_is_collected_as_the_walk_collects_it() {
+        const TABLE: u64 = 0x3000;
+        const INNER: u64 = 0x3800;
+        const N: u16 = VRING_DESC_F_NEXT as u16;
+        const W: u16 = VRING_DESC_F_WRITE as u16;
+        const I: u16 = VRING_DESC_F_INDIRECT as u16;
+        let read = vec![
+            (0x4000, 51, N, 1),
+            (0x5000, 108, W | N, 2),
+            (0x6000, 4096, W, 0),
+        ];
+        let write = vec![
+            (0x4000, 51, N, 1),
+            (0x6000, 4096, N, 2),
+            (0x5000, 108, W, 0),
+        ];
+        type Table = Vec<(u64, u32, u16, u16)>;
+        /// What the head points to when it is not the table itself: (addr, len).
+        type Head = Option<(u64, u32)>;
+        // (what, table, head, taken fast)
+        let cases: Vec<(&str, Table, Head, bool)> = vec![
+            ("a read", read.clone(), None, true),
+            ("a write", write.clone(), None, true),
+            ("one descriptor", vec![(0x5000, 108, W, 0)], None, true),
+            (
+                "an empty descriptor",
+                vec![(0x4000, 51, N, 1), (0x7000, 0, N, 2), (0x5000, 108, W, 0)],
+                None,
+                true,
+            ),
+            (
+                "a buffer in the other region",
+                vec![(0x14000, 108, W, 0)],
+                None,
+                false,
+            ),
+            (
+                "next out of order",
+                vec![
+                    (0x4000, 51, N, 2),
+                    (0x5000, 108, W, 0),
+                    (0x6000, 8, W | N, 1),
+                ],
+                None,
+                false,
+            ),
+            (
+                "no NEXT before the end",
+                vec![(0x4000, 51, 0, 1), (0x5000, 108, W, 0)],
+                None,
+                false,
+            ),
+            (
+                "NEXT on the last",
+                vec![(0x4000, 51, N, 1), (0x5000, 108, W | N, 0)],
+                None,
+                false,
+            ),
+            (
+                "readable after writable",
+                vec![(0x5000, 108, W | N, 1), (0x4000, 51, 0, 0)],
+                None,
+                false,
+            ),
+            (
+                "an indirect descriptor inside",
+                vec![(0x4000, 51, N, 1), (INNER, 16, I, 0)],
+                None,
+                false,
+            ),
+            (
+                "a buffer outside memory",
+                vec![(0x4000, 51, N, 1), (0x4000_0000, 108, W, 0)],
+                None,
+                false,
+            ),
+            (
+                "a buffer across regions",
+                vec![(0x4000, 51, N, 1), (0xfff0, 108, W, 0)],
+                None,
+                false,
+            ),
+            (
+                "4 GiB in all",
+                vec![(0x4000, u32::MAX, N, 1), (0x5000, 1, W, 0)],
+                None,
+                false,
+            ),
+            (
+                "a table of partial descriptors",
+                read.clone(),
+                Some((TABLE, 40)),
+                false,
+            ),
+            ("an empty table", read.clone(), Some((TABLE, 0)), false),
+            (
+                "a table outside memory",
+                read.clone(),
+                Some((0x4000_0000, 48)),
+                false,
+            ),
+            ("a table across regions", read, Some((0xffe0, 48)), false),
+        ];
+        let mut rings = rings(false, 0, memory(&[(0, 0x10000), (0x10000, 0x10000)]));
+        let chain = Chain {
+            head: 0,
+            table: GuestAddress(DESC),
+            queue_size: SIZE,
+        };
+        let same = |a: &Segments, b: &Segments| {
+            (&a.list, a.len, a.generation, a.host_offset)
+                == (&b.list, b.len, b.generation, b.host_offset)
+        };
+        for (what, table, head, fast) in cases {
+            let (table_at, table_len) = head.unwrap_or((TABLE, 16 * table.len() as u32));
+            let mem = rings.memory.memory();
+            for (index, &(addr, len, flags, next)) in table.iter().enumerate() {
+                let descriptor = Descriptor::new(addr, len, flags, next);
+                let at = table_at + DESCRIPTOR * index as u64;
+                let _ = mem.write_obj(descriptor, GuestAddress(at));
+            }
+            rings.descriptor(0, table_at, table_len, I, 0);
+            rings.pass(|_, mem| {
+                let mut walked = ChainBuffers::default();
+                let defect = walked.walk(chain, mem);
+                let mut usual = ChainBuffers::default();
+                assert_eq!(usual.collect_usual(chain, mem), fast, "{what}");
+                if fast {
+                    assert_eq!(defect, None, "{what}");
+                    assert!(same(&usual.readable, &walked.readable), "{what}");
+                    assert!(same(&usual.writable, &walked.writable), "{what}");
+                }
+                let mut collected = ChainBuffers::default();
+                assert_eq!(collected.collect_again(chain, mem), defect, "{what}");
+                assert!(same(&collected.readable, &walked.readable), "{what}");
+                assert!(same(&collected.writable, &walked.writable), "{what}");
+            });
+        }
     }
 
     #[test]
