@@ -30,7 +30,9 @@
 //!   and its pass looks at the ring once more before the thread sleeps.
 //!
 //! Chains a pass finds are served at once, short of the batch or not: only chains still to come
-//! wait for the kick or the re-check.
+//! wait for the kick or the re-check. A pass that stops at its bound (about a ring's worth of
+//! chains, `RequestQueueWorker::serve_available`) with chains left asks for no kick, and for
+//! a re-check at once (`pass_ended`).
 //!
 //! A host that polls keeps kicks off while its polls find work: polling moves `avail_event`
 //! behind the driver (where the last pass put it, a batch ahead, the driver would kick once
@@ -80,6 +82,8 @@ pub(crate) struct KickBatching {
     /// (fixed point, `ONE` a chain).
     depth: u64,
     polling: bool,
+    /// The last pass stopped at its bound with chains left: the host looks again at once.
+    chains_left: bool,
 }
 
 impl KickBatching {
@@ -95,6 +99,7 @@ impl KickBatching {
             passes: 0,
             depth: 0,
             polling: false,
+            chains_left: false,
         }
     }
 
@@ -189,6 +194,14 @@ impl KickBatching {
     pub fn start_polling(&mut self) {
         self.polling = true;
         self.recheck = None;
+        self.chains_left = false;
+    }
+
+    /// How a pass ended: `true` when it stopped at its bound with chains still available.
+    /// Notifications stay as the pass left them (off while the driver keeps sending), and the
+    /// host is asked to look again at once, after its other queues and its own events.
+    pub fn pass_ended(&mut self, chains_left: bool) {
+        self.chains_left = chains_left;
     }
 
     /// Whether a look that found chains may leave its interrupt to the queue's next look, with
@@ -198,7 +211,7 @@ impl KickBatching {
     /// be waiting for the answers.
     pub fn may_defer_interrupt(&self, holds: usize) -> bool {
         let busy = self.passes * 2 < self.load;
-        let look_coming = self.polling || self.recheck.is_some();
+        let look_coming = self.polling || self.recheck_in().is_some();
         busy && look_coming && holds as u64 * ONE * 2 <= self.depth
     }
 
@@ -207,6 +220,9 @@ impl KickBatching {
     }
 
     pub fn recheck_in(&self) -> Option<Duration> {
+        if self.chains_left {
+            return Some(Duration::ZERO);
+        }
         self.recheck
     }
 }
@@ -380,20 +396,26 @@ mod tests {
 /// that kicks only when Linux's would.
 #[cfg(test)]
 mod through_the_inline_host {
+    use std::collections::VecDeque;
     use std::os::fd::BorrowedFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use block::{BlockError, Completion, Disk, Engine, IoRequest, Submitted, SyncEngine};
     use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::MAX_RECHECK;
     use crate::features::RING_EVENT_IDX;
-    use crate::scsi_device::test_driver::{lun_config, lun_field, Harness};
+    use crate::scsi_device::test_driver::{lun_config, lun_field, CountingInterrupt, Harness};
     use crate::virtio_device::VirtioDevice;
 
     const VQ: usize = 2;
     const TEST_UNIT_READY: [u8; 6] = [0; 6];
+    /// A command that goes to the engine, which a null disk finishes inside `submit`.
+    const SYNCHRONIZE_CACHE: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
     /// Linux's `vring_need_event`: whether a driver that moved its avail idx from `old` to
     /// `new` since its last kick kicks now.
@@ -617,7 +639,12 @@ mod through_the_inline_host {
         kicks: usize,
     }
 
-    impl DriverAlongside {
+    /// A driver that sends chains while a pass runs, whenever the pass hands its engine a batch.
+    trait SendsDuringAPass: Send {
+        fn send(&mut self);
+    }
+
+    impl SendsDuringAPass for DriverAlongside {
         fn send(&mut self) {
             let old: u16 = self.mem.read_obj(self.avail_idx).unwrap();
             let left = self.staged_to.wrapping_sub(old);
@@ -629,16 +656,16 @@ mod through_the_inline_host {
     }
 
     /// A synchronous engine whose every batch of requests lets the driver alongside send more.
-    struct EngineBesideADriver {
+    struct EngineBesideADriver<D> {
         engine: SyncEngine,
-        driver: Arc<Mutex<Option<DriverAlongside>>>,
+        driver: Arc<Mutex<Option<D>>>,
         batch: bool,
     }
 
     /// What `Engine::submit` answers.
     type Accepted = Result<Submitted, BlockError>;
 
-    impl Engine for EngineBesideADriver {
+    impl<D: SendsDuringAPass> Engine for EngineBesideADriver<D> {
         fn submit(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Accepted {
             self.batch = true;
             self.engine.submit(disk, request, user_data)
@@ -661,7 +688,6 @@ mod through_the_inline_host {
 
     #[test]
     fn a_pass_asks_for_the_next_kick_once_the_ring_is_empty_not_while_the_driver_sends() {
-        const SYNCHRONIZE_CACHE: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let driver = Arc::new(Mutex::new(None));
         let engines_driver = Arc::clone(&driver);
         let disk = Disk::null(1 << 20, 512).unwrap();
@@ -714,6 +740,274 @@ mod through_the_inline_host {
         assert_eq!(harness.queues[VQ].used().len(), 28, "one pass served all");
         let kicks = driver.lock().unwrap().as_ref().map(|d| d.kicks);
         assert_eq!(kicks, Some(0), "kicks while the pass ran");
+    }
+
+    /// A driver on another vCPU that never stops sending while the device answers: whenever a
+    /// pass hands its engine a batch, it takes back the chains answered so far and makes
+    /// `per_batch` of them available again, kicking as Linux's does, until it has sent `limit`.
+    /// It does not move `used_event` (Linux's does not while it processes answers with
+    /// callbacks off), and notes what it saw of the device meanwhile.
+    struct StreamingDriver {
+        mem: &'static GuestMemoryMmap,
+        size: u16,
+        avail: GuestAddress,
+        used: GuestAddress,
+        avail_event: GuestAddress,
+        event_idx: bool,
+        /// Chain heads the device answered, not yet sent again.
+        free: VecDeque<u16>,
+        used_seen: u16,
+        per_batch: usize,
+        sent: usize,
+        limit: usize,
+        kicks: usize,
+        interrupt: Arc<CountingInterrupt>,
+        interrupts_before: usize,
+        /// Chains sent when an interrupt had come (the first send that saw one).
+        sent_when_interrupted: Option<usize>,
+        /// Another queue's used idx, and the chains sent when it first moved.
+        other_used_idx: Option<GuestAddress>,
+        sent_when_other_answered: Option<usize>,
+        /// A notifier the driver writes at its first send (a kick of another queue).
+        kick_at_first_send: Option<Arc<EventFd>>,
+    }
+
+    impl StreamingDriver {
+        /// Makes up to `count` answered chains available again, with one avail idx store.
+        fn publish(&mut self, count: usize) {
+            let ring = |idx: u16| GuestAddress(self.avail.0 + 4 + 2 * u64::from(idx % self.size));
+            let idx_at = GuestAddress(self.avail.0 + 2);
+            let old: u16 = self.mem.read_obj(idx_at).unwrap();
+            let count = count.min(self.free.len()).min(self.limit - self.sent);
+            for k in 0..count as u16 {
+                let head = self.free.pop_front().unwrap();
+                self.mem.write_obj(head, ring(old.wrapping_add(k))).unwrap();
+            }
+            let new = old.wrapping_add(count as u16);
+            self.mem.write_obj(new, idx_at).unwrap();
+            self.sent += count;
+            let kicks = if self.event_idx {
+                let event: u16 = self.mem.read_obj(self.avail_event).unwrap();
+                driver_kicks(event, new, old)
+            } else {
+                let flags: u16 = self.mem.read_obj(self.used).unwrap();
+                count > 0 && flags & VRING_USED_F_NO_NOTIFY as u16 == 0
+            };
+            self.kicks += usize::from(kicks);
+        }
+
+        /// Takes back the chains the device answered.
+        fn take_answers(&mut self) {
+            let idx: u16 = self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
+            while self.used_seen != idx {
+                let entry = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
+                let head: u32 = self.mem.read_obj(GuestAddress(entry)).unwrap();
+                self.free.push_back(head as u16);
+                self.used_seen = self.used_seen.wrapping_add(1);
+            }
+        }
+    }
+
+    impl SendsDuringAPass for StreamingDriver {
+        fn send(&mut self) {
+            if let Some(notifier) = self.kick_at_first_send.take() {
+                notifier.write(1).unwrap();
+            }
+            if self.interrupt.count() > self.interrupts_before {
+                self.sent_when_interrupted.get_or_insert(self.sent);
+            }
+            if let Some(at) = self.other_used_idx {
+                let other: u16 = self.mem.read_obj(GuestAddress(at.0 + 2)).unwrap();
+                if other != 0 {
+                    self.sent_when_other_answered.get_or_insert(self.sent);
+                }
+            }
+            self.take_answers();
+            self.publish(self.per_batch);
+        }
+    }
+
+    type Streaming = Arc<Mutex<Option<StreamingDriver>>>;
+
+    /// A device with `queues` request queues whose first one's driver streams: 32 chains of
+    /// SYNCHRONIZE CACHE, of which it sends 8 and kicks, then 4 more at every batch a pass
+    /// hands the engine, `limit` in all after the first 8. The queue asked for no re-check
+    /// before: every look the host makes by itself is one a pass asked for. Returns once the
+    /// driver kicked for its first 8.
+    fn streaming(
+        queues: u16,
+        features: impl FnOnce(u64) -> u64,
+        limit: usize,
+    ) -> (Harness, Streaming) {
+        let driver: Streaming = Arc::new(Mutex::new(None));
+        let engines_driver = Arc::clone(&driver);
+        let engines_made = Arc::new(AtomicUsize::new(0));
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        let mut harness = Harness::with_engines(
+            vec![(lun_config(0, &disk), Arc::new(disk))],
+            queues,
+            0,
+            Arc::new(move || {
+                // Only the first request queue's engine (of each activation) sends for the
+                // driver.
+                let mine = engines_made.fetch_add(1, Ordering::SeqCst) % usize::from(queues) == 0;
+                Ok(Box::new(EngineBesideADriver {
+                    engine: SyncEngine::new()?,
+                    driver: if mine {
+                        Arc::clone(&engines_driver)
+                    } else {
+                        Arc::new(Mutex::new(None))
+                    },
+                    batch: false,
+                }))
+            }),
+        );
+        harness.device.reset();
+        let features = features(harness.device.features());
+        harness.activate(features);
+        harness.command(0, &TEST_UNIT_READY, &[], 0);
+        let free = (0..32)
+            .map(|tag| {
+                let bufs = [
+                    harness.request_buf(VQ, lun_field(0), tag, &SYNCHRONIZE_CACHE),
+                    harness.response_buf(VQ, 108),
+                ];
+                harness.queues[VQ].chain(&bufs)
+            })
+            .collect();
+        let queue = &harness.queues[VQ];
+        let mut stream = StreamingDriver {
+            mem: harness.mem,
+            size: 64,
+            avail: queue.mock.avail_addr(),
+            used: queue.used_addr(),
+            avail_event: queue.avail_event_addr(),
+            event_idx: features & RING_EVENT_IDX != 0,
+            free,
+            used_seen: harness
+                .mem
+                .read_obj(queue.used_addr().unchecked_add(2))
+                .unwrap(),
+            per_batch: 4,
+            sent: 0,
+            limit: limit + 8,
+            kicks: 0,
+            interrupt: Arc::clone(&queue.interrupt),
+            interrupts_before: queue.interrupt.count(),
+            sent_when_interrupted: None,
+            other_used_idx: None,
+            sent_when_other_answered: None,
+            kick_at_first_send: None,
+        };
+        stream.publish(8);
+        assert_eq!(stream.kicks, 1, "the first eight are kicked for");
+        stream.kicks = 0;
+        *driver.lock().unwrap() = Some(stream);
+        (harness, driver)
+    }
+
+    /// Kicks the streaming queue, then lets its host look until the driver sent everything and
+    /// had it answered (or 5 s passed).
+    fn serve_the_stream(harness: &mut Harness, driver: &Streaming) {
+        harness.kick(VQ);
+        let start = Instant::now();
+        loop {
+            harness.host.serve_ready().unwrap();
+            let done = driver.lock().unwrap().as_ref().map(|d| {
+                let used_idx: u16 = harness.mem.read_obj(d.used.unchecked_add(2)).unwrap();
+                let answered = usize::from(used_idx.wrapping_sub(d.used_seen));
+                d.sent == d.limit && d.free.len() + answered == 32
+            });
+            if done == Some(true) || start.elapsed() > Duration::from_secs(5) {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    #[test]
+    fn a_driver_that_never_stops_sending_cannot_keep_one_pass_going_beyond_the_queue_size() {
+        const LIMIT: usize = 512;
+        let (mut harness, driver) = streaming(1, |features| features, LIMIT);
+        serve_the_stream(&mut harness, &driver);
+        let stream = driver.lock().unwrap().take().unwrap();
+        assert_eq!(stream.sent, LIMIT + 8);
+        assert_eq!(harness.queues[VQ].used().len(), LIMIT + 8, "all answered");
+        assert_eq!(stream.kicks, 0, "kicks while the driver streamed");
+        let stats = &harness.device.queue_stats()[0];
+        // A pass serves whole rounds of 4 and stops once it served 64 (the queue size): the
+        // kicked pass and the looks after it served 64 each, the last one what was left.
+        assert!(
+            stats.rechecks as usize >= (LIMIT + 8 - 1) / 64,
+            "{} looks after the kicked pass for {} chains",
+            stats.rechecks,
+            LIMIT + 8
+        );
+    }
+
+    #[test]
+    fn without_event_idx_chains_a_bounded_pass_left_are_served_by_the_next_look_without_a_kick() {
+        // The driver stops after 64 + 8: the kicked pass stops at 64 with 8 left.
+        let (mut harness, driver) = streaming(1, |features| features & !RING_EVENT_IDX, 64);
+        harness.kick(VQ);
+        harness.host.serve_ready().unwrap();
+        assert_eq!(
+            harness.queues[VQ].used_flags(),
+            VRING_USED_F_NO_NOTIFY as u16,
+            "kicks stay off while chains are left"
+        );
+        serve_the_stream(&mut harness, &driver);
+        let stream = driver.lock().unwrap().take().unwrap();
+        assert_eq!(harness.queues[VQ].used().len(), 64 + 8, "all answered");
+        assert_eq!(stream.kicks, 0, "kicks for the chains left");
+        assert!(
+            harness.device.queue_stats()[0].rechecks > 0,
+            "served by a look of the host's own"
+        );
+    }
+
+    #[test]
+    fn a_second_queue_on_the_host_is_served_while_the_first_queues_driver_streams() {
+        const LIMIT: usize = 1024;
+        let (mut harness, driver) = streaming(2, |features| features, LIMIT);
+        // The other queue's driver sends one command and kicks while the first pass runs.
+        let other = VQ + 1;
+        let bufs = [
+            harness.request_buf(other, lun_field(0), 1, &TEST_UNIT_READY),
+            harness.response_buf(other, 108),
+        ];
+        let head = harness.queues[other].chain(&bufs);
+        harness.queues[other].publish(head);
+        if let Some(stream) = driver.lock().unwrap().as_mut() {
+            stream.other_used_idx = Some(harness.queues[other].used_addr());
+            stream.kick_at_first_send = Some(Arc::clone(harness.queues[other].notifier()));
+        }
+        serve_the_stream(&mut harness, &driver);
+        let stream = driver.lock().unwrap().take().unwrap();
+        assert_eq!(harness.queues[other].used().len(), 1);
+        let answered_at = stream.sent_when_other_answered;
+        assert!(
+            answered_at.is_some_and(|sent| sent <= 3 * 64),
+            "the other queue was answered after {answered_at:?} of the stream's {} chains",
+            stream.limit
+        );
+    }
+
+    #[test]
+    fn a_bounded_pass_sends_the_interrupt_it_owes() {
+        const LIMIT: usize = 512;
+        let (mut harness, driver) = streaming(1, |features| features, LIMIT);
+        // The driver wants an interrupt for the next answer, and reads none while it streams.
+        let seen = harness.queues[VQ].used().len();
+        assert_eq!(seen, 0);
+        serve_the_stream(&mut harness, &driver);
+        let stream = driver.lock().unwrap().take().unwrap();
+        let interrupted_at = stream.sent_when_interrupted;
+        assert!(
+            interrupted_at.is_some_and(|sent| sent <= 2 * 64),
+            "the interrupt came after {interrupted_at:?} of {} chains",
+            stream.limit
+        );
     }
 
     #[test]

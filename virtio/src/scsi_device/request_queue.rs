@@ -302,23 +302,33 @@ impl RequestQueueWorker {
         self.tracing = self.queue.logger().is_trace_enabled();
     }
 
-    /// The driver kicked: serve every available chain, then interrupt once if needed.
+    /// The driver kicked: serve the available chains, then interrupt once if needed.
+    ///
+    /// A driver that keeps sending keeps the pass going, but only for about a ring's worth of
+    /// chains (whole rounds: what one look found is always served): the thread owes its other
+    /// queues, its control messages and this queue's interrupt a turn. A pass that stops with
+    /// chains left asks its host for a look at once (`KickBatching::pass_ended`), with
+    /// notifications left off, as they are while the driver keeps sending.
     pub fn serve_available(&mut self) {
         self.tick();
         let snapshot = self.queue.snapshot();
         let mem = CachedMemory::new(&snapshot);
         self.serve_held(&mem, &snapshot);
         let mut first = true;
-        loop {
-            self.start_available(&mem, &snapshot);
+        let mut started = 0;
+        let chains_left = loop {
+            started += self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
             self.reap(&mem);
-            // A driver that keeps sending keeps the pass going: it sees each round's answers.
+            // A driver that keeps sending sees each round's answers.
             self.queue.publish_used(&mem);
             // Notifications are asked for again only once the ring is empty, as QEMU's
             // virtqueues do: a driver that keeps chains coming would otherwise pass each
             // `avail_event` moved at every look, and kick for it.
             if self.queue.has_available(&mem) {
+                if started >= usize::from(self.queue.size()) {
+                    break true;
+                }
                 continue;
             }
             let in_flight = self.in_flight_count();
@@ -330,17 +340,22 @@ impl RequestQueueWorker {
             // Chains already there are served now, even short of the batch the kick was asked
             // for: only those still to come are left to the kick or the re-check.
             if !self.queue.kick_at_batch(&mem, ahead) && !self.queue.has_available(&mem) {
-                break;
+                break false;
             }
-        }
+            if started >= usize::from(self.queue.size()) {
+                break true;
+            }
+        };
+        self.batching.pass_ended(chains_left);
         self.end_pass(&mem);
     }
 
-    /// Starts every chain the driver made available.
-    fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) {
+    /// Starts every chain the driver made available; returns how many there were.
+    fn start_available(&mut self, mem: &CachedMemory<'_>, snapshot: &MemorySnapshot) -> usize {
         let mut chains = std::mem::take(&mut self.popped);
         self.queue.pop_all_into(mem, &mut chains);
-        if !chains.is_empty() {
+        let count = chains.len();
+        if count > 0 {
             self.found_chains = true;
             let with_device = chains.len() + self.in_flight_count();
             let held = self.queue.driver_holds(mem).map_or(0, usize::from);
@@ -352,6 +367,7 @@ impl RequestQueueWorker {
             self.start(chain, mem, snapshot, &luns);
         }
         self.popped = chains;
+        count
     }
 
     /// Shows the driver the pass's answers, with one interrupt if it wants one, and has one

@@ -160,6 +160,16 @@ impl TestQueue {
         u16::from_le(self.mem.read_obj(self.avail_event_addr()).unwrap())
     }
 
+    /// What a notify write of this queue writes.
+    pub fn notifier(&self) -> &Arc<EventFd> {
+        &self.notifier
+    }
+
+    /// Where the used ring is (flags, idx, then the entries).
+    pub fn used_addr(&self) -> GuestAddress {
+        self.used_addr
+    }
+
     pub fn avail_event_addr(&self) -> GuestAddress {
         GuestAddress(self.used_addr.0 + 4 + 8 * u64::from(self.size))
     }
