@@ -381,6 +381,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_that_stopped_with_chains_left_asks_for_a_look_at_once_until_one_ends_on_an_empty_ring(
+    ) {
+        let mut batching = KickBatching::new(128);
+        let now = passes(&mut batching, 0, &[4, 4, 4]);
+        let recheck = batching.recheck_in();
+        assert!(recheck.is_some());
+        batching.pass_ended(true);
+        assert_eq!(batching.recheck_in(), Some(Duration::ZERO));
+        assert!(
+            batching.may_defer_interrupt(0),
+            "a look is coming: the usual deferral rules apply"
+        );
+        batching.pass_ended(false);
+        assert_eq!(batching.recheck_in(), recheck, "the batch's own re-check");
+        // A quiet queue has no re-check of its own, but a pass that stopped short still looks.
+        let mut quiet = KickBatching::new(128);
+        quiet.pass_ended(true);
+        assert_eq!(quiet.recheck_in(), Some(Duration::ZERO));
+        // Polling looks by itself.
+        batching.pass_ended(true);
+        batching.start_polling();
+        assert_eq!(batching.recheck_in(), None);
+        batching.popped(4, 64);
+        batching.rearm(now + 10 * US, 0);
+        assert_ne!(batching.recheck_in(), Some(Duration::ZERO));
+    }
+
+    #[test]
     fn after_polling_a_driver_that_waits_for_each_answer_is_asked_for_every_kick() {
         let mut batching = KickBatching::new(128);
         batching.start_polling();
