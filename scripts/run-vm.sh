@@ -357,7 +357,8 @@ stop_server() {
         return 1
     fi
     kill -TERM "$server_pid"
-    # Closing a large unlinked temporary disk takes seconds under load; 30 s is plenty.
+    # The server bounds its own exit (--shutdown-timeout, 10 s by default, after which it exits 1
+    # naming the step it was stuck in); waiting longer catches a server that overran that bound.
     local waited=0
     while kill -0 "$server_pid" 2>/dev/null && [ "$waited" -lt 300 ]; do
         sleep 0.1

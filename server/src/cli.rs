@@ -96,7 +96,7 @@ pub struct Cli {
     /// comma inside a value. LUNs are 0..=16383, by default the next free one; Linux names
     /// LUNs from 256 up with flat addressing, so lun=300 shows as 0:0:0:16684 (16384 + 300).
     /// Example: --disk path=/var/lib/a.img,cache=none,serial=DISK-A. Without any --disk, a
-    /// sparse temporary 1 GiB disk is served.
+    /// sparse temporary 1 GiB disk is served from memory.
     #[arg(long = "disk", value_name = "SPEC")]
     pub disks: Vec<DiskSpec>,
     /// Number of request queues, 1..=1022 (one MSI-X vector each).
@@ -123,8 +123,9 @@ pub struct Cli {
     /// I/O engine of the request queues.
     #[arg(long, value_enum, default_value_t = Aio::IoUring)]
     pub aio: Aio,
-    /// After SIGINT/SIGTERM, how long the requests in flight may take to complete before the
-    /// server logs them and exits anyway (status 1), removing its socket.
+    /// After SIGINT/SIGTERM, how long stopping may take (the requests in flight, then the disks'
+    /// flushes) before the server logs the step it is in and the stuck requests, and exits anyway
+    /// (status 1), removing its socket.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub shutdown_timeout: u64,
     /// A UNIX socket for `vfio-user-scsi ctl` (line-delimited JSON requests and replies),

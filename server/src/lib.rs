@@ -3,7 +3,7 @@
 //! iothread-vq-mapping, the glue that serves the virtio-scsi function over vfio-user
 //! (`controller`, `virtio_function`), and operations: the signal policy, the control socket and
 //! its client (`operator`, `control_socket`, `control_commands`, `ctl`), systemd readiness, and
-//! the bound on stopping (`shutdown_deadline`).
+//! the steps of stopping (`shutdown_progress`) and their bound (`shutdown_deadline`).
 
 pub mod allocation_counter;
 pub mod cli;
@@ -21,5 +21,6 @@ pub mod poll_window;
 pub mod queue_set;
 pub mod sd_notify;
 pub mod shutdown_deadline;
+pub mod shutdown_progress;
 pub mod signals;
 pub mod virtio_function;

@@ -2,11 +2,12 @@
 //! `vfio-user-scsi ctl ...` is the control socket's client.
 
 use std::ffi::CString;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use block::{IoUringEngine, SyncEngine, ThreadPoolEngine};
+use block::{BlockError, Disk, Engine, IoRequest, IoUringEngine, SyncEngine, ThreadPoolEngine};
 use clap::Parser;
 use slog::{debug, error, info, warn, Logger};
 use virtio::EngineFactory;
@@ -20,6 +21,7 @@ use server::logging::{self, LogControl};
 use server::mapping::{self, MappingError};
 use server::operator::{Operator, OperatorError};
 use server::shutdown_deadline::{self, LogGuard, ShutdownDeadline};
+use server::shutdown_progress::{ShutdownProgress, ShutdownStep};
 use server::{ctl, sd_notify, signals};
 use vfio_user_server::{
     activated_listener, DmaMemory, Listener, Server, ServerError, SocketAccess, SocketPathError,
@@ -30,7 +32,9 @@ enum MainError {
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
-    Socket(#[from] SocketPathError),
+    SocketActivation(#[from] SocketPathError),
+    #[error("--socket {0}")]
+    Socket(SocketPathError),
     #[error(transparent)]
     Controller(#[from] ControllerError),
     #[error(transparent)]
@@ -46,6 +50,8 @@ enum MainError {
     Iothreads(std::io::Error),
     #[error("cannot start the shutdown watchdog: {0}")]
     ShutdownDeadline(std::io::Error),
+    #[error("{disks} disk(s) could not be flushed at exit: acknowledged writes may be lost")]
+    Unflushed { disks: usize },
 }
 
 impl MainError {
@@ -203,7 +209,7 @@ fn run(
     let (listener, own_socket) = match activated_listener()? {
         Some(listener) => (Listener::inherited(listener), None),
         None => (
-            Listener::bind(&cli.socket, &access)?,
+            Listener::bind(&cli.socket, &access).map_err(MainError::Socket)?,
             Some(cli.socket.clone()),
         ),
     };
@@ -221,28 +227,36 @@ fn run(
             engines: engines(cli.aio, cli.queue_size, log),
         },
     };
-    let controller = controller::build(&config, memory.clone(), log)?;
+    let controller::Controller {
+        function,
+        temporary_disk,
+    } = controller::build(&config, memory.clone(), log)?;
     let commands = ControlCommands::new(
-        pool,
+        Arc::clone(&pool),
         log_control.clone(),
         cli.num_queues,
         cli.queue_size,
         log.clone(),
     );
+    let progress = ShutdownProgress::default();
     let mut operator = Operator::new(
         signals,
         cli.control_socket.as_deref(),
         &access,
         commands,
         log_control,
+        progress.clone(),
         log.clone(),
     )?;
-    let in_flight = controller.function.function().device().in_flight_probe();
-    let server = Server::with_listener(listener, controller.function, memory, log.clone())?;
+    let device = function.function().device();
+    let in_flight = device.in_flight_probe();
+    let disks = device.disks_probe();
+    let server = Server::with_listener(listener, function, memory, log.clone())?;
     ShutdownDeadline {
         timeout: Duration::from_secs(cli.shutdown_timeout),
         socket: own_socket,
         in_flight: Box::new(in_flight),
+        progress: progress.clone(),
         log: log.clone(),
         log_guard,
     }
@@ -253,8 +267,90 @@ fn run(
         Ok(false) => {}
         Err(e) => warn!(log, "sd_notify failed"; "error" => %e),
     }
-    server.run_with(Some(&mut operator))?;
+    let served = server.run_with(Some(&mut operator));
+
+    // Each step that can block gets its name before it starts: `progress` is what the
+    // shutdown watchdog reports if the deadline passes.
+    progress.enter(ShutdownStep::StoppingIothreads, log);
+    drop(operator);
+    drop(config);
+    // The last handle on the pool (the device's went with the server): joins the iothreads.
+    drop(pool);
+    // The temporary disk is memory that goes with the process: nothing to make durable.
+    let memory_disk = temporary_disk.as_ref().map(|disk| disk.path.as_path());
+    let unflushed = flush_disks_at_exit(disks(), memory_disk, &progress, log);
+    progress.enter(ShutdownStep::ClosingDisks, log);
+    drop(disks);
+    drop(temporary_disk);
+    progress.finish(log);
+    served?;
+    if unflushed > 0 {
+        return Err(MainError::Unflushed { disks: unflushed });
+    }
     Ok(())
+}
+
+/// Flushes each writable disk but `memory_disk`, one shutdown step each, and logs how each
+/// went; returns how many failed.
+fn flush_disks_at_exit(
+    disks: Vec<(u16, Arc<Disk>)>,
+    memory_disk: Option<&Path>,
+    progress: &ShutdownProgress,
+    log: &Logger,
+) -> usize {
+    let mut unflushed = 0;
+    for (lun, disk) in disks {
+        let Some(path) = disk
+            .path()
+            .filter(|path| !disk.read_only() && Some(*path) != memory_disk)
+        else {
+            continue;
+        };
+        let path = path.to_path_buf();
+        let started = Instant::now();
+        progress.enter(
+            ShutdownStep::FlushingDisk {
+                lun,
+                path: path.clone(),
+            },
+            log,
+        );
+        match flush_at_exit(&disk) {
+            Ok(()) => info!(log, "disk flushed"; "lun" => lun, "path" => %path.display(),
+                "ms" => started.elapsed().as_millis()),
+            Err(e) => {
+                warn!(log, "disk flush failed at exit, acknowledged writes may be lost";
+                    "lun" => lun, "path" => %path.display(), "error" => %e);
+                unflushed += 1;
+            }
+        }
+    }
+    unflushed
+}
+
+/// Why a disk's flush at exit failed.
+#[derive(Debug, thiserror::Error)]
+enum ExitFlushError {
+    #[error(transparent)]
+    Engine(#[from] BlockError),
+    #[error(transparent)]
+    Flush(std::io::Error),
+}
+
+/// Makes the writes acknowledged to the guest durable before the process ends, through the
+/// flush a guest's SYNCHRONIZE CACHE takes (so a disk whose flush failed before fails this one
+/// too, without trying). The shutdown watchdog bounds it.
+fn flush_at_exit(disk: &Arc<Disk>) -> Result<(), ExitFlushError> {
+    let mut engine = SyncEngine::new()?;
+    engine.submit(disk, IoRequest::Flush, 0)?;
+    let mut done = Vec::with_capacity(1);
+    engine.reap(&mut done);
+    match done.iter().find_map(|completion| completion.result.err()) {
+        Some(errno) => Err(ExitFlushError::Flush(std::io::Error::from_raw_os_error(
+            errno,
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

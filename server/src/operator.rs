@@ -17,6 +17,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::control_commands::{ControlCommands, Function};
 use crate::control_socket::ControlSocket;
 use crate::logging::LogControl;
+use crate::shutdown_progress::{ShutdownProgress, ShutdownStep};
 use crate::signals::{self, SignalAction};
 use vfio_user_server::{Flow, MainLoopHook, ServerStatus};
 use vfio_user_server::{SocketAccess, SocketPathError};
@@ -49,6 +50,8 @@ pub struct Operator {
     wait_timer: TimerFd,
     wait_timer_armed: bool,
     log_control: LogControl,
+    /// Moved on when a stop signal is read, for the shutdown watchdog.
+    progress: ShutdownProgress,
     log: Logger,
 }
 
@@ -61,6 +64,7 @@ impl Operator {
         access: &SocketAccess,
         commands: ControlCommands,
         log_control: LogControl,
+        progress: ShutdownProgress,
         log: Logger,
     ) -> Result<Operator, OperatorError> {
         let poll = Poll::new().map_err(OperatorError::Poll)?;
@@ -97,6 +101,7 @@ impl Operator {
             wait_timer,
             wait_timer_armed: false,
             log_control,
+            progress,
             log,
         })
     }
@@ -110,6 +115,8 @@ impl Operator {
             match signals::action(signal) {
                 SignalAction::Stop => {
                     info!(self.log, "stopping"; "signal" => name);
+                    self.progress
+                        .enter(ShutdownStep::ReleasingClient, &self.log);
                     flow = Flow::Stop;
                 }
                 SignalAction::ReopenLog => {

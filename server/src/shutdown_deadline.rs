@@ -1,8 +1,8 @@
 //! A bound on stopping. On SIGINT or SIGTERM the server completes the requests in flight before
 //! it exits; a backend that never answers (a hung NFS mount, a dead multipath device) must not
 //! keep the process and its socket alive forever. A watchdog thread hears the same signals,
-//! and if the process is still there after the timeout it logs the stuck requests, removes the
-//! socket, flushes the log and exits.
+//! and if the process is still there after the timeout it logs the step of the exit it is stuck
+//! in (`shutdown_progress`) and the stuck requests, removes the socket, flushes the log and exits.
 //!
 //! A thread stuck in the kernel on such a backend (an io_uring submission or a pwrite into a
 //! hung FUSE or NFS file) cannot run a signal handler, and the kernel may pick it for a signal
@@ -18,6 +18,7 @@ use std::time::Duration;
 use signal_hook::iterator::Signals;
 use slog::{warn, Logger};
 
+use crate::shutdown_progress::ShutdownProgress;
 use crate::signals::HANDLED;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -34,6 +35,8 @@ pub struct ShutdownDeadline {
     pub socket: Option<PathBuf>,
     /// Lists the requests in flight as (lun, tag).
     pub in_flight: Box<dyn Fn() -> Vec<(u16, u64)> + Send>,
+    /// The step of the exit the main thread is in.
+    pub progress: ShutdownProgress,
     pub log: Logger,
     pub log_guard: LogGuard,
 }
@@ -59,8 +62,10 @@ impl ShutdownDeadline {
 
     fn expire(self) -> ! {
         let stuck = (self.in_flight)();
-        warn!(self.log, "shutdown timed out, exiting with requests in flight";
-            "timeout_s" => self.timeout.as_secs(), "requests" => stuck.len());
+        let (step, in_step) = self.progress.current();
+        warn!(self.log, "shutdown timed out"; &step,
+            "timeout_s" => self.timeout.as_secs(), "step_ms" => in_step.as_millis(),
+            "requests" => stuck.len());
         for (lun, tag) in stuck.iter().take(LISTED_REQUESTS) {
             warn!(self.log, "request still in flight at exit"; "lun" => lun, "tag" => tag);
         }

@@ -53,7 +53,12 @@ fn socket_is_0600_live_path_refused_removed_on_sigterm() {
         .output()
         .unwrap();
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(refusal.contains("already listening"), "{refusal}");
+    assert!(
+        refusal.contains(&format!("--socket {}", socket.display())),
+        "the error names the option and its value: {refusal}"
+    );
     assert!(
         socket.exists(),
         "the refused server must not remove the live socket"
@@ -63,6 +68,15 @@ fn socket_is_0600_live_path_refused_removed_on_sigterm() {
     assert!(status.success(), "{status:?}: {log}");
     assert!(!socket.exists());
     assert!(log.contains("\"msg\":\"stopping\""), "{log}");
+    // The default disk is memory: nothing to flush; each step of the exit is logged.
+    assert!(!log.contains("\"msg\":\"disk flushed\""), "{log}");
+    for step in ["stopping the iothreads", "closing the disks"] {
+        assert!(
+            log.contains(&format!("\"step\":\"{step}\"")),
+            "{step}: {log}"
+        );
+    }
+    assert!(log.contains("\"msg\":\"shutdown steps done\""), "{log}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub struct Faults {
     fsync: AtomicI32,
     fsyncs: AtomicU64,
     hold_writes: AtomicBool,
+    hold_fsyncs: AtomicBool,
     /// Requests held unanswered, by their FUSE `unique`.
     held: Mutex<Vec<u64>>,
 }
@@ -70,6 +71,21 @@ impl Faults {
     /// Leaves writes unanswered, as a hung backend does, until [`FaultFs::release_held`].
     pub fn hold_writes(&self) {
         self.hold_writes.store(true, Ordering::SeqCst);
+    }
+
+    /// Leaves fsyncs unanswered, as a hung backend does, until [`FaultFs::release_held`].
+    pub fn hold_fsyncs(&self) {
+        self.hold_fsyncs.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether requests with `opcode` are to be left unanswered.
+    fn holds(&self, opcode: u32) -> bool {
+        let hold = match opcode {
+            FUSE_WRITE => &self.hold_writes,
+            FUSE_FSYNC => &self.hold_fsyncs,
+            _ => return false,
+        };
+        hold.load(Ordering::SeqCst)
     }
 
     /// How many requests are held unanswered.
@@ -168,9 +184,10 @@ impl FaultFs {
         self.mount.path()
     }
 
-    /// Stops holding writes and fails the held ones with EIO.
+    /// Stops holding writes and fsyncs, and fails the held ones with EIO.
     pub fn release_held(&self) {
         self.faults.hold_writes.store(false, Ordering::SeqCst);
+        self.faults.hold_fsyncs.store(false, Ordering::SeqCst);
         let held = self
             .faults
             .held
@@ -288,7 +305,7 @@ impl FsServer {
             let answer = match request.opcode {
                 FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => continue,
                 FUSE_DESTROY => return,
-                FUSE_WRITE if self.faults.hold_writes.load(Ordering::SeqCst) => {
+                opcode if self.faults.holds(opcode) => {
                     if let Ok(mut held) = self.faults.held.lock() {
                         held.push(request.unique);
                     }

@@ -9,11 +9,11 @@ mod config;
 mod control_queue;
 mod disk_io;
 mod event_queue;
-mod held_memory;
 mod kick_batching;
 mod lun_address;
 mod lun_counters;
 mod lun_data;
+mod memory_leases;
 mod queue_counters;
 mod request_queue;
 mod task_set;
@@ -190,6 +190,19 @@ impl ScsiDevice {
     pub fn in_flight_probe(&self) -> impl Fn() -> Vec<(u16, u64)> + Send + 'static {
         let tasks = Arc::clone(&self.tasks);
         move || commands_in_flight(&tasks)
+    }
+
+    /// Lists the disks of the LUNs served as (lun, disk), from any thread, for as long as it is
+    /// kept. It keeps the LUN table, and so the disks, open after the device is gone: the
+    /// application flushes and closes them as steps of its exit.
+    pub fn disks_probe(&self) -> impl Fn() -> Vec<(u16, Arc<Disk>)> + Send + 'static {
+        let luns = Arc::clone(&self.luns);
+        move || {
+            luns.load()
+                .luns()
+                .map(|unit| (unit.config().lun, Arc::clone(&unit.data().disk)))
+                .collect()
+        }
     }
 
     /// The commands in flight now, as (lun, tag).

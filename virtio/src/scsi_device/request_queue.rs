@@ -26,11 +26,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend_errors;
 use super::config::HeaderSizes;
 use super::disk_io::{error_sense, Direction, PendingIo};
-use super::held_memory::{HeldMemory, MemoryHold};
 use super::kick_batching::KickBatching;
 use super::lun_address;
 use super::lun_counters::LunQueueCounters;
 use super::lun_data::{LunData, LunGuard, LunTable};
+use super::memory_leases::{MemoryLease, MemoryLeases};
 use super::queue_counters::LatencyBucket;
 use super::task_set::TaskSet;
 use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
@@ -64,8 +64,8 @@ struct CommandSlot {
 
 /// A command's disk work, set afresh each time the command goes to the engine.
 struct DiskWork {
-    /// The guest memory its iovecs point into, held by the worker.
-    memory: Option<MemoryHold>,
+    /// Keeps the guest memory its iovecs point into mapped.
+    memory_lease: Option<MemoryLease>,
     /// The disk, kept only by commands done in several steps (VERIFY, WRITE SAME with a
     /// pattern): for a single step the engine keeps it while it holds the request, so that
     /// the common command touches no reference count shared with other queues.
@@ -86,7 +86,7 @@ struct DiskWork {
 impl Default for DiskWork {
     fn default() -> DiskWork {
         DiskWork {
-            memory: None,
+            memory_lease: None,
             disk: None,
             direction: Direction::FromDisk,
             transfer_len: 0,
@@ -103,7 +103,7 @@ impl DiskWork {
     /// Starts afresh for a command moving `transfer_len` bytes, data-in if `data_in`.
     fn start(&mut self, direction: Direction, transfer_len: u64, data_in: bool) {
         self.end();
-        self.memory = None;
+        self.memory_lease = None;
         self.direction = direction;
         self.transfer_len = transfer_len;
         self.data_in = data_in;
@@ -205,7 +205,7 @@ pub struct RequestQueueWorker {
     engine: Box<dyn Engine>,
     /// Keeps the guest memory of the requests in flight mapped; declared after the engine,
     /// which is dropped first and waits for its requests.
-    held_memory: HeldMemory,
+    memory_leases: MemoryLeases,
     /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
     /// so that the steady state allocates nothing.
     in_flight: Vec<CommandSlot>,
@@ -261,7 +261,7 @@ impl RequestQueueWorker {
             luns,
             sizes,
             engine,
-            held_memory: HeldMemory::default(),
+            memory_leases: MemoryLeases::default(),
             in_flight: (0..=slots).map(|_| CommandSlot::default()).collect(),
             free_slots: (0..slots).rev().collect(),
             spare: slots,
@@ -713,7 +713,7 @@ impl RequestQueueWorker {
                 };
                 // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
                 // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
-                // held_memory keeps it mapped while the request is in flight after that; the
+                // its lease keeps it mapped while the request is in flight after that; the
                 // chain belongs to the device until we return it, which happens only after the
                 // completion.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
@@ -727,7 +727,7 @@ impl RequestQueueWorker {
                 let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
                 };
-                // SAFETY: as for reads: checked, kept mapped by the pass and held_memory, owned
+                // SAFETY: as for reads: checked, kept mapped by the pass and its lease, owned
                 // by the device until the chain is returned after the completion.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Write {
@@ -868,7 +868,7 @@ impl RequestQueueWorker {
         if work.outstanding == 0 {
             return self.settle(slot, Some(lun), mem);
         }
-        work.memory = Some(self.held_memory.hold(snapshot));
+        work.memory_lease = Some(self.memory_leases.lease(snapshot));
         self.lun_counters(lun).started();
         self.tasks.started(self.task_queue, slot, lun_number, tag);
     }
@@ -904,8 +904,8 @@ impl RequestQueueWorker {
         if work.outstanding > 0 {
             return;
         }
-        if let Some(hold) = work.memory.take() {
-            self.held_memory.release(hold);
+        if let Some(lease) = work.memory_lease.take() {
+            self.memory_leases.end(lease);
         }
         // A command in flight keeps its LUN in the snapshots, removed or not (see
         // `lun_data`), until the counters below say it is done.

@@ -3,7 +3,8 @@
 //! A request's iovecs point straight into guest memory, which must stay mapped until the engine
 //! is done with them, even if the client unmaps it meanwhile. Rather than each request holding a
 //! reference to its snapshot (a reference count shared by every queue, touched twice per
-//! request), the queue holds each snapshot once and counts its requests itself.
+//! request), the queue leases each snapshot to its requests: it keeps one reference per snapshot
+//! and counts the leases itself.
 
 use std::sync::Arc;
 
@@ -11,15 +12,15 @@ use vm_memory::GuestMemoryMmap;
 
 use super::virtqueue::MemorySnapshot;
 
-/// Which snapshot a request holds (its address, unique while it is held).
+/// Which snapshot a request has leased (its address, unique while a lease on it is open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryHold(usize);
+pub struct MemoryLease(usize);
 
 #[derive(Default)]
-pub struct HeldMemory {
-    /// The snapshot of the latest `hold`, with its requests.
+pub struct MemoryLeases {
+    /// The snapshot of the latest `lease`, with its open leases.
     newest: Option<(Arc<GuestMemoryMmap>, usize)>,
-    /// Snapshots from before a remap that requests still hold (rarely any).
+    /// Snapshots from before a remap that requests still lease (rarely any).
     older: Vec<(Arc<GuestMemoryMmap>, usize)>,
 }
 
@@ -27,49 +28,49 @@ fn address(mem: &GuestMemoryMmap) -> usize {
     std::ptr::from_ref(mem) as usize
 }
 
-impl HeldMemory {
-    /// Keeps `snapshot` mapped for one more request, until `release`.
+impl MemoryLeases {
+    /// Keeps `snapshot` mapped for one more request, until `end`.
     #[inline]
-    pub fn hold(&mut self, snapshot: &MemorySnapshot) -> MemoryHold {
+    pub fn lease(&mut self, snapshot: &MemorySnapshot) -> MemoryLease {
         let id = address(snapshot);
         match &mut self.newest {
-            Some((held, requests)) if address(held) == id => *requests += 1,
-            _ => self.hold_another(snapshot),
+            Some((leased, requests)) if address(leased) == id => *requests += 1,
+            _ => self.lease_another(snapshot),
         }
-        MemoryHold(id)
+        MemoryLease(id)
     }
 
-    /// `hold` of a snapshot other than the newest held: the first request of a pass after
+    /// `lease` of a snapshot other than the newest leased: the first request of a pass after
     /// the last one let go, or after a remap.
     #[inline(never)]
-    fn hold_another(&mut self, snapshot: &MemorySnapshot) {
+    fn lease_another(&mut self, snapshot: &MemorySnapshot) {
         let newest = Some((snapshot.clone().into_inner(), 1));
         if let Some(older) = std::mem::replace(&mut self.newest, newest) {
             self.older.push(older);
         }
     }
 
-    /// A request holding `hold` is done: its snapshot is dropped with its last request.
+    /// The request of `lease` is done: its snapshot is dropped with its last lease.
     #[inline]
-    pub fn release(&mut self, hold: MemoryHold) {
+    pub fn end(&mut self, lease: MemoryLease) {
         match &mut self.newest {
-            Some((held, requests)) if address(held) == hold.0 => {
+            Some((leased, requests)) if address(leased) == lease.0 => {
                 *requests -= 1;
                 if *requests == 0 {
                     self.newest = None;
                 }
             }
-            _ => self.release_older(hold),
+            _ => self.end_older(lease),
         }
     }
 
-    /// `release` of a request from before a remap.
+    /// `end` of a lease from before a remap.
     #[inline(never)]
-    fn release_older(&mut self, hold: MemoryHold) {
+    fn end_older(&mut self, lease: MemoryLease) {
         let Some(at) = self
             .older
             .iter()
-            .position(|(held, _)| address(held) == hold.0)
+            .position(|(leased, _)| address(leased) == lease.0)
         else {
             return;
         };
@@ -79,7 +80,7 @@ impl HeldMemory {
         }
     }
 
-    /// Snapshots held (for tests).
+    /// Snapshots leased (for tests).
     #[cfg(test)]
     pub fn len(&self) -> usize {
         usize::from(self.newest.is_some()) + self.older.len()
@@ -97,28 +98,28 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_live_until_their_last_request() {
+    fn snapshots_live_until_their_last_lease() {
         let atomic = GuestMemoryAtomic::new(memory(0x1000));
-        let mut held = HeldMemory::default();
+        let mut leases = MemoryLeases::default();
         let first = atomic.memory();
-        let a = held.hold(&first);
-        let b = held.hold(&first);
+        let a = leases.lease(&first);
+        let b = leases.lease(&first);
         assert_eq!(a, b);
-        assert_eq!(held.len(), 1);
+        assert_eq!(leases.len(), 1);
 
         // The client remaps: the old snapshot stays while its requests are out.
         atomic.lock().unwrap().replace(memory(0x2000));
         let weak = Arc::downgrade(&first.clone().into_inner());
         drop(first);
         let second = atomic.memory();
-        let c = held.hold(&second);
+        let c = leases.lease(&second);
         assert_ne!(a, c);
-        assert_eq!(held.len(), 2);
-        held.release(a);
+        assert_eq!(leases.len(), 2);
+        leases.end(a);
         assert!(weak.upgrade().is_some(), "one request still points into it");
-        held.release(b);
-        assert!(weak.upgrade().is_none(), "dropped with its last request");
-        held.release(c);
-        assert_eq!(held.len(), 0);
+        leases.end(b);
+        assert!(weak.upgrade().is_none(), "dropped with its last lease");
+        leases.end(c);
+        assert_eq!(leases.len(), 0);
     }
 }
