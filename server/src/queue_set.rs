@@ -27,6 +27,9 @@ pub struct QueueSet {
     /// `EVENTS` slots; the first `harvested` hold the last wait's events.
     events: Vec<EpollEvent>,
     harvested: usize,
+    /// `epoll_pwait2` is missing (kernels before 5.11, valgrind before 3.20): waits time out in
+    /// whole milliseconds, rounded up.
+    millisecond_waits: bool,
     workers: Vec<Option<Box<dyn QueueWorker>>>,
     /// Time blocked waiting for events since `take_slept`.
     slept: Duration,
@@ -124,6 +127,7 @@ impl QueueSet {
             epoll: Epoll::new()?,
             events: vec![EpollEvent::default(); EVENTS],
             harvested: 0,
+            millisecond_waits: false,
             workers: Vec::new(),
             slept: Duration::ZERO,
             notifications_suppressed: false,
@@ -247,10 +251,30 @@ impl QueueSet {
         }
     }
 
-    /// One `epoll_pwait2` (nanosecond timeouts: a re-check is due some tens of microseconds
-    /// ahead); its events are the first `harvested`.
+    /// One wait, whose events are then the first `harvested`: `epoll_pwait2`, for timeouts in
+    /// nanoseconds (a re-check is due some tens of microseconds ahead), or where that is missing
+    /// `epoll_wait`, with the timeout rounded up to a millisecond.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.harvested = 0;
+        if !self.millisecond_waits {
+            match self.wait_nanoseconds(timeout) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    warn!(self.log, "epoll_pwait2 is missing: re-checks wait for whole milliseconds";
+                        "iothread" => thread_name());
+                    self.millisecond_waits = true;
+                }
+                result => return result,
+            }
+        }
+        let milliseconds = timeout.map_or(-1, |timeout| {
+            let ms = timeout.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        });
+        self.harvested = self.epoll.wait(milliseconds, &mut self.events)?;
+        Ok(())
+    }
+
+    fn wait_nanoseconds(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let timespec = timeout.map(|timeout| libc::timespec {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
@@ -764,6 +788,18 @@ mod tests {
             "woken at the old re-check time, with nothing due"
         );
         assert!(moved_at.elapsed() >= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn without_epoll_pwait2_the_set_still_wakes_for_its_kicks_and_rechecks() {
+        let (mut set, notifier, rechecks) = kicked_rechecking_set();
+        // As where the kernel or valgrind answers ENOSYS.
+        set.millisecond_waits = true;
+        assert!(sleep_until_rechecked(&mut set, &rechecks) >= Duration::from_millis(1));
+        notifier.write(1).unwrap();
+        let owner = set.serve_events(Some(Duration::from_secs(5))).unwrap();
+        assert!(!owner);
+        assert_eq!(set.harvested, 1, "the kick");
     }
 
     #[test]
