@@ -1,6 +1,6 @@
-//! One iothread: a named thread with its own mio `Poll` serving the queues handed to it, and a
-//! control channel (a channel plus a mio `Waker`) through which the main loop hands queues over,
-//! pauses it, takes its queues back and stops it.
+//! One iothread: a named thread with its own epoll serving the queues handed to it, and a
+//! control channel (a channel plus an eventfd the epoll watches) through which the main loop
+//! hands queues over, pauses it, takes its queues back and stops it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::Waker;
 use slog::{debug, error, Logger};
 use virtio::QueueWorker;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::poll_window::PollWindow;
-use crate::queue_set::{thread_name, Polled, QueueSet, OWNER_TOKEN};
+use crate::queue_set::{thread_name, Polled, QueueSet};
 
 enum IothreadMessage {
     Adopt(Box<dyn QueueWorker>),
@@ -41,7 +41,7 @@ struct TimeCounters {
     sleep_ns: AtomicU64,
 }
 
-/// How often an iothread whose polling keeps finding work still looks at its `Poll`.
+/// How often an iothread whose polling keeps finding work still looks at its epoll.
 const EVENT_LOOK_INTERVAL: Duration = Duration::from_micros(50);
 
 fn add(counter: &AtomicU64, time: Duration) {
@@ -67,7 +67,8 @@ pub struct Iothread {
     messages: Sender<IothreadMessage>,
     /// Set after each message sent, before the waker fires.
     pending: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    /// Written after each message; the thread's set watches it.
+    waker: EventFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -75,8 +76,8 @@ impl Iothread {
     /// Starts a thread called `name` (as /proc/<pid>/task/*/comm shows it, cut to 15 bytes)
     /// that polls busy queues for up to `poll_max_ns` before it sleeps (0: never polls).
     pub fn spawn(name: &str, poll_max_ns: u64, log: &Logger) -> io::Result<Iothread> {
-        let set = QueueSet::new(log)?;
-        let waker = Arc::new(Waker::new(set.registry(), OWNER_TOKEN)?);
+        let waker = EventFd::new(EFD_NONBLOCK)?;
+        let set = QueueSet::new(&waker, log)?;
         let (messages, receiver) = channel();
         let thread_log = log.clone();
         let time = Arc::new(TimeCounters::default());
@@ -123,7 +124,7 @@ impl Iothread {
             return false;
         }
         self.pending.store(true, Ordering::Release);
-        self.waker.wake().is_ok()
+        self.waker.write(1).is_ok()
     }
 
     pub fn adopt(&self, worker: Box<dyn QueueWorker>) {
@@ -197,7 +198,7 @@ fn run(
             set.poll_queues(polling)
         };
         // Notifications stay off while polling finds work, and the queues' kicks and
-        // completions were served by polling: poll again without a system call. The `Poll`
+        // completions were served by polling: poll again without a system call. The epoll
         // (queues that are not polled, the owner's waker) is still looked at now and then.
         let (result, waited) = match found {
             Polled::Found { waited } => {

@@ -39,7 +39,7 @@ pub struct IothreadPool {
     iothreads: Mutex<Vec<Iothread>>,
     mapping: Mutex<QueueMapping>,
     poll_max_ns: u64,
-    /// Queues the main loop serves; its `Poll` is nested in the main loop's.
+    /// Queues the main loop serves; their epoll is nested in the main loop's `Poll`.
     main_loop: Mutex<QueueSet>,
     main_loop_fd: RawFd,
     log: Logger,
@@ -58,7 +58,7 @@ impl IothreadPool {
             .iter()
             .map(|name| Iothread::spawn(name, poll_max_ns, log))
             .collect::<io::Result<Vec<_>>>()?;
-        let main_loop = QueueSet::new(log)?;
+        let main_loop = QueueSet::nested(log)?;
         Ok(IothreadPool {
             main_loop_fd: main_loop.poll_fd(),
             main_loop: Mutex::new(main_loop),
@@ -224,7 +224,7 @@ impl IothreadPool {
 
     /// Readable while a main-loop queue has something to serve (`main_loop().serve_ready()`).
     pub fn main_loop_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor is the `Poll` of `self.main_loop`, which lives (and is never
+        // SAFETY: the descriptor is the epoll of `self.main_loop`, which lives (and is never
         // replaced) as long as the pool the borrow is tied to.
         unsafe { BorrowedFd::borrow_raw(self.main_loop_fd) }
     }

@@ -1,37 +1,44 @@
 //! The queues one thread serves (an iothread, or the main loop): their notifier and completion
-//! eventfds in one mio `Poll`, with the timer of the re-checks they asked for, and the workers
+//! eventfds in one epoll, watched edge-triggered, the re-checks they asked for, and the workers
 //! behind them.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
 use slog::{debug, error, trace, warn, FnValue, Logger};
 use virtio::{QueueWorker, RecheckTimer, WorkerEvent};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Reserved for the owner of the set (an iothread's waker).
-pub const OWNER_TOKEN: Token = Token(0);
-/// The re-check timer's (queue tokens are far below it).
-const RECHECK_TOKEN: Token = Token(usize::MAX);
+const OWNER_TOKEN: u64 = 0;
+/// The re-check timerfd's, in a nested set (queue tokens are far below it).
+const RECHECK_TOKEN: u64 = u64::MAX;
 /// Each worker slot takes two tokens from here: its notifier, then its completions.
-const FIRST_QUEUE_TOKEN: usize = 1;
+const FIRST_QUEUE_TOKEN: u64 = 1;
+/// Events taken by one wait.
+const EVENTS: usize = 64;
 /// How long `drain` waits for completions before it checks the workers again.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 pub struct QueueSet {
-    poll: Poll,
-    events: Events,
+    epoll: Epoll,
+    /// `EVENTS` slots; the first `harvested` hold the last wait's events.
+    events: Vec<EpollEvent>,
+    harvested: usize,
+    /// `epoll_pwait2` is missing (kernels before 5.11, valgrind before 3.20): waits time out in
+    /// whole milliseconds, rounded up.
+    millisecond_waits: bool,
     workers: Vec<Option<Box<dyn QueueWorker>>>,
-    /// The tokens of one `serve_events`, kept for the vector's capacity.
-    ready: Vec<Token>,
     /// Time blocked waiting for events since `take_slept`.
     slept: Duration,
     /// Polling asked the drivers not to notify, and no `stop_polling` has asked them again.
     notifications_suppressed: bool,
     /// The last `serve_events` woke for re-checks alone.
     rechecked_only: bool,
+    /// Booked for the set's own waits (an iothread's), or on a timerfd in the epoll (a set
+    /// nested in its owner's loop).
     rechecks: RecheckTimer,
     /// The slots of one expiry of `rechecks`, kept for the vector's capacity.
     due: Vec<usize>,
@@ -50,22 +57,33 @@ pub enum Polled {
     Rechecked,
 }
 
-fn token(slot: usize, wakeup: WorkerEvent) -> Token {
+fn token(slot: usize, wakeup: WorkerEvent) -> u64 {
     let offset = match wakeup {
         WorkerEvent::Notifier | WorkerEvent::Recheck => 0,
         WorkerEvent::Completions => 1,
     };
-    Token(FIRST_QUEUE_TOKEN + 2 * slot + offset)
+    FIRST_QUEUE_TOKEN + 2 * slot as u64 + offset
 }
 
-fn slot_of(token: Token) -> Option<(usize, WorkerEvent)> {
-    let n = token.0.checked_sub(FIRST_QUEUE_TOKEN)?;
+fn slot_of(token: u64) -> Option<(usize, WorkerEvent)> {
+    let n = token.checked_sub(FIRST_QUEUE_TOKEN)?;
     let wakeup = if n % 2 == 0 {
         WorkerEvent::Notifier
     } else {
         WorkerEvent::Completions
     };
-    Some((n / 2, wakeup))
+    Some((usize::try_from(n / 2).ok()?, wakeup))
+}
+
+/// Watches `fd` edge-triggered: every write to an eventfd wakes the set again, whether or not
+/// its counter was read since (request queues' notifiers are not).
+fn watch(epoll: &Epoll, fd: RawFd, token: u64) -> io::Result<()> {
+    let event = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token);
+    epoll.ctl(ControlOperation::Add, fd, event)
+}
+
+fn unwatch(epoll: &Epoll, fd: RawFd) {
+    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
 }
 
 /// Books the re-check `worker` asks for after a call into it. Arming a timerfd with a valid
@@ -86,19 +104,31 @@ pub(crate) fn thread_name() -> String {
 }
 
 impl QueueSet {
-    pub fn new(log: &Logger) -> io::Result<QueueSet> {
-        let poll = Poll::new()?;
-        let rechecks = RecheckTimer::new()?;
-        poll.registry().register(
-            &mut SourceFd(&rechecks.fd().as_raw_fd()),
-            RECHECK_TOKEN,
-            Interest::READABLE,
-        )?;
+    /// A set whose thread waits in `serve_events`, which ends its waits at the earliest
+    /// re-check, and wakes when `owner` is written.
+    pub fn new(owner: &EventFd, log: &Logger) -> io::Result<QueueSet> {
+        let set = QueueSet::with_rechecks(RecheckTimer::for_own_waits(), log)?;
+        watch(&set.epoll, owner.as_raw_fd(), OWNER_TOKEN)?;
+        Ok(set)
+    }
+
+    /// A set whose owner watches `poll_fd` in a loop of its own and calls `serve_ready`: the
+    /// re-checks come from a timerfd in the set's epoll.
+    pub fn nested(log: &Logger) -> io::Result<QueueSet> {
+        let set = QueueSet::with_rechecks(RecheckTimer::new()?, log)?;
+        if let Some(fd) = set.rechecks.fd() {
+            watch(&set.epoll, fd.as_raw_fd(), RECHECK_TOKEN)?;
+        }
+        Ok(set)
+    }
+
+    fn with_rechecks(rechecks: RecheckTimer, log: &Logger) -> io::Result<QueueSet> {
         Ok(QueueSet {
-            poll,
-            events: Events::with_capacity(64),
+            epoll: Epoll::new()?,
+            events: vec![EpollEvent::default(); EVENTS],
+            harvested: 0,
+            millisecond_waits: false,
             workers: Vec::new(),
-            ready: Vec::with_capacity(64),
             slept: Duration::ZERO,
             notifications_suppressed: false,
             rechecked_only: false,
@@ -108,13 +138,9 @@ impl QueueSet {
         })
     }
 
-    pub fn registry(&self) -> &Registry {
-        self.poll.registry()
-    }
-
-    /// The `Poll`'s own descriptor: readable while an event waits (for nesting in another loop).
+    /// The epoll's own descriptor: readable while an event waits (for nesting in another loop).
     pub fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
+        self.epoll.as_raw_fd()
     }
 
     pub fn len(&self) -> usize {
@@ -133,20 +159,12 @@ impl QueueSet {
             .iter()
             .position(Option::is_none)
             .unwrap_or(self.workers.len());
-        let registry = self.poll.registry();
         let notifier = worker.notifier().as_raw_fd();
-        registry.register(
-            &mut SourceFd(&notifier),
-            token(slot, WorkerEvent::Notifier),
-            Interest::READABLE,
-        )?;
+        watch(&self.epoll, notifier, token(slot, WorkerEvent::Notifier))?;
         if let Some(fd) = worker.completion_fd() {
-            if let Err(e) = registry.register(
-                &mut SourceFd(&fd.as_raw_fd()),
-                token(slot, WorkerEvent::Completions),
-                Interest::READABLE,
-            ) {
-                let _ = registry.deregister(&mut SourceFd(&notifier));
+            let completions = token(slot, WorkerEvent::Completions);
+            if let Err(e) = watch(&self.epoll, fd.as_raw_fd(), completions) {
+                unwatch(&self.epoll, notifier);
                 return Err(e);
             }
         }
@@ -164,22 +182,29 @@ impl QueueSet {
         Ok(())
     }
 
-    /// Waits up to `timeout` for events and serves them; true when the owner's token fired.
+    /// Waits up to `timeout` for events (and, in a set that waits by itself, no later than
+    /// the earliest re-check) and serves them; true when the owner's token fired.
     pub fn serve_events(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         if timeout == Some(Duration::ZERO) {
-            self.poll.poll(&mut self.events, timeout)?;
+            self.wait(timeout)?;
         } else {
             let start = Instant::now();
-            let result = self.poll.poll(&mut self.events, timeout);
+            let timeout = match (self.own_next_due(), timeout) {
+                (None, timeout) => timeout,
+                (Some(due), None) => Some(due.saturating_duration_since(start)),
+                (Some(due), Some(timeout)) => {
+                    Some(timeout.min(due.saturating_duration_since(start)))
+                }
+            };
+            let result = self.wait(timeout);
             self.slept += start.elapsed();
             result?;
         }
         let mut owner = false;
         let mut rechecked = false;
         let mut served = false;
-        let mut ready = std::mem::take(&mut self.ready);
-        ready.extend(self.events.iter().map(|event| event.token()));
-        for token in ready.drain(..) {
+        for index in 0..self.harvested {
+            let token = self.events[index].data();
             if token == OWNER_TOKEN {
                 owner = true;
             } else if token == RECHECK_TOKEN {
@@ -190,9 +215,92 @@ impl QueueSet {
                 self.serve(slot, wakeup);
             }
         }
-        self.ready = ready;
+        if self.own_next_due().is_some_and(|due| due <= Instant::now()) {
+            rechecked = true;
+            self.recheck_due();
+        }
+        if served && !self.notifications_suppressed {
+            self.serve_waiting();
+        }
         self.rechecked_only = rechecked && !served && !owner;
         Ok(owner)
+    }
+
+    /// After a wake-up that served queues: one look at every queue's avail ring, serving the
+    /// chains that wait there. One thread's queues are kicked apart (each driver kicks when its
+    /// own answers came), so while the thread serves one, another's driver sends its batch;
+    /// served now, it costs no wake-up of its own. Its kick, if the driver sent one, still
+    /// reaches the epoll and finds nothing, and a queue whose driver sends nothing was left
+    /// asking for its kick by its last pass, as after any kick.
+    fn serve_waiting(&mut self) {
+        for (slot, worker) in self.workers.iter_mut().enumerate() {
+            let Some(worker) = worker else {
+                continue;
+            };
+            if worker.serve_waiting() {
+                trace!(self.log, "queue served";
+                    "iothread" => FnValue(|_| thread_name()), "vq" => worker.queue_index(),
+                    "wakeup" => "look", "in_flight" => worker.in_flight());
+                book(&mut self.rechecks, &self.log, slot, &**worker);
+            }
+        }
+    }
+
+    /// The earliest re-check, in a set that times its own waits for them.
+    fn own_next_due(&self) -> Option<Instant> {
+        match self.rechecks.fd() {
+            Some(_) => None,
+            None => self.rechecks.next_due(),
+        }
+    }
+
+    /// One wait, whose events are then the first `harvested`: `epoll_pwait2`, for timeouts in
+    /// nanoseconds (a re-check is due some tens of microseconds ahead), or where that is missing
+    /// `epoll_wait`, with the timeout rounded up to a millisecond.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.harvested = 0;
+        if !self.millisecond_waits {
+            match self.wait_nanoseconds(timeout) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    warn!(self.log, "epoll_pwait2 is missing: re-checks wait for whole milliseconds";
+                        "iothread" => thread_name());
+                    self.millisecond_waits = true;
+                }
+                result => return result,
+            }
+        }
+        let milliseconds = timeout.map_or(-1, |timeout| {
+            let ms = timeout.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        });
+        self.harvested = self.epoll.wait(milliseconds, &mut self.events)?;
+        Ok(())
+    }
+
+    fn wait_nanoseconds(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timespec = timeout.map(|timeout| libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        });
+        let timespec_ptr = timespec.as_ref().map_or(std::ptr::null(), |timespec| {
+            timespec as *const libc::timespec
+        });
+        let capacity = libc::c_int::try_from(self.events.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the epoll descriptor is open for as long as `self`; `EpollEvent` is a
+        // transparent `epoll_event`, and the kernel writes at most `capacity` of them into
+        // `events`, which holds that many; the timespec, when given, lives across the call; a
+        // null signal mask leaves the mask as it is.
+        let count = unsafe {
+            libc::epoll_pwait2(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr().cast::<libc::epoll_event>(),
+                capacity,
+                timespec_ptr,
+                std::ptr::null(),
+            )
+        };
+        self.harvested = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
+        Ok(())
     }
 
     /// The time spent blocked in `serve_events` since the last `take_slept`.
@@ -205,18 +313,21 @@ impl QueueSet {
         std::mem::take(&mut self.slept)
     }
 
-    /// Serves whatever is ready without waiting, until nothing is.
+    /// Serves whatever is ready without waiting, for an owner that watches `poll_fd` in a
+    /// `Poll` of its own. One look takes it all unless it filled the events buffer: the owner's
+    /// `Poll` watches this epoll edge-triggered, and every event that reaches this one after the
+    /// look makes it readable there again.
     pub fn serve_ready(&mut self) -> io::Result<()> {
         loop {
             self.serve_events(Some(Duration::ZERO))?;
-            if self.events.is_empty() {
+            if self.harvested < self.events.len() {
                 return Ok(());
             }
         }
     }
 
     /// Serves every queue as if kicked: after a pause, kicks that arrived meanwhile were taken
-    /// off the `Poll` without being served.
+    /// off the epoll without being served.
     pub fn serve_all(&mut self) {
         for slot in 0..self.workers.len() {
             self.serve(slot, WorkerEvent::Notifier);
@@ -340,11 +451,11 @@ impl QueueSet {
     }
 
     /// Completes every request in flight, taking no new ones: kicks and due re-checks are taken
-    /// off the `Poll` but not served (`serve_all` serves every queue later). The re-check timer
+    /// off the epoll but not served (`serve_all` serves every queue later). The re-check timer
     /// is still told of its expiry, which it waits for before it arms again.
     pub fn drain(&mut self) {
         while self.in_flight() > 0 {
-            match self.poll.poll(&mut self.events, Some(DRAIN_POLL)) {
+            match self.wait(Some(DRAIN_POLL)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -352,8 +463,8 @@ impl QueueSet {
                     return;
                 }
             }
-            let ready: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
-            for token in ready {
+            for index in 0..self.harvested {
+                let token = self.events[index].data();
                 if token == RECHECK_TOKEN {
                     self.skip_due_rechecks();
                 } else if let Some((slot, WorkerEvent::Completions)) = slot_of(token) {
@@ -374,13 +485,18 @@ impl QueueSet {
         self.drain();
         let worker = self.workers[slot].take()?;
         self.rechecks.forget(slot);
-        let registry = self.poll.registry();
-        let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
-        if let Some(fd) = worker.completion_fd() {
-            let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
-        }
+        self.unwatch(&*worker);
         debug!(self.log, "queue handed off"; "iothread" => thread_name(), "vq" => queue);
         Some(worker)
+    }
+
+    /// Stops watching `worker`'s eventfds: the notifier outlives the worker (the transport
+    /// keeps it), so closing does not take it off the epoll.
+    fn unwatch(&self, worker: &dyn QueueWorker) {
+        unwatch(&self.epoll, worker.notifier().as_raw_fd());
+        if let Some(fd) = worker.completion_fd() {
+            unwatch(&self.epoll, fd.as_raw_fd());
+        }
     }
 
     /// Completes what is in flight, stops watching every queue and drops the workers.
@@ -389,12 +505,8 @@ impl QueueSet {
         for slot in 0..self.workers.len() {
             self.rechecks.forget(slot);
         }
-        let registry = self.poll.registry();
-        for worker in self.workers.drain(..).flatten() {
-            let _ = registry.deregister(&mut SourceFd(&worker.notifier().as_raw_fd()));
-            if let Some(fd) = worker.completion_fd() {
-                let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
-            }
+        for worker in std::mem::take(&mut self.workers).into_iter().flatten() {
+            self.unwatch(&*worker);
             debug!(self.log, "queue released"; "iothread" => thread_name(), "vq" => worker.queue_index());
         }
     }
@@ -409,6 +521,11 @@ mod tests {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
+
+    /// A set that waits by itself, as an iothread's does (its owner's eventfd is not kept).
+    fn own_set(log: &Logger) -> QueueSet {
+        QueueSet::new(&EventFd::new(EFD_NONBLOCK).unwrap(), log).unwrap()
+    }
 
     /// Counts the polling calls; `poll` finds work on its `work_on`-th call. Like a request
     /// queue, it leaves polling only if it was polling.
@@ -459,7 +576,7 @@ mod tests {
     /// A set that adopted a `PollingWorker` whose old set was polling it or not.
     fn set_adopting(work_on: usize, polling: bool) -> (QueueSet, Arc<[AtomicUsize; 3]>) {
         let log = Logger::root(slog::Discard, slog::o!());
-        let mut set = QueueSet::new(&log).unwrap();
+        let mut set = own_set(&log);
         let calls = Arc::new([
             AtomicUsize::new(0),
             AtomicUsize::new(0),
@@ -489,7 +606,16 @@ mod tests {
     /// count of re-checks.
     fn rechecking_set() -> (QueueSet, Arc<EventFd>, EventFd, Arc<AtomicUsize>) {
         let log = Logger::root(slog::Discard, slog::o!());
-        let mut set = QueueSet::new(&log).unwrap();
+        rechecking(own_set(&log))
+    }
+
+    /// `rechecking_set` for a set nested in its owner's loop: re-checks on a timerfd.
+    fn nested_rechecking_set() -> (QueueSet, Arc<EventFd>, EventFd, Arc<AtomicUsize>) {
+        let log = Logger::root(slog::Discard, slog::o!());
+        rechecking(QueueSet::nested(&log).unwrap())
+    }
+
+    fn rechecking(mut set: QueueSet) -> (QueueSet, Arc<EventFd>, EventFd, Arc<AtomicUsize>) {
         let notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let completions = EventFd::new(EFD_NONBLOCK).unwrap();
         let rechecks = Arc::new(AtomicUsize::new(0));
@@ -553,6 +679,107 @@ mod tests {
         start.elapsed()
     }
 
+    /// A queue whose ring is a count of chains the driver made available (`published`) and
+    /// served (`served`); serving queue `sends_to`, when set, makes its driver send a chain and
+    /// kick, as a driver does while the thread serves another queue.
+    struct RingWorker {
+        notifier: Arc<EventFd>,
+        ring: Arc<Ring>,
+        sends_to: Option<(Arc<Ring>, Arc<EventFd>)>,
+    }
+
+    #[derive(Default)]
+    struct Ring {
+        published: AtomicUsize,
+        served: AtomicUsize,
+        /// Every pass, whatever woke it.
+        passes: AtomicUsize,
+    }
+
+    impl RingWorker {
+        fn serve_available(&mut self) {
+            self.ring.passes.fetch_add(1, Ordering::SeqCst);
+            let published = self.ring.published.load(Ordering::SeqCst);
+            self.ring.served.store(published, Ordering::SeqCst);
+            if let Some((ring, notifier)) = &self.sends_to {
+                ring.published.fetch_add(1, Ordering::SeqCst);
+                notifier.write(1).unwrap();
+            }
+        }
+    }
+
+    impl QueueWorker for RingWorker {
+        fn queue_index(&self) -> u16 {
+            2
+        }
+        fn notifier(&self) -> &Arc<EventFd> {
+            &self.notifier
+        }
+        fn notifier_ready(&mut self) {
+            self.serve_available();
+        }
+        fn completion_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn completions_ready(&mut self) {}
+        fn in_flight(&self) -> usize {
+            0
+        }
+        fn serve_waiting(&mut self) -> bool {
+            let waiting = self.ring.published.load(Ordering::SeqCst)
+                != self.ring.served.load(Ordering::SeqCst);
+            if waiting {
+                self.serve_available();
+            }
+            waiting
+        }
+    }
+
+    #[test]
+    fn a_kick_that_arrives_while_another_queue_is_served_is_served_in_the_same_wake_up() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut set = own_set(&log);
+        let (a, b) = (Arc::new(Ring::default()), Arc::new(Ring::default()));
+        let a_notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let b_notifier = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let b_worker = RingWorker {
+            notifier: Arc::clone(&b_notifier),
+            ring: Arc::clone(&b),
+            sends_to: None,
+        };
+        set.adopt(Box::new(b_worker)).unwrap();
+        let a_worker = RingWorker {
+            notifier: Arc::clone(&a_notifier),
+            ring: Arc::clone(&a),
+            sends_to: Some((Arc::clone(&b), Arc::clone(&b_notifier))),
+        };
+        // Adoption serves a once, which sends b a chain: served by b's kick here.
+        set.adopt(Box::new(a_worker)).unwrap();
+        set.serve_ready().unwrap();
+        assert_eq!(b.served.load(Ordering::SeqCst), 1);
+        let passes = |ring: &Ring| ring.passes.load(Ordering::SeqCst);
+        let (a_passes, b_passes) = (passes(&a), passes(&b));
+        // A kick for a; b's driver sends and kicks while a is served.
+        a.published.store(1, Ordering::SeqCst);
+        a_notifier.write(1).unwrap();
+        set.serve_events(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(passes(&a), a_passes + 1);
+        assert_eq!(
+            b.served.load(Ordering::SeqCst),
+            2,
+            "b's chain waits for a wake-up of its own"
+        );
+        assert_eq!(passes(&b), b_passes + 1);
+        // b's kick still wakes the set, once, and its pass finds nothing new.
+        let served = b.served.load(Ordering::SeqCst);
+        set.serve_events(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(passes(&b), b_passes + 2);
+        assert_eq!(b.served.load(Ordering::SeqCst), served, "served twice");
+        // Then the set sleeps: nothing is left to wake it.
+        set.serve_events(Some(Duration::from_millis(20))).unwrap();
+        assert_eq!((passes(&a), passes(&b)), (a_passes + 1, b_passes + 2));
+    }
+
     #[test]
     fn a_sleeping_set_wakes_for_the_recheck_a_worker_asked_for_and_only_once() {
         let (mut set, _notifier, rechecks) = kicked_rechecking_set();
@@ -560,6 +787,45 @@ mod tests {
         assert!(sleep_until_rechecked(&mut set, &rechecks) >= Duration::from_millis(1));
         set.serve_events(Some(Duration::from_millis(20))).unwrap();
         assert_eq!(rechecks.load(Ordering::SeqCst), 1, "not asked for again");
+    }
+
+    #[test]
+    fn a_recheck_moved_later_by_a_kick_does_not_wake_the_set_at_its_old_time() {
+        let (mut set, notifier, rechecks) = kicked_rechecking_set();
+        // Half-way to the re-check, a kick moves it 2 ms later.
+        std::thread::sleep(Duration::from_millis(1));
+        notifier.write(1).unwrap();
+        set.serve_events(Some(Duration::ZERO)).unwrap();
+        let moved_at = Instant::now();
+        // The first wake-up after that is the re-check, at its new time: no timer armed for
+        // the old one fires meanwhile (nor was armed: a deadline that moves costs nothing).
+        set.serve_events(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            rechecks.load(Ordering::SeqCst),
+            1,
+            "woken at the old re-check time, with nothing due"
+        );
+        assert!(moved_at.elapsed() >= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn without_epoll_pwait2_the_set_still_wakes_for_its_kicks_and_rechecks() {
+        let (mut set, notifier, rechecks) = kicked_rechecking_set();
+        // As where the kernel or valgrind answers ENOSYS.
+        set.millisecond_waits = true;
+        assert!(sleep_until_rechecked(&mut set, &rechecks) >= Duration::from_millis(1));
+        notifier.write(1).unwrap();
+        let owner = set.serve_events(Some(Duration::from_secs(5))).unwrap();
+        assert!(!owner);
+        assert_eq!(set.harvested, 1, "the kick");
+    }
+
+    #[test]
+    fn a_nested_set_is_rechecked_through_its_timerfd() {
+        let (mut set, notifier, _, rechecks) = nested_rechecking_set();
+        notifier.write(1).unwrap();
+        set.serve_ready().unwrap();
+        assert!(sleep_until_rechecked(&mut set, &rechecks) >= Duration::from_millis(1));
     }
 
     #[test]
@@ -580,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_recheck_owed_after_a_drain_took_the_timers_expiry_is_served() {
-        let (mut set, _, completions, rechecks) = rechecking_set();
+        let (mut set, _, completions, rechecks) = nested_rechecking_set();
         // The re-check asked for at adoption falls due while the request is in flight; the
         // drain (a pause) takes its expiry together with the completion.
         std::thread::sleep(Duration::from_millis(5));

@@ -4,8 +4,9 @@
 //! It watches the same eventfds an iothread does (each worker's notifier and completion eventfds,
 //! and the [`RecheckTimer`], edge-triggered in one epoll) and calls the same [`QueueWorker`]
 //! methods, so a test that drives a device through it runs the code production runs: a driver's
-//! notify write becomes a notifier write, which wakes only the worker of that queue, and a
-//! re-check a worker asked for is served by the first `serve_ready` after it is due.
+//! notify write becomes a notifier write, which wakes only the worker of that queue, a round of
+//! wake-ups that served queues ends with a look at every queue's avail ring, and a re-check a
+//! worker asked for is served by the first `serve_ready` after it is due.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -61,7 +62,9 @@ impl InlineQueueHost {
             rechecks: RecheckTimer::new()?,
             due: Vec::new(),
         };
-        workers.watch(workers.rechecks.fd().as_raw_fd(), RECHECK_TOKEN)?;
+        if let Some(fd) = workers.rechecks.fd() {
+            workers.watch(fd.as_raw_fd(), RECHECK_TOKEN)?;
+        }
         Ok(InlineQueueHost {
             workers: Mutex::new(workers),
         })
@@ -86,6 +89,7 @@ impl InlineQueueHost {
             if count == 0 {
                 return Ok(served);
             }
+            let mut served_queues = false;
             for event in &events[..count] {
                 if event.data() == RECHECK_TOKEN {
                     workers.recheck_due()?;
@@ -98,6 +102,10 @@ impl InlineQueueHost {
                 wakeup.serve(&mut **worker);
                 served.push((worker.queue_index(), wakeup == WorkerEvent::Notifier));
                 workers.book(slot)?;
+                served_queues = true;
+            }
+            if served_queues {
+                workers.serve_waiting()?;
             }
         }
     }
@@ -163,6 +171,19 @@ impl Workers {
             Some(worker) => self.rechecks.book(slot, &**worker),
             None => Ok(()),
         }
+    }
+
+    /// After a round of wake-ups that served queues, the look at every queue's avail ring an
+    /// iothread takes (`QueueWorker::serve_waiting`).
+    fn serve_waiting(&mut self) -> io::Result<()> {
+        for slot in 0..self.slots.len() {
+            if let Some(worker) = self.slots[slot].as_mut() {
+                if worker.serve_waiting() {
+                    self.book(slot)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Serves the re-checks that are due.

@@ -260,6 +260,10 @@ impl QueueWorker for GuardedWorker {
         self.serving((), |worker| worker.stop_polling());
     }
 
+    fn serve_waiting(&mut self) -> bool {
+        self.serving(false, |worker| worker.serve_waiting())
+    }
+
     fn recheck_in(&self) -> Option<std::time::Duration> {
         if self.faulted {
             return None;

@@ -23,8 +23,9 @@ pub trait QueueWorker: Send {
     fn queue_index(&self) -> u16;
     /// Written on every driver notification; the host watches it.
     fn notifier(&self) -> &Arc<EventFd>;
-    /// The notifier became readable (or the host was told of a notification): clear it
-    /// and serve what is there.
+    /// The notifier was written (or the host was told of a notification): serve what is
+    /// there. Hosts watch the notifier edge-triggered, so that each write wakes them again
+    /// whether or not the worker cleared its counter.
     fn notifier_ready(&mut self);
     /// An eventfd readable while I/O completions wait, for workers that do asynchronous I/O.
     fn completion_fd(&self) -> Option<BorrowedFd<'_>>;
@@ -44,10 +45,21 @@ pub trait QueueWorker: Send {
     /// Leaves polling: notifications back on, and what arrived in between served.
     fn stop_polling(&mut self) {}
 
+    /// A look at the avail ring by a host that is awake for another reason (it serves other
+    /// queues on the same thread): when chains wait, they are served as a kick's pass serves
+    /// them, notifications left as such a pass leaves them, and the answer is true. The kick
+    /// that may be on its way for them still wakes the host, whose pass then finds nothing.
+    /// Queues that are not worth the look (and polling ones, which look by themselves) answer
+    /// false (the default).
+    fn serve_waiting(&mut self) -> bool {
+        false
+    }
+
     /// How soon the host must call `recheck` if nothing else woke the queue first: `Some` while
     /// the driver was told it need not kick for every chain, so that a batch shorter than it
     /// was told is never stranded. The host asks after every call it makes into the worker
-    /// (`poll` aside: polling looks by itself and ends with `stop_polling`).
+    /// (`poll` aside: polling looks by itself and ends with `stop_polling`; and a
+    /// `serve_waiting` that found nothing, which changed nothing).
     fn recheck_in(&self) -> Option<Duration> {
         None
     }

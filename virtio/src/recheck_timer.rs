@@ -10,6 +10,11 @@
 //! whose `take_due` arms for what is left, so a busy queue whose pass ends between the expiry
 //! and the host's look costs one `timerfd_settime`, not two. Hence a host that takes events off
 //! its epoll without serving them (a drain) still calls `take_due` for the timer's.
+//!
+//! A host that does its own waiting (an iothread) needs no timerfd: it ends its waits at
+//! `next_due` instead ([`RecheckTimer::for_own_waits`]). A busy queue then moves its re-check
+//! later at every pass for nothing at all: no `timerfd_settime`, and no expiry that finds
+//! nothing due.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -20,7 +25,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::queue_worker::QueueWorker;
 
 pub struct RecheckTimer {
-    timer: TimerFd,
+    /// None for a host whose own waits end at `next_due`.
+    timer: Option<TimerFd>,
     /// By the host's worker slot.
     deadlines: Vec<Option<Instant>>,
     /// What the timerfd is armed for, if anything.
@@ -28,18 +34,36 @@ pub struct RecheckTimer {
 }
 
 impl RecheckTimer {
+    /// Re-checks signalled by a timerfd, for a host whose waiting is done by someone else
+    /// (nested in another loop's `Poll`, or a test's calls).
     pub fn new() -> io::Result<RecheckTimer> {
         Ok(RecheckTimer {
-            timer: TimerFd::new().map_err(io::Error::from)?,
+            timer: Some(TimerFd::new().map_err(io::Error::from)?),
             deadlines: Vec::new(),
             armed: None,
         })
     }
 
-    /// Readable when a re-check may be due (watch it edge-triggered).
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    /// Re-checks for a host that waits by itself and ends each wait at `next_due`.
+    pub fn for_own_waits() -> RecheckTimer {
+        RecheckTimer {
+            timer: None,
+            deadlines: Vec::new(),
+            armed: None,
+        }
+    }
+
+    /// Readable when a re-check may be due (watch it edge-triggered); None for a timer
+    /// `for_own_waits`.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         // SAFETY: the timerfd stays open as long as `self`, which the borrow cannot outlive.
-        unsafe { BorrowedFd::borrow_raw(self.timer.as_raw_fd()) }
+        let fd = |timer: &TimerFd| unsafe { BorrowedFd::borrow_raw(timer.as_raw_fd()) };
+        self.timer.as_ref().map(fd)
+    }
+
+    /// The earliest re-check booked.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
     }
 
     /// After the host called into `worker` (in `slot`): books the re-check it asks for, or
@@ -94,8 +118,11 @@ impl RecheckTimer {
     }
 
     fn arm(&mut self, deadline: Instant, delay: Duration) -> io::Result<()> {
+        let Some(timer) = &mut self.timer else {
+            return Ok(());
+        };
         // A zero duration would disarm the timerfd.
-        self.timer
+        timer
             .reset(delay.max(Duration::from_nanos(1)), None)
             .map_err(io::Error::from)?;
         self.armed = Some(deadline);
@@ -141,7 +168,7 @@ mod tests {
     /// Whether the timerfd becomes readable within `ms` milliseconds.
     fn fires_within(timer: &RecheckTimer, ms: i32) -> bool {
         let mut pollfd = libc::pollfd {
-            fd: timer.fd().as_raw_fd(),
+            fd: timer.fd().unwrap().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -165,7 +192,10 @@ mod tests {
         assert!(timer.armed.is_some_and(|at| at < Instant::now() + ms(6)));
         std::thread::sleep(ms(10));
         assert_eq!(due(&mut timer), [1]);
-        assert!(timer.timer.is_armed().unwrap(), "armed for slot 3");
+        assert!(
+            timer.timer.as_ref().unwrap().is_armed().unwrap(),
+            "armed for slot 3"
+        );
         assert!(
             due(&mut timer).is_empty(),
             "slot 1 was taken, slot 3 is not due"
@@ -184,12 +214,33 @@ mod tests {
         // Slot 1's pass ends before the host looked at the expiry.
         timer.book(1, &asking(Some(ms(100)))).unwrap();
         assert!(
-            !timer.timer.is_armed().unwrap(),
+            !timer.timer.as_ref().unwrap().is_armed().unwrap(),
             "the booking armed the timer again: a second timerfd_settime for one expiry"
         );
         assert_eq!(due(&mut timer), [0]);
-        assert!(timer.timer.is_armed().unwrap(), "armed for slot 1");
+        assert!(
+            timer.timer.as_ref().unwrap().is_armed().unwrap(),
+            "armed for slot 1"
+        );
         assert!(timer.armed.is_some_and(|at| at > Instant::now() + ms(50)));
+    }
+
+    #[test]
+    fn a_timer_for_own_waits_keeps_the_deadlines_for_the_waits_and_arms_nothing() {
+        let mut timer = RecheckTimer::for_own_waits();
+        let ms = Duration::from_millis;
+        assert!(timer.fd().is_none());
+        timer.book(1, &asking(Some(ms(200)))).unwrap();
+        timer.book(0, &asking(Some(ms(5)))).unwrap();
+        assert!(timer
+            .next_due()
+            .is_some_and(|at| at < Instant::now() + ms(6)));
+        std::thread::sleep(ms(10));
+        assert_eq!(due(&mut timer), [0]);
+        assert!(timer
+            .next_due()
+            .is_some_and(|at| at > Instant::now() + ms(100)));
+        assert!(timer.armed.is_none());
     }
 
     #[test]

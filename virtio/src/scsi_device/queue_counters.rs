@@ -4,12 +4,16 @@
 //! store (no locked instruction), and each queue's block sits on cache lines of its own: the
 //! readers (the control socket's `stats`, the disconnect record) never slow the writers, and
 //! queues served by different iothreads share nothing. A snapshot taken while the queue runs is
-//! a set of values each of which was true at some instant of the read.
+//! a set of values each of which was true at some instant of the read. A request queue's kicks
+//! are the exception: they wait in its notifier's counter, which its thread does not read, and
+//! whoever takes a snapshot moves them into the block, under a lock the queue never takes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_BAD_TARGET;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Latency buckets: bucket 0 holds requests answered in under 1 µs, bucket `i` those that took
 /// [2^(i-1), 2^i) µs, and the last one everything from 2^(LATENCY_BUCKETS-2) µs (about 1 s) on.
@@ -36,6 +40,10 @@ pub struct QueueCounters {
     in_flight: AtomicU64,
     /// Driver notifications: the sum of the notifier's counter over its reads.
     kicks: AtomicU64,
+    /// A notifier that the queue's thread does not read (a request queue's: its host wakes at
+    /// every write, edge-triggered), so that its counter holds the kicks not counted yet; read
+    /// by `snapshot` under the lock, which is then the only writer of `kicks`.
+    unread_kicks: Mutex<Option<Arc<EventFd>>>,
     /// Interrupts raised (MSI-X eventfd writes).
     interrupts: AtomicU64,
     /// Passes that left their interrupt to the queue's next look.
@@ -148,6 +156,27 @@ impl QueueCounters {
         add(&self.kicks, kicks);
     }
 
+    /// From now on the queue's kicks wait in `notifier`'s counter, which its thread leaves
+    /// unread, until a snapshot counts them (and those left in a previous one are counted).
+    pub fn count_kicks_in(&self, notifier: &Arc<EventFd>) {
+        let mut unread = self.unread_kicks();
+        self.count_unread(&unread);
+        *unread = Some(Arc::clone(notifier));
+    }
+
+    fn unread_kicks(&self) -> MutexGuard<'_, Option<Arc<EventFd>>> {
+        self.unread_kicks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves the kicks in the notifier's counter to `kicks` (EAGAIN: there were none).
+    fn count_unread(&self, unread: &Option<Arc<EventFd>>) {
+        if let Some(kicks) = unread.as_ref().and_then(|notifier| notifier.read().ok()) {
+            add(&self.kicks, kicks);
+        }
+    }
+
     pub fn interrupted(&self) {
         add(&self.interrupts, 1);
     }
@@ -161,6 +190,7 @@ impl QueueCounters {
     }
 
     pub fn snapshot(&self, vq: u16) -> QueueStats {
+        self.count_unread(&self.unread_kicks());
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         QueueStats {
             vq,
@@ -205,6 +235,29 @@ mod tests {
                 "{nanos} ns"
             );
         }
+    }
+
+    #[test]
+    fn kicks_left_in_an_unread_notifier_are_counted_by_the_snapshots_once() {
+        let counters = QueueCounters::default();
+        let notifier = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        notifier.write(1).unwrap();
+        counters.count_kicks_in(&notifier);
+        notifier.write(1).unwrap();
+        notifier.write(1).unwrap();
+        assert_eq!(counters.snapshot(2).kicks, 3);
+        notifier.write(1).unwrap();
+        assert_eq!(
+            counters.snapshot(2).kicks,
+            4,
+            "counted twice, or not at all"
+        );
+        // A new activation's notifier: the old one's kicks are not lost.
+        notifier.write(1).unwrap();
+        let next = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        counters.count_kicks_in(&next);
+        next.write(1).unwrap();
+        assert_eq!(counters.snapshot(2).kicks, 6);
     }
 
     #[test]

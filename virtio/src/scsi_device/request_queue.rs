@@ -267,6 +267,7 @@ impl RequestQueueWorker {
         tasks: Arc<TaskSet>,
     ) -> RequestQueueWorker {
         let task_queue = usize::from(queue.index() - FIRST_REQUEST_QUEUE);
+        queue.counters().count_kicks_in(queue.notifier());
         let slots = tasks.capacity(task_queue);
         let batching = KickBatching::new(queue.size());
         RequestQueueWorker {
@@ -1090,10 +1091,12 @@ impl QueueWorker for RequestQueueWorker {
         self.queue.notifier()
     }
 
-    /// A kick that came while the host polls (sent before polling suppressed notifications)
-    /// is served as a poll: a pass would turn notifications back on behind the host's back.
+    /// Hosts watch the notifier edge-triggered, so every write wakes them whatever its counter
+    /// holds: it is not read (one system call a kick), and the kicks it counts are read with
+    /// the queue's counters (`QueueCounters::count_kicks_in`). A kick that came while the host
+    /// polls (sent before polling suppressed notifications) is served as a poll: a pass would
+    /// turn notifications back on behind the host's back.
     fn notifier_ready(&mut self) {
-        self.queue.clear_notifier();
         if self.batching.polling() {
             RequestQueueWorker::poll(self);
         } else {
@@ -1134,6 +1137,20 @@ impl QueueWorker for RequestQueueWorker {
         if self.queue.kick_at_batch(&mem, ahead) || self.queue.has_available(&mem) {
             self.serve_available();
         }
+    }
+
+    fn serve_waiting(&mut self) -> bool {
+        if self.batching.polling() {
+            return false;
+        }
+        let waiting = {
+            let snapshot = self.queue.snapshot();
+            self.queue.has_available(&CachedMemory::new(&snapshot))
+        };
+        if waiting {
+            self.serve_available();
+        }
+        waiting
     }
 
     fn recheck_in(&self) -> Option<Duration> {
@@ -1273,7 +1290,9 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::scsi_device::test_driver::{lun_field, Buf, CmdResult, Harness, MEMORY_SIZE};
+    use crate::scsi_device::test_driver::{
+        lun_config, lun_field, Buf, CmdResult, Harness, MEMORY_SIZE,
+    };
     use crate::virtio_device::VirtioDevice;
 
     const TEST_UNIT_READY: [u8; 6] = [0; 6];
@@ -1725,6 +1744,55 @@ mod tests {
         // A kick with nothing new raises nothing.
         harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
+    }
+
+    /// Publishes a TEST UNIT READY on `vq` without kicking; returns its head.
+    fn publish_unit_ready(harness: &mut Harness, vq: usize, tag: u64) -> u32 {
+        let bufs = [
+            harness.request_buf(vq, lun_field(0), tag, &TEST_UNIT_READY),
+            harness.response_buf(vq, 108),
+        ];
+        let head = harness.queues[vq].chain(&bufs);
+        harness.queues[vq].publish(head);
+        u32::from(head)
+    }
+
+    #[test]
+    fn chains_waiting_on_another_queue_are_served_in_the_same_wake_up_and_once() {
+        let disk = Disk::null(1 << 20, 512).unwrap();
+        let luns = vec![(lun_config(0, &disk), Arc::new(disk))];
+        let mut harness = Harness::with_luns(luns, 2, 0);
+        let (kicked, other) = (2, 3);
+        // The other queue's driver sends while the kicked queue is served, its kick not there yet.
+        let waiting = publish_unit_ready(&mut harness, other, 1);
+        publish_unit_ready(&mut harness, kicked, 2);
+        let interrupts = harness.queues[other].interrupt.count();
+        harness.notify(kicked);
+        assert_eq!(harness.queues[kicked].used().len(), 1);
+        let used: Vec<u32> = harness.queues[other]
+            .used()
+            .iter()
+            .map(|&(head, _)| head)
+            .collect();
+        assert_eq!(used, [waiting], "served in the kicked queue's wake-up");
+        assert_eq!(harness.queues[other].interrupt.count(), interrupts + 1);
+        // Its late kick wakes the host, and finds nothing to serve twice.
+        harness.notify(other);
+        assert!(harness.queues[other].used().is_empty(), "served twice");
+        assert_eq!(harness.queues[other].interrupt.count(), interrupts + 1);
+        // The look left the queue asking for a kick at its next chain, as a kick's pass does.
+        assert_eq!(
+            harness.queues[other].avail_event(),
+            harness.queues[other].avail_idx()
+        );
+        let next = publish_unit_ready(&mut harness, other, 3);
+        harness.notify(other);
+        let used: Vec<u32> = harness.queues[other]
+            .used()
+            .iter()
+            .map(|&(head, _)| head)
+            .collect();
+        assert_eq!(used, [next]);
     }
 
     #[test]
