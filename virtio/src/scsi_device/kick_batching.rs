@@ -834,6 +834,15 @@ mod through_the_inline_host {
             self.most_between_interrupts.max(last)
         }
 
+        /// Asserts that the driver saw `what` when it had sent `seen_at`, at most `most`.
+        fn saw_it_within(&self, seen_at: Option<usize>, most: usize, what: &str) {
+            assert!(
+                seen_at.is_some_and(|sent| sent <= most),
+                "{what} came after {seen_at:?} of the stream's {} chains",
+                self.limit
+            );
+        }
+
         /// Takes back the chains the device answered.
         fn take_answers(&mut self) {
             let idx: u16 = self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
@@ -952,8 +961,8 @@ mod through_the_inline_host {
     }
 
     /// Kicks the streaming queue, then lets its host look until the driver sent everything and
-    /// had it answered (or 5 s passed).
-    fn serve_the_stream(harness: &mut Harness, driver: &Streaming) {
+    /// had it answered (or 5 s passed); returns the driver.
+    fn serve_the_stream(harness: &mut Harness, driver: &Streaming) -> StreamingDriver {
         harness.kick(VQ);
         let start = Instant::now();
         loop {
@@ -964,7 +973,7 @@ mod through_the_inline_host {
                 d.sent == d.limit && d.free.len() + answered == 32
             });
             if done == Some(true) || start.elapsed() > Duration::from_secs(5) {
-                return;
+                return driver.lock().unwrap().take().unwrap();
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -975,8 +984,7 @@ mod through_the_inline_host {
         const LIMIT: usize = 512;
         // Without EVENT_IDX every pass that answers interrupts: the interrupts mark the passes.
         let (mut harness, driver) = streaming(1, |features| features & !RING_EVENT_IDX, LIMIT);
-        serve_the_stream(&mut harness, &driver);
-        let stream = driver.lock().unwrap().take().unwrap();
+        let stream = serve_the_stream(&mut harness, &driver);
         assert_eq!(stream.sent, LIMIT + 8);
         assert_eq!(harness.queues[VQ].used().len(), LIMIT + 8, "all answered");
         assert_eq!(stream.kicks, 0, "kicks while the driver streamed");
@@ -995,8 +1003,7 @@ mod through_the_inline_host {
         // The driver stops after 64 + 8: the kicked pass stops at 64 with chains left.
         let (mut harness, driver) = streaming(1, |features| features & !RING_EVENT_IDX, 64);
         let kicks = harness.device.queue_stats()[0].kicks;
-        serve_the_stream(&mut harness, &driver);
-        let stream = driver.lock().unwrap().take().unwrap();
+        let stream = serve_the_stream(&mut harness, &driver);
         assert_eq!(harness.queues[VQ].used().len(), 64 + 8, "all answered");
         assert_eq!(stream.kicks, 0, "kicks for the chains left");
         assert_eq!(
@@ -1026,15 +1033,10 @@ mod through_the_inline_host {
             stream.other_used_idx = Some(harness.queues[other].used_addr());
             stream.kick_at_first_send = Some(Arc::clone(harness.queues[other].notifier()));
         }
-        serve_the_stream(&mut harness, &driver);
-        let stream = driver.lock().unwrap().take().unwrap();
+        let stream = serve_the_stream(&mut harness, &driver);
         assert_eq!(harness.queues[other].used().len(), 1);
         let answered_at = stream.sent_when_other_answered;
-        assert!(
-            answered_at.is_some_and(|sent| sent <= 3 * 64),
-            "the other queue was answered after {answered_at:?} of the stream's {} chains",
-            stream.limit
-        );
+        stream.saw_it_within(answered_at, 3 * 64, "the other queue's answer");
     }
 
     #[test]
@@ -1044,14 +1046,8 @@ mod through_the_inline_host {
         // The driver wants an interrupt for the next answer, and reads none while it streams.
         let seen = harness.queues[VQ].used().len();
         assert_eq!(seen, 0);
-        serve_the_stream(&mut harness, &driver);
-        let stream = driver.lock().unwrap().take().unwrap();
-        let interrupted_at = stream.sent_when_interrupted;
-        assert!(
-            interrupted_at.is_some_and(|sent| sent <= 2 * 64),
-            "the interrupt came after {interrupted_at:?} of {} chains",
-            stream.limit
-        );
+        let stream = serve_the_stream(&mut harness, &driver);
+        stream.saw_it_within(stream.sent_when_interrupted, 2 * 64, "the interrupt");
     }
 
     #[test]
