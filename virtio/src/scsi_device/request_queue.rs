@@ -33,7 +33,7 @@ use super::lun_data::{LunData, LunGuard, LunTable};
 use super::memory_leases::{MemoryLease, MemoryLeases};
 use super::queue_counters::LatencyBucket;
 use super::task_set::TaskSet;
-use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, IoVecs, MemorySnapshot, Virtqueue};
 use super::wire_format::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -66,6 +66,10 @@ struct CommandSlot {
 struct DiskWork {
     /// Keeps the guest memory its iovecs point into mapped.
     memory_lease: Option<MemoryLease>,
+    /// The iovecs of its read or write, built here and handed to the engine by address, so
+    /// that the request moved on the way to the kernel is a few words; they stay as they are
+    /// until the next command in the slot, which comes only after this one's completion.
+    iovecs: IoVecs,
     /// The disk, kept only by commands done in several steps (VERIFY, WRITE SAME with a
     /// pattern): for a single step the engine keeps it while it holds the request, so that
     /// the common command touches no reference count shared with other queues.
@@ -87,6 +91,7 @@ impl Default for DiskWork {
     fn default() -> DiskWork {
         DiskWork {
             memory_lease: None,
+            iovecs: IoVecs::default(),
             disk: None,
             direction: Direction::FromDisk,
             transfer_len: 0,
@@ -217,7 +222,8 @@ pub struct RequestQueueWorker {
     /// which is dropped first and waits for its requests.
     memory_leases: MemoryLeases,
     /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
-    /// so that the steady state allocates nothing.
+    /// so that the steady state allocates nothing, and never resized: the engine's requests
+    /// point to iovecs in these records (which is also why it is declared after the engine).
     in_flight: Vec<CommandSlot>,
     /// Free slots, the spare not among them.
     free_slots: Vec<usize>,
@@ -743,7 +749,7 @@ impl RequestQueueWorker {
         if disk.io_status().is_stopped() && slot != self.spare {
             return self.hold(slot, mem, Arc::clone(disk), None);
         }
-        let Some(reply) = self.command(slot).map(|command| &command.reply) else {
+        let Some(CommandSlot { reply, io: work }) = self.in_flight.get_mut(slot) else {
             return;
         };
         let resid = reply.data_len;
@@ -755,14 +761,20 @@ impl RequestQueueWorker {
                 if len > data_in_len || data_out_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
+                let iovecs = &mut work.iovecs;
+                if (reply.buffers.writable)
+                    .iovecs_into(mem, reply.resp_size, len, iovecs)
+                    .is_err()
+                {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                };
+                }
                 // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
                 // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
                 // its lease keeps it mapped while the request is in flight after that; the
                 // chain belongs to the device until we return it, which happens only after the
-                // completion.
+                // completion. The iovecs themselves stay in the slot's record, which neither
+                // moves nor takes another command before the completion, nor outlives the
+                // engine.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Read { offset, buffers };
                 (request, (Direction::FromDisk, len, true))
@@ -771,11 +783,16 @@ impl RequestQueueWorker {
                 if len > data_out_len || data_in_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
+                let iovecs = &mut work.iovecs;
+                if (reply.buffers.readable)
+                    .iovecs_into(mem, header_len, len, iovecs)
+                    .is_err()
+                {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                };
+                }
                 // SAFETY: as for reads: checked, kept mapped by the pass and its lease, owned
-                // by the device until the chain is returned after the completion.
+                // by the device until the chain is returned after the completion, the iovecs
+                // kept in place in the slot's record.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Write {
                     offset,
