@@ -410,6 +410,7 @@ fn lock_image(file: &File, shared: bool) -> io::Result<()> {
     }
 }
 
+/// Only powers of two: `IoRequest::check` tests alignment with a mask.
 fn checked_logical_block_size(size: u32) -> Result<u32, BlockError> {
     match size {
         512 | 4096 => Ok(size),

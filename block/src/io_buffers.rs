@@ -3,54 +3,73 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
-/// The iovecs of one request; the first few are stored inline, without an allocation.
-pub type IoVecs = SmallVec<[libc::iovec; 4]>;
-
 /// Scatter-gather buffers of a read or write, handed to the kernel without copying.
 ///
-/// The keep-alive owner (for example a buffer of the device's own) is dropped only when the
-/// engine drops the request, after its completion. Buffers in guest memory have none: the
-/// device keeps that memory mapped itself, without a reference count touched per request.
+/// Buffers in guest memory point to iovecs that the device builds in place, in the record it
+/// keeps for the command, so that a request is a few words wherever it is moved on its way to
+/// the kernel; that memory the device keeps mapped itself, without a reference count touched
+/// per request. A buffer of its own (a pattern, a scratch area) carries its one iovec and an
+/// owner that is dropped only when the engine drops the request, after its completion.
 pub struct IoBuffers {
-    iovecs: IoVecs,
+    iovecs: Iovecs,
     len: u64,
-    _keep_alive: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-// SAFETY: the iovecs are plain addresses; the contract of `new` makes the memory they point to
-// valid and unaliased for the request's lifetime, whichever thread completes it.
+enum Iovecs {
+    /// An array the caller keeps in place: see [`IoBuffers::borrowed`].
+    Borrowed {
+        first: *const libc::iovec,
+        count: usize,
+    },
+    Owned {
+        iovec: libc::iovec,
+        _keep_alive: Arc<dyn Any + Send + Sync>,
+    },
+}
+
+// SAFETY: the iovecs are plain addresses; the contracts of `owned` and `borrowed` make the
+// memory they point to (and a borrowed iovec array) valid and unaliased for the request's
+// lifetime, whichever thread completes it.
 unsafe impl Send for IoBuffers {}
 
 impl IoBuffers {
-    /// # Safety
-    /// Until this value is dropped, every iovec must point to memory that stays mapped, readable
-    /// and writable for `iov_len` bytes, that nothing else writes, and (for reads from the disk)
-    /// that nothing else reads; `keep_alive` is dropped after the iovecs' last use.
-    pub unsafe fn new(iovecs: IoVecs, keep_alive: Arc<dyn Any + Send + Sync>) -> IoBuffers {
-        // SAFETY: the caller's obligations, with keep_alive dropped with the buffers.
-        let mut buffers = unsafe { IoBuffers::borrowed(iovecs) };
-        buffers._keep_alive = Some(keep_alive);
-        buffers
-    }
-
-    /// Buffers in memory that the caller keeps mapped, without an owner of their own.
+    /// One buffer, kept allocated by `keep_alive`.
     ///
     /// # Safety
-    /// As for [`IoBuffers::new`], except that the caller keeps the memory mapped until the
-    /// engine has dropped the request: until its completion has been reaped, or the engine
-    /// itself has been dropped.
-    pub unsafe fn borrowed(iovecs: IoVecs) -> IoBuffers {
-        let len = iovecs.iter().map(|iov| iov.iov_len as u64).sum();
+    /// Until this value is dropped, the iovec must point to memory that stays mapped, readable
+    /// and writable for `iov_len` bytes, that nothing else writes, and (for reads from the disk)
+    /// that nothing else reads; `keep_alive` is dropped after the iovec's last use.
+    #[inline]
+    pub unsafe fn owned(iovec: libc::iovec, keep_alive: Arc<dyn Any + Send + Sync>) -> IoBuffers {
         IoBuffers {
-            iovecs,
-            len,
-            _keep_alive: None,
+            len: iovec.iov_len as u64,
+            iovecs: Iovecs::Owned {
+                iovec,
+                _keep_alive: keep_alive,
+            },
+        }
+    }
+
+    /// Buffers in memory that the caller keeps mapped, described by iovecs it keeps too.
+    ///
+    /// # Safety
+    /// As for [`IoBuffers::owned`], for every iovec, except that the caller keeps the memory
+    /// mapped until the engine has dropped the request (until its completion has been reaped,
+    /// or the engine itself has been dropped); until then `iovecs` itself also stays where it
+    /// is, unchanged.
+    #[inline]
+    pub unsafe fn borrowed(iovecs: &[libc::iovec]) -> IoBuffers {
+        IoBuffers {
+            len: iovecs.iter().map(|iov| iov.iov_len as u64).sum(),
+            iovecs: Iovecs::Borrowed {
+                first: iovecs.as_ptr(),
+                count: iovecs.len(),
+            },
         }
     }
 
     /// Total bytes over all iovecs.
+    #[inline]
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -59,8 +78,16 @@ impl IoBuffers {
         self.len == 0
     }
 
+    #[inline]
     pub fn iovecs(&self) -> &[libc::iovec] {
-        &self.iovecs
+        match &self.iovecs {
+            // SAFETY: the contract of `borrowed` keeps the array in place and unchanged while
+            // this value lives.
+            Iovecs::Borrowed { first, count } => unsafe {
+                std::slice::from_raw_parts(*first, *count)
+            },
+            Iovecs::Owned { iovec, .. } => std::slice::from_ref(iovec),
+        }
     }
 
     /// Whether O_DIRECT can use these iovecs as they are: every base aligned to `memory` and
@@ -68,14 +95,14 @@ impl IoBuffers {
     pub(crate) fn is_aligned(&self, memory: u32, length: u32) -> bool {
         let memory_mask = memory as usize - 1;
         let length_mask = length as usize - 1;
-        self.iovecs
+        self.iovecs()
             .iter()
             .all(|iov| iov.iov_base as usize & memory_mask == 0 && iov.iov_len & length_mask == 0)
     }
 
     /// Copies `src` into the buffers, in iovec order, up to the shorter of the two.
     pub(crate) fn copy_from_slice(&self, mut src: &[u8]) {
-        for iov in &self.iovecs {
+        for iov in self.iovecs() {
             let n = iov.iov_len.min(src.len());
             // SAFETY: the contract of `new` makes the iovec writable for iov_len >= n bytes and
             // unaliased, so it cannot overlap `src` (an engine-owned bounce buffer).
@@ -89,7 +116,7 @@ impl IoBuffers {
 
     /// Copies the buffers, in iovec order, into `dst`, up to the shorter of the two.
     pub(crate) fn copy_to_slice(&self, mut dst: &mut [u8]) {
-        for iov in &self.iovecs {
+        for iov in self.iovecs() {
             let n = iov.iov_len.min(dst.len());
             // SAFETY: the contract of `new` makes the iovec readable for iov_len >= n bytes; it
             // cannot overlap `dst` (an engine-owned bounce buffer).
@@ -107,7 +134,7 @@ impl IoBuffers {
 impl std::fmt::Debug for IoBuffers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoBuffers")
-            .field("segments", &self.iovecs.len())
+            .field("segments", &self.iovecs().len())
             .field("len", &self.len)
             .finish()
     }
@@ -117,15 +144,18 @@ impl std::fmt::Debug for IoBuffers {
 pub(crate) mod test_memory {
     use super::IoBuffers;
 
-    /// Guest-like memory for tests: segments at chosen offsets inside one page-aligned block.
+    /// Guest-like memory for tests: segments at chosen offsets inside one page-aligned block,
+    /// with the iovecs of every buffer handed out kept in place as long as the memory.
     pub(crate) struct TestMemory {
         block: crate::aligned_buffer::AlignedBuffer,
+        iovecs: Vec<Box<[libc::iovec]>>,
     }
 
     impl TestMemory {
         pub(crate) fn new(len: usize) -> TestMemory {
             TestMemory {
                 block: crate::aligned_buffer::AlignedBuffer::zeroed(len, 4096).unwrap(),
+                iovecs: Vec::new(),
             }
         }
 
@@ -136,7 +166,7 @@ pub(crate) mod test_memory {
         /// Buffers for (offset, length) segments of this memory, which must outlive the request.
         pub(crate) fn buffers(&mut self, segments: &[(usize, usize)]) -> IoBuffers {
             let base = self.block.as_mut_slice().as_mut_ptr();
-            let iovecs = segments
+            let iovecs: Box<[libc::iovec]> = segments
                 .iter()
                 .map(|&(offset, len)| {
                     assert!(offset + len <= self.block.as_slice().len());
@@ -147,8 +177,11 @@ pub(crate) mod test_memory {
                     }
                 })
                 .collect();
-            // SAFETY: the tests keep the memory alive and untouched until the request completes.
-            unsafe { IoBuffers::new(iovecs, std::sync::Arc::new(())) }
+            self.iovecs.push(iovecs);
+            let iovecs = self.iovecs.last().map_or(&[][..], |iovecs| &iovecs[..]);
+            // SAFETY: the tests keep the memory, which keeps the boxed iovecs where they are,
+            // alive and untouched until the request completes.
+            unsafe { IoBuffers::borrowed(iovecs) }
         }
     }
 }

@@ -670,9 +670,9 @@ mod tests {
         let mut engine = IoUringEngine::new(4).unwrap();
         let mut memory = TestMemory::new(1 << 16);
         let released = Arc::new(AtomicBool::new(false));
-        let iovecs = memory.buffers(&[(0, 1 << 16)]).iovecs().into();
+        let iovec = memory.buffers(&[(0, 1 << 16)]).iovecs()[0];
         // SAFETY: `memory` outlives the engine, which is dropped below.
-        let buffers = unsafe { IoBuffers::new(iovecs, Arc::new(DropFlag(Arc::clone(&released)))) };
+        let buffers = unsafe { IoBuffers::owned(iovec, Arc::new(DropFlag(Arc::clone(&released)))) };
         let read = engine.submit(&disk, IoRequest::Read { offset: 0, buffers }, 1);
         assert_eq!(read.unwrap(), Submitted::Started);
         let flush = engine.submit(&disk, IoRequest::Flush, 2);

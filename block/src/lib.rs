@@ -27,7 +27,7 @@ pub use engine::{borrow_eventfd, Completion, Engine, Submitted};
 pub use error::BlockError;
 pub use error_policy::{ErrorAction, ErrorPolicy, IoStatus, OnReadError, OnWriteError};
 pub use error_stats::{ErrorReport, SUMMARY_INTERVAL};
-pub use io_buffers::{IoBuffers, IoVecs};
+pub use io_buffers::IoBuffers;
 pub use io_request::IoRequest;
 pub use io_uring_engine::IoUringEngine;
 pub use options::{CacheMode, DiscardMode, DiskOptions};

@@ -17,11 +17,13 @@ fn engines() -> Vec<(&'static str, Box<dyn Engine>)> {
     ]
 }
 
-/// Page-aligned memory standing in for guest memory.
+/// Page-aligned memory standing in for guest memory, which keeps the iovecs of the buffers it
+/// handed out in place, as a device keeps them in its command records.
 struct Memory {
     storage: Vec<u8>,
     start: usize,
     len: usize,
+    iovecs: Vec<Box<[libc::iovec]>>,
 }
 
 impl Memory {
@@ -32,6 +34,7 @@ impl Memory {
             storage,
             start,
             len,
+            iovecs: Vec::new(),
         }
     }
 
@@ -46,7 +49,7 @@ impl Memory {
     /// Buffers for (offset, length) segments; the memory must outlive the request.
     fn buffers(&mut self, segments: &[(usize, usize)]) -> IoBuffers {
         let base = self.bytes_mut().as_mut_ptr();
-        let iovecs = segments
+        let iovecs: Box<[libc::iovec]> = segments
             .iter()
             .map(|&(offset, len)| {
                 assert!(offset + len <= self.len);
@@ -57,8 +60,11 @@ impl Memory {
                 }
             })
             .collect();
-        // SAFETY: each test keeps the memory alive and untouched until the request completes.
-        unsafe { IoBuffers::new(iovecs, Arc::new(())) }
+        self.iovecs.push(iovecs);
+        let iovecs = self.iovecs.last().map_or(&[][..], |iovecs| &iovecs[..]);
+        // SAFETY: each test keeps the memory, and with it the boxed iovecs, alive and untouched
+        // until the request completes.
+        unsafe { IoBuffers::borrowed(iovecs) }
     }
 }
 

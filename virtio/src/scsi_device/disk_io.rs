@@ -85,7 +85,7 @@ impl PendingIo {
                 // SAFETY: the iovec covers `len` <= buffer.len() bytes of the pattern buffer,
                 // which the Arc in keep_alive keeps allocated until the request is dropped. The
                 // buffer is never modified and is only read from (this is a write to the disk).
-                let buffers = unsafe { IoBuffers::new(smallvec![iovec], Arc::clone(buffer) as _) };
+                let buffers = unsafe { IoBuffers::owned(iovec, Arc::clone(buffer) as _) };
                 let request = IoRequest::Write {
                     offset: *next,
                     buffers,
@@ -106,7 +106,7 @@ impl PendingIo {
                 };
                 // SAFETY: the iovec covers the whole scratch vector, whose heap allocation moves
                 // with it into keep_alive and is used by nothing else until the request drops.
-                let buffers = unsafe { IoBuffers::new(smallvec![iovec], Arc::new(scratch)) };
+                let buffers = unsafe { IoBuffers::owned(iovec, Arc::new(scratch)) };
                 let request = IoRequest::Read {
                     offset: *next,
                     buffers,

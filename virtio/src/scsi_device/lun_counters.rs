@@ -15,13 +15,13 @@ use super::queue_counters::{add, LatencyBucket, LATENCY_BUCKETS, SENSE_KEYS};
 #[repr(align(128))]
 #[derive(Debug, Default)]
 struct QueueShare {
-    requests: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     errors_by_sense_key: [AtomicU64; SENSE_KEYS],
     /// Commands this queue has with the I/O engine for the LUN (a queue finishes what it
     /// started, so this never goes below zero).
     in_flight: AtomicU64,
+    /// Answered commands by latency bucket, whose sum counts them (as for a queue's counters).
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -75,7 +75,6 @@ impl LunCounters {
             ..LunStats::default()
         };
         for share in self.shares.iter() {
-            stats.requests += load(&share.requests);
             stats.bytes_read += load(&share.bytes_read);
             stats.bytes_written += load(&share.bytes_written);
             stats.in_flight = stats.in_flight.wrapping_add(load(&share.in_flight));
@@ -90,6 +89,7 @@ impl LunCounters {
                 *sum += load(counter);
             }
         }
+        stats.requests = stats.latency.iter().sum();
         stats
     }
 }
@@ -103,7 +103,6 @@ impl LunQueueCounters<'_> {
     /// A command answered with `sense_key` (for CHECK CONDITION) after a latency in `latency`.
     pub fn answered(self, sense_key: Option<u8>, latency: LatencyBucket) {
         if let Some(share) = self.0 {
-            add(&share.requests, 1);
             if let Some(key) = sense_key {
                 add(&share.errors_by_sense_key[usize::from(key & 0x0f)], 1);
             }

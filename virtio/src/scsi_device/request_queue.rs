@@ -33,7 +33,7 @@ use super::lun_data::{LunData, LunGuard, LunTable};
 use super::memory_leases::{MemoryLease, MemoryLeases};
 use super::queue_counters::LatencyBucket;
 use super::task_set::TaskSet;
-use super::virtqueue::{CachedMemory, Chain, ChainBuffers, MemorySnapshot, Virtqueue};
+use super::virtqueue::{CachedMemory, Chain, ChainBuffers, IoVecs, MemorySnapshot, Virtqueue};
 use super::wire_format::{
     CmdRequestHeader, CmdResponseHeader, CMD_REQ_HEADER_SIZE, CMD_RESP_HEADER_SIZE, MAX_CDB_KEPT,
 };
@@ -61,6 +61,12 @@ struct CommandSlot {
     reply: Reply,
     io: DiskWork,
 }
+
+/// A slot's iovecs, on 128-byte blocks of their own as the records are (written at every read
+/// and write, they share no line with what the heap put beside the array).
+#[derive(Default)]
+#[repr(align(128))]
+struct SlotIovecs(IoVecs);
 
 /// A command's disk work, set afresh each time the command goes to the engine.
 struct DiskWork {
@@ -219,6 +225,12 @@ pub struct RequestQueueWorker {
     /// Commands from pop to answer, by slot; sized to the queue, plus the spare, at creation
     /// so that the steady state allocates nothing.
     in_flight: Vec<CommandSlot>,
+    /// The iovecs of each slot's read or write, built in place and handed to the engine by
+    /// address, so that the request moved on the way to the kernel is a few words. They are
+    /// apart from the records, which the worker borrows whole while the engine (maybe on
+    /// another thread) reads them, and stay as they are until the next command in the slot,
+    /// after this one's completion: never resized, and declared after the engine.
+    iovecs: Vec<SlotIovecs>,
     /// Free slots, the spare not among them.
     free_slots: Vec<usize>,
     /// The last slot: it takes a chain popped while every other slot is taken (only a driver
@@ -277,6 +289,7 @@ impl RequestQueueWorker {
             engine,
             memory_leases: MemoryLeases::default(),
             in_flight: (0..=slots).map(|_| CommandSlot::default()).collect(),
+            iovecs: (0..=slots).map(|_| SlotIovecs::default()).collect(),
             free_slots: (0..slots).rev().collect(),
             spare: slots,
             tasks,
@@ -760,7 +773,10 @@ impl RequestQueueWorker {
         if disk.io_status().is_stopped() && slot != self.spare {
             return self.hold(slot, mem, Arc::clone(disk), None);
         }
-        let Some(reply) = self.command(slot).map(|command| &command.reply) else {
+        let (Some(reply), Some(iovecs)) = (
+            self.in_flight.get(slot).map(|command| &command.reply),
+            self.iovecs.get_mut(slot).map(|iovecs| &mut iovecs.0),
+        ) else {
             return;
         };
         let resid = reply.data_len;
@@ -772,14 +788,18 @@ impl RequestQueueWorker {
                 if len > data_in_len || data_out_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                let Ok(iovecs) = reply.buffers.writable.iovecs(mem, reply.resp_size, len) else {
+                if (reply.buffers.writable)
+                    .iovecs_into(mem, reply.resp_size, len, iovecs)
+                    .is_err()
+                {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                };
+                }
                 // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
                 // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
                 // its lease keeps it mapped while the request is in flight after that; the
                 // chain belongs to the device until we return it, which happens only after the
-                // completion.
+                // completion. The iovecs themselves stay in place, unchanged, until the next
+                // command in the slot, after the completion, and do not outlive the engine.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Read { offset, buffers };
                 (request, (Direction::FromDisk, len, true))
@@ -788,11 +808,15 @@ impl RequestQueueWorker {
                 if len > data_out_len || data_in_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                let Ok(iovecs) = reply.buffers.readable.iovecs(mem, header_len, len) else {
+                if (reply.buffers.readable)
+                    .iovecs_into(mem, header_len, len, iovecs)
+                    .is_err()
+                {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                };
+                }
                 // SAFETY: as for reads: checked, kept mapped by the pass and its lease, owned
-                // by the device until the chain is returned after the completion.
+                // by the device until the chain is returned after the completion, the iovecs
+                // kept in place until then.
                 let buffers = unsafe { IoBuffers::borrowed(iovecs) };
                 let request = IoRequest::Write {
                     offset,
@@ -1180,7 +1204,9 @@ impl Submitter<'_> {
     /// refused submission counts as an I/O error. One done inside `submit` counts at once if it
     /// succeeded; one that failed stays outstanding and is reaped like a later completion, so
     /// that what its failure decides (a disk its error policy stops) comes after the pass has
-    /// handed the disk its other commands, whichever way the engine reports.
+    /// handed the disk its other commands, whichever way the engine reports. Inlined, so that
+    /// the request goes to the engine without one more move.
+    #[inline(always)]
     fn submit(
         &mut self,
         slot: usize,
@@ -1336,6 +1362,8 @@ mod tests {
         assert_eq!(std::mem::align_of::<CommandSlot>(), 128);
         let records: Vec<CommandSlot> = (0..3).map(|_| CommandSlot::default()).collect();
         assert_eq!(records.as_ptr() as usize % 128, 0);
+        assert_eq!(std::mem::align_of::<SlotIovecs>(), 128);
+        assert_eq!(std::mem::size_of::<SlotIovecs>() % 128, 0);
     }
 
     #[test]

@@ -20,7 +20,6 @@ use std::ops::Deref;
 use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use block::IoVecs;
 use slog::{debug, warn, Logger};
 use smallvec::SmallVec;
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
@@ -763,6 +762,24 @@ struct Segment {
     len: u32,
 }
 
+/// The iovecs of one request, built in place in the record of its command; the usual few are
+/// stored inline, without an allocation.
+#[derive(Default)]
+pub struct IoVecs(SmallVec<[libc::iovec; 4]>);
+
+// SAFETY: the iovecs are plain addresses into guest memory; whoever hands them to an engine
+// answers for the memory (`block::IoBuffers::borrowed`), and they go to another thread only
+// with the queue worker that owns them, or as such a request.
+unsafe impl Send for IoVecs {}
+
+impl Deref for IoVecs {
+    type Target = [libc::iovec];
+
+    fn deref(&self) -> &[libc::iovec] {
+        &self.0
+    }
+}
+
 /// One direction of a chain: segments in chain order.
 #[derive(Debug, Default, Clone)]
 pub struct Segments {
@@ -991,39 +1008,46 @@ impl Segments {
         Ok(done)
     }
 
-    /// Host iovecs for `len` bytes after the first `skip`, split where guest memory regions end.
-    /// The iovecs stay valid as long as the snapshot behind `mem` is alive.
+    /// Replaces `iovecs` with host iovecs for `len` bytes after the first `skip`, split where
+    /// guest memory regions end. The iovecs stay valid as long as the snapshot behind `mem` is
+    /// alive. Iovecs that a long chain spilled to the heap are let go, as `restart` lets go of
+    /// segments.
     #[inline]
-    pub fn iovecs(
+    pub fn iovecs_into(
         &self,
         mem: &CachedMemory<'_>,
         skip: u64,
         len: u64,
-    ) -> Result<IoVecs, GuestMemoryError> {
+        iovecs: &mut IoVecs,
+    ) -> Result<(), GuestMemoryError> {
+        if iovecs.0.spilled() {
+            *iovecs = IoVecs::default();
+        } else {
+            iovecs.0.clear();
+        }
         if let Some(host) = self.within_one(mem, skip, len) {
-            let mut iovecs = IoVecs::new();
             // len lies within one segment, whose length is a u32.
-            iovecs.push(libc::iovec {
+            iovecs.0.push(libc::iovec {
                 iov_base: host.cast(),
                 iov_len: len as usize,
             });
-            return Ok(iovecs);
+            return Ok(());
         }
-        self.iovecs_of_pieces(mem, skip, len)
+        self.iovecs_of_pieces(mem, skip, len, iovecs)
     }
 
-    /// `iovecs` of bytes that are not within one segment of `mem`'s snapshot.
+    /// `iovecs_into` for bytes that are not within one segment of `mem`'s snapshot.
     #[inline(never)]
     fn iovecs_of_pieces(
         &self,
         mem: &CachedMemory<'_>,
         skip: u64,
         len: u64,
-    ) -> Result<IoVecs, GuestMemoryError> {
-        let mut iovecs = IoVecs::new();
+        iovecs: &mut IoVecs,
+    ) -> Result<(), GuestMemoryError> {
         for piece in self.pieces(skip, len) {
             if let Some(host) = self.host(mem, &piece) {
-                iovecs.push(libc::iovec {
+                iovecs.0.push(libc::iovec {
                     iov_base: host.cast(),
                     iov_len: piece.len,
                 });
@@ -1033,13 +1057,13 @@ impl Segments {
                 GuestMemoryBackend::get_slices(mem.mem, GuestAddress(piece.addr), piece.len)
             {
                 let slice = slice?;
-                iovecs.push(libc::iovec {
+                iovecs.0.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),
                 });
             }
         }
-        Ok(iovecs)
+        Ok(())
     }
 }
 
@@ -1850,7 +1874,11 @@ mod tests {
             let mut out = [0u8; 3];
             assert_eq!(buffers.readable.read(mem, 6, &mut out).unwrap(), 3);
             assert_eq!(&out, b"234");
-            let iovecs = buffers.readable.iovecs(mem, 4, 10).unwrap();
+            let mut iovecs = IoVecs::default();
+            buffers
+                .readable
+                .iovecs_into(mem, 4, 10, &mut iovecs)
+                .unwrap();
             assert_eq!(iovecs.len(), 1);
             assert_eq!(iovecs[0].iov_len, 10);
             // Across both, and past the end: pieces, cut at the end.
@@ -1943,9 +1971,20 @@ mod tests {
             let mut out = [0u8; 12];
             assert_eq!(buffers.readable.read(mem, 4, &mut out).unwrap(), 12);
             assert_eq!(out[..], data[4..]);
-            let iovecs = buffers.readable.iovecs(mem, 0, 16).unwrap();
+            let mut iovecs = IoVecs::default();
+            buffers
+                .readable
+                .iovecs_into(mem, 0, 16, &mut iovecs)
+                .unwrap();
             let lens: Vec<usize> = iovecs.iter().map(|iovec| iovec.iov_len).collect();
             assert_eq!(lens, [8, 8]);
+            // The next request's iovecs replace these, in the same place.
+            buffers
+                .readable
+                .iovecs_into(mem, 2, 4, &mut iovecs)
+                .unwrap();
+            assert_eq!(iovecs.len(), 1);
+            assert_eq!(iovecs[0].iov_len, 4);
         });
     }
 
