@@ -6,8 +6,12 @@
 //! queues served by different iothreads share nothing. A snapshot taken while the queue runs is
 //! a set of values each of which was true at some instant of the read. A request queue's kicks
 //! are the exception: they wait in its notifier's counter, which its thread does not read, and
-//! whoever takes a snapshot moves them into the block, under a lock the queue never takes.
+//! whoever takes a snapshot counts them into the block, under a lock the queue never takes. The
+//! snapshot looks at the counter without reading it (`/proc/self/fdinfo`): its host watches the
+//! notifier edge-triggered, and a read between a kick and the host's wake-up would take the
+//! kick's event away (the kernel hands an event out only if the eventfd is still readable).
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -37,12 +41,13 @@ pub struct QueueCounters {
     /// target finds them (Linux sends 255 at boot), so they are no failure.
     bad_targets: AtomicU64,
     in_flight: AtomicU64,
-    /// Driver notifications: the sum of the notifier's counter over its reads.
+    /// Driver notifications: what the notifier's counter gained, summed over its reads (or,
+    /// for a notifier its thread leaves unread, over the snapshots' looks at it).
     kicks: AtomicU64,
     /// A notifier that the queue's thread does not read (a request queue's: its host wakes at
-    /// every write, edge-triggered), so that its counter holds the kicks not counted yet; read
-    /// by `snapshot` under the lock, which is then the only writer of `kicks`.
-    unread_kicks: Mutex<Option<Arc<EventFd>>>,
+    /// every write, edge-triggered), so that its counter holds its kicks; looked at by
+    /// `snapshot` under the lock, which is then the only writer of `kicks`.
+    unread_kicks: Mutex<UnreadKicks>,
     /// Interrupts raised (MSI-X eventfd writes).
     interrupts: AtomicU64,
     /// Passes that left their interrupt to the queue's next look.
@@ -79,6 +84,24 @@ pub struct QueueStats {
     /// Request latency from the pass that popped the chain to the pass that returned it, in
     /// the buckets of [`LATENCY_BUCKETS`].
     pub latency: [u64; LATENCY_BUCKETS],
+}
+
+/// The notifier whose counter holds a queue's kicks, and how much of that counter is counted.
+#[derive(Debug, Default)]
+struct UnreadKicks {
+    notifier: Option<Arc<EventFd>>,
+    counted: u64,
+}
+
+/// The count `eventfd` holds, as its fdinfo shows it (hexadecimal), left in place; None when
+/// that cannot be read.
+fn eventfd_count(eventfd: &EventFd) -> Option<u64> {
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", eventfd.as_raw_fd())).ok()?;
+    let count = info
+        .lines()
+        .find_map(|line| line.strip_prefix("eventfd-count:"))?;
+    u64::from_str_radix(count.trim(), 16).ok()
 }
 
 impl QueueStats {
@@ -160,21 +183,37 @@ impl QueueCounters {
     /// unread, until a snapshot counts them (and those left in a previous one are counted).
     pub fn count_kicks_in(&self, notifier: &Arc<EventFd>) {
         let mut unread = self.unread_kicks();
-        self.count_unread(&unread);
-        *unread = Some(Arc::clone(notifier));
+        self.count_unread(&mut unread);
+        let same = unread
+            .notifier
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, notifier));
+        if !same {
+            *unread = UnreadKicks {
+                notifier: Some(Arc::clone(notifier)),
+                counted: 0,
+            };
+        }
     }
 
-    fn unread_kicks(&self) -> MutexGuard<'_, Option<Arc<EventFd>>> {
+    fn unread_kicks(&self) -> MutexGuard<'_, UnreadKicks> {
         self.unread_kicks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Moves the kicks in the notifier's counter to `kicks` (EAGAIN: there were none).
-    fn count_unread(&self, unread: &Option<Arc<EventFd>>) {
-        if let Some(kicks) = unread.as_ref().and_then(|notifier| notifier.read().ok()) {
-            add(&self.kicks, kicks);
-        }
+    /// Adds the kicks the notifier's counter gained since the last look to `kicks`. A counter
+    /// below what was counted was drained meanwhile (a device reset, before the activation that
+    /// hands the notifier over again), and holds only kicks that came after.
+    fn count_unread(&self, unread: &mut UnreadKicks) {
+        let Some(total) = unread.notifier.as_deref().and_then(eventfd_count) else {
+            return;
+        };
+        add(
+            &self.kicks,
+            total.checked_sub(unread.counted).unwrap_or(total),
+        );
+        unread.counted = total;
     }
 
     pub fn interrupted(&self) {
@@ -190,7 +229,7 @@ impl QueueCounters {
     }
 
     pub fn snapshot(&self, vq: u16) -> QueueStats {
-        self.count_unread(&self.unread_kicks());
+        self.count_unread(&mut self.unread_kicks());
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let latency: [u64; LATENCY_BUCKETS] = std::array::from_fn(|i| load(&self.latency[i]));
         QueueStats {
@@ -259,6 +298,13 @@ mod tests {
         counters.count_kicks_in(&next);
         next.write(1).unwrap();
         assert_eq!(counters.snapshot(2).kicks, 6);
+        // A reset drains the notifier, and the next activation hands the same one over: the
+        // kicks after the drain are counted, from zero.
+        next.write(1).unwrap();
+        next.read().unwrap();
+        counters.count_kicks_in(&next);
+        next.write(1).unwrap();
+        assert_eq!(counters.snapshot(2).kicks, 7);
     }
 
     #[test]

@@ -1761,17 +1761,21 @@ mod tests {
             heads.push(u32::from(head));
         }
         harness.notify(vq);
-        let used: Vec<u32> = harness.queues[vq]
-            .used()
-            .into_iter()
-            .map(|(head, _)| head)
-            .collect();
-        assert_eq!(used, heads);
+        assert_eq!(used_heads(&mut harness, vq), heads);
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
 
         // A kick with nothing new raises nothing.
         harness.notify(vq);
         assert_eq!(harness.queues[vq].interrupt.count(), before + 1);
+    }
+
+    /// The heads the device returned on `vq` since the last look.
+    fn used_heads(harness: &mut Harness, vq: usize) -> Vec<u32> {
+        harness.queues[vq]
+            .used()
+            .into_iter()
+            .map(|(head, _)| head)
+            .collect()
     }
 
     /// Publishes a TEST UNIT READY on `vq` without kicking; returns its head.
@@ -1797,11 +1801,7 @@ mod tests {
         let interrupts = harness.queues[other].interrupt.count();
         harness.notify(kicked);
         assert_eq!(harness.queues[kicked].used().len(), 1);
-        let used: Vec<u32> = harness.queues[other]
-            .used()
-            .iter()
-            .map(|&(head, _)| head)
-            .collect();
+        let used = used_heads(&mut harness, other);
         assert_eq!(used, [waiting], "served in the kicked queue's wake-up");
         assert_eq!(harness.queues[other].interrupt.count(), interrupts + 1);
         // Its late kick wakes the host, and finds nothing to serve twice.
@@ -1815,12 +1815,22 @@ mod tests {
         );
         let next = publish_unit_ready(&mut harness, other, 3);
         harness.notify(other);
-        let used: Vec<u32> = harness.queues[other]
-            .used()
-            .iter()
-            .map(|&(head, _)| head)
-            .collect();
+        let used = used_heads(&mut harness, other);
         assert_eq!(used, [next]);
+    }
+
+    #[test]
+    fn a_kick_that_a_stats_snapshot_counted_before_the_host_woke_still_wakes_it() {
+        let mut harness = null_harness();
+        let vq = 2;
+        let kicks = harness.device.queue_stats()[0].kicks;
+        let head = publish_unit_ready(&mut harness, vq, 1);
+        harness.kick(vq);
+        // The control socket's `stats`, on the main loop, while the kick's iothread wakes up.
+        assert_eq!(harness.device.queue_stats()[0].kicks, kicks + 1);
+        harness.host.serve_ready().unwrap();
+        let used = used_heads(&mut harness, vq);
+        assert_eq!(used, [head], "the snapshot took the kick's wake-up");
     }
 
     #[test]
