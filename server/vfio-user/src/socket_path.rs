@@ -9,6 +9,9 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+/// `sun_path` holds 108 bytes with the terminating NUL.
+const MAX_SOCKET_PATH: usize = 108;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketPathError {
     #[error("{0}: a server is already listening there (its lock file {0}.lock is held)")]
@@ -98,23 +101,45 @@ impl BoundSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
+        // The socket is bound under a name of its own and renamed into place once it listens, so
+        // that `path` appears only when a connect to it succeeds: a script or QEMU that waits
+        // for the path to exist would otherwise connect between bind() and listen() and be
+        // refused. The staging name is covered by our lock; a path too long to take its suffix,
+        // or one whose staging name is taken by something else than a socket, is bound in place.
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(".new");
+        let staged = PathBuf::from(staged);
+        let bind_at = match std::fs::symlink_metadata(&staged) {
+            _ if staged.as_os_str().len() >= MAX_SOCKET_PATH => path,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => staged.as_path(),
+            Ok(meta) if meta.file_type().is_socket() => {
+                std::fs::remove_file(&staged).map_err(|source| SocketPathError::Io {
+                    path: staged.clone(),
+                    source,
+                })?;
+                staged.as_path()
+            }
+            _ => path,
+        };
         // Bind under a umask that leaves only the owner's bits, so the socket is never reachable
         // by others before its owner and mode are set.
         // SAFETY: umask only swaps the process's file creation mask.
         let old_mask = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
+        let bound = UnixListener::bind(bind_at);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old_mask) };
         let listener = bound.map_err(io_err)?;
-        let guard = BoundSocket {
-            path: path.to_owned(),
+        let mut guard = BoundSocket {
+            path: bind_at.to_owned(),
             _lock: lock,
         };
         if let Some((uid, gid)) = access.owner {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err)?;
+            std::os::unix::fs::lchown(bind_at, Some(uid), Some(gid)).map_err(io_err)?;
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        std::fs::set_permissions(bind_at, std::fs::Permissions::from_mode(access.mode))
             .map_err(io_err)?;
+        std::fs::rename(bind_at, path).map_err(io_err)?;
+        guard.path = path.to_owned();
         listener.set_nonblocking(true).map_err(io_err)?;
         Ok((guard, listener))
     }
@@ -216,5 +241,40 @@ mod tests {
             BoundSocket::bind(&path, &SocketAccess::default()),
             Err(SocketPathError::NotASocket(_))
         ));
+    }
+
+    #[test]
+    fn the_path_appears_listening_and_the_staging_name_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let staged = dir.path().join("s.sock.new");
+        // A staging socket left by a server that died between bind and rename is replaced.
+        drop(UnixListener::bind(&staged).unwrap());
+        let (_bound, _listener) = BoundSocket::bind(&path, &SocketAccess::default()).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        assert!(!staged.exists());
+    }
+
+    #[test]
+    fn a_staging_name_that_is_not_a_socket_is_left_alone_and_the_path_bound_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let staged = dir.path().join("s.sock.new");
+        std::fs::write(&staged, b"keep").unwrap();
+        let (_bound, _listener) = BoundSocket::bind(&path, &SocketAccess::default()).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        assert_eq!(std::fs::read(&staged).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_path_too_long_for_the_staging_suffix_is_bound_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = MAX_SOCKET_PATH - 2 - dir.path().as_os_str().len() - 1;
+        let path = dir.path().join("s".repeat(room));
+        assert!(path.as_os_str().len() + ".new".len() >= MAX_SOCKET_PATH);
+        let (bound, _listener) = BoundSocket::bind(&path, &SocketAccess::default()).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(bound);
+        assert!(!path.exists());
     }
 }
