@@ -320,6 +320,12 @@ impl ServerProcess {
         })?;
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit. A process whose sockets were seen to
+    /// close may still be exiting: the kernel closes its files before it can be reaped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, ServerProcessError> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().map_err(ServerProcessError::Wait)? {

@@ -6,6 +6,7 @@
 //! Build the server first: `cargo build -p server && cargo test -p tests --test durability`.
 
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -118,7 +119,12 @@ fn write_until_killed(
         }
     }
     killer.join().unwrap();
-    assert!(!server.is_running(), "the server was killed");
+    let status = server.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the server was killed"
+    );
     // Only the latest durable round of each block counts: a later unacknowledged write may
     // have replaced an earlier one, which is allowed.
     latest_per_block(durable, &unflushed)
