@@ -15,6 +15,14 @@
 //! polls see one chain per look from any driver). So:
 //! - a queue whose driver held more than two chains at its looks of late (a decaying average)
 //!   is *busy*; any other queue asks for the kick of the next chain, as without batching;
+//! - a busy queue whose driver makes its window available at once also asks for the kick of
+//!   the next chain: the look after such a kick found at least half the most chains the
+//!   driver has had with the device. That driver kicks once a window whatever the device
+//!   asks, so a batch ahead would save no kick, and its re-check would cost a timer armed at
+//!   every sleep (on a virtual machine each one a trap to the hypervisor, several µs). The
+//!   look after each such kick tells again (as do polls: those of a driver that trickles find
+//!   a few chains each); a driver that trickles is batched from then on, with a kick asked at
+//!   the next chain once in 32 batches to see whether it still does;
 //! - a busy queue asks for the kick once twice as many chains as it got since notifications
 //!   last went back on, plus two, are available (a burst comes at once), and for a re-check
 //!   after three times the time those chains took (20 µs to 1 ms), which ends a batch that
@@ -59,6 +67,9 @@ const MAX_RECHECK: Duration = Duration::from_micros(1_000);
 const QUIET_LIMIT: Duration = Duration::from_micros(2_000);
 /// The re-check comes after this many times the time the last batch took to arrive.
 const RECHECK_FACTOR: u32 = 3;
+/// A batching queue asks for the kick of the next chain once in this many batches, to see
+/// whether its driver has taken to sending its window at once.
+const PROBE_EVERY: u32 = 32;
 /// Weight of one pass in the decaying averages (fixed point: a pass adds 16 and loses 1/8).
 const ONE: u64 = 16;
 
@@ -84,6 +95,13 @@ pub(crate) struct KickBatching {
     polling: bool,
     /// The last pass stopped at its bound with chains left: the host looks again at once.
     chains_left: bool,
+    /// Chains the first look since notifications last went back on found.
+    first_look: usize,
+    /// The look after the last kick asked at the next chain found half the driver's window or
+    /// more: it sends its window at once.
+    sends_windows: bool,
+    /// Batches asked for since the last probe (a kick asked at the next chain).
+    batched_since_probe: u32,
 }
 
 impl KickBatching {
@@ -100,6 +118,9 @@ impl KickBatching {
             depth: 0,
             polling: false,
             chains_left: false,
+            first_look: 0,
+            sends_windows: false,
+            batched_since_probe: 0,
         }
     }
 
@@ -109,6 +130,9 @@ impl KickBatching {
     pub fn popped(&mut self, chains: usize, outstanding: usize) {
         if chains == 0 {
             return;
+        }
+        if self.popped == 0 {
+            self.first_look = chains;
         }
         self.popped += chains;
         let outstanding = outstanding.max(chains) as u64 * ONE;
@@ -125,6 +149,9 @@ impl KickBatching {
         let popped = std::mem::take(&mut self.popped);
         let elapsed = now.saturating_sub(std::mem::replace(&mut self.rearmed_at, now));
         let busy = self.passes * 2 < self.load;
+        if popped > 0 && (self.ahead == 1 || polled) {
+            self.sends_windows = (self.first_look as u64) * ONE * 2 >= self.depth;
+        }
         if popped == 0 {
             let quiet = self.quiet_for.saturating_add(elapsed);
             if busy && self.ahead > 1 && quiet < QUIET_LIMIT.as_nanos() as u64 {
@@ -136,6 +163,13 @@ impl KickBatching {
         }
         self.quiet_for = 0;
         self.ahead = self.ahead_for(popped, in_flight, busy);
+        if self.ahead > 1 {
+            self.batched_since_probe += 1;
+            if self.batched_since_probe >= PROBE_EVERY {
+                self.batched_since_probe = 0;
+                self.ahead = 1;
+            }
+        }
         if self.ahead == 1 {
             self.recheck = None;
             return 1;
@@ -170,9 +204,9 @@ impl KickBatching {
     }
 
     /// Twice the batch plus two, but no more than the driver can send unanswered; 1 (the next
-    /// chain) for a queue that is not busy.
+    /// chain) for a queue that is not busy, or whose driver sends its window at once.
     fn ahead_for(&self, popped: usize, in_flight: usize, busy: bool) -> u16 {
-        if popped == 0 || !busy {
+        if popped == 0 || !busy || self.sends_windows {
             return 1;
         }
         let ahead = popped.saturating_mul(2).saturating_add(2);
@@ -322,20 +356,43 @@ mod tests {
     #[test]
     fn the_kick_is_never_asked_for_more_chains_than_the_driver_can_send_unanswered() {
         let mut batching = KickBatching::new(256);
-        // A driver at depth 32 whose every batch is answered at once.
+        // A driver at depth 32 that trickles (each look finds four), whose every batch is
+        // answered at once.
+        let trickle = |batching: &mut KickBatching| {
+            for held in (4..=32).step_by(4) {
+                batching.popped(4, held);
+            }
+        };
         let mut now = 0;
         for _ in 0..10 {
             now += 10 * US;
-            batching.popped(32, 0);
+            trickle(&mut batching);
             assert_eq!(batching.rearm(now, 0), 32, "kicked at its 32nd chain");
         }
         // With 20 of them still in flight, it can send 12 more.
-        batching.popped(32, 0);
+        trickle(&mut batching);
         assert_eq!(batching.rearm(now + 10 * US, 20), 12);
         // All in flight: the next chain is kicked for, and no re-check is needed.
-        batching.popped(32, 0);
+        trickle(&mut batching);
         assert_eq!(batching.rearm(now + 20 * US, 32), 1);
         assert_eq!(batching.recheck_in(), None);
+    }
+
+    #[test]
+    fn a_driver_that_sends_its_window_at_once_is_asked_for_the_next_chain_until_it_trickles() {
+        let mut batching = KickBatching::new(256);
+        let mut now = 0;
+        for _ in 0..10 {
+            now += 10 * US;
+            batching.popped(32, 32);
+            assert_eq!(batching.rearm(now, 0), 1, "it kicks once a window anyway");
+            assert_eq!(batching.recheck_in(), None, "and no timer is armed for it");
+        }
+        // The look after its next kick finds two of its 32: it is batched.
+        batching.popped(2, 32);
+        batching.popped(6, 32);
+        assert_eq!(batching.rearm(now + 10 * US, 0), 18, "2 x 8 + 2");
+        assert!(batching.recheck_in().is_some());
     }
 
     #[test]
@@ -516,48 +573,61 @@ mod through_the_inline_host {
 
     #[test]
     fn a_batch_moves_the_kick_a_batch_ahead_and_a_shorter_one_is_served_by_the_recheck() {
-        let mut harness = ready_harness(|features| features);
-        publish(&mut harness, 4);
-        harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 4);
-        let queue = &harness.queues[VQ];
-        assert_eq!(
-            queue.avail_event(),
-            queue.avail_idx().wrapping_add(3),
-            "2 x 4 + 2, but the driver has had no more than 4 with the device: the fourth"
-        );
-
-        assert_eq!(publish(&mut harness, 3), 0, "three of four: no kick");
+        let mut harness = trickling_harness();
+        assert_eq!(publish(&mut harness, 3), 0, "three of six: no kick");
         assert_eq!(after_a_recheck(&mut harness), 3, "served without a kick");
         assert_eq!(
             publish(&mut harness, 8),
             1,
-            "three ahead now (the most, decayed): kicked at the third, once"
+            "a batch ahead again, no more than the driver can send: kicked once"
         );
         harness.notify(VQ);
         assert_eq!(harness.queues[VQ].used().len(), 8);
     }
 
+    /// A driver that has had ten chains with the device and now trickles: the look after its
+    /// kick finds two. The kick is asked for a batch ahead, with a re-check.
+    fn trickling_harness() -> Harness {
+        let mut harness = ready_harness(|features| features);
+        // Eight at once, whose answers the driver has not read yet: it holds eight.
+        publish(&mut harness, 8);
+        harness.notify(VQ);
+        assert_eq!(publish(&mut harness, 2), 1, "the next chain is kicked for");
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 10);
+        let queue = &harness.queues[VQ];
+        assert_eq!(
+            queue.avail_event(),
+            queue.avail_idx().wrapping_add(5),
+            "2 x 2 + 2: the sixth"
+        );
+        harness
+    }
+
     #[test]
-    fn a_driver_that_resends_its_whole_depth_at_once_kicks_once_per_batch() {
+    fn a_driver_that_sends_its_window_at_once_is_asked_for_the_next_chain_and_no_recheck() {
         let mut harness = ready_harness(|features| features);
         for round in 0..10 {
-            assert_eq!(
-                publish(&mut harness, 8),
-                1,
-                "round {round}: kicked at the eighth, not left for a re-check"
-            );
+            assert_eq!(publish(&mut harness, 8), 1, "round {round}: one kick");
             harness.notify(VQ);
             assert_eq!(harness.queues[VQ].used().len(), 8);
         }
+        asks_for_the_kick_of_the_next_chain_and_for_no_recheck(&mut harness);
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 1);
+        // That look found one chain of the eight the driver has had: it trickles, and is
+        // batched from then on.
+        assert_eq!(
+            publish(&mut harness, 3),
+            0,
+            "2 x 1 + 2: three of four, no kick"
+        );
+        assert_eq!(after_a_recheck(&mut harness), 3, "served by the re-check");
     }
 
     #[test]
     fn a_quiet_queue_asks_for_the_next_kick_and_for_no_more_rechecks() {
-        let mut harness = ready_harness(|features| features);
-        publish(&mut harness, 4);
-        harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 4);
+        let mut harness = trickling_harness();
         // Re-checks that find nothing, for longer than the quiet limit.
         assert_eq!(after_a_recheck(&mut harness), 0);
         let queue = &harness.queues[VQ];
@@ -620,20 +690,9 @@ mod through_the_inline_host {
         kicks
     }
 
-    /// A batch served by its kick: the next kick is asked for a batch ahead.
-    fn kicked_batch_of_four() -> Harness {
-        let mut harness = ready_harness(|features| features);
-        publish(&mut harness, 4);
-        harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 4);
-        let queue = &harness.queues[VQ];
-        assert_ne!(queue.avail_event(), queue.avail_idx(), "a batch ahead");
-        harness
-    }
-
     #[test]
     fn a_driver_that_keeps_chains_coming_while_the_host_polls_never_kicks() {
-        let mut harness = kicked_batch_of_four();
+        let mut harness = trickling_harness();
         harness.host.start_polling().unwrap();
         assert_eq!(trickle_while_polling(&mut harness, 200), 0);
         assert_eq!(harness.device.queue_stats()[0].rechecks, 0);
@@ -645,9 +704,9 @@ mod through_the_inline_host {
 
     #[test]
     fn a_kick_sent_before_polling_started_is_served_as_a_poll_and_turns_no_kick_on() {
-        let mut harness = kicked_batch_of_four();
+        let mut harness = trickling_harness();
         // The driver sends that batch; its kick is still in the notifier when polling starts.
-        assert_eq!(publish(&mut harness, 4), 1);
+        assert_eq!(publish(&mut harness, 6), 1);
         let counted = harness.device.queue_stats()[0].kicks;
         harness.kick(VQ);
         harness.host.start_polling().unwrap();
@@ -1102,9 +1161,18 @@ mod through_the_inline_host {
     fn without_event_idx_a_batch_turns_kicks_off_until_the_queue_is_quiet() {
         let mut harness = ready_harness(|features| features & !RING_EVENT_IDX);
         assert_eq!(harness.queues[VQ].used_flags(), 0);
-        publish(&mut harness, 4);
+        publish(&mut harness, 8);
         harness.notify(VQ);
-        assert_eq!(harness.queues[VQ].used().len(), 4);
+        assert_eq!(harness.queues[VQ].used().len(), 8);
+        assert_eq!(
+            harness.queues[VQ].used_flags(),
+            0,
+            "a window at once: the driver kicks once for it anyway"
+        );
+        // The look after its kick finds two of the eight it has had: it trickles.
+        publish(&mut harness, 2);
+        harness.notify(VQ);
+        assert_eq!(harness.queues[VQ].used().len(), 2);
         assert_eq!(
             harness.queues[VQ].used_flags(),
             VRING_USED_F_NO_NOTIFY as u16
