@@ -20,9 +20,9 @@
 //!   driver has had with the device. That driver kicks once a window whatever the device
 //!   asks, so a batch ahead would save no kick, and its re-check would cost a timer armed at
 //!   every sleep (on a virtual machine each one a trap to the hypervisor, several µs). The
-//!   look after each such kick tells again (as do polls: those of a driver that trickles find
-//!   a few chains each); a driver that trickles is batched from then on, with a kick asked at
-//!   the next chain once in 32 batches to see whether it still does;
+//!   look after each such kick tells again; a driver that trickles is batched from then on,
+//!   with a kick asked at the next chain once in 32 batches to see whether it still does.
+//!   Polling ends as below whatever the driver did before it;
 //! - a busy queue asks for the kick once twice as many chains as it got since notifications
 //!   last went back on, plus two, are available (a burst comes at once), and for a re-check
 //!   after three times the time those chains took (20 µs to 1 ms), which ends a batch that
@@ -149,7 +149,7 @@ impl KickBatching {
         let popped = std::mem::take(&mut self.popped);
         let elapsed = now.saturating_sub(std::mem::replace(&mut self.rearmed_at, now));
         let busy = self.passes * 2 < self.load;
-        if popped > 0 && (self.ahead == 1 || polled) {
+        if popped > 0 && self.ahead == 1 && !polled {
             self.sends_windows = (self.first_look as u64) * ONE * 2 >= self.depth;
         }
         if popped == 0 {
@@ -162,7 +162,7 @@ impl KickBatching {
             }
         }
         self.quiet_for = 0;
-        self.ahead = self.ahead_for(popped, in_flight, busy);
+        self.ahead = self.ahead_for(popped, in_flight, busy && (polled || !self.sends_windows));
         if self.ahead > 1 {
             self.batched_since_probe += 1;
             if self.batched_since_probe >= PROBE_EVERY {
@@ -204,9 +204,9 @@ impl KickBatching {
     }
 
     /// Twice the batch plus two, but no more than the driver can send unanswered; 1 (the next
-    /// chain) for a queue that is not busy, or whose driver sends its window at once.
-    fn ahead_for(&self, popped: usize, in_flight: usize, busy: bool) -> u16 {
-        if popped == 0 || !busy || self.sends_windows {
+    /// chain) for a queue that need not batch.
+    fn ahead_for(&self, popped: usize, in_flight: usize, batches: bool) -> u16 {
+        if popped == 0 || !batches {
             return 1;
         }
         let ahead = popped.saturating_mul(2).saturating_add(2);
