@@ -175,6 +175,7 @@ impl IoUringEngine {
 
     /// Starts a request that has a free slot or queues it; finishes it at once when the kernel
     /// has nothing to do.
+    #[inline(always)]
     fn start(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Submitted {
         if let Err(errno) = request.check(disk) {
             return Submitted::Done(Err(errno));

@@ -155,6 +155,7 @@ impl CommandSpec {
 
     /// Checks the CDB's length and that no bit is set outside the usage data; the sense
     /// points at the first offending byte and its highest offending bit.
+    #[inline(always)]
     pub(crate) fn check(&self, cdb: Cdb<'_>) -> Result<(), Sense> {
         if cdb.0.len() < self.usage.len() {
             return Err(Sense::INVALID_FIELD_IN_CDB);

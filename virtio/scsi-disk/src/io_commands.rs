@@ -14,6 +14,7 @@ struct BlockRange {
 }
 
 /// Where the LBA and length sit in each CDB size.
+#[inline(always)]
 fn block_range(cdb: Cdb<'_>) -> BlockRange {
     match cdb.size() {
         CdbSize::Six => {
@@ -48,6 +49,7 @@ fn block_range(cdb: Cdb<'_>) -> BlockRange {
 }
 
 /// The checked byte range of a READ or WRITE, or `None` for a transfer length of zero.
+#[inline(always)]
 fn transfer(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Option<(u64, u64)>, Sense> {
     let range = block_range(cdb);
     if lun.max_transfer_blocks != 0 && range.blocks > u64::from(lun.max_transfer_blocks) {
@@ -57,6 +59,7 @@ fn transfer(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Option<(u64, u64)>, Sense> 
     Ok((len != 0).then_some((offset, len)))
 }
 
+#[inline(always)]
 pub(crate) fn read(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
     Ok(match transfer(cdb, lun)? {
         Some((offset, len)) => Outcome::Io(DiskIo::Read { offset, len }),

@@ -158,12 +158,14 @@ impl<D: Clone> Target<D> {
 }
 
 impl<D> Target<D> {
+    #[inline(always)]
     fn position(&self, lun: u16) -> Result<usize, TargetError> {
         self.luns
             .binary_search_by_key(&lun, |unit| unit.config.lun)
             .map_err(|_| TargetError::NoSuchLun(lun))
     }
 
+    #[inline(always)]
     pub fn lun(&self, lun: u16) -> Option<&Lun<D>> {
         self.position(lun).ok().map(|at| &self.luns[at])
     }
