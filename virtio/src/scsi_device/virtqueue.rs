@@ -285,6 +285,9 @@ impl Virtqueue {
         }
     }
 
+    /// Out of line, so that the ring accesses that may end here stay small enough to inline.
+    #[cold]
+    #[inline(never)]
     fn fail(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
         warn!(self.logger, "queue unusable"; "what" => what, "error" => %error);
         self.broken = true;
@@ -490,6 +493,7 @@ impl Virtqueue {
     /// Returns a chain to the driver with `len` bytes written: its used element is written now,
     /// and the driver sees it with the others of the batch once `publish_used` (or
     /// `interrupt_if_wanted`) moves the used idx, one store for the batch.
+    #[inline]
     pub fn add_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) {
         if self.broken {
             return;
@@ -500,6 +504,7 @@ impl Virtqueue {
         }
     }
 
+    #[inline(always)]
     fn put_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) -> Result<(), RingError> {
         let ring = &self.ring;
         if head >= ring.size {
