@@ -793,19 +793,18 @@ impl RequestQueueWorker {
                 if len > data_in_len || data_out_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                if (reply.buffers.writable)
-                    .iovecs_into(mem, reply.resp_size, len, iovecs)
-                    .is_err()
-                {
+                let writable = &reply.buffers.writable;
+                let Ok(covered) = writable.iovecs_into(mem, reply.resp_size, len, iovecs) else {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                }
+                };
                 // SAFETY: the iovecs point into guest memory regions of `snapshot`, checked to
                 // be mapped (CachedMemory); the snapshot is alive until this pass ends, and
                 // its lease keeps it mapped while the request is in flight after that; the
                 // chain belongs to the device until we return it, which happens only after the
                 // completion. The iovecs themselves stay in place, unchanged, until the next
-                // command in the slot, after the completion, and do not outlive the engine.
-                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
+                // command in the slot, after the completion, and do not outlive the engine;
+                // they cover `covered` bytes.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs, covered) };
                 let request = IoRequest::Read { offset, buffers };
                 (request, (Direction::FromDisk, len, true))
             }
@@ -813,16 +812,14 @@ impl RequestQueueWorker {
                 if len > data_out_len || data_in_len > 0 {
                     return answer_with(VIRTIO_SCSI_S_OVERRUN, self);
                 }
-                if (reply.buffers.readable)
-                    .iovecs_into(mem, header_len, len, iovecs)
-                    .is_err()
-                {
+                let readable = &reply.buffers.readable;
+                let Ok(covered) = readable.iovecs_into(mem, header_len, len, iovecs) else {
                     return answer_with(VIRTIO_SCSI_S_FAILURE, self);
-                }
+                };
                 // SAFETY: as for reads: checked, kept mapped by the pass and its lease, owned
                 // by the device until the chain is returned after the completion, the iovecs
-                // kept in place until then.
-                let buffers = unsafe { IoBuffers::borrowed(iovecs) };
+                // kept in place until then, covering `covered` bytes.
+                let buffers = unsafe { IoBuffers::borrowed(iovecs, covered) };
                 let request = IoRequest::Write {
                     offset,
                     buffers,

@@ -1017,7 +1017,8 @@ impl Segments {
     }
 
     /// Replaces `iovecs` with host iovecs for `len` bytes after the first `skip`, split where
-    /// guest memory regions end. The iovecs stay valid as long as the snapshot behind `mem` is
+    /// guest memory regions end, and returns the bytes they cover (fewer than `len` where the
+    /// segments end first). The iovecs stay valid as long as the snapshot behind `mem` is
     /// alive. Iovecs that a long chain spilled to the heap are let go, as `restart` lets go of
     /// segments.
     #[inline(always)]
@@ -1027,7 +1028,7 @@ impl Segments {
         skip: u64,
         len: u64,
         iovecs: &mut IoVecs,
-    ) -> Result<(), GuestMemoryError> {
+    ) -> Result<u64, GuestMemoryError> {
         if let Some(host) = self.within_one(mem, skip, len) {
             // len lies within one segment, whose length is a u32.
             let iovec = libc::iovec {
@@ -1041,7 +1042,7 @@ impl Segments {
             inline[0] = iovec;
             // Written whole, which costs less than a clear and a push.
             *iovecs = IoVecs(SmallVec::from_buf_and_len(inline, 1));
-            return Ok(());
+            return Ok(len);
         }
         if iovecs.0.spilled() {
             *iovecs = IoVecs::default();
@@ -1059,8 +1060,10 @@ impl Segments {
         skip: u64,
         len: u64,
         iovecs: &mut IoVecs,
-    ) -> Result<(), GuestMemoryError> {
+    ) -> Result<u64, GuestMemoryError> {
+        let mut covered = 0;
         for piece in self.pieces(skip, len) {
+            covered += piece.len as u64;
             if let Some(host) = self.host(mem, &piece) {
                 iovecs.0.push(libc::iovec {
                     iov_base: host.cast(),
@@ -1078,7 +1081,7 @@ impl Segments {
                 });
             }
         }
-        Ok(())
+        Ok(covered)
     }
 }
 
@@ -1893,10 +1896,8 @@ mod tests {
             assert_eq!(buffers.readable.read(mem, 6, &mut out).unwrap(), 3);
             assert_eq!(&out, b"234");
             let mut iovecs = IoVecs::default();
-            buffers
-                .readable
-                .iovecs_into(mem, 4, 10, &mut iovecs)
-                .unwrap();
+            let covered = buffers.readable.iovecs_into(mem, 4, 10, &mut iovecs);
+            assert_eq!(covered.unwrap(), 10);
             assert_eq!(iovecs.len(), 1);
             assert_eq!(iovecs[0].iov_len, 10);
             // Across both, and past the end: pieces, cut at the end.
@@ -1990,17 +1991,13 @@ mod tests {
             assert_eq!(buffers.readable.read(mem, 4, &mut out).unwrap(), 12);
             assert_eq!(out[..], data[4..]);
             let mut iovecs = IoVecs::default();
-            buffers
-                .readable
-                .iovecs_into(mem, 0, 16, &mut iovecs)
-                .unwrap();
+            let covered = buffers.readable.iovecs_into(mem, 0, 16, &mut iovecs);
+            assert_eq!(covered.unwrap(), 16);
             let lens: Vec<usize> = iovecs.iter().map(|iovec| iovec.iov_len).collect();
             assert_eq!(lens, [8, 8]);
             // The next request's iovecs replace these, in the same place.
-            buffers
-                .readable
-                .iovecs_into(mem, 2, 4, &mut iovecs)
-                .unwrap();
+            let covered = buffers.readable.iovecs_into(mem, 2, 4, &mut iovecs);
+            assert_eq!(covered.unwrap(), 4);
             assert_eq!(iovecs.len(), 1);
             assert_eq!(iovecs[0].iov_len, 4);
         });
