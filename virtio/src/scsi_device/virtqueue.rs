@@ -493,7 +493,7 @@ impl Virtqueue {
     /// Returns a chain to the driver with `len` bytes written: its used element is written now,
     /// and the driver sees it with the others of the batch once `publish_used` (or
     /// `interrupt_if_wanted`) moves the used idx, one store for the batch.
-    #[inline]
+    #[inline(always)]
     pub fn add_used(&mut self, mem: &CachedMemory<'_>, head: u16, len: u32) {
         if self.broken {
             return;
@@ -667,7 +667,7 @@ impl<'a> CachedMemory<'a> {
     }
 
     /// The id and len fields of the used element at `addr`, with one lookup.
-    #[inline]
+    #[inline(always)]
     fn used_element(&self, addr: u64) -> Result<(&'a AtomicU32, &'a AtomicU32), RingError> {
         let unreachable = RingError::Unreachable { addr };
         let host = self
@@ -978,7 +978,7 @@ impl Segments {
     }
 
     /// Writes `data` after the first `skip` bytes; returns how many bytes fitted.
-    #[inline]
+    #[inline(always)]
     pub fn write(
         &self,
         mem: &CachedMemory<'_>,
