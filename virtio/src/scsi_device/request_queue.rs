@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use block::{Completion, Disk, Engine, ErrorAction, IoBuffers, IoRequest, Submitted};
 use slog::{debug, trace, warn, Drain, Logger};
 use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
-    VIRTIO_SCSI_S_OVERRUN,
+    VIRTIO_SCSI_CDB_DEFAULT_SIZE, VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET,
+    VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_S_OVERRUN,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,6 +44,8 @@ use scsi_disk::{data_out_use, DataOutUse, DiskIo, Lun, Outcome, Sense, FIXED_SEN
 /// SCSI status codes (SAM-5).
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
+/// A request header with a CDB field of the default size.
+const DEFAULT_REQUEST_BYTES: usize = CMD_REQ_HEADER_SIZE + VIRTIO_SCSI_CDB_DEFAULT_SIZE as usize;
 /// The longest a pass's interrupt waits for later looks (ns): the bound on what deferring
 /// adds to a request's latency.
 const MAX_INTERRUPT_DELAY_NS: u64 = 500_000;
@@ -677,10 +679,13 @@ impl RequestQueueWorker {
         let readable = &reply.buffers.readable;
         let request = &mut self.request_bytes[..kept];
         // The length check makes every kept byte available: none is left from the last command.
+        // A header with the default CDB size is copied as an array, not by a call of memcpy.
         let read = readable.len() >= header_len
-            && readable
-                .read(mem, 0, request)
-                .is_ok_and(|read| read == kept);
+            && match request.first_chunk_mut::<DEFAULT_REQUEST_BYTES>() {
+                Some(usual) if kept == DEFAULT_REQUEST_BYTES => readable.read(mem, 0, usual),
+                _ => readable.read(mem, 0, request),
+            }
+            .is_ok_and(|read| read == kept);
         let (Some((header, cdb)), true) = (request.split_first_chunk(), read) else {
             debug!(self.queue.logger(), "request header too short";
                 "head" => reply.head, "readable" => readable.len());

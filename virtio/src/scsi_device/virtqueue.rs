@@ -932,7 +932,7 @@ impl Segments {
     }
 
     /// Fills `out` from the bytes after the first `skip`; returns how many were available.
-    #[inline]
+    #[inline(always)]
     pub fn read(
         &self,
         mem: &CachedMemory<'_>,
