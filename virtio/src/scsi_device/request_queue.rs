@@ -339,7 +339,10 @@ impl RequestQueueWorker {
         let chains_left = loop {
             started += self.start_available(&mem, &snapshot);
             self.engine.submit_pending();
-            self.reap(&mem);
+            // Commands the engine finished inside `submit` left nothing to reap.
+            if self.in_flight_count() > 0 {
+                self.reap(&mem);
+            }
             // A driver that keeps sending sees each round's answers.
             self.queue.publish_used(&mem);
             // Notifications are asked for again only once the ring is empty, as QEMU's
