@@ -177,10 +177,10 @@ impl IoUringEngine {
     /// has nothing to do.
     #[inline(always)]
     fn start(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Submitted {
-        if let Err(errno) = request.check(disk) {
-            return Submitted::Done(Err(errno));
-        }
-        let len = request.byte_len();
+        let len = match request.check(disk) {
+            Ok(len) => len,
+            Err(errno) => return Submitted::Done(Err(errno)),
+        };
         // A null disk's request does nothing but, with a latency, wait it out; a file's does
         // the I/O. Each kind of disk takes only its own checks.
         let null_latency = if disk.is_null() {
