@@ -337,25 +337,34 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
 ];
 
 /// Where each opcode's rows are in [`COMMANDS`] (rows of one opcode are adjacent): the first
-/// and how many, so that finding a command costs one index, not a scan of the table.
-const ROWS: [(u8, u8); 256] = {
-    let mut rows = [(0, 0); 256];
+/// and how many.
+const ROW_SPANS: [(usize, usize); 256] = {
+    let mut spans = [(0, 0); 256];
     let mut row = COMMANDS.len();
     while row > 0 {
         row -= 1;
-        let (_, count) = rows[COMMANDS[row].opcode as usize];
-        rows[COMMANDS[row].opcode as usize] = (row as u8, count + 1);
+        let (_, count) = spans[COMMANDS[row].opcode as usize];
+        spans[COMMANDS[row].opcode as usize] = (row, count + 1);
+    }
+    spans
+};
+
+/// Each opcode's rows, cut out of [`COMMANDS`] at compile time, so that finding a command costs
+/// one index, neither a scan of the table nor the bounds checks of a slicing.
+static ROWS: [&[CommandSpec]; 256] = {
+    let mut rows: [&[CommandSpec]; 256] = [&[]; 256];
+    let mut opcode = 0;
+    while opcode < 256 {
+        let (first, count) = ROW_SPANS[opcode];
+        rows[opcode] = COMMANDS.split_at(first).1.split_at(count).0;
+        opcode += 1;
     }
     rows
 };
 
 /// The rows of `opcode`: none, one, or one per service action.
 fn rows(opcode: u8) -> &'static [CommandSpec] {
-    let (first, count) = ROWS[usize::from(opcode)];
-    let first = usize::from(first);
-    COMMANDS
-        .get(first..first + usize::from(count))
-        .unwrap_or(&[])
+    ROWS[usize::from(opcode)]
 }
 
 /// Whether `opcode` selects its command with a service action.
