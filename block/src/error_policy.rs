@@ -78,6 +78,7 @@ pub struct IoStatus {
 }
 
 impl IoStatus {
+    #[inline]
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }

@@ -38,9 +38,11 @@ impl IoRequest {
     /// The checks every engine makes before touching the backend, as the errno to complete with:
     /// EROFS for modifications of a read-only disk, EINVAL for ranges past the end or not
     /// aligned to the logical block size, EIO for a flush once an earlier flush has failed.
-    pub(crate) fn check(&self, disk: &Disk) -> Result<(), i32> {
+    /// Passed, they give the request's `byte_len`, which the engine goes on with.
+    #[inline]
+    pub(crate) fn check(&self, disk: &Disk) -> Result<u64, i32> {
         let offset = match self {
-            IoRequest::Flush => return disk.flush_state().check(),
+            IoRequest::Flush => return disk.flush_state().check().map(|()| 0),
             IoRequest::Read { offset, .. } => *offset,
             IoRequest::Write { offset, .. }
             | IoRequest::Discard { offset, .. }
@@ -59,7 +61,7 @@ impl IoRequest {
         if (offset | len) & misaligned != 0 || end > disk.size() {
             return Err(libc::EINVAL);
         }
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -76,8 +78,8 @@ mod tests {
             offset,
             buffers: memory.buffers(&[(0, len)]),
         };
-        assert_eq!(read(0, 512).check(&disk), Ok(()));
-        assert_eq!(read((1 << 20) - 512, 512).check(&disk), Ok(()));
+        assert_eq!(read(0, 512).check(&disk), Ok(512));
+        assert_eq!(read((1 << 20) - 512, 512).check(&disk), Ok(512));
         assert_eq!(read(1 << 20, 512).check(&disk), Err(libc::EINVAL));
         assert_eq!(read(100, 512).check(&disk), Err(libc::EINVAL));
         assert_eq!(read(0, 100).check(&disk), Err(libc::EINVAL));
@@ -88,7 +90,7 @@ mod tests {
         assert_eq!(huge.check(&disk), Err(libc::EINVAL));
         let large_blocks = Disk::null(1 << 20, 4096).unwrap();
         let discard = |offset, len| IoRequest::Discard { offset, len };
-        assert_eq!(discard(4096, 8192).check(&large_blocks), Ok(()));
+        assert_eq!(discard(4096, 8192).check(&large_blocks), Ok(8192));
         assert_eq!(discard(512, 4096).check(&large_blocks), Err(libc::EINVAL));
         assert_eq!(discard(4096, 2048).check(&large_blocks), Err(libc::EINVAL));
         assert_eq!(Disk::null(1 << 20, 1024).err().map(|_| ()), Some(()));

@@ -175,19 +175,34 @@ impl IoUringEngine {
 
     /// Starts a request that has a free slot or queues it; finishes it at once when the kernel
     /// has nothing to do.
+    #[inline(always)]
     fn start(&mut self, disk: &Arc<Disk>, request: IoRequest, user_data: u64) -> Submitted {
-        if let Err(errno) = request.check(disk) {
-            return Submitted::Done(Err(errno));
+        let len = match request.check(disk) {
+            Ok(len) => len,
+            Err(errno) => return Submitted::Done(Err(errno)),
+        };
+        // A null disk's request does nothing but, with a latency, wait it out.
+        if disk.is_null() && disk.null_latency().is_zero() {
+            return Submitted::Done(Ok(len));
         }
-        let len = request.byte_len();
-        // A null disk's request does nothing but, with a latency, wait it out; a file's does
-        // the I/O. Each kind of disk takes only its own checks.
+        self.start_in_kernel(disk, request, user_data, len)
+    }
+
+    /// `start` of a checked request of `len` bytes that is not finished at once, which mostly
+    /// goes to the kernel: out of line, so that a request finished at once takes no frame for
+    /// what this keeps.
+    #[inline(never)]
+    fn start_in_kernel(
+        &mut self,
+        disk: &Arc<Disk>,
+        request: IoRequest,
+        user_data: u64,
+        len: u64,
+    ) -> Submitted {
+        // A null disk's request waits out its latency; a file's does the I/O. Each kind of
+        // disk takes only its own checks.
         let null_latency = if disk.is_null() {
-            let latency = disk.null_latency();
-            if latency.is_zero() {
-                return Submitted::Done(Ok(len));
-            }
-            Some(latency)
+            Some(disk.null_latency())
         } else {
             let nothing_to_do = match &request {
                 IoRequest::Flush => false,

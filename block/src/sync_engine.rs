@@ -48,10 +48,10 @@ impl Engine for SyncEngine {
 
 /// Runs one request with blocking calls: bytes done, or the errno to complete with.
 pub(crate) fn execute(disk: &Disk, request: &IoRequest) -> Result<u64, i32> {
-    request.check(disk)?;
+    let len = request.check(disk)?;
     let Some(fd) = disk.fd() else {
         null_latency::sleep(disk.null_latency());
-        return Ok(request.byte_len());
+        return Ok(len);
     };
     match request {
         IoRequest::Read { offset, buffers } => {

@@ -62,9 +62,10 @@ impl Memory {
             .collect();
         self.iovecs.push(iovecs);
         let iovecs = self.iovecs.last().map_or(&[][..], |iovecs| &iovecs[..]);
+        let len = iovecs.iter().map(|iov| iov.iov_len as u64).sum();
         // SAFETY: each test keeps the memory, and with it the boxed iovecs, alive and untouched
-        // until the request completes.
-        unsafe { IoBuffers::borrowed(iovecs) }
+        // until the request completes; `len` is their sum.
+        unsafe { IoBuffers::borrowed(iovecs, len) }
     }
 }
 

@@ -6,6 +6,7 @@
 pub(crate) struct Cdb<'a>(pub(crate) &'a [u8]);
 
 impl Cdb<'_> {
+    #[inline(always)]
     pub(crate) fn byte(&self, index: usize) -> u8 {
         self.0.get(index).copied().unwrap_or(0)
     }
@@ -14,6 +15,7 @@ impl Cdb<'_> {
         self.byte(index) & (1 << bit) != 0
     }
 
+    #[inline(always)]
     fn be<const N: usize>(&self, index: usize) -> [u8; N] {
         match self.0.get(index..).and_then(<[u8]>::first_chunk::<N>) {
             Some(bytes) => *bytes,
@@ -21,14 +23,17 @@ impl Cdb<'_> {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn be16(&self, index: usize) -> u16 {
         u16::from_be_bytes(self.be(index))
     }
 
+    #[inline(always)]
     pub(crate) fn be32(&self, index: usize) -> u32 {
         u32::from_be_bytes(self.be(index))
     }
 
+    #[inline(always)]
     pub(crate) fn be64(&self, index: usize) -> u64 {
         u64::from_be_bytes(self.be(index))
     }

@@ -155,6 +155,7 @@ impl CommandSpec {
 
     /// Checks the CDB's length and that no bit is set outside the usage data; the sense
     /// points at the first offending byte and its highest offending bit.
+    #[inline(always)]
     pub(crate) fn check(&self, cdb: Cdb<'_>) -> Result<(), Sense> {
         if cdb.0.len() < self.usage.len() {
             return Err(Sense::INVALID_FIELD_IN_CDB);
@@ -336,25 +337,34 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
 ];
 
 /// Where each opcode's rows are in [`COMMANDS`] (rows of one opcode are adjacent): the first
-/// and how many, so that finding a command costs one index, not a scan of the table.
-const ROWS: [(u8, u8); 256] = {
-    let mut rows = [(0, 0); 256];
+/// and how many.
+const ROW_SPANS: [(usize, usize); 256] = {
+    let mut spans = [(0, 0); 256];
     let mut row = COMMANDS.len();
     while row > 0 {
         row -= 1;
-        let (_, count) = rows[COMMANDS[row].opcode as usize];
-        rows[COMMANDS[row].opcode as usize] = (row as u8, count + 1);
+        let (_, count) = spans[COMMANDS[row].opcode as usize];
+        spans[COMMANDS[row].opcode as usize] = (row, count + 1);
+    }
+    spans
+};
+
+/// Each opcode's rows, cut out of [`COMMANDS`] at compile time, so that finding a command costs
+/// one index, neither a scan of the table nor the bounds checks of a slicing.
+static ROWS: [&[CommandSpec]; 256] = {
+    let mut rows: [&[CommandSpec]; 256] = [&[]; 256];
+    let mut opcode = 0;
+    while opcode < 256 {
+        let (first, count) = ROW_SPANS[opcode];
+        rows[opcode] = COMMANDS.split_at(first).1.split_at(count).0;
+        opcode += 1;
     }
     rows
 };
 
 /// The rows of `opcode`: none, one, or one per service action.
 fn rows(opcode: u8) -> &'static [CommandSpec] {
-    let (first, count) = ROWS[usize::from(opcode)];
-    let first = usize::from(first);
-    COMMANDS
-        .get(first..first + usize::from(count))
-        .unwrap_or(&[])
+    ROWS[usize::from(opcode)]
 }
 
 /// Whether `opcode` selects its command with a service action.
@@ -459,9 +469,11 @@ pub(crate) fn execute(
     if let Err(sense) = spec.check(cdb) {
         return sense.into();
     }
-    run(spec, cdb, unit, data_out, data_out_len, lun_list).into()
+    run(spec, cdb, unit, data_out, data_out_len, lun_list)
 }
 
+/// Returns the outcome itself, not a `Result`: each command's answer is built where the caller
+/// reads it, rather than copied out of a `Result` (some 10 instructions a READ).
 fn run(
     spec: &CommandSpec,
     cdb: Cdb<'_>,
@@ -469,46 +481,52 @@ fn run(
     data_out: &[u8],
     data_out_len: u64,
     lun_list: &[u16],
-) -> Result<Outcome, Sense> {
+) -> Outcome {
     let Unit { config, state } = unit;
     match spec.command {
-        Command::TestUnitReady | Command::PreventAllowMediumRemoval => Ok(Outcome::good()),
+        Command::TestUnitReady | Command::PreventAllowMediumRemoval => Outcome::good(),
         Command::RequestSense => {
             let sense = state.take_unit_attention().unwrap_or(Sense::NO_SENSE);
-            Ok(request_sense(cdb, sense))
+            request_sense(cdb, sense)
         }
-        Command::Inquiry => inquiry::inquiry(cdb, config),
-        Command::ReadCapacity10 => Ok(capacity::read_capacity_10(config)),
-        Command::ReadCapacity16 => Ok(capacity::read_capacity_16(cdb, config)),
+        Command::Inquiry => inquiry::inquiry(cdb, config).into(),
+        Command::ReadCapacity10 => capacity::read_capacity_10(config),
+        Command::ReadCapacity16 => capacity::read_capacity_16(cdb, config),
         Command::Read6 | Command::Read10 | Command::Read12 | Command::Read16 => {
             io_commands::read(cdb, config)
         }
         Command::Write6 | Command::Write10 | Command::Write12 | Command::Write16 => {
             io_commands::write(cdb, config, state.write_cache())
         }
-        Command::Verify10 | Command::Verify16 => io_commands::verify(cdb, config),
+        Command::Verify10 | Command::Verify16 => io_commands::verify(cdb, config).into(),
         Command::SynchronizeCache10 | Command::SynchronizeCache16 => {
-            io_commands::synchronize_cache(cdb, config)
+            io_commands::synchronize_cache(cdb, config).into()
         }
-        Command::StartStopUnit => Ok(io_commands::start_stop_unit(cdb)),
+        Command::StartStopUnit => io_commands::start_stop_unit(cdb),
         Command::WriteSame10 | Command::WriteSame16 => {
-            write_same::write_same(cdb, config, state.write_cache(), data_out, data_out_len)
+            write_same::write_same(cdb, config, state.write_cache(), data_out, data_out_len).into()
         }
-        Command::Unmap => unmap::unmap(cdb, config, data_out, data_out_len),
+        Command::Unmap => unmap::unmap(cdb, config, data_out, data_out_len).into(),
         Command::ModeSense6 | Command::ModeSense10 => {
-            mode_pages::mode_sense(cdb, config, state.write_cache())
+            mode_pages::mode_sense(cdb, config, state.write_cache()).into()
         }
         Command::ModeSelect6 | Command::ModeSelect10 => {
-            let write_cache =
-                mode_pages::mode_select(cdb, config, state.write_cache(), data_out, data_out_len)?;
-            state.set_write_cache(write_cache);
-            Ok(Outcome::good())
+            match mode_pages::mode_select(cdb, config, state.write_cache(), data_out, data_out_len)
+            {
+                Ok(write_cache) => {
+                    state.set_write_cache(write_cache);
+                    Outcome::good()
+                }
+                Err(sense) => sense.into(),
+            }
         }
-        Command::ReportSupportedOperationCodes => report_supported_operation_codes(cdb, config),
+        Command::ReportSupportedOperationCodes => {
+            report_supported_operation_codes(cdb, config).into()
+        }
         Command::ReportSupportedTaskManagementFunctions => {
-            Ok(report_supported_task_management_functions(cdb))
+            report_supported_task_management_functions(cdb)
         }
-        Command::ReportLuns => report_luns::report_luns(cdb, lun_list),
+        Command::ReportLuns => report_luns::report_luns(cdb, lun_list).into(),
     }
 }
 

@@ -14,6 +14,7 @@ struct BlockRange {
 }
 
 /// Where the LBA and length sit in each CDB size.
+#[inline(always)]
 fn block_range(cdb: Cdb<'_>) -> BlockRange {
     match cdb.size() {
         CdbSize::Six => {
@@ -48,6 +49,7 @@ fn block_range(cdb: Cdb<'_>) -> BlockRange {
 }
 
 /// The checked byte range of a READ or WRITE, or `None` for a transfer length of zero.
+#[inline(always)]
 fn transfer(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Option<(u64, u64)>, Sense> {
     let range = block_range(cdb);
     if lun.max_transfer_blocks != 0 && range.blocks > u64::from(lun.max_transfer_blocks) {
@@ -57,25 +59,30 @@ fn transfer(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Option<(u64, u64)>, Sense> 
     Ok((len != 0).then_some((offset, len)))
 }
 
-pub(crate) fn read(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
-    Ok(match transfer(cdb, lun)? {
-        Some((offset, len)) => Outcome::Io(DiskIo::Read { offset, len }),
-        None => Outcome::good(),
-    })
+#[inline(always)]
+pub(crate) fn read(cdb: Cdb<'_>, lun: &LunConfig) -> Outcome {
+    match transfer(cdb, lun) {
+        Ok(Some((offset, len))) => Outcome::Io(DiskIo::Read { offset, len }),
+        Ok(None) => Outcome::good(),
+        Err(sense) => sense.into(),
+    }
 }
 
-pub(crate) fn write(cdb: Cdb<'_>, lun: &LunConfig, write_cache: bool) -> Result<Outcome, Sense> {
-    lun.check_writable()?;
-    let Some((offset, len)) = transfer(cdb, lun)? else {
-        return Ok(Outcome::good());
-    };
-    // WRITE(6) has no FUA bit.
-    let fua = cdb.size() != CdbSize::Six && cdb.bit(1, 3);
-    Ok(Outcome::Io(DiskIo::Write {
-        offset,
-        len,
-        fua: fua || !write_cache,
-    }))
+pub(crate) fn write(cdb: Cdb<'_>, lun: &LunConfig, write_cache: bool) -> Outcome {
+    let checked = lun.check_writable().and_then(|()| transfer(cdb, lun));
+    match checked {
+        Ok(Some((offset, len))) => {
+            // WRITE(6) has no FUA bit.
+            let fua = cdb.size() != CdbSize::Six && cdb.bit(1, 3);
+            Outcome::Io(DiskIo::Write {
+                offset,
+                len,
+                fua: fua || !write_cache,
+            })
+        }
+        Ok(None) => Outcome::good(),
+        Err(sense) => sense.into(),
+    }
 }
 
 pub(crate) fn verify(cdb: Cdb<'_>, lun: &LunConfig) -> Result<Outcome, Sense> {
@@ -128,18 +135,18 @@ mod tests {
         let read6 = [0x08, 0x01, 0x02, 0x03, 4, 0];
         assert_eq!(
             read(Cdb(&read6), &lun),
-            Ok(Outcome::Io(DiskIo::Read {
+            Outcome::Io(DiskIo::Read {
                 offset: 0x010203 * 512,
                 len: 4 * 512
-            }))
+            })
         );
         let read12 = [0xa8, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0];
         assert_eq!(
             read(Cdb(&read12), &lun),
-            Ok(Outcome::Io(DiskIo::Read {
+            Outcome::Io(DiskIo::Read {
                 offset: 9 * 512,
                 len: 1024
-            }))
+            })
         );
         let mut write16 = [0u8; 16];
         write16[0] = 0x8a;
@@ -148,11 +155,11 @@ mod tests {
         write16[10..14].copy_from_slice(&3u32.to_be_bytes());
         assert_eq!(
             write(Cdb(&write16), &lun, true),
-            Ok(Outcome::Io(DiskIo::Write {
+            Outcome::Io(DiskIo::Write {
                 offset: 7 * 512,
                 len: 3 * 512,
                 fua: true
-            }))
+            })
         );
     }
 
@@ -161,17 +168,17 @@ mod tests {
         let read6 = [0x08, 0, 0, 0, 0, 0];
         assert_eq!(
             read(Cdb(&read6), &config(0)),
-            Ok(Outcome::Io(DiskIo::Read {
+            Outcome::Io(DiskIo::Read {
                 offset: 0,
                 len: 256 * 512
-            }))
+            })
         );
     }
 
     #[test]
     fn length_zero_transfers_nothing() {
         let cdb = rw10(0x28, 0, 5, 0);
-        assert_eq!(read(Cdb(&cdb), &config(0)), Ok(Outcome::good()));
+        assert_eq!(read(Cdb(&cdb), &config(0)), Outcome::good());
     }
 
     #[test]
@@ -180,29 +187,29 @@ mod tests {
         let plain = rw10(0x2a, 0x10, 1, 1);
         assert_eq!(
             write(Cdb(&plain), &lun, true),
-            Ok(Outcome::Io(DiskIo::Write {
+            Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
                 fua: false
-            })),
+            }),
             "DPO is ignored"
         );
         assert_eq!(
             write(Cdb(&plain), &lun, false),
-            Ok(Outcome::Io(DiskIo::Write {
+            Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
                 fua: true
-            }))
+            })
         );
         let fua = rw10(0x2a, 0x08, 1, 1);
         assert_eq!(
             write(Cdb(&fua), &lun, true),
-            Ok(Outcome::Io(DiskIo::Write {
+            Outcome::Io(DiskIo::Write {
                 offset: 512,
                 len: 512,
                 fua: true
-            }))
+            })
         );
     }
 
@@ -211,9 +218,12 @@ mod tests {
         let lun = config(0);
         let end = lun.block_count as u32;
         let past = rw10(0x28, 0, end - 1, 2);
-        assert_eq!(read(Cdb(&past), &lun), Err(Sense::LBA_OUT_OF_RANGE));
+        assert_eq!(
+            read(Cdb(&past), &lun),
+            Outcome::CheckCondition(Sense::LBA_OUT_OF_RANGE)
+        );
         let last = rw10(0x28, 0, end - 1, 1);
-        assert!(read(Cdb(&last), &lun).is_ok());
+        assert!(matches!(read(Cdb(&last), &lun), Outcome::Io(_)));
         let read_only = LunConfig {
             read_only: true,
             ..config(0)
@@ -221,20 +231,20 @@ mod tests {
         let write10 = rw10(0x2a, 0, 0, 1);
         assert_eq!(
             write(Cdb(&write10), &read_only, true),
-            Err(Sense::WRITE_PROTECTED)
+            Outcome::CheckCondition(Sense::WRITE_PROTECTED)
         );
         let read10 = rw10(0x28, 0, 0, 1);
-        assert!(read(Cdb(&read10), &read_only).is_ok());
+        assert!(matches!(read(Cdb(&read10), &read_only), Outcome::Io(_)));
         let long = rw10(0x28, 0, 0, 4097);
         assert_eq!(
             read(Cdb(&long), &lun),
-            Err(Sense::invalid_field_in_cdb(7, None))
+            Outcome::CheckCondition(Sense::invalid_field_in_cdb(7, None))
         );
         let unlimited = LunConfig {
             max_transfer_blocks: 0,
             ..config(0)
         };
-        assert!(read(Cdb(&long), &unlimited).is_ok());
+        assert!(matches!(read(Cdb(&long), &unlimited), Outcome::Io(_)));
     }
 
     #[test]

@@ -158,12 +158,23 @@ impl<D: Clone> Target<D> {
 }
 
 impl<D> Target<D> {
+    #[inline(always)]
     fn position(&self, lun: u16) -> Result<usize, TargetError> {
+        // LUNs numbered from 0 without gaps, the usual case, sit at their own number: one
+        // comparison instead of a search.
+        if self
+            .luns
+            .get(usize::from(lun))
+            .is_some_and(|unit| unit.config.lun == lun)
+        {
+            return Ok(usize::from(lun));
+        }
         self.luns
             .binary_search_by_key(&lun, |unit| unit.config.lun)
             .map_err(|_| TargetError::NoSuchLun(lun))
     }
 
+    #[inline(always)]
     pub fn lun(&self, lun: u16) -> Option<&Lun<D>> {
         self.position(lun).ok().map(|at| &self.luns[at])
     }

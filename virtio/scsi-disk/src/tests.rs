@@ -145,6 +145,18 @@ fn unit_attention_once_after_power_on_and_resets() {
 }
 
 #[test]
+fn luns_are_found_by_number_with_or_without_gaps() {
+    for luns in [&[0u16, 1, 2][..], &[0, 2, 5], &[1, 3], &[2], &[0, 1, 300]] {
+        let target = new(luns.iter().map(|&lun| config(lun)).collect()).unwrap();
+        for number in 0..=301 {
+            let found = target.lun(number).map(|unit| unit.config().lun);
+            let expected = luns.contains(&number).then_some(number);
+            assert_eq!(found, expected, "LUN {number} of {luns:?}");
+        }
+    }
+}
+
+#[test]
 fn missing_luns_answer_like_qemu() {
     let target = target(&[1]);
     let lun0 = data(target.execute(0, &INQUIRY, &[], 0));

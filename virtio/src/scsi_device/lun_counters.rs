@@ -101,6 +101,7 @@ pub struct LunQueueCounters<'a>(Option<&'a QueueShare>);
 
 impl LunQueueCounters<'_> {
     /// A command answered with `sense_key` (for CHECK CONDITION) after a latency in `latency`.
+    #[inline(always)]
     pub fn answered(self, sense_key: Option<u8>, latency: LatencyBucket) {
         if let Some(share) = self.0 {
             if let Some(key) = sense_key {

@@ -131,6 +131,7 @@ impl LatencyBucket {
 
     /// The bucket of a latency in nanoseconds: what the request path measures, without the
     /// 128-bit arithmetic of `Duration`.
+    #[inline(always)]
     pub fn of_nanos(nanos: u64) -> LatencyBucket {
         LatencyBucket::of_micros(nanos / 1000)
     }
@@ -147,6 +148,7 @@ impl LatencyBucket {
 
 impl QueueCounters {
     /// A request answered with `sense_key` (for CHECK CONDITION) after a latency in `latency`.
+    #[inline(always)]
     pub fn answered(&self, sense_key: Option<u8>, latency: LatencyBucket) {
         if let Some(key) = sense_key {
             add(&self.errors_by_sense_key[usize::from(key & 0x0f)], 1);
