@@ -396,6 +396,27 @@ mod tests {
     }
 
     #[test]
+    fn a_trickling_driver_is_asked_for_the_next_chain_once_in_32_batches() {
+        let mut batching = KickBatching::new(256);
+        let mut now = passes(&mut batching, 0, &[4, 4, 4]);
+        let mut asked = Vec::new();
+        for _ in 0..64 {
+            now += 100 * US;
+            batching.popped(4, 64);
+            asked.push((batching.rearm(now, 0), batching.recheck_in().is_some()));
+        }
+        let probes: Vec<usize> = (0..asked.len()).filter(|&at| asked[at].0 == 1).collect();
+        assert_eq!(probes.len(), 2, "{asked:?}");
+        assert_eq!(probes[1] - probes[0], 32, "{asked:?}");
+        assert!(
+            probes.iter().all(|&at| !asked[at].1),
+            "a probe arms no re-check"
+        );
+        // The look after a probe's kick finds four of the 64 the driver holds: still batched.
+        assert!(asked[probes[0] + 1].0 > 1);
+    }
+
+    #[test]
     fn a_pass_the_recheck_started_keeps_the_delay() {
         let mut batching = KickBatching::new(128);
         let now = passes(&mut batching, 0, &[4, 4, 4]);
