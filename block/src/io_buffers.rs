@@ -62,6 +62,11 @@ impl IoBuffers {
     /// a request covers with it.
     #[inline]
     pub unsafe fn borrowed(iovecs: &[libc::iovec], len: u64) -> IoBuffers {
+        debug_assert_eq!(
+            len,
+            iovecs.iter().map(|iov| iov.iov_len as u64).sum::<u64>(),
+            "IoBuffers::borrowed: len is not the sum of the iovecs"
+        );
         IoBuffers {
             len,
             iovecs: Iovecs::Borrowed {
